@@ -1,0 +1,26 @@
+//! # baton-engine
+//!
+//! Everything in Baton that must be replicated and made durable, with no socket and no
+//! clock of its own (see `../shared/DESIGN.md`):
+//!
+//! - [`log`]: the `Zxid` and the transaction/entry types of the ZooKeeper data model, as
+//!   rkyv archives that can be read in place.
+//! - [`wal`]: the write-ahead log — preallocated, zero-filled segments on glommio DMA files,
+//!   pipelined group commit with one `fdatasync` per batch, xxh3-checked records, and
+//!   recovery that maps segments with memmap2 and yields entries without copying.
+//! - [`snapshot`]: point-in-time images written atomically (temp file, fsync, rename,
+//!   directory fsync), loaded newest-valid-first.
+//!
+//! Later issues add `tree` (the data tree) and `zab` (the replication state machine).
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+pub mod log;
+pub mod snapshot;
+pub mod sys;
+pub mod wal;
+
+#[cfg(test)]
+mod test_support;
+
+pub use log::{Entry, Txn, Zxid};

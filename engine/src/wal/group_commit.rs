@@ -1,0 +1,675 @@
+//! The write-ahead log writer: pipelined group commit on glommio DMA files.
+//!
+//! ```text
+//!  appenders ──submit()──▶ open batch ──seal──▶ sealed queue ──▶ writer task
+//!     ▲                     (filling)                         write_at + fdatasync
+//!     └──── Durable future resolves ◀── durable_seq advances ◀──────┘
+//! ```
+//!
+//! - [`Wal::submit`] encodes the record straight into the open batch's DMA buffer and
+//!   returns a [`Durable`] future at once; submission order is log order.
+//! - The writer task takes the open batch as soon as the previous flush finishes, so while
+//!   one batch is being written and fdatasync'ed the next one fills: one flush covers every
+//!   appender that arrived during the previous flush, and the disk is never idle under load.
+//! - Batches are written with O_DIRECT at block-aligned offsets. A batch that continues a
+//!   partly filled block starts with a copy of that block's earlier bytes (rewriting them
+//!   identically), so no write ever covers a block with different durable content.
+//! - Ordering contract: a `Durable` resolves `Ok` only after the `fdatasync` that covered its
+//!   record returned success. Any write or fsync error poisons the WAL (see [`WalError`]).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use glommio::Task;
+
+use super::files::{self, DirLock};
+use super::reader::WalReader;
+use super::record::{self, align_down, align_up};
+use super::segment::{segment_path, SegmentHeader, IO_ALIGN, SEGMENT_HEADER_BYTES};
+use super::spare::prepare_spare;
+use super::{WalConfig, WalError};
+use crate::log::Zxid;
+
+/// Counters of the writer's work, for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WalStats {
+    /// Records accepted by `submit`.
+    pub entries_submitted: u64,
+    /// Records made durable.
+    pub entries_durable: u64,
+    /// Batches written (one `fdatasync` each).
+    pub batches: u64,
+    /// Bytes handed to `write` (aligned blocks, including rewritten tail blocks).
+    pub bytes_written: u64,
+    /// Segments created.
+    pub segments_created: u64,
+}
+
+/// One segment as the writer tracks it.
+#[derive(Debug, Clone)]
+struct SegmentMeta {
+    first_zxid: Zxid,
+    path: PathBuf,
+    /// Last durable zxid in it (`None` while empty).
+    last_zxid: Option<Zxid>,
+}
+
+/// Records being gathered for one write + fdatasync.
+struct Batch {
+    /// The segment the batch goes to; `new_segment` means it must be created first.
+    segment: Zxid,
+    new_segment: bool,
+    /// Block-aligned file offset of `buf[0]`.
+    file_offset: u64,
+    /// File offset of the first record of this batch (stored in every record's header).
+    batch_start: u64,
+    buf: DmaBuffer,
+    /// Bytes of `buf` in use (copied tail block + records).
+    len: usize,
+    entries: u64,
+    record_bytes: usize,
+    /// Submissions with seq < `end_seq` are in this or an earlier batch.
+    end_seq: u64,
+    last_zxid: Zxid,
+}
+
+impl Batch {
+    fn fits(&self, rec_len: usize, config: &WalConfig) -> bool {
+        self.entries < config.batch_entries_max as u64
+            && self.len + rec_len <= self.buf.len()
+            && self.record_bytes + rec_len <= config.batch_bytes_max.max(rec_len)
+    }
+}
+
+struct Shared {
+    config: WalConfig,
+    /// Set once by the first fatal error; every later operation reports it.
+    fatal: Option<Arc<WalError>>,
+    closing: bool,
+    /// Truncation in progress: submissions are refused with `Busy`.
+    maintenance: bool,
+
+    open: Option<Batch>,
+    sealed: VecDeque<Batch>,
+    /// Record bytes submitted but not yet durable. Invariant: ≤ `config.queued_bytes_max`.
+    queued_bytes: usize,
+    /// Invariant: durable_seq <= next_seq.
+    next_seq: u64,
+    durable_seq: u64,
+    /// Last zxid accepted by `submit`. Invariant: durable_zxid <= last_zxid.
+    last_zxid: Zxid,
+    durable_zxid: Zxid,
+
+    /// Segment receiving appends, the offset of the next record in it, and the bytes of the
+    /// partly written block that offset falls in (`[align_down(offset), offset)`).
+    tail_segment: Option<Zxid>,
+    tail_offset: usize,
+    tail_block: Vec<u8>,
+
+    segments: Vec<SegmentMeta>,
+    file: Option<Rc<DmaFile>>,
+    spare: Option<Task<Result<PathBuf, WalError>>>,
+
+    durable_waiters: Vec<Waker>,
+    space_waiters: Vec<Waker>,
+    writer_waker: Option<Waker>,
+    stats: WalStats,
+}
+
+impl Shared {
+    fn check_invariants(&self) {
+        debug_assert!(self.durable_seq <= self.next_seq);
+        debug_assert!(self.durable_zxid <= self.last_zxid);
+        // The tail block is refreshed when a batch is sealed; while one is open it lags.
+        debug_assert!(
+            self.open.is_some() || self.tail_segment.is_none() || self.tail_block.len() == self.tail_offset % IO_ALIGN
+        );
+        debug_assert!(self.queued_bytes <= self.config.queued_bytes_max);
+    }
+
+    fn usable(&self) -> Result<(), WalError> {
+        if let Some(fatal) = &self.fatal {
+            return Err(WalError::Poisoned(fatal.clone()));
+        }
+        if self.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(())
+    }
+
+    fn idle(&self) -> bool {
+        self.open.is_none() && self.sealed.is_empty() && self.durable_seq == self.next_seq
+    }
+
+    /// Moves the open batch to the sealed queue, remembering its partial last block.
+    fn seal_open(&mut self) {
+        let Some(mut batch) = self.open.take() else { return };
+        let aligned_end = align_up(batch.len, IO_ALIGN);
+        batch.buf.as_bytes_mut()[batch.len..aligned_end].fill(0);
+        let tail_start = align_down(batch.len, IO_ALIGN);
+        self.tail_block.clear();
+        self.tail_block.extend_from_slice(&batch.buf.as_bytes()[tail_start..batch.len]);
+        self.sealed.push_back(batch);
+    }
+
+    fn new_batch(&mut self, zxid: Zxid, rec_len: usize) -> Batch {
+        let segment_bytes = self.config.segment_bytes as usize;
+        let roll = match self.tail_segment {
+            None => true,
+            Some(_) => self.tail_offset + rec_len > segment_bytes,
+        };
+        if roll {
+            self.tail_segment = Some(zxid);
+            self.tail_offset = SEGMENT_HEADER_BYTES;
+            self.tail_block.clear();
+        }
+        let capacity = align_up(self.config.batch_bytes_max.max(rec_len) + IO_ALIGN, IO_ALIGN);
+        let mut buf = glommio::allocate_dma_buffer_global(capacity);
+        let prefix = self.tail_block.len();
+        buf.as_bytes_mut()[..prefix].copy_from_slice(&self.tail_block);
+        Batch {
+            // Invariant: set just above when None.
+            segment: self.tail_segment.unwrap_or(zxid),
+            new_segment: roll,
+            file_offset: align_down(self.tail_offset, IO_ALIGN) as u64,
+            batch_start: self.tail_offset as u64,
+            buf,
+            len: prefix,
+            entries: 0,
+            record_bytes: 0,
+            end_seq: self.next_seq,
+            last_zxid: zxid,
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in self.durable_waiters.drain(..) {
+            waker.wake();
+        }
+        for waker in self.space_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn poison(&mut self, error: WalError) {
+        tracing::error!(%error, "WAL poisoned; appends are refused until restart");
+        if self.fatal.is_none() {
+            self.fatal = Some(Arc::new(error));
+        }
+        self.wake_all();
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The write-ahead log of one node. Lives on one glommio executor (it is `!Send`).
+pub struct Wal {
+    shared: Rc<RefCell<Shared>>,
+    writer: Option<Task<()>>,
+    _lock: DirLock,
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `config.dir`: takes the directory lock, finishes an
+    /// interrupted truncation, verifies the log, zeroes a torn tail, and starts the writer.
+    /// Returns the verified log for replay alongside the writer.
+    ///
+    /// Must be called from within a glommio executor.
+    pub async fn open(config: WalConfig) -> Result<(Wal, WalReader), WalError> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| WalError::io(&dir, e))?;
+        let lock = DirLock::acquire(&dir)?;
+        files::remove_if_exists(&dir.join(files::SPARE_FILE))?;
+        if let Some(zxid) = files::read_truncate_intent(&dir)? {
+            tracing::warn!(%zxid, "finishing a truncation interrupted by a crash");
+            truncate_files(&dir, zxid)?;
+        }
+        files::clear_truncate_intent(&dir)?;
+
+        let mut reader = WalReader::open(&dir)?;
+        if let Some(tail) = reader.torn_tail().cloned() {
+            tracing::warn!(path = %tail.path.display(), offset = tail.offset, dirty_end = tail.dirty_end,
+                "cutting a torn WAL tail (an unacknowledged batch interrupted by a crash)");
+            files::zero_range(&tail.path, tail.offset, tail.dirty_end)?;
+        }
+        // A last segment without records (a crash between its creation and its first
+        // batch) is removed: the next append may not carry the zxid it was named for.
+        if let Some(last) = reader.segments().last() {
+            if last.records == 0 {
+                let path = last.path.clone();
+                files::remove_if_exists(&path)?;
+                files::sync_dir(&dir)?;
+                reader = WalReader::open(&dir)?;
+            }
+        }
+
+        let shared = Shared::recovered(config, &reader).await?;
+        let shared = Rc::new(RefCell::new(shared));
+        start_spare(&shared);
+        let writer = glommio::spawn_local(run_writer(shared.clone()));
+        Ok((Wal { shared, writer: Some(writer), _lock: lock }, reader))
+    }
+
+    /// Appends an entry's bytes with this zxid. Returns at once with a future that resolves
+    /// when the entry is durable. Zxids must strictly increase; the caller's submission order
+    /// is the log order. Errors leave the WAL unchanged.
+    pub fn submit(&self, zxid: Zxid, payload: &[u8]) -> Result<Durable, WalError> {
+        let mut s = self.shared.borrow_mut();
+        s.usable()?;
+        if s.maintenance {
+            return Err(WalError::Busy("a truncation is in progress"));
+        }
+        if payload.is_empty() || payload.len() > s.config.entry_bytes_max {
+            return Err(WalError::EntryTooLarge { len: payload.len(), max: s.config.entry_bytes_max });
+        }
+        if zxid <= s.last_zxid {
+            return Err(WalError::ZxidOrder { zxid, last: s.last_zxid });
+        }
+        let rec_len = record::encoded_len(payload.len());
+        if s.queued_bytes + rec_len > s.config.queued_bytes_max {
+            return Err(WalError::QueueFull { queued: s.queued_bytes, max: s.config.queued_bytes_max });
+        }
+        let segment_full = s.tail_offset + rec_len > s.config.segment_bytes as usize;
+        let fits = s.open.as_ref().is_some_and(|b| b.fits(rec_len, &s.config)) && !segment_full;
+        if !fits {
+            s.seal_open();
+            let batch = s.new_batch(zxid, rec_len);
+            s.open = Some(batch);
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let offset = s.tail_offset;
+        let batch = s.open.as_mut().expect("invariant: a batch was opened above");
+        let at = batch.len;
+        let used = record::encode(&mut batch.buf.as_bytes_mut()[at..], zxid, batch.batch_start, payload);
+        debug_assert_eq!(batch.file_offset as usize + at, offset);
+        batch.len += used;
+        batch.entries += 1;
+        batch.record_bytes += used;
+        batch.end_seq = seq + 1;
+        batch.last_zxid = zxid;
+        s.tail_offset += used;
+        s.queued_bytes += used;
+        s.last_zxid = zxid;
+        s.stats.entries_submitted += 1;
+        if let Some(w) = s.writer_waker.take() {
+            w.wake();
+        }
+        s.check_invariants();
+        drop(s);
+        Ok(Durable { shared: self.shared.clone(), seq })
+    }
+
+    /// Submits and waits until durable.
+    pub async fn append(&self, zxid: Zxid, payload: &[u8]) -> Result<(), WalError> {
+        self.submit(zxid, payload)?.await
+    }
+
+    /// Resolves when there is room for another batch in the queue (or the WAL has stopped).
+    pub fn ready(&self) -> Ready {
+        Ready { shared: self.shared.clone() }
+    }
+
+    /// The last zxid accepted.
+    pub fn last_zxid(&self) -> Zxid {
+        self.shared.borrow().last_zxid
+    }
+
+    /// The last zxid known durable.
+    pub fn durable_zxid(&self) -> Zxid {
+        self.shared.borrow().durable_zxid
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WalStats {
+        self.shared.borrow().stats
+    }
+
+    /// The fatal error that stopped the WAL, if any.
+    pub fn fatal_error(&self) -> Option<Arc<WalError>> {
+        self.shared.borrow().fatal.clone()
+    }
+
+    /// Drops every entry with zxid above `zxid` (a follower dropping uncommitted history at
+    /// Zab synchronisation, TRUNC). Requires an idle WAL. Crash-safe: an intent file is made
+    /// durable first and an interrupted truncation is finished at the next open.
+    pub async fn truncate_after(&self, zxid: Zxid) -> Result<(), WalError> {
+        let dir = {
+            let mut s = self.shared.borrow_mut();
+            s.usable()?;
+            if !s.idle() || s.maintenance {
+                return Err(WalError::Busy("truncation needs an idle WAL"));
+            }
+            s.maintenance = true;
+            s.file = None;
+            s.config.dir.clone()
+        };
+        let result = self.truncate_inner(&dir, zxid).await;
+        let mut s = self.shared.borrow_mut();
+        s.maintenance = false;
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // The files may be half truncated; only a reopen (which finishes the
+                // truncation from its intent record) may touch them again.
+                s.poison(error);
+                Err(s.usable().err().unwrap_or(WalError::Closed))
+            }
+        }
+    }
+
+    async fn truncate_inner(&self, dir: &Path, zxid: Zxid) -> Result<(), WalError> {
+        files::write_truncate_intent(dir, zxid)?;
+        truncate_files(dir, zxid)?;
+        files::clear_truncate_intent(dir)?;
+        let reader = WalReader::open(dir)?;
+        let config = self.shared.borrow().config.clone();
+        let mut fresh = Shared::recovered(config, &reader).await?;
+        let mut s = self.shared.borrow_mut();
+        // Keep what outlives a truncation: waiters, the spare, counters.
+        fresh.spare = s.spare.take();
+        fresh.stats = s.stats;
+        fresh.next_seq = s.next_seq;
+        fresh.durable_seq = s.durable_seq;
+        fresh.writer_waker = s.writer_waker.take();
+        *s = fresh;
+        Ok(())
+    }
+
+    /// Deletes segments whose every entry is at or below `zxid` (covered by a snapshot),
+    /// oldest first, never the segment receiving appends. Returns how many were deleted.
+    pub fn purge_through(&self, zxid: Zxid) -> Result<usize, WalError> {
+        let mut s = self.shared.borrow_mut();
+        s.usable()?;
+        let current = s.tail_segment;
+        let mut removed = 0;
+        while s.segments.len() > 1 || (s.segments.len() == 1 && current != Some(s.segments[0].first_zxid)) {
+            let first = &s.segments[0];
+            let covered = first.last_zxid.is_some_and(|last| last <= zxid);
+            if !covered || Some(first.first_zxid) == current {
+                break;
+            }
+            let path = first.path.clone();
+            files::remove_if_exists(&path)?;
+            s.segments.remove(0);
+            removed += 1;
+        }
+        if removed > 0 {
+            files::sync_dir(&s.config.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.shared.borrow().segments.len()
+    }
+
+    /// Flushes everything submitted, stops the writer and closes the files. Returns the
+    /// fatal error if the WAL had stopped on one.
+    pub async fn close(mut self) -> Result<(), WalError> {
+        {
+            let mut s = self.shared.borrow_mut();
+            s.closing = true;
+            if let Some(w) = s.writer_waker.take() {
+                w.wake();
+            }
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.await;
+        }
+        let (file, spare, fatal) = {
+            let mut s = self.shared.borrow_mut();
+            (s.file.take(), s.spare.take(), s.fatal.clone())
+        };
+        if let Some(spare) = spare {
+            let _ = spare.await;
+        }
+        if let Some(file) = file.and_then(|f| Rc::try_unwrap(f).ok()) {
+            let _ = file.close().await;
+        }
+        match fatal {
+            Some(fatal) => Err(WalError::Poisoned(fatal)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Shared {
+    async fn recovered(config: WalConfig, reader: &WalReader) -> Result<Shared, WalError> {
+        let segments: Vec<SegmentMeta> = reader
+            .segments()
+            .iter()
+            .map(|s| SegmentMeta { first_zxid: s.header.first_zxid, path: s.path.clone(), last_zxid: s.last_zxid })
+            .collect();
+        let last_zxid = reader.last_zxid();
+        let (tail_segment, tail_offset, tail_block, file) = match reader.segments().last() {
+            None => (None, 0, Vec::new(), None),
+            Some(last) => {
+                let block = last.bytes()[align_down(last.end, IO_ALIGN)..last.end].to_vec();
+                let file = OpenOptions::new()
+                    .write(true)
+                    .dma_open(&last.path)
+                    .await
+                    .map_err(|e| WalError::glommio(&last.path, e))?;
+                (Some(last.header.first_zxid), last.end, block, Some(Rc::new(file)))
+            }
+        };
+        Ok(Shared {
+            config,
+            fatal: None,
+            closing: false,
+            maintenance: false,
+            open: None,
+            sealed: VecDeque::new(),
+            queued_bytes: 0,
+            next_seq: 0,
+            durable_seq: 0,
+            last_zxid,
+            durable_zxid: last_zxid,
+            tail_segment,
+            tail_offset,
+            tail_block,
+            segments,
+            file,
+            spare: None,
+            durable_waiters: Vec::new(),
+            space_waiters: Vec::new(),
+            writer_waker: None,
+            stats: WalStats::default(),
+        })
+    }
+}
+
+/// Deletes the segments that start above `zxid` (newest first, so that a crash leaves a
+/// prefix), then zeroes everything after `zxid` in the segment that contains it.
+fn truncate_files(dir: &Path, zxid: Zxid) -> Result<(), WalError> {
+    let segments = super::segment::list_segments(dir)?;
+    for (first, path) in segments.iter().rev() {
+        if *first > zxid {
+            files::remove_if_exists(path)?;
+        }
+    }
+    files::sync_dir(dir)?;
+    let Some((_, path)) = segments.iter().rev().find(|(first, _)| *first <= zxid) else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(path).map_err(|e| WalError::io(path, e))?;
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while let record::Decoded::Record(r) = record::decode(&bytes, offset) {
+        if r.zxid > zxid {
+            break;
+        }
+        offset = r.next;
+    }
+    let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    files::zero_range(path, offset as u64, dirty_end as u64)
+}
+
+fn start_spare(shared: &Rc<RefCell<Shared>>) {
+    let mut s = shared.borrow_mut();
+    let (dir, bytes) = (s.config.dir.clone(), s.config.segment_bytes);
+    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes)));
+}
+
+/// Resolves to the next batch to write, or `None` when closing with nothing left (or dead).
+struct NextBatch<'a>(&'a RefCell<Shared>);
+
+impl Future for NextBatch<'_> {
+    type Output = Option<Batch>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+        let mut s = self.0.borrow_mut();
+        if s.fatal.is_some() {
+            return Poll::Ready(None);
+        }
+        if s.sealed.is_empty() && s.open.is_some() {
+            s.seal_open();
+        }
+        if let Some(batch) = s.sealed.pop_front() {
+            return Poll::Ready(Some(batch));
+        }
+        if s.closing {
+            return Poll::Ready(None);
+        }
+        s.writer_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+async fn run_writer(shared: Rc<RefCell<Shared>>) {
+    while let Some(batch) = NextBatch(&shared).await {
+        let (end_seq, last_zxid, record_bytes, entries) =
+            (batch.end_seq, batch.last_zxid, batch.record_bytes, batch.entries);
+        let written = write_batch(&shared, batch).await;
+        let mut s = shared.borrow_mut();
+        match written {
+            Ok(bytes) => {
+                s.durable_seq = end_seq;
+                s.durable_zxid = last_zxid;
+                s.queued_bytes -= record_bytes;
+                s.stats.batches += 1;
+                s.stats.entries_durable += entries;
+                s.stats.bytes_written += bytes as u64;
+                if let Some(segment) = s.segments.last_mut() {
+                    segment.last_zxid = Some(last_zxid);
+                }
+                s.wake_all();
+                s.check_invariants();
+            }
+            Err(error) => {
+                s.poison(error);
+                return;
+            }
+        }
+    }
+}
+
+/// Writes and fdatasyncs one batch (creating its segment first if needed); returns the
+/// bytes written.
+async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<usize, WalError> {
+    if batch.new_segment {
+        roll(shared, batch.segment).await?;
+    }
+    let (file, path) = {
+        let s = shared.borrow();
+        let path = segment_path(&s.config.dir, batch.segment);
+        (s.file.clone(), path)
+    };
+    let Some(file) = file else {
+        return Err(WalError::io(path, std::io::Error::other("no open segment for a batch")));
+    };
+    let size = align_up(batch.len, IO_ALIGN);
+    batch.buf.trim_to_size(size);
+    let written = file.write_at(batch.buf, batch.file_offset).await.map_err(|e| WalError::glommio(&path, e))?;
+    if written != size {
+        return Err(WalError::io(&path, std::io::Error::other(format!("short write: {written} of {size} bytes"))));
+    }
+    file.fdatasync().await.map_err(|e| WalError::glommio(&path, e))?;
+    Ok(size)
+}
+
+/// Turns the prepared spare into the segment for `first_zxid`: header written and synced,
+/// renamed, directory synced. Then starts preparing the next spare.
+async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalError> {
+    let (spare, old_file, dir, segment_bytes) = {
+        let mut s = shared.borrow_mut();
+        (s.spare.take(), s.file.take(), s.config.dir.clone(), s.config.segment_bytes)
+    };
+    if let Some(old) = old_file.and_then(|f| Rc::try_unwrap(f).ok()) {
+        let _ = old.close().await;
+    }
+    let spare_path = match spare {
+        Some(task) => task.await?,
+        None => prepare_spare(dir.clone(), segment_bytes).await?,
+    };
+    let file = OpenOptions::new().write(true).dma_open(&spare_path).await.map_err(|e| WalError::glommio(&spare_path, e))?;
+    let mut block = glommio::allocate_dma_buffer_global(SEGMENT_HEADER_BYTES);
+    SegmentHeader { first_zxid, segment_bytes }.encode(block.as_bytes_mut());
+    file.write_at(block, 0).await.map_err(|e| WalError::glommio(&spare_path, e))?;
+    file.fdatasync().await.map_err(|e| WalError::glommio(&spare_path, e))?;
+    let path = segment_path(&dir, first_zxid);
+    file.rename(&path).await.map_err(|e| WalError::glommio(&path, e))?;
+    files::sync_dir(&dir)?;
+    tracing::debug!(path = %path.display(), %first_zxid, "WAL segment created");
+    {
+        let mut s = shared.borrow_mut();
+        s.file = Some(Rc::new(file));
+        s.segments.push(SegmentMeta { first_zxid, path, last_zxid: None });
+        s.stats.segments_created += 1;
+    }
+    start_spare(shared);
+    Ok(())
+}
+
+/// Resolves when the entry it was returned for is durable, or with the error that stopped
+/// the WAL first.
+#[must_use = "an append is acknowledged only when its Durable future resolves"]
+pub struct Durable {
+    shared: Rc<RefCell<Shared>>,
+    seq: u64,
+}
+
+impl Future for Durable {
+    type Output = Result<(), WalError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.shared.borrow_mut();
+        if s.durable_seq > self.seq {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(fatal) = &s.fatal {
+            return Poll::Ready(Err(WalError::Poisoned(fatal.clone())));
+        }
+        s.durable_waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// See [`Wal::ready`].
+pub struct Ready {
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Future for Ready {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.shared.borrow_mut();
+        let room = s.queued_bytes + s.config.batch_bytes_max <= s.config.queued_bytes_max;
+        if room || s.queued_bytes == 0 || s.fatal.is_some() || s.closing {
+            return Poll::Ready(());
+        }
+        s.space_waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}

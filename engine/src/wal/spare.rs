@@ -1,0 +1,56 @@
+//! Preparation of the next segment in the background.
+//!
+//! A segment is preallocated *and zero-filled* before it is used: an O_DIRECT overwrite of
+//! already-written blocks lets `fdatasync` skip the extent-conversion journal commit that
+//! writing into fallocated (unwritten) extents needs. Measured on this project's machines:
+//! p50 `write+fdatasync` of 4 KiB was 0.08–0.11 ms into zeroed blocks against 0.15–0.17 ms
+//! into fallocated ones. Zero-filling costs one sequential write of the segment, done while
+//! the previous segment is still being used so that a roll only writes a header.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::files::{remove_if_exists, SPARE_FILE};
+use super::segment::IO_ALIGN;
+use super::WalError;
+
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Creates `dir/wal-spare.tmp` of `segment_bytes` zero bytes, written and fdatasync'ed.
+pub async fn prepare_spare(dir: PathBuf, segment_bytes: u64) -> Result<PathBuf, WalError> {
+    let path = dir.join(SPARE_FILE);
+    remove_if_exists(&path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| WalError::glommio(&path, e))?;
+    let file = Rc::new(file);
+    let result = zero_fill(&file, &path, segment_bytes).await;
+    let closed = Rc::try_unwrap(file).map(|f| f.close());
+    if let Ok(close) = closed {
+        close.await.map_err(|e| WalError::glommio(&path, e))?;
+    }
+    result.map(|_| path)
+}
+
+async fn zero_fill(file: &DmaFile, path: &Path, segment_bytes: u64) -> Result<(), WalError> {
+    file.pre_allocate(segment_bytes, false).await.map_err(|e| WalError::glommio(path, e))?;
+    let mut at = 0u64;
+    while at < segment_bytes {
+        let n = ((segment_bytes - at) as usize).min(ZERO_CHUNK_BYTES);
+        debug_assert!(n % IO_ALIGN == 0);
+        let mut buf = glommio::allocate_dma_buffer_global(n);
+        buf.as_bytes_mut().fill(0);
+        let written = file.write_at(buf, at).await.map_err(|e| WalError::glommio(path, e))?;
+        if written != n {
+            return Err(WalError::io(path, std::io::Error::other("short write while zero-filling")));
+        }
+        at += n as u64;
+    }
+    file.fdatasync().await.map_err(|e| WalError::glommio(path, e))
+}
