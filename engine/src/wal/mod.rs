@@ -15,6 +15,8 @@ pub mod record;
 pub mod segment;
 mod spare;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

@@ -1,0 +1,370 @@
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::log::Zxid;
+
+const MAGIC: [u8; 8] = *b"BATONSNP";
+const VERSION: u32 = 1;
+/// Header size; the payload starts here, 16-byte aligned for rkyv.
+pub const HEADER_BYTES: usize = 64;
+
+/// Errors of the snapshot store.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// An operating-system I/O error.
+    #[error("snapshot I/O error on {path}: {source}")]
+    Io {
+        /// File or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A snapshot that fails verification.
+    #[error("corrupt snapshot {path}: {reason}")]
+    Corrupt {
+        /// Snapshot file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A snapshot of another format version.
+    #[error("snapshot {path} has format version {found}; this build reads {supported}")]
+    Version {
+        /// Snapshot file.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
+}
+
+/// A snapshot file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The zxid of the last transaction the image includes.
+    pub zxid: Zxid,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+/// A verified snapshot, memory-mapped.
+#[derive(Debug)]
+pub struct LoadedSnapshot {
+    /// Which snapshot.
+    pub info: SnapshotInfo,
+    map: Mmap,
+    len: usize,
+}
+
+impl LoadedSnapshot {
+    /// The payload, in place (16-byte aligned).
+    pub fn payload(&self) -> &[u8] {
+        &self.map[HEADER_BYTES..HEADER_BYTES + self.len]
+    }
+}
+
+/// What [`SnapshotStore::load_newest`] found.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// The newest valid snapshot, if any.
+    pub snapshot: Option<LoadedSnapshot>,
+    /// Newer snapshots that failed verification and were passed over, with why.
+    pub skipped: Vec<SnapshotError>,
+}
+
+/// The snapshots of one node, in one directory.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// A store in `dir` (created if missing). Leftover temporary files of an interrupted
+    /// write are removed.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<SnapshotStore, SnapshotError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snap-") && name.ends_with(".tmp") {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+        }
+        Ok(SnapshotStore { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn final_path(&self, zxid: Zxid) -> PathBuf {
+        self.dir.join(format!("snap-{:016x}.snap", zxid.0))
+    }
+
+    /// Writes a snapshot covering `zxid` with this payload, atomically and durably.
+    pub fn write(&self, zxid: Zxid, payload: &[u8]) -> Result<SnapshotInfo, SnapshotError> {
+        let mut writer = self.writer(zxid)?;
+        writer.write_all(payload).map_err(io_err(&writer.tmp))?;
+        writer.finish()
+    }
+
+    /// Starts a streamed snapshot covering `zxid`; write the payload into it, then call
+    /// [`SnapshotWriter::finish`]. Dropping it unfinished leaves only a temporary file,
+    /// removed at the next [`SnapshotStore::open`].
+    pub fn writer(&self, zxid: Zxid) -> Result<SnapshotWriter, SnapshotError> {
+        let tmp = self.dir.join(format!("snap-{:016x}.tmp", zxid.0));
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(&[0u8; HEADER_BYTES]).map_err(io_err(&tmp))?;
+        Ok(SnapshotWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Xxh3::new(),
+            len: 0,
+            zxid,
+            tmp,
+            dest: self.final_path(zxid),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Every snapshot file, oldest first (not verified).
+    pub fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let parsed = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("snap-")?.strip_suffix(".snap"))
+                .filter(|hex| hex.len() == 16)
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            if let Some(z) = parsed {
+                found.push(SnapshotInfo { zxid: Zxid(z), path: entry.path() });
+            }
+        }
+        found.sort_by_key(|s| s.zxid);
+        Ok(found)
+    }
+
+    /// Loads the newest snapshot that verifies, passing over damaged newer ones.
+    pub fn load_newest(&self) -> Result<LoadOutcome, SnapshotError> {
+        let mut skipped = Vec::new();
+        for info in self.list()?.into_iter().rev() {
+            match load(&info) {
+                Ok(snapshot) => return Ok(LoadOutcome { snapshot: Some(snapshot), skipped }),
+                Err(err @ (SnapshotError::Corrupt { .. } | SnapshotError::Version { .. })) => {
+                    tracing::error!(error = %err, "passing over a damaged snapshot");
+                    skipped.push(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(LoadOutcome { snapshot: None, skipped })
+    }
+
+    /// Deletes all but the newest `keep` snapshots; returns the zxid of the oldest kept.
+    pub fn purge(&self, keep: usize) -> Result<Option<Zxid>, SnapshotError> {
+        let all = self.list()?;
+        let cut = all.len().saturating_sub(keep);
+        for old in &all[..cut] {
+            fs::remove_file(&old.path).map_err(io_err(&old.path))?;
+        }
+        if cut > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(all.get(cut).map(|s| s.zxid))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn load(info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
+    let path = &info.path;
+    let corrupt = |reason: &str| SnapshotError::Corrupt { path: path.clone(), reason: reason.to_string() };
+    let file = File::open(path).map_err(io_err(path))?;
+    // SAFETY: read-only private view of a file that is never modified after its rename
+    // (snapshots are immutable); every byte used is bounds-checked and checksummed.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io_err(path))?;
+    let Some(header) = map.get(..HEADER_BYTES) else {
+        return Err(corrupt("shorter than its header"));
+    };
+    if header[0..8] != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    if xxh3_64(&header[0..56]) != word(header, 56) {
+        return Err(corrupt("header checksum mismatch"));
+    }
+    let version = word(header, 8) as u32;
+    if version != VERSION {
+        return Err(SnapshotError::Version { path: path.clone(), found: version, supported: VERSION });
+    }
+    if word(header, 16) != info.zxid.0 {
+        return Err(corrupt("header zxid differs from file name"));
+    }
+    let len = usize::try_from(word(header, 24)).map_err(|_| corrupt("payload length overflows"))?;
+    let Some(payload) = map.get(HEADER_BYTES..HEADER_BYTES.saturating_add(len)) else {
+        return Err(corrupt("payload shorter than its header says"));
+    };
+    if xxh3_64(payload) != word(header, 32) {
+        return Err(corrupt("payload checksum mismatch"));
+    }
+    Ok(LoadedSnapshot { info: info.clone(), map, len })
+}
+
+/// A snapshot being written; see [`SnapshotStore::writer`].
+pub struct SnapshotWriter {
+    file: io::BufWriter<File>,
+    hasher: Xxh3,
+    len: u64,
+    zxid: Zxid,
+    tmp: PathBuf,
+    dest: PathBuf,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter").field("zxid", &self.zxid).field("len", &self.len).field("tmp", &self.tmp).finish()
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl SnapshotWriter {
+    /// Writes the header, fsyncs, renames into place and fsyncs the directory.
+    pub fn finish(self) -> Result<SnapshotInfo, SnapshotError> {
+        let tmp = self.tmp.clone();
+        let mut file = self.file.into_inner().map_err(|e| SnapshotError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let mut header = [0u8; HEADER_BYTES];
+        header[0..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[16..24].copy_from_slice(&self.zxid.0.to_le_bytes());
+        header[24..32].copy_from_slice(&self.len.to_le_bytes());
+        header[32..40].copy_from_slice(&self.hasher.digest().to_le_bytes());
+        let sum = xxh3_64(&header[0..56]);
+        header[56..64].copy_from_slice(&sum.to_le_bytes());
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&tmp))?;
+        file.write_all(&header).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &self.dest).map_err(io_err(&self.dest))?;
+        sync_dir(&self.dir)?;
+        Ok(SnapshotInfo { zxid: self.zxid, path: self.dest })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::temp_dir;
+
+    fn body(zxid: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u64 ^ zxid) as u8).collect()
+    }
+
+    #[test]
+    fn snapshot_round_trips_with_aligned_payload() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        store.write(Zxid(42), &body(42, 100_000)).expect("write");
+        let outcome = store.load_newest().expect("load");
+        let snap = outcome.snapshot.expect("a snapshot");
+        assert_eq!(snap.info.zxid, Zxid(42));
+        assert_eq!(snap.payload(), body(42, 100_000).as_slice());
+        assert_eq!(snap.payload().as_ptr() as usize % 16, 0);
+        assert!(outcome.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        store.write(Zxid(10), &body(10, 5000)).expect("write");
+        let newest = store.write(Zxid(20), &body(20, 5000)).expect("write");
+        for (offset, what) in [(3000usize, "payload"), (20, "header"), (2, "magic")] {
+            let mut bytes = fs::read(&newest.path).expect("read");
+            let original = bytes.clone();
+            bytes[offset] ^= 0x01;
+            fs::write(&newest.path, &bytes).expect("write");
+            let outcome = store.load_newest().expect("load");
+            assert_eq!(outcome.snapshot.expect("fallback").info.zxid, Zxid(10), "{what}");
+            assert_eq!(outcome.skipped.len(), 1, "{what}");
+            assert!(matches!(outcome.skipped[0], SnapshotError::Corrupt { .. }), "{what}");
+            fs::write(&newest.path, &original).expect("restore");
+        }
+        // A truncated newest snapshot also falls back.
+        let bytes = fs::read(&newest.path).expect("read");
+        fs::write(&newest.path, &bytes[..bytes.len() - 1]).expect("truncate");
+        assert_eq!(store.load_newest().expect("load").snapshot.expect("fallback").info.zxid, Zxid(10));
+    }
+
+    #[test]
+    fn an_unfinished_write_leaves_no_snapshot_and_is_cleaned_up() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        let mut writer = store.writer(Zxid(5)).expect("writer");
+        writer.write_all(b"partial").expect("write");
+        drop(writer);
+        assert!(store.load_newest().expect("load").snapshot.is_none());
+        let reopened = SnapshotStore::open(dir.path()).expect("reopen");
+        assert_eq!(fs::read_dir(reopened.dir()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn purge_keeps_the_newest_and_reports_the_oldest_kept() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        for z in [5u64, 9, 12, 30] {
+            store.write(Zxid(z), &body(z, 10)).expect("write");
+        }
+        assert_eq!(store.purge(2).expect("purge"), Some(Zxid(12)));
+        let left: Vec<u64> = store.list().expect("list").iter().map(|s| s.zxid.0).collect();
+        assert_eq!(left, vec![12, 30]);
+        assert_eq!(store.purge(5).expect("purge"), Some(Zxid(12)));
+    }
+
+    #[test]
+    fn other_versions_are_refused_with_a_version_error() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        let info = store.write(Zxid(1), b"x").expect("write");
+        let mut bytes = fs::read(&info.path).expect("read");
+        bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let sum = xxh3_64(&bytes[0..56]);
+        bytes[56..64].copy_from_slice(&sum.to_le_bytes());
+        fs::write(&info.path, &bytes).expect("write");
+        let outcome = store.load_newest().expect("load");
+        assert!(outcome.snapshot.is_none());
+        assert!(matches!(outcome.skipped[0], SnapshotError::Version { found: 7, .. }));
+    }
+}
