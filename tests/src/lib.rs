@@ -1,0 +1,13 @@
+//! Shared helpers for Baton's cross-crate tests.
+
+pub mod crash_payload;
+
+/// A temporary directory on the build's filesystem (O_DIRECT needs a disk filesystem; `/tmp`
+/// may be tmpfs). `BATON_TEST_DIR` overrides the parent.
+pub fn temp_dir() -> tempfile::TempDir {
+    let parent = std::env::var_os("BATON_TEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp"));
+    std::fs::create_dir_all(&parent).expect("create test dir parent");
+    tempfile::tempdir_in(parent).expect("create temp dir")
+}

@@ -81,10 +81,10 @@ struct Batch {
 }
 
 impl Batch {
+    /// Whether one more record fits. The buffer was sized from `batch_bytes_max` (or for a
+    /// single larger record), so its length is the byte bound.
     fn fits(&self, rec_len: usize, config: &WalConfig) -> bool {
-        self.entries < config.batch_entries_max as u64
-            && self.len + rec_len <= self.buf.len()
-            && self.record_bytes + rec_len <= config.batch_bytes_max.max(rec_len)
+        self.entries < config.batch_entries_max as u64 && self.len + rec_len <= self.buf.len()
     }
 }
 
@@ -170,8 +170,11 @@ impl Shared {
             self.tail_offset = SEGMENT_HEADER_BYTES;
             self.tail_block.clear();
         }
-        let capacity = align_up(self.config.batch_bytes_max.max(rec_len) + IO_ALIGN, IO_ALIGN);
-        let mut buf = glommio::allocate_dma_buffer_global(capacity);
+        // The tail-block prefix is at most IO_ALIGN - 1 bytes, so a lone record always fits.
+        let capacity = align_up(self.config.batch_bytes_max.max(rec_len + IO_ALIGN), IO_ALIGN);
+        // From the executor's registered io_uring pool (WRITE_FIXED, no mmap per batch);
+        // glommio falls back to the heap when the pool is exhausted.
+        let mut buf = glommio::allocate_dma_buffer(capacity);
         let prefix = self.tail_block.len();
         buf.as_bytes_mut()[..prefix].copy_from_slice(&self.tail_block);
         Batch {
@@ -511,7 +514,7 @@ fn truncate_files(dir: &Path, zxid: Zxid) -> Result<(), WalError> {
         }
         offset = r.next;
     }
-    let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let dirty_end = super::reader::last_nonzero(&bytes).map_or(0, |i| i + 1);
     files::zero_range(path, offset as u64, dirty_end as u64)
 }
 

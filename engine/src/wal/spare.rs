@@ -40,13 +40,22 @@ pub async fn prepare_spare(dir: PathBuf, segment_bytes: u64) -> Result<PathBuf, 
 
 async fn zero_fill(file: &DmaFile, path: &Path, segment_bytes: u64) -> Result<(), WalError> {
     file.pre_allocate(segment_bytes, false).await.map_err(|e| WalError::glommio(path, e))?;
+    // One zeroed buffer serves every chunk.
+    let mut zeros = glommio::allocate_dma_buffer_global(ZERO_CHUNK_BYTES);
+    zeros.as_bytes_mut().fill(0);
+    let zeros = Rc::new(zeros);
     let mut at = 0u64;
     while at < segment_bytes {
         let n = ((segment_bytes - at) as usize).min(ZERO_CHUNK_BYTES);
         debug_assert!(n % IO_ALIGN == 0);
-        let mut buf = glommio::allocate_dma_buffer_global(n);
-        buf.as_bytes_mut().fill(0);
-        let written = file.write_at(buf, at).await.map_err(|e| WalError::glommio(path, e))?;
+        let written = if n == ZERO_CHUNK_BYTES {
+            file.write_rc_at(zeros.clone(), at).await
+        } else {
+            let mut tail = glommio::allocate_dma_buffer_global(n);
+            tail.as_bytes_mut().fill(0);
+            file.write_at(tail, at).await
+        }
+        .map_err(|e| WalError::glommio(path, e))?;
         if written != n {
             return Err(WalError::io(path, std::io::Error::other("short write while zero-filling")));
         }
