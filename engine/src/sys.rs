@@ -18,8 +18,8 @@ pub fn raise_memlock_limit() -> u64 {
         }
         let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
         if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
-            return limit.rlim_max as u64;
+            return limit.rlim_max;
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }

@@ -11,9 +11,8 @@ where
     T: Send + 'static,
 {
     baton_engine::sys::raise_memlock_limit();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(std::io::Error::from)?;
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().map_err(std::io::Error::from)?;
     Ok(executor.run(future))
 }
 

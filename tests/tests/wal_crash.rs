@@ -64,14 +64,12 @@ fn sigkill_under_load_never_loses_an_acknowledged_append() {
         if recovered.torn_tail().is_some() {
             torn_tails += 1;
         }
-        let mut expect = 1u64;
         let mut found: BTreeMap<u64, u32> = BTreeMap::new();
-        for record in recovered.records() {
+        for (expect, record) in (1u64..).zip(recovered.records()) {
             assert_eq!(record.zxid.0, expect, "round {round}: log has a gap");
             let r = crash_payload::check(record.zxid.0, record.payload)
                 .unwrap_or_else(|| panic!("round {round}: entry {} is damaged", record.zxid.0));
             found.insert(record.zxid.0, r);
-            expect += 1;
         }
         for (z, r) in &acked {
             assert_eq!(found.get(z), Some(r), "round {round}: acknowledged entry {z} (round {r}) lost or replaced");
@@ -84,5 +82,8 @@ fn sigkill_under_load_never_loses_an_acknowledged_append() {
         );
     }
     assert!(acked.len() > ROUNDS as usize, "the children made progress");
-    eprintln!("seed {seed}: {} acknowledged appends survived {ROUNDS} SIGKILLs ({torn_tails} torn tails cut)", acked.len());
+    eprintln!(
+        "seed {seed}: {} acknowledged appends survived {ROUNDS} SIGKILLs ({torn_tails} torn tails cut)",
+        acked.len()
+    );
 }

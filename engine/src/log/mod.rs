@@ -11,7 +11,7 @@ mod zxid;
 
 pub use entry::{ArchivedEntry, Entry, LogError};
 pub use txn::{
-    Acl, ArchivedAcl, ArchivedCreateTxn, ArchivedMultiOp, ArchivedNodeKind, ArchivedTxn,
-    CreateTxn, MultiOp, NodeKind, Txn,
+    Acl, ArchivedAcl, ArchivedCreateTxn, ArchivedMultiOp, ArchivedNodeKind, ArchivedTxn, CreateTxn, MultiOp, NodeKind,
+    Txn,
 };
 pub use zxid::{ArchivedZxid, Zxid};

@@ -6,9 +6,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// that epoch in the low 32 bits, so that zxids order first by epoch (Zab paper, §3).
 ///
 /// `Zxid::ZERO` means "no transaction yet"; every real transaction has counter ≥ 1.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord))]
 pub struct Zxid(pub u64);
 

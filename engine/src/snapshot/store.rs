@@ -243,7 +243,11 @@ pub struct SnapshotWriter {
 
 impl std::fmt::Debug for SnapshotWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotWriter").field("zxid", &self.zxid).field("len", &self.len).field("tmp", &self.tmp).finish()
+        f.debug_struct("SnapshotWriter")
+            .field("zxid", &self.zxid)
+            .field("len", &self.len)
+            .field("tmp", &self.tmp)
+            .finish()
     }
 }
 
@@ -264,7 +268,8 @@ impl SnapshotWriter {
     /// Writes the header, fsyncs, renames into place and fsyncs the directory.
     pub fn finish(self) -> Result<SnapshotInfo, SnapshotError> {
         let tmp = self.tmp.clone();
-        let mut file = self.file.into_inner().map_err(|e| SnapshotError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let mut file =
+            self.file.into_inner().map_err(|e| SnapshotError::Io { path: tmp.clone(), source: e.into_error() })?;
         let mut header = [0u8; HEADER_BYTES];
         header[0..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());

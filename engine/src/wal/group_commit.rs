@@ -33,7 +33,7 @@ use super::files::{self, DirLock};
 use super::reader::WalReader;
 use super::record::{self, align_down, align_up};
 use super::segment::{segment_path, SegmentHeader, IO_ALIGN, SEGMENT_HEADER_BYTES};
-use super::spare::prepare_spare;
+use super::spare::{prepare_spare, Pace, ZERO_CHUNK_BYTES};
 use super::{WalConfig, WalError};
 use crate::log::Zxid;
 
@@ -116,6 +116,9 @@ struct Shared {
     segments: Vec<SegmentMeta>,
     file: Option<Rc<DmaFile>>,
     spare: Option<Task<Result<PathBuf, WalError>>>,
+    /// The writer is waiting for the spare: zero-fill it without pacing.
+    spare_needed: bool,
+    spare_waker: Option<Waker>,
 
     durable_waiters: Vec<Waker>,
     space_waiters: Vec<Waker>,
@@ -193,6 +196,9 @@ impl Shared {
     }
 
     fn wake_all(&mut self) {
+        if let Some(waker) = self.spare_waker.take() {
+            waker.wake();
+        }
         for waker in self.durable_waiters.drain(..) {
             waker.wake();
         }
@@ -380,11 +386,16 @@ impl Wal {
         let mut s = self.shared.borrow_mut();
         // Keep what outlives a truncation: waiters, the spare, counters.
         fresh.spare = s.spare.take();
+        fresh.spare_waker = s.spare_waker.take();
         fresh.stats = s.stats;
         fresh.next_seq = s.next_seq;
         fresh.durable_seq = s.durable_seq;
         fresh.writer_waker = s.writer_waker.take();
         *s = fresh;
+        // The spare task may be waiting for progress on the old tail: let it re-evaluate.
+        if let Some(w) = s.spare_waker.take() {
+            w.wake();
+        }
         Ok(())
     }
 
@@ -424,6 +435,9 @@ impl Wal {
             let mut s = self.shared.borrow_mut();
             s.closing = true;
             if let Some(w) = s.writer_waker.take() {
+                w.wake();
+            }
+            if let Some(w) = s.spare_waker.take() {
                 w.wake();
             }
         }
@@ -485,6 +499,8 @@ impl Shared {
             segments,
             file,
             spare: None,
+            spare_needed: false,
+            spare_waker: None,
             durable_waiters: Vec::new(),
             space_waiters: Vec::new(),
             writer_waker: None,
@@ -519,9 +535,50 @@ fn truncate_files(dir: &Path, zxid: Zxid) -> Result<(), WalError> {
 }
 
 fn start_spare(shared: &Rc<RefCell<Shared>>) {
+    let pacer: Rc<dyn Pace> = Rc::new(Pacer(Rc::downgrade(shared)));
     let mut s = shared.borrow_mut();
-    let (dir, bytes) = (s.config.dir.clone(), s.config.segment_bytes);
-    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes)));
+    s.spare_needed = false;
+    let (dir, bytes, zero) = (s.config.dir.clone(), s.config.segment_bytes, s.config.zero_fill_segments);
+    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes, zero, pacer)));
+}
+
+/// Lets the spare be zero-filled two chunks ahead of the active segment's fill level, or
+/// all at once when the writer needs it (roll), when closing, or before the first segment.
+struct Pacer(std::rc::Weak<RefCell<Shared>>);
+
+impl Pace for Pacer {
+    fn allowed(&self) -> u64 {
+        let Some(shared) = self.0.upgrade() else { return u64::MAX };
+        let s = shared.borrow();
+        if s.spare_needed || s.closing || s.fatal.is_some() || s.tail_segment.is_none() {
+            return u64::MAX;
+        }
+        s.tail_offset as u64 + 2 * ZERO_CHUNK_BYTES as u64
+    }
+
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(SpareProgress { shared: self.0.clone(), polled: false })
+    }
+}
+
+/// Resolves at the next batch completion (or roll, close, poison): one wake per change.
+struct SpareProgress {
+    shared: std::rc::Weak<RefCell<Shared>>,
+    polled: bool,
+}
+
+impl Future for SpareProgress {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(shared) = self.shared.upgrade() else { return Poll::Ready(()) };
+        if self.polled {
+            return Poll::Ready(());
+        }
+        self.polled = true;
+        shared.borrow_mut().spare_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 /// Resolves to the next batch to write, or `None` when closing with nothing left (or dead).
@@ -604,18 +661,29 @@ async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<u
 /// Turns the prepared spare into the segment for `first_zxid`: header written and synced,
 /// renamed, directory synced. Then starts preparing the next spare.
 async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalError> {
-    let (spare, old_file, dir, segment_bytes) = {
+    let (spare, old_file, dir, segment_bytes, zero) = {
         let mut s = shared.borrow_mut();
-        (s.spare.take(), s.file.take(), s.config.dir.clone(), s.config.segment_bytes)
+        let c = &s.config;
+        let (dir, bytes, zero) = (c.dir.clone(), c.segment_bytes, c.zero_fill_segments);
+        (s.spare.take(), s.file.take(), dir, bytes, zero)
     };
     if let Some(old) = old_file.and_then(|f| Rc::try_unwrap(f).ok()) {
         let _ = old.close().await;
     }
+    {
+        let mut s = shared.borrow_mut();
+        s.spare_needed = true;
+        if let Some(w) = s.spare_waker.take() {
+            w.wake();
+        }
+    }
+    let pacer: Rc<dyn Pace> = Rc::new(Pacer(Rc::downgrade(shared)));
     let spare_path = match spare {
         Some(task) => task.await?,
-        None => prepare_spare(dir.clone(), segment_bytes).await?,
+        None => prepare_spare(dir.clone(), segment_bytes, zero, pacer).await?,
     };
-    let file = OpenOptions::new().write(true).dma_open(&spare_path).await.map_err(|e| WalError::glommio(&spare_path, e))?;
+    let file =
+        OpenOptions::new().write(true).dma_open(&spare_path).await.map_err(|e| WalError::glommio(&spare_path, e))?;
     let mut block = glommio::allocate_dma_buffer_global(SEGMENT_HEADER_BYTES);
     SegmentHeader { first_zxid, segment_bytes }.encode(block.as_bytes_mut());
     file.write_at(block, 0).await.map_err(|e| WalError::glommio(&spare_path, e))?;

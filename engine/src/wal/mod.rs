@@ -10,12 +10,12 @@
 mod error;
 mod files;
 mod group_commit;
+#[cfg(test)]
+mod model_tests;
 mod reader;
 pub mod record;
 pub mod segment;
 mod spare;
-#[cfg(test)]
-mod model_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,11 +43,15 @@ pub struct WalConfig {
     pub entry_bytes_max: usize,
     /// Record bytes that may be submitted but not yet durable.
     pub queued_bytes_max: usize,
+    /// Zero-fill each segment before use (in the background) instead of only preallocating
+    /// it. Overwriting written blocks lets `fdatasync` skip a journal commit, which halves its
+    /// latency on ext4 here, at the price of writing every segment twice. See `spare.rs`.
+    pub zero_fill_segments: bool,
 }
 
 impl WalConfig {
     /// Defaults for `dir`: 64 MiB segments, 1 MiB / 8192-entry batches, 4 MiB entries,
-    /// 64 MiB queued.
+    /// 64 MiB queued, zero-filled segments.
     pub fn new(dir: impl Into<PathBuf>) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -56,6 +60,7 @@ impl WalConfig {
             batch_entries_max: 8192,
             entry_bytes_max: 4 << 20,
             queued_bytes_max: 64 << 20,
+            zero_fill_segments: true,
         }
     }
 

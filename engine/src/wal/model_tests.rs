@@ -98,7 +98,8 @@ fn execute(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         salt += 1;
         let p = path.clone();
-        let mut m = std::mem::replace(&mut model, Model { entries: Vec::new(), purged_through: 0, next_zxid: 0, appends: 0 });
+        let mut m =
+            std::mem::replace(&mut model, Model { entries: Vec::new(), purged_through: 0, next_zxid: 0, appends: 0 });
         model = run(async move {
             let (wal, reader) = Wal::open(config(&p)).await.expect("open");
             let recovered: Vec<_> = reader.records().map(|r| (r.zxid.0, r.payload.to_vec())).collect();

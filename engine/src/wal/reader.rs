@@ -140,26 +140,19 @@ impl WalReader {
 
     /// Every valid record in zxid order, borrowed from the mapped segments (no copy).
     pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
-        self.segments.iter().flat_map(|segment| SegmentRecords {
-            bytes: &segment.map[..segment.end],
-            offset: SEGMENT_HEADER_BYTES,
-        })
+        self.segments
+            .iter()
+            .flat_map(|segment| SegmentRecords { bytes: &segment.map[..segment.end], offset: SEGMENT_HEADER_BYTES })
     }
 
     /// The valid records with zxid above `after`, for replay after a snapshot.
     pub fn records_after(&self, after: Zxid) -> impl Iterator<Item = RecordRef<'_>> + '_ {
         // Skip whole segments that end at or below `after`.
-        let first = self
-            .segments
-            .iter()
-            .position(|s| s.last_zxid.is_some_and(|z| z > after))
-            .unwrap_or(self.segments.len());
+        let first =
+            self.segments.iter().position(|s| s.last_zxid.is_some_and(|z| z > after)).unwrap_or(self.segments.len());
         self.segments[first..]
             .iter()
-            .flat_map(|segment| SegmentRecords {
-                bytes: &segment.map[..segment.end],
-                offset: SEGMENT_HEADER_BYTES,
-            })
+            .flat_map(|segment| SegmentRecords { bytes: &segment.map[..segment.end], offset: SEGMENT_HEADER_BYTES })
             .filter(move |r| r.zxid > after)
     }
 }
@@ -217,10 +210,18 @@ fn scan_segment(
         match record::decode(bytes, offset) {
             Decoded::Record(r) => {
                 if records == 0 && r.zxid != header.first_zxid {
-                    return Err(WalError::corrupt(path, offset as u64, "first record's zxid differs from the segment's"));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset as u64,
+                        "first record's zxid differs from the segment's",
+                    ));
                 }
                 if r.zxid <= last {
-                    return Err(WalError::corrupt(path, offset as u64, format!("zxid {} does not follow {}", r.zxid, last)));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset as u64,
+                        format!("zxid {} does not follow {}", r.zxid, last),
+                    ));
                 }
                 if r.batch_start > offset as u64 || (r.batch_start as usize) < SEGMENT_HEADER_BYTES {
                     return Err(WalError::corrupt(path, offset as u64, "record's batch start is impossible"));
@@ -236,7 +237,11 @@ fn scan_segment(
             }
             Decoded::Bad(reason) => {
                 if !is_last {
-                    return Err(WalError::corrupt(path, offset as u64, format!("{reason} in a segment that is not the last")));
+                    return Err(WalError::corrupt(
+                        path,
+                        offset as u64,
+                        format!("{reason} in a segment that is not the last"),
+                    ));
                 }
                 let torn_tail = classify_damage(bytes, path, offset, is_last, reason)?
                     .or_else(|| Some(torn(path, offset, offset + RECORD_ALIGN)));

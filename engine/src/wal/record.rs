@@ -150,6 +150,24 @@ pub fn decode(segment: &[u8], offset: usize) -> Decoded<'_> {
     Decoded::Record(RecordRef { zxid: Zxid(zxid), batch_start, payload, next })
 }
 
+/// Parses the record at `offset` without recomputing its checksum, for bytes that
+/// [`decode`] has already verified. Still bounds-checked: returns `None` rather than panic.
+pub fn parse_verified(segment: &[u8], offset: usize) -> Option<RecordRef<'_>> {
+    let header = segment.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
+    let len = read_u32(header, 0) as usize;
+    if len == 0 {
+        return None;
+    }
+    let start = offset + RECORD_HEADER_BYTES;
+    let payload = segment.get(start..start.checked_add(len)?)?;
+    Some(RecordRef {
+        zxid: Zxid(read_u64(header, 16)),
+        batch_start: read_u64(header, 24),
+        payload,
+        next: start + align_up(len, RECORD_ALIGN),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,22 +234,4 @@ mod tests {
         buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&buf, 0), Decoded::Bad(_)));
     }
-}
-
-/// Parses the record at `offset` without recomputing its checksum, for bytes that
-/// [`decode`] has already verified. Still bounds-checked: returns `None` rather than panic.
-pub fn parse_verified(segment: &[u8], offset: usize) -> Option<RecordRef<'_>> {
-    let header = segment.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
-    let len = read_u32(header, 0) as usize;
-    if len == 0 {
-        return None;
-    }
-    let start = offset + RECORD_HEADER_BYTES;
-    let payload = segment.get(start..start.checked_add(len)?)?;
-    Some(RecordRef {
-        zxid: Zxid(read_u64(header, 16)),
-        batch_start: read_u64(header, 24),
-        payload,
-        next: start + align_up(len, RECORD_ALIGN),
-    })
 }

@@ -66,11 +66,7 @@ impl SegmentHeader {
         }
         let version = word(8) as u32;
         if version != FORMAT_VERSION {
-            return Err(WalError::Version {
-                path: path.to_path_buf(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(WalError::Version { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
         }
         Ok(SegmentHeader { first_zxid: Zxid(word(16)), segment_bytes: word(24) })
     }
@@ -135,10 +131,7 @@ mod tests {
         block[8..12].copy_from_slice(&2u32.to_le_bytes());
         let sum = xxh3_64(&block[0..32]);
         block[32..40].copy_from_slice(&sum.to_le_bytes());
-        assert!(matches!(
-            SegmentHeader::decode(&block, Path::new("x")),
-            Err(WalError::Version { found: 2, .. })
-        ));
+        assert!(matches!(SegmentHeader::decode(&block, Path::new("x")), Err(WalError::Version { found: 2, .. })));
     }
 
     #[test]

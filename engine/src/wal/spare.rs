@@ -7,7 +7,9 @@
 //! into fallocated ones. Zero-filling costs one sequential write of the segment, done while
 //! the previous segment is still being used so that a roll only writes a header.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
@@ -16,10 +18,27 @@ use super::files::{remove_if_exists, SPARE_FILE};
 use super::segment::IO_ALIGN;
 use super::WalError;
 
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Zero-fill granularity; also the pacing step.
+pub const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
-/// Creates `dir/wal-spare.tmp` of `segment_bytes` zero bytes, written and fdatasync'ed.
-pub async fn prepare_spare(dir: PathBuf, segment_bytes: u64) -> Result<PathBuf, WalError> {
+/// Paces zero-filling so that it is spread over the active segment's life instead of
+/// landing in one burst (a 64 MiB burst shares the device's flushes with the WAL's own
+/// fdatasyncs: measured p99 at 1024 appenders 13-17 ms with a burst, ~3 ms without).
+pub trait Pace {
+    /// Bytes of the spare that may be zero-filled by now.
+    fn allowed(&self) -> u64;
+    /// Resolves when `allowed` may have grown.
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()>>>;
+}
+
+/// Creates `dir/wal-spare.tmp` of `segment_bytes` zero bytes, preallocated and (when
+/// `zero_fill`) written, then fdatasync'ed.
+pub async fn prepare_spare(
+    dir: PathBuf,
+    segment_bytes: u64,
+    zero_fill: bool,
+    pace: Rc<dyn Pace>,
+) -> Result<PathBuf, WalError> {
     let path = dir.join(SPARE_FILE);
     remove_if_exists(&path)?;
     let file = OpenOptions::new()
@@ -30,7 +49,7 @@ pub async fn prepare_spare(dir: PathBuf, segment_bytes: u64) -> Result<PathBuf, 
         .await
         .map_err(|e| WalError::glommio(&path, e))?;
     let file = Rc::new(file);
-    let result = zero_fill(&file, &path, segment_bytes).await;
+    let result = prepare(&file, &path, segment_bytes, zero_fill, &*pace).await;
     let closed = Rc::try_unwrap(file).map(|f| f.close());
     if let Ok(close) = closed {
         close.await.map_err(|e| WalError::glommio(&path, e))?;
@@ -38,14 +57,26 @@ pub async fn prepare_spare(dir: PathBuf, segment_bytes: u64) -> Result<PathBuf, 
     result.map(|_| path)
 }
 
-async fn zero_fill(file: &DmaFile, path: &Path, segment_bytes: u64) -> Result<(), WalError> {
+async fn prepare(
+    file: &DmaFile,
+    path: &Path,
+    segment_bytes: u64,
+    zero_fill: bool,
+    pace: &dyn Pace,
+) -> Result<(), WalError> {
     file.pre_allocate(segment_bytes, false).await.map_err(|e| WalError::glommio(path, e))?;
+    if !zero_fill {
+        return file.fdatasync().await.map_err(|e| WalError::glommio(path, e));
+    }
     // One zeroed buffer serves every chunk.
     let mut zeros = glommio::allocate_dma_buffer_global(ZERO_CHUNK_BYTES);
     zeros.as_bytes_mut().fill(0);
     let zeros = Rc::new(zeros);
     let mut at = 0u64;
     while at < segment_bytes {
+        while pace.allowed() <= at {
+            pace.changed().await;
+        }
         let n = ((segment_bytes - at) as usize).min(ZERO_CHUNK_BYTES);
         debug_assert!(n % IO_ALIGN == 0);
         let written = if n == ZERO_CHUNK_BYTES {

@@ -37,6 +37,9 @@ struct Args {
     /// Entries in the log whose recovery is timed (0 skips the recovery measurement).
     #[arg(long, default_value_t = 1_000_000)]
     recovery_entries: u64,
+    /// Only preallocate segments instead of zero-filling them (see WalConfig).
+    #[arg(long)]
+    no_zero_fill: bool,
     /// Skip the disk baselines and ratios (for profiling the WAL alone).
     #[arg(long)]
     wal_only: bool,
@@ -79,7 +82,7 @@ async fn bench_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
 
     if args.wal_only {
         for &n in &args.appenders {
-            let (lat, _, _) = wal_point(dir, n, args.entry_bytes, measure).await?;
+            let (lat, _, _) = wal_point(dir, n, args, measure).await?;
             println!("  {:>5} appenders: {:>9.0} appends/s  p50 {}  p99 {}", n, lat.per_s(), ms(lat.p50), ms(lat.p99));
         }
         return Ok(());
@@ -98,7 +101,7 @@ async fn bench_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     println!("\n== WAL: durable appends, closed loop ({} bytes per entry)", args.entry_bytes);
     let mut results = Vec::new();
     for &n in &args.appenders {
-        let (lat, stats_batch_bytes, batches) = wal_point(dir, n, args.entry_bytes, measure).await?;
+        let (lat, stats_batch_bytes, batches) = wal_point(dir, n, args, measure).await?;
         println!(
             "  {:>5} appenders: {:>9.0} appends/s {:>8.1} MB/s  p50 {}  p99 {}  max {}  ({} batches, {:.0} B/batch)",
             n,
@@ -179,7 +182,8 @@ fn entry_payload(zxid: u64, entry_bytes: usize) -> Vec<u8> {
 async fn plain_loop(dir: &Path, size: usize, measure: Duration) -> anyhow::Result<Latency> {
     let path = dir.join("plain-loop.dat");
     let file_bytes: u64 = 256 << 20;
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&path).await.map_err(io)?;
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&path).await.map_err(io)?;
     zero_fill(&file, file_bytes).await?;
     let mut hist = histogram();
     let mut offset = 0u64;
@@ -236,12 +240,18 @@ async fn zero_fill(file: &DmaFile, bytes: u64) -> anyhow::Result<()> {
 }
 
 /// `appenders` tasks each appending and awaiting durability in a loop.
-async fn wal_point(dir: &Path, appenders: usize, entry_bytes: usize, measure: Duration) -> anyhow::Result<(Latency, f64, u64)> {
+async fn wal_point(
+    dir: &Path,
+    appenders: usize,
+    args: &Args,
+    measure: Duration,
+) -> anyhow::Result<(Latency, f64, u64)> {
     let wal_dir = dir.join(format!("wal-{appenders}"));
     let _ = std::fs::remove_dir_all(&wal_dir);
-    let (wal, _) = Wal::open(WalConfig::new(&wal_dir)).await?;
+    let config = WalConfig { zero_fill_segments: !args.no_zero_fill, ..WalConfig::new(&wal_dir) };
+    let (wal, _) = Wal::open(config).await?;
     let wal = Rc::new(wal);
-    let payload = Rc::new(entry_payload(1, entry_bytes));
+    let payload = Rc::new(entry_payload(1, args.entry_bytes));
     let record_bytes = record::encoded_len(payload.len()) as u64;
     let next = Rc::new(std::cell::Cell::new(1u64));
     let hist = Rc::new(RefCell::new(histogram()));
@@ -284,7 +294,8 @@ async fn wal_point(dir: &Path, appenders: usize, entry_bytes: usize, measure: Du
     Rc::try_unwrap(wal).ok().context("wal still shared")?.close().await?;
     std::fs::remove_dir_all(&wal_dir)?;
     let batches = after.batches - before.batches;
-    let batch_bytes = (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
+    let batch_bytes =
+        (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
     let hist = hist.borrow();
     let n = ops.get();
     Ok((

@@ -21,7 +21,10 @@ fn main() -> anyhow::Result<()> {
     let round: u32 = args[2].parse()?;
     let tasks: usize = args[3].parse()?;
     baton_engine::sys::raise_memlock_limit();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20).make().map_err(std::io::Error::from)?;
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .make()
+        .map_err(std::io::Error::from)?;
     executor.run(async move {
         let config = WalConfig {
             segment_bytes: 256 << 10,
