@@ -87,7 +87,13 @@ async fn bench_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
     if args.wal_only {
         if args.pipelined > 0 {
             let (lat, _, _) = pipelined_point(dir, args.pipelined, args, measure).await?;
-            println!("  pipelined {}: {:>9.0} appends/s  p50 {}  p99 {}", args.pipelined, lat.per_s(), ms(lat.p50), ms(lat.p99));
+            println!(
+                "  pipelined {}: {:>9.0} appends/s  p50 {}  p99 {}",
+                args.pipelined,
+                lat.per_s(),
+                ms(lat.p50),
+                ms(lat.p99)
+            );
         }
         for &n in &args.appenders {
             let (lat, _, _) = wal_point(dir, n, args, measure).await?;
@@ -427,7 +433,8 @@ async fn pipelined_point(
     wal.close().await?;
     std::fs::remove_dir_all(&wal_dir)?;
     let batches = after.batches - before.batches;
-    let batch_bytes = (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
+    let batch_bytes =
+        (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
     Ok((
         Latency {
             ops,
