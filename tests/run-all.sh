@@ -21,6 +21,13 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 # Criterion benches compile and run one iteration each (numbers come from perf/, not CI).
 cargo bench -p baton-perf --bench wal_codec --locked -- --test
+
+# One closing line for the whole suite (set -o pipefail already failed the run on a failure).
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo "baton: ${passed} passed, ${failed} failed"
