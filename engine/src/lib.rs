@@ -11,13 +11,17 @@
 //! - [`snapshot`]: point-in-time images written atomically (temp file, fsync, rename,
 //!   directory fsync), loaded newest-valid-first.
 //!
-//! Later issues add `tree` (the data tree) and `zab` (the replication state machine).
+//! - [`tree`]: the data tree (znodes, Stat, ACLs, sessions, ephemerals) and its
+//!   deterministic `apply` of committed entries.
+//!
+//! A later issue adds `zab` (the replication state machine).
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 pub mod log;
 pub mod snapshot;
 pub mod sys;
+pub mod tree;
 pub mod wal;
 
 #[cfg(test)]

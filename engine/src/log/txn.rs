@@ -2,7 +2,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// One access-control entry, as ZooKeeper's `ACL` record: a permission bit set
 /// (READ=1, WRITE=2, CREATE=4, DELETE=8, ADMIN=16) granted to an identity `scheme:id`.
-#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Acl {
     /// Permission bits.

@@ -1,0 +1,21 @@
+//! The data tree: ZooKeeper's data model, applied deterministically from committed entries.
+//!
+//! - [`DataTree`]: znodes with data, ACL (interned) and Stat; sessions and their ephemerals;
+//!   containers and TTL nodes; `apply` returns each operation's result and the changes made
+//!   (for watches).
+//! - [`path`]: ZooKeeper's path rules.
+//! - Snapshots: [`DataTree::to_image`] / [`DataTree::from_image`], byte-identical across
+//!   servers with equal trees ([`DataTree::digest`]).
+
+mod data_tree;
+mod error;
+mod image;
+pub mod path;
+mod stat;
+#[cfg(test)]
+mod tests;
+
+pub use data_tree::{open_acl, Applied, Change, ChangeKind, DataTree, OpResult, SessionInfo, Znode};
+pub use error::ErrorCode;
+pub use image::ImageError;
+pub use stat::{owner_kind, ttl_of_owner, ttl_owner, OwnerKind, Stat, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};

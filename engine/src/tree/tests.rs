@@ -1,0 +1,325 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::log::{Acl, CreateTxn, Entry, MultiOp, NodeKind, Txn, Zxid};
+
+/// Applies a txn as the next entry and returns what apply did.
+struct Harness {
+    tree: DataTree,
+    zxid: u32,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness { tree: DataTree::new(), zxid: 0 }
+    }
+
+    fn entry(&mut self, session: i64, txn: Txn) -> Entry {
+        self.zxid += 1;
+        Entry {
+            zxid: Zxid::new(1, self.zxid),
+            session_id: session,
+            cxid: self.zxid as i32,
+            time_ms: 1000 + self.zxid as i64,
+            txn,
+        }
+    }
+
+    fn apply(&mut self, session: i64, txn: Txn) -> Applied {
+        let e = self.entry(session, txn);
+        let bytes = e.encode();
+        self.tree.apply(Entry::access(&bytes).expect("valid"))
+    }
+
+    fn create(&mut self, path: &str, kind: NodeKind, session: i64) -> Applied {
+        let parent_cversion = self.tree.get(path::parent(path)).map_or(0, |p| p.stat.cversion) + 1;
+        self.apply(session, Txn::Create(create_txn(path, b"d", kind, parent_cversion)))
+    }
+}
+
+fn create_txn(path: &str, data: &[u8], kind: NodeKind, parent_cversion: i32) -> CreateTxn {
+    CreateTxn { path: path.into(), data: data.to_vec(), acl: open_acl(), kind, parent_cversion }
+}
+
+#[test]
+fn new_tree_has_zookeepers_builtin_nodes() {
+    let tree = DataTree::new();
+    assert_eq!(tree.sorted_paths(), vec!["/", "/zookeeper", "/zookeeper/config", "/zookeeper/quota"]);
+    assert_eq!(tree.stat("/").expect("root").num_children, 1);
+    tree.validate();
+}
+
+#[test]
+fn create_sets_stat_and_parent_cversion_pzxid_as_zookeeper() {
+    let mut h = Harness::new();
+    let applied = h.create("/a", NodeKind::Persistent, 0);
+    let z = Zxid::new(1, 1).0 as i64;
+    let OpResult::Created { path, stat } = &applied.results[0] else { panic!("{applied:?}") };
+    assert_eq!(path, "/a");
+    assert_eq!((stat.czxid, stat.mzxid, stat.pzxid), (z, z, z));
+    assert_eq!((stat.ctime, stat.mtime), (1001, 1001));
+    assert_eq!((stat.version, stat.cversion, stat.aversion, stat.ephemeral_owner), (0, 0, 0, 0));
+    assert_eq!((stat.data_length, stat.num_children), (1, 0));
+    let root = h.tree.stat("/").expect("root");
+    assert_eq!((root.cversion, root.pzxid, root.num_children), (1, z, 2));
+    assert_eq!(
+        applied.changes,
+        vec![
+            Change { path: "/a".into(), kind: ChangeKind::Created },
+            Change { path: "/".into(), kind: ChangeKind::ChildrenChanged }
+        ]
+    );
+}
+
+#[test]
+fn delete_moves_parent_pzxid_but_not_cversion() {
+    let mut h = Harness::new();
+    h.create("/a", NodeKind::Persistent, 0);
+    h.create("/a/b", NodeKind::Persistent, 0);
+    let before = h.tree.stat("/a").expect("a");
+    let applied = h.apply(0, Txn::Delete { path: "/a/b".into() });
+    assert_eq!(applied.results, vec![OpResult::Deleted]);
+    let after = h.tree.stat("/a").expect("a");
+    assert_eq!(after.cversion, before.cversion, "ZooKeeper counts creates only in cversion");
+    assert_eq!(after.pzxid, Zxid::new(1, 3).0 as i64);
+    assert_eq!(after.num_children, 0);
+}
+
+#[test]
+fn set_data_and_set_acl_bump_their_versions() {
+    let mut h = Harness::new();
+    h.create("/a", NodeKind::Persistent, 0);
+    let r = h.apply(0, Txn::SetData { path: "/a".into(), data: b"hello".to_vec(), version: 1 });
+    let OpResult::DataSet(stat) = r.results[0] else { panic!() };
+    assert_eq!((stat.version, stat.data_length, stat.mzxid, stat.mtime), (1, 5, Zxid::new(1, 2).0 as i64, 1002));
+    assert_eq!(stat.czxid, Zxid::new(1, 1).0 as i64);
+    let acl = vec![Acl { perms: 1, scheme: "digest".into(), id: "u:x".into() }];
+    let r = h.apply(0, Txn::SetAcl { path: "/a".into(), acl: acl.clone(), version: 1 });
+    let OpResult::AclSet(stat) = r.results[0] else { panic!() };
+    assert_eq!(stat.aversion, 1);
+    assert_eq!(&*h.tree.get("/a").expect("a").acl, acl.as_slice());
+    assert_eq!(&h.tree.get("/a").expect("a").data[..], b"hello");
+    h.tree.validate();
+}
+
+#[test]
+fn errors_are_results_not_panics() {
+    let mut h = Harness::new();
+    let r = h.apply(0, Txn::Create(create_txn("/x/y", b"", NodeKind::Persistent, 1)));
+    assert_eq!(r.results, vec![OpResult::Error(ErrorCode::NoNode)]);
+    h.create("/x", NodeKind::Persistent, 0);
+    assert_eq!(h.create("/x", NodeKind::Persistent, 0).results, vec![OpResult::Error(ErrorCode::NodeExists)]);
+    h.create("/x/y", NodeKind::Persistent, 0);
+    assert_eq!(h.apply(0, Txn::Delete { path: "/x".into() }).results, vec![OpResult::Error(ErrorCode::NotEmpty)]);
+    assert_eq!(h.apply(0, Txn::Delete { path: "/nope".into() }).results, vec![OpResult::Error(ErrorCode::NoNode)]);
+    assert_eq!(h.apply(0, Txn::Error { code: -101 }).results, vec![OpResult::Error(ErrorCode::NoNode)]);
+    h.tree.validate();
+}
+
+#[test]
+fn ephemerals_vanish_with_their_session_and_cannot_have_children() {
+    let mut h = Harness::new();
+    let s = 0x77;
+    h.apply(s, Txn::CreateSession { timeout_ms: 10_000 });
+    assert!(h.tree.sessions().contains_key(&s));
+    h.create("/app", NodeKind::Persistent, 0);
+    h.create("/app/e1", NodeKind::Ephemeral, s);
+    h.create("/app/e2", NodeKind::Ephemeral, s);
+    assert_eq!(h.tree.stat("/app/e1").expect("e1").ephemeral_owner, s);
+    assert_eq!(
+        h.create("/app/e1/c", NodeKind::Persistent, 0).results,
+        vec![OpResult::Error(ErrorCode::NoChildrenForEphemerals)]
+    );
+    assert_eq!(h.tree.ephemerals_of(s).collect::<Vec<_>>(), vec!["/app/e1", "/app/e2"]);
+    let closed = h.apply(s, Txn::CloseSession);
+    assert_eq!(closed.results, vec![OpResult::SessionClosed]);
+    assert!(h.tree.get("/app/e1").is_none() && h.tree.get("/app/e2").is_none());
+    assert_eq!(closed.changes.iter().filter(|c| c.kind == ChangeKind::Deleted).count(), 2);
+    assert!(!h.tree.sessions().contains_key(&s));
+    assert_eq!(h.tree.ephemeral_count(), 0);
+    h.tree.validate();
+}
+
+#[test]
+fn a_multi_with_an_error_applies_nothing() {
+    let mut h = Harness::new();
+    let ops = vec![
+        MultiOp::Create(create_txn("/m", b"", NodeKind::Persistent, 1)),
+        MultiOp::Error { code: ErrorCode::NoNode.code() },
+    ];
+    let r = h.apply(0, Txn::Multi(ops));
+    assert_eq!(r.results, vec![OpResult::Error(ErrorCode::RuntimeInconsistency), OpResult::Error(ErrorCode::NoNode)]);
+    assert!(h.tree.get("/m").is_none());
+    assert!(r.changes.is_empty());
+    let ok = vec![
+        MultiOp::Create(create_txn("/m", b"", NodeKind::Persistent, 1)),
+        MultiOp::SetData { path: "/m".into(), data: b"v".to_vec(), version: 1 },
+        MultiOp::Check { path: "/m".into(), version: 1 },
+    ];
+    let r = h.apply(0, Txn::Multi(ok));
+    assert_eq!(r.results.len(), 3);
+    assert_eq!(h.tree.stat("/m").expect("m").version, 1);
+}
+
+#[test]
+fn containers_and_ttl_nodes_become_reapable() {
+    let mut h = Harness::new();
+    h.create("/c", NodeKind::Container, 0);
+    h.create("/t", NodeKind::Ttl { ttl_ms: 100 }, 0);
+    assert_eq!(h.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
+    assert_eq!(ttl_of_owner(h.tree.stat("/t").expect("t").ephemeral_owner), Some(100));
+    // A container that never had a child is not reaped; a TTL node is once its TTL passed.
+    assert_eq!(h.tree.reapable(1002 + 50), Vec::<String>::new());
+    assert_eq!(h.tree.reapable(1002 + 101), vec!["/t".to_string()]);
+    h.create("/c/x", NodeKind::Persistent, 0);
+    h.apply(0, Txn::Delete { path: "/c/x".into() });
+    assert_eq!(h.tree.reapable(0), vec!["/c".to_string()]);
+}
+
+#[test]
+fn image_round_trips_to_an_equal_tree() {
+    let mut h = Harness::new();
+    h.apply(9, Txn::CreateSession { timeout_ms: 4000 });
+    h.create("/a", NodeKind::Persistent, 0);
+    h.create("/a/b", NodeKind::Ephemeral, 9);
+    h.create("/a-b", NodeKind::Container, 0);
+    h.create("/t", NodeKind::Ttl { ttl_ms: 5 }, 0);
+    h.apply(
+        0,
+        Txn::SetAcl {
+            path: "/a".into(),
+            acl: vec![Acl { perms: 1, scheme: "ip".into(), id: "127.0.0.1".into() }],
+            version: 1,
+        },
+    );
+    let image = h.tree.to_image();
+    let back = DataTree::from_image(&image).expect("valid image");
+    back.validate();
+    assert_eq!(back.digest(), h.tree.digest());
+    assert_eq!(back.last_zxid(), h.tree.last_zxid());
+    assert_eq!(back.ephemerals_of(9).collect::<Vec<_>>(), vec!["/a/b"]);
+    assert_eq!(back.reapable(10_000), vec!["/t".to_string()]);
+    assert_eq!(back.sessions(), h.tree.sessions());
+}
+
+#[test]
+fn a_damaged_image_is_an_error_not_a_panic() {
+    let mut h = Harness::new();
+    h.create("/a", NodeKind::Persistent, 0);
+    let image = h.tree.to_image();
+    for i in (0..image.len()).step_by(3) {
+        let mut bad = image.clone();
+        bad.as_mut_slice()[i] ^= 0xA5;
+        let _ = DataTree::from_image(&bad);
+    }
+    assert!(DataTree::from_image(&[]).is_err());
+}
+
+// ---- differential test against a naive model ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u8, u8, bool),
+    Delete(u8, u8),
+    Set(u8, u8, u8),
+    Close,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4, 0u8..4, any::<bool>()).prop_map(|(a, b, e)| Op::Create(a, b, e)),
+        2 => (0u8..4, 0u8..4).prop_map(|(a, b)| Op::Delete(a, b)),
+        2 => (0u8..4, 0u8..4, any::<u8>()).prop_map(|(a, b, v)| Op::Set(a, b, v)),
+        1 => Just(Op::Close),
+    ]
+}
+
+/// path (/pa or /pa/cb; b == 0 means the top level) → (data, version, ephemeral).
+type Model = BTreeMap<String, (Vec<u8>, i32, bool)>;
+
+fn node_path(a: u8, b: u8) -> String {
+    if b == 0 {
+        format!("/p{a}")
+    } else {
+        format!("/p{a}/c{b}")
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tree_matches_a_naive_model_and_snapshot_plus_replay_matches_full_replay(ops in proptest::collection::vec(op(), 1..60), cut in 0usize..60) {
+        let session = 5;
+        let mut h = Harness::new();
+        let mut model: Model = BTreeMap::new();
+        let mut entries = Vec::new();
+        entries.push(h.entry(session, Txn::CreateSession { timeout_ms: 1000 }));
+        for op in ops {
+            let txn = match op {
+                Op::Create(a, b, eph) => {
+                    let path = node_path(a, b);
+                    let parent = path::parent(&path).to_string();
+                    let parent_ok = parent == "/" || model.get(&parent).is_some_and(|n| !n.2);
+                    if model.contains_key(&path) || !parent_ok {
+                        continue;
+                    }
+                    model.insert(path.clone(), (vec![a, b], 0, eph));
+                    let kind = if eph { NodeKind::Ephemeral } else { NodeKind::Persistent };
+                    Txn::Create(CreateTxn { path, data: vec![a, b], acl: open_acl(), kind, parent_cversion: i32::MAX })
+                }
+                Op::Delete(a, b) => {
+                    let path = node_path(a, b);
+                    let has_children = model.keys().any(|k| k.starts_with(&format!("{path}/")));
+                    if !model.contains_key(&path) || has_children {
+                        continue;
+                    }
+                    model.remove(&path);
+                    Txn::Delete { path }
+                }
+                Op::Set(a, b, v) => {
+                    let path = node_path(a, b);
+                    let Some(node) = model.get_mut(&path) else { continue };
+                    node.0 = vec![v];
+                    node.1 += 1;
+                    Txn::SetData { path, data: vec![v], version: node.1 }
+                }
+                Op::Close => {
+                    model.retain(|_, n| !n.2);
+                    Txn::CloseSession
+                }
+            };
+            entries.push(h.entry(session, txn));
+        }
+        let encoded: Vec<_> = entries.iter().map(Entry::encode).collect();
+        let mut full = DataTree::new();
+        for bytes in &encoded {
+            let applied = full.apply(Entry::access(bytes).expect("valid"));
+            prop_assert!(!applied.results.iter().any(|r| matches!(r, OpResult::Error(_))), "{applied:?}");
+        }
+        full.validate();
+        // The tree holds exactly the model's znodes, data and versions.
+        let user: Vec<&str> = full.sorted_paths().into_iter().filter(|p| p.starts_with("/p")).collect();
+        prop_assert_eq!(user, model.keys().map(String::as_str).collect::<Vec<_>>());
+        for (path, (data, version, eph)) in &model {
+            let node = full.get(path).expect("present");
+            prop_assert_eq!(&node.data[..], &data[..]);
+            prop_assert_eq!(node.stat.version, *version);
+            prop_assert_eq!(node.stat.ephemeral_owner == session, *eph);
+        }
+        // A snapshot taken after any prefix, plus replay of the rest, gives the same tree.
+        let cut = cut.min(encoded.len());
+        let mut prefix = DataTree::new();
+        for bytes in &encoded[..cut] {
+            prefix.apply(Entry::access(bytes).expect("valid"));
+        }
+        let mut restored = DataTree::from_image(&prefix.to_image()).expect("image");
+        for bytes in &encoded[cut..] {
+            restored.apply(Entry::access(bytes).expect("valid"));
+        }
+        restored.validate();
+        prop_assert_eq!(restored.digest(), full.digest());
+    }
+}
