@@ -5,3 +5,4 @@
 //! runtime and the admin endpoints arrive with the issues that build them (see README).
 
 pub mod inspect;
+pub mod zk;
