@@ -14,11 +14,15 @@
 //! - [`tree`]: the data tree (znodes, Stat, ACLs, sessions, ephemerals) and its
 //!   deterministic `apply` of committed entries.
 //!
+//! - [`sequencer`]: validation of writes against the tree plus in-flight changes, producing
+//!   entries with consecutive zxids (ZooKeeper's PrepRequestProcessor).
+//!
 //! A later issue adds `zab` (the replication state machine).
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
 pub mod log;
+pub mod sequencer;
 pub mod snapshot;
 pub mod sys;
 pub mod tree;

@@ -78,6 +78,9 @@ pub enum OpResult {
     SessionClosed,
     /// The operation failed with this code.
     Error(ErrorCode),
+    /// In a failed multi, an operation before the failing one: not applied, reported by
+    /// ZooKeeper as an error result with code 0.
+    Aborted,
 }
 
 /// What `apply` did with one entry.
@@ -288,12 +291,16 @@ impl DataTree {
         self.last_zxid = zxid;
         let results = match &entry.txn {
             ArchivedTxn::Multi(ops) => {
-                if ops.iter().any(|op| matches!(op, ArchivedMultiOp::Error { .. })) {
+                if let Some(failed) = ops.iter().position(|op| matches!(op, ArchivedMultiOp::Error { .. })) {
+                    // As ZooKeeper's DataTree: 0 before the first failure, RuntimeInconsistency
+                    // after it, and each error op's own code.
                     ops.iter()
-                        .map(|op| match op {
+                        .enumerate()
+                        .map(|(i, op)| match op {
                             ArchivedMultiOp::Error { code } => OpResult::Error(
                                 ErrorCode::from_code(code.to_native()).unwrap_or(ErrorCode::SystemError),
                             ),
+                            _ if i < failed => OpResult::Aborted,
                             _ => OpResult::Error(ErrorCode::RuntimeInconsistency),
                         })
                         .collect()

@@ -150,7 +150,7 @@ fn a_multi_with_an_error_applies_nothing() {
         MultiOp::Error { code: ErrorCode::NoNode.code() },
     ];
     let r = h.apply(0, Txn::Multi(ops));
-    assert_eq!(r.results, vec![OpResult::Error(ErrorCode::RuntimeInconsistency), OpResult::Error(ErrorCode::NoNode)]);
+    assert_eq!(r.results, vec![OpResult::Aborted, OpResult::Error(ErrorCode::NoNode)]);
     assert!(h.tree.get("/m").is_none());
     assert!(r.changes.is_empty());
     let ok = vec![

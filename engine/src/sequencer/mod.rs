@@ -1,0 +1,464 @@
+//! The sequencer's prep step (ZooKeeper's `PrepRequestProcessor`), pure and deterministic.
+//!
+//! ```text
+//!  WriteRequest ──prepare(tree, time)──▶ Ok(Entry with the next zxid) ──▶ WAL ─▶ commit ─▶ apply
+//!                                    └─▶ Err(Rejected)  (answered at once, never logged)
+//!  committed(zxid) ──▶ forget in-flight records the tree now reflects
+//! ```
+//!
+//! A write is validated against the tree **plus the changes still in flight** (entries
+//! prepared but not yet applied), so pipelined writes see each other: two creates of the same
+//! path in one batch give one `NodeExists`, and sequential names never repeat. The in-flight
+//! records are ZooKeeper's `outstandingChanges`: per path, the node as the last prepared
+//! change left it (or deleted), with that change's zxid.
+//!
+//! Checks run in ZooKeeper's order, so clients see the same error codes: e.g. a create checks
+//! CREATE permission on the parent before NodeExists, a delete checks DELETE on the parent,
+//! then the version, then NotEmpty.
+
+mod acl;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use acl::{check as check_acl, fixup as fixup_acl, ip_matches, perms, AuthId};
+
+use crate::log::{Acl, CreateTxn, Entry, MultiOp, NodeKind, Txn, Zxid};
+use crate::tree::path::{parent, validate_path};
+use crate::tree::{owner_kind, DataTree, ErrorCode, OwnerKind, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};
+
+/// ZooKeeper's `CreateMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum CreateMode {
+    Persistent,
+    Ephemeral,
+    PersistentSequential,
+    EphemeralSequential,
+    Container,
+    PersistentWithTtl,
+    PersistentSequentialWithTtl,
+}
+
+impl CreateMode {
+    /// The mode for a create request's `flags`.
+    pub fn from_flags(flags: i32) -> Option<CreateMode> {
+        Some(match flags {
+            0 => CreateMode::Persistent,
+            1 => CreateMode::Ephemeral,
+            2 => CreateMode::PersistentSequential,
+            3 => CreateMode::EphemeralSequential,
+            4 => CreateMode::Container,
+            5 => CreateMode::PersistentWithTtl,
+            6 => CreateMode::PersistentSequentialWithTtl,
+            _ => return None,
+        })
+    }
+
+    fn sequential(self) -> bool {
+        matches!(
+            self,
+            CreateMode::PersistentSequential
+                | CreateMode::EphemeralSequential
+                | CreateMode::PersistentSequentialWithTtl
+        )
+    }
+
+    fn ttl(self) -> bool {
+        matches!(self, CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl)
+    }
+}
+
+/// A create as the client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOp {
+    /// Path; a sequential create gets the parent's counter appended.
+    pub path: String,
+    /// Data.
+    pub data: Vec<u8>,
+    /// ACL (before fix-up).
+    pub acl: Vec<Acl>,
+    /// Mode.
+    pub mode: CreateMode,
+    /// TTL for TTL modes (ms), else ignored.
+    pub ttl_ms: i64,
+    /// A container create (opcode createContainer; mode must be Container).
+    pub container: bool,
+}
+
+/// A state-changing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum WriteOp {
+    Create(CreateOp),
+    Delete { path: String, version: i32 },
+    SetData { path: String, data: Vec<u8>, version: i32 },
+    SetAcl { path: String, acl: Vec<Acl>, version: i32 },
+    Check { path: String, version: i32 },
+    Multi(Vec<WriteOp>),
+    CreateSession { timeout_ms: i32 },
+    CloseSession,
+}
+
+/// A write with who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRequest {
+    /// The session.
+    pub session_id: i64,
+    /// The client's request id.
+    pub cxid: i32,
+    /// The session's proven identities, for ACL checks.
+    pub auth: Vec<AuthId>,
+    /// The operation.
+    pub op: WriteOp,
+}
+
+/// Why a write was refused before reaching the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// A single operation failed with this code.
+    Op(ErrorCode),
+    /// A multi failed: one code per operation, as ZooKeeper reports them (0 for operations
+    /// before the failing one, its code, RuntimeInconsistency after it).
+    Multi(Vec<i32>),
+}
+
+/// Sequencer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequencerConfig {
+    /// Allow TTL nodes (ZooKeeper's `zookeeper.extendedTypesEnabled`); Unimplemented when off.
+    pub ttl_enabled: bool,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig { ttl_enabled: true }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct NodeRecord {
+    stat: StatPersisted,
+    child_count: i32,
+    acl: Arc<[Acl]>,
+}
+
+/// The in-flight state of one path.
+#[derive(Debug, Clone)]
+struct Record {
+    /// Zxid of the last prepared change to it. Invariant: > the tree's last applied zxid.
+    zxid: Zxid,
+    /// `None`: deleted by that change.
+    node: Option<NodeRecord>,
+}
+
+/// Turns write requests into entries with consecutive zxids.
+#[derive(Debug)]
+pub struct Sequencer {
+    config: SequencerConfig,
+    /// Invariant: > every zxid handed out.
+    next_zxid: Zxid,
+    pending: HashMap<String, Record>,
+    /// Sessions opened (`true`) or closed (`false`) by in-flight entries.
+    pending_sessions: HashMap<i64, (Zxid, bool)>,
+}
+
+impl Sequencer {
+    /// A sequencer whose first zxid follows `last_zxid` within `epoch` (a new epoch starts
+    /// its counter at 1, as Zab).
+    pub fn new(config: SequencerConfig, epoch: u32, last_zxid: Zxid) -> Sequencer {
+        let next_zxid = if last_zxid.epoch() == epoch {
+            last_zxid.next().unwrap_or(Zxid::new(epoch, u32::MAX))
+        } else {
+            Zxid::new(epoch, 1)
+        };
+        Sequencer { config, next_zxid, pending: HashMap::new(), pending_sessions: HashMap::new() }
+    }
+
+    /// The zxid the next entry will get.
+    pub fn next_zxid(&self) -> Zxid {
+        self.next_zxid
+    }
+
+    /// Number of paths with in-flight changes.
+    pub fn in_flight_paths(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Validates `req` against `tree` and the in-flight changes and, if it holds, returns the
+    /// entry to log (with the next zxid and `time_ms`) and records its effects as in flight.
+    /// A refusal changes nothing.
+    pub fn prepare(&mut self, tree: &DataTree, req: &WriteRequest, time_ms: i64) -> Result<Entry, Rejected> {
+        let zxid = self.next_zxid;
+        if zxid.counter() == u32::MAX {
+            // Zab needs a new epoch here (ZooKeeper forces an election); refuse until then.
+            return Err(Rejected::Op(ErrorCode::SystemError));
+        }
+        let txn = match &req.op {
+            WriteOp::Multi(ops) => self.prepare_multi(tree, req, ops, zxid, time_ms)?,
+            op => self.prepare_op(tree, req, op, zxid, time_ms).map_err(Rejected::Op)?,
+        };
+        self.next_zxid = zxid.next().unwrap_or(Zxid::new(zxid.epoch(), u32::MAX));
+        Ok(Entry { zxid, session_id: req.session_id, cxid: req.cxid, time_ms, txn })
+    }
+
+    /// Forgets in-flight records that the tree reflects once `zxid` is applied.
+    pub fn committed(&mut self, zxid: Zxid) {
+        self.pending.retain(|_, r| r.zxid > zxid);
+        self.pending_sessions.retain(|_, (z, _)| *z > zxid);
+    }
+
+    fn prepare_multi(
+        &mut self,
+        tree: &DataTree,
+        req: &WriteRequest,
+        ops: &[WriteOp],
+        zxid: Zxid,
+        time: i64,
+    ) -> Result<Txn, Rejected> {
+        let saved = (self.pending.clone(), self.pending_sessions.clone());
+        let mut out = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let prepared = match op {
+                WriteOp::Create(_) | WriteOp::Delete { .. } | WriteOp::SetData { .. } | WriteOp::Check { .. } => {
+                    self.prepare_op(tree, req, op, zxid, time)
+                }
+                _ => Err(ErrorCode::BadArguments),
+            };
+            match prepared {
+                Ok(txn) => out.push(multi_op(txn)),
+                Err(code) => {
+                    (self.pending, self.pending_sessions) = saved;
+                    let codes = (0..ops.len())
+                        .map(|j| match j.cmp(&i) {
+                            std::cmp::Ordering::Less => 0,
+                            std::cmp::Ordering::Equal => code.code(),
+                            std::cmp::Ordering::Greater => ErrorCode::RuntimeInconsistency.code(),
+                        })
+                        .collect();
+                    return Err(Rejected::Multi(codes));
+                }
+            }
+        }
+        Ok(Txn::Multi(out))
+    }
+
+    fn lookup(&self, tree: &DataTree, path: &str) -> Option<NodeRecord> {
+        match self.pending.get(path) {
+            Some(record) => record.node.clone(),
+            None => tree.get(path).map(|z| NodeRecord {
+                stat: z.stat,
+                child_count: z.children.len() as i32,
+                acl: z.acl.clone(),
+            }),
+        }
+    }
+
+    fn set(&mut self, path: &str, zxid: Zxid, node: Option<NodeRecord>) {
+        self.pending.insert(path.to_string(), Record { zxid, node });
+    }
+
+    fn session_alive(&self, tree: &DataTree, session: i64) -> bool {
+        match self.pending_sessions.get(&session) {
+            Some((_, alive)) => *alive,
+            None => tree.sessions().contains_key(&session),
+        }
+    }
+
+    fn prepare_op(
+        &mut self,
+        tree: &DataTree,
+        req: &WriteRequest,
+        op: &WriteOp,
+        zxid: Zxid,
+        time: i64,
+    ) -> Result<Txn, ErrorCode> {
+        match op {
+            WriteOp::Create(c) => self.create(tree, req, c, zxid, time),
+            WriteOp::Delete { path, version } => self.delete(tree, req, path, *version, zxid),
+            WriteOp::SetData { path, data, version } => {
+                validate_path(path, false)?;
+                let mut node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::WRITE, &req.auth)?;
+                let new_version = next_version(node.stat.version, *version)?;
+                node.stat.version = new_version;
+                node.stat.mzxid = zxid.0 as i64;
+                node.stat.mtime = time;
+                self.set(path, zxid, Some(node));
+                Ok(Txn::SetData { path: path.clone(), data: data.clone(), version: new_version })
+            }
+            WriteOp::SetAcl { path, acl, version } => {
+                validate_path(path, false)?;
+                let mut node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::ADMIN, &req.auth)?;
+                let acl = fixup_acl(acl, &req.auth)?;
+                let new_version = next_version(node.stat.aversion, *version)?;
+                node.stat.aversion = new_version;
+                node.acl = acl.clone().into();
+                self.set(path, zxid, Some(node));
+                Ok(Txn::SetAcl { path: path.clone(), acl, version: new_version })
+            }
+            WriteOp::Check { path, version } => {
+                validate_path(path, false)?;
+                let node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::READ, &req.auth)?;
+                if *version != -1 && *version != node.stat.version {
+                    return Err(ErrorCode::BadVersion);
+                }
+                Ok(Txn::Check { path: path.clone(), version: node.stat.version })
+            }
+            WriteOp::CreateSession { timeout_ms } => {
+                self.pending_sessions.insert(req.session_id, (zxid, true));
+                Ok(Txn::CreateSession { timeout_ms: *timeout_ms })
+            }
+            WriteOp::CloseSession => {
+                self.close_session(tree, req.session_id, zxid);
+                Ok(Txn::CloseSession)
+            }
+            WriteOp::Multi(_) => Err(ErrorCode::BadArguments),
+        }
+    }
+
+    fn create(
+        &mut self,
+        tree: &DataTree,
+        req: &WriteRequest,
+        c: &CreateOp,
+        zxid: Zxid,
+        time: i64,
+    ) -> Result<Txn, ErrorCode> {
+        let kind = match c.mode {
+            CreateMode::Container => NodeKind::Container,
+            m if m.ttl() => {
+                if !self.config.ttl_enabled {
+                    return Err(ErrorCode::Unimplemented);
+                }
+                if c.ttl_ms <= 0 || c.ttl_ms > TTL_MAX_MS {
+                    return Err(ErrorCode::BadArguments);
+                }
+                NodeKind::Ttl { ttl_ms: c.ttl_ms }
+            }
+            CreateMode::Ephemeral | CreateMode::EphemeralSequential => NodeKind::Ephemeral,
+            _ => NodeKind::Persistent,
+        };
+        if c.container != (c.mode == CreateMode::Container) {
+            return Err(ErrorCode::BadArguments);
+        }
+        if matches!(kind, NodeKind::Ephemeral) && !self.session_alive(tree, req.session_id) {
+            return Err(ErrorCode::SessionExpired);
+        }
+        validate_path(&c.path, c.mode.sequential())?;
+        if c.path == "/" && !c.mode.sequential() {
+            return Err(ErrorCode::NodeExists);
+        }
+        let parent_path = if c.mode.sequential() && c.path.ends_with('/') {
+            // "/a/" + counter: the parent is "/a" (or the root for "/").
+            let trimmed = &c.path[..c.path.len() - 1];
+            if trimmed.is_empty() {
+                "/"
+            } else {
+                trimmed
+            }
+        } else {
+            parent(&c.path)
+        };
+        let acl = fixup_acl(&c.acl, &req.auth)?;
+        let mut parent_node = self.lookup(tree, parent_path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&parent_node.acl, perms::CREATE, &req.auth)?;
+        let path =
+            if c.mode.sequential() { format!("{}{:010}", c.path, parent_node.stat.cversion) } else { c.path.clone() };
+        validate_path(&path, false)?;
+        if self.lookup(tree, &path).is_some() {
+            return Err(ErrorCode::NodeExists);
+        }
+        if matches!(owner_kind(parent_node.stat.ephemeral_owner), OwnerKind::Ephemeral(_)) {
+            return Err(ErrorCode::NoChildrenForEphemerals);
+        }
+        let parent_cversion = parent_node.stat.cversion.wrapping_add(1);
+        parent_node.stat.cversion = parent_cversion;
+        parent_node.stat.pzxid = zxid.0 as i64;
+        parent_node.child_count += 1;
+        self.set(parent_path, zxid, Some(parent_node));
+        let owner = match kind {
+            NodeKind::Persistent => 0,
+            NodeKind::Ephemeral => req.session_id,
+            NodeKind::Container => CONTAINER_OWNER,
+            NodeKind::Ttl { ttl_ms } => crate::tree::ttl_owner(ttl_ms),
+        };
+        let node =
+            NodeRecord { stat: StatPersisted::created(zxid, time, owner), child_count: 0, acl: acl.clone().into() };
+        self.set(&path, zxid, Some(node));
+        Ok(Txn::Create(CreateTxn { path, data: c.data.clone(), acl, kind, parent_cversion }))
+    }
+
+    fn delete(
+        &mut self,
+        tree: &DataTree,
+        req: &WriteRequest,
+        path: &str,
+        version: i32,
+        zxid: Zxid,
+    ) -> Result<Txn, ErrorCode> {
+        validate_path(path, false)?;
+        if path == "/" {
+            return Err(ErrorCode::BadArguments);
+        }
+        let parent_path = parent(path);
+        let mut parent_node = self.lookup(tree, parent_path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&parent_node.acl, perms::DELETE, &req.auth)?;
+        let node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
+        next_version(node.stat.version, version)?;
+        if node.child_count > 0 {
+            return Err(ErrorCode::NotEmpty);
+        }
+        parent_node.child_count -= 1;
+        parent_node.stat.pzxid = zxid.0 as i64;
+        self.set(parent_path, zxid, Some(parent_node));
+        self.set(path, zxid, None);
+        Ok(Txn::Delete { path: path.to_string() })
+    }
+
+    fn close_session(&mut self, tree: &DataTree, session: i64, zxid: Zxid) {
+        self.pending_sessions.insert(session, (zxid, false));
+        // The session's ephemerals: those applied, plus in-flight creates, minus in-flight
+        // deletes (ZooKeeper walks its outstanding changes the same way).
+        let mut paths: Vec<String> = tree.ephemerals_of(session).map(str::to_string).collect();
+        for (path, record) in &self.pending {
+            if record.node.as_ref().is_some_and(|n| n.stat.ephemeral_owner == session) && !paths.contains(path) {
+                paths.push(path.clone());
+            }
+        }
+        paths.retain(|p| self.lookup(tree, p).is_some_and(|n| n.stat.ephemeral_owner == session));
+        paths.sort();
+        for path in paths {
+            let parent_path = parent(&path).to_string();
+            if let Some(mut p) = self.lookup(tree, &parent_path) {
+                p.child_count -= 1;
+                p.stat.pzxid = zxid.0 as i64;
+                self.set(&parent_path, zxid, Some(p));
+            }
+            self.set(&path, zxid, None);
+        }
+    }
+}
+
+/// ZooKeeper's `checkAndIncVersion`: -1 matches any version.
+fn next_version(current: i32, expected: i32) -> Result<i32, ErrorCode> {
+    if expected != -1 && expected != current {
+        return Err(ErrorCode::BadVersion);
+    }
+    Ok(current.wrapping_add(1))
+}
+
+fn multi_op(txn: Txn) -> MultiOp {
+    match txn {
+        Txn::Create(c) => MultiOp::Create(c),
+        Txn::Delete { path } => MultiOp::Delete { path },
+        Txn::SetData { path, data, version } => MultiOp::SetData { path, data, version },
+        Txn::Check { path, version } => MultiOp::Check { path, version },
+        // Only the four kinds above are prepared inside a multi.
+        _ => MultiOp::Error { code: ErrorCode::BadArguments.code() },
+    }
+}

@@ -1,0 +1,240 @@
+use super::*;
+use crate::tree::{open_acl, OpResult};
+
+const S: i64 = 0x10;
+
+struct Node {
+    tree: DataTree,
+    seq: Sequencer,
+    time: i64,
+}
+
+impl Node {
+    fn new() -> Node {
+        let mut n =
+            Node { tree: DataTree::new(), seq: Sequencer::new(SequencerConfig::default(), 1, Zxid::ZERO), time: 100 };
+        n.write(WriteOp::CreateSession { timeout_ms: 5000 }).expect("session");
+        n
+    }
+
+    fn req(&self, op: WriteOp) -> WriteRequest {
+        WriteRequest { session_id: S, cxid: 1, auth: vec![AuthId::new("ip", "127.0.0.1")], op }
+    }
+
+    /// Prepares without applying (in flight).
+    fn prepare(&mut self, op: WriteOp) -> Result<Entry, Rejected> {
+        self.time += 1;
+        let req = self.req(op);
+        self.seq.prepare(&self.tree, &req, self.time)
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Vec<OpResult> {
+        let bytes = entry.encode();
+        let applied = self.tree.apply(Entry::access(&bytes).expect("valid"));
+        self.seq.committed(entry.zxid);
+        applied.results
+    }
+
+    /// Prepares and applies at once.
+    fn write(&mut self, op: WriteOp) -> Result<Vec<OpResult>, Rejected> {
+        let entry = self.prepare(op)?;
+        Ok(self.apply(&entry))
+    }
+}
+
+fn create(path: &str, mode: CreateMode) -> WriteOp {
+    WriteOp::Create(CreateOp {
+        path: path.into(),
+        data: b"x".to_vec(),
+        acl: open_acl(),
+        mode,
+        ttl_ms: 0,
+        container: mode == CreateMode::Container,
+    })
+}
+
+fn created_path(results: &[OpResult]) -> String {
+    match &results[0] {
+        OpResult::Created { path, .. } => path.clone(),
+        other => panic!("expected a create, got {other:?}"),
+    }
+}
+
+#[test]
+fn zxids_are_consecutive_and_start_a_new_epoch_at_one() {
+    let mut n = Node::new();
+    let a = n.prepare(create("/a", CreateMode::Persistent)).expect("a");
+    let b = n.prepare(create("/b", CreateMode::Persistent)).expect("b");
+    assert_eq!((a.zxid, b.zxid), (Zxid::new(1, 2), Zxid::new(1, 3)));
+    let s = Sequencer::new(SequencerConfig::default(), 2, Zxid::new(1, 9));
+    assert_eq!(s.next_zxid(), Zxid::new(2, 1));
+    let s = Sequencer::new(SequencerConfig::default(), 2, Zxid::new(2, 9));
+    assert_eq!(s.next_zxid(), Zxid::new(2, 10));
+}
+
+#[test]
+fn in_flight_changes_are_seen_by_later_writes() {
+    let mut n = Node::new();
+    let first = n.prepare(create("/a", CreateMode::Persistent)).expect("first");
+    // Not applied yet, but a second create of the same path is refused...
+    assert_eq!(n.prepare(create("/a", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::NodeExists)));
+    // ...a child can be created under it, and its version is known.
+    let child = n.prepare(create("/a/b", CreateMode::Persistent)).expect("child");
+    let set = n.prepare(WriteOp::SetData { path: "/a".into(), data: vec![], version: 0 }).expect("set");
+    assert_eq!(
+        n.prepare(WriteOp::SetData { path: "/a".into(), data: vec![], version: 0 }),
+        Err(Rejected::Op(ErrorCode::BadVersion))
+    );
+    assert_eq!(n.prepare(WriteOp::Delete { path: "/a".into(), version: -1 }), Err(Rejected::Op(ErrorCode::NotEmpty)));
+    for e in [&first, &child, &set] {
+        let results = n.apply(e);
+        assert!(!matches!(results[0], OpResult::Error(_)), "{results:?}");
+    }
+    assert_eq!(n.seq.in_flight_paths(), 0, "everything applied is forgotten");
+    assert_eq!(n.tree.stat("/a").expect("a").version, 1);
+}
+
+#[test]
+fn sequential_names_use_the_parent_cversion_and_never_repeat_in_flight() {
+    let mut n = Node::new();
+    n.write(create("/q", CreateMode::Persistent)).expect("q");
+    let e1 = n.prepare(create("/q/item-", CreateMode::PersistentSequential)).expect("1");
+    let e2 = n.prepare(create("/q/item-", CreateMode::PersistentSequential)).expect("2");
+    let p1 = created_path(&n.apply(&e1));
+    let p2 = created_path(&n.apply(&e2));
+    assert_eq!((p1.as_str(), p2.as_str()), ("/q/item-0000000000", "/q/item-0000000001"));
+    // Deleting does not rewind the counter (cversion counts creates).
+    n.write(WriteOp::Delete { path: p2.clone(), version: -1 }).expect("delete");
+    let p3 = created_path(&n.write(create("/q/item-", CreateMode::PersistentSequential)).expect("3"));
+    assert_eq!(p3, "/q/item-0000000002");
+    let p4 = created_path(&n.write(create("/q/", CreateMode::PersistentSequential)).expect("4"));
+    assert_eq!(p4, "/q/0000000003");
+}
+
+#[test]
+fn errors_come_in_zookeepers_order() {
+    let mut n = Node::new();
+    assert_eq!(n.prepare(create("bad", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::BadArguments)));
+    assert_eq!(n.prepare(create("/x/y", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::NoNode)));
+    n.write(create("/locked", CreateMode::Persistent)).expect("locked");
+    let read_only = vec![Acl { perms: perms::READ, scheme: "world".into(), id: "anyone".into() }];
+    n.write(WriteOp::SetAcl { path: "/locked".into(), acl: read_only, version: -1 }).expect("acl");
+    // CREATE permission on the parent is checked before existence.
+    assert_eq!(n.prepare(create("/locked/c", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::NoAuth)));
+    assert_eq!(
+        n.prepare(WriteOp::SetData { path: "/locked".into(), data: vec![], version: -1 }),
+        Err(Rejected::Op(ErrorCode::NoAuth))
+    );
+    assert_eq!(
+        n.prepare(WriteOp::SetAcl { path: "/locked".into(), acl: open_acl(), version: -1 }),
+        Err(Rejected::Op(ErrorCode::NoAuth))
+    );
+    assert_eq!(n.prepare(WriteOp::Delete { path: "/nope".into(), version: -1 }), Err(Rejected::Op(ErrorCode::NoNode)));
+    assert_eq!(
+        n.prepare(WriteOp::Delete { path: "/".into(), version: -1 }),
+        Err(Rejected::Op(ErrorCode::BadArguments))
+    );
+    assert_eq!(
+        n.prepare(WriteOp::Check { path: "/locked".into(), version: 3 }),
+        Err(Rejected::Op(ErrorCode::BadVersion))
+    );
+    let bad_acl = WriteOp::Create(CreateOp {
+        path: "/z".into(),
+        data: vec![],
+        acl: vec![],
+        mode: CreateMode::Persistent,
+        ttl_ms: 0,
+        container: false,
+    });
+    assert_eq!(n.prepare(bad_acl), Err(Rejected::Op(ErrorCode::InvalidAcl)));
+    let before = n.seq.next_zxid();
+    assert_eq!(before, Zxid::new(1, 4), "refusals use no zxid");
+}
+
+#[test]
+fn ephemerals_need_a_live_session_and_cannot_have_children() {
+    let mut n = Node::new();
+    n.write(create("/e", CreateMode::Ephemeral)).expect("e");
+    assert_eq!(
+        n.prepare(create("/e/c", CreateMode::Persistent)),
+        Err(Rejected::Op(ErrorCode::NoChildrenForEphemerals))
+    );
+    let close = n.prepare(WriteOp::CloseSession).expect("close");
+    // In flight: the session is closing, its ephemeral is already gone for later writes.
+    assert_eq!(n.prepare(create("/e2", CreateMode::Ephemeral)), Err(Rejected::Op(ErrorCode::SessionExpired)));
+    n.prepare(create("/e", CreateMode::Persistent)).expect("the ephemeral's path is free again");
+    n.apply(&close);
+    assert!(n.tree.get("/e").is_none());
+}
+
+#[test]
+fn a_failed_multi_reports_each_op_and_leaves_no_trace() {
+    let mut n = Node::new();
+    let ops = vec![
+        create("/m", CreateMode::Persistent),
+        WriteOp::SetData { path: "/m".into(), data: vec![1], version: 0 },
+        WriteOp::Delete { path: "/absent".into(), version: -1 },
+        create("/m2", CreateMode::Persistent),
+    ];
+    let before = n.seq.next_zxid();
+    assert_eq!(n.prepare(WriteOp::Multi(ops)), Err(Rejected::Multi(vec![0, 0, -101, -2])));
+    assert_eq!(n.seq.next_zxid(), before);
+    assert_eq!(n.seq.in_flight_paths(), 0, "the multi's in-flight records were rolled back");
+    n.prepare(create("/m", CreateMode::Persistent)).expect("/m was never created");
+}
+
+#[test]
+fn a_multi_sees_its_own_earlier_ops() {
+    let mut n = Node::new();
+    let ops = vec![
+        create("/m", CreateMode::Persistent),
+        create("/m/c", CreateMode::Persistent),
+        WriteOp::SetData { path: "/m".into(), data: vec![1], version: 0 },
+        WriteOp::Check { path: "/m".into(), version: 1 },
+        WriteOp::Delete { path: "/m/c".into(), version: 0 },
+    ];
+    let results = n.write(WriteOp::Multi(ops)).expect("multi");
+    assert_eq!(results.len(), 5);
+    assert!(results.iter().all(|r| !matches!(r, OpResult::Error(_) | OpResult::Aborted)), "{results:?}");
+    assert_eq!(n.tree.stat("/m").expect("m").num_children, 0);
+}
+
+#[test]
+fn ttl_and_container_modes_are_validated() {
+    let mut n = Node::new();
+    let ttl = |ms| {
+        WriteOp::Create(CreateOp {
+            path: "/t".into(),
+            data: vec![],
+            acl: open_acl(),
+            mode: CreateMode::PersistentWithTtl,
+            ttl_ms: ms,
+            container: false,
+        })
+    };
+    assert_eq!(n.prepare(ttl(0)), Err(Rejected::Op(ErrorCode::BadArguments)));
+    assert_eq!(n.prepare(ttl(TTL_MAX_MS + 1)), Err(Rejected::Op(ErrorCode::BadArguments)));
+    n.write(ttl(1000)).expect("ttl");
+    let mut off = Node::new();
+    off.seq = Sequencer::new(SequencerConfig { ttl_enabled: false }, 1, off.tree.last_zxid());
+    assert_eq!(off.prepare(ttl(1000)), Err(Rejected::Op(ErrorCode::Unimplemented)));
+    n.write(create("/c", CreateMode::Container)).expect("container");
+    assert_eq!(n.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
+}
+
+#[test]
+fn a_refusal_changes_nothing() {
+    let mut n = Node::new();
+    n.write(create("/a", CreateMode::Persistent)).expect("a");
+    let _in_flight = n.prepare(create("/b", CreateMode::Persistent)).expect("b");
+    let snapshot = (n.seq.next_zxid(), n.seq.in_flight_paths(), n.tree.digest());
+    for op in [
+        create("/a", CreateMode::Persistent),
+        WriteOp::Delete { path: "/a".into(), version: 7 },
+        WriteOp::SetData { path: "/zz".into(), data: vec![], version: -1 },
+        WriteOp::Multi(vec![create("/c", CreateMode::Persistent), create("/c", CreateMode::Persistent)]),
+    ] {
+        assert!(n.prepare(op).is_err());
+        assert_eq!((n.seq.next_zxid(), n.seq.in_flight_paths(), n.tree.digest()), snapshot);
+    }
+}
