@@ -323,7 +323,7 @@ impl Wal {
         self.submit(zxid, payload)?.await
     }
 
-    /// Resolves when there is room for another batch in the queue (or the WAL has stopped).
+    /// Resolves when a maximal entry would fit in the queue (or the WAL has stopped).
     pub fn ready(&self) -> Ready {
         Ready { shared: self.shared.clone() }
     }
@@ -474,6 +474,7 @@ impl Shared {
             Some(last) => {
                 let block = last.bytes()[align_down(last.end, IO_ALIGN)..last.end].to_vec();
                 let file = OpenOptions::new()
+                    .read(true)
                     .write(true)
                     .dma_open(&last.path)
                     .await
@@ -682,8 +683,12 @@ async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalE
         Some(task) => task.await?,
         None => prepare_spare(dir.clone(), segment_bytes, zero, pacer).await?,
     };
-    let file =
-        OpenOptions::new().write(true).dma_open(&spare_path).await.map_err(|e| WalError::glommio(&spare_path, e))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&spare_path)
+        .await
+        .map_err(|e| WalError::glommio(&spare_path, e))?;
     let mut block = glommio::allocate_dma_buffer_global(SEGMENT_HEADER_BYTES);
     SegmentHeader { first_zxid, segment_bytes }.encode(block.as_bytes_mut());
     file.write_at(block, 0).await.map_err(|e| WalError::glommio(&spare_path, e))?;
@@ -736,7 +741,8 @@ impl Future for Ready {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = self.shared.borrow_mut();
-        let room = s.queued_bytes + s.config.batch_bytes_max <= s.config.queued_bytes_max;
+        // Room for one more maximal entry, so a submit right after `ready` cannot be refused.
+        let room = s.queued_bytes + record::encoded_len(s.config.entry_bytes_max) <= s.config.queued_bytes_max;
         if room || s.queued_bytes == 0 || s.fatal.is_some() || s.closing {
             return Poll::Ready(());
         }

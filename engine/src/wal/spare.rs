@@ -41,7 +41,9 @@ pub async fn prepare_spare(
 ) -> Result<PathBuf, WalError> {
     let path = dir.join(SPARE_FILE);
     remove_if_exists(&path)?;
+    // Read access too: glommio probes each DMA file for io-poll support with a read.
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)

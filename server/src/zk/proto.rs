@@ -320,7 +320,12 @@ impl Request {
 }
 
 fn acl(r: &mut Reader<'_>) -> Result<Acl, JuteError> {
-    Ok(Acl { perms: r.int("perms")?, scheme: r.string("scheme")?.to_string(), id: r.string("id")?.to_string() })
+    // Clients send an empty id as null (kazoo does for `auth:`); ZooKeeper reads it as such
+    // and lets the ACL check decide, so null becomes "" here and fix-up refuses what is bad.
+    let perms = r.int("perms")?;
+    let scheme = r.string_opt("scheme")?.unwrap_or("").to_string();
+    let id = r.string_opt("id")?.unwrap_or("").to_string();
+    Ok(Acl { perms, scheme, id })
 }
 
 fn acls(r: &mut Reader<'_>) -> Result<Vec<Acl>, JuteError> {
@@ -687,6 +692,15 @@ mod tests {
             w.int(op::GET_ACL).bool(false).int(-1).string("/m");
         });
         assert!(decode_request(op::MULTI, &bad).is_err());
+    }
+
+    #[test]
+    fn null_acl_ids_read_as_empty() {
+        let b = body(|w| {
+            w.string("/a").buffer(b"").int(1).int(31).string("auth").null().int(0);
+        });
+        let Ok(Request::Create(c)) = decode_request(op::CREATE, &b) else { panic!() };
+        assert_eq!((c.acl[0].scheme.as_str(), c.acl[0].id.as_str()), ("auth", ""));
     }
 
     #[test]

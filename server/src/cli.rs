@@ -1,0 +1,109 @@
+//! Baton's command line (the `baton` binary runs [`main`]).
+
+use std::path::PathBuf;
+
+use crate::config::ServerConfig;
+use crate::inspect;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a coordination service speaking the ZooKeeper protocol",
+    long_about = "Without a subcommand, runs a single Baton server (by default on 127.0.0.1:2181 with its data in ./baton-data).",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    server: ServerConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect a write-ahead log directory.
+    Wal {
+        #[command(subcommand)]
+        action: WalAction,
+    },
+    /// Inspect a snapshot directory.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalAction {
+    /// Verify every record's length and checksum; report a torn tail or corruption (with
+    /// file and offset). Exits non-zero on corruption. Never modifies the files.
+    Verify { dir: PathBuf },
+    /// Print the records, decoded.
+    Dump {
+        dir: PathBuf,
+        /// Only records above this zxid (decimal or 0x-hex).
+        #[arg(long, default_value = "0")]
+        after: String,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// List snapshots and say which one recovery would load.
+    List { dir: PathBuf },
+}
+
+fn parse_zxid(text: &str) -> anyhow::Result<baton_engine::Zxid> {
+    let value = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .with_context(|| format!("not a zxid: {text}"))?;
+    Ok(baton_engine::Zxid(value))
+}
+
+/// Parses the command line and runs it: a server by default, or an inspection tool.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let out = match cli.command {
+        None => return serve(cli.server),
+        Some(Command::Wal { action: WalAction::Verify { dir } }) => inspect::verify_wal(&dir)?,
+        Some(Command::Wal { action: WalAction::Dump { dir, after, limit } }) => {
+            inspect::dump_wal(&dir, parse_zxid(&after)?, limit)?
+        }
+        Some(Command::Snapshot { action: SnapshotAction::List { dir } }) => inspect::list_snapshots(&dir)?,
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let memlock = baton_engine::sys::raise_memlock_limit();
+    tracing::debug!(memlock, "RLIMIT_MEMLOCK");
+    let data_dir = config.data_dir.clone();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("baton")
+        .make()
+        .map_err(std::io::Error::from)
+        .context("starting the glommio executor (io_uring; see README on `ulimit -l`)")?;
+    executor
+        .run(crate::serve::serve(config, move |addr| {
+            println!("baton: serving ZooKeeper clients on {addr}, data in {}", data_dir.display());
+            tracing::info!(%addr, "ready");
+        }))
+        .context("baton stopped")?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Answers to requests that do not change state: reads (which may set watches), pings,
+//! sync, auth, watch management and whoAmI.
+
+use std::rc::Rc;
+
+use base64::Engine as _;
+use baton_engine::sequencer::{check_acl, perms, AuthId};
+use baton_engine::tree::path::validate_path;
+use baton_engine::tree::{ErrorCode, Stat};
+use sha1::{Digest, Sha1};
+
+use crate::conn::Conn;
+use crate::node::Node;
+use crate::watch::WatchKind;
+use crate::zk::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response};
+
+/// The reply frame for a read-side request, registering any watch it sets.
+pub fn answer(node: &mut Node, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
+    let zxid = node.tree.last_zxid().0 as i64;
+    match respond(node, conn, request) {
+        Ok(Some(body)) => encode_reply(xid, zxid, 0, Some(&body)),
+        Ok(None) => encode_reply(xid, zxid, 0, None),
+        Err(code) => encode_reply(xid, zxid, code.code(), None),
+    }
+}
+
+/// ZooKeeper's digest id for `user:password`: `user:base64(sha1(user:password))`.
+pub fn digest_id(credentials: &str) -> Option<String> {
+    let (user, _) = credentials.split_once(':')?;
+    let hash = Sha1::digest(credentials.as_bytes());
+    Some(format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash)))
+}
+
+fn valid(path: &str) -> Result<(), ErrorCode> {
+    validate_path(path, false)
+}
+
+fn readable(node: &Node, conn: &Conn, path: &str, perm: i32) -> Result<Stat, ErrorCode> {
+    valid(path)?;
+    let znode = node.tree.get(path).ok_or(ErrorCode::NoNode)?;
+    check_acl(&znode.acl, perm, &conn.auth.borrow())?;
+    Ok(znode.full_stat())
+}
+
+fn watch_room(node: &Node, conn: &Conn) -> bool {
+    node.watches.count_for(conn.id) < node.config.max_watches_per_connection
+}
+
+fn children(node: &Node, path: &str) -> Vec<String> {
+    node.tree.get(path).map(|n| n.children.iter().map(|c| c.to_string()).collect()).unwrap_or_default()
+}
+
+fn respond(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<Response>, ErrorCode> {
+    Ok(Some(match request {
+        Request::Ping | Request::Sync { .. } | Request::Auth { .. } | Request::SetWatches { .. } => {
+            return session_request(node, conn, request);
+        }
+        Request::Exists { path, watch } => {
+            valid(&path)?;
+            let stat = node.tree.stat(&path);
+            if watch && watch_room(node, conn) {
+                // An exists watch on a missing node fires when it is created.
+                node.watches.add(WatchKind::Data, &path, conn.id);
+            }
+            Response::Stat(stat.ok_or(ErrorCode::NoNode)?)
+        }
+        Request::GetData { path, watch } => {
+            let stat = readable(node, conn, &path, perms::READ)?;
+            if watch && watch_room(node, conn) {
+                node.watches.add(WatchKind::Data, &path, conn.id);
+            }
+            let data = node.tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default();
+            Response::GetData { data, stat }
+        }
+        Request::GetChildren { path, watch } => {
+            readable(node, conn, &path, perms::READ)?;
+            if watch && watch_room(node, conn) {
+                node.watches.add(WatchKind::Child, &path, conn.id);
+            }
+            Response::Children(children(node, &path))
+        }
+        Request::GetChildren2 { path, watch } => {
+            let stat = readable(node, conn, &path, perms::READ)?;
+            if watch && watch_room(node, conn) {
+                node.watches.add(WatchKind::Child, &path, conn.id);
+            }
+            Response::Children2 { children: children(node, &path), stat }
+        }
+        Request::GetAcl { path } => {
+            let stat = readable(node, conn, &path, perms::READ | perms::ADMIN)?;
+            let acl = node.tree.get(&path).map(|n| n.acl.to_vec()).unwrap_or_default();
+            Response::GetAcl { acl, stat }
+        }
+        Request::GetAllChildrenNumber { path } => {
+            readable(node, conn, &path, perms::READ)?;
+            Response::Count(node.tree.descendant_count(&path).unwrap_or(0).min(i32::MAX as usize) as i32)
+        }
+        Request::GetEphemerals { prefix } => {
+            let session = conn.session_id.get();
+            let list =
+                node.tree.ephemerals_of(session).filter(|p| p.starts_with(prefix.as_str())).map(String::from).collect();
+            Response::Strings(list)
+        }
+        Request::MultiRead(ops) => Response::Multi(ops.into_iter().map(|op| read_op(node, conn, op)).collect()),
+        Request::AddWatch { path, mode } => {
+            valid(&path)?;
+            let kind = match mode {
+                0 => WatchKind::Persistent,
+                1 => WatchKind::Recursive,
+                _ => return Err(ErrorCode::BadArguments),
+            };
+            if watch_room(node, conn) {
+                node.watches.add(kind, &path, conn.id);
+            }
+            Response::Empty
+        }
+        Request::CheckWatches { path, kind } => return watch_management(node, conn, &path, kind, false),
+        Request::RemoveWatches { path, kind } => return watch_management(node, conn, &path, kind, true),
+        Request::WhoAmI => {
+            let infos = conn.auth.borrow().iter().map(|a| (a.scheme.clone(), a.id.clone())).collect();
+            Response::WhoAmI(infos)
+        }
+        Request::Unsupported(_) => return Err(ErrorCode::Unimplemented),
+        _ => return Err(ErrorCode::Unimplemented),
+    }))
+}
+
+fn session_request(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<Response>, ErrorCode> {
+    match request {
+        Request::Ping => Ok(None),
+        Request::Sync { path } => {
+            // One server: everything committed is applied; the reply is ordered after the
+            // session's earlier writes by the reply slots.
+            Ok(Some(Response::Path(path)))
+        }
+        Request::Auth { scheme, auth } => {
+            if scheme != "digest" {
+                return Err(ErrorCode::AuthFailed);
+            }
+            let credentials = String::from_utf8(auth).map_err(|_| ErrorCode::AuthFailed)?;
+            let id = digest_id(&credentials).ok_or(ErrorCode::AuthFailed)?;
+            let mut ids = conn.auth.borrow_mut();
+            let new = AuthId::new("digest", &id);
+            if !ids.contains(&new) {
+                ids.push(new);
+            }
+            Ok(None)
+        }
+        Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive } => {
+            set_watches(node, conn, relative_zxid, data, exist, child, persistent, recursive);
+            Ok(None)
+        }
+        _ => Err(ErrorCode::Unimplemented),
+    }
+}
+
+fn read_op(node: &mut Node, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
+    match op {
+        ReadOp::GetChildren { path } => match readable(node, conn, &path, perms::READ) {
+            Ok(_) => OpReply::GetChildren(children(node, &path)),
+            Err(e) => OpReply::Error(e.code()),
+        },
+        ReadOp::GetData { path } => match readable(node, conn, &path, perms::READ) {
+            Ok(stat) => {
+                OpReply::GetData { data: node.tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default(), stat }
+            }
+            Err(e) => OpReply::Error(e.code()),
+        },
+    }
+}
+
+/// checkWatches / removeWatches: `kind` 1 children, 2 data, 3 any, 4 persistent,
+/// 5 persistent recursive (ZooKeeper's `WatcherType`).
+fn watch_management(
+    node: &mut Node,
+    conn: &Rc<Conn>,
+    path: &str,
+    kind: i32,
+    remove: bool,
+) -> Result<Option<Response>, ErrorCode> {
+    valid(path)?;
+    let kinds: &[WatchKind] = match kind {
+        1 => &[WatchKind::Child],
+        2 => &[WatchKind::Data],
+        3 => &[WatchKind::Child, WatchKind::Data, WatchKind::Persistent, WatchKind::Recursive],
+        4 => &[WatchKind::Persistent],
+        5 => &[WatchKind::Recursive],
+        _ => return Err(ErrorCode::BadArguments),
+    };
+    let mut found = false;
+    for &k in kinds {
+        found |= if remove { node.watches.remove(k, path, conn.id) } else { node.watches.has(k, path, conn.id) };
+    }
+    if found {
+        Ok(Some(Response::Empty))
+    } else {
+        Err(ErrorCode::NoWatcher)
+    }
+}
+
+/// Re-registers a reconnecting client's watches, firing at once those whose condition has
+/// already happened since `relative_zxid` (ZooKeeper's `DataTree.setWatches`).
+#[allow(clippy::too_many_arguments)]
+fn set_watches(
+    node: &mut Node,
+    conn: &Rc<Conn>,
+    relative_zxid: i64,
+    data: Vec<String>,
+    exist: Vec<String>,
+    child: Vec<String>,
+    persistent: Vec<String>,
+    recursive: Vec<String>,
+) {
+    let zxid = node.tree.last_zxid().0 as i64;
+    let fire = |event_type: i32, path: &str| conn.send(crate::zk::proto::encode_notification(event_type, path, zxid));
+    for path in data {
+        match node.tree.stat(&path) {
+            None => fire(event::NODE_DELETED, &path),
+            Some(s) if s.mzxid > relative_zxid => fire(event::NODE_DATA_CHANGED, &path),
+            Some(_) => node.watches.add(WatchKind::Data, &path, conn.id),
+        }
+    }
+    for path in exist {
+        match node.tree.stat(&path) {
+            Some(_) => fire(event::NODE_CREATED, &path),
+            None => node.watches.add(WatchKind::Data, &path, conn.id),
+        }
+    }
+    for path in child {
+        match node.tree.stat(&path) {
+            None => fire(event::NODE_DELETED, &path),
+            Some(s) if s.pzxid > relative_zxid => fire(event::NODE_CHILDREN_CHANGED, &path),
+            Some(_) => node.watches.add(WatchKind::Child, &path, conn.id),
+        }
+    }
+    for path in persistent {
+        node.watches.add(WatchKind::Persistent, &path, conn.id);
+    }
+    for path in recursive {
+        node.watches.add(WatchKind::Recursive, &path, conn.id);
+    }
+}
+
+/// The xid a reply carries. ZooKeeper hard-codes only the ping's (-2); every other reply,
+/// auth and setWatches included, echoes the request's xid (clients normally send -4 and -8
+/// for those, but some number them like any request).
+pub fn reply_xid(request: &Request, xid: i32) -> i32 {
+    match request {
+        Request::Ping => special::PING,
+        _ => xid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn digest_ids_match_zookeeper() {
+        // `DigestAuthenticationProvider.generateDigest("super:test")` in ZooKeeper's docs.
+        assert_eq!(super::digest_id("super:test").as_deref(), Some("super:D/InIHSb7yEEbrWz8b9l71RjZJU="));
+        assert_eq!(super::digest_id("nocolon"), None);
+    }
+}

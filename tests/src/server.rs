@@ -1,0 +1,102 @@
+//! Real `baton` processes on 127.0.0.1 for tests: started on a free port with their own data
+//! directory, killed with SIGKILL or stopped by pid, never left running.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running server process.
+pub struct BatonProcess {
+    bin: PathBuf,
+    child: Option<Child>,
+    /// Its client address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    // Bind port 0 and release it; the server binds it right after (tests run on loopback).
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("addr").port()
+}
+
+impl BatonProcess {
+    /// Starts the server binary `bin` (an integration test passes
+    /// `env!("CARGO_BIN_EXE_baton_test_server")`) with its data in `dir` and `extra` flags, and
+    /// waits until it serves.
+    pub fn start(bin: &str, dir: &Path, extra: &[&str]) -> BatonProcess {
+        let mut p = BatonProcess {
+            bin: PathBuf::from(bin),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        p.launch();
+        p
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(&self.bin)
+            .arg("--client-addr")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn baton");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("serving ZooKeeper clients") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("baton did not start serving within 30 s");
+        }
+        self.child = Some(child);
+    }
+
+    /// The connection string for clients.
+    pub fn connect_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// SIGKILLs the process (no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for BatonProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
