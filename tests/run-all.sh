@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 echo "RLIMIT_MEMLOCK: $(ulimit -l)"
 
-# Nothing beyond the Rust toolchain is needed yet; later suites (real ZooKeeper, kazoo, etcd)
-# install their packages here.
+# kazoo (Python, from PyPI) for the real-client compatibility tests.
+if ! python3 -c "import kazoo" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kazoo==2.11.0"
+fi
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"

@@ -1,6 +1,7 @@
 //! Shared helpers for Baton's cross-crate tests.
 
 pub mod crash_payload;
+pub mod raw;
 pub mod server;
 
 /// A temporary directory on the build's filesystem (O_DIRECT needs a disk filesystem; `/tmp`

@@ -1,0 +1,109 @@
+//! A minimal ZooKeeper client over a blocking socket, built from the server's own codec, for
+//! tests that need exact control of the bytes (sessions left to expire, hostile frames).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use baton_server::zk::jute::{Reader, Writer};
+use baton_server::zk::proto::{op, ConnectRequest, ConnectResponse};
+
+/// A reply: header fields and the body bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Echoed xid.
+    pub xid: i32,
+    /// Server zxid.
+    pub zxid: i64,
+    /// Error code (0 = ok).
+    pub err: i32,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// One raw connection.
+pub struct RawClient {
+    /// The socket.
+    pub stream: TcpStream,
+    xid: i32,
+    /// Session id granted.
+    pub session_id: i64,
+    /// Session password.
+    pub passwd: Vec<u8>,
+}
+
+/// Reads one length-prefixed frame; `None` when the server closed the connection.
+pub fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).ok()?;
+    let len = i32::from_be_bytes(head);
+    let mut body = vec![0u8; usize::try_from(len).ok()?];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// Whether the server closed the connection (EOF or reset) within `wait`.
+pub fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    let _ = stream.set_read_timeout(Some(wait));
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a reply or notification before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+impl RawClient {
+    /// Connects and opens (or resumes) a session.
+    pub fn connect(addr: SocketAddr, timeout_ms: i32, session: Option<(i64, Vec<u8>)>) -> Option<RawClient> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let (session_id, passwd) = session.unwrap_or((0, vec![0; 16]));
+        let req =
+            ConnectRequest { protocol_version: 0, last_zxid_seen: 0, timeout_ms, session_id, passwd, read_only: false };
+        stream.write_all(&req.encode()).ok()?;
+        let resp = ConnectResponse::decode(&read_frame(&mut stream)?).ok()?;
+        if resp.timeout_ms <= 0 {
+            return None;
+        }
+        Some(RawClient { stream, xid: 0, session_id: resp.session_id, passwd: resp.passwd })
+    }
+
+    /// Sends a request and waits for its reply (skipping watch notifications).
+    pub fn call(&mut self, op_code: i32, body: &[u8]) -> Option<Reply> {
+        self.xid += 1;
+        let mut w = Writer::frame();
+        w.int(self.xid).int(op_code);
+        let mut frame = w.into_bytes();
+        frame.extend_from_slice(body);
+        let len = (frame.len() - 4) as u32;
+        frame[0..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&frame).ok()?;
+        loop {
+            let raw = read_frame(&mut self.stream)?;
+            let mut r = Reader::new(&raw);
+            let (xid, zxid, err) = (r.int("xid").ok()?, r.long("zxid").ok()?, r.int("err").ok()?);
+            if xid == -1 {
+                continue;
+            }
+            return Some(Reply { xid, zxid, err, body: raw[16..].to_vec() });
+        }
+    }
+
+    /// create(path, data) with an open ACL and `flags`.
+    pub fn create(&mut self, path: &str, data: &[u8], flags: i32) -> Option<Reply> {
+        let mut w = Writer::new();
+        w.string(path).buffer(data).int(1).int(31).string("world").string("anyone").int(flags);
+        self.call(op::CREATE, &w.into_bytes())
+    }
+
+    /// exists(path) without a watch.
+    pub fn exists(&mut self, path: &str) -> Option<Reply> {
+        let mut w = Writer::new();
+        w.string(path).bool(false);
+        self.call(op::EXISTS, &w.into_bytes())
+    }
+}

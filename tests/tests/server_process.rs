@@ -1,0 +1,127 @@
+//! A real `baton` process: restarts after SIGKILL, session expiry, and hostile input.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use baton_server::zk::jute::Writer;
+use baton_server::zk::proto::op;
+use baton_tests::raw::{closed_by_server, RawClient};
+use baton_tests::server::BatonProcess;
+use baton_tests::temp_dir;
+
+fn start(dir: &std::path::Path, extra: &[&str]) -> BatonProcess {
+    BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir, extra)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sigkill_and_restart_keep_every_acknowledged_write_and_expire_dead_sessions() {
+    let dir = temp_dir();
+    // Small snapshots interval so recovery exercises snapshot + WAL replay together.
+    let mut server = start(dir.path(), &["--tick-ms", "250", "--snapshot-every-entries", "150"]);
+    let mut writer = RawClient::connect(server.addr, 500, None).expect("connect");
+    let mut acknowledged = Vec::new();
+    for i in 0..400 {
+        let path = format!("/k{i:04}");
+        let reply = writer.create(&path, format!("value-{i}").as_bytes(), 0).expect("reply");
+        assert_eq!(reply.err, 0, "create {path}");
+        acknowledged.push(path);
+    }
+    let eph = writer.create("/lease", b"", 1).expect("reply");
+    assert_eq!(eph.err, 0);
+    // The writer's session dies with the server and is never resumed.
+    server.kill();
+    server.restart();
+    let mut reader = RawClient::connect(server.addr, 5000, None).expect("reconnect");
+    for path in &acknowledged {
+        let reply = reader.exists(path).expect("reply");
+        assert_eq!(reply.err, 0, "acknowledged {path} lost across SIGKILL");
+    }
+    // The dead session's ephemeral survives the restart until the session expires (a full
+    // timeout after recovery, as ZooKeeper), then vanishes.
+    let gone = wait_until(Duration::from_secs(10), || reader.exists("/lease").is_some_and(|r| r.err == -101));
+    assert!(gone, "the ephemeral of an expired session is still there");
+    // Restart again: still all there, and the expiry itself was durable.
+    server.restart();
+    let mut again = RawClient::connect(server.addr, 5000, None).expect("reconnect");
+    assert_eq!(again.exists("/k0399").expect("reply").err, 0);
+    assert_eq!(again.exists("/lease").expect("reply").err, -101);
+}
+
+#[test]
+fn a_session_resumes_on_reconnect_with_its_password_and_not_without() {
+    let dir = temp_dir();
+    let server = start(dir.path(), &["--tick-ms", "500"]);
+    let mut first = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert_eq!(first.create("/mine", b"", 1).expect("reply").err, 0);
+    let (id, passwd) = (first.session_id, first.passwd.clone());
+    drop(first);
+    let mut resumed = RawClient::connect(server.addr, 4000, Some((id, passwd))).expect("resume");
+    assert_eq!(resumed.session_id, id);
+    assert_eq!(resumed.exists("/mine").expect("reply").err, 0, "the ephemeral lives on with its session");
+    assert!(RawClient::connect(server.addr, 4000, Some((id, vec![7; 16]))).is_none(), "wrong password is refused");
+    assert!(RawClient::connect(server.addr, 4000, Some((0x1234, vec![0; 16]))).is_none(), "unknown session is refused");
+}
+
+#[test]
+fn hostile_input_costs_only_the_offending_connection() {
+    let dir = temp_dir();
+    let mut server = start(dir.path(), &["--max-frame-bytes", "4096"]);
+    let mut healthy = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert_eq!(healthy.create("/ok", b"", 0).expect("reply").err, 0);
+
+    // Garbage instead of a connect request.
+    let mut s = TcpStream::connect(server.addr).expect("tcp");
+    s.write_all(&[0x00, 0x00, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).expect("write");
+    assert!(closed_by_server(&mut s, Duration::from_secs(5)), "garbage connect must close");
+    // An oversized length prefix.
+    let mut s = TcpStream::connect(server.addr).expect("tcp");
+    s.write_all(&0x7fff_ffffu32.to_be_bytes()).expect("write");
+    assert!(closed_by_server(&mut s, Duration::from_secs(5)), "oversized frame must close");
+    // A truncated frame, then the client goes away.
+    let mut s = TcpStream::connect(server.addr).expect("tcp");
+    s.write_all(&[0, 0, 0, 40, 1, 2]).expect("write");
+    drop(s);
+
+    let mut c = RawClient::connect(server.addr, 4000, None).expect("connect");
+    // An unknown opcode gets ZooKeeper's Unimplemented error; the connection stays usable.
+    let reply = c.call(9999, &[]).expect("reply");
+    assert_eq!(reply.err, -6);
+    // Invalid paths get BadArguments.
+    assert_eq!(c.create("no-slash", b"", 0).expect("reply").err, -8);
+    assert_eq!(c.create("/a//b", b"", 0).expect("reply").err, -8);
+    // A bad version and a missing node get their codes.
+    let mut w = Writer::new();
+    w.string("/ok").buffer(b"x").int(42);
+    assert_eq!(c.call(op::SET_DATA, &w.into_bytes()).expect("reply").err, -103);
+    assert_eq!(c.exists("/missing").expect("reply").err, -101);
+    // An oversized request on an established connection closes it.
+    let mut big = Writer::new();
+    big.string("/big").buffer(&vec![0u8; 8192]).int(0).int(0);
+    assert!(c.call(op::CREATE, &big.into_bytes()).is_none(), "frame over max-frame-bytes must close");
+
+    // A malformed body of a known opcode closes that connection (as ZooKeeper does).
+    let mut d = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert!(d.call(op::CREATE, &[0, 0, 0, 9, b'/']).is_none(), "truncated create must close");
+
+    // Requests after closeSession are not served.
+    let mut e = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert_eq!(e.call(op::CLOSE_SESSION, &[]).expect("close reply").err, 0);
+    assert!(closed_by_server(&mut e.stream, Duration::from_secs(5)));
+
+    // Everyone else carried on, and nothing was lost.
+    assert!(server.is_running());
+    assert_eq!(healthy.exists("/ok").expect("reply").err, 0);
+    assert_eq!(healthy.create("/after", b"", 0).expect("reply").err, 0);
+}
