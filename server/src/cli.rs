@@ -12,14 +12,18 @@ use clap::{Parser, Subcommand};
     name = "baton",
     version,
     about = "Baton: a coordination service speaking the ZooKeeper protocol",
-    long_about = "Without a subcommand, runs a single Baton server (by default on 127.0.0.1:2181 with its data in ./baton-data).",
-    args_conflicts_with_subcommands = true
+    long_about = "Without a subcommand, runs a single Baton server (by default on 127.0.0.1:2181 with its data in ./baton-data).\n\n--config FILE reads settings from a TOML file whose keys are the flag names (client_addr = \"127.0.0.1:2181\", tick_ms = 2000, four_letter_words = [\"ruok\", \"mntr\"], disable_ttl = true, ...); flags given on the command line override it.",
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     server: ServerConfig,
+    /// TOML file of settings (keys are the flag names); command-line flags override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +81,7 @@ pub fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
     let out = match cli.command {
         None => return serve(cli.server),
         Some(Command::Wal { action: WalAction::Verify { dir } }) => inspect::verify_wal(&dir)?,
@@ -88,6 +92,39 @@ pub fn main() -> anyhow::Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// Expands `--config FILE` into flags placed before the command line's own, so that flags
+/// given explicitly win (the command allows an argument to override itself).
+fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let position = args.iter().position(|a| a == "--config" || a.starts_with("--config="));
+    let Some(i) = position else { return Ok(args) };
+    let path = match args[i].strip_prefix("--config=") {
+        Some(p) => p.to_string(),
+        None => args.get(i + 1).cloned().context("--config needs a file")?,
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing config file {path}"))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => flags.extend([flag, s]),
+            toml::Value::Integer(n) => flags.extend([flag, n.to_string()]),
+            toml::Value::Array(items) => {
+                let parts: Vec<String> =
+                    items.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect();
+                flags.extend([flag, parts.join(",")]);
+            }
+            other => anyhow::bail!("config key {key}: unsupported value {other}"),
+        }
+    }
+    let mut out = vec![args.first().cloned().unwrap_or_else(|| "baton".into())];
+    out.extend(flags);
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
 }
 
 fn serve(config: ServerConfig) -> anyhow::Result<()> {

@@ -42,8 +42,45 @@ pub async fn serve(config: ServerConfig, ready: impl FnOnce(std::net::SocketAddr
     let committer = glommio::spawn_local(commit_loop(node.clone()));
     let expiry = glommio::spawn_local(expiry_loop(node.clone(), tick / 2));
     let accepting = accept_loop(node.clone(), listener);
-    let result = futures_lite::future::or(futures_lite::future::or(committer, expiry), accepting).await;
-    result
+    let stopping = async {
+        shutdown_requested().await;
+        tracing::info!("shutting down: no new connections; letting in-flight writes commit");
+        drain(&node).await;
+        Ok(())
+    };
+    let running = futures_lite::future::or(futures_lite::future::or(committer, expiry), accepting);
+    futures_lite::future::or(stopping, running).await
+}
+
+static SHUTDOWN: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+/// Resolves after SIGTERM or SIGINT. The handler thread only sets a flag; the executor
+/// checks it every 50 ms.
+async fn shutdown_requested() {
+    let flag = SHUTDOWN
+        .get_or_init(|| {
+            let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                if let Err(e) = signal_hook::flag::register(signal, flag.clone()) {
+                    tracing::warn!(error = %e, signal, "cannot handle signal; it will stop the process abruptly");
+                }
+            }
+            flag
+        })
+        .clone();
+    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (at most 10 s) until every submitted write has committed and been answered.
+async fn drain(node: &Rc<RefCell<Node>>) {
+    let start = std::time::Instant::now();
+    while node.borrow().has_in_flight() && start.elapsed() < Duration::from_secs(10) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    // Let writer tasks flush the last replies.
+    glommio::timer::sleep(Duration::from_millis(50)).await;
 }
 
 async fn accept_loop(node: Rc<RefCell<Node>>, listener: TcpListener) -> Result<(), ServeError> {

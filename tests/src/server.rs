@@ -83,6 +83,28 @@ impl BatonProcess {
         }
     }
 
+    /// Sends SIGTERM and waits (at most `limit`) for the process to exit; returns its status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts it again (after `kill` or `terminate`, or killing it first).
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+
     /// Starts it again on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill();

@@ -125,3 +125,32 @@ fn hostile_input_costs_only_the_offending_connection() {
     assert_eq!(healthy.exists("/ok").expect("reply").err, 0);
     assert_eq!(healthy.create("/after", b"", 0).expect("reply").err, 0);
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_a_toml_config_file_is_honoured() {
+    let dir = temp_dir();
+    let config = dir.path().join("baton.toml");
+    std::fs::write(&config, "tick_ms = 300\nfour_letter_words = [\"ruok\", \"conf\"]\n").expect("write config");
+    let config_arg = config.to_string_lossy().to_string();
+    let mut server = start(&dir.path().join("data"), &["--config", &config_arg, "--max-connections", "77"]);
+    let mut c = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert_eq!(c.create("/before-term", b"x", 0).expect("reply").err, 0);
+    let conf = four_letter(server.addr, b"conf");
+    assert!(conf.contains("tickTime=300"), "the file set the tick: {conf}");
+    assert!(conf.contains("maxClientCnxns=77"), "the flag set max connections: {conf}");
+    assert!(four_letter(server.addr, b"srvr").contains("not in the whitelist"), "the file set the whitelist");
+    let status = server.terminate(Duration::from_secs(10)).expect("exited after SIGTERM");
+    assert!(status.success(), "SIGTERM exit status {status}");
+    server.start_again();
+    let mut c = RawClient::connect(server.addr, 4000, None).expect("connect");
+    assert_eq!(c.exists("/before-term").expect("reply").err, 0);
+}
+
+fn four_letter(addr: std::net::SocketAddr, word: &[u8]) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).expect("tcp");
+    s.write_all(word).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
