@@ -11,6 +11,12 @@ cd "$(dirname "$0")/.."
 ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 echo "RLIMIT_MEMLOCK: $(ulimit -l)"
 
+# Debian's zookeeper package: zkCli for compatibility tests (and ZooKeeper for comparisons).
+if [ ! -x /usr/share/zookeeper/bin/zkCli.sh ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null
+fi
+
 # kazoo (Python, from PyPI) for the real-client compatibility tests.
 if ! python3 -c "import kazoo" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kazoo==2.11.0"

@@ -1,0 +1,45 @@
+//! Debian's zkCli (ZooKeeper 3.8's own Java client) against a real `baton` process.
+//! `tests/run-all.sh` installs the `zookeeper` package; without zkCli this test fails.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use baton_tests::server::BatonProcess;
+use baton_tests::temp_dir;
+
+const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
+
+#[test]
+fn zkcli_session_of_everyday_commands() {
+    let dir = temp_dir();
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &[]);
+    let script = "create /hello world\nget /hello\nset /hello again\nstat /hello\ncreate -e /eph x\n\
+                  create -s /seq- a\nls /\naddauth digest alice:secret\ncreate /secure data auth:alice:cdrwa\n\
+                  getAcl /secure\ndelete /hello\nls /\nquit\n";
+    let mut child = Command::new("timeout")
+        .args(["60", ZKCLI, "-server", &server.connect_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
+    let out = child.wait_with_output().expect("zkCli output");
+    // zkCli prints query results on stdout and "Created ..." lines on stderr.
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "Created /hello",
+        "world",
+        "dataVersion = 1",
+        "dataLength = 5",
+        "Created /eph",
+        "Created /seq-0000000002",
+        "[eph, hello, seq-0000000002, zookeeper]",
+        "Created /secure",
+        "'digest,'alice:aYXlLOpEooaV1cRAvUL1fp9Qt7E=",
+        ": cdrwa",
+        "[eph, secure, seq-0000000002, zookeeper]",
+    ] {
+        assert!(text.contains(expected), "zkCli output lacks {expected:?}:\n{text}");
+    }
+}
