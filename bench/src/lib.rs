@@ -1,2 +1,3 @@
-//! baton-bench: the load generator for Baton, ZooKeeper and etcd (issue 5). Not built yet;
-//! see `bench/README.md`.
+//! baton-bench: drives ZooKeeper-protocol servers (Baton, Apache ZooKeeper) with the same
+//! workload through a third-party client (`zookeeper-client`). The etcd target, open-loop
+//! mode, the `compare` command and plots are issue 5.

@@ -1,0 +1,162 @@
+//! `baton-bench zk --target 127.0.0.1:2181 --workload write --clients 32 --depth 8`
+//!
+//! Closed loop: `clients` sessions, each with `depth` requests in flight; warm-up excluded;
+//! HdrHistogram percentiles. Every write is checked (a setData reply is its proof), and the
+//! keys are read back at the end so counted operations really happened.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use zookeeper_client as zk;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "baton-bench", about = "Load generator for ZooKeeper-protocol servers (Baton, ZooKeeper)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive a ZooKeeper-protocol server.
+    Zk(ZkArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Workload {
+    /// setData of `value-bytes` on a key per session.
+    Write,
+    /// getData of a key per session.
+    Read,
+    /// create + delete of ephemeral znodes.
+    CreateDelete,
+}
+
+#[derive(clap::Args, Clone)]
+struct ZkArgs {
+    /// host:port of the server.
+    #[arg(long, default_value = "127.0.0.1:2181")]
+    target: String,
+    #[arg(long, value_enum, default_value = "write")]
+    workload: Workload,
+    /// Sessions.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Requests in flight per session.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Seconds measured (after a warm-up of a fifth of that).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Label printed with the result (for example "baton" or "zookeeper").
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Zk(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let bound = Duration::from_secs_f64(args.seconds * 2.0 + 60.0);
+            rt.block_on(async move { tokio::time::timeout(bound, run(args)).await })
+                .context("the run exceeded its time bound")?
+        }
+    }
+}
+
+async fn run(args: ZkArgs) -> anyhow::Result<()> {
+    let root = format!("/bench-{}", std::process::id());
+    let admin = zk::Client::connect(&args.target).await.with_context(|| format!("connecting to {}", args.target))?;
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    admin.create(&root, b"", &open).await.context("creating the bench root")?;
+    let value = vec![b'v'; args.value_bytes];
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?));
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let client = zk::Client::connect(&args.target).await.context("connecting a session")?;
+        let key = format!("{root}/k{c}");
+        client.create(&key, &value, &open).await.context("creating a key")?;
+        for d in 0..args.depth {
+            let (client, key, value, measuring, stop, ops, hist) =
+                (client.clone(), key.clone(), value.clone(), measuring.clone(), stop.clone(), ops.clone(), hist.clone());
+            let workload = args.workload;
+            let mine = format!("{key}-e{d}");
+            tasks.push(tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut n = 0u64;
+                let eph = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match workload {
+                        Workload::Write => {
+                            client.set_data(&key, &value, None).await?;
+                        }
+                        Workload::Read => {
+                            client.get_data(&key).await?;
+                        }
+                        Workload::CreateDelete => {
+                            client.create(&mine, &value, &eph).await?;
+                            client.delete(&mine, None).await?;
+                        }
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        local.record(t.elapsed().as_nanos() as u64)?;
+                        n += 1;
+                    }
+                }
+                ops.fetch_add(n, Ordering::Relaxed);
+                hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.add(&local)?;
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+    }
+    let measure = Duration::from_secs_f64(args.seconds);
+    tokio::time::sleep(measure / 5).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    // The counted writes really happened: every key holds the value and has been versioned.
+    if args.workload == Workload::Write {
+        for c in 0..args.clients {
+            let (data, stat) = admin.get_data(&format!("{root}/k{c}")).await?;
+            anyhow::ensure!(data == value && stat.version > 0, "key {c} was not written");
+        }
+    }
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let n = ops.load(Ordering::Relaxed);
+    println!(
+        "{:<10} {:?} clients={} depth={} value={}B: {:>9.0} ops/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+        args.label,
+        args.workload,
+        args.clients,
+        args.depth,
+        args.value_bytes,
+        n as f64 / elapsed.as_secs_f64(),
+        h.value_at_quantile(0.5) as f64 / 1e6,
+        h.value_at_quantile(0.9) as f64 / 1e6,
+        h.value_at_quantile(0.99) as f64 / 1e6,
+        h.value_at_quantile(0.999) as f64 / 1e6,
+        h.max() as f64 / 1e6,
+    );
+    Ok(())
+}
