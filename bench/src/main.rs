@@ -91,8 +91,15 @@ async fn run(args: ZkArgs) -> anyhow::Result<()> {
         let key = format!("{root}/k{c}");
         client.create(&key, &value, &open).await.context("creating a key")?;
         for d in 0..args.depth {
-            let (client, key, value, measuring, stop, ops, hist) =
-                (client.clone(), key.clone(), value.clone(), measuring.clone(), stop.clone(), ops.clone(), hist.clone());
+            let (client, key, value, measuring, stop, ops, hist) = (
+                client.clone(),
+                key.clone(),
+                value.clone(),
+                measuring.clone(),
+                stop.clone(),
+                ops.clone(),
+                hist.clone(),
+            );
             let workload = args.workload;
             let mine = format!("{key}-e{d}");
             tasks.push(tokio::spawn(async move {

@@ -35,6 +35,23 @@ pub enum ServeError {
 pub async fn serve(config: ServerConfig, ready: impl FnOnce(std::net::SocketAddr)) -> Result<(), ServeError> {
     let tick = Duration::from_millis(config.tick_ms.max(2));
     let addr = config.client_addr;
+    // glommio binds with SO_REUSEPORT (for shards of this process), which would also let a
+    // second server process share the port and split the clients between two trees. So refuse
+    // to start if something already accepts connections there. (A plain bind is no test: it
+    // also fails on connections a killed predecessor left in FIN_WAIT.)
+    if addr.port() != 0 {
+        let probe = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+        } else {
+            addr
+        };
+        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
+            return Err(ServeError::Listen(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{addr} is already served by another process"),
+            )));
+        }
+    }
     let node = Rc::new(RefCell::new(Node::open(config).await?));
     let listener = TcpListener::bind(addr).map_err(|e| ServeError::Listen(e.into()))?;
     let bound = listener.local_addr().map_err(|e| ServeError::Listen(e.into()))?;

@@ -154,3 +154,25 @@ fn four_letter(addr: std::net::SocketAddr, word: &[u8]) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+#[test]
+fn a_second_server_on_the_same_port_refuses_to_start() {
+    let dir = temp_dir();
+    let first = start(&dir.path().join("one"), &[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
+        .arg("--client-addr")
+        .arg(first.addr.to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("two"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let exited = wait_until(Duration::from_secs(10), || matches!(second.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("a second server shared the client port");
+    }
+    assert!(!second.wait().expect("status").success(), "it must fail, not serve");
+}
