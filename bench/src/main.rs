@@ -37,6 +37,8 @@ enum Workload {
     Read,
     /// create + delete of ephemeral znodes.
     CreateDelete,
+    /// Create `--count` persistent znodes of `value-bytes` (for memory and restart tests).
+    Fill,
 }
 
 #[derive(clap::Args, Clone)]
@@ -61,6 +63,9 @@ struct ZkArgs {
     /// Label printed with the result (for example "baton" or "zookeeper").
     #[arg(long, default_value = "target")]
     label: String,
+    /// Znodes to create with `--workload fill`.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,14 +73,57 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Zk(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let bound = Duration::from_secs_f64(args.seconds * 2.0 + 60.0);
+            let bound = Duration::from_secs_f64(args.seconds * 2.0 + 60.0 + args.count as f64 / 5_000.0);
             rt.block_on(async move { tokio::time::timeout(bound, run(args)).await })
                 .context("the run exceeded its time bound")?
         }
     }
 }
 
+async fn fill(args: &ZkArgs) -> anyhow::Result<()> {
+    let root = "/fill";
+    let admin = zk::Client::connect(&args.target).await.with_context(|| format!("connecting to {}", args.target))?;
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let _ = admin.create(root, b"", &open).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let client = zk::Client::connect(&args.target).await?;
+        for _ in 0..args.depth {
+            let (client, next, count) = (client.clone(), next.clone(), args.count);
+            let value = vec![b'v'; args.value_bytes];
+            tasks.push(tokio::spawn(async move {
+                let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    client.create(&format!("/fill/n{i:09}"), &value, &open).await?;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (_, stat) = admin.get_data(root).await?;
+    anyhow::ensure!(stat.num_children as u64 >= args.count, "only {} znodes exist", stat.num_children);
+    println!(
+        "{}: created {} znodes of {} B in {:.1} s",
+        args.label,
+        args.count,
+        args.value_bytes,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn run(args: ZkArgs) -> anyhow::Result<()> {
+    if args.workload == Workload::Fill {
+        return fill(&args).await;
+    }
     let root = format!("/bench-{}", std::process::id());
     let admin = zk::Client::connect(&args.target).await.with_context(|| format!("connecting to {}", args.target))?;
     let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
@@ -115,6 +163,7 @@ async fn run(args: ZkArgs) -> anyhow::Result<()> {
                         Workload::Read => {
                             client.get_data(&key).await?;
                         }
+                        Workload::Fill => unreachable!("fill runs separately"),
                         Workload::CreateDelete => {
                             client.create(&mine, &value, &eph).await?;
                             client.delete(&mine, None).await?;
