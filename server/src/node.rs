@@ -533,12 +533,9 @@ fn write_op(request: Request) -> Result<(WriteOp, Vec<i32>), ErrorCode> {
 fn create_op(c: proto::CreateRequest) -> Result<CreateOp, ErrorCode> {
     let mode = CreateMode::from_flags(c.flags).ok_or(ErrorCode::BadArguments)?;
     let container = c.op == op::CREATE_CONTAINER;
-    // A TTL mode needs the createTTL opcode and a TTL, and createTTL needs a TTL mode.
-    let is_ttl = matches!(mode, CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl);
-    if (c.op == op::CREATE_TTL) != is_ttl || (container && mode != CreateMode::Container) {
-        return Err(ErrorCode::BadArguments);
-    }
-    if mode == CreateMode::Container && !container {
+    // A TTL mode needs the createTTL opcode and createTTL needs a TTL mode; the sequencer
+    // checks that createContainer and the container mode go together.
+    if (c.op == op::CREATE_TTL) != mode.is_ttl() {
         return Err(ErrorCode::BadArguments);
     }
     Ok(CreateOp { path: c.path, data: c.data, acl: c.acl, mode, ttl_ms: c.ttl_ms, container })

@@ -66,7 +66,8 @@ impl CreateMode {
         )
     }
 
-    fn ttl(self) -> bool {
+    /// Whether it is a TTL mode (needs the createTTL opcode and a TTL).
+    pub fn is_ttl(self) -> bool {
         matches!(self, CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl)
     }
 }
@@ -331,7 +332,7 @@ impl Sequencer {
     ) -> Result<Txn, ErrorCode> {
         let kind = match c.mode {
             CreateMode::Container => NodeKind::Container,
-            m if m.ttl() => {
+            m if m.is_ttl() => {
                 if !self.config.ttl_enabled {
                     return Err(ErrorCode::Unimplemented);
                 }

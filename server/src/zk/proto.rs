@@ -53,55 +53,6 @@ pub mod xid {
     pub const SET_WATCHES: i32 = -8;
 }
 
-/// Create modes (`CreateMode`), as the `flags` of a create request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum CreateMode {
-    Persistent,
-    Ephemeral,
-    PersistentSequential,
-    EphemeralSequential,
-    Container,
-    PersistentWithTtl,
-    PersistentSequentialWithTtl,
-}
-
-impl CreateMode {
-    /// The mode for a flags value, if valid.
-    pub fn from_flags(flags: i32) -> Option<CreateMode> {
-        Some(match flags {
-            0 => CreateMode::Persistent,
-            1 => CreateMode::Ephemeral,
-            2 => CreateMode::PersistentSequential,
-            3 => CreateMode::EphemeralSequential,
-            4 => CreateMode::Container,
-            5 => CreateMode::PersistentWithTtl,
-            6 => CreateMode::PersistentSequentialWithTtl,
-            _ => return None,
-        })
-    }
-
-    /// Whether the server appends a sequence number.
-    pub fn is_sequential(self) -> bool {
-        matches!(
-            self,
-            CreateMode::PersistentSequential
-                | CreateMode::EphemeralSequential
-                | CreateMode::PersistentSequentialWithTtl
-        )
-    }
-
-    /// Whether the znode belongs to the session.
-    pub fn is_ephemeral(self) -> bool {
-        matches!(self, CreateMode::Ephemeral | CreateMode::EphemeralSequential)
-    }
-
-    /// Whether it is a TTL mode.
-    pub fn is_ttl(self) -> bool {
-        matches!(self, CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl)
-    }
-}
-
 /// The first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
