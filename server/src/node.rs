@@ -455,6 +455,21 @@ impl Node {
         Ok(())
     }
 
+    /// Deletes containers that lost their last child and TTL nodes past their TTL (ZooKeeper's
+    /// ContainerManager), as server-issued deletes through the sequencer: a container that
+    /// gained a child in the meantime fails the delete with NotEmpty and stays.
+    pub fn reap(&mut self) -> Result<(), NodeError> {
+        for path in self.tree.reapable(now_ms()) {
+            // The reaper is the server itself: the super identity, not bound by the node's ACL.
+            let auth = vec![baton_engine::sequencer::AuthId::new("super", "")];
+            let req = WriteRequest { session_id: 0, cxid: 0, auth, op: WriteOp::Delete { path, version: -1 } };
+            if let Ok(entry) = self.seq.prepare(&self.tree, &req, now_ms()) {
+                self.submit_entry(entry, Origin::Server)?;
+            }
+        }
+        Ok(())
+    }
+
     fn maybe_snapshot(&mut self) {
         if let Some(handle) = self.snapshot_running.take() {
             if !handle.is_finished() {

@@ -152,10 +152,13 @@ async fn commit_loop(node: Rc<RefCell<Node>>) -> Result<(), ServeError> {
     }
 }
 
+/// Every half tick: expire sessions, and reap empty containers and TTL nodes whose time ran out.
 async fn expiry_loop(node: Rc<RefCell<Node>>, every: Duration) -> Result<(), ServeError> {
     loop {
         glommio::timer::sleep(every).await;
-        node.borrow_mut().expire_sessions()?;
+        let mut n = node.borrow_mut();
+        n.expire_sessions()?;
+        n.reap()?;
     }
 }
 

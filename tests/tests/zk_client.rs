@@ -186,3 +186,35 @@ fn digest_acls_are_enforced_and_whoami_reports_them() {
         assert_eq!(stranger.set_data("/private", b"x", None).await.map(|_| ()), Err(zk::Error::NoAuth));
     });
 }
+
+#[test]
+fn empty_containers_and_expired_ttl_nodes_are_reaped() {
+    let dir = temp_dir();
+    let server = start(dir.path());
+    run(async {
+        let c = connect(&server).await;
+        let container = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
+        c.create("/box", b"", &container).await.expect("container");
+        c.create("/box/item", b"", &persistent()).await.expect("child");
+        let ttl = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()).with_ttl(Duration::from_millis(300));
+        c.create("/short", b"", &ttl).await.expect("ttl node");
+        c.create("/never-used", b"", &container).await.expect("empty container");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(c.check_stat("/box").await.expect("exists").is_some(), "a container with a child stays");
+        assert_eq!(c.check_stat("/short").await.expect("exists"), None, "a TTL node past its TTL is reaped");
+        assert!(
+            c.check_stat("/never-used").await.expect("exists").is_some(),
+            "a container that never had a child stays"
+        );
+        c.delete("/box/item", None).await.expect("delete child");
+        let mut gone = false;
+        for _ in 0..40 {
+            if c.check_stat("/box").await.expect("exists").is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "an emptied container is reaped");
+    });
+}
