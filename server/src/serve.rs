@@ -45,11 +45,18 @@ pub async fn serve(config: ServerConfig, ready: impl FnOnce(std::net::SocketAddr
         } else {
             addr
         };
-        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
-            return Err(ServeError::Listen(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{addr} is already served by another process"),
-            )));
+        // A killed predecessor's listening socket can keep accepting for a moment while the
+        // kernel tears down its io_uring instance: only a port that stays served for 3 s counts.
+        let mut tries = 0;
+        while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
+            tries += 1;
+            if tries >= 30 {
+                return Err(ServeError::Listen(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{addr} is already served by another process"),
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     let node = Rc::new(RefCell::new(Node::open(config).await?));
