@@ -292,7 +292,7 @@ impl Node {
         let (op, multi_ops) = match write_op(request) {
             Ok(op) => op,
             Err(code) => {
-                self.reject(conn, xid, encode_reply(xid, self.zxid(), code.code(), None));
+                self.reject(conn, encode_reply(xid, self.zxid(), code.code(), None));
                 return Ok(());
             }
         };
@@ -303,18 +303,18 @@ impl Node {
                 self.submit_entry(entry, Origin::Request { conn: conn.id, xid, op_code, multi_ops })
             }
             Err(Rejected::Op(code)) => {
-                self.reject(conn, xid, encode_reply(xid, self.zxid(), code.code(), None));
+                self.reject(conn, encode_reply(xid, self.zxid(), code.code(), None));
                 Ok(())
             }
             Err(Rejected::Multi(codes)) => {
                 let results = codes.into_iter().map(OpReply::Error).collect();
-                self.reject(conn, xid, encode_reply(xid, self.zxid(), 0, Some(&Response::Multi(results))));
+                self.reject(conn, encode_reply(xid, self.zxid(), 0, Some(&Response::Multi(results))));
                 Ok(())
             }
         }
     }
 
-    fn reject(&mut self, conn: &Rc<Conn>, _xid: i32, frame: Vec<u8>) {
+    fn reject(&mut self, conn: &Rc<Conn>, frame: Vec<u8>) {
         self.stats.rejected += 1;
         if conn.has_pending() {
             conn.slots.borrow_mut().push_back(Slot::Ready(frame));

@@ -12,7 +12,7 @@ use sha1::{Digest, Sha1};
 use crate::conn::Conn;
 use crate::node::Node;
 use crate::watch::WatchKind;
-use crate::zk::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response};
+use crate::zk::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches};
 
 /// The reply frame for a read-side request, registering any watch it sets.
 pub fn answer(node: &mut Node, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
@@ -52,7 +52,7 @@ fn children(node: &Node, path: &str) -> Vec<String> {
 
 fn respond(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<Response>, ErrorCode> {
     Ok(Some(match request {
-        Request::Ping | Request::Sync { .. } | Request::Auth { .. } | Request::SetWatches { .. } => {
+        Request::Ping | Request::Sync { .. } | Request::Auth { .. } | Request::SetWatches(_) => {
             return session_request(node, conn, request);
         }
         Request::Exists { path, watch } => {
@@ -146,8 +146,8 @@ fn session_request(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result
             }
             Ok(None)
         }
-        Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive } => {
-            set_watches(node, conn, relative_zxid, data, exist, child, persistent, recursive);
+        Request::SetWatches(watches) => {
+            set_watches(node, conn, watches);
             Ok(None)
         }
         _ => Err(ErrorCode::Unimplemented),
@@ -200,17 +200,8 @@ fn watch_management(
 
 /// Re-registers a reconnecting client's watches, firing at once those whose condition has
 /// already happened since `relative_zxid` (ZooKeeper's `DataTree.setWatches`).
-#[allow(clippy::too_many_arguments)]
-fn set_watches(
-    node: &mut Node,
-    conn: &Rc<Conn>,
-    relative_zxid: i64,
-    data: Vec<String>,
-    exist: Vec<String>,
-    child: Vec<String>,
-    persistent: Vec<String>,
-    recursive: Vec<String>,
-) {
+fn set_watches(node: &mut Node, conn: &Rc<Conn>, watches: SetWatches) {
+    let SetWatches { relative_zxid, data, exist, child, persistent, recursive } = watches;
     let zxid = node.tree.last_zxid().0 as i64;
     let fire = |event_type: i32, path: &str| conn.send(crate::zk::proto::encode_notification(event_type, path, zxid));
     for path in data {

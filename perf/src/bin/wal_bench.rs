@@ -62,6 +62,17 @@ struct Latency {
 }
 
 impl Latency {
+    fn from_histogram(hist: &hdrhistogram::Histogram<u64>, ops: u64, bytes_per_op: u64, elapsed: Duration) -> Latency {
+        Latency {
+            ops,
+            bytes: ops * bytes_per_op,
+            elapsed,
+            p50: hist.value_at_quantile(0.5),
+            p99: hist.value_at_quantile(0.99),
+            max: hist.max(),
+        }
+    }
+
     fn per_s(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
@@ -274,14 +285,7 @@ async fn plain_loop_on(dir: &Path, size: usize, measure: Duration, zeroed: bool)
     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
     file.close().await.map_err(io)?;
     std::fs::remove_file(&path)?;
-    Ok(Latency {
-        ops,
-        bytes: ops * size as u64,
-        elapsed,
-        p50: hist.value_at_quantile(0.5),
-        p99: hist.value_at_quantile(0.99),
-        max: hist.max(),
-    })
+    Ok(Latency::from_histogram(&hist, ops, size as u64, elapsed))
 }
 
 async fn zero_fill(file: &DmaFile, bytes: u64) -> anyhow::Result<()> {
@@ -357,18 +361,7 @@ async fn wal_point(
         (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
     let hist = hist.borrow();
     let n = ops.get();
-    Ok((
-        Latency {
-            ops: n,
-            bytes: n * record_bytes,
-            elapsed,
-            p50: hist.value_at_quantile(0.5),
-            p99: hist.value_at_quantile(0.99),
-            max: hist.max(),
-        },
-        batch_bytes,
-        batches,
-    ))
+    Ok((Latency::from_histogram(&hist, n, record_bytes, elapsed), batch_bytes, batches))
 }
 
 /// One task keeps `window` appends in flight, awaiting the oldest before submitting more.
@@ -435,18 +428,7 @@ async fn pipelined_point(
     let batches = after.batches - before.batches;
     let batch_bytes =
         (after.entries_durable - before.entries_durable) as f64 * record_bytes as f64 / batches.max(1) as f64;
-    Ok((
-        Latency {
-            ops,
-            bytes: ops * record_bytes,
-            elapsed,
-            p50: hist.value_at_quantile(0.5),
-            p99: hist.value_at_quantile(0.99),
-            max: hist.max(),
-        },
-        batch_bytes,
-        batches,
-    ))
+    Ok((Latency::from_histogram(&hist, ops, record_bytes, elapsed), batch_bytes, batches))
 }
 
 async fn recovery(dir: &Path, entries: u64, entry_bytes: usize, cold: bool) -> anyhow::Result<()> {

@@ -170,6 +170,18 @@ pub enum ReadOp {
     GetData { path: String },
 }
 
+/// setWatches / setWatches2: a reconnecting client's watches and the zxid it last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct SetWatches {
+    pub relative_zxid: i64,
+    pub data: Vec<String>,
+    pub exist: Vec<String>,
+    pub child: Vec<String>,
+    pub persistent: Vec<String>,
+    pub recursive: Vec<String>,
+}
+
 /// A decoded client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -232,14 +244,7 @@ pub enum Request {
     GetAllChildrenNumber {
         path: String,
     },
-    SetWatches {
-        relative_zxid: i64,
-        data: Vec<String>,
-        exist: Vec<String>,
-        child: Vec<String>,
-        persistent: Vec<String>,
-        recursive: Vec<String>,
-    },
+    SetWatches(SetWatches),
     AddWatch {
         path: String,
         mode: i32,
@@ -333,7 +338,7 @@ pub fn decode_request(op_code: i32, body: &[u8]) -> Result<Request, JuteError> {
             } else {
                 (Vec::new(), Vec::new())
             };
-            Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive }
+            Request::SetWatches(SetWatches { relative_zxid, data, exist, child, persistent, recursive })
         }
         op::ADD_WATCH => Request::AddWatch { path: path(&mut r)?, mode: r.int("mode")? },
         op::AUTH => {
@@ -358,7 +363,13 @@ fn multi_header(r: &mut Reader<'_>) -> Result<(i32, bool), JuteError> {
     Ok((op_code, done))
 }
 
-fn multi(r: &mut Reader<'_>) -> Result<Vec<MultiOp>, JuteError> {
+/// Reads `MultiHeader`-prefixed operations until the `done` header, at most
+/// [`MULTI_OPS_MAX`]; `op` decodes one operation's body given its type.
+fn multi_ops<T>(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    mut op: impl FnMut(i32, &mut Reader<'_>) -> Result<T, JuteError>,
+) -> Result<Vec<T>, JuteError> {
     let mut ops = Vec::new();
     loop {
         let (op_code, done) = multi_header(r)?;
@@ -366,9 +377,15 @@ fn multi(r: &mut Reader<'_>) -> Result<Vec<MultiOp>, JuteError> {
             return Ok(ops);
         }
         if ops.len() >= MULTI_OPS_MAX {
-            return Err(JuteError::BadLength { what: "multi", len: ops.len() as i32 });
+            return Err(JuteError::BadLength { what, len: ops.len() as i32 });
         }
-        ops.push(match op_code {
+        ops.push(op(op_code, r)?);
+    }
+}
+
+fn multi(r: &mut Reader<'_>) -> Result<Vec<MultiOp>, JuteError> {
+    multi_ops(r, "multi", |op_code, r| {
+        Ok(match op_code {
             op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => MultiOp::Create(create(op_code, r)?),
             op::DELETE => MultiOp::Delete { path: path(r)?, version: r.int("version")? },
             op::SET_DATA => {
@@ -376,38 +393,21 @@ fn multi(r: &mut Reader<'_>) -> Result<Vec<MultiOp>, JuteError> {
             }
             op::CHECK => MultiOp::Check { path: path(r)?, version: r.int("version")? },
             _ => return Err(JuteError::BadLength { what: "multi op type", len: op_code }),
-        });
-    }
+        })
+    })
 }
 
 fn multi_read(r: &mut Reader<'_>) -> Result<Vec<ReadOp>, JuteError> {
-    let mut ops = Vec::new();
-    loop {
-        let (op_code, done) = multi_header(r)?;
-        if done {
-            return Ok(ops);
-        }
-        if ops.len() >= MULTI_OPS_MAX {
-            return Err(JuteError::BadLength { what: "multiRead", len: ops.len() as i32 });
-        }
-        ops.push(match op_code {
-            op::GET_CHILDREN => ReadOp::GetChildren {
-                path: {
-                    let p = path(r)?;
-                    let _ = r.bool("watch")?;
-                    p
-                },
-            },
-            op::GET_DATA => ReadOp::GetData {
-                path: {
-                    let p = path(r)?;
-                    let _ = r.bool("watch")?;
-                    p
-                },
-            },
+    multi_ops(r, "multiRead", |op_code, r| {
+        // Both bodies are (path, watch); multiRead sets no watches.
+        let p = path(r)?;
+        let _watch = r.bool("watch")?;
+        Ok(match op_code {
+            op::GET_CHILDREN => ReadOp::GetChildren { path: p },
+            op::GET_DATA => ReadOp::GetData { path: p },
             _ => return Err(JuteError::BadLength { what: "multiRead op type", len: op_code }),
-        });
-    }
+        })
+    })
 }
 
 /// Writes a `Stat`.
