@@ -131,16 +131,11 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let memlock = baton_engine::sys::raise_memlock_limit();
     tracing::debug!(memlock, "RLIMIT_MEMLOCK");
     let data_dir = config.data_dir.clone();
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("baton")
-        .make()
-        .map_err(std::io::Error::from)
-        .context("starting the glommio executor (io_uring; see README on `ulimit -l`)")?;
-    executor
-        .run(crate::serve::serve(config, move |addr| {
-            println!("baton: serving ZooKeeper clients on {addr}, data in {}", data_dir.display());
-            tracing::info!(%addr, "ready");
-        }))
-        .context("baton stopped")?;
+    let shards = crate::runtime::shard_count(config.cores);
+    crate::runtime::run(config, move |addr| {
+        println!("baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}", data_dir.display());
+        tracing::info!(%addr, "ready");
+    })
+    .context("baton stopped (glommio needs io_uring; see README on `ulimit -l`)")?;
     Ok(())
 }

@@ -12,6 +12,10 @@ pub struct ServerConfig {
     /// Directory for the WAL (`wal/`) and snapshots (`snapshots/`).
     #[arg(long, default_value = "baton-data")]
     pub data_dir: PathBuf,
+    /// Shards: glommio executors (threads), each accepting clients on the port; 0 = one per
+    /// core this process may run on.
+    #[arg(long, default_value_t = 0)]
+    pub cores: usize,
     /// ZooKeeper's tick: session timeouts are negotiated within [2, 20] ticks.
     #[arg(long, default_value_t = 2000)]
     pub tick_ms: u64,
@@ -55,6 +59,7 @@ impl ServerConfig {
         ServerConfig {
             client_addr,
             data_dir,
+            cores: 2,
             tick_ms: 500,
             max_frame_bytes: 1 << 20,
             max_connections: 1000,

@@ -7,10 +7,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::Waker;
 
 use baton_engine::sequencer::AuthId;
 
+use crate::runtime::ConnInfo;
 use crate::watch::ConnId;
 use crate::zk::proto::Request;
 
@@ -19,8 +22,8 @@ use crate::zk::proto::Request;
 pub enum Slot {
     /// The reply is ready.
     Ready(Vec<u8>),
-    /// A write waiting to commit.
-    Write,
+    /// A write waiting to commit: its xid (the core's reply names it).
+    Write(i32),
     /// A read waiting for the writes ahead of it.
     Read { xid: i32, request: Request },
 }
@@ -32,10 +35,8 @@ pub struct Conn {
     pub id: ConnId,
     /// Client address.
     pub peer: SocketAddr,
-    /// Bound session (0 until connected).
-    pub session_id: Cell<i64>,
-    /// Negotiated timeout.
-    pub timeout_ms: Cell<i32>,
+    /// Session, counters and address as the four-letter words see them.
+    pub info: Arc<ConnInfo>,
     /// Identities proven on this connection (ip, digest).
     pub auth: RefCell<Vec<AuthId>>,
     /// Replies in request order.
@@ -43,11 +44,8 @@ pub struct Conn {
     out: RefCell<VecDeque<Vec<u8>>>,
     out_waker: RefCell<Option<Waker>>,
     close_waker: RefCell<Option<Waker>>,
+    connect_waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
-    /// Requests received.
-    pub received: Cell<u64>,
-    /// Frames sent.
-    pub sent: Cell<u64>,
 }
 
 impl Conn {
@@ -56,17 +54,49 @@ impl Conn {
         Conn {
             id,
             peer,
-            session_id: Cell::new(0),
-            timeout_ms: Cell::new(0),
+            info: Arc::new(ConnInfo {
+                peer,
+                session_id: 0.into(),
+                timeout_ms: 0.into(),
+                received: 0.into(),
+                sent: 0.into(),
+            }),
             auth: RefCell::new(vec![AuthId::new("ip", &peer.ip().to_string())]),
             slots: RefCell::new(VecDeque::new()),
             out: RefCell::new(VecDeque::new()),
             out_waker: RefCell::new(None),
             close_waker: RefCell::new(None),
+            connect_waker: RefCell::new(None),
             closing: Cell::new(false),
-            received: Cell::new(0),
-            sent: Cell::new(0),
         }
+    }
+
+    /// The bound session (0 until connected).
+    pub fn session(&self) -> i64 {
+        self.info.session_id.load(Ordering::Relaxed)
+    }
+
+    /// Binds the connection to its session (the connect response is on its way).
+    pub fn bind(&self, session: i64, timeout_ms: i32) {
+        self.info.session_id.store(session, Ordering::Relaxed);
+        self.info.timeout_ms.store(timeout_ms, Ordering::Relaxed);
+        if let Some(w) = self.connect_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Ready once the connection has a session or is closing.
+    pub fn poll_connected(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.closing.get() || self.session() != 0 {
+            return std::task::Poll::Ready(());
+        }
+        *self.connect_waker.borrow_mut() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    /// Counts a received request.
+    pub fn count_received(&self) {
+        self.info.received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues a frame for the writer task.
@@ -75,7 +105,7 @@ impl Conn {
             return;
         }
         self.out.borrow_mut().push_back(frame);
-        self.sent.set(self.sent.get() + 1);
+        self.info.sent.fetch_add(1, Ordering::Relaxed);
         if let Some(w) = self.out_waker.borrow_mut().take() {
             w.wake();
         }
@@ -88,6 +118,9 @@ impl Conn {
             w.wake();
         }
         if let Some(w) = self.close_waker.borrow_mut().take() {
+            w.wake();
+        }
+        if let Some(w) = self.connect_waker.borrow_mut().take() {
             w.wake();
         }
     }

@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use crate::node::Node;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::runtime::Shared;
 
 /// The words Baton knows.
 pub const KNOWN: [&str; 9] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro"];
@@ -11,7 +13,7 @@ pub const KNOWN: [&str; 9] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "w
 pub const VERSION: &str = concat!("3.8.0-baton-", env!("CARGO_PKG_VERSION"));
 
 /// The answer to a four-letter word (`None` if it is not one Baton knows).
-pub fn answer(node: &Node, word: &str) -> Option<String> {
+pub fn answer(node: &Shared, word: &str) -> Option<String> {
     let mut out = String::new();
     match word {
         "ruok" => out.push_str("imok"),
@@ -20,22 +22,28 @@ pub fn answer(node: &Node, word: &str) -> Option<String> {
         "stat" => {
             srvr_header(node, &mut out);
             out.push_str("Clients:\n");
-            for c in node.conns.values() {
-                let _ = writeln!(out, " /{}[1](queued=0,recved={},sent={})", c.peer, c.received.get(), c.sent.get());
+            for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                let _ = writeln!(
+                    out,
+                    " /{}[1](queued=0,recved={},sent={})",
+                    c.peer,
+                    c.received.load(Relaxed),
+                    c.sent.load(Relaxed)
+                );
             }
             out.push('\n');
             srvr_body(node, &mut out);
         }
         "cons" => {
-            for c in node.conns.values() {
+            for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
                 let _ = writeln!(
                     out,
                     " /{}[1](queued=0,recved={},sent={},sid=0x{:x},to={})",
                     c.peer,
-                    c.received.get(),
-                    c.sent.get(),
-                    c.session_id.get(),
-                    c.timeout_ms.get()
+                    c.received.load(Relaxed),
+                    c.sent.load(Relaxed),
+                    c.session_id.load(Relaxed),
+                    c.timeout_ms.load(Relaxed)
                 );
             }
             out.push('\n');
@@ -51,11 +59,14 @@ pub fn answer(node: &Node, word: &str) -> Option<String> {
             let _ = writeln!(out, "maxSessionTimeout={}", c.max_session_timeout_ms());
             let _ = writeln!(out, "jute.maxbuffer={}", c.max_frame_bytes);
             out.push_str("serverId=0\n");
+            let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
         }
         "wchs" => {
-            let conns = node.conns.values().filter(|c| node.watches.count_for(c.id) > 0).count();
-            let _ = writeln!(out, "{} connections watching {} paths", conns, node.watches.paths());
-            let _ = writeln!(out, "Total watches:{}", node.watches.count());
+            let sum =
+                |f: fn(&crate::runtime::ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
+            let conns = sum(|s| s.watching_conns.load(Relaxed));
+            let _ = writeln!(out, "{} connections watching {} paths", conns, sum(|s| s.watched_paths.load(Relaxed)));
+            let _ = writeln!(out, "Total watches:{}", sum(|s| s.watches.load(Relaxed)));
         }
         "envi" => {
             out.push_str("Environment:\n");
@@ -74,47 +85,63 @@ pub fn answer(node: &Node, word: &str) -> Option<String> {
     Some(out)
 }
 
-fn srvr_header(node: &Node, out: &mut String) {
+fn srvr_header(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "Zookeeper version: {VERSION}, built by Baton");
     let _ = node;
 }
 
-fn srvr_body(node: &Node, out: &mut String) {
+fn srvr_body(node: &Shared, out: &mut String) {
+    let tree = node.tree();
     out.push_str("Latency min/avg/max: 0/0.0/0\n");
-    let _ = writeln!(out, "Received: {}", node.stats.received);
-    let _ = writeln!(out, "Sent: {}", node.conns.values().map(|c| c.sent.get()).sum::<u64>());
-    let _ = writeln!(out, "Connections: {}", node.conns.len());
-    let _ = writeln!(out, "Outstanding: {}", node.outstanding());
-    let _ = writeln!(out, "Zxid: 0x{:x}", node.tree.last_zxid().0);
+    let _ = writeln!(out, "Received: {}", node.received());
+    let _ = writeln!(out, "Sent: {}", sent(node));
+    let _ = writeln!(out, "Connections: {}", node.open_connections.load(Relaxed));
+    let _ = writeln!(out, "Outstanding: {}", node.core_stats.outstanding.load(Relaxed));
+    let _ = writeln!(out, "Zxid: 0x{:x}", tree.last_zxid().0);
     out.push_str("Mode: standalone\n");
-    let _ = writeln!(out, "Node count: {}", node.tree.node_count());
+    let _ = writeln!(out, "Node count: {}", tree.node_count());
 }
 
-fn srvr(node: &Node, out: &mut String) {
+fn srvr(node: &Shared, out: &mut String) {
     srvr_header(node, out);
     srvr_body(node, out);
 }
 
-fn mntr(node: &Node, out: &mut String) {
+fn sent(node: &Shared) -> u64 {
+    node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum()
+}
+
+fn mntr(node: &Shared, out: &mut String) {
+    let (nodes, ephemerals, data_bytes, last_zxid) = {
+        let tree = node.tree();
+        (tree.node_count(), tree.ephemeral_count(), tree.data_bytes(), tree.last_zxid())
+    };
+    let sent = sent(node);
+    let watches: usize = node.shard_stats.iter().map(|s| s.watches.load(Relaxed)).sum();
+    let core = &node.core_stats;
     let mut kv = |k: &str, v: String| {
         let _ = writeln!(out, "{k}\t{v}");
     };
     kv("zk_version", VERSION.to_string());
     kv("zk_server_state", "standalone".into());
-    kv("zk_znode_count", node.tree.node_count().to_string());
-    kv("zk_watch_count", node.watches.count().to_string());
-    kv("zk_ephemerals_count", node.tree.ephemeral_count().to_string());
-    kv("zk_approximate_data_size", node.tree.data_bytes().to_string());
-    kv("zk_num_alive_connections", node.conns.len().to_string());
-    kv("zk_outstanding_requests", node.outstanding().to_string());
-    kv("zk_packets_received", node.stats.received.to_string());
-    kv("zk_packets_sent", node.conns.values().map(|c| c.sent.get()).sum::<u64>().to_string());
-    kv("zk_global_sessions", node.sessions.len().to_string());
-    kv("zk_last_zxid", format!("0x{:x}", node.tree.last_zxid().0));
+    kv("zk_znode_count", nodes.to_string());
+    kv("zk_watch_count", watches.to_string());
+    kv("zk_ephemerals_count", ephemerals.to_string());
+    kv("zk_approximate_data_size", data_bytes.to_string());
+    kv("zk_num_alive_connections", node.open_connections.load(Relaxed).to_string());
+    kv("zk_outstanding_requests", core.outstanding.load(Relaxed).to_string());
+    kv("zk_packets_received", node.received().to_string());
+    kv("zk_packets_sent", sent.to_string());
+    kv("zk_global_sessions", core.sessions.load(Relaxed).to_string());
+    kv("zk_last_zxid", format!("0x{:x}", last_zxid.0));
     kv("zk_uptime", node.started.elapsed().as_millis().to_string());
-    let wal = node.wal().stats();
-    kv("baton_wal_entries_durable", wal.entries_durable.to_string());
-    kv("baton_wal_batches", wal.batches.to_string());
-    kv("baton_commits", node.stats.committed.to_string());
-    kv("baton_rejected_writes", node.stats.rejected.to_string());
+    kv("baton_shards", node.shard_stats.len().to_string());
+    for (i, shard) in node.shard_stats.iter().enumerate() {
+        kv(&format!("baton_shard_{i}_connections"), shard.connections.load(Relaxed).to_string());
+        kv(&format!("baton_shard_{i}_received"), shard.received.load(Relaxed).to_string());
+    }
+    kv("baton_wal_entries_durable", core.wal_entries_durable.load(Relaxed).to_string());
+    kv("baton_wal_batches", core.wal_batches.load(Relaxed).to_string());
+    kv("baton_commits", core.committed.load(Relaxed).to_string());
+    kv("baton_rejected_writes", core.rejected.load(Relaxed).to_string());
 }

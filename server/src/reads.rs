@@ -6,18 +6,22 @@ use std::rc::Rc;
 use base64::Engine as _;
 use baton_engine::sequencer::{check_acl, perms, AuthId};
 use baton_engine::tree::path::validate_path;
-use baton_engine::tree::{ErrorCode, Stat};
+use baton_engine::tree::{DataTree, ErrorCode, Stat};
 use sha1::{Digest, Sha1};
 
 use crate::conn::Conn;
-use crate::node::Node;
+use crate::shard::Shard;
 use crate::watch::WatchKind;
 use crate::zk::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches};
 
 /// The reply frame for a read-side request, registering any watch it sets.
-pub fn answer(node: &mut Node, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
-    let zxid = node.tree.last_zxid().0 as i64;
-    match respond(node, conn, request) {
+pub fn answer(shard: &mut Shard, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
+    let zxid = tree.last_zxid().0 as i64;
+    let answered = respond(shard, tree, conn, request);
+    if shard.watches.count() != shard.shared.shard_stats[shard.id].watches.load(std::sync::atomic::Ordering::Relaxed) {
+        shard.publish_watches();
+    }
+    match answered {
         Ok(Some(body)) => encode_reply(xid, zxid, 0, Some(&body)),
         Ok(None) => encode_reply(xid, zxid, 0, None),
         Err(code) => encode_reply(xid, zxid, code.code(), None),
@@ -35,73 +39,78 @@ fn valid(path: &str) -> Result<(), ErrorCode> {
     validate_path(path, false)
 }
 
-fn readable(node: &Node, conn: &Conn, path: &str, perm: i32) -> Result<Stat, ErrorCode> {
+fn readable(tree: &DataTree, conn: &Conn, path: &str, perm: i32) -> Result<Stat, ErrorCode> {
     valid(path)?;
-    let znode = node.tree.get(path).ok_or(ErrorCode::NoNode)?;
+    let znode = tree.get(path).ok_or(ErrorCode::NoNode)?;
     check_acl(&znode.acl, perm, &conn.auth.borrow())?;
     Ok(znode.full_stat())
 }
 
-fn watch_room(node: &Node, conn: &Conn) -> bool {
-    node.watches.count_for(conn.id) < node.config.max_watches_per_connection
+fn watch_room(shard: &Shard, conn: &Conn) -> bool {
+    shard.watches.count_for(conn.id) < shard.shared.config.max_watches_per_connection
 }
 
-fn children(node: &Node, path: &str) -> Vec<String> {
-    node.tree.get(path).map(|n| n.children.iter().map(|c| c.to_string()).collect()).unwrap_or_default()
+fn children(tree: &DataTree, path: &str) -> Vec<String> {
+    tree.get(path).map(|n| n.children.iter().map(|c| c.to_string()).collect()).unwrap_or_default()
 }
 
-fn respond(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<Response>, ErrorCode> {
+fn respond(
+    shard: &mut Shard,
+    tree: &DataTree,
+    conn: &Rc<Conn>,
+    request: Request,
+) -> Result<Option<Response>, ErrorCode> {
     Ok(Some(match request {
         Request::Ping | Request::Sync { .. } | Request::Auth { .. } | Request::SetWatches(_) => {
-            return session_request(node, conn, request);
+            return session_request(shard, tree, conn, request);
         }
         Request::Exists { path, watch } => {
             valid(&path)?;
-            let stat = node.tree.stat(&path);
-            if watch && watch_room(node, conn) {
+            let stat = tree.stat(&path);
+            if watch && watch_room(shard, conn) {
                 // An exists watch on a missing node fires when it is created.
-                node.watches.add(WatchKind::Data, &path, conn.id);
+                shard.watches.add(WatchKind::Data, &path, conn.id);
             }
             Response::Stat(stat.ok_or(ErrorCode::NoNode)?)
         }
         Request::GetData { path, watch } => {
-            let stat = readable(node, conn, &path, perms::READ)?;
-            if watch && watch_room(node, conn) {
-                node.watches.add(WatchKind::Data, &path, conn.id);
+            let stat = readable(tree, conn, &path, perms::READ)?;
+            if watch && watch_room(shard, conn) {
+                shard.watches.add(WatchKind::Data, &path, conn.id);
             }
-            let data = node.tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default();
+            let data = tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default();
             Response::GetData { data, stat }
         }
         Request::GetChildren { path, watch } => {
-            readable(node, conn, &path, perms::READ)?;
-            if watch && watch_room(node, conn) {
-                node.watches.add(WatchKind::Child, &path, conn.id);
+            readable(tree, conn, &path, perms::READ)?;
+            if watch && watch_room(shard, conn) {
+                shard.watches.add(WatchKind::Child, &path, conn.id);
             }
-            Response::Children(children(node, &path))
+            Response::Children(children(tree, &path))
         }
         Request::GetChildren2 { path, watch } => {
-            let stat = readable(node, conn, &path, perms::READ)?;
-            if watch && watch_room(node, conn) {
-                node.watches.add(WatchKind::Child, &path, conn.id);
+            let stat = readable(tree, conn, &path, perms::READ)?;
+            if watch && watch_room(shard, conn) {
+                shard.watches.add(WatchKind::Child, &path, conn.id);
             }
-            Response::Children2 { children: children(node, &path), stat }
+            Response::Children2 { children: children(tree, &path), stat }
         }
         Request::GetAcl { path } => {
-            let stat = readable(node, conn, &path, perms::READ | perms::ADMIN)?;
-            let acl = node.tree.get(&path).map(|n| n.acl.to_vec()).unwrap_or_default();
+            let stat = readable(tree, conn, &path, perms::READ | perms::ADMIN)?;
+            let acl = tree.get(&path).map(|n| n.acl.to_vec()).unwrap_or_default();
             Response::GetAcl { acl, stat }
         }
         Request::GetAllChildrenNumber { path } => {
-            readable(node, conn, &path, perms::READ)?;
-            Response::Count(node.tree.descendant_count(&path).unwrap_or(0).min(i32::MAX as usize) as i32)
+            readable(tree, conn, &path, perms::READ)?;
+            Response::Count(tree.descendant_count(&path).unwrap_or(0).min(i32::MAX as usize) as i32)
         }
         Request::GetEphemerals { prefix } => {
-            let session = conn.session_id.get();
+            let session = conn.session();
             let list =
-                node.tree.ephemerals_of(session).filter(|p| p.starts_with(prefix.as_str())).map(String::from).collect();
+                tree.ephemerals_of(session).filter(|p| p.starts_with(prefix.as_str())).map(String::from).collect();
             Response::Strings(list)
         }
-        Request::MultiRead(ops) => Response::Multi(ops.into_iter().map(|op| read_op(node, conn, op)).collect()),
+        Request::MultiRead(ops) => Response::Multi(ops.into_iter().map(|op| read_op(tree, conn, op)).collect()),
         Request::AddWatch { path, mode } => {
             valid(&path)?;
             let kind = match mode {
@@ -109,13 +118,13 @@ fn respond(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<
                 1 => WatchKind::Recursive,
                 _ => return Err(ErrorCode::BadArguments),
             };
-            if watch_room(node, conn) {
-                node.watches.add(kind, &path, conn.id);
+            if watch_room(shard, conn) {
+                shard.watches.add(kind, &path, conn.id);
             }
             Response::Empty
         }
-        Request::CheckWatches { path, kind } => return watch_management(node, conn, &path, kind, false),
-        Request::RemoveWatches { path, kind } => return watch_management(node, conn, &path, kind, true),
+        Request::CheckWatches { path, kind } => return watch_management(shard, conn, &path, kind, false),
+        Request::RemoveWatches { path, kind } => return watch_management(shard, conn, &path, kind, true),
         Request::WhoAmI => {
             let infos = conn.auth.borrow().iter().map(|a| (a.scheme.clone(), a.id.clone())).collect();
             Response::WhoAmI(infos)
@@ -125,7 +134,12 @@ fn respond(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<
     }))
 }
 
-fn session_request(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result<Option<Response>, ErrorCode> {
+fn session_request(
+    shard: &mut Shard,
+    tree: &DataTree,
+    conn: &Rc<Conn>,
+    request: Request,
+) -> Result<Option<Response>, ErrorCode> {
     match request {
         Request::Ping => Ok(None),
         Request::Sync { path } => {
@@ -147,23 +161,21 @@ fn session_request(node: &mut Node, conn: &Rc<Conn>, request: Request) -> Result
             Ok(None)
         }
         Request::SetWatches(watches) => {
-            set_watches(node, conn, watches);
+            set_watches(shard, tree, conn, watches);
             Ok(None)
         }
         _ => Err(ErrorCode::Unimplemented),
     }
 }
 
-fn read_op(node: &mut Node, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
+fn read_op(tree: &DataTree, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
     match op {
-        ReadOp::GetChildren { path } => match readable(node, conn, &path, perms::READ) {
-            Ok(_) => OpReply::GetChildren(children(node, &path)),
+        ReadOp::GetChildren { path } => match readable(tree, conn, &path, perms::READ) {
+            Ok(_) => OpReply::GetChildren(children(tree, &path)),
             Err(e) => OpReply::Error(e.code()),
         },
-        ReadOp::GetData { path } => match readable(node, conn, &path, perms::READ) {
-            Ok(stat) => {
-                OpReply::GetData { data: node.tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default(), stat }
-            }
+        ReadOp::GetData { path } => match readable(tree, conn, &path, perms::READ) {
+            Ok(stat) => OpReply::GetData { data: tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default(), stat },
             Err(e) => OpReply::Error(e.code()),
         },
     }
@@ -172,7 +184,7 @@ fn read_op(node: &mut Node, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
 /// checkWatches / removeWatches: `kind` 1 children, 2 data, 3 any, 4 persistent,
 /// 5 persistent recursive (ZooKeeper's `WatcherType`).
 fn watch_management(
-    node: &mut Node,
+    shard: &mut Shard,
     conn: &Rc<Conn>,
     path: &str,
     kind: i32,
@@ -189,7 +201,7 @@ fn watch_management(
     };
     let mut found = false;
     for &k in kinds {
-        found |= if remove { node.watches.remove(k, path, conn.id) } else { node.watches.has(k, path, conn.id) };
+        found |= if remove { shard.watches.remove(k, path, conn.id) } else { shard.watches.has(k, path, conn.id) };
     }
     if found {
         Ok(Some(Response::Empty))
@@ -200,35 +212,35 @@ fn watch_management(
 
 /// Re-registers a reconnecting client's watches, firing at once those whose condition has
 /// already happened since `relative_zxid` (ZooKeeper's `DataTree.setWatches`).
-fn set_watches(node: &mut Node, conn: &Rc<Conn>, watches: SetWatches) {
+fn set_watches(shard: &mut Shard, tree: &DataTree, conn: &Rc<Conn>, watches: SetWatches) {
     let SetWatches { relative_zxid, data, exist, child, persistent, recursive } = watches;
-    let zxid = node.tree.last_zxid().0 as i64;
+    let zxid = tree.last_zxid().0 as i64;
     let fire = |event_type: i32, path: &str| conn.send(crate::zk::proto::encode_notification(event_type, path, zxid));
     for path in data {
-        match node.tree.stat(&path) {
+        match tree.stat(&path) {
             None => fire(event::NODE_DELETED, &path),
             Some(s) if s.mzxid > relative_zxid => fire(event::NODE_DATA_CHANGED, &path),
-            Some(_) => node.watches.add(WatchKind::Data, &path, conn.id),
+            Some(_) => shard.watches.add(WatchKind::Data, &path, conn.id),
         }
     }
     for path in exist {
-        match node.tree.stat(&path) {
+        match tree.stat(&path) {
             Some(_) => fire(event::NODE_CREATED, &path),
-            None => node.watches.add(WatchKind::Data, &path, conn.id),
+            None => shard.watches.add(WatchKind::Data, &path, conn.id),
         }
     }
     for path in child {
-        match node.tree.stat(&path) {
+        match tree.stat(&path) {
             None => fire(event::NODE_DELETED, &path),
             Some(s) if s.pzxid > relative_zxid => fire(event::NODE_CHILDREN_CHANGED, &path),
-            Some(_) => node.watches.add(WatchKind::Child, &path, conn.id),
+            Some(_) => shard.watches.add(WatchKind::Child, &path, conn.id),
         }
     }
     for path in persistent {
-        node.watches.add(WatchKind::Persistent, &path, conn.id);
+        shard.watches.add(WatchKind::Persistent, &path, conn.id);
     }
     for path in recursive {
-        node.watches.add(WatchKind::Recursive, &path, conn.id);
+        shard.watches.add(WatchKind::Recursive, &path, conn.id);
     }
 }
 

@@ -23,6 +23,17 @@ pub struct WatchManager {
     /// addWatch PERSISTENT_RECURSIVE.
     recursive: HashMap<String, HashSet<ConnId>>,
     count: usize,
+    /// Watches held by each connection that holds any.
+    per_conn: HashMap<ConnId, usize>,
+}
+
+fn forget(per_conn: &mut HashMap<ConnId, usize>, conn: ConnId) {
+    if let Some(n) = per_conn.get_mut(&conn) {
+        *n -= 1;
+        if *n == 0 {
+            per_conn.remove(&conn);
+        }
+    }
 }
 
 /// Which table (removeWatches / checkWatches `type`, addWatch mode).
@@ -52,6 +63,7 @@ impl WatchManager {
     pub fn add(&mut self, kind: WatchKind, path: &str, conn: ConnId) {
         if self.table(kind).entry(path.to_string()).or_default().insert(conn) {
             self.count += 1;
+            *self.per_conn.entry(conn).or_default() += 1;
         }
     }
 
@@ -76,12 +88,16 @@ impl WatchManager {
         }
         if removed {
             self.count -= 1;
+            forget(&mut self.per_conn, conn);
         }
         removed
     }
 
     /// Drops every watch of a connection that went away.
     pub fn remove_conn(&mut self, conn: ConnId) {
+        if self.per_conn.remove(&conn).is_none() {
+            return;
+        }
         let mut removed = 0;
         for table in [&mut self.data, &mut self.child, &mut self.persistent, &mut self.recursive] {
             table.retain(|_, set| {
@@ -101,10 +117,12 @@ impl WatchManager {
 
     /// Watches held by one connection.
     pub fn count_for(&self, conn: ConnId) -> usize {
-        [&self.data, &self.child, &self.persistent, &self.recursive]
-            .iter()
-            .map(|t| t.values().filter(|s| s.contains(&conn)).count())
-            .sum()
+        self.per_conn.get(&conn).copied().unwrap_or(0)
+    }
+
+    /// Connections holding at least one watch.
+    pub fn watching_conns(&self) -> usize {
+        self.per_conn.len()
     }
 
     /// (path, connections) for `wchs`-style reports.
@@ -114,6 +132,9 @@ impl WatchManager {
 
     /// The notifications a change triggers, removing the one-shot watches that fire.
     pub fn trigger(&mut self, change: &Change, out: &mut Vec<(ConnId, i32, String)>) {
+        if self.count == 0 {
+            return;
+        }
         let path = change.path.as_str();
         let event_type = match change.kind {
             ChangeKind::Created => event::NODE_CREATED,
@@ -122,9 +143,13 @@ impl WatchManager {
             ChangeKind::ChildrenChanged => event::NODE_CHILDREN_CHANGED,
         };
         let mut fired: HashSet<ConnId> = HashSet::new();
+        let per_conn = &mut self.per_conn;
         let mut take = |table: &mut HashMap<String, HashSet<ConnId>>, count: &mut usize| {
             if let Some(set) = table.remove(path) {
                 *count -= set.len();
+                for &conn in &set {
+                    forget(per_conn, conn);
+                }
                 fired.extend(set);
             }
         };
@@ -184,6 +209,7 @@ mod tests {
         assert!(fire(&mut w, change("/a", ChangeKind::DataChanged)).is_empty());
         assert_eq!(fire(&mut w, change("/a", ChangeKind::Deleted)), vec![(2, event::NODE_DELETED, "/a".into())]);
         assert_eq!(w.count(), 0);
+        assert_eq!((w.count_for(1), w.count_for(2), w.watching_conns()), (0, 0, 0));
     }
 
     #[test]
@@ -203,7 +229,9 @@ mod tests {
             "recursive watches skip child events"
         );
         assert_eq!(w.count(), 2);
+        assert_eq!((w.count_for(1), w.count_for(2), w.watching_conns()), (1, 1, 2));
         w.remove_conn(2);
         assert_eq!(w.count(), 1);
+        assert_eq!((w.count_for(2), w.watching_conns()), (0, 1));
     }
 }

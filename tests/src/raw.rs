@@ -74,6 +74,13 @@ impl RawClient {
 
     /// Sends a request and waits for its reply (skipping watch notifications).
     pub fn call(&mut self, op_code: i32, body: &[u8]) -> Option<Reply> {
+        self.call_noting(op_code, body).map(|(_, reply)| reply)
+    }
+
+    /// Sends a request and waits for its reply; also returns the watch notifications that
+    /// arrived before it, as (event type, path), in order.
+    pub fn call_noting(&mut self, op_code: i32, body: &[u8]) -> Option<(Vec<(i32, String)>, Reply)> {
+        let mut events = Vec::new();
         self.xid += 1;
         let mut w = Writer::frame();
         w.int(self.xid).int(op_code);
@@ -87,9 +94,12 @@ impl RawClient {
             let mut r = Reader::new(&raw);
             let (xid, zxid, err) = (r.int("xid").ok()?, r.long("zxid").ok()?, r.int("err").ok()?);
             if xid == -1 {
+                // WatcherEvent: type, state, path.
+                let (kind, _state, path) = (r.int("type").ok()?, r.int("state").ok()?, r.string("path").ok()?);
+                events.push((kind, path.to_string()));
                 continue;
             }
-            return Some(Reply { xid, zxid, err, body: raw[16..].to_vec() });
+            return Some((events, Reply { xid, zxid, err, body: raw[16..].to_vec() }));
         }
     }
 
@@ -98,6 +108,25 @@ impl RawClient {
         let mut w = Writer::new();
         w.string(path).buffer(data).int(1).int(31).string("world").string("anyone").int(flags);
         self.call(op::CREATE, &w.into_bytes())
+    }
+
+    /// getData(path, watch): the data and the notifications that arrived before the reply.
+    pub fn get_data(&mut self, path: &str, watch: bool) -> Option<(Vec<(i32, String)>, Vec<u8>)> {
+        let mut w = Writer::new();
+        w.string(path).bool(watch);
+        let (events, reply) = self.call_noting(op::GET_DATA, &w.into_bytes())?;
+        if reply.err != 0 {
+            return None;
+        }
+        let data = Reader::new(&reply.body).buffer("data").ok()?.to_vec();
+        Some((events, data))
+    }
+
+    /// setData(path, data, version -1): the reply and the notifications that arrived before it.
+    pub fn set_data(&mut self, path: &str, data: &[u8]) -> Option<(Vec<(i32, String)>, Reply)> {
+        let mut w = Writer::new();
+        w.string(path).buffer(data).int(-1);
+        self.call_noting(op::SET_DATA, &w.into_bytes())
     }
 
     /// exists(path) without a watch.

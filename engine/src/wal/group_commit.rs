@@ -328,6 +328,13 @@ impl Wal {
         Ready { shared: self.shared.clone() }
     }
 
+    /// Whether a maximal entry would fit in the queue now (what `ready` waits for).
+    pub fn has_room(&self) -> bool {
+        let s = self.shared.borrow();
+        s.queued_bytes + record::encoded_len(s.config.entry_bytes_max) <= s.config.queued_bytes_max
+            || s.queued_bytes == 0
+    }
+
     /// The last zxid accepted.
     pub fn last_zxid(&self) -> Zxid {
         self.shared.borrow().last_zxid
