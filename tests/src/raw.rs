@@ -21,6 +21,9 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// Watch notifications as (event type, path), in arrival order.
+pub type Events = Vec<(i32, String)>;
+
 /// One raw connection.
 pub struct RawClient {
     /// The socket.
@@ -79,7 +82,7 @@ impl RawClient {
 
     /// Sends a request and waits for its reply; also returns the watch notifications that
     /// arrived before it, as (event type, path), in order.
-    pub fn call_noting(&mut self, op_code: i32, body: &[u8]) -> Option<(Vec<(i32, String)>, Reply)> {
+    pub fn call_noting(&mut self, op_code: i32, body: &[u8]) -> Option<(Events, Reply)> {
         let mut events = Vec::new();
         self.xid += 1;
         let mut w = Writer::frame();
@@ -111,7 +114,7 @@ impl RawClient {
     }
 
     /// getData(path, watch): the data and the notifications that arrived before the reply.
-    pub fn get_data(&mut self, path: &str, watch: bool) -> Option<(Vec<(i32, String)>, Vec<u8>)> {
+    pub fn get_data(&mut self, path: &str, watch: bool) -> Option<(Events, Vec<u8>)> {
         let mut w = Writer::new();
         w.string(path).bool(watch);
         let (events, reply) = self.call_noting(op::GET_DATA, &w.into_bytes())?;
@@ -123,7 +126,7 @@ impl RawClient {
     }
 
     /// setData(path, data, version -1): the reply and the notifications that arrived before it.
-    pub fn set_data(&mut self, path: &str, data: &[u8]) -> Option<(Vec<(i32, String)>, Reply)> {
+    pub fn set_data(&mut self, path: &str, data: &[u8]) -> Option<(Events, Reply)> {
         let mut w = Writer::new();
         w.string(path).buffer(data).int(-1);
         self.call_noting(op::SET_DATA, &w.into_bytes())
