@@ -63,6 +63,10 @@ struct ZkArgs {
     /// Label printed with the result (for example "baton" or "zookeeper").
     #[arg(long, default_value = "target")]
     label: String,
+    /// Load-generator threads (1: a single-threaded runtime, which costs the least CPU per
+    /// request on a small machine shared with the server).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Znodes to create with `--workload fill`.
     #[arg(long, default_value_t = 1_000_000)]
     count: u64,
@@ -72,7 +76,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Zk(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = if args.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+            };
             let bound = Duration::from_secs_f64(args.seconds * 2.0 + 60.0 + args.count as f64 / 5_000.0);
             rt.block_on(async move { tokio::time::timeout(bound, run(args)).await })
                 .context("the run exceeded its time bound")?

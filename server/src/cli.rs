@@ -130,6 +130,14 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
 fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let memlock = baton_engine::sys::raise_memlock_limit();
     tracing::debug!(memlock, "RLIMIT_MEMLOCK");
+    // Fail-stop: a panic on any shard ends the process (recovery then starts from what is
+    // durable) instead of leaving a server whose other shards still accept clients.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("baton: a thread panicked; stopping the whole process");
+        std::process::abort();
+    }));
     let data_dir = config.data_dir.clone();
     let shards = crate::runtime::shard_count(config.cores);
     crate::runtime::run(config, move |addr| {

@@ -496,7 +496,11 @@ pub async fn run(core: Core, inbox: Inbox<ToCore>, stop: Arc<AtomicBool>) -> Res
             Ok::<(), CoreError>(())
         }
     };
+    // Each loop in its own task, so that one's wake-ups do not re-poll (and re-register the
+    // wakers of) the others.
     let committer = glommio::spawn_local(committer);
+    let requests = glommio::spawn_local(requests);
+    let expiry = glommio::spawn_local(expiry);
     let working = futures_lite::future::or(futures_lite::future::or(requests, expiry), committer);
     let stopping = async {
         crate::runtime::until_set(&stop, &shared.stopping).await;

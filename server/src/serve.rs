@@ -52,7 +52,12 @@ pub async fn run_shard(
             }
         }
     };
-    let accepting = accept_loop(shard.clone(), listener);
+    // Each loop is its own task: glommio's accept re-registers its waker on every poll, so
+    // a future that shares a task with busy neighbours piles up wakers (and overflows the
+    // task's 16-bit reference count).
+    let inbox_task = glommio::spawn_local(inbox_task);
+    let liveness = glommio::spawn_local(liveness);
+    let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let stopping = async {
         crate::runtime::until_set(&stop, &shared.stopping).await;
         // Let the core commit what is in flight and this shard pass on the replies.
@@ -130,18 +135,80 @@ async fn write_loop(conn: Rc<Conn>, mut writer: futures_lite::io::WriteHalf<TcpS
     let _ = writer.close().await;
 }
 
-async fn read_frame(
-    reader: &mut futures_lite::io::ReadHalf<TcpStream>,
-    head: [u8; 4],
+/// Frames from a socket, read in as large pieces as the socket has ready: a client that
+/// pipelines requests costs one receive per batch rather than two per request.
+struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
     max: usize,
-) -> Result<Vec<u8>, String> {
-    let len = i32::from_be_bytes(head);
-    if len < 0 || len as usize > max {
-        return Err(format!("frame length {len} outside 0..={max}"));
+}
+
+const READ_BUFFER: usize = 4096;
+
+impl FrameReader {
+    fn new(max: usize) -> FrameReader {
+        FrameReader { buf: vec![0; READ_BUFFER], start: 0, end: 0, max }
     }
-    let mut body = vec![0u8; len as usize];
-    reader.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok(body)
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more bytes (at least one); an error if the peer closed or the read failed.
+    async fn fill(&mut self, reader: &mut futures_lite::io::ReadHalf<TcpStream>) -> Result<(), String> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > 16 * READ_BUFFER {
+                // A large frame is done with; give its buffer back.
+                self.buf = vec![0; READ_BUFFER];
+            }
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let grown = (self.buf.len() * 2).min(self.max.saturating_add(4)).max(self.end + 1);
+            self.buf.resize(grown, 0);
+        }
+        let n = reader.read(&mut self.buf[self.end..]).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed by the client".into());
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// The next complete frame's body (as a range of `buf`), if one is buffered; an error for
+    /// a length outside `0..=max`.
+    fn frame(&mut self) -> Result<Option<std::ops::Range<usize>>, String> {
+        let have = self.end - self.start;
+        if have < 4 {
+            return Ok(None);
+        }
+        let head = [self.buf[self.start], self.buf[self.start + 1], self.buf[self.start + 2], self.buf[self.start + 3]];
+        let len = i32::from_be_bytes(head);
+        if len < 0 || len as usize > self.max {
+            return Err(format!("frame length {len} outside 0..={}", self.max));
+        }
+        let total = 4 + len as usize;
+        if have < total {
+            if self.buf.len() - self.start < total {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                if self.buf.len() < total {
+                    self.buf.resize(total, 0);
+                }
+            }
+            return Ok(None);
+        }
+        let body = self.start + 4..self.start + total;
+        self.start += total;
+        Ok(Some(body))
+    }
 }
 
 async fn read_loop(
@@ -150,10 +217,11 @@ async fn read_loop(
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
 ) -> Result<(), String> {
     let shared = shard.borrow().shared.clone();
-    let max = shared.config.max_frame_bytes;
-    let mut head = [0u8; 4];
-    reader.read_exact(&mut head).await.map_err(|e| e.to_string())?;
-    if let Ok(word) = std::str::from_utf8(&head) {
+    let mut frames = FrameReader::new(shared.config.max_frame_bytes);
+    while frames.buffered().len() < 4 {
+        frames.fill(&mut reader).await?;
+    }
+    if let Ok(word) = std::str::from_utf8(&frames.buffered()[..4]) {
         if fourlw::KNOWN.contains(&word) {
             let text = if shared.config.four_letter_words.iter().any(|w| w == word) {
                 fourlw::answer(&shared, word).unwrap_or_default()
@@ -164,20 +232,32 @@ async fn read_loop(
             return Ok(());
         }
     }
-    let body = read_frame(&mut reader, head, max).await?;
-    let connect = ConnectRequest::decode(&body).map_err(|e| format!("bad connect request: {e}"))?;
+    let connect = loop {
+        match frames.frame()? {
+            Some(body) => {
+                break ConnectRequest::decode(&frames.buf[body]).map_err(|e| format!("bad connect request: {e}"))?
+            }
+            None => frames.fill(&mut reader).await?,
+        }
+    };
     shard.borrow_mut().connect(&conn, connect);
-    // Requests pipelined behind the connect wait (in the socket) for its outcome.
+    // Requests pipelined behind the connect wait (buffered) for its outcome.
     poll_fn(|cx| conn.poll_connected(cx)).await;
     if conn.is_closing() {
         return Ok(());
     }
     loop {
-        reader.read_exact(&mut head).await.map_err(|e| e.to_string())?;
-        let body = read_frame(&mut reader, head, max).await.inspect_err(|why| {
+        let body = match frames.frame().inspect_err(|why| {
             tracing::warn!(peer = %conn.peer, %why, "refusing an oversized or malformed frame");
-        })?;
-        let mut r = Reader::new(&body);
+        })? {
+            Some(body) => body,
+            None => {
+                frames.fill(&mut reader).await?;
+                continue;
+            }
+        };
+        let body = &frames.buf[body];
+        let mut r = Reader::new(body);
         let (xid, op_code) = match (r.int("xid"), r.int("type")) {
             (Ok(x), Ok(t)) => (x, t),
             _ => return Err("request header truncated".into()),
@@ -194,5 +274,47 @@ async fn read_loop(
             poll_fn(|cx| conn.poll_closed(cx)).await;
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameReader;
+
+    #[test]
+    fn frames_split_anywhere_are_reassembled_and_bad_lengths_refused() {
+        let mut stream = Vec::new();
+        for body in [&b"abc"[..], &[7u8; 5000][..], b""] {
+            stream.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            stream.extend_from_slice(body);
+        }
+        for chunk in [1, 3, 4096, 10_000] {
+            let mut fr = FrameReader::new(1 << 20);
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                // What `fill` does, without a socket.
+                if fr.end + piece.len() > fr.buf.len() {
+                    fr.buf.copy_within(fr.start..fr.end, 0);
+                    fr.end -= fr.start;
+                    fr.start = 0;
+                    let need = fr.end + piece.len();
+                    if fr.buf.len() < need {
+                        fr.buf.resize(need, 0);
+                    }
+                }
+                fr.buf[fr.end..fr.end + piece.len()].copy_from_slice(piece);
+                fr.end += piece.len();
+                while let Some(r) = fr.frame().expect("valid") {
+                    got.push(fr.buf[r].to_vec());
+                }
+            }
+            assert_eq!(got, vec![b"abc".to_vec(), vec![7u8; 5000], Vec::new()], "chunk {chunk}");
+        }
+        let mut fr = FrameReader::new(100);
+        fr.buf[..4].copy_from_slice(&101i32.to_be_bytes());
+        fr.end = 4;
+        assert!(fr.frame().is_err());
+        fr.buf[..4].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(fr.frame().is_err());
     }
 }
