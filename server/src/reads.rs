@@ -42,7 +42,7 @@ fn valid(path: &str) -> Result<(), ErrorCode> {
 fn readable(tree: &DataTree, conn: &Conn, path: &str, perm: i32) -> Result<Stat, ErrorCode> {
     valid(path)?;
     let znode = tree.get(path).ok_or(ErrorCode::NoNode)?;
-    check_acl(&znode.acl, perm, &conn.auth.borrow())?;
+    check_acl(znode.acl(), perm, &conn.auth.borrow())?;
     Ok(znode.full_stat())
 }
 
@@ -51,7 +51,7 @@ fn watch_room(shard: &Shard, conn: &Conn) -> bool {
 }
 
 fn children(tree: &DataTree, path: &str) -> Vec<String> {
-    tree.get(path).map(|n| n.children.iter().map(|c| c.to_string()).collect()).unwrap_or_default()
+    tree.get(path).map(|n| n.children().map(str::to_string).collect()).unwrap_or_default()
 }
 
 fn respond(
@@ -78,7 +78,7 @@ fn respond(
             if watch && watch_room(shard, conn) {
                 shard.watches.add(WatchKind::Data, &path, conn.id);
             }
-            let data = tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default();
+            let data = tree.get(&path).map(|n| n.data().to_vec()).unwrap_or_default();
             Response::GetData { data, stat }
         }
         Request::GetChildren { path, watch } => {
@@ -97,7 +97,7 @@ fn respond(
         }
         Request::GetAcl { path } => {
             let stat = readable(tree, conn, &path, perms::READ | perms::ADMIN)?;
-            let acl = tree.get(&path).map(|n| n.acl.to_vec()).unwrap_or_default();
+            let acl = tree.get(&path).map(|n| n.acl().to_vec()).unwrap_or_default();
             Response::GetAcl { acl, stat }
         }
         Request::GetAllChildrenNumber { path } => {
@@ -106,8 +106,7 @@ fn respond(
         }
         Request::GetEphemerals { prefix } => {
             let session = conn.session();
-            let list =
-                tree.ephemerals_of(session).filter(|p| p.starts_with(prefix.as_str())).map(String::from).collect();
+            let list = tree.ephemerals_of(session).into_iter().filter(|p| p.starts_with(prefix.as_str())).collect();
             Response::Strings(list)
         }
         Request::MultiRead(ops) => Response::Multi(ops.into_iter().map(|op| read_op(tree, conn, op)).collect()),
@@ -175,7 +174,7 @@ fn read_op(tree: &DataTree, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
             Err(e) => OpReply::Error(e.code()),
         },
         ReadOp::GetData { path } => match readable(tree, conn, &path, perms::READ) {
-            Ok(stat) => OpReply::GetData { data: tree.get(&path).map(|n| n.data.to_vec()).unwrap_or_default(), stat },
+            Ok(stat) => OpReply::GetData { data: tree.get(&path).map(|n| n.data().to_vec()).unwrap_or_default(), stat },
             Err(e) => OpReply::Error(e.code()),
         },
     }

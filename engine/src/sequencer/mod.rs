@@ -250,9 +250,9 @@ impl Sequencer {
         match self.pending.get(path) {
             Some(record) => record.node.clone(),
             None => tree.get(path).map(|z| NodeRecord {
-                stat: z.stat,
-                child_count: z.children.len() as i32,
-                acl: z.acl.clone(),
+                stat: z.stat(),
+                child_count: z.child_count() as i32,
+                acl: z.acl().clone(),
             }),
         }
     }
@@ -425,7 +425,7 @@ impl Sequencer {
         self.pending_sessions.insert(session, (zxid, false));
         // The session's ephemerals: those applied, plus in-flight creates, minus in-flight
         // deletes (ZooKeeper walks its outstanding changes the same way).
-        let mut paths: Vec<String> = tree.ephemerals_of(session).map(str::to_string).collect();
+        let mut paths: Vec<String> = tree.ephemerals_of(session);
         for (path, record) in &self.pending {
             if record.node.as_ref().is_some_and(|n| n.stat.ephemeral_owner == session) && !paths.contains(path) {
                 paths.push(path.clone());

@@ -1,34 +1,155 @@
 //! The data tree: znodes with data, ACL and Stat; ephemerals by session; containers and TTL
 //! nodes; and the deterministic `apply` of committed entries (ZooKeeper's `DataTree`).
+//!
+//! ## Layout
+//!
+//! Built to hold millions of znodes in as little memory as the data itself allows:
+//!
+//! - Znodes live in one slab (`Vec<Node>`, 80 bytes each) and are named by their index.
+//!   A znode's name and data share one heap allocation; its path is not stored at all.
+//! - A hash index maps (parent index, name) to a znode, so a path resolves one component at
+//!   a time; children form a doubly linked list through their parent (insertion order, the
+//!   same on every server), so create and delete are O(1) however many siblings there are.
+//! - What only some znodes have lives beside the slab: child lists with the parent's
+//!   `cversion` and `pzxid` (a znode that never had a child has cversion 0 and pzxid =
+//!   czxid), and a non-zero `ephemeralOwner`.
+//! - ACLs are interned and numbered; a znode holds the number.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::log::{
     Acl, ArchivedAcl, ArchivedCreateTxn, ArchivedEntry, ArchivedMultiOp, ArchivedNodeKind, ArchivedTxn, Zxid,
 };
 
-use super::path::{join, name, parent};
+use super::path::{name, parent};
 use super::stat::{owner_kind, ttl_owner, OwnerKind, Stat, StatPersisted, CONTAINER_OWNER};
 use super::ErrorCode;
 
-/// One znode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Znode {
-    /// Its data.
-    pub data: Box<[u8]>,
-    /// Its ACL (interned: znodes with equal ACLs share one allocation).
-    pub acl: Arc<[Acl]>,
-    /// The stored Stat.
-    pub stat: StatPersisted,
-    /// Child names, sorted (so that iteration, snapshots and digests are deterministic).
-    pub children: BTreeSet<Box<str>>,
+/// "No node" in links.
+const NONE: u32 = u32::MAX;
+/// `parent` of a free slab slot.
+const FREE: u32 = u32::MAX - 1;
+/// Flag in `name_len`: the znode has a non-zero `ephemeralOwner` (in `owners`).
+const HAS_OWNER: u32 = 1 << 31;
+/// The root's index.
+const ROOT: u32 = 0;
+
+/// One znode in the slab.
+#[derive(Debug, Clone)]
+struct Node {
+    /// Name, then data.
+    bytes: Box<[u8]>,
+    /// Length of the name in `bytes`, with the `HAS_OWNER` flag.
+    name_len: u32,
+    acl: u32,
+    parent: u32,
+    prev: u32,
+    next: u32,
+    /// Index into `families`, or NONE.
+    family: u32,
+    version: i32,
+    aversion: i32,
+    czxid: i64,
+    mzxid: i64,
+    ctime: i64,
+    mtime: i64,
 }
 
-impl Znode {
+impl Node {
+    fn name_len(&self) -> usize {
+        (self.name_len & !HAS_OWNER) as usize
+    }
+
+    fn name(&self) -> &[u8] {
+        &self.bytes[..self.name_len()]
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.bytes[self.name_len()..]
+    }
+
+    fn has_owner(&self) -> bool {
+        self.name_len & HAS_OWNER != 0
+    }
+}
+
+/// The children of a znode that has (or had) any, and the Stat fields that change with them.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    first: u32,
+    last: u32,
+    count: u32,
+    cversion: i32,
+    pzxid: i64,
+}
+
+#[derive(Debug, Clone)]
+struct AclSlot {
+    acl: Arc<[Acl]>,
+    /// Znodes using it; 0 for a free slot.
+    refs: u32,
+}
+
+/// A read-only view of one znode.
+#[derive(Clone, Copy)]
+pub struct Znode<'a> {
+    tree: &'a DataTree,
+    id: u32,
+}
+
+impl std::fmt::Debug for Znode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Znode").field("id", &self.id).field("stat", &self.stat()).finish()
+    }
+}
+
+impl<'a> Znode<'a> {
+    fn node(&self) -> &'a Node {
+        &self.tree.nodes[self.id as usize]
+    }
+
+    /// Its data.
+    pub fn data(&self) -> &'a [u8] {
+        self.node().data()
+    }
+
+    /// Its ACL (interned: znodes with equal ACLs share one allocation).
+    pub fn acl(&self) -> &'a Arc<[Acl]> {
+        &self.tree.acls[self.node().acl as usize].acl
+    }
+
+    /// The stored part of its Stat.
+    pub fn stat(&self) -> StatPersisted {
+        self.tree.persisted(self.id)
+    }
+
     /// The full Stat.
     pub fn full_stat(&self) -> Stat {
-        Stat::new(&self.stat, self.data.len(), self.children.len())
+        Stat::new(&self.stat(), self.data().len(), self.child_count())
+    }
+
+    /// Number of children.
+    pub fn child_count(&self) -> usize {
+        self.tree.family(self.id).map_or(0, |f| f.count as usize)
+    }
+
+    /// Child names, in the order they were created.
+    pub fn children(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let tree = self.tree;
+        let mut next = tree.family(self.id).map_or(NONE, |f| f.first);
+        std::iter::from_fn(move || {
+            if next == NONE {
+                return None;
+            }
+            let node = &tree.nodes[next as usize];
+            next = node.next;
+            // Names are only ever stored from `&str`.
+            Some(std::str::from_utf8(node.name()).unwrap_or(""))
+        })
     }
 }
 
@@ -108,16 +229,27 @@ pub struct SessionInfo {
 /// The replicated state: znodes, sessions, and the last applied zxid.
 #[derive(Debug, Clone)]
 pub struct DataTree {
-    nodes: HashMap<Box<str>, Znode>,
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    families: Vec<Family>,
+    free_families: Vec<u32>,
+    /// (parent, name) → znode.
+    index: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Non-zero `ephemeralOwner`s.
+    owners: HashMap<u32, i64>,
+    acls: Vec<AclSlot>,
+    acl_ids: HashMap<Arc<[Acl]>, u32>,
+    free_acls: Vec<u32>,
     sessions: BTreeMap<i64, SessionInfo>,
-    /// Ephemeral paths by owner session. Invariant: every path here is a znode owned by it.
-    ephemerals: BTreeMap<i64, BTreeSet<Box<str>>>,
-    containers: BTreeSet<Box<str>>,
-    ttls: BTreeSet<Box<str>>,
-    acls: HashSet<Arc<[Acl]>>,
+    /// Ephemeral znodes by owner session. Invariant: each is a live znode owned by it.
+    ephemerals: HashMap<i64, BTreeSet<u32>>,
+    containers: BTreeSet<u32>,
+    ttls: BTreeSet<u32>,
     /// Invariant: every applied entry had a zxid ≤ this.
     last_zxid: Zxid,
     data_bytes: u64,
+    count: usize,
 }
 
 impl Default for DataTree {
@@ -131,87 +263,348 @@ pub fn open_acl() -> Vec<Acl> {
     vec![Acl { perms: 31, scheme: "world".into(), id: "anyone".into() }]
 }
 
+/// Splits "/a/b" into its components ("a", "b"); "/" has none.
+fn components(path: &str) -> impl Iterator<Item = &str> {
+    path.strip_prefix('/').unwrap_or(path).split('/').filter(|c| !c.is_empty())
+}
+
 impl DataTree {
+    fn empty() -> DataTree {
+        DataTree {
+            nodes: Vec::new(),
+            free_nodes: Vec::new(),
+            families: Vec::new(),
+            free_families: Vec::new(),
+            index: HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            owners: HashMap::new(),
+            acls: Vec::new(),
+            acl_ids: HashMap::new(),
+            free_acls: Vec::new(),
+            sessions: BTreeMap::new(),
+            ephemerals: HashMap::new(),
+            containers: BTreeSet::new(),
+            ttls: BTreeSet::new(),
+            last_zxid: Zxid::ZERO,
+            data_bytes: 0,
+            count: 0,
+        }
+    }
+
     /// A tree with ZooKeeper's built-in nodes: `/`, `/zookeeper`, `/zookeeper/quota` and
     /// `/zookeeper/config`.
     pub fn new() -> DataTree {
-        let mut tree = DataTree {
-            nodes: HashMap::new(),
-            sessions: BTreeMap::new(),
-            ephemerals: BTreeMap::new(),
-            containers: BTreeSet::new(),
-            ttls: BTreeSet::new(),
-            acls: HashSet::new(),
-            last_zxid: Zxid::ZERO,
-            data_bytes: 0,
-        };
+        let mut tree = DataTree::empty();
         let acl = tree.intern(open_acl());
-        let root =
-            Znode { data: Box::new([]), acl: acl.clone(), stat: StatPersisted::default(), children: BTreeSet::new() };
-        tree.nodes.insert("/".into(), root);
-        for path in ["/zookeeper", "/zookeeper/quota", "/zookeeper/config"] {
-            let node = Znode {
-                data: Box::new([]),
-                acl: acl.clone(),
-                stat: StatPersisted::default(),
-                children: BTreeSet::new(),
-            };
-            tree.link(path, node);
-        }
+        let root = tree.alloc(b"", b"", acl, NONE, StatPersisted::default());
+        debug_assert_eq!(root, ROOT);
+        let zk = tree.insert_child(ROOT, "zookeeper", b"", acl, StatPersisted::default());
+        tree.insert_child(zk, "quota", b"", acl, StatPersisted::default());
+        tree.insert_child(zk, "config", b"", acl, StatPersisted::default());
         tree
     }
 
-    fn intern(&mut self, acl: Vec<Acl>) -> Arc<[Acl]> {
+    // ---- storage ----
+
+    fn hash(&self, parent: u32, name: &[u8]) -> u64 {
+        self.hasher.hash_one((parent, name))
+    }
+
+    fn child(&self, parent: u32, name: &[u8]) -> Option<u32> {
+        let h = self.hash(parent, name);
+        let nodes = &self.nodes;
+        self.index
+            .find(h, |&id| {
+                let n = &nodes[id as usize];
+                n.parent == parent && n.name() == name
+            })
+            .copied()
+    }
+
+    fn resolve(&self, path: &str) -> Option<u32> {
+        if !path.starts_with('/') || (path.len() > 1 && (path.ends_with('/') || path.contains("//"))) {
+            // "/a/" or "//a" name nothing, as in ZooKeeper.
+            return None;
+        }
+        let mut id = ROOT;
+        for component in components(path) {
+            id = self.child(id, component.as_bytes())?;
+        }
+        Some(id)
+    }
+
+    fn family(&self, id: u32) -> Option<&Family> {
+        let f = self.nodes[id as usize].family;
+        (f != NONE).then(|| &self.families[f as usize])
+    }
+
+    fn family_mut(&mut self, id: u32) -> &mut Family {
+        let node = &self.nodes[id as usize];
+        if node.family == NONE {
+            let fresh = Family { first: NONE, last: NONE, count: 0, cversion: 0, pzxid: node.czxid };
+            let f = match self.free_families.pop() {
+                Some(f) => {
+                    self.families[f as usize] = fresh;
+                    f
+                }
+                None => {
+                    self.families.push(fresh);
+                    (self.families.len() - 1) as u32
+                }
+            };
+            self.nodes[id as usize].family = f;
+        }
+        let f = self.nodes[id as usize].family;
+        &mut self.families[f as usize]
+    }
+
+    fn persisted(&self, id: u32) -> StatPersisted {
+        let n = &self.nodes[id as usize];
+        let (cversion, pzxid) = self.family(id).map_or((0, n.czxid), |f| (f.cversion, f.pzxid));
+        StatPersisted {
+            czxid: n.czxid,
+            mzxid: n.mzxid,
+            pzxid,
+            ctime: n.ctime,
+            mtime: n.mtime,
+            version: n.version,
+            cversion,
+            aversion: n.aversion,
+            ephemeral_owner: self.owner(id),
+        }
+    }
+
+    fn owner(&self, id: u32) -> i64 {
+        if self.nodes[id as usize].has_owner() {
+            self.owners.get(&id).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Puts a znode in the slab (not yet linked or indexed). `stat`'s cversion and pzxid are
+    /// kept only if they differ from a fresh znode's.
+    fn alloc(&mut self, name: &[u8], data: &[u8], acl: u32, parent: u32, stat: StatPersisted) -> u32 {
+        let mut bytes = Vec::with_capacity(name.len() + data.len());
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(data);
+        let owner = stat.ephemeral_owner;
+        let node = Node {
+            bytes: bytes.into_boxed_slice(),
+            name_len: (name.len() as u32 & !HAS_OWNER) | if owner != 0 { HAS_OWNER } else { 0 },
+            acl,
+            parent,
+            prev: NONE,
+            next: NONE,
+            family: NONE,
+            version: stat.version,
+            aversion: stat.aversion,
+            czxid: stat.czxid,
+            mzxid: stat.mzxid,
+            ctime: stat.ctime,
+            mtime: stat.mtime,
+        };
+        let id = match self.free_nodes.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        if stat.cversion != 0 || stat.pzxid != stat.czxid {
+            let f = self.family_mut(id);
+            f.cversion = stat.cversion;
+            f.pzxid = stat.pzxid;
+        }
+        self.acls[acl as usize].refs += 1;
+        self.data_bytes += data.len() as u64;
+        self.count += 1;
+        if owner != 0 {
+            self.owners.insert(id, owner);
+            match owner_kind(owner) {
+                OwnerKind::Persistent => {}
+                OwnerKind::Container => {
+                    self.containers.insert(id);
+                }
+                OwnerKind::Ttl(_) => {
+                    self.ttls.insert(id);
+                }
+                OwnerKind::Ephemeral(session) => {
+                    self.ephemerals.entry(session).or_default().insert(id);
+                }
+            }
+        }
+        id
+    }
+
+    /// Allocates a znode and links it as the last child of `parent`.
+    fn insert_child(&mut self, parent: u32, name: &str, data: &[u8], acl: u32, stat: StatPersisted) -> u32 {
+        let id = self.alloc(name.as_bytes(), data, acl, parent, stat);
+        let h = self.hash(parent, name.as_bytes());
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.index.insert_unique(h, id, |&i| {
+            let n = &nodes[i as usize];
+            hasher.hash_one((n.parent, n.name()))
+        });
+        let last = {
+            let f = self.family_mut(parent);
+            let last = f.last;
+            f.last = id;
+            if f.first == NONE {
+                f.first = id;
+            }
+            f.count += 1;
+            last
+        };
+        if last != NONE {
+            self.nodes[last as usize].next = id;
+        }
+        self.nodes[id as usize].prev = last;
+        id
+    }
+
+    /// Unlinks, unindexes and frees a childless znode.
+    fn remove(&mut self, id: u32) {
+        let (parent, prev, next) = {
+            let n = &self.nodes[id as usize];
+            (n.parent, n.prev, n.next)
+        };
+        let h = self.hash(parent, self.nodes[id as usize].name());
+        if let Ok(entry) = self.index.find_entry(h, |&i| i == id) {
+            entry.remove();
+        }
+        if prev != NONE {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NONE {
+            self.nodes[next as usize].prev = prev;
+        }
+        {
+            let f = self.family_mut(parent);
+            if f.first == id {
+                f.first = next;
+            }
+            if f.last == id {
+                f.last = prev;
+            }
+            f.count -= 1;
+        }
+        let owner = self.owner(id);
+        if owner != 0 {
+            self.owners.remove(&id);
+            match owner_kind(owner) {
+                OwnerKind::Persistent => {}
+                OwnerKind::Container => {
+                    self.containers.remove(&id);
+                }
+                OwnerKind::Ttl(_) => {
+                    self.ttls.remove(&id);
+                }
+                OwnerKind::Ephemeral(session) => {
+                    if let Some(set) = self.ephemerals.get_mut(&session) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            self.ephemerals.remove(&session);
+                        }
+                    }
+                }
+            }
+        }
+        let node = std::mem::replace(
+            &mut self.nodes[id as usize],
+            Node {
+                bytes: Box::new([]),
+                name_len: 0,
+                acl: 0,
+                parent: FREE,
+                prev: NONE,
+                next: NONE,
+                family: NONE,
+                version: 0,
+                aversion: 0,
+                czxid: 0,
+                mzxid: 0,
+                ctime: 0,
+                mtime: 0,
+            },
+        );
+        if node.family != NONE {
+            self.free_families.push(node.family);
+        }
+        self.release_acl(node.acl);
+        self.data_bytes -= node.data().len() as u64;
+        self.count -= 1;
+        self.free_nodes.push(id);
+    }
+
+    fn intern(&mut self, acl: Vec<Acl>) -> u32 {
         let arc: Arc<[Acl]> = acl.into();
-        if let Some(existing) = self.acls.get(&arc) {
-            return existing.clone();
+        if let Some(&id) = self.acl_ids.get(&arc) {
+            return id;
         }
-        self.acls.insert(arc.clone());
-        arc
+        let slot = AclSlot { acl: arc.clone(), refs: 0 };
+        let id = match self.free_acls.pop() {
+            Some(id) => {
+                self.acls[id as usize] = slot;
+                id
+            }
+            None => {
+                self.acls.push(slot);
+                (self.acls.len() - 1) as u32
+            }
+        };
+        self.acl_ids.insert(arc, id);
+        id
     }
 
-    fn release_acl(&mut self, acl: Arc<[Acl]>) {
-        // One reference is `acl`, one the interner's: nobody else uses it.
-        if Arc::strong_count(&acl) == 2 {
-            self.acls.remove(&acl);
+    fn release_acl(&mut self, id: u32) {
+        let slot = &mut self.acls[id as usize];
+        slot.refs -= 1;
+        if slot.refs == 0 {
+            let acl = slot.acl.clone();
+            self.acl_ids.remove(&acl);
+            self.free_acls.push(id);
         }
     }
 
-    /// Inserts `node` at `path` under its (existing) parent, without touching the parent's
-    /// Stat. Returns false if the parent is missing.
-    fn link(&mut self, path: &str, node: Znode) -> bool {
-        let Some(p) = self.nodes.get_mut(parent(path)) else { return false };
-        p.children.insert(name(path).into());
-        self.data_bytes += node.data.len() as u64;
-        match owner_kind(node.stat.ephemeral_owner) {
-            OwnerKind::Persistent => {}
-            OwnerKind::Container => {
-                self.containers.insert(path.into());
-            }
-            OwnerKind::Ttl(_) => {
-                self.ttls.insert(path.into());
-            }
-            OwnerKind::Ephemeral(owner) => {
-                self.ephemerals.entry(owner).or_default().insert(path.into());
-            }
+    /// The path of a live znode.
+    fn path_of(&self, id: u32) -> String {
+        let mut names = Vec::new();
+        let mut at = id;
+        while at != ROOT {
+            let n = &self.nodes[at as usize];
+            names.push(n.name());
+            at = n.parent;
         }
-        self.nodes.insert(path.into(), node);
-        true
+        if names.is_empty() {
+            return "/".into();
+        }
+        let mut path = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+        for n in names.iter().rev() {
+            path.push('/');
+            path.push_str(std::str::from_utf8(n).unwrap_or(""));
+        }
+        path
     }
+
+    // ---- queries ----
 
     /// The znode at `path`.
-    pub fn get(&self, path: &str) -> Option<&Znode> {
-        self.nodes.get(path)
+    pub fn get(&self, path: &str) -> Option<Znode<'_>> {
+        self.resolve(path).map(|id| Znode { tree: self, id })
     }
 
     /// The full Stat of `path`.
     pub fn stat(&self, path: &str) -> Option<Stat> {
-        self.nodes.get(path).map(Znode::full_stat)
+        self.get(path).map(|z| z.full_stat())
     }
 
     /// Number of znodes (the root and `/zookeeper` nodes included, as ZooKeeper counts).
     pub fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.count
     }
 
     /// Bytes of data stored (ZooKeeper's `approximate_data_size` counts paths too; this
@@ -231,8 +624,11 @@ impl DataTree {
     }
 
     /// The ephemeral paths of a session, sorted.
-    pub fn ephemerals_of(&self, session_id: i64) -> impl Iterator<Item = &str> {
-        self.ephemerals.get(&session_id).into_iter().flat_map(|s| s.iter().map(|p| &**p))
+    pub fn ephemerals_of(&self, session_id: i64) -> Vec<String> {
+        let mut paths: Vec<String> =
+            self.ephemerals.get(&session_id).into_iter().flatten().map(|&id| self.path_of(id)).collect();
+        paths.sort_unstable();
+        paths
     }
 
     /// Number of ephemeral znodes.
@@ -242,13 +638,15 @@ impl DataTree {
 
     /// Number of znodes below `path` (not counting it), as `getAllChildrenNumber`.
     pub fn descendant_count(&self, path: &str) -> Option<usize> {
-        let node = self.nodes.get(path)?;
+        let id = self.resolve(path)?;
         let mut count = 0;
-        let mut stack: Vec<String> = node.children.iter().map(|c| join(path, c)).collect();
-        while let Some(p) = stack.pop() {
-            count += 1;
-            if let Some(n) = self.nodes.get(p.as_str()) {
-                stack.extend(n.children.iter().map(|c| join(&p, c)));
+        let mut stack = vec![id];
+        while let Some(at) = stack.pop() {
+            let mut child = self.family(at).map_or(NONE, |f| f.first);
+            while child != NONE {
+                count += 1;
+                stack.push(child);
+                child = self.nodes[child as usize].next;
             }
         }
         Some(count)
@@ -259,19 +657,17 @@ impl DataTree {
     /// `ContainerManager` deletes. Sorted. The caller turns them into delete txns.
     pub fn reapable(&self, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
-        for path in &self.containers {
-            if let Some(n) = self.nodes.get(path) {
-                if n.children.is_empty() && n.stat.cversion > 0 {
-                    out.push(path.to_string());
-                }
+        for &id in &self.containers {
+            let empty = self.family(id).is_none_or(|f| f.count == 0);
+            if empty && self.family(id).is_some_and(|f| f.cversion > 0) {
+                out.push(self.path_of(id));
             }
         }
-        for path in &self.ttls {
-            if let Some(n) = self.nodes.get(path) {
-                if let OwnerKind::Ttl(ttl) = owner_kind(n.stat.ephemeral_owner) {
-                    if n.children.is_empty() && now_ms.saturating_sub(n.stat.mtime) > ttl {
-                        out.push(path.to_string());
-                    }
+        for &id in &self.ttls {
+            if let OwnerKind::Ttl(ttl) = owner_kind(self.owner(id)) {
+                let empty = self.family(id).is_none_or(|f| f.count == 0);
+                if empty && now_ms.saturating_sub(self.nodes[id as usize].mtime) > ttl {
+                    out.push(self.path_of(id));
                 }
             }
         }
@@ -370,6 +766,8 @@ impl DataTree {
         result.unwrap_or_else(OpResult::Error)
     }
 
+    // ---- apply ----
+
     fn create(
         &mut self,
         c: &ArchivedCreateTxn,
@@ -384,13 +782,12 @@ impl DataTree {
         }
         let parent_path = parent(path);
         let parent_cversion = c.parent_cversion.to_native();
-        {
-            let Some(p) = self.nodes.get(parent_path) else { return Err(ErrorCode::NoNode) };
-            if matches!(owner_kind(p.stat.ephemeral_owner), OwnerKind::Ephemeral(_)) {
-                return Err(ErrorCode::NoChildrenForEphemerals);
-            }
+        let Some(pid) = self.resolve(parent_path) else { return Err(ErrorCode::NoNode) };
+        if matches!(owner_kind(self.owner(pid)), OwnerKind::Ephemeral(_)) {
+            return Err(ErrorCode::NoChildrenForEphemerals);
         }
-        if self.nodes.contains_key(path) {
+        let child_name = name(path);
+        if self.child(pid, child_name.as_bytes()).is_some() {
             return Err(ErrorCode::NodeExists);
         }
         let owner = match &c.kind {
@@ -400,21 +797,13 @@ impl DataTree {
             ArchivedNodeKind::Ttl { ttl_ms } => ttl_owner(ttl_ms.to_native()),
         };
         let acl = self.intern(c.acl.iter().map(acl_of).collect());
-        let node = Znode {
-            data: c.data.as_slice().into(),
-            acl,
-            stat: StatPersisted::created(zxid, time, owner),
-            children: BTreeSet::new(),
-        };
-        let stat = node.full_stat();
-        // Invariant: the parent exists (checked above).
-        self.link(path, node);
-        if let Some(p) = self.nodes.get_mut(parent_path) {
-            // As ZooKeeper: only a create that advances the parent's cversion moves pzxid.
-            if parent_cversion > p.stat.cversion {
-                p.stat.cversion = parent_cversion;
-                p.stat.pzxid = zxid.0 as i64;
-            }
+        let id = self.insert_child(pid, child_name, c.data.as_slice(), acl, StatPersisted::created(zxid, time, owner));
+        let stat = Znode { tree: self, id }.full_stat();
+        let f = self.family_mut(pid);
+        // As ZooKeeper: only a create that advances the parent's cversion moves pzxid.
+        if parent_cversion > f.cversion {
+            f.cversion = parent_cversion;
+            f.pzxid = zxid.0 as i64;
         }
         changes.push(Change { path: path.to_string(), kind: ChangeKind::Created });
         changes.push(Change { path: parent_path.to_string(), kind: ChangeKind::ChildrenChanged });
@@ -425,40 +814,18 @@ impl DataTree {
         if path == "/" {
             return Err(ErrorCode::BadArguments);
         }
-        match self.nodes.get(path) {
-            None => return Err(ErrorCode::NoNode),
-            Some(n) if !n.children.is_empty() => return Err(ErrorCode::NotEmpty),
-            Some(_) => {}
+        let Some(id) = self.resolve(path) else { return Err(ErrorCode::NoNode) };
+        if self.family(id).is_some_and(|f| f.count > 0) {
+            return Err(ErrorCode::NotEmpty);
         }
-        let parent_path = parent(path);
-        if let Some(p) = self.nodes.get_mut(parent_path) {
-            p.children.remove(name(path));
-            if zxid.0 as i64 > p.stat.pzxid {
-                p.stat.pzxid = zxid.0 as i64;
-            }
+        let pid = self.nodes[id as usize].parent;
+        self.remove(id);
+        let f = self.family_mut(pid);
+        if zxid.0 as i64 > f.pzxid {
+            f.pzxid = zxid.0 as i64;
         }
-        let Some(node) = self.nodes.remove(path) else { return Err(ErrorCode::NoNode) };
-        self.data_bytes -= node.data.len() as u64;
-        match owner_kind(node.stat.ephemeral_owner) {
-            OwnerKind::Persistent => {}
-            OwnerKind::Container => {
-                self.containers.remove(path);
-            }
-            OwnerKind::Ttl(_) => {
-                self.ttls.remove(path);
-            }
-            OwnerKind::Ephemeral(owner) => {
-                if let Some(set) = self.ephemerals.get_mut(&owner) {
-                    set.remove(path);
-                    if set.is_empty() {
-                        self.ephemerals.remove(&owner);
-                    }
-                }
-            }
-        }
-        self.release_acl(node.acl);
         changes.push(Change { path: path.to_string(), kind: ChangeKind::Deleted });
-        changes.push(Change { path: parent_path.to_string(), kind: ChangeKind::ChildrenChanged });
+        changes.push(Change { path: parent(path).to_string(), kind: ChangeKind::ChildrenChanged });
         Ok(())
     }
 
@@ -471,45 +838,45 @@ impl DataTree {
         time: i64,
         changes: &mut Vec<Change>,
     ) -> Result<OpResult, ErrorCode> {
-        let Some(node) = self.nodes.get_mut(path) else { return Err(ErrorCode::NoNode) };
-        self.data_bytes = self.data_bytes - node.data.len() as u64 + data.len() as u64;
-        node.data = data.into();
-        node.stat.mtime = time;
-        node.stat.mzxid = zxid.0 as i64;
-        node.stat.version = version;
-        let stat = node.full_stat();
+        let Some(id) = self.resolve(path) else { return Err(ErrorCode::NoNode) };
+        let node = &mut self.nodes[id as usize];
+        let old = node.data().len() as u64;
+        let mut bytes = Vec::with_capacity(node.name_len() + data.len());
+        bytes.extend_from_slice(node.name());
+        bytes.extend_from_slice(data);
+        node.bytes = bytes.into_boxed_slice();
+        node.mtime = time;
+        node.mzxid = zxid.0 as i64;
+        node.version = version;
+        self.data_bytes = self.data_bytes - old + data.len() as u64;
+        let stat = Znode { tree: self, id }.full_stat();
         changes.push(Change { path: path.to_string(), kind: ChangeKind::DataChanged });
         Ok(OpResult::DataSet(stat))
     }
 
     fn set_acl(&mut self, path: &str, acl: &[ArchivedAcl], version: i32) -> Result<OpResult, ErrorCode> {
-        if !self.nodes.contains_key(path) {
-            return Err(ErrorCode::NoNode);
-        }
+        let Some(id) = self.resolve(path) else { return Err(ErrorCode::NoNode) };
         let new = self.intern(acl.iter().map(acl_of).collect());
-        let Some(node) = self.nodes.get_mut(path) else { return Err(ErrorCode::NoNode) };
+        self.acls[new as usize].refs += 1;
+        let node = &mut self.nodes[id as usize];
         let old = std::mem::replace(&mut node.acl, new);
-        node.stat.aversion = version;
-        let stat = node.full_stat();
+        node.aversion = version;
         self.release_acl(old);
-        Ok(OpResult::AclSet(stat))
+        Ok(OpResult::AclSet(Znode { tree: self, id }.full_stat()))
     }
 
     fn check(&self, path: &str) -> Result<OpResult, ErrorCode> {
-        if self.nodes.contains_key(path) {
-            Ok(OpResult::Checked)
-        } else {
-            Err(ErrorCode::NoNode)
+        match self.resolve(path) {
+            Some(_) => Ok(OpResult::Checked),
+            None => Err(ErrorCode::NoNode),
         }
     }
 
     fn close_session(&mut self, session: i64, zxid: Zxid, changes: &mut Vec<Change>) {
         self.sessions.remove(&session);
-        let paths: Vec<Box<str>> =
-            self.ephemerals.remove(&session).map(|s| s.into_iter().collect()).unwrap_or_default();
-        // Deepest first cannot matter (ephemerals have no children); sorted order keeps it
-        // deterministic.
-        for path in paths {
+        // Sorted paths keep the order of the changes deterministic (ephemerals have no
+        // children, so any order would do for the tree).
+        for path in self.ephemerals_of(session) {
             let _ = self.delete(&path, zxid, changes);
         }
     }
@@ -526,73 +893,162 @@ impl DataTree {
     /// The full invariant check, whatever the build.
     pub fn validate(&self) {
         let mut data = 0u64;
-        for (path, node) in &self.nodes {
-            data += node.data.len() as u64;
-            if &**path != "/" {
-                let p = self.nodes.get(parent(path)).unwrap_or_else(|| panic!("{path} has no parent"));
-                assert!(p.children.contains(name(path)), "{path} missing from its parent's children");
+        let mut live = 0usize;
+        let mut acl_refs = vec![0u32; self.acls.len()];
+        let free: std::collections::HashSet<u32> = self.free_nodes.iter().copied().collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let id = i as u32;
+            if node.parent == FREE {
+                assert!(free.contains(&id), "slot {id} is neither live nor free");
+                continue;
             }
-            for child in &node.children {
-                assert!(self.nodes.contains_key(join(path, child).as_str()), "{path} lists missing child {child}");
+            live += 1;
+            data += node.data().len() as u64;
+            acl_refs[node.acl as usize] += 1;
+            if id != ROOT {
+                assert_eq!(self.child(node.parent, node.name()), Some(id), "{} is not indexed", self.path_of(id));
+                let parent = &self.nodes[node.parent as usize];
+                assert!(parent.parent != FREE, "{} has a freed parent", self.path_of(id));
             }
-            assert!(self.acls.contains(&node.acl), "{path} has an uninterned ACL");
-            if let OwnerKind::Ephemeral(owner) = owner_kind(node.stat.ephemeral_owner) {
-                assert!(
-                    self.ephemerals.get(&owner).is_some_and(|s| s.contains(&**path)),
-                    "{path} not in its session's ephemerals"
-                );
-                assert!(node.children.is_empty(), "ephemeral {path} has children");
+            let mut count = 0;
+            let mut prev = NONE;
+            let mut child = self.family(id).map_or(NONE, |f| f.first);
+            while child != NONE {
+                let c = &self.nodes[child as usize];
+                assert_eq!((c.parent, c.prev), (id, prev), "broken child list under {}", self.path_of(id));
+                count += 1;
+                prev = child;
+                child = c.next;
+            }
+            if let Some(f) = self.family(id) {
+                assert_eq!((f.count, f.last), (count, prev), "child count of {}", self.path_of(id));
+            }
+            let owner = self.owner(id);
+            assert_eq!(node.has_owner(), owner != 0);
+            if let OwnerKind::Ephemeral(session) = owner_kind(owner) {
+                assert!(self.ephemerals.get(&session).is_some_and(|s| s.contains(&id)), "ephemeral not tracked");
+                assert_eq!(count, 0, "ephemeral {} has children", self.path_of(id));
             }
         }
+        assert_eq!(live, self.count, "znode count drifted");
+        assert_eq!(live, self.index.len() + 1, "index size");
         assert_eq!(data, self.data_bytes, "data byte count drifted");
-        for (owner, paths) in &self.ephemerals {
-            assert!(!paths.is_empty());
-            for p in paths {
-                assert_eq!(self.nodes.get(&**p).map(|n| n.stat.ephemeral_owner), Some(*owner), "stale ephemeral {p}");
+        for (i, slot) in self.acls.iter().enumerate() {
+            assert_eq!(slot.refs, acl_refs[i], "ACL {i} reference count");
+            if slot.refs > 0 {
+                assert_eq!(self.acl_ids.get(&slot.acl), Some(&(i as u32)), "ACL {i} not interned");
+            }
+        }
+        for (session, ids) in &self.ephemerals {
+            assert!(!ids.is_empty());
+            for &id in ids {
+                assert_eq!(self.owner(id), *session, "stale ephemeral");
             }
         }
     }
 
-    /// Every znode path, sorted (for snapshots, digests and tests).
-    pub fn sorted_paths(&self) -> Vec<&str> {
-        let mut paths: Vec<&str> = self.nodes.keys().map(|k| &**k).collect();
+    /// Every znode path, sorted (for tests).
+    pub fn sorted_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.preorder().map(|id| self.path_of(id)).collect();
         paths.sort_unstable();
         paths
     }
 
-    pub(super) fn parts(&self) -> (&HashMap<Box<str>, Znode>, &BTreeMap<i64, SessionInfo>) {
-        (&self.nodes, &self.sessions)
+    /// Live znodes, parents before children, children in list order (deterministic).
+    fn preorder(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut stack = vec![ROOT];
+        std::iter::from_fn(move || {
+            let id = stack.pop()?;
+            // Push children in reverse so they come out in list order.
+            let mut child = self.family(id).map_or(NONE, |f| f.last);
+            while child != NONE {
+                stack.push(child);
+                child = self.nodes[child as usize].prev;
+            }
+            Some(id)
+        })
+    }
+}
+
+/// What the snapshot image needs from the tree's storage.
+pub(super) struct ImageNode<'a> {
+    pub parent: u32,
+    pub name: &'a [u8],
+    pub data: &'a [u8],
+    pub acl: u32,
+    pub stat: StatPersisted,
+}
+
+impl DataTree {
+    /// Every znode in pre-order with its parent's position in that order (`u32::MAX` for the
+    /// root), and the ACL table (indexes as the nodes use them).
+    pub(super) fn image_parts(&self) -> (Vec<&[Acl]>, Vec<ImageNode<'_>>) {
+        let mut position = HashMap::with_capacity(self.count);
+        let mut acl_numbers: HashMap<u32, u32> = HashMap::new();
+        let mut acls = Vec::new();
+        let mut out = Vec::with_capacity(self.count);
+        for id in self.preorder() {
+            let n = &self.nodes[id as usize];
+            position.insert(id, out.len() as u32);
+            let acl = *acl_numbers.entry(n.acl).or_insert_with(|| {
+                acls.push(&*self.acls[n.acl as usize].acl);
+                (acls.len() - 1) as u32
+            });
+            let parent = if id == ROOT { NONE } else { position.get(&n.parent).copied().unwrap_or(NONE) };
+            out.push(ImageNode { parent, name: n.name(), data: n.data(), acl, stat: self.persisted(id) });
+        }
+        (acls, out)
     }
 
-    /// Rebuilds a tree from its parts (snapshot loading). Parents must come before children.
-    pub(super) fn from_parts(
-        nodes: Vec<(String, Vec<u8>, Vec<Acl>, StatPersisted)>,
+    /// Rebuilds a tree from image parts: `nodes` in pre-order, each parent before its
+    /// children, the root first.
+    pub(super) fn from_image_parts<'a>(
+        acls: Vec<Vec<Acl>>,
+        nodes: impl Iterator<Item = Result<ImageNode<'a>, String>>,
         sessions: BTreeMap<i64, SessionInfo>,
         last_zxid: Zxid,
+        expected: usize,
     ) -> Result<DataTree, String> {
-        let mut tree = DataTree {
-            nodes: HashMap::with_capacity(nodes.len()),
-            sessions,
-            ephemerals: BTreeMap::new(),
-            containers: BTreeSet::new(),
-            ttls: BTreeSet::new(),
-            acls: HashSet::new(),
-            last_zxid,
-            data_bytes: 0,
-        };
-        for (path, data, acl, stat) in nodes {
-            let acl = tree.intern(acl);
-            let node = Znode { data: data.into(), acl, stat, children: BTreeSet::new() };
-            if path == "/" {
-                tree.data_bytes += node.data.len() as u64;
-                tree.nodes.insert(path.into(), node);
-            } else if super::path::validate_path(&path, false).is_err() || !tree.link(&path, node) {
-                return Err(format!("snapshot node {path:?} is invalid or comes before its parent"));
+        let mut tree = DataTree::empty();
+        tree.nodes.reserve_exact(expected);
+        tree.index.reserve(expected, |_| 0);
+        let acl_ids: Vec<u32> = acls.into_iter().map(|a| tree.intern(a)).collect();
+        let mut ids: Vec<u32> = Vec::with_capacity(expected);
+        for (i, node) in nodes.enumerate() {
+            let node = node?;
+            let acl = *acl_ids.get(node.acl as usize).ok_or_else(|| format!("node {i} names ACL {}", node.acl))?;
+            let name = std::str::from_utf8(node.name).map_err(|_| format!("node {i} has a name that is not UTF-8"))?;
+            if i == 0 {
+                if node.parent != NONE || !name.is_empty() {
+                    return Err("the first node is not the root".into());
+                }
+                ids.push(tree.alloc(b"", node.data, acl, NONE, node.stat));
+                continue;
             }
+            let parent = *ids.get(node.parent as usize).ok_or_else(|| format!("node {i} comes before its parent"))?;
+            if super::path::validate_name(name).is_err() {
+                return Err(format!("node {i} has an invalid name {name:?}"));
+            }
+            if tree.child(parent, name.as_bytes()).is_some() {
+                return Err(format!("node {i}: {name:?} appears twice under one parent"));
+            }
+            ids.push(tree.insert_child(parent, name, node.data, acl, node.stat));
         }
-        if !tree.nodes.contains_key("/") {
+        if ids.is_empty() {
             return Err("snapshot has no root".into());
         }
+        // The interner may hold ACLs no node uses.
+        for (i, slot) in tree.acls.iter().enumerate() {
+            if slot.refs == 0 && !tree.free_acls.contains(&(i as u32)) {
+                tree.free_acls.push(i as u32);
+            }
+        }
+        let unused: Vec<Arc<[Acl]>> = tree.acls.iter().filter(|s| s.refs == 0).map(|s| s.acl.clone()).collect();
+        for acl in unused {
+            tree.acl_ids.remove(&acl);
+        }
+        tree.sessions = sessions;
+        tree.last_zxid = last_zxid;
         Ok(tree)
     }
 }

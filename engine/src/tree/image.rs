@@ -1,101 +1,205 @@
-//! The tree's snapshot image: rkyv, nodes in sorted path order (a parent always precedes its
-//! children), ACLs numbered by first use. Two servers with the same tree produce the same
-//! bytes, so the image's hash is the tree's digest.
+//! The tree's snapshot image: a flat little-endian byte format, written and read
+//! sequentially. Znodes come in pre-order (a parent before its children, children in their
+//! list order), each naming its parent by position, so loading needs no path parsing and
+//! rebuilds the same child order. ACLs are numbered by first use. Two servers with the same
+//! tree produce the same bytes, so the image's hash is the tree's digest.
+//!
+//! ```text
+//! "BTREEIMG" version:u32 flags:u32 last_zxid:u64
+//! acls:u32 { entries:u32 { perms:i32 scheme:str id:str } }
+//! sessions:u32 { id:i64 timeout_ms:i32 }
+//! nodes:u64 { parent:u32 name_len:u32 data_len:u32 acl:u32
+//!             czxid mzxid pzxid ctime mtime:i64 version cversion aversion:i32 owner:i64
+//!             name data }
+//! str = len:u32 bytes
+//! ```
+//!
+//! The snapshot file around it carries the checksum; this layer still checks every length
+//! and reference, so a damaged image is an error, never a panic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use rkyv::rancor;
-use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::data_tree::{DataTree, SessionInfo};
+use super::data_tree::{DataTree, ImageNode, SessionInfo};
 use super::stat::StatPersisted;
 use crate::log::{Acl, Zxid};
 
-#[derive(Archive, Serialize, Deserialize)]
-struct TreeImage {
-    last_zxid: u64,
-    acls: Vec<Vec<Acl>>,
-    nodes: Vec<NodeImage>,
-    sessions: Vec<SessionImage>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-struct NodeImage {
-    path: String,
-    data: Vec<u8>,
-    acl: u32,
-    stat: StatPersisted,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-struct SessionImage {
-    id: i64,
-    timeout_ms: i32,
-}
+const MAGIC: &[u8; 8] = b"BTREEIMG";
+const VERSION: u32 = 1;
+/// Fixed bytes of a node record before its name and data.
+const NODE_FIXED: usize = 4 * 4 + 5 * 8 + 3 * 4 + 8;
 
 /// A snapshot payload that is not a valid tree image.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid tree snapshot: {0}")]
 pub struct ImageError(String);
 
-impl DataTree {
-    /// Serializes the whole tree (znodes, ACLs, sessions, last zxid) for a snapshot.
-    pub fn to_image(&self) -> AlignedVec {
-        let (nodes, sessions) = self.parts();
-        let mut acl_ids: HashMap<*const [Acl], u32> = HashMap::new();
-        let mut acls = Vec::new();
-        let mut images = Vec::with_capacity(nodes.len());
-        for path in self.sorted_paths() {
-            // Invariant: sorted_paths lists existing znodes.
-            let Some(node) = nodes.get(path) else { continue };
-            let key = std::sync::Arc::as_ptr(&node.acl);
-            let id = *acl_ids.entry(key).or_insert_with(|| {
-                acls.push(node.acl.to_vec());
-                (acls.len() - 1) as u32
-            });
-            images.push(NodeImage { path: path.to_string(), data: node.data.to_vec(), acl: id, stat: node.stat });
-        }
-        let image = TreeImage {
-            last_zxid: self.last_zxid().0,
-            acls,
-            nodes: images,
-            sessions: sessions.iter().map(|(&id, s)| SessionImage { id, timeout_ms: s.timeout_ms }).collect(),
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!("truncated at byte {} reading {what}", self.at));
         };
-        // Serializing owned data into a growable buffer cannot fail.
-        #[allow(clippy::expect_used)]
-        rkyv::to_bytes::<rancor::Error>(&image).expect("serializing a tree image cannot fail")
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
     }
 
-    /// Rebuilds a tree from [`DataTree::to_image`] bytes, validating them first.
-    pub fn from_image(bytes: &[u8]) -> Result<DataTree, ImageError> {
-        let image = rkyv::access::<ArchivedTreeImage, rancor::Error>(bytes).map_err(|e| ImageError(e.to_string()))?;
-        let acls: Vec<Vec<Acl>> = image
-            .acls
-            .iter()
-            .map(|list| {
-                list.iter()
-                    .map(|a| Acl { perms: a.perms.to_native(), scheme: a.scheme.to_string(), id: a.id.to_string() })
-                    .collect()
-            })
-            .collect();
-        let mut nodes = Vec::with_capacity(image.nodes.len());
-        for n in image.nodes.iter() {
-            let acl = acls
-                .get(n.acl.to_native() as usize)
-                .cloned()
-                .ok_or_else(|| ImageError(format!("node {} names ACL {} of {}", n.path, n.acl, acls.len())))?;
-            let stat =
-                rkyv::deserialize::<StatPersisted, rancor::Error>(&n.stat).map_err(|e| ImageError(e.to_string()))?;
-            nodes.push((n.path.to_string(), n.data.to_vec(), acl, stat));
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32, String> {
+        Ok(i32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str, String> {
+        let len = self.u32(what)? as usize;
+        std::str::from_utf8(self.take(len, what)?).map_err(|_| format!("{what} is not UTF-8"))
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+impl DataTree {
+    /// Serializes the whole tree (znodes, ACLs, sessions, last zxid) for a snapshot.
+    pub fn to_image(&self) -> Vec<u8> {
+        let (acls, nodes) = self.image_parts();
+        let size: usize = 64 + nodes.iter().map(|n| NODE_FIXED + n.name.len() + n.data.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.last_zxid().0.to_le_bytes());
+        out.extend_from_slice(&(acls.len() as u32).to_le_bytes());
+        for list in &acls {
+            out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            for a in list.iter() {
+                out.extend_from_slice(&a.perms.to_le_bytes());
+                put_str(&mut out, &a.scheme);
+                put_str(&mut out, &a.id);
+            }
         }
-        let sessions: BTreeMap<i64, SessionInfo> = image
-            .sessions
-            .iter()
-            .map(|s| (s.id.to_native(), SessionInfo { timeout_ms: s.timeout_ms.to_native() }))
-            .collect();
-        let tree = DataTree::from_parts(nodes, sessions, Zxid(image.last_zxid.to_native())).map_err(ImageError)?;
+        out.extend_from_slice(&(self.sessions().len() as u32).to_le_bytes());
+        for (&id, s) in self.sessions() {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&s.timeout_ms.to_le_bytes());
+        }
+        out.extend_from_slice(&(nodes.len() as u64).to_le_bytes());
+        for n in &nodes {
+            let s = &n.stat;
+            for v in [n.parent, n.name.len() as u32, n.data.len() as u32, n.acl] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [s.czxid, s.mzxid, s.pzxid, s.ctime, s.mtime] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [s.version, s.cversion, s.aversion] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
+            out.extend_from_slice(n.name);
+            out.extend_from_slice(n.data);
+        }
+        out
+    }
+
+    /// Rebuilds a tree from [`DataTree::to_image`] bytes, validating them as it goes.
+    pub fn from_image(bytes: &[u8]) -> Result<DataTree, ImageError> {
+        let mut c = Cursor { bytes, at: 0 };
+        if c.take(8, "magic").map_err(ImageError)? != MAGIC {
+            return Err(ImageError("not a Baton tree image (bad magic)".into()));
+        }
+        let version = c.u32("version").map_err(ImageError)?;
+        if version != VERSION {
+            return Err(ImageError(format!("image format {version}; this build reads {VERSION}")));
+        }
+        let header = (|| -> Result<_, String> {
+            let _flags = c.u32("flags")?;
+            let last_zxid = Zxid(c.u64("last zxid")?);
+            let acl_count = c.u32("ACL count")? as usize;
+            let mut acls = Vec::with_capacity(acl_count.min(c.remaining() / 4));
+            for _ in 0..acl_count {
+                let entries = c.u32("ACL size")? as usize;
+                let mut list = Vec::with_capacity(entries.min(c.remaining() / 12));
+                for _ in 0..entries {
+                    let perms = c.i32("perms")?;
+                    let scheme = c.str("scheme")?.to_string();
+                    let id = c.str("id")?.to_string();
+                    list.push(Acl { perms, scheme, id });
+                }
+                acls.push(list);
+            }
+            let session_count = c.u32("session count")? as usize;
+            let mut sessions = BTreeMap::new();
+            for _ in 0..session_count {
+                let id = c.i64("session id")?;
+                let timeout_ms = c.i32("session timeout")?;
+                sessions.insert(id, SessionInfo { timeout_ms });
+            }
+            let node_count = c.u64("node count")?;
+            Ok((last_zxid, acls, sessions, node_count))
+        })();
+        let (last_zxid, acls, sessions, node_count) = header.map_err(ImageError)?;
+        let expected = (node_count as usize).min(c.remaining() / NODE_FIXED);
+        let mut read = 0u64;
+        let nodes = std::iter::from_fn(|| {
+            if read == node_count {
+                return None;
+            }
+            read += 1;
+            Some((|| -> Result<ImageNode<'_>, String> {
+                let parent = c.u32("parent")?;
+                let name_len = c.u32("name length")? as usize;
+                let data_len = c.u32("data length")? as usize;
+                let acl = c.u32("acl")?;
+                let stat = StatPersisted {
+                    czxid: c.i64("czxid")?,
+                    mzxid: c.i64("mzxid")?,
+                    pzxid: c.i64("pzxid")?,
+                    ctime: c.i64("ctime")?,
+                    mtime: c.i64("mtime")?,
+                    version: c.i32("version")?,
+                    cversion: c.i32("cversion")?,
+                    aversion: c.i32("aversion")?,
+                    ephemeral_owner: c.i64("owner")?,
+                };
+                let name = c.take(name_len, "name")?;
+                let data = c.take(data_len, "data")?;
+                Ok(ImageNode { parent, name, data, acl, stat })
+            })())
+        });
+        let tree = DataTree::from_image_parts(acls, nodes, sessions, last_zxid, expected).map_err(ImageError)?;
+        if tree.node_count() as u64 != node_count {
+            return Err(ImageError(format!("{} znodes where the header says {node_count}", tree.node_count())));
+        }
         Ok(tree)
     }
 

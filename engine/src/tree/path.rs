@@ -34,6 +34,14 @@ pub fn validate_path(path: &str, sequential: bool) -> Result<(), ErrorCode> {
     Ok(())
 }
 
+/// Checks one component of a path (a znode's name) by the rules of [`validate_path`].
+pub fn validate_name(name: &str) -> Result<(), ErrorCode> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.chars().any(forbidden) {
+        return Err(ErrorCode::BadArguments);
+    }
+    Ok(())
+}
+
 fn forbidden(c: char) -> bool {
     matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{e000}'..='\u{f8ff}' | '\u{fff0}'..='\u{ffff}')
         || c > '\u{ffff}'

@@ -34,7 +34,7 @@ impl Harness {
     }
 
     fn create(&mut self, path: &str, kind: NodeKind, session: i64) -> Applied {
-        let parent_cversion = self.tree.get(path::parent(path)).map_or(0, |p| p.stat.cversion) + 1;
+        let parent_cversion = self.tree.get(path::parent(path)).map_or(0, |p| p.stat().cversion) + 1;
         self.apply(session, Txn::Create(create_txn(path, b"d", kind, parent_cversion)))
     }
 }
@@ -99,8 +99,8 @@ fn set_data_and_set_acl_bump_their_versions() {
     let r = h.apply(0, Txn::SetAcl { path: "/a".into(), acl: acl.clone(), version: 1 });
     let OpResult::AclSet(stat) = r.results[0] else { panic!() };
     assert_eq!(stat.aversion, 1);
-    assert_eq!(&*h.tree.get("/a").expect("a").acl, acl.as_slice());
-    assert_eq!(&h.tree.get("/a").expect("a").data[..], b"hello");
+    assert_eq!(&**h.tree.get("/a").expect("a").acl(), acl.as_slice());
+    assert_eq!(h.tree.get("/a").expect("a").data(), b"hello");
     h.tree.validate();
 }
 
@@ -132,7 +132,7 @@ fn ephemerals_vanish_with_their_session_and_cannot_have_children() {
         h.create("/app/e1/c", NodeKind::Persistent, 0).results,
         vec![OpResult::Error(ErrorCode::NoChildrenForEphemerals)]
     );
-    assert_eq!(h.tree.ephemerals_of(s).collect::<Vec<_>>(), vec!["/app/e1", "/app/e2"]);
+    assert_eq!(h.tree.ephemerals_of(s), vec!["/app/e1", "/app/e2"]);
     let closed = h.apply(s, Txn::CloseSession);
     assert_eq!(closed.results, vec![OpResult::SessionClosed]);
     assert!(h.tree.get("/app/e1").is_none() && h.tree.get("/app/e2").is_none());
@@ -199,7 +199,7 @@ fn image_round_trips_to_an_equal_tree() {
     back.validate();
     assert_eq!(back.digest(), h.tree.digest());
     assert_eq!(back.last_zxid(), h.tree.last_zxid());
-    assert_eq!(back.ephemerals_of(9).collect::<Vec<_>>(), vec!["/a/b"]);
+    assert_eq!(back.ephemerals_of(9), vec!["/a/b"]);
     assert_eq!(back.reapable(10_000), vec!["/t".to_string()]);
     assert_eq!(back.sessions(), h.tree.sessions());
 }
@@ -301,13 +301,13 @@ proptest! {
         }
         full.validate();
         // The tree holds exactly the model's znodes, data and versions.
-        let user: Vec<&str> = full.sorted_paths().into_iter().filter(|p| p.starts_with("/p")).collect();
+        let user: Vec<String> = full.sorted_paths().into_iter().filter(|p| p.starts_with("/p")).collect();
         prop_assert_eq!(user, model.keys().map(String::as_str).collect::<Vec<_>>());
         for (path, (data, version, eph)) in &model {
             let node = full.get(path).expect("present");
-            prop_assert_eq!(&node.data[..], &data[..]);
-            prop_assert_eq!(node.stat.version, *version);
-            prop_assert_eq!(node.stat.ephemeral_owner == session, *eph);
+            prop_assert_eq!(node.data(), &data[..]);
+            prop_assert_eq!(node.stat().version, *version);
+            prop_assert_eq!(node.stat().ephemeral_owner == session, *eph);
         }
         // A snapshot taken after any prefix, plus replay of the rest, gives the same tree.
         let cut = cut.min(encoded.len());
@@ -322,4 +322,31 @@ proptest! {
         restored.validate();
         prop_assert_eq!(restored.digest(), full.digest());
     }
+}
+
+#[test]
+fn many_siblings_keep_their_order_through_deletes_and_a_snapshot() {
+    let mut h = Harness::new();
+    h.create("/wide", NodeKind::Persistent, 0);
+    for i in 0..300 {
+        h.create(&format!("/wide/n{i:03}"), NodeKind::Persistent, 0);
+    }
+    for i in (0..300).step_by(3) {
+        let applied = h.apply(0, Txn::Delete { path: format!("/wide/n{i:03}") });
+        assert_eq!(applied.results, vec![OpResult::Deleted]);
+    }
+    // Freed slots are reused by later creates, which go to the end of the list.
+    h.create("/wide/zz", NodeKind::Persistent, 0);
+    h.tree.validate();
+    let expected: Vec<String> =
+        (0..300).filter(|i| i % 3 != 0).map(|i| format!("n{i:03}")).chain(["zz".to_string()]).collect();
+    let listed: Vec<String> = h.tree.get("/wide").expect("wide").children().map(str::to_string).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(h.tree.stat("/wide").expect("wide").num_children, 201);
+    assert_eq!(h.tree.descendant_count("/"), Some(3 + 1 + 201));
+    let back = DataTree::from_image(&h.tree.to_image()).expect("image");
+    back.validate();
+    let relisted: Vec<String> = back.get("/wide").expect("wide").children().map(str::to_string).collect();
+    assert_eq!(relisted, expected, "a snapshot keeps the child order");
+    assert_eq!(back.digest(), h.tree.digest());
 }
