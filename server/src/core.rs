@@ -103,6 +103,7 @@ impl Core {
     /// Recovers state from `config.data_dir` (newest valid snapshot + WAL replay) and opens
     /// the WAL for appends. Must run on a glommio executor (the one the core will run on).
     pub async fn recover(config: &ServerConfig) -> Result<Recovered, CoreError> {
+        let started = Instant::now();
         let snapshots = SnapshotStore::open(config.data_dir.join("snapshots"))?;
         let outcome = snapshots.load_newest()?;
         for skipped in &outcome.skipped {
@@ -111,11 +112,13 @@ impl Core {
         let mut tree = match &outcome.snapshot {
             Some(s) => {
                 let tree = DataTree::from_image(s.payload()).map_err(|e| CoreError::Recovery(e.to_string()))?;
-                tracing::info!(zxid = %s.info.zxid, nodes = tree.node_count(), "loaded snapshot");
+                tracing::info!(zxid = %s.info.zxid, nodes = tree.node_count(), ms = started.elapsed().as_millis() as u64, "loaded snapshot");
                 tree
             }
             None => DataTree::new(),
         };
+        drop(outcome);
+        let replay_started = Instant::now();
         let (wal, reader) = Wal::open(WalConfig::new(config.data_dir.join("wal"))).await?;
         let mut replayed = 0u64;
         for record in reader.records_after(tree.last_zxid()) {
@@ -126,7 +129,15 @@ impl Core {
         }
         drop(reader);
         let last = tree.last_zxid();
-        tracing::info!(last_zxid = %last, replayed, nodes = tree.node_count(), sessions = tree.sessions().len(), "recovered");
+        tracing::info!(
+            last_zxid = %last,
+            replayed,
+            replay_ms = replay_started.elapsed().as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            nodes = tree.node_count(),
+            sessions = tree.sessions().len(),
+            "recovered"
+        );
         let epoch = last.epoch().saturating_add(1);
         let seq = Sequencer::new(SequencerConfig { ttl_enabled: !config.disable_ttl }, epoch, last);
         Ok(Recovered { tree, seq, wal, snapshots, replayed })

@@ -219,6 +219,55 @@ pub struct Applied {
     pub changes: Vec<Change>,
 }
 
+/// Znodes per slab chunk: growth allocates 5 MiB at a time instead of doubling (and
+/// copying) one vector, so memory stays within a chunk of what the znodes need.
+const CHUNK: usize = 1 << 16;
+
+/// A vector in fixed-size chunks.
+#[derive(Debug, Clone)]
+struct Slab<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab { chunks: Vec::new(), len: 0 }
+    }
+
+    fn push(&mut self, item: T) {
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        // Invariant: a chunk with room was just ensured.
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(item);
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slab<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
 /// A session as the tree knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -229,7 +278,7 @@ pub struct SessionInfo {
 /// The replicated state: znodes, sessions, and the last applied zxid.
 #[derive(Debug, Clone)]
 pub struct DataTree {
-    nodes: Vec<Node>,
+    nodes: Slab<Node>,
     free_nodes: Vec<u32>,
     families: Vec<Family>,
     free_families: Vec<u32>,
@@ -271,7 +320,7 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
 impl DataTree {
     fn empty() -> DataTree {
         DataTree {
-            nodes: Vec::new(),
+            nodes: Slab::new(),
             free_nodes: Vec::new(),
             families: Vec::new(),
             free_families: Vec::new(),
@@ -440,15 +489,38 @@ impl DataTree {
         id
     }
 
-    /// Allocates a znode and links it as the last child of `parent`.
+    /// Allocates a znode and links it as the last child of `parent`. The caller has checked
+    /// that `parent` has no child of that name.
     fn insert_child(&mut self, parent: u32, name: &str, data: &[u8], acl: u32, stat: StatPersisted) -> u32 {
-        let id = self.alloc(name.as_bytes(), data, acl, parent, stat);
+        let id = self.try_insert_child(parent, name, data, acl, stat);
+        debug_assert!(id.is_some(), "duplicate child {name:?}");
+        id.unwrap_or(NONE)
+    }
+
+    /// As `insert_child`, but `None` (and nothing changed but a leaked slab slot) if
+    /// `parent` already has a child of that name: for loading images, which check rather
+    /// than trust.
+    fn try_insert_child(&mut self, parent: u32, name: &str, data: &[u8], acl: u32, stat: StatPersisted) -> Option<u32> {
         let h = self.hash(parent, name.as_bytes());
+        let id = self.alloc(name.as_bytes(), data, acl, parent, stat);
         let (nodes, hasher) = (&self.nodes, &self.hasher);
-        self.index.insert_unique(h, id, |&i| {
-            let n = &nodes[i as usize];
-            hasher.hash_one((n.parent, n.name()))
-        });
+        let entry = self.index.entry(
+            h,
+            |&i| {
+                let n = &nodes[i as usize];
+                n.parent == parent && n.name() == name.as_bytes()
+            },
+            |&i| {
+                let n = &nodes[i as usize];
+                hasher.hash_one((n.parent, n.name()))
+            },
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => return None,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
         let last = {
             let f = self.family_mut(parent);
             let last = f.last;
@@ -463,7 +535,7 @@ impl DataTree {
             self.nodes[last as usize].next = id;
         }
         self.nodes[id as usize].prev = last;
-        id
+        Some(id)
     }
 
     /// Unlinks, unindexes and frees a childless znode.
@@ -980,24 +1052,36 @@ pub(super) struct ImageNode<'a> {
 }
 
 impl DataTree {
-    /// Every znode in pre-order with its parent's position in that order (`u32::MAX` for the
-    /// root), and the ACL table (indexes as the nodes use them).
-    pub(super) fn image_parts(&self) -> (Vec<&[Acl]>, Vec<ImageNode<'_>>) {
-        let mut position = HashMap::with_capacity(self.count);
-        let mut acl_numbers: HashMap<u32, u32> = HashMap::new();
+    /// The ACL table of an image: ACLs numbered by first use in pre-order.
+    pub(super) fn image_acls(&self) -> (Vec<&[Acl]>, Vec<u32>) {
+        let mut number = vec![NONE; self.acls.len()];
         let mut acls = Vec::new();
-        let mut out = Vec::with_capacity(self.count);
         for id in self.preorder() {
-            let n = &self.nodes[id as usize];
-            position.insert(id, out.len() as u32);
-            let acl = *acl_numbers.entry(n.acl).or_insert_with(|| {
-                acls.push(&*self.acls[n.acl as usize].acl);
-                (acls.len() - 1) as u32
-            });
-            let parent = if id == ROOT { NONE } else { position.get(&n.parent).copied().unwrap_or(NONE) };
-            out.push(ImageNode { parent, name: n.name(), data: n.data(), acl, stat: self.persisted(id) });
+            let acl = self.nodes[id as usize].acl as usize;
+            if number[acl] == NONE {
+                number[acl] = acls.len() as u32;
+                acls.push(&*self.acls[acl].acl);
+            }
         }
-        (acls, out)
+        (acls, number)
+    }
+
+    /// Calls `visit` for every znode in pre-order with its parent's position in that order
+    /// (`u32::MAX` for the root) and its ACL as numbered by [`DataTree::image_acls`].
+    pub(super) fn for_each_image_node(&self, acl_numbers: &[u32], mut visit: impl FnMut(ImageNode<'_>)) {
+        let mut position = vec![NONE; self.nodes.len()];
+        for (i, id) in self.preorder().enumerate() {
+            let n = &self.nodes[id as usize];
+            position[id as usize] = i as u32;
+            let parent = if id == ROOT { NONE } else { position[n.parent as usize] };
+            visit(ImageNode {
+                parent,
+                name: n.name(),
+                data: n.data(),
+                acl: acl_numbers[n.acl as usize],
+                stat: self.persisted(id),
+            });
+        }
     }
 
     /// Rebuilds a tree from image parts: `nodes` in pre-order, each parent before its
@@ -1010,8 +1094,9 @@ impl DataTree {
         expected: usize,
     ) -> Result<DataTree, String> {
         let mut tree = DataTree::empty();
-        tree.nodes.reserve_exact(expected);
-        tree.index.reserve(expected, |_| 0);
+        // Room for the log replayed after the snapshot too: growing the index later rehashes
+        // every entry.
+        tree.index.reserve(expected + expected / 2, |_| 0);
         let acl_ids: Vec<u32> = acls.into_iter().map(|a| tree.intern(a)).collect();
         let mut ids: Vec<u32> = Vec::with_capacity(expected);
         for (i, node) in nodes.enumerate() {
@@ -1029,10 +1114,10 @@ impl DataTree {
             if super::path::validate_name(name).is_err() {
                 return Err(format!("node {i} has an invalid name {name:?}"));
             }
-            if tree.child(parent, name.as_bytes()).is_some() {
-                return Err(format!("node {i}: {name:?} appears twice under one parent"));
-            }
-            ids.push(tree.insert_child(parent, name, node.data, acl, node.stat));
+            let id = tree
+                .try_insert_child(parent, name, node.data, acl, node.stat)
+                .ok_or_else(|| format!("node {i}: {name:?} appears twice under one parent"))?;
+            ids.push(id);
         }
         if ids.is_empty() {
             return Err("snapshot has no root".into());

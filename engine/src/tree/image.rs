@@ -91,8 +91,10 @@ impl<'a> Cursor<'a> {
 impl DataTree {
     /// Serializes the whole tree (znodes, ACLs, sessions, last zxid) for a snapshot.
     pub fn to_image(&self) -> Vec<u8> {
-        let (acls, nodes) = self.image_parts();
-        let size: usize = 64 + nodes.iter().map(|n| NODE_FIXED + n.name.len() + n.data.len()).sum::<usize>();
+        let (acls, acl_numbers) = self.image_acls();
+        // Names are at most a few dozen bytes; a close estimate avoids regrowing a buffer the
+        // size of the whole tree.
+        let size = 64 + self.node_count() * (NODE_FIXED + 16) + self.data_bytes() as usize;
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -112,8 +114,8 @@ impl DataTree {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&s.timeout_ms.to_le_bytes());
         }
-        out.extend_from_slice(&(nodes.len() as u64).to_le_bytes());
-        for n in &nodes {
+        out.extend_from_slice(&(self.node_count() as u64).to_le_bytes());
+        self.for_each_image_node(&acl_numbers, |n| {
             let s = &n.stat;
             for v in [n.parent, n.name.len() as u32, n.data.len() as u32, n.acl] {
                 out.extend_from_slice(&v.to_le_bytes());
@@ -127,7 +129,7 @@ impl DataTree {
             out.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
             out.extend_from_slice(n.name);
             out.extend_from_slice(n.data);
-        }
+        });
         out
     }
 
