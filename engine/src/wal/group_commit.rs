@@ -406,28 +406,38 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes segments whose every entry is at or below `zxid` (covered by a snapshot),
-    /// oldest first, never the segment receiving appends. Returns how many were deleted.
+    /// Deletes the segments wholly at or below `zxid` (never the one being written) and
+    /// syncs the directory; returns how many. Blocks on the filesystem: a server should
+    /// [`Wal::detach_through`] and delete the files off its I/O thread.
     pub fn purge_through(&self, zxid: Zxid) -> Result<usize, WalError> {
+        let paths = self.detach_through(zxid)?;
+        for path in &paths {
+            files::remove_if_exists(path)?;
+        }
+        if !paths.is_empty() {
+            files::sync_dir(&self.shared.borrow().config.dir)?;
+        }
+        Ok(paths.len())
+    }
+
+    /// Forgets the segments wholly at or below `zxid` (never the one being written) and
+    /// returns their paths for the caller to delete. Until they are deleted, a recovery
+    /// finds them and skips their records (a snapshot covers them).
+    pub fn detach_through(&self, zxid: Zxid) -> Result<Vec<std::path::PathBuf>, WalError> {
         let mut s = self.shared.borrow_mut();
         s.usable()?;
         let current = s.tail_segment;
-        let mut removed = 0;
+        let mut detached = Vec::new();
         while s.segments.len() > 1 || (s.segments.len() == 1 && current != Some(s.segments[0].first_zxid)) {
             let first = &s.segments[0];
             let covered = first.last_zxid.is_some_and(|last| last <= zxid);
             if !covered || Some(first.first_zxid) == current {
                 break;
             }
-            let path = first.path.clone();
-            files::remove_if_exists(&path)?;
+            detached.push(first.path.clone());
             s.segments.remove(0);
-            removed += 1;
         }
-        if removed > 0 {
-            files::sync_dir(&s.config.dir)?;
-        }
-        Ok(removed)
+        Ok(detached)
     }
 
     /// Number of segment files.
