@@ -11,10 +11,16 @@ cd "$(dirname "$0")/.."
 ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || true
 echo "RLIMIT_MEMLOCK: $(ulimit -l)"
 
-# Debian's zookeeper package: zkCli for compatibility tests (and ZooKeeper for comparisons).
-if [ ! -x /usr/share/zookeeper/bin/zkCli.sh ]; then
+# Debian packages: zookeeper (zkCli for compatibility tests, ZooKeeper for baton-bench's
+# tests and comparisons), etcd-server (baton-bench's etcd target), and protoc, which the
+# etcd-client crate's build needs.
+missing=()
+[ -x /usr/share/zookeeper/bin/zkCli.sh ] || missing+=(zookeeper)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev)
+if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # kazoo (Python, from PyPI) for the real-client compatibility tests.

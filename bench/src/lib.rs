@@ -1,3 +1,3 @@
-//! baton-bench: drives ZooKeeper-protocol servers (Baton, Apache ZooKeeper) with the same
-//! workload through a third-party client (`zookeeper-client`). The etcd target, open-loop
-//! mode, the `compare` command and plots are issue 5.
+//! baton-bench: drives ZooKeeper-protocol servers (Baton, Apache ZooKeeper) through the
+//! `zookeeper-client` crate and etcd through the `etcd-client` crate, with the same
+//! workloads. Open-loop mode, the `compare` command and plots are still to come (issue 5).

@@ -1,0 +1,154 @@
+//! baton-bench against real servers: every workload runs briefly against Baton, Apache
+//! ZooKeeper 3.8 and etcd 3.4 (Debian's `zookeeper` and `etcd-server`, which the test
+//! command installs), and must exit cleanly with a well-formed result. The bench itself
+//! checks afterwards that the counted writes happened (and fails otherwise).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process (and its children) killed by process group when dropped.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Server {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("start server");
+    Server { child }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_for(addr: SocketAddr, what: &str, log: &Path) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start on {addr}: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    let parent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
+    std::fs::create_dir_all(&parent).expect("test dir");
+    tempfile::tempdir_in(parent).expect("temp dir")
+}
+
+/// Runs baton-bench and returns its result line, checking it is well-formed.
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .args(args)
+        .args(["--seconds", "0.5", "--clients", "3", "--depth", "2"])
+        .output()
+        .expect("run baton-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "baton-bench {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    let ops: f64 = line
+        .split("ops/s")
+        .next()
+        .and_then(|head| head.rsplit(':').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ops/s in {line:?}"));
+    assert!(ops > 0.0, "no operations counted: {line}");
+    for p in ["p50", "p99", "p99.9", "max"] {
+        assert!(line.contains(p), "{p} missing from {line}");
+    }
+    line
+}
+
+fn zk_workloads(target: &str) {
+    for workload in ["write", "read", "create-delete"] {
+        let line = bench(&["zk", "--target", target, "--workload", workload]);
+        println!("{line}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .args(["zk", "--target", target, "--workload", "fill", "--count", "300", "--clients", "2", "--depth", "4"])
+        .output()
+        .expect("run fill");
+    assert!(out.status.success(), "fill failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created 300 znodes"));
+}
+
+#[test]
+fn every_zookeeper_workload_runs_against_baton() {
+    let dir = temp_dir();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let config = baton_server::config::ServerConfig::for_test(addr, dir.path().join("data"));
+    baton_engine::sys::raise_memlock_limit();
+    // In-process: the server's threads end with the test process.
+    std::thread::spawn(move || baton_server::runtime::run(config, |_| {}));
+    wait_for(addr, "baton", &dir.path().join("none"));
+    zk_workloads(&addr.to_string());
+}
+
+#[test]
+fn every_zookeeper_workload_runs_against_zookeeper() {
+    let script = Path::new("/usr/share/zookeeper/bin/zkServer.sh");
+    assert!(script.exists(), "Debian's zookeeper package is needed (tests/run-all.sh installs it)");
+    let dir = temp_dir();
+    let port = free_port();
+    let cfg = dir.path().join("zoo.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\nforceSync=yes\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("zoo.cfg");
+    let log = dir.path().join("zk.log");
+    let _zk = spawn(Command::new(script).arg("start-foreground").arg(&cfg).env("ZOO_LOG_DIR", dir.path()), &log);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_for(addr, "zookeeper", &log);
+    zk_workloads(&addr.to_string());
+}
+
+#[test]
+fn every_etcd_workload_runs_against_etcd() {
+    let dir = temp_dir();
+    let (client, peer) = (free_port(), free_port());
+    let log = dir.path().join("etcd.log");
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")]),
+        &log,
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{client}").parse().expect("addr");
+    wait_for(addr, "etcd", &log);
+    let target = addr.to_string();
+    for workload in ["write", "read", "create-delete"] {
+        println!("{}", bench(&["etcd", "--target", &target, "--workload", workload]));
+    }
+    println!("{}", bench(&["etcd", "--target", &target, "--workload", "read", "--serializable"]));
+}
