@@ -1,97 +1,210 @@
-//! The etcd target: the same closed loop as the ZooKeeper one, through the `etcd-client`
-//! crate (etcd's v3 gRPC API).
+//! The etcd target: the same workloads through the `etcd-client` crate (etcd's v3 gRPC API).
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use etcd_client::{Client, GetOptions, PutOptions};
-use hdrhistogram::Histogram;
+use etcd_client::{Client, DeleteOptions, GetOptions, LockOptions, PutOptions};
 
-use super::{EtcdArgs, EtcdWorkload, Window};
+use crate::load::{histogram, Load, Window};
 
-pub async fn run(args: EtcdArgs) -> anyhow::Result<()> {
+/// What the workers do.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum Workload {
+    /// put of `value-bytes` on a key per client.
+    Write,
+    /// get of a key per client.
+    Read,
+    /// get or put, `--read-ratio` of them gets.
+    Mixed,
+    /// put with a lease, then delete (etcd's counterpart of an ephemeral znode).
+    CreateDelete,
+    /// Open a connection, grant a lease and revoke it (session storms).
+    Sessions,
+    /// Every worker takes and releases one lock (etcd's lock service), contending.
+    Lock,
+    /// One writer updates a key that every other client watches; latency from the write to
+    /// each event.
+    WatchFanout,
+}
+
+/// `baton-bench etcd`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// host:port of the server's client URL.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub target: String,
+    #[arg(long, value_enum, default_value = "write")]
+    pub workload: Workload,
+    /// Reads served by the member without a quorum round (etcd's serializable reads);
+    /// the default is linearizable.
+    #[arg(long)]
+    pub serializable: bool,
+    #[command(flatten)]
+    pub load: Load,
+}
+
+async fn connect(target: &str) -> anyhow::Result<Client> {
+    Client::connect([target], None).await.with_context(|| format!("connecting to etcd at {target}"))
+}
+
+/// Runs the workload and prints its result.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.workload == Workload::WatchFanout {
+        return watch_fanout(&args).await;
+    }
+    let load = &args.load;
     let root = format!("/bench-{}", std::process::id());
-    let connect = || async {
-        Client::connect([args.target.as_str()], None)
-            .await
-            .with_context(|| format!("connecting to etcd at {}", args.target))
-    };
-    let mut admin = connect().await?;
-    let value = vec![b'v'; args.value_bytes];
+    let mut admin = connect(&args.target).await?;
+    let value = vec![b'v'; load.value_bytes];
     let window = Window::new()?;
     let mut tasks = Vec::new();
-    for c in 0..args.clients {
-        let client = connect().await?;
+    for c in 0..load.clients {
+        let client = connect(&args.target).await?;
         let key = format!("{root}/k{c}");
         client.kv_client().put(key.as_str(), value.clone(), None).await.context("creating a key")?;
         let lease = match args.workload {
-            EtcdWorkload::CreateDelete => Some(client.lease_client().grant(60, None).await?.id()),
+            Workload::CreateDelete => Some(client.lease_client().grant(60, None).await?.id()),
             _ => None,
         };
-        for d in 0..args.depth {
-            let (mut kv, key, value, window, workload) =
-                (client.kv_client(), key.clone(), value.clone(), window.clone(), args.workload);
+        for d in 0..load.depth {
+            let index = c * load.depth + d;
+            let (mut client, key, value, window, target) =
+                (client.clone(), key.clone(), value.clone(), window.clone(), args.target.clone());
+            let (workload, mut pacer, mut mix) = (args.workload, load.pacer(index), load.mix(index));
             let mine = format!("{key}-e{d}");
+            let lock_name = format!("{root}/lock");
             let get = if args.serializable { Some(GetOptions::new().with_serializable()) } else { None };
             tasks.push(tokio::spawn(async move {
-                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut local = histogram()?;
                 let mut n = 0u64;
                 while !window.stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
+                    let start = pacer.start().await;
+                    let read = match workload {
+                        Workload::Read => true,
+                        Workload::Mixed => mix.next_is_read(),
+                        _ => false,
+                    };
                     match workload {
-                        EtcdWorkload::Write => {
-                            kv.put(key.as_str(), value.clone(), None).await?;
-                        }
-                        EtcdWorkload::Read => {
-                            let got = kv.get(key.as_str(), get.clone()).await?;
+                        Workload::Write | Workload::Read | Workload::Mixed if read => {
+                            let got = client.get(key.as_str(), get.clone()).await?;
                             anyhow::ensure!(got.kvs().len() == 1, "key {key} missing");
                         }
-                        EtcdWorkload::CreateDelete => {
-                            let leased = lease.map(|l| PutOptions::new().with_lease(l));
-                            kv.put(mine.as_str(), value.clone(), leased).await?;
-                            kv.delete(mine.as_str(), None).await?;
+                        Workload::Write | Workload::Read | Workload::Mixed => {
+                            client.put(key.as_str(), value.clone(), None).await?;
                         }
+                        Workload::CreateDelete => {
+                            let leased = lease.map(|l| PutOptions::new().with_lease(l));
+                            client.put(mine.as_str(), value.clone(), leased).await?;
+                            client.delete(mine.as_str(), None).await?;
+                        }
+                        Workload::Sessions => {
+                            let mut session = connect(&target).await?;
+                            let id = session.lease_grant(10, None).await?.id();
+                            session.lease_revoke(id).await?;
+                        }
+                        Workload::Lock => {
+                            let lease = client.lease_grant(30, None).await?.id();
+                            let held =
+                                client.lock(lock_name.as_str(), Some(LockOptions::new().with_lease(lease))).await?;
+                            client.unlock(held.key()).await?;
+                            client.lease_revoke(lease).await?;
+                        }
+                        Workload::WatchFanout => anyhow::bail!("runs separately"),
                     }
-                    if window.measuring.load(Ordering::Relaxed) {
-                        local.record(t.elapsed().as_nanos() as u64)?;
-                        n += 1;
-                    }
+                    window.record(&mut local, &mut n, start)?;
                 }
                 window.add(n, &local)
             }));
         }
     }
-    let elapsed = window.run(args.seconds).await;
+    let elapsed = window.run(load.seconds, &load.label).await;
     for t in tasks {
         t.await??;
     }
     // The counted operations really happened.
     match args.workload {
-        EtcdWorkload::Write => {
-            for c in 0..args.clients {
+        Workload::Write | Workload::Mixed if load.read_ratio < 1.0 || args.workload == Workload::Write => {
+            for c in 0..load.clients {
                 let got = admin.get(format!("{root}/k{c}"), None).await?;
                 let kv = got.kvs().first().with_context(|| format!("key {c} missing"))?;
                 anyhow::ensure!(kv.value() == value.as_slice() && kv.version() > 1, "key {c} was not written");
             }
         }
-        EtcdWorkload::CreateDelete => {
+        Workload::CreateDelete => {
             let left = admin.get(format!("{root}/"), Some(GetOptions::new().with_prefix().with_count_only())).await?;
-            anyhow::ensure!(left.count() as usize == args.clients, "leased keys left behind: {}", left.count());
+            anyhow::ensure!(left.count() as usize == load.clients, "leased keys left behind: {}", left.count());
         }
-        EtcdWorkload::Read => {}
+        _ => {}
     }
-    admin.delete(root.as_str(), Some(etcd_client::DeleteOptions::new().with_prefix())).await?;
+    admin.delete(root.as_str(), Some(DeleteOptions::new().with_prefix())).await?;
     let consistency = match (args.workload, args.serializable) {
-        (EtcdWorkload::Read, true) => " serializable",
-        (EtcdWorkload::Read, false) => " linearizable",
+        (Workload::Read | Workload::Mixed, true) => " serializable",
+        (Workload::Read | Workload::Mixed, false) => " linearizable",
         _ => "",
     };
-    window.report(
-        format!(
-            "{:<10} {:?}{consistency} clients={} depth={} value={}B",
-            args.label, args.workload, args.clients, args.depth, args.value_bytes
-        ),
-        elapsed,
-    )
+    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), elapsed)
+}
+
+/// `watch-fanout`: `clients - 1` clients watch one key; one client writes it (the value is
+/// the send time), waits until every watcher has seen the change, and writes again.
+async fn watch_fanout(args: &Args) -> anyhow::Result<()> {
+    let load = &args.load;
+    let watchers = load.clients.saturating_sub(1).max(1);
+    let key = format!("/bench-{}-watched", std::process::id());
+    let mut writer = connect(&args.target).await?;
+    writer.put(key.as_str(), "0", None).await?;
+    let window = Window::new()?;
+    let epoch = Instant::now();
+    let seen = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let mut client = connect(&args.target).await?;
+        let (window, seen) = (window.clone(), seen.clone());
+        let (_watcher, mut stream) = client.watch(key.as_str(), None).await?;
+        tasks.push(tokio::spawn(async move {
+            let _keep = client;
+            let mut local = histogram()?;
+            let mut n = 0u64;
+            while !window.stop.load(Ordering::Relaxed) {
+                let Ok(message) = tokio::time::timeout(Duration::from_millis(200), stream.message()).await else {
+                    continue;
+                };
+                let Some(response) = message? else { break };
+                for event in response.events() {
+                    let sent = event.kv().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<u64>().ok());
+                    if let Some(nanos) = sent {
+                        window.record(&mut local, &mut n, epoch + Duration::from_nanos(nanos))?;
+                        seen.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            window.add(n, &local)
+        }));
+    }
+    let driver = {
+        let (window, seen, key) = (window.clone(), seen.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            while !window.stop.load(Ordering::Relaxed) {
+                rounds += 1;
+                seen.store(0, Ordering::Release);
+                let sent = epoch.elapsed().as_nanos() as u64;
+                writer.put(key.as_str(), sent.to_string(), None).await?;
+                while seen.load(Ordering::Acquire) < watchers as u64 && !window.stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            writer.delete(key.as_str(), None).await?;
+            Ok::<u64, anyhow::Error>(rounds)
+        })
+    };
+    let elapsed = window.run(load.seconds, &load.label).await;
+    let rounds = driver.await??;
+    for t in tasks {
+        t.await??;
+    }
+    anyhow::ensure!(rounds > 1, "no write went around");
+    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), elapsed)
 }

@@ -81,11 +81,29 @@ fn bench(args: &[&str]) -> String {
     line
 }
 
+const WORKLOADS: [&str; 7] = ["write", "read", "mixed", "create-delete", "sessions", "lock", "watch-fanout"];
+
+/// An open-loop run with JSON output: the record must be there and say what ran.
+fn open_loop_json(protocol: &str, target: &str) {
+    let dir = temp_dir();
+    let json = dir.path().join("results.jsonl");
+    let json_arg = json.to_string_lossy().to_string();
+    let line = bench(&[protocol, "--target", target, "--workload", "read", "--rate", "400", "--json", &json_arg]);
+    assert!(line.contains("open-loop rate=400"), "{line}");
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let record: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    assert_eq!(record["workload"].as_str().map(|w| w.starts_with("Read")), Some(true), "{record}");
+    let rate = record["ops_per_sec"].as_f64().unwrap_or(0.0);
+    // A fixed schedule of 400/s: the measured rate is near it, not the closed-loop maximum.
+    assert!((200.0..=600.0).contains(&rate), "open loop ran at {rate}/s: {record}");
+}
+
 fn zk_workloads(target: &str) {
-    for workload in ["write", "read", "create-delete"] {
+    for workload in WORKLOADS {
         let line = bench(&["zk", "--target", target, "--workload", workload]);
         println!("{line}");
     }
+    open_loop_json("zk", target);
     let out = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
         .args(["zk", "--target", target, "--workload", "fill", "--count", "300", "--clients", "2", "--depth", "4"])
         .output()
@@ -147,8 +165,9 @@ fn every_etcd_workload_runs_against_etcd() {
     let addr: SocketAddr = format!("127.0.0.1:{client}").parse().expect("addr");
     wait_for(addr, "etcd", &log);
     let target = addr.to_string();
-    for workload in ["write", "read", "create-delete"] {
+    for workload in WORKLOADS {
         println!("{}", bench(&["etcd", "--target", &target, "--workload", workload]));
     }
     println!("{}", bench(&["etcd", "--target", &target, "--workload", "read", "--serializable"]));
+    open_loop_json("etcd", &target);
 }
