@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use etcd_client::{Client, DeleteOptions, GetOptions, LockOptions, PutOptions};
 
-use crate::load::{histogram, Load, Window};
+use crate::load::{histogram, Load, Outcome, Window};
 
 /// What the workers do.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
@@ -32,7 +32,7 @@ pub enum Workload {
 /// `baton-bench etcd`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// host:port of the server's client URL.
+    /// host:port of the server's client URL (a cluster: several, comma-separated).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub target: String,
     #[arg(long, value_enum, default_value = "write")]
@@ -46,16 +46,18 @@ pub struct Args {
 }
 
 async fn connect(target: &str) -> anyhow::Result<Client> {
-    Client::connect([target], None).await.with_context(|| format!("connecting to etcd at {target}"))
+    // A cluster is given as a comma-separated list of members.
+    let endpoints: Vec<&str> = target.split(',').collect();
+    Client::connect(endpoints, None).await.with_context(|| format!("connecting to etcd at {target}"))
 }
 
 /// Runs the workload and prints its result.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     if args.workload == Workload::WatchFanout {
-        return watch_fanout(&args).await;
+        return watch_fanout(&args).await.map(Some);
     }
     let load = &args.load;
-    let root = format!("/bench-{}", std::process::id());
+    let root = crate::load::run_root("bench");
     let mut admin = connect(&args.target).await?;
     let value = vec![b'v'; load.value_bytes];
     let window = Window::new()?;
@@ -144,15 +146,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (Workload::Read | Workload::Mixed, false) => " linearizable",
         _ => "",
     };
-    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), elapsed)
+    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` clients watch one key; one client writes it (the value is
 /// the send time), waits until every watcher has seen the change, and writes again.
-async fn watch_fanout(args: &Args) -> anyhow::Result<()> {
+async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let load = &args.load;
     let watchers = load.clients.saturating_sub(1).max(1);
-    let key = format!("/bench-{}-watched", std::process::id());
+    let key = crate::load::run_root("bench-watched");
     let mut writer = connect(&args.target).await?;
     writer.put(key.as_str(), "0", None).await?;
     let window = Window::new()?;

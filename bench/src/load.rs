@@ -111,6 +111,31 @@ impl Mix {
     }
 }
 
+/// A name for this run's keys, unique within the process and across processes.
+pub fn run_root(prefix: &str) -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    format!("/{prefix}-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Operations per second in the measured window.
+    pub ops_per_sec: f64,
+    /// (quantile, milliseconds), from 0 to 1, for latency plots.
+    pub cdf: Vec<(f64, f64)>,
+    /// p50, p90, p99, p99.9, max in milliseconds.
+    pub p50: f64,
+    #[allow(missing_docs)]
+    pub p90: f64,
+    #[allow(missing_docs)]
+    pub p99: f64,
+    #[allow(missing_docs)]
+    pub p999: f64,
+    #[allow(missing_docs)]
+    pub max: f64,
+}
+
 /// One run's shared state: whether to record, whether to stop, and the totals.
 #[derive(Clone)]
 pub struct Window {
@@ -187,7 +212,7 @@ impl Window {
     }
 
     /// Prints the result line (and appends JSON when asked).
-    pub fn report(&self, load: &Load, target: &str, workload: &str, elapsed: Duration) -> anyhow::Result<()> {
+    pub fn report(&self, load: &Load, target: &str, workload: &str, elapsed: Duration) -> anyhow::Result<Outcome> {
         let h = self.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let n = self.ops.load(Ordering::Relaxed);
         let rate = n as f64 / elapsed.as_secs_f64();
@@ -221,6 +246,18 @@ impl Window {
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             writeln!(file, "{record}")?;
         }
-        Ok(())
+        let cdf = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
+            .into_iter()
+            .map(|q| (q, if q >= 1.0 { h.max() as f64 / 1e6 } else { ms(q) }))
+            .collect();
+        Ok(Outcome {
+            ops_per_sec: rate,
+            cdf,
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1e6,
+        })
     }
 }

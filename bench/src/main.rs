@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod etcd;
 mod load;
 mod zk;
@@ -31,6 +32,9 @@ enum Command {
     Zk(zk::Args),
     /// Drive an etcd v3 server through its gRPC API.
     Etcd(etcd::Args),
+    /// Start Baton, ZooKeeper and etcd in turn, run the same workloads on each, and report
+    /// side by side (table, JSON, SVG plots).
+    Compare(compare::Args),
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -49,12 +53,18 @@ fn main() -> anyhow::Result<()> {
             let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0 + args.count as f64 / 5_000.0);
             rt.block_on(async move { tokio::time::timeout(bound, zk::run(args)).await })
                 .context("the run exceeded its time bound")?
+                .map(|_| ())
         }
         Command::Etcd(args) => {
             let rt = runtime(args.load.threads)?;
             let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
             rt.block_on(async move { tokio::time::timeout(bound, etcd::run(args)).await })
                 .context("the run exceeded its time bound")?
+                .map(|_| ())
+        }
+        Command::Compare(args) => {
+            let rt = runtime(args.load.threads)?;
+            rt.block_on(compare::run(args))
         }
     }
 }

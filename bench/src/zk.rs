@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use zookeeper_client as zk;
 
-use crate::load::{histogram, Load, Window};
+use crate::load::{histogram, Load, Outcome, Window};
 
 /// What the workers do.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
@@ -56,14 +56,14 @@ async fn connect(target: &str) -> anyhow::Result<zk::Client> {
 }
 
 /// Runs the workload and prints its result.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     match args.workload {
-        Workload::Fill => return fill(&args).await,
-        Workload::WatchFanout => return watch_fanout(&args).await,
+        Workload::Fill => return fill(&args).await.map(|()| None),
+        Workload::WatchFanout => return watch_fanout(&args).await.map(Some),
         _ => {}
     }
     let load = &args.load;
-    let root = format!("/bench-{}", std::process::id());
+    let root = crate::load::run_root("bench");
     let admin = connect(&args.target).await?;
     admin.create(&root, b"", &open()).await.context("creating the bench root")?;
     let value = vec![b'v'; load.value_bytes];
@@ -142,16 +142,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(children.is_empty(), "locks left held: {children:?}");
     }
     let workload = format!("{:?}", args.workload);
-    window.report(load, "zookeeper-protocol", &workload, elapsed)
+    window.report(load, "zookeeper-protocol", &workload, elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` sessions watch one key; one session writes it, waits until
 /// every watcher has seen the change, and writes again. Each notification's latency is
 /// counted from its write.
-async fn watch_fanout(args: &Args) -> anyhow::Result<()> {
+async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let load = &args.load;
     let watchers = load.clients.saturating_sub(1).max(1);
-    let key = format!("/bench-{}-watched", std::process::id());
+    let key = crate::load::run_root("bench-watched");
     let writer = connect(&args.target).await?;
     writer.create(&key, b"0", &open()).await.context("creating the watched key")?;
     let window = Window::new()?;

@@ -171,3 +171,37 @@ fn every_etcd_workload_runs_against_etcd() {
     println!("{}", bench(&["etcd", "--target", &target, "--workload", "read", "--serializable"]));
     open_loop_json("etcd", &target);
 }
+
+#[test]
+fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
+    let dir = temp_dir();
+    let out = dir.path().join("report");
+    let base = free_port().saturating_sub(30).max(20_000);
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .args(["compare", "--targets", "zookeeper,etcd", "--workloads", "write,read", "--seconds", "0.5"])
+        .args(["--clients", "2", "--depth", "2", "--base-port", &base.to_string(), "--out"])
+        .arg(&out)
+        .output()
+        .expect("run compare");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "compare failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("fdatasync p50"), "the machine report: {stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("JSON");
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4, "2 targets x 2 workloads: {json}");
+    for r in results {
+        assert!(r["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+    for svg in ["throughput.svg", "latency-write.svg", "latency-read.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).expect("plot written");
+        assert!(text.starts_with("<svg") && text.ends_with("</svg>"), "{svg}");
+    }
+    // Everything it started is stopped: the ports are free again.
+    for port in base..base + 20 {
+        assert!(
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
+            "port {port} still served after compare"
+        );
+    }
+}

@@ -30,10 +30,15 @@ impl BatonProcess {
     /// `env!("CARGO_BIN_EXE_baton_test_server")`) with its data in `dir` and `extra` flags, and
     /// waits until it serves.
     pub fn start(bin: &str, dir: &Path, extra: &[&str]) -> BatonProcess {
+        BatonProcess::start_on(bin, dir, SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+    }
+
+    /// As [`BatonProcess::start`], on a given client address.
+    pub fn start_on(bin: &str, dir: &Path, addr: SocketAddr, extra: &[&str]) -> BatonProcess {
         let mut p = BatonProcess {
             bin: PathBuf::from(bin),
             child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr,
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };

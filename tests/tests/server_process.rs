@@ -176,3 +176,22 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     }
     assert!(!second.wait().expect("status").success(), "it must fail, not serve");
 }
+
+#[test]
+fn a_port_with_another_servers_connections_in_time_wait_can_be_served() {
+    // Another program (no SO_REUSEPORT) served the port and closed its side of a connection
+    // first, leaving it in TIME_WAIT for a minute: Baton must still bind (SO_REUSEADDR).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let client = TcpStream::connect(addr).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    drop(accepted);
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(100));
+    drop(client);
+    let dir = temp_dir();
+    let mut server = BatonProcess::start_on(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), addr, &[]);
+    let mut c = RawClient::connect(server.addr, 10_000, None).expect("a client connects");
+    assert_eq!(c.create("/up", b"", 0).expect("create").err, 0);
+    server.kill();
+}

@@ -290,10 +290,10 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
                 config,
             });
             let core = crate::core::Core::new(shared.clone(), recovered);
-            let listener = match glommio::net::TcpListener::bind(shared.config.client_addr) {
+            let listener = match listen(shared.config.client_addr) {
                 Ok(l) => l,
                 Err(e) => {
-                    let _ = started_tx.send(Err(ServeError::Listen(e.into())));
+                    let _ = started_tx.send(Err(ServeError::Listen(e)));
                     return Ok(());
                 }
             };
@@ -329,10 +329,10 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         let stop_flag = shutdown_flag();
         let handle = executor(id)
             .spawn(move || async move {
-                let listener = match glommio::net::TcpListener::bind(bound) {
+                let listener = match listen(bound) {
                     Ok(l) => l,
                     Err(e) => {
-                        let _ = bound_tx.send(Err(ServeError::Listen(e.into())));
+                        let _ = bound_tx.send(Err(ServeError::Listen(e)));
                         return Ok(());
                     }
                 };
@@ -376,6 +376,23 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         }
     }
     outcome
+}
+
+/// A listening socket for the client port, bound with SO_REUSEPORT (every shard listens on
+/// the port) and SO_REUSEADDR (so that connections an earlier server on this port left in
+/// TIME_WAIT do not stop a restart; glommio's own `bind` sets only the first). Must run on
+/// the shard's executor.
+fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: a bound, listening socket whose only owner becomes the listener.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 fn executor(id: ShardId) -> glommio::LocalExecutorBuilder {

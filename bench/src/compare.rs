@@ -1,0 +1,482 @@
+//! `baton-bench compare`: starts each target on 127.0.0.1 (Baton, ZooKeeper 3.8 and etcd
+//! 3.4 from Debian's packages, single node or three nodes), runs the chosen workloads
+//! against each in turn with the same load, stops everything it started, and reports a
+//! side-by-side table with ratios, JSON, and SVG plots — with the machine it ran on.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::load::{Load, Outcome};
+
+/// A server setup to compare.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum Target {
+    /// One Baton server.
+    Baton,
+    /// Standalone ZooKeeper 3.8.
+    Zookeeper,
+    /// A three-server ZooKeeper 3.8 ensemble.
+    Zookeeper3,
+    /// A single etcd 3.4 member.
+    Etcd,
+    /// A three-member etcd 3.4 cluster.
+    Etcd3,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Baton => "baton",
+            Target::Zookeeper => "zookeeper",
+            Target::Zookeeper3 => "zookeeper x3",
+            Target::Etcd => "etcd",
+            Target::Etcd3 => "etcd x3",
+        }
+    }
+
+    fn is_etcd(self) -> bool {
+        matches!(self, Target::Etcd | Target::Etcd3)
+    }
+}
+
+/// `baton-bench compare`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Targets, in the order they run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "baton,zookeeper,etcd")]
+    pub targets: Vec<Target>,
+    /// Workloads (names as `zk --workload`; etcd runs its counterparts).
+    #[arg(long, value_delimiter = ',', default_value = "write,read,create-delete")]
+    pub workloads: Vec<String>,
+    #[command(flatten)]
+    pub load: Load,
+    /// Directory for results.json, the SVG plots and the servers' data and logs.
+    #[arg(long, default_value = "compare-results")]
+    pub out: PathBuf,
+    /// The baton binary (default: beside this one, then on PATH).
+    #[arg(long)]
+    pub baton: Option<PathBuf>,
+    /// First of the 127.0.0.1 ports the servers use (10 per target, from here).
+    #[arg(long, default_value_t = 24100)]
+    pub base_port: u16,
+}
+
+/// Processes started for one target; killed (by process group) when dropped.
+struct Running {
+    children: Vec<Child>,
+    /// What the client connects to.
+    target: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: signalling the process group of a child we started.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
+}
+
+/// Nothing listens on the port (a connection in TIME_WAIT does not count).
+fn port_free(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_err()
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("{what} did not open port {port} within 60 s; its log is {}", log.display())
+}
+
+/// Installs a Debian package if its file is missing (as root), or says what to do.
+fn ensure_package(file: &str, package: &str) -> anyhow::Result<()> {
+    if Path::new(file).exists() {
+        return Ok(());
+    }
+    eprintln!("{file} is missing; installing Debian's {package} package");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"))
+        .status();
+    match status {
+        Ok(s) if s.success() && Path::new(file).exists() => Ok(()),
+        _ => anyhow::bail!("{file} is missing and `apt-get install {package}` did not provide it (run it as root)"),
+    }
+}
+
+fn baton_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.baton {
+        return Ok(path.clone());
+    }
+    let beside = std::env::current_exe()?.with_file_name("baton");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    Ok(PathBuf::from("baton"))
+}
+
+fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(dir)?;
+    let ports: Vec<u16> = (base..base + 10).collect();
+    if let Some(busy) = ports.iter().find(|&&p| !port_free(p)) {
+        anyhow::bail!("port {busy} on 127.0.0.1 is taken; pick another --base-port");
+    }
+    match target {
+        Target::Baton => {
+            let log = dir.join("baton.log");
+            let child = spawn(
+                Command::new(baton_binary(args)?)
+                    .arg("--data-dir")
+                    .arg(dir.join("data"))
+                    .args(["--client-addr", &format!("127.0.0.1:{base}")]),
+                &log,
+            )?;
+            let running = Running { children: vec![child], target: format!("127.0.0.1:{base}") };
+            wait_port(base, "baton", &log)?;
+            Ok(running)
+        }
+        Target::Zookeeper | Target::Zookeeper3 => {
+            let script = "/usr/share/zookeeper/bin/zkServer.sh";
+            ensure_package(script, "zookeeper")?;
+            let n = if target == Target::Zookeeper3 { 3 } else { 1 };
+            let mut running = Running { children: Vec::new(), target: String::new() };
+            let mut servers = String::new();
+            for i in 1..=n {
+                let (peer, election) = (base + 3 + 2 * i as u16, base + 4 + 2 * i as u16);
+                let _ = writeln!(servers, "server.{i}=127.0.0.1:{peer}:{election}");
+            }
+            let mut clients = Vec::new();
+            for i in 1..=n {
+                let node = dir.join(format!("zk{i}"));
+                std::fs::create_dir_all(node.join("data"))?;
+                std::fs::write(node.join("data/myid"), format!("{i}\n"))?;
+                let port = base + i as u16 - 1;
+                let mut cfg = format!(
+                    "tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n4lw.commands.whitelist=*\nforceSync=yes\n",
+                    node.join("data").display()
+                );
+                if n > 1 {
+                    cfg.push_str(&servers);
+                }
+                std::fs::write(node.join("zoo.cfg"), cfg)?;
+                let log = node.join("zookeeper.log");
+                let child = spawn(
+                    Command::new(script).arg("start-foreground").arg(node.join("zoo.cfg")).env("ZOO_LOG_DIR", &node),
+                    &log,
+                )?;
+                running.children.push(child);
+                clients.push((port, log));
+            }
+            for (port, log) in &clients {
+                wait_port(*port, "zookeeper", log)?;
+            }
+            running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+            Ok(running)
+        }
+        Target::Etcd | Target::Etcd3 => {
+            ensure_package("/usr/bin/etcd", "etcd-server")?;
+            let n = if target == Target::Etcd3 { 3 } else { 1 };
+            let peer = |i: u16| format!("http://127.0.0.1:{}", base + 5 + i);
+            let cluster: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer(i))).collect();
+            let mut running = Running { children: Vec::new(), target: String::new() };
+            let mut clients = Vec::new();
+            for i in 0..n {
+                let client = base + i;
+                let log = dir.join(format!("etcd{i}.log"));
+                let url = format!("http://127.0.0.1:{client}");
+                let child = spawn(
+                    Command::new("etcd")
+                        .args(["--name", &format!("m{i}"), "--data-dir"])
+                        .arg(dir.join(format!("etcd{i}")))
+                        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                        .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+                        .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"]),
+                    &log,
+                )?;
+                running.children.push(child);
+                clients.push((client, log));
+            }
+            for (port, log) in &clients {
+                wait_port(*port, "etcd", log)?;
+            }
+            running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+            Ok(running)
+        }
+    }
+}
+
+/// Median and p99 of `write(4 KiB) + fdatasync` in `dir`, in milliseconds.
+fn fsync_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Seek, Write};
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let block = vec![7u8; 4096];
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        file.seek(std::io::SeekFrom::Start(0))?;
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], samples[samples.len() * 99 / 100]))
+}
+
+fn machine(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let (p50, p99) = fsync_latency(dir)?;
+    Ok(serde_json::json!({
+        "cores": cores, "memory_gib": (mem_gib * 10.0).round() / 10.0, "kernel": kernel,
+        "fsync_4k_p50_ms": p50, "fsync_4k_p99_ms": p99,
+    }))
+}
+
+async fn run_one(target: Target, address: &str, workload: &str, load: &Load) -> anyhow::Result<Option<Outcome>> {
+    let mut load = load.clone();
+    load.label = target.name().replace(' ', "");
+    load.json = None;
+    if target.is_etcd() {
+        let workload = <crate::etcd::Workload as clap::ValueEnum>::from_str(workload, true)
+            .map_err(|e| anyhow::anyhow!("etcd has no workload {workload}: {e}"))?;
+        crate::etcd::run(crate::etcd::Args { target: address.to_string(), workload, serializable: false, load }).await
+    } else {
+        let workload = <crate::zk::Workload as clap::ValueEnum>::from_str(workload, true)
+            .map_err(|e| anyhow::anyhow!("no workload {workload}: {e}"))?;
+        crate::zk::run(crate::zk::Args { target: address.to_string(), workload, load, count: 0 }).await
+    }
+}
+
+/// Runs the comparison.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let machine = machine(&args.out)?;
+    println!(
+        "machine: {} cores, {} GiB, Linux {}, write 4 KiB + fdatasync p50 {:.3} ms (p99 {:.3} ms)",
+        machine["cores"],
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["fsync_4k_p50_ms"].as_f64().unwrap_or(0.0),
+        machine["fsync_4k_p99_ms"].as_f64().unwrap_or(0.0),
+    );
+    let mut results: Vec<(Target, String, Outcome)> = Vec::new();
+    for (index, &target) in args.targets.iter().enumerate() {
+        let dir = args.out.join(target.name().replace(' ', "-"));
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("== {}", target.name());
+        // Each target gets its own ports: the last one's connections linger in TIME_WAIT.
+        let base = args.base_port + 10 * index as u16;
+        let running = start(target, &args, &dir, base)?;
+        // Let elections settle and JVMs warm their first classes.
+        tokio::time::sleep(Duration::from_secs(if target == Target::Baton { 1 } else { 3 })).await;
+        for workload in &args.workloads {
+            match run_one(target, &running.target, workload, &args.load).await {
+                Ok(Some(outcome)) => results.push((target, workload.clone(), outcome)),
+                Ok(None) => {}
+                Err(e) => eprintln!("{} {workload}: {e:#}", target.name()),
+            }
+        }
+        drop(running);
+    }
+    print_table(&args, &results);
+    let json = serde_json::json!({
+        "machine": machine,
+        "load": { "clients": args.load.clients, "depth": args.load.depth, "value_bytes": args.load.value_bytes,
+                  "seconds": args.load.seconds, "open_loop_rate": args.load.rate },
+        "results": results.iter().map(|(t, w, o)| serde_json::json!({
+            "target": t.name(), "workload": w, "ops_per_sec": o.ops_per_sec, "p50_ms": o.p50, "p90_ms": o.p90,
+            "p99_ms": o.p99, "p999_ms": o.p999, "max_ms": o.max,
+            "cdf": o.cdf.iter().map(|(q, ms)| serde_json::json!([q, ms])).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(args.out.join("throughput.svg"), throughput_svg(&args, &results))?;
+    for workload in &args.workloads {
+        let file = args.out.join(format!("latency-{workload}.svg"));
+        std::fs::write(file, latency_svg(workload, &results))?;
+    }
+    println!("results: {}/results.json, throughput.svg, latency-<workload>.svg", args.out.display());
+    Ok(())
+}
+
+fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
+    let baton = |w: &str| results.iter().find(|(t, rw, _)| *t == Target::Baton && rw == w).map(|r| &r.2);
+    println!();
+    println!("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | Baton / this |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for w in &args.workloads {
+        for (t, rw, o) in results.iter().filter(|(_, rw, _)| rw == w) {
+            let ratio = match baton(w) {
+                Some(b) if *t != Target::Baton && o.ops_per_sec > 0.0 => {
+                    format!("{:.2}x (p99 {:.2}x)", b.ops_per_sec / o.ops_per_sec, b.p99 / o.p99.max(1e-9))
+                }
+                _ => String::new(),
+            };
+            println!(
+                "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {ratio} |",
+                t.name(),
+                o.ops_per_sec,
+                o.p50,
+                o.p99,
+                o.p999
+            );
+        }
+    }
+}
+
+const COLORS: [&str; 5] = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"];
+
+fn color(targets: &[Target], t: Target) -> &'static str {
+    COLORS[targets.iter().position(|&x| x == t).unwrap_or(0) % COLORS.len()]
+}
+
+fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String {
+    let (w, h, left, bottom) = (760.0, 420.0, 70.0, 60.0);
+    // Each workload on its own scale (a lock acquisition and a read differ by 100x).
+    let max_of =
+        |workload: &str| results.iter().filter(|r| r.1 == workload).map(|r| r.2.ops_per_sec).fold(1.0, f64::max);
+    let groups = args.workloads.len().max(1) as f64;
+    let per = args.targets.len().max(1) as f64;
+    let group_w = (w - left - 20.0) / groups;
+    let bar_w = group_w * 0.8 / per;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{left}" y="20" font-size="14">Throughput (ops/s), same load on each target; each workload on its own scale</text>"#
+    );
+    let plot_h = h - bottom - 40.0;
+    for (gi, workload) in args.workloads.iter().enumerate() {
+        let x0 = left + gi as f64 * group_w + group_w * 0.1;
+        let max = max_of(workload);
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{workload}</text>"#,
+            x0 + group_w * 0.4,
+            h - bottom + 20.0
+        );
+        for (ti, &t) in args.targets.iter().enumerate() {
+            if let Some((_, _, o)) = results.iter().find(|(rt, rw, _)| *rt == t && rw == workload) {
+                let bh = plot_h * o.ops_per_sec / max;
+                let (x, y) = (x0 + ti as f64 * bar_w, h - bottom - bh);
+                let _ = write!(
+                    svg,
+                    r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{} {workload}: {:.0} ops/s</title></rect><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+                    bar_w * 0.9,
+                    color(&args.targets, t),
+                    t.name(),
+                    o.ops_per_sec,
+                    x + bar_w * 0.45,
+                    y - 3.0,
+                    if o.ops_per_sec >= 10_000.0 {
+                        format!("{:.0}k", o.ops_per_sec / 1000.0)
+                    } else {
+                        format!("{:.0}", o.ops_per_sec)
+                    }
+                );
+            }
+        }
+    }
+    for (ti, &t) in args.targets.iter().enumerate() {
+        let y = 40.0 + ti as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            w - 140.0,
+            y - 9.0,
+            color(&args.targets, t),
+            w - 125.0,
+            y,
+            t.name()
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/></svg>"#,
+        h - bottom,
+        w - 20.0,
+        h - bottom
+    );
+    svg
+}
+
+fn latency_svg(workload: &str, results: &[(Target, String, Outcome)]) -> String {
+    let (w, h, left, bottom) = (760.0, 420.0, 70.0, 50.0);
+    let rows: Vec<_> = results.iter().filter(|(_, rw, _)| rw == workload).collect();
+    let targets: Vec<Target> = rows.iter().map(|r| r.0).collect();
+    let max = rows.iter().flat_map(|r| r.2.cdf.iter().map(|p| p.1)).fold(0.01, f64::max);
+    let min = 0.01f64;
+    // Log-scale milliseconds on x, quantile on y.
+    let x = |ms: f64| left + (w - left - 20.0) * ((ms.max(min) / min).ln() / (max / min).ln());
+    let y = |q: f64| h - bottom - (h - bottom - 40.0) * q;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{left}" y="20" font-size="14">Latency CDF: {workload} (ms, log scale)</text>"#
+    );
+    for (t, _, o) in &rows {
+        let points: Vec<String> = o.cdf.iter().map(|(q, ms)| format!("{:.1},{:.1}", x(*ms), y(*q))).collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke-width="2" stroke="{}" points="{}"><title>{}</title></polyline>"#,
+            color(&targets, *t),
+            points.join(" "),
+            t.name()
+        );
+    }
+    let mut tick = min;
+    while tick <= max * 1.0001 {
+        let _ = write!(svg, r#"<text x="{:.1}" y="{}" text-anchor="middle">{tick}</text>"#, x(tick), h - bottom + 18.0);
+        tick *= 10.0;
+    }
+    for q in [0.5, 0.9, 0.99] {
+        let _ =
+            write!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">p{}</text>"#, left - 6.0, y(q) + 4.0, q * 100.0);
+    }
+    for (ti, t) in targets.iter().enumerate() {
+        let yy = 40.0 + ti as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            w - 140.0,
+            yy - 9.0,
+            color(&targets, *t),
+            w - 125.0,
+            yy,
+            t.name()
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
