@@ -268,6 +268,44 @@ impl<T> std::ops::IndexMut<usize> for Slab<T> {
     }
 }
 
+/// Storage with reusable slots: a `Vec` or a [`Slab`].
+trait Slots<T>: std::ops::IndexMut<usize, Output = T> {
+    fn push_slot(&mut self, item: T);
+    fn slot_count(&self) -> usize;
+}
+
+impl<T> Slots<T> for Vec<T> {
+    fn push_slot(&mut self, item: T) {
+        self.push(item);
+    }
+    fn slot_count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T> Slots<T> for Slab<T> {
+    fn push_slot(&mut self, item: T) {
+        self.push(item);
+    }
+    fn slot_count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Puts `item` in a free slot if there is one, else at the end; returns its index.
+fn place<T>(slots: &mut impl Slots<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slots[i as usize] = item;
+            i
+        }
+        None => {
+            slots.push_slot(item);
+            (slots.slot_count() - 1) as u32
+        }
+    }
+}
+
 /// A session as the tree knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -391,16 +429,7 @@ impl DataTree {
         let node = &self.nodes[id as usize];
         if node.family == NONE {
             let fresh = Family { first: NONE, last: NONE, count: 0, cversion: 0, pzxid: node.czxid };
-            let f = match self.free_families.pop() {
-                Some(f) => {
-                    self.families[f as usize] = fresh;
-                    f
-                }
-                None => {
-                    self.families.push(fresh);
-                    (self.families.len() - 1) as u32
-                }
-            };
+            let f = place(&mut self.families, &mut self.free_families, fresh);
             self.nodes[id as usize].family = f;
         }
         let f = self.nodes[id as usize].family;
@@ -453,16 +482,7 @@ impl DataTree {
             ctime: stat.ctime,
             mtime: stat.mtime,
         };
-        let id = match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
+        let id = place(&mut self.nodes, &mut self.free_nodes, node);
         if stat.cversion != 0 || stat.pzxid != stat.czxid {
             let f = self.family_mut(id);
             f.cversion = stat.cversion;
@@ -473,20 +493,35 @@ impl DataTree {
         self.count += 1;
         if owner != 0 {
             self.owners.insert(id, owner);
-            match owner_kind(owner) {
-                OwnerKind::Persistent => {}
-                OwnerKind::Container => {
-                    self.containers.insert(id);
-                }
-                OwnerKind::Ttl(_) => {
-                    self.ttls.insert(id);
-                }
-                OwnerKind::Ephemeral(session) => {
-                    self.ephemerals.entry(session).or_default().insert(id);
-                }
-            }
+            self.index_owner(id, owner, true);
         }
         id
+    }
+
+    /// Adds `id` to (or removes it from) the set its owner kind puts it in: containers, TTL
+    /// nodes, or its session's ephemerals.
+    fn index_owner(&mut self, id: u32, owner: i64, add: bool) {
+        let set = match owner_kind(owner) {
+            OwnerKind::Persistent => return,
+            OwnerKind::Container => &mut self.containers,
+            OwnerKind::Ttl(_) => &mut self.ttls,
+            OwnerKind::Ephemeral(session) => {
+                if add {
+                    self.ephemerals.entry(session).or_default().insert(id);
+                } else if let Some(set) = self.ephemerals.get_mut(&session) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.ephemerals.remove(&session);
+                    }
+                }
+                return;
+            }
+        };
+        if add {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
     }
 
     /// Allocates a znode and links it as the last child of `parent`. The caller has checked
@@ -567,23 +602,7 @@ impl DataTree {
         let owner = self.owner(id);
         if owner != 0 {
             self.owners.remove(&id);
-            match owner_kind(owner) {
-                OwnerKind::Persistent => {}
-                OwnerKind::Container => {
-                    self.containers.remove(&id);
-                }
-                OwnerKind::Ttl(_) => {
-                    self.ttls.remove(&id);
-                }
-                OwnerKind::Ephemeral(session) => {
-                    if let Some(set) = self.ephemerals.get_mut(&session) {
-                        set.remove(&id);
-                        if set.is_empty() {
-                            self.ephemerals.remove(&session);
-                        }
-                    }
-                }
-            }
+            self.index_owner(id, owner, false);
         }
         let node = std::mem::replace(
             &mut self.nodes[id as usize],
@@ -617,17 +636,7 @@ impl DataTree {
         if let Some(&id) = self.acl_ids.get(&arc) {
             return id;
         }
-        let slot = AclSlot { acl: arc.clone(), refs: 0 };
-        let id = match self.free_acls.pop() {
-            Some(id) => {
-                self.acls[id as usize] = slot;
-                id
-            }
-            None => {
-                self.acls.push(slot);
-                (self.acls.len() - 1) as u32
-            }
-        };
+        let id = place(&mut self.acls, &mut self.free_acls, AclSlot { acl: arc.clone(), refs: 0 });
         self.acl_ids.insert(arc, id);
         id
     }
