@@ -306,10 +306,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Let elections settle and JVMs warm their first classes.
         tokio::time::sleep(Duration::from_secs(if target == Target::Baton { 1 } else { 3 })).await;
         for workload in &args.workloads {
-            match run_one(target, &running.target, workload, &args.load).await {
-                Ok(Some(outcome)) => results.push((target, workload.clone(), outcome)),
-                Ok(None) => {}
-                Err(e) => eprintln!("{} {workload}: {e:#}", target.name()),
+            // Every run is bounded: a server that stops answering costs this run, not the rest.
+            let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
+            match tokio::time::timeout(bound, run_one(target, &running.target, workload, &args.load)).await {
+                Ok(Ok(Some(outcome))) => results.push((target, workload.clone(), outcome)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => eprintln!("{} {workload}: {e:#}", target.name()),
+                Err(_) => eprintln!("{} {workload}: no result within {} s; skipped", target.name(), bound.as_secs()),
             }
         }
         drop(running);
