@@ -45,7 +45,15 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line with the whole chain of causes: "connecting to 127.0.0.1:1: connection refused".
+    if let Err(e) = run() {
+        eprintln!("baton-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Zk(args) => {
