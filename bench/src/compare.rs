@@ -102,12 +102,24 @@ fn port_free(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_err()
 }
 
-fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+/// Waits until something listens on `port`; fails at once if one of `children` exits.
+fn wait_port(port: u16, what: &str, log: &Path, children: &mut [Child]) -> anyhow::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
+        }
+        for child in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                anyhow::bail!(
+                    "{what} exited ({status}) before opening port {port}; last lines of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -157,8 +169,8 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                     .args(["--client-addr", &format!("127.0.0.1:{base}")]),
                 &log,
             )?;
-            let running = Running { children: vec![child], target: format!("127.0.0.1:{base}") };
-            wait_port(base, "baton", &log)?;
+            let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}") };
+            wait_port(base, "baton", &log, &mut running.children)?;
             Ok(running)
         }
         Target::Zookeeper | Target::Zookeeper3 => {
@@ -194,7 +206,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                 clients.push((port, log));
             }
             for (port, log) in &clients {
-                wait_port(*port, "zookeeper", log)?;
+                wait_port(*port, "zookeeper", log, &mut running.children)?;
             }
             running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
             Ok(running)
@@ -223,7 +235,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                 clients.push((client, log));
             }
             for (port, log) in &clients {
-                wait_port(*port, "etcd", log)?;
+                wait_port(*port, "etcd", log, &mut running.children)?;
             }
             running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
             Ok(running)
