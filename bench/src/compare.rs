@@ -381,6 +381,22 @@ fn color(targets: &[Target], t: Target) -> &'static str {
     COLORS[targets.iter().position(|&x| x == t).unwrap_or(0) % COLORS.len()]
 }
 
+/// A colour key for `targets` in the top right corner of a plot `w` wide.
+fn legend(svg: &mut String, targets: &[Target], w: f64) {
+    for (i, &t) in targets.iter().enumerate() {
+        let y = 40.0 + i as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{y}">{}</text>"#,
+            w - 140.0,
+            y - 9.0,
+            color(targets, t),
+            w - 125.0,
+            t.name()
+        );
+    }
+}
+
 fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String {
     let (w, h, left, bottom) = (760.0, 420.0, 70.0, 60.0);
     // Each workload on its own scale (a lock acquisition and a read differ by 100x).
@@ -425,19 +441,7 @@ fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String 
             }
         }
     }
-    for (ti, &t) in args.targets.iter().enumerate() {
-        let y = 40.0 + ti as f64 * 16.0;
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            w - 140.0,
-            y - 9.0,
-            color(&args.targets, t),
-            w - 125.0,
-            y,
-            t.name()
-        );
-    }
+    legend(&mut svg, &args.targets, w);
     let _ = write!(
         svg,
         r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/></svg>"#,
@@ -479,19 +483,7 @@ fn latency_svg(workload: &str, results: &[(Target, String, Outcome)]) -> String 
         let _ =
             write!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">p{}</text>"#, left - 6.0, y(q) + 4.0, q * 100.0);
     }
-    for (ti, t) in targets.iter().enumerate() {
-        let yy = 40.0 + ti as f64 * 16.0;
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            w - 140.0,
-            yy - 9.0,
-            color(&targets, *t),
-            w - 125.0,
-            yy,
-            t.name()
-        );
-    }
+    legend(&mut svg, &targets, w);
     svg.push_str("</svg>");
     svg
 }

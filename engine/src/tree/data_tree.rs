@@ -739,8 +739,8 @@ impl DataTree {
     pub fn reapable(&self, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
         for &id in &self.containers {
-            let empty = self.family(id).is_none_or(|f| f.count == 0);
-            if empty && self.family(id).is_some_and(|f| f.cversion > 0) {
+            // A container that never had a child has no family (and cversion 0).
+            if self.family(id).is_some_and(|f| f.count == 0 && f.cversion > 0) {
                 out.push(self.path_of(id));
             }
         }
