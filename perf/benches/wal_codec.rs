@@ -25,11 +25,11 @@ fn codec(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(payload.len() as u64));
     let mut buf = vec![0u8; record::encoded_len(payload.len())];
     group.bench_function("encode_256B", |b| {
-        b.iter(|| record::encode(black_box(&mut buf), Zxid(7), 4096, black_box(&payload)))
+        b.iter(|| record::encode(black_box(&mut buf), 0x5a17, Zxid(7), 4096, black_box(&payload)))
     });
-    record::encode(&mut buf, Zxid(7), 4096, &payload);
+    record::encode(&mut buf, 0x5a17, Zxid(7), 4096, &payload);
     group.bench_function("verify_256B", |b| {
-        b.iter(|| matches!(record::decode(black_box(&buf), 0), record::Decoded::Record(_)))
+        b.iter(|| matches!(record::decode(black_box(&buf), 0x5a17, 0), record::Decoded::Record(_)))
     });
     group.finish();
 

@@ -144,6 +144,11 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         println!("baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}", data_dir.display());
         tracing::info!(%addr, "ready");
     })
-    .context("baton stopped (glommio needs io_uring; see README on `ulimit -l`)")?;
+    .map_err(|e| match e {
+        e @ crate::runtime::ServeError::Executor(_) => {
+            anyhow::Error::new(e).context("baton stopped (glommio needs io_uring; see README on `ulimit -l`)")
+        }
+        e => anyhow::Error::new(e).context("baton stopped"),
+    })?;
     Ok(())
 }

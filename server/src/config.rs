@@ -38,9 +38,17 @@ pub struct ServerConfig {
     /// Write a snapshot after this many entries (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
-    /// Snapshots to keep (WAL segments they cover are purged).
+    /// Snapshots to keep (WAL segments they cover are released).
     #[arg(long, default_value_t = 3)]
     pub snapshots_to_keep: usize,
+    /// Size of each preallocated WAL segment file (ZooKeeper's preAllocSize); a multiple of
+    /// 4096, at least 64 KiB.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub wal_segment_bytes: u64,
+    /// Released WAL segments kept to be reused as new ones instead of deleted (each holds
+    /// `wal_segment_bytes` of disk while it waits); 0 deletes them.
+    #[arg(long, default_value_t = 2)]
+    pub wal_recycle_segments: usize,
 }
 
 impl ServerConfig {
@@ -68,6 +76,8 @@ impl ServerConfig {
             disable_ttl: false,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,
+            wal_segment_bytes: 64 << 20,
+            wal_recycle_segments: 2,
         }
     }
 }

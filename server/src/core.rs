@@ -125,7 +125,16 @@ impl Core {
         };
         drop(outcome);
         let replay_started = Instant::now();
-        let (wal, reader) = Wal::open(WalConfig::new(config.data_dir.join("wal"))).await?;
+        let wal_config = WalConfig {
+            segment_bytes: config.wal_segment_bytes,
+            recycle_segments: config.wal_recycle_segments,
+            // An entry comes from one request frame: its archive is the request's paths and
+            // data plus per-op framing, well under twice the frame. The WAL refuses to open
+            // when such an entry would not fit in a segment (a clear error at startup).
+            entry_bytes_max: config.max_frame_bytes.saturating_mul(2).saturating_add(4096),
+            ..WalConfig::new(config.data_dir.join("wal"))
+        };
+        let (wal, reader) = Wal::open(wal_config).await?;
         let mut replayed = 0u64;
         for record in reader.records_after(tree.last_zxid()) {
             let entry = Entry::access(record.payload)
@@ -427,9 +436,10 @@ impl Core {
             }
             match handle.join() {
                 Ok(Ok((zxid, oldest_kept))) => {
-                    // Only the bookkeeping here; the files go on the janitor thread, so the
-                    // write path never waits for unlinks or directory syncs.
-                    let detached = oldest_kept.map(|z| self.wal.detach_through(z)).transpose();
+                    // Only the bookkeeping here: released segments are kept for reuse as
+                    // new ones (renamed, no unlink); what the pool cannot hold goes to the
+                    // janitor thread, so the write path never waits for unlinks.
+                    let detached = oldest_kept.map(|z| self.wal.recycle_through(z)).transpose();
                     match detached {
                         Ok(paths) => {
                             let paths = paths.unwrap_or_default();

@@ -1,6 +1,9 @@
 //! Shared helpers for Baton's cross-crate tests.
 
 pub mod crash_payload;
+
+/// Entries behind the durable end that the WAL crash child never releases for reuse.
+pub const CRASH_KEEP_ENTRIES: u64 = 4000;
 pub mod raw;
 pub mod server;
 

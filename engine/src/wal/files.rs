@@ -109,6 +109,34 @@ pub fn clear_truncate_intent(dir: &Path) -> Result<(), WalError> {
     sync_dir(dir)
 }
 
+/// Prefix and suffix of released segment files kept for reuse.
+const RECYCLED_PREFIX: &str = "wal-recycled-";
+const RECYCLED_SUFFIX: &str = ".tmp";
+
+/// The name a released segment takes while it waits to be reused.
+pub fn recycled_path(dir: &Path, segment: &Path) -> PathBuf {
+    let stem = segment.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
+    dir.join(format!("{RECYCLED_PREFIX}{stem}{RECYCLED_SUFFIX}"))
+}
+
+/// The released segment files in `dir`, oldest name first; those beyond `keep` are deleted.
+pub fn list_recycled(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, WalError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
+        let entry = entry.map_err(|e| WalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(RECYCLED_PREFIX) && name.ends_with(RECYCLED_SUFFIX) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    for extra in found.split_off(keep.min(found.len())) {
+        remove_if_exists(&extra)?;
+    }
+    Ok(found)
+}
+
 /// Removes a file, treating "already gone" as success.
 pub fn remove_if_exists(path: &PathBuf) -> Result<(), WalError> {
     match fs::remove_file(path) {

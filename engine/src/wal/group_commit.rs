@@ -32,7 +32,7 @@ use glommio::Task;
 use super::files::{self, DirLock};
 use super::reader::WalReader;
 use super::record::{self, align_down, align_up};
-use super::segment::{segment_path, SegmentHeader, IO_ALIGN, SEGMENT_HEADER_BYTES};
+use super::segment::{new_salt, segment_path, SegmentHeader, IO_ALIGN, SEGMENT_HEADER_BYTES};
 use super::spare::{prepare_spare, Pace, ZERO_CHUNK_BYTES};
 use super::{WalConfig, WalError};
 use crate::log::Zxid;
@@ -50,6 +50,8 @@ pub struct WalStats {
     pub bytes_written: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Of those, segments that reused a released file instead of a new zero-filled one.
+    pub segments_recycled: u64,
 }
 
 /// One segment as the writer tracks it.
@@ -66,6 +68,10 @@ struct Batch {
     /// The segment the batch goes to; `new_segment` means it must be created first.
     segment: Zxid,
     new_segment: bool,
+    /// The segment's checksum salt.
+    salt: u64,
+    /// For a new segment: where the previous segment's log ends (offset, last zxid).
+    prev: Option<(u64, Zxid)>,
     /// Block-aligned file offset of `buf[0]`.
     file_offset: u64,
     /// File offset of the first record of this batch (stored in every record's header).
@@ -110,12 +116,16 @@ struct Shared {
     /// Segment receiving appends, the offset of the next record in it, and the bytes of the
     /// partly written block that offset falls in (`[align_down(offset), offset)`).
     tail_segment: Option<Zxid>,
+    tail_salt: u64,
     tail_offset: usize,
     tail_block: Vec<u8>,
+    /// Released segment files kept for reuse (renamed `wal-recycled-*.tmp`), oldest first.
+    /// Invariant: at most `config.recycle_segments`.
+    pool: VecDeque<PathBuf>,
 
     segments: Vec<SegmentMeta>,
     file: Option<Rc<DmaFile>>,
-    spare: Option<Task<Result<PathBuf, WalError>>>,
+    spare: Option<Task<Result<(PathBuf, bool), WalError>>>,
     /// The writer is waiting for the spare: zero-fill it without pacing.
     spare_needed: bool,
     spare_waker: Option<Waker>,
@@ -168,8 +178,12 @@ impl Shared {
             None => true,
             Some(_) => self.tail_offset + rec_len > segment_bytes,
         };
+        let mut prev = None;
         if roll {
+            // Every record submitted so far is in the previous segment; its log ends here.
+            prev = self.tail_segment.map(|_| (self.tail_offset as u64, self.last_zxid));
             self.tail_segment = Some(zxid);
+            self.tail_salt = new_salt(zxid);
             self.tail_offset = SEGMENT_HEADER_BYTES;
             self.tail_block.clear();
         }
@@ -184,6 +198,8 @@ impl Shared {
             // Invariant: set just above when None.
             segment: self.tail_segment.unwrap_or(zxid),
             new_segment: roll,
+            salt: self.tail_salt,
+            prev,
             file_offset: align_down(self.tail_offset, IO_ALIGN) as u64,
             batch_start: self.tail_offset as u64,
             buf,
@@ -261,7 +277,8 @@ impl Wal {
             }
         }
 
-        let shared = Shared::recovered(config, &reader).await?;
+        let mut shared = Shared::recovered(config, &reader).await?;
+        shared.pool = files::list_recycled(&dir, shared.config.recycle_segments)?.into();
         let shared = Rc::new(RefCell::new(shared));
         start_spare(&shared);
         let writer = glommio::spawn_local(run_writer(shared.clone()));
@@ -299,7 +316,7 @@ impl Wal {
         let offset = s.tail_offset;
         let batch = s.open.as_mut().expect("invariant: a batch was opened above");
         let at = batch.len;
-        let used = record::encode(&mut batch.buf.as_bytes_mut()[at..], zxid, batch.batch_start, payload);
+        let used = record::encode(&mut batch.buf.as_bytes_mut()[at..], batch.salt, zxid, batch.batch_start, payload);
         debug_assert_eq!(batch.file_offset as usize + at, offset);
         batch.len += used;
         batch.entries += 1;
@@ -398,6 +415,7 @@ impl Wal {
         fresh.next_seq = s.next_seq;
         fresh.durable_seq = s.durable_seq;
         fresh.writer_waker = s.writer_waker.take();
+        fresh.pool = std::mem::take(&mut s.pool);
         *s = fresh;
         // The spare task may be waiting for progress on the old tail: let it re-evaluate.
         if let Some(w) = s.spare_waker.take() {
@@ -418,6 +436,33 @@ impl Wal {
             files::sync_dir(&self.shared.borrow().config.dir)?;
         }
         Ok(paths.len())
+    }
+
+    /// Releases the segments wholly at or below `zxid` (never the one being written), as
+    /// [`Wal::detach_through`] does, but keeps up to `config.recycle_segments` of the files to
+    /// be reused as future segments: their blocks are already allocated and written, so a
+    /// recycled segment needs neither zero-filling nor unwritten-extent conversion. Returns
+    /// the paths of the others for the caller to delete. Renames only (no directory sync: a
+    /// file is reused only after its new name is durable, see `spare.rs`).
+    pub fn recycle_through(&self, zxid: Zxid) -> Result<Vec<PathBuf>, WalError> {
+        let released = self.detach_through(zxid)?;
+        let mut s = self.shared.borrow_mut();
+        let mut rest = Vec::new();
+        for path in released {
+            if s.pool.len() >= s.config.recycle_segments {
+                rest.push(path);
+                continue;
+            }
+            let to = files::recycled_path(&s.config.dir, &path);
+            match std::fs::rename(&path, &to) {
+                Ok(()) => s.pool.push_back(to),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not keep a WAL segment for reuse");
+                    rest.push(path);
+                }
+            }
+        }
+        Ok(rest)
     }
 
     /// Forgets the segments wholly at or below `zxid` (never the one being written) and
@@ -486,8 +531,8 @@ impl Shared {
             .map(|s| SegmentMeta { first_zxid: s.header.first_zxid, path: s.path.clone(), last_zxid: s.last_zxid })
             .collect();
         let last_zxid = reader.last_zxid();
-        let (tail_segment, tail_offset, tail_block, file) = match reader.segments().last() {
-            None => (None, 0, Vec::new(), None),
+        let (tail_segment, tail_salt, tail_offset, tail_block, file) = match reader.segments().last() {
+            None => (None, 0, 0, Vec::new(), None),
             Some(last) => {
                 let block = last.bytes()[align_down(last.end, IO_ALIGN)..last.end].to_vec();
                 let file = OpenOptions::new()
@@ -496,7 +541,7 @@ impl Shared {
                     .dma_open(&last.path)
                     .await
                     .map_err(|e| WalError::glommio(&last.path, e))?;
-                (Some(last.header.first_zxid), last.end, block, Some(Rc::new(file)))
+                (Some(last.header.first_zxid), last.header.salt, last.end, block, Some(Rc::new(file)))
             }
         };
         Ok(Shared {
@@ -512,8 +557,10 @@ impl Shared {
             last_zxid,
             durable_zxid: last_zxid,
             tail_segment,
+            tail_salt,
             tail_offset,
             tail_block,
+            pool: VecDeque::new(),
             segments,
             file,
             spare: None,
@@ -541,15 +588,20 @@ fn truncate_files(dir: &Path, zxid: Zxid) -> Result<(), WalError> {
         return Ok(());
     };
     let bytes = std::fs::read(path).map_err(|e| WalError::io(path, e))?;
+    let header = SegmentHeader::decode(&bytes, path)?;
     let mut offset = SEGMENT_HEADER_BYTES;
-    while let record::Decoded::Record(r) = record::decode(&bytes, offset) {
-        if r.zxid > zxid {
-            break;
+    let mut cut = None;
+    while let record::Decoded::Record(r) = record::decode(&bytes, header.salt, offset) {
+        if r.zxid > zxid && cut.is_none() {
+            cut = Some(offset);
         }
         offset = r.next;
     }
-    let dirty_end = super::reader::last_nonzero(&bytes).map_or(0, |i| i + 1);
-    files::zero_range(path, offset as u64, dirty_end as u64)
+    let Some(cut) = cut else { return Ok(()) };
+    // A fresh segment is zero after its log: clear any torn remains too. In a recycled one
+    // the stale bytes after the records never verify and stay.
+    let dirty_end = if header.recycled { offset } else { super::reader::last_nonzero(&bytes).map_or(0, |i| i + 1) };
+    files::zero_range(path, cut as u64, dirty_end as u64)
 }
 
 fn start_spare(shared: &Rc<RefCell<Shared>>) {
@@ -557,7 +609,8 @@ fn start_spare(shared: &Rc<RefCell<Shared>>) {
     let mut s = shared.borrow_mut();
     s.spare_needed = false;
     let (dir, bytes, zero) = (s.config.dir.clone(), s.config.segment_bytes, s.config.zero_fill_segments);
-    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes, zero, pacer)));
+    let reuse = s.pool.pop_front();
+    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes, zero, reuse, pacer)));
 }
 
 /// Lets the spare be zero-filled two chunks ahead of the active segment's fill level, or
@@ -656,7 +709,7 @@ async fn run_writer(shared: Rc<RefCell<Shared>>) {
 /// bytes written.
 async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<usize, WalError> {
     if batch.new_segment {
-        roll(shared, batch.segment).await?;
+        roll(shared, batch.segment, batch.salt, batch.prev).await?;
     }
     let (file, path) = {
         let s = shared.borrow();
@@ -678,7 +731,12 @@ async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<u
 
 /// Turns the prepared spare into the segment for `first_zxid`: header written and synced,
 /// renamed, directory synced. Then starts preparing the next spare.
-async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalError> {
+async fn roll(
+    shared: &Rc<RefCell<Shared>>,
+    first_zxid: Zxid,
+    salt: u64,
+    prev: Option<(u64, Zxid)>,
+) -> Result<(), WalError> {
     let (spare, old_file, dir, segment_bytes, zero) = {
         let mut s = shared.borrow_mut();
         let c = &s.config;
@@ -696,9 +754,9 @@ async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalE
         }
     }
     let pacer: Rc<dyn Pace> = Rc::new(Pacer(Rc::downgrade(shared)));
-    let spare_path = match spare {
+    let (spare_path, recycled) = match spare {
         Some(task) => task.await?,
-        None => prepare_spare(dir.clone(), segment_bytes, zero, pacer).await?,
+        None => prepare_spare(dir.clone(), segment_bytes, zero, None, pacer).await?,
     };
     let file = OpenOptions::new()
         .read(true)
@@ -707,7 +765,7 @@ async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalE
         .await
         .map_err(|e| WalError::glommio(&spare_path, e))?;
     let mut block = glommio::allocate_dma_buffer_global(SEGMENT_HEADER_BYTES);
-    SegmentHeader { first_zxid, segment_bytes }.encode(block.as_bytes_mut());
+    SegmentHeader { first_zxid, segment_bytes, salt, recycled, prev }.encode(block.as_bytes_mut());
     file.write_at(block, 0).await.map_err(|e| WalError::glommio(&spare_path, e))?;
     file.fdatasync().await.map_err(|e| WalError::glommio(&spare_path, e))?;
     let path = segment_path(&dir, first_zxid);
@@ -719,6 +777,7 @@ async fn roll(shared: &Rc<RefCell<Shared>>, first_zxid: Zxid) -> Result<(), WalE
         s.file = Some(Rc::new(file));
         s.segments.push(SegmentMeta { first_zxid, path, last_zxid: None });
         s.stats.segments_created += 1;
+        s.stats.segments_recycled += u64::from(recycled);
     }
     start_spare(shared);
     Ok(())

@@ -47,11 +47,14 @@ pub struct WalConfig {
     /// it. Overwriting written blocks lets `fdatasync` skip a journal commit, which halves its
     /// latency on ext4 here, at the price of writing every segment twice. See `spare.rs`.
     pub zero_fill_segments: bool,
+    /// Released segments (see [`Wal::recycle_through`]) kept for reuse as future segments.
+    /// Each costs `segment_bytes` of disk while it waits; 0 turns recycling off.
+    pub recycle_segments: usize,
 }
 
 impl WalConfig {
     /// Defaults for `dir`: 64 MiB segments, 1 MiB / 8192-entry batches, 4 MiB entries,
-    /// 64 MiB queued, zero-filled segments.
+    /// 64 MiB queued, zero-filled segments, up to 2 released segments kept for reuse.
     pub fn new(dir: impl Into<PathBuf>) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -61,6 +64,7 @@ impl WalConfig {
             entry_bytes_max: 4 << 20,
             queued_bytes_max: 64 << 20,
             zero_fill_segments: true,
+            recycle_segments: 2,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Differential test: any sequence of appends (rolling segments), truncations, purges and
-//! reopenings reads back exactly what a plain `Vec` model says.
+//! Differential test: any sequence of appends (rolling segments), truncations, purges,
+//! segment recycling and reopenings reads back exactly what a plain `Vec` model says.
 
 use std::rc::Rc;
 
@@ -17,6 +17,8 @@ enum Op {
     Truncate { per_mille: u64 },
     /// Purge segments covered through this fraction of the model.
     Purge { per_mille: u64 },
+    /// Release them for reuse instead (deleting what the pool cannot hold).
+    Recycle { per_mille: u64 },
     /// Close and reopen, checking the recovered log.
     Reopen,
 }
@@ -26,6 +28,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (1u64..120, 1usize..3000, 1usize..6).prop_map(|(count, len, tasks)| Op::Append { count, len, tasks }),
         2 => (0u64..1100).prop_map(|per_mille| Op::Truncate { per_mille }),
         1 => (0u64..1000).prop_map(|per_mille| Op::Purge { per_mille }),
+        2 => (0u64..1000).prop_map(|per_mille| Op::Recycle { per_mille }),
         2 => Just(Op::Reopen),
     ]
 }
@@ -151,6 +154,13 @@ async fn apply(wal: &Rc<Wal>, m: &mut Model, op: Op, salt: u64) {
         Op::Purge { per_mille } => {
             let through = m.pick(per_mille);
             wal.purge_through(Zxid(through)).expect("purge");
+            m.purged_through = m.purged_through.max(through);
+        }
+        Op::Recycle { per_mille } => {
+            let through = m.pick(per_mille);
+            for path in wal.recycle_through(Zxid(through)).expect("recycle") {
+                std::fs::remove_file(path).expect("delete");
+            }
             m.purged_through = m.purged_through.max(through);
         }
         Op::Reopen => {}

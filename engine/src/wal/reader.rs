@@ -4,12 +4,17 @@
 //! batch's `fdatasync` returned. So at a crash at most the last batch can be partly on disk,
 //! and its blocks may have landed in any order. Damage is therefore classified like this:
 //!
-//! - Damage (a bad record, or zeros followed by non-zero bytes) is a **torn tail** when it is
-//!   in the last segment and no valid record after it belongs to a *later* batch (every valid
-//!   record beyond it has `batch_start` ≤ the damaged offset). The tail is cut there: those
-//!   records were never acknowledged.
-//! - Otherwise it is **corruption** of data that was once durable, and recovery stops with
-//!   [`WalError::Corrupt`] naming the file and offset. It never skips a record silently.
+//! - A segment followed by another was sealed: every batch in it was durable when the next
+//!   segment was started, and the next segment's header records where its log ended. Its log
+//!   must end exactly there; anything else is **corruption**.
+//! - In the last segment, damage (a bad record, or in a fresh segment zeros followed by
+//!   non-zero bytes) is a **torn tail** when no valid record after it belongs to a *later*
+//!   batch (every valid record beyond it has `batch_start` ≤ the damaged offset). The tail is
+//!   cut there: those records were never acknowledged. Otherwise it is corruption.
+//! - Corruption stops recovery with [`WalError::Corrupt`] naming the file and offset. It never
+//!   skips a record silently.
+//! - A recycled segment (see `segment.rs`) holds stale bytes after its log's end; they never
+//!   verify under the segment's salt and mark the end like zeros do.
 //!
 //! Limitation (documented in SAFETY.md): bit rot inside the very last batch is
 //! indistinguishable from a torn write and is cut as one.
@@ -80,16 +85,26 @@ impl WalReader {
             .into_iter()
             .map(|(zxid, path)| map_segment(&path).map(|map| (zxid, path, map)))
             .collect::<Result<Vec<_>, _>>()?;
-        for (index, (name_zxid, path, map)) in maps.into_iter().enumerate() {
-            let is_last = index + 1 == count;
-            let header = SegmentHeader::decode(&map, &path)?;
-            if header.first_zxid != name_zxid {
-                return Err(WalError::corrupt(&path, 0, "header zxid differs from file name"));
-            }
+        // Every header first: a segment's end is checked against the next one's record of it.
+        let headers = maps
+            .iter()
+            .map(|(name_zxid, path, map)| {
+                let header = SegmentHeader::decode(map, path)?;
+                if header.first_zxid != *name_zxid {
+                    return Err(WalError::corrupt(path, 0, "header zxid differs from file name"));
+                }
+                Ok(header)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, (_, path, map)) in maps.into_iter().enumerate() {
+            let header = headers[index];
             if header.first_zxid <= last {
                 return Err(WalError::corrupt(&path, 0, "segment starts at or below the previous segment's last zxid"));
             }
-            let scan = scan_segment(&map, &path, header, last, is_last)?;
+            let scan = match headers.get(index + 1) {
+                Some(next) => scan_sealed(&map, &path, header, last, next)?,
+                None => scan_last(&map, &path, header, last)?,
+            };
             if let Some(tail) = scan.torn_tail {
                 torn_tail = Some(tail);
             }
@@ -196,18 +211,21 @@ struct Scan {
     torn_tail: Option<TornTail>,
 }
 
-fn scan_segment(
-    bytes: &[u8],
-    path: &Path,
-    header: SegmentHeader,
-    mut last: Zxid,
-    is_last: bool,
-) -> Result<Scan, WalError> {
+/// The valid records from the segment's start: where they stop, and why.
+struct Walk {
+    end: usize,
+    last_zxid: Option<Zxid>,
+    records: u64,
+    /// Why the record at `end` did not decode (`None`: an all-zero header).
+    stop: Option<&'static str>,
+}
+
+fn walk(bytes: &[u8], path: &Path, header: SegmentHeader, mut last: Zxid) -> Result<Walk, WalError> {
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut last_zxid = None;
     let mut records = 0u64;
     loop {
-        match record::decode(bytes, offset) {
+        match record::decode(bytes, header.salt, offset) {
             Decoded::Record(r) => {
                 if records == 0 && r.zxid != header.first_zxid {
                     return Err(WalError::corrupt(
@@ -231,63 +249,104 @@ fn scan_segment(
                 records += 1;
                 offset = r.next;
             }
-            Decoded::End => {
-                let torn_tail = classify_damage(bytes, path, offset, is_last, "zeros followed by data")?;
-                return Ok(Scan { end: offset, last_zxid, records, torn_tail });
-            }
-            Decoded::Bad(reason) => {
-                if !is_last {
-                    return Err(WalError::corrupt(
-                        path,
-                        offset as u64,
-                        format!("{reason} in a segment that is not the last"),
-                    ));
-                }
-                let torn_tail = classify_damage(bytes, path, offset, is_last, reason)?
-                    .or_else(|| Some(torn(path, offset, offset + RECORD_ALIGN)));
-                return Ok(Scan { end: offset, last_zxid, records, torn_tail });
-            }
+            Decoded::End => return Ok(Walk { end: offset, last_zxid, records, stop: None }),
+            Decoded::Bad(reason) => return Ok(Walk { end: offset, last_zxid, records, stop: Some(reason) }),
         }
     }
+}
+
+/// A segment that is followed by another: its log must end exactly where the next segment's
+/// header says it did when that segment was started (everything in it was durable then).
+fn scan_sealed(
+    bytes: &[u8],
+    path: &Path,
+    header: SegmentHeader,
+    last: Zxid,
+    next: &SegmentHeader,
+) -> Result<Scan, WalError> {
+    let walk = walk(bytes, path, header, last)?;
+    let found = (walk.end as u64, walk.last_zxid);
+    match next.prev {
+        Some((end, last_zxid)) if found == (end, Some(last_zxid)) => {
+            Ok(Scan { end: walk.end, last_zxid: walk.last_zxid, records: walk.records, torn_tail: None })
+        }
+        Some((end, last_zxid)) => Err(WalError::corrupt(
+            path,
+            walk.end as u64,
+            format!(
+                "{} in a segment that is not the last: its log stops here, but it ended at offset {end} \
+                 (zxid {last_zxid}) when the next segment was started",
+                walk.stop.unwrap_or("zeros")
+            ),
+        )),
+        None => Err(WalError::corrupt(path, walk.end as u64, "the next segment does not record where this one ended")),
+    }
+}
+
+/// The segment being written when the log was closed or the process died.
+fn scan_last(bytes: &[u8], path: &Path, header: SegmentHeader, last: Zxid) -> Result<Scan, WalError> {
+    let walk = walk(bytes, path, header, last)?;
+    let torn_tail = classify_tail(bytes, path, header, &walk, last)?;
+    Ok(Scan { end: walk.end, last_zxid: walk.last_zxid, records: walk.records, torn_tail })
 }
 
 fn torn(path: &Path, offset: usize, dirty_end: usize) -> TornTail {
     TornTail { path: path.to_path_buf(), offset: offset as u64, dirty_end: dirty_end as u64 }
 }
 
-/// Decides what the bytes from `offset` (where the valid log stops) to the end of the
-/// segment are: nothing (all zero), a torn tail (`Some`), or corruption (`Err`).
-fn classify_damage(
+/// Decides what lies after the last valid record of the last segment: nothing (the clean end
+/// of the log), a torn tail (`Some`, to be cut), or corruption (`Err`).
+///
+/// Any record of this segment that verifies beyond the stop and belongs to a *later* batch
+/// proves the damaged bytes were durable before it was written: corruption. Records of the
+/// same batch beyond the stop are a torn write's remains, cut with it. In a fresh segment the
+/// space after the log is zero, so any other non-zero byte is a torn write too; in a recycled
+/// one it is stale bytes of the file's previous life, which cannot verify under this
+/// segment's salt and are left alone (only a header of this life at the stop counts as torn).
+fn classify_tail(
     bytes: &[u8],
     path: &Path,
-    offset: usize,
-    is_last: bool,
-    reason: &str,
+    header: SegmentHeader,
+    walk: &Walk,
+    last: Zxid,
 ) -> Result<Option<TornTail>, WalError> {
+    let offset = walk.end;
     let rest = bytes.get(offset..).unwrap_or(&[]);
-    let Some(last_nonzero) = last_nonzero(rest) else {
-        return Ok(None);
+    let limit = if header.recycled {
+        bytes.len()
+    } else {
+        match last_nonzero(rest) {
+            None => return Ok(None),
+            Some(i) => record::align_up(offset + i + 1, RECORD_ALIGN),
+        }
     };
-    let dirty_end = record::align_up(offset + last_nonzero + 1, RECORD_ALIGN);
-    if !is_last {
-        return Err(WalError::corrupt(path, offset as u64, format!("{reason} in a segment that is not the last")));
-    }
-    // Any valid record of a later batch beyond the damage proves the damaged bytes were
-    // durable before that batch was written: corruption, not a torn write.
+    let reason = walk.stop.unwrap_or("zeros followed by data");
+    let mut remains_end = None;
     let mut probe = offset + RECORD_ALIGN;
-    while probe < dirty_end {
-        if let Decoded::Record(r) = record::decode(bytes, probe) {
-            if r.batch_start > offset as u64 {
+    while probe < limit {
+        match record::decode(bytes, header.salt, probe) {
+            Decoded::Record(r) if r.batch_start > offset as u64 => {
                 return Err(WalError::corrupt(
                     path,
                     offset as u64,
                     format!("{reason}, followed by a later durable batch at offset {probe}"),
                 ));
             }
+            Decoded::Record(r) => {
+                remains_end = Some(r.next);
+                probe = r.next;
+            }
+            _ => probe += RECORD_ALIGN,
         }
-        probe += RECORD_ALIGN;
     }
-    Ok(Some(torn(path, offset, dirty_end)))
+    if !header.recycled {
+        return Ok(Some(torn(path, offset, limit)));
+    }
+    if let Some(end) = remains_end {
+        return Ok(Some(torn(path, offset, end)));
+    }
+    let this_life = walk.stop.is_some() && record::peek_zxid(bytes, offset).is_some_and(|z| z > last);
+    Ok(this_life.then(|| torn(path, offset, offset + record::RECORD_HEADER_BYTES)))
 }
 
 /// Index of the last non-zero byte. Walks forward in chunks: on a cold mapping a backward

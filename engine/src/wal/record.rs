@@ -8,15 +8,17 @@
 //!  +--------+--------+----------------+----------------+----------------+---------- - -
 //! ```
 //!
-//! - `checksum` is xxh3-64 of the payload, seeded with xxh3-64 of the other 24 header bytes,
-//!   so one pass covers the payload and binds it to its length, zxid and batch.
+//! - `checksum` is xxh3-64 of the payload, seeded with xxh3-64 of the other 24 header bytes
+//!   and the segment's salt, so one pass covers the payload and binds it to its length, zxid,
+//!   batch and segment (a stale record in a recycled segment never verifies).
 //! - Records start at 16-byte aligned offsets of a page-aligned segment, so the payload of a
 //!   record in a memory-mapped segment is 16-byte aligned and rkyv can read it in place.
 //! - `batch_start` is the segment offset of the first record of the group-commit batch this
 //!   record was written in. Recovery uses it to tell a torn tail (damage confined to the last
 //!   batch, which was never acknowledged) from corruption (damage followed by a later batch,
 //!   which was only written after the damaged one had been made durable).
-//! - An all-zero header marks the end of the log: segments are zero-filled before use.
+//! - An all-zero header marks the end of the log in a fresh (zero-filled) segment; in a
+//!   recycled one the log ends at the first record that does not verify (see `reader.rs`).
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -47,30 +49,32 @@ pub const fn align_down(value: usize, align: usize) -> usize {
     value & !(align - 1)
 }
 
-fn header_seed(len: u32, zxid: u64, batch_start: u64) -> u64 {
-    let mut raw = [0u8; 24];
+fn header_seed(salt: u64, len: u32, zxid: u64, batch_start: u64) -> u64 {
+    let mut raw = [0u8; 32];
     raw[0..4].copy_from_slice(&len.to_le_bytes());
     raw[4..8].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     raw[8..16].copy_from_slice(&zxid.to_le_bytes());
     raw[16..24].copy_from_slice(&batch_start.to_le_bytes());
+    raw[24..32].copy_from_slice(&salt.to_le_bytes());
     xxh3_64(&raw)
 }
 
-/// The checksum stored in a record header.
-pub fn checksum(zxid: u64, batch_start: u64, payload: &[u8]) -> u64 {
-    xxh3_64_with_seed(payload, header_seed(payload.len() as u32, zxid, batch_start))
+/// The checksum stored in a record header; `salt` is the segment's.
+pub fn checksum(salt: u64, zxid: u64, batch_start: u64, payload: &[u8]) -> u64 {
+    xxh3_64_with_seed(payload, header_seed(salt, payload.len() as u32, zxid, batch_start))
 }
 
-/// Writes one record at the start of `dst` and returns the bytes used (`encoded_len`).
-/// `dst` must be at least `encoded_len(payload.len())` long; padding is zeroed.
-pub fn encode(dst: &mut [u8], zxid: Zxid, batch_start: u64, payload: &[u8]) -> usize {
+/// Writes one record for a segment with this `salt` at the start of `dst` and returns the
+/// bytes used (`encoded_len`). `dst` must be at least `encoded_len(payload.len())` long;
+/// padding is zeroed.
+pub fn encode(dst: &mut [u8], salt: u64, zxid: Zxid, batch_start: u64, payload: &[u8]) -> usize {
     let total = encoded_len(payload.len());
     assert!(dst.len() >= total, "record buffer too small");
     assert!(!payload.is_empty() && payload.len() <= u32::MAX as usize);
     let (header, body) = dst[..total].split_at_mut(RECORD_HEADER_BYTES);
     header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     header[4..8].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-    header[8..16].copy_from_slice(&checksum(zxid.0, batch_start, payload).to_le_bytes());
+    header[8..16].copy_from_slice(&checksum(salt, zxid.0, batch_start, payload).to_le_bytes());
     header[16..24].copy_from_slice(&zxid.0.to_le_bytes());
     header[24..32].copy_from_slice(&batch_start.to_le_bytes());
     body[..payload.len()].copy_from_slice(payload);
@@ -115,8 +119,8 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// Decodes the record at `offset` of `segment` (which must be 16-byte aligned), verifying its
-/// length and checksum. Never panics, whatever the bytes.
-pub fn decode(segment: &[u8], offset: usize) -> Decoded<'_> {
+/// length and its checksum under the segment's `salt`. Never panics, whatever the bytes.
+pub fn decode(segment: &[u8], salt: u64, offset: usize) -> Decoded<'_> {
     if offset % RECORD_ALIGN != 0 {
         return Decoded::Bad("misaligned record offset");
     }
@@ -144,10 +148,16 @@ pub fn decode(segment: &[u8], offset: usize) -> Decoded<'_> {
     let stored = read_u64(header, 8);
     let zxid = read_u64(header, 16);
     let batch_start = read_u64(header, 24);
-    if checksum(zxid, batch_start, payload) != stored {
+    if checksum(salt, zxid, batch_start, payload) != stored {
         return Decoded::Bad("record checksum mismatch");
     }
     Decoded::Record(RecordRef { zxid: Zxid(zxid), batch_start, payload, next })
+}
+
+/// The zxid in a header at `offset` that carries the record magic, verified or not.
+pub fn peek_zxid(segment: &[u8], offset: usize) -> Option<Zxid> {
+    let header = segment.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
+    (read_u32(header, 4) == RECORD_MAGIC).then(|| Zxid(read_u64(header, 16)))
 }
 
 /// Parses the record at `offset` without recomputing its checksum, for bytes that
@@ -174,15 +184,24 @@ mod tests {
 
     fn one(payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; encoded_len(payload.len()) + 64];
-        encode(&mut buf, Zxid(7), 4096, payload);
+        encode(&mut buf, SALT, Zxid(7), 4096, payload);
         buf
+    }
+
+    const SALT: u64 = 0x5a17;
+
+    #[test]
+    fn a_record_does_not_verify_under_another_salt() {
+        let buf = one(b"stale bytes of a recycled segment");
+        assert!(matches!(decode(&buf, SALT, 0), Decoded::Record(_)));
+        assert!(matches!(decode(&buf, SALT + 1, 0), Decoded::Bad("record checksum mismatch")));
     }
 
     #[test]
     fn record_round_trips_with_padding() {
         let buf = one(b"abc");
         assert_eq!(encoded_len(3), 48);
-        match decode(&buf, 0) {
+        match decode(&buf, SALT, 0) {
             Decoded::Record(r) => {
                 assert_eq!(r.zxid, Zxid(7));
                 assert_eq!(r.batch_start, 4096);
@@ -191,7 +210,7 @@ mod tests {
             }
             other => panic!("expected record, got {other:?}"),
         }
-        assert!(matches!(decode(&buf, 48), Decoded::End));
+        assert!(matches!(decode(&buf, SALT, 48), Decoded::End));
     }
 
     #[test]
@@ -206,7 +225,7 @@ mod tests {
                 bad[byte] ^= 1 << bit;
                 // Flipping padding is harmless (not covered), everything else must be caught.
                 let in_padding = byte >= RECORD_HEADER_BYTES + n;
-                match decode(&bad, 0) {
+                match decode(&bad, SALT, 0) {
                     Decoded::Record(r) => {
                         assert!(in_padding, "flip at byte {byte} bit {bit} went unnoticed");
                         assert_eq!(r.payload, &clean[32..32 + n]);
@@ -221,17 +240,17 @@ mod tests {
     fn truncated_record_is_bad_and_never_panics() {
         let buf = one(&[9u8; 100]);
         for cut in 1..encoded_len(100) {
-            let _ = decode(&buf[..cut], 0);
+            let _ = decode(&buf[..cut], SALT, 0);
         }
-        assert!(matches!(decode(&buf[..40], 0), Decoded::Bad(_)));
-        assert!(matches!(decode(&buf[..20], 0), Decoded::End));
-        assert!(matches!(decode(&buf, 3), Decoded::Bad(_)));
+        assert!(matches!(decode(&buf[..40], SALT, 0), Decoded::Bad(_)));
+        assert!(matches!(decode(&buf[..20], SALT, 0), Decoded::End));
+        assert!(matches!(decode(&buf, SALT, 3), Decoded::Bad(_)));
     }
 
     #[test]
     fn huge_length_field_is_bad() {
         let mut buf = one(b"x");
         buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&buf, 0), Decoded::Bad(_)));
+        assert!(matches!(decode(&buf, SALT, 0), Decoded::Bad(_)));
     }
 }

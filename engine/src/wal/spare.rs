@@ -6,6 +6,12 @@
 //! p50 `write+fdatasync` of 4 KiB was 0.08–0.11 ms into zeroed blocks against 0.15–0.17 ms
 //! into fallocated ones. Zero-filling costs one sequential write of the segment, done while
 //! the previous segment is still being used so that a roll only writes a header.
+//!
+//! Better still is a segment released by a snapshot purge (see [`super::Wal::recycle_through`]):
+//! its blocks are written already, so it is reused as it is — renamed to the spare's name,
+//! the rename made durable *before* the roll overwrites its header (a crash can then never
+//! leave a file named for its old first zxid with a new header). Its stale records stay and
+//! cannot verify under the new segment's salt.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -14,7 +20,7 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
-use super::files::{remove_if_exists, SPARE_FILE};
+use super::files::{remove_if_exists, sync_dir, SPARE_FILE};
 use super::segment::IO_ALIGN;
 use super::WalError;
 
@@ -31,15 +37,31 @@ pub trait Pace {
     fn changed(&self) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
-/// Creates `dir/wal-spare.tmp` of `segment_bytes` zero bytes, preallocated and (when
-/// `zero_fill`) written, then fdatasync'ed.
+/// Makes `dir/wal-spare.tmp` ready to become the next segment: the released file `reuse`
+/// when it has the right size (returns `true` for recycled), else a new file of
+/// `segment_bytes` zero bytes, preallocated and (when `zero_fill`) written, then fdatasync'ed.
 pub async fn prepare_spare(
     dir: PathBuf,
     segment_bytes: u64,
     zero_fill: bool,
+    reuse: Option<PathBuf>,
     pace: Rc<dyn Pace>,
-) -> Result<PathBuf, WalError> {
+) -> Result<(PathBuf, bool), WalError> {
     let path = dir.join(SPARE_FILE);
+    if let Some(old) = reuse {
+        match std::fs::metadata(&old) {
+            Ok(meta) if meta.len() == segment_bytes => {
+                std::fs::rename(&old, &path).map_err(|e| WalError::io(&old, e))?;
+                sync_dir(&dir)?;
+                return Ok((path, true));
+            }
+            Ok(_) => {
+                tracing::info!(path = %old.display(), "released WAL segment has another size; not reused");
+                remove_if_exists(&old)?;
+            }
+            Err(e) => tracing::warn!(path = %old.display(), error = %e, "released WAL segment is gone"),
+        }
+    }
     remove_if_exists(&path)?;
     // Read access too: glommio probes each DMA file for io-poll support with a read.
     let file = OpenOptions::new()
@@ -56,7 +78,7 @@ pub async fn prepare_spare(
     if let Ok(close) = closed {
         close.await.map_err(|e| WalError::glommio(&path, e))?;
     }
-    result.map(|_| path)
+    result.map(|_| (path, false))
 }
 
 async fn prepare(

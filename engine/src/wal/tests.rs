@@ -348,7 +348,7 @@ fn flipped_bytes_in_earlier_records_are_reported_as_corruption() {
         let segment = reader.segments().last().expect("segment");
         let mut at = SEGMENT_HEADER_BYTES;
         let mut v = Vec::new();
-        while let record::Decoded::Record(r) = record::decode(segment.bytes(), at) {
+        while let record::Decoded::Record(r) = record::decode(segment.bytes(), segment.header.salt, at) {
             v.push(at);
             at = r.next;
         }
@@ -415,10 +415,17 @@ fn a_damaged_segment_header_is_corruption() {
 #[test]
 fn an_empty_last_segment_left_by_a_crash_is_removed() {
     let dir = temp_dir();
-    let (_, _, _) = log_with_lone_last_record(dir.path(), 5, 10);
+    let (_, start, len) = log_with_lone_last_record(dir.path(), 5, 10);
     // A segment created for zxid 6 whose first batch never reached the disk.
     let mut header = vec![0u8; 64 << 10];
-    super::segment::SegmentHeader { first_zxid: Zxid(6), segment_bytes: 64 << 10 }.encode(&mut header);
+    super::segment::SegmentHeader {
+        first_zxid: Zxid(6),
+        segment_bytes: 64 << 10,
+        salt: 99,
+        recycled: false,
+        prev: Some(((start + len) as u64, Zxid(5))),
+    }
+    .encode(&mut header);
     std::fs::write(super::segment::segment_path(dir.path(), Zxid(6)), &header).expect("write");
     let d = dir.path().to_path_buf();
     run(async move {
@@ -476,4 +483,141 @@ fn entries_are_readable_in_place_from_the_mapped_log() {
         assert_eq!(entry.zxid.0, r.zxid.0);
         assert_eq!(entry.cxid.to_native() as u64, r.zxid.0);
     }
+}
+
+/// A log of 64 KiB segments in which the later segments reuse released files.
+fn recycled_log(dir: &Path) -> u64 {
+    let d = dir.to_path_buf();
+    run(async move {
+        let config = WalConfig { recycle_segments: 8, ..small_config(&d) };
+        let (wal, _) = Wal::open(config).await.expect("open");
+        let wal = Rc::new(wal);
+        append_range(&wal, 1, 600, &[1000, 40], 3).await;
+        // As a server does after a snapshot at zxid 550.
+        let doomed = wal.recycle_through(Zxid(550)).expect("recycle");
+        assert!(doomed.is_empty(), "the pool holds them all");
+        for path in &doomed {
+            std::fs::remove_file(path).expect("delete");
+        }
+        // The spare prepared before the release is a fresh one; the rolls after it reuse.
+        append_range(&wal, 601, 1000, &[1000, 40], 3).await;
+        let stats = wal.stats();
+        assert!(stats.segments_recycled >= 2, "released segments were reused: {stats:?}");
+        close(wal).await;
+        stats.segments_recycled
+    })
+}
+
+#[test]
+fn recycled_segments_are_reused_and_read_back_exactly() {
+    let dir = temp_dir();
+    recycled_log(dir.path());
+    let reader = WalReader::open(dir.path()).expect("verify");
+    assert!(reader.torn_tail().is_none(), "stale bytes of a recycled segment are not a torn tail");
+    let recycled = reader.segments().iter().filter(|s| s.header.recycled).count();
+    assert!(recycled >= 2);
+    let first = reader.records().next().expect("records").zxid.0;
+    assert!(first <= 551, "everything after the purge point is kept (first {first})");
+    drop(reader);
+    assert_eq!(read_all(dir.path()), expected(first, 1000, &[1000, 40]));
+    // And the log goes on after a reopen, into recycled space and past it.
+    let d = dir.path().to_path_buf();
+    run(async move {
+        let (wal, reader) = Wal::open(small_config(&d)).await.expect("reopen");
+        assert_eq!(reader.last_zxid(), Zxid(1000));
+        drop(reader);
+        let wal = Rc::new(wal);
+        append_range(&wal, 1001, 1200, &[1000, 40], 2).await;
+        close(wal).await;
+    });
+    assert_eq!(read_all(dir.path()), expected(first, 1200, &[1000, 40]));
+}
+
+#[test]
+fn a_torn_tail_in_a_recycled_segment_is_cut() {
+    let dir = temp_dir();
+    recycled_log(dir.path());
+    let reader = WalReader::open(dir.path()).expect("verify");
+    let last = reader.segments().last().expect("segment");
+    assert!(last.header.recycled, "the last segment reuses a released file");
+    let (path, end) = (last.path.clone(), last.end);
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut last_start = at;
+    while let record::Decoded::Record(r) = record::decode(last.bytes(), last.header.salt, at) {
+        last_start = at;
+        at = r.next;
+    }
+    assert_eq!(at, end);
+    drop(reader);
+    // The last record half written: its payload's second half still holds stale bytes.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[last_start + RECORD_HEADER_BYTES + 10] ^= 0x5a;
+    std::fs::write(&path, &bytes).expect("write");
+    let reader = WalReader::open(dir.path()).expect("a torn tail, not corruption");
+    assert_eq!(reader.last_zxid(), Zxid(999));
+    assert_eq!(reader.torn_tail().map(|t| t.offset), Some(last_start as u64));
+    drop(reader);
+    let d = dir.path().to_path_buf();
+    run(async move {
+        let (wal, _) = Wal::open(small_config(&d)).await.expect("reopen cuts the tail");
+        wal.append(Zxid(1000), b"rewritten").await.expect("append");
+        wal.close().await.expect("close");
+    });
+    let records = read_all(dir.path());
+    assert_eq!(records.last().map(|r| (r.0, r.1.as_slice())), Some((1000, &b"rewritten"[..])));
+}
+
+#[test]
+fn a_sealed_segment_cut_short_is_corruption_even_at_a_record_boundary() {
+    let dir = temp_dir();
+    let d = dir.path().to_path_buf();
+    run(async move {
+        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
+        let wal = Rc::new(wal);
+        append_range(&wal, 1, 300, &[1000], 2).await;
+        close(wal).await;
+    });
+    let reader = WalReader::open(dir.path()).expect("verify");
+    let first = &reader.segments()[0];
+    let (path, end) = (first.path.clone(), first.end);
+    drop(reader);
+    // Zero the whole last record of the first segment: it reads like a clean end.
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last_start = end - record::encoded_len(1000);
+    bytes[last_start..end].fill(0);
+    std::fs::write(&path, &bytes).expect("write");
+    match WalReader::open(dir.path()) {
+        Err(WalError::Corrupt { path: p, offset, .. }) => {
+            assert_eq!(p, path);
+            assert_eq!(offset, last_start as u64);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn released_segments_beyond_the_pool_are_returned_for_deletion() {
+    let dir = temp_dir();
+    let d = dir.path().to_path_buf();
+    run(async move {
+        let config = WalConfig { recycle_segments: 1, ..small_config(&d) };
+        let (wal, _) = Wal::open(config.clone()).await.expect("open");
+        let wal = Rc::new(wal);
+        append_range(&wal, 1, 400, &[1000], 2).await;
+        let segments = wal.segment_count();
+        let doomed = wal.recycle_through(Zxid(10_000)).expect("recycle");
+        assert_eq!(doomed.len(), segments - 2, "one kept for reuse, the one being written stays");
+        for path in &doomed {
+            std::fs::remove_file(path).expect("delete");
+        }
+        close(wal).await;
+        // The pool survives a reopen and is used by the next roll.
+        let (wal, _) = Wal::open(config).await.expect("reopen");
+        let wal = Rc::new(wal);
+        append_range(&wal, 401, 600, &[1000], 2).await;
+        assert_eq!(wal.stats().segments_recycled, 1);
+        close(wal).await;
+    });
+    let records = read_all(dir.path());
+    assert_eq!(records.last().map(|r| r.0), Some(600));
 }

@@ -44,6 +44,10 @@ struct Args {
     /// Only preallocate segments instead of zero-filling them (see WalConfig).
     #[arg(long)]
     no_zero_fill: bool,
+    /// Do not release segments behind the durable point for reuse (by default they are, every
+    /// 20 ms, as a server's snapshots release them; the log then runs on recycled segments).
+    #[arg(long)]
+    no_recycle: bool,
     /// Skip the disk baselines and ratios (for profiling the WAL alone).
     #[arg(long)]
     wal_only: bool,
@@ -302,6 +306,30 @@ async fn zero_fill(file: &DmaFile, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Releases the segments behind the durable point every 20 ms, as a server's snapshots and
+/// purges do, so that the log reaches its steady state of recycled segments; deletes what the
+/// pool does not keep. Ends when `stop` is set.
+fn spawn_releaser(wal: &Rc<Wal>, stop: Rc<std::cell::Cell<bool>>) -> glommio::Task<anyhow::Result<()>> {
+    let wal = wal.clone();
+    glommio::spawn_local(async move {
+        while !stop.get() {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            for path in wal.recycle_through(wal.durable_zxid())? {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn recycling(before: &baton_engine::wal::WalStats, after: &baton_engine::wal::WalStats) -> String {
+    format!(
+        "{} of {} new segments recycled",
+        after.segments_recycled - before.segments_recycled,
+        after.segments_created - before.segments_created
+    )
+}
+
 /// `appenders` tasks each appending and awaiting durability in a loop.
 async fn wal_point(
     dir: &Path,
@@ -314,6 +342,8 @@ async fn wal_point(
     let config = WalConfig { zero_fill_segments: !args.no_zero_fill, ..WalConfig::new(&wal_dir) };
     let (wal, _) = Wal::open(config).await?;
     let wal = Rc::new(wal);
+    let stop_releaser = Rc::new(std::cell::Cell::new(false));
+    let releaser = (!args.no_recycle).then(|| spawn_releaser(&wal, stop_releaser.clone()));
     let payload = Rc::new(entry_payload(1, args.entry_bytes));
     let record_bytes = record::encoded_len(payload.len()) as u64;
     let next = Rc::new(std::cell::Cell::new(1u64));
@@ -348,11 +378,19 @@ async fn wal_point(
     measuring.set(false);
     let elapsed = start.elapsed();
     let cpu = cpu_time() - cpu_start;
-    println!("        (executor busy {:.0}% of the time)", cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0);
     let after = wal.stats();
+    println!(
+        "        (executor busy {:.0}% of the time; {})",
+        cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
+        recycling(&before, &after)
+    );
     stop.set(true);
     for t in tasks {
         t.await?;
+    }
+    stop_releaser.set(true);
+    if let Some(r) = releaser {
+        r.await?;
     }
     Rc::try_unwrap(wal).ok().context("wal still shared")?.close().await?;
     std::fs::remove_dir_all(&wal_dir)?;
@@ -375,6 +413,9 @@ async fn pipelined_point(
     let _ = std::fs::remove_dir_all(&wal_dir);
     let config = WalConfig { zero_fill_segments: !args.no_zero_fill, ..WalConfig::new(&wal_dir) };
     let (wal, _) = Wal::open(config).await?;
+    let wal = Rc::new(wal);
+    let stop_releaser = Rc::new(std::cell::Cell::new(false));
+    let releaser = (!args.no_recycle).then(|| spawn_releaser(&wal, stop_releaser.clone()));
     let payload = entry_payload(1, args.entry_bytes);
     let record_bytes = record::encoded_len(payload.len()) as u64;
     let mut hist = histogram();
@@ -420,10 +461,15 @@ async fn pipelined_point(
     }
     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
     let after = wal.stats();
+    println!("        ({})", recycling(&before, &after));
     for (_, _, d) in in_flight {
         d.await?;
     }
-    wal.close().await?;
+    stop_releaser.set(true);
+    if let Some(r) = releaser {
+        r.await?;
+    }
+    Rc::try_unwrap(wal).ok().context("wal still shared")?.close().await?;
     std::fs::remove_dir_all(&wal_dir)?;
     let batches = after.batches - before.batches;
     let batch_bytes =

@@ -2,6 +2,8 @@
 //!
 //! Usage: `wal_crash_child <dir> <round> <tasks>`. Recovers the log, then `tasks`
 //! concurrent appenders write zxids last+1, last+2, ... with `crash_payload::make(z, round)`.
+//! Meanwhile, as a server does after snapshots, segments wholly more than [`KEEP`] entries
+//! behind the durable end are released for reuse, so new segments recycle old files.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -10,6 +12,9 @@ use std::rc::Rc;
 use baton_engine::wal::{Wal, WalConfig};
 use baton_engine::Zxid;
 use baton_tests::crash_payload;
+
+/// Entries behind the durable end that are never released (the test relies on it).
+pub const KEEP: u64 = baton_tests::CRASH_KEEP_ENTRIES;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,6 +42,21 @@ fn main() -> anyhow::Result<()> {
         drop(reader);
         let wal = Rc::new(wal);
         let mut handles = Vec::new();
+        let releaser = {
+            let wal = wal.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                    let durable = wal.durable_zxid().0;
+                    for path in wal.recycle_through(Zxid(durable.saturating_sub(KEEP)))? {
+                        std::fs::remove_file(path)?;
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), anyhow::Error>(())
+            })
+        };
+        handles.push(releaser);
         for _ in 0..tasks {
             let (wal, next) = (wal.clone(), next.clone());
             handles.push(glommio::spawn_local(async move {
