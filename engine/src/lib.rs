@@ -17,7 +17,8 @@
 //! - [`sequencer`]: validation of writes against the tree plus in-flight changes, producing
 //!   entries with consecutive zxids (ZooKeeper's PrepRequestProcessor).
 //!
-//! A later issue adds `zab` (the replication state machine).
+//! - [`zab`]: the replication protocol (election, discovery, synchronisation, broadcast) as a
+//!   sans-IO state machine.
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
@@ -27,6 +28,7 @@ pub mod snapshot;
 pub mod sys;
 pub mod tree;
 pub mod wal;
+pub mod zab;
 
 #[cfg(test)]
 mod test_support;

@@ -6,6 +6,7 @@ pub mod crash_payload;
 pub const CRASH_KEEP_ENTRIES: u64 = 4000;
 pub mod raw;
 pub mod server;
+pub mod sim;
 
 /// A temporary directory on the build's filesystem (O_DIRECT needs a disk filesystem; `/tmp`
 /// may be tmpfs). `BATON_TEST_DIR` overrides the parent.

@@ -1,0 +1,84 @@
+//! What the protocol core asks its driver to do. The driver runs the actions in the order
+//! they were queued; each variant says what must hold before the next one runs.
+
+use super::message::{LogEntry, Message, Payload, ServerId};
+use crate::log::Zxid;
+
+/// A server's role as the protocol sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Electing a leader.
+    Looking,
+    /// Following `leader` in `epoch`; `serving` once synchronised (UPTODATE received).
+    Following {
+        /// The leader.
+        leader: ServerId,
+        /// The epoch (0 until the leader's LEADERINFO arrives).
+        epoch: u32,
+        /// Synchronised with the leader and able to serve clients.
+        serving: bool,
+    },
+    /// Leading `epoch`; `established` once a quorum accepted the epoch's history.
+    Leading {
+        /// The epoch (0 until discovery chose it).
+        epoch: u32,
+        /// A quorum acknowledged NEWLEADER: proposals are accepted.
+        established: bool,
+    },
+}
+
+/// One thing for the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to `to` on the FIFO link to it. Ordering: after every earlier action has
+    /// been carried out (in particular after a `SaveEpochs` is durable).
+    Send {
+        /// The receiver.
+        to: ServerId,
+        /// The message.
+        msg: Message,
+    },
+    /// Make both epochs durable *before* running the next action (ZooKeeper writes
+    /// `acceptedEpoch` and `currentEpoch` files synchronously for the same reason: an ack
+    /// that outlives a crash must not be contradicted after it).
+    SaveEpochs {
+        /// The last epoch accepted (LEADERINFO).
+        accepted: u32,
+        /// The last epoch whose history was accepted (NEWLEADER).
+        current: u32,
+    },
+    /// Append these entries to the log, after everything appended before, and report
+    /// durability with [`super::Zab::on_durable`]. Asynchronous (group commit).
+    Append {
+        /// Consecutive entries following the log's last one.
+        entries: Vec<LogEntry>,
+    },
+    /// Drop every log entry above `after` before the next action, including appends still in
+    /// flight. Never cuts a committed entry (the core checks).
+    Truncate {
+        /// The last zxid kept.
+        after: Zxid,
+    },
+    /// Replace the state and the log with this snapshot of the leader's committed state,
+    /// durably, before the next action. Entries above `zxid` follow as appends.
+    InstallSnapshot {
+        /// The last zxid the snapshot covers; the log continues after it.
+        zxid: Zxid,
+        /// The snapshot, as the leader's driver produced it.
+        data: Payload,
+    },
+    /// Everything up to `through` is committed: apply the logged entries up to it, in zxid
+    /// order. Commit points only grow.
+    Commit {
+        /// The new commit point.
+        through: Zxid,
+    },
+    /// Produce a snapshot of the committed state and hand it to
+    /// [`super::Zab::on_snapshot`] for `peer` (a follower too far behind for a DIFF).
+    TakeSnapshot {
+        /// The follower that needs it.
+        peer: ServerId,
+    },
+    /// The role changed (for logs, `srvr`/`mntr` and client routing).
+    RoleChanged(Role),
+}

@@ -1,0 +1,55 @@
+//! Ensemble membership and the protocol's time limits, in ticks.
+
+use super::message::ServerId;
+
+/// The settings of one server's protocol core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZabConfig {
+    /// This server.
+    pub id: ServerId,
+    /// Every voting server, this one included (static membership, as `zoo.cfg`).
+    pub voters: Vec<ServerId>,
+    /// Ticks a follower may take to connect and synchronise, and a new leader to establish
+    /// its epoch (ZooKeeper's `initLimit`).
+    pub init_limit_ticks: u64,
+    /// Ticks without hearing from the leader (follower) or from a quorum (leader) before
+    /// giving up on it (ZooKeeper's `syncLimit`).
+    pub sync_limit_ticks: u64,
+    /// Ticks a server that sees a quorum agree waits for a better vote before deciding
+    /// (ZooKeeper's `finalizeWait`).
+    pub finalize_ticks: u64,
+    /// Ticks between re-sent notifications while looking.
+    pub resend_ticks: u64,
+    /// Entries in one DIFF message; a longer DIFF is sent as several.
+    pub diff_entries_max: usize,
+}
+
+impl ZabConfig {
+    /// Defaults for `id` in an ensemble of `voters`: init limit 10 ticks, sync limit 5.
+    pub fn new(id: ServerId, voters: Vec<ServerId>) -> ZabConfig {
+        ZabConfig {
+            id,
+            voters,
+            init_limit_ticks: 10,
+            sync_limit_ticks: 5,
+            finalize_ticks: 1,
+            resend_ticks: 2,
+            diff_entries_max: 1024,
+        }
+    }
+
+    /// Votes that make a quorum: a strict majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: ServerId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Every other server.
+    pub fn peers(&self) -> impl Iterator<Item = ServerId> + '_ {
+        self.voters.iter().copied().filter(move |&v| v != self.id)
+    }
+}

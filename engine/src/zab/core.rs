@@ -1,0 +1,271 @@
+//! [`Zab`]: one server's protocol state machine, dispatching inputs to its current role.
+
+use super::action::{Action, Role};
+use super::config::ZabConfig;
+use super::context::Context;
+use super::election::{Election, Notice, Step};
+use super::follower::Follower;
+use super::history::History;
+use super::leader::Leader;
+use super::message::{LogEntry, Message, Payload, ServerId, ServerState, Vote};
+use super::ZabError;
+use crate::log::Zxid;
+
+/// What a server recovered from its disk at start.
+#[derive(Debug, Clone, Default)]
+pub struct Persisted {
+    /// The accepted epoch file.
+    pub accepted_epoch: u32,
+    /// The current epoch file.
+    pub current_epoch: u32,
+    /// The zxid the newest snapshot covers (its state is the starting point).
+    pub snapshot_zxid: Zxid,
+    /// Every durable log entry after the snapshot, in order.
+    pub entries: Vec<LogEntry>,
+}
+
+#[derive(Debug)]
+enum RoleState {
+    Looking,
+    Following(Follower),
+    Leading(Leader),
+}
+
+/// One server's Zab core. Feed it inputs; after each, run [`Zab::take_actions`] in order.
+#[derive(Debug)]
+pub struct Zab {
+    ctx: Context,
+    election: Election,
+    role: RoleState,
+}
+
+impl Zab {
+    /// A server starting from what it persisted: it is LOOKING and has queued its first
+    /// notifications. The log it recovered is durable; nothing in it is known committed
+    /// beyond the snapshot until a leader says so.
+    pub fn new(cfg: ZabConfig, persisted: Persisted) -> Zab {
+        let log = History::recovered(persisted.snapshot_zxid, persisted.entries);
+        let ctx = Context {
+            cfg,
+            now: 0,
+            accepted_epoch: persisted.accepted_epoch.max(persisted.current_epoch),
+            current_epoch: persisted.current_epoch,
+            log,
+            out: Vec::new(),
+        };
+        let election = Election::new(ctx.own_vote());
+        let mut zab = Zab { ctx, election, role: RoleState::Looking };
+        zab.look();
+        zab
+    }
+
+    /// The actions queued so far, in the order the driver must carry them out.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.ctx.out)
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        match &self.role {
+            RoleState::Looking => Role::Looking,
+            RoleState::Following(f) => f.role(),
+            RoleState::Leading(l) => l.role(),
+        }
+    }
+
+    /// The log as the protocol sees it.
+    pub fn history(&self) -> &History {
+        &self.ctx.log
+    }
+
+    /// (accepted epoch, current epoch).
+    pub fn epochs(&self) -> (u32, u32) {
+        (self.ctx.accepted_epoch, self.ctx.current_epoch)
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.ctx.cfg.id
+    }
+
+    fn look(&mut self) {
+        self.role = RoleState::Looking;
+        let own = self.ctx.own_vote();
+        self.election.start(&self.ctx.cfg, own, self.ctx.now);
+        self.ctx.out.push(Action::RoleChanged(Role::Looking));
+        self.broadcast_vote();
+        // A one-server ensemble is its own quorum.
+        if self.ctx.cfg.voters == [self.ctx.cfg.id] {
+            self.decide(own);
+        }
+    }
+
+    fn state(&self) -> ServerState {
+        match self.role {
+            RoleState::Looking => ServerState::Looking,
+            RoleState::Following(_) => ServerState::Following,
+            RoleState::Leading(_) => ServerState::Leading,
+        }
+    }
+
+    /// This server's notification: its vote while looking; otherwise the leadership it is
+    /// part of (leader and epoch), which every member reports alike.
+    fn notification(&self) -> Message {
+        let id = self.ctx.cfg.id;
+        let vote = match &self.role {
+            RoleState::Looking => self.election.vote,
+            RoleState::Following(f) => Vote { epoch: f.epoch, zxid: Zxid::ZERO, leader: f.leader },
+            RoleState::Leading(l) => Vote { epoch: l.epoch, zxid: Zxid::ZERO, leader: id },
+        };
+        Message::Notification { round: self.election.round, vote, state: self.state() }
+    }
+
+    fn broadcast_vote(&mut self) {
+        let msg = self.notification();
+        let peers: Vec<ServerId> = self.ctx.cfg.peers().collect();
+        for id in peers {
+            self.ctx.send(id, msg.clone());
+        }
+    }
+
+    fn decide(&mut self, vote: Vote) {
+        self.election.vote = vote;
+        if vote.leader == self.ctx.cfg.id {
+            let leader = Leader::start(&mut self.ctx);
+            self.ctx.out.push(Action::RoleChanged(leader.role()));
+            self.role = RoleState::Leading(leader);
+        } else {
+            let follower = Follower::start(&mut self.ctx, vote.leader);
+            self.ctx.out.push(Action::RoleChanged(follower.role()));
+            self.role = RoleState::Following(follower);
+        }
+    }
+
+    fn apply_step(&mut self, step: Step) {
+        if let Some(vote) = step.decided {
+            self.decide(vote);
+        } else if step.broadcast {
+            self.broadcast_vote();
+        }
+    }
+
+    /// A message from peer `from`.
+    pub fn on_message(&mut self, from: ServerId, msg: Message) {
+        if from == self.ctx.cfg.id || !self.ctx.cfg.is_voter(from) {
+            return;
+        }
+        if let Message::Notification { round, vote, state } = msg {
+            self.on_notification(from, round, vote, state);
+            return;
+        }
+        let result = match &mut self.role {
+            RoleState::Looking => Ok(()),
+            RoleState::Following(f) if f.leader == from => f.on_message(&mut self.ctx, msg).map_err(|e| e.0),
+            RoleState::Following(_) => Ok(()),
+            RoleState::Leading(l) => l.on_message(&mut self.ctx, from, msg).map_err(|e| e.0),
+        };
+        self.after(result);
+    }
+
+    fn on_notification(&mut self, from: ServerId, round: u64, vote: Vote, state: ServerState) {
+        if !matches!(self.role, RoleState::Looking) {
+            if state == ServerState::Looking {
+                let reply = self.notification();
+                self.ctx.send(from, reply);
+            }
+            return;
+        }
+        let own = self.ctx.own_vote();
+        let notice = Notice { from, round, vote, state };
+        let step = self.election.on_notification(&self.ctx.cfg, own, notice, self.ctx.now);
+        if state == ServerState::Looking && round < self.election.round {
+            let reply = self.notification();
+            self.ctx.send(from, reply);
+        }
+        self.apply_step(step);
+    }
+
+    fn after(&mut self, result: Result<(), &'static str>) {
+        if let Err(why) = result {
+            tracing::info!(id = self.ctx.cfg.id, why, "back to looking");
+            self.look();
+        }
+    }
+
+    /// The connection to `peer` broke (its FIFO stream lost messages): a follower whose
+    /// leader it was looks for a leader again; a leader forgets the follower, which must
+    /// rejoin and be synchronised (ZooKeeper ends the `LearnerHandler` the same way).
+    pub fn on_disconnected(&mut self, peer: ServerId) {
+        let result = match &mut self.role {
+            RoleState::Following(f) if f.leader == peer => Err("lost the connection to the leader"),
+            RoleState::Leading(l) => {
+                l.forget(peer);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.after(result);
+    }
+
+    /// A tick of the clock.
+    pub fn on_tick(&mut self) {
+        self.ctx.now += 1;
+        let result = match &mut self.role {
+            RoleState::Looking => {
+                let step = self.election.on_tick(&self.ctx.cfg, self.ctx.now);
+                self.apply_step(step);
+                Ok(())
+            }
+            RoleState::Following(f) => f.on_tick(&mut self.ctx).map_err(|e| e.0),
+            RoleState::Leading(l) => l.on_tick(&mut self.ctx).map_err(|e| e.0),
+        };
+        self.after(result);
+    }
+
+    /// The log is durable up to `zxid` (every `Append` before it has reached the disk).
+    pub fn on_durable(&mut self, zxid: Zxid) {
+        self.ctx.log.mark_durable(zxid);
+        match &mut self.role {
+            RoleState::Looking => {}
+            RoleState::Following(f) => f.on_durable(&mut self.ctx),
+            RoleState::Leading(l) => l.on_durable(&mut self.ctx),
+        }
+    }
+
+    /// Proposes entries (leader only, once established). Returns their zxids in order.
+    pub fn propose(&mut self, payloads: Vec<Payload>) -> Result<Vec<Zxid>, ZabError> {
+        match &mut self.role {
+            RoleState::Leading(l) => {
+                let result = l.propose(&mut self.ctx, payloads);
+                if matches!(result, Err(ZabError::EpochExhausted)) {
+                    // ZooKeeper forces an election when the counter would roll over.
+                    self.look();
+                }
+                result
+            }
+            RoleState::Following(f) => Err(ZabError::NotLeader { leader: Some(f.leader) }),
+            RoleState::Looking => Err(ZabError::NotLeader { leader: None }),
+        }
+    }
+
+    /// The snapshot asked for with [`Action::TakeSnapshot`]: the committed state at `zxid`.
+    pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid, data: Payload) {
+        if let RoleState::Leading(l) = &mut self.role {
+            l.on_snapshot(&mut self.ctx, peer, zxid, data);
+        }
+    }
+
+    /// Forgets log entries up to `through` (at most the commit point): a local snapshot
+    /// covers them. Followers behind that point are then synchronised with a SNAP.
+    pub fn compact(&mut self, through: Zxid) {
+        self.ctx.log.compact(through);
+    }
+
+    /// Checks the invariants of the whole core.
+    pub fn check_invariants(&self) {
+        self.ctx.check_invariants();
+        if let RoleState::Leading(l) = &self.role {
+            assert!(l.epoch == 0 || l.epoch == self.ctx.accepted_epoch, "a leader's epoch is its accepted epoch");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The follower's side of discovery, synchronisation and broadcast (ZooKeeper's
+//! `Learner.registerWithLeader`, `syncWithLeader` and `Follower.processPacket`).
+//!
+//! ```text
+//!  FOLLOWERINFO ─▶            ◀─ LEADERINFO(e)     accept e (> accepted epoch), persist
+//!  ACKEPOCH ─▶                ◀─ TRUNC / SNAP / DIFF entries
+//!                             ◀─ NEWLEADER(e, z)   once durable up to z: current epoch = e
+//!  ACK(z) ─▶                  ◀─ UPTODATE           serve clients
+//!                             ◀─ PROPOSAL … COMMIT  append, ack what is durable, apply
+//! ```
+
+use super::action::{Action, Role};
+use super::context::Context;
+use super::message::{LogEntry, Message, ServerId};
+use crate::log::Zxid;
+
+/// Where a follower is with its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// FOLLOWERINFO sent, waiting for LEADERINFO.
+    Discovery,
+    /// Epoch acknowledged; receiving the history.
+    Sync,
+    /// NEWLEADER accepted: the log is the leader's prefix; acks count.
+    Synced,
+}
+
+/// A follower of one leader.
+#[derive(Debug)]
+pub struct Follower {
+    /// The leader.
+    pub leader: ServerId,
+    /// The leader's epoch (0 until LEADERINFO).
+    pub epoch: u32,
+    phase: Phase,
+    /// NEWLEADER received for this zxid; accepted once the log is durable up to it.
+    pending_newleader: Option<Zxid>,
+    serving: bool,
+    last_heard: u64,
+}
+
+/// The follower gives up on its leader.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LostLeader(pub &'static str);
+
+impl Follower {
+    /// Starts following `leader`: sends FOLLOWERINFO.
+    pub fn start(ctx: &mut Context, leader: ServerId) -> Follower {
+        let f = Follower {
+            leader,
+            epoch: 0,
+            phase: Phase::Discovery,
+            pending_newleader: None,
+            serving: false,
+            last_heard: ctx.now,
+        };
+        f.send_info(ctx);
+        f
+    }
+
+    fn send_info(&self, ctx: &mut Context) {
+        let msg = Message::FollowerInfo { accepted_epoch: ctx.accepted_epoch, last_zxid: ctx.log.last() };
+        ctx.send(self.leader, msg);
+    }
+
+    /// The role to report.
+    pub fn role(&self) -> Role {
+        Role::Following { leader: self.leader, epoch: self.epoch, serving: self.serving }
+    }
+
+    /// A message from the leader.
+    pub fn on_message(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
+        self.last_heard = ctx.now;
+        if let Message::LeaderInfo { epoch } = msg {
+            return self.on_leader_info(ctx, epoch);
+        }
+        if self.epoch == 0 || msg.epoch() != Some(self.epoch) {
+            return Ok(()); // another epoch's message (a previous leadership): not ours
+        }
+        match msg {
+            Message::Trunc { zxid, .. } if self.phase == Phase::Sync => {
+                if !ctx.log.truncate_after(zxid) {
+                    return Err(LostLeader("TRUNC would cut a committed entry"));
+                }
+                ctx.out.push(Action::Truncate { after: zxid });
+            }
+            Message::Snap { zxid, data, .. } if self.phase == Phase::Sync => {
+                ctx.log.reset(zxid);
+                ctx.out.push(Action::InstallSnapshot { zxid, data });
+            }
+            Message::Append { entries, .. } => self.append(ctx, entries)?,
+            Message::NewLeader { zxid, .. } if self.phase == Phase::Sync => {
+                if ctx.log.last() != zxid {
+                    return Err(LostLeader("NEWLEADER does not match the synchronised log"));
+                }
+                self.pending_newleader = Some(zxid);
+                self.try_accept_newleader(ctx);
+            }
+            Message::UpToDate { commit, .. } if self.phase == Phase::Synced => {
+                self.commit(ctx, commit)?;
+                if !self.serving {
+                    self.serving = true;
+                    ctx.out.push(Action::RoleChanged(self.role()));
+                }
+            }
+            Message::Commit { zxid, .. } => self.commit(ctx, zxid)?,
+            Message::Ping { commit, .. } if self.phase == Phase::Synced => {
+                self.commit(ctx, commit)?;
+                ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_leader_info(&mut self, ctx: &mut Context, epoch: u32) -> Result<(), LostLeader> {
+        if self.phase != Phase::Discovery {
+            return Ok(()); // a duplicate from a re-sent FOLLOWERINFO
+        }
+        if epoch < ctx.accepted_epoch {
+            return Err(LostLeader("the leader's epoch is below the accepted one"));
+        }
+        let fresh = epoch > ctx.accepted_epoch;
+        if fresh {
+            ctx.accepted_epoch = epoch;
+            ctx.save_epochs();
+        }
+        self.epoch = epoch;
+        self.phase = Phase::Sync;
+        ctx.out.push(Action::RoleChanged(self.role()));
+        let ack = Message::AckEpoch { epoch, current_epoch: ctx.current_epoch, last_zxid: ctx.log.last(), fresh };
+        ctx.send(self.leader, ack);
+        Ok(())
+    }
+
+    fn append(&mut self, ctx: &mut Context, entries: Vec<LogEntry>) -> Result<(), LostLeader> {
+        if self.phase == Phase::Discovery {
+            return Ok(());
+        }
+        let mut fresh = Vec::with_capacity(entries.len());
+        for (zxid, payload) in entries {
+            if let Some((_, have)) = ctx.log.get(zxid) {
+                if *have != payload {
+                    return Err(LostLeader("an entry differs from the logged one with its zxid"));
+                }
+                continue; // sent again after a reconnect
+            }
+            if !ctx.log.follows(zxid) {
+                return Err(LostLeader("a gap in the leader's stream"));
+            }
+            ctx.log.push((zxid, payload.clone()));
+            fresh.push((zxid, payload));
+        }
+        if !fresh.is_empty() {
+            ctx.out.push(Action::Append { entries: fresh });
+        }
+        Ok(())
+    }
+
+    fn try_accept_newleader(&mut self, ctx: &mut Context) {
+        let Some(zxid) = self.pending_newleader else { return };
+        if ctx.log.durable() < zxid {
+            return;
+        }
+        self.pending_newleader = None;
+        self.phase = Phase::Synced;
+        ctx.current_epoch = self.epoch;
+        ctx.save_epochs();
+        ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
+    }
+
+    fn commit(&mut self, ctx: &mut Context, zxid: Zxid) -> Result<(), LostLeader> {
+        if zxid > ctx.log.last() {
+            return Err(LostLeader("commit beyond the log: entries were lost on the way"));
+        }
+        if ctx.log.commit(zxid) {
+            ctx.out.push(Action::Commit { through: zxid });
+        }
+        Ok(())
+    }
+
+    /// Entries up to `zxid` are durable here.
+    pub fn on_durable(&mut self, ctx: &mut Context) {
+        if self.phase == Phase::Synced {
+            ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
+        } else {
+            self.try_accept_newleader(ctx);
+        }
+    }
+
+    /// A tick: gives up on a silent leader; re-sends FOLLOWERINFO while unanswered.
+    pub fn on_tick(&mut self, ctx: &mut Context) -> Result<(), LostLeader> {
+        let limit = if self.serving { ctx.cfg.sync_limit_ticks } else { ctx.cfg.init_limit_ticks };
+        if ctx.now > self.last_heard + limit {
+            return Err(LostLeader("the leader went silent"));
+        }
+        if self.phase == Phase::Discovery {
+            self.send_info(ctx);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! The leader's side: discovery, synchronisation of each follower, and pipelined broadcast
+//! (ZooKeeper's `Leader.lead` and `LearnerHandler`).
+//!
+//! ```text
+//!  discovery  FOLLOWERINFO from a quorum ─▶ epoch = max(accepted epochs) + 1 ─▶ LEADERINFO
+//!  sync       ACKEPOCH from a quorum ─▶ current epoch = e; per follower TRUNC/SNAP/DIFF, NEWLEADER
+//!  broadcast  ACKs (cumulative, durable) from a quorum ─▶ established, UPTODATE; then
+//!             PROPOSAL batches to every synced follower without waiting; COMMIT the quorum point
+//! ```
+//!
+//! Commit rule: the commit point is the greatest zxid that a quorum of voters, this server
+//! included, has durable *after accepting this epoch's NEWLEADER* (acks of earlier epochs never
+//! count). A follower's log is then a prefix of this leader's, so every later leader, elected
+//! by a quorum that meets this one, holds the entry (Zab, §3.4 of Junqueira et al. 2011).
+
+use std::collections::BTreeMap;
+
+use super::action::{Action, Role};
+use super::context::Context;
+use super::message::{LogEntry, Message, Payload, ServerId};
+use super::ZabError;
+use crate::log::Zxid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LearnerPhase {
+    /// FOLLOWERINFO received.
+    Info,
+    /// ACKEPOCH received with the follower's last zxid; `fresh` counts for the quorum.
+    EpochAcked { last_zxid: Zxid, fresh: bool },
+    /// Too far behind for a DIFF; waiting for the driver's snapshot.
+    AwaitingSnapshot,
+    /// History and NEWLEADER sent; proposals stream to it.
+    Synced,
+    /// UPTODATE sent: it serves clients.
+    UpToDate,
+}
+
+#[derive(Debug, Clone)]
+struct Learner {
+    accepted_epoch: u32,
+    phase: LearnerPhase,
+    /// Its last durable zxid in this epoch (from ACKs after NEWLEADER).
+    acked: Zxid,
+    /// The last zxid of the history it was sent before NEWLEADER.
+    newleader_zxid: Zxid,
+    last_heard: u64,
+}
+
+impl Learner {
+    fn streaming(&self) -> bool {
+        matches!(self.phase, LearnerPhase::Synced | LearnerPhase::UpToDate)
+    }
+}
+
+/// A leader, from election to stepping down.
+#[derive(Debug)]
+pub struct Leader {
+    /// The epoch (0 until a quorum's FOLLOWERINFO chose it).
+    pub epoch: u32,
+    started: u64,
+    learners: BTreeMap<ServerId, Learner>,
+    /// A quorum acknowledged the epoch: this server's current epoch is `epoch`.
+    epoch_quorum: bool,
+    /// The history this leader started the epoch with.
+    initial: Zxid,
+    established: bool,
+}
+
+/// The leader steps down.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StepDown(pub &'static str);
+
+impl Leader {
+    /// Starts leading: waits for followers (a one-server ensemble proceeds at once).
+    pub fn start(ctx: &mut Context) -> Leader {
+        let mut l = Leader {
+            epoch: 0,
+            started: ctx.now,
+            learners: BTreeMap::new(),
+            epoch_quorum: false,
+            initial: Zxid::ZERO,
+            established: false,
+        };
+        l.check_discovery(ctx);
+        l
+    }
+
+    /// The role to report.
+    pub fn role(&self) -> Role {
+        Role::Leading { epoch: self.epoch, established: self.established }
+    }
+
+    fn count(&self, ctx: &Context, pred: impl Fn(&Learner) -> bool) -> usize {
+        1 + self.learners.iter().filter(|(id, l)| ctx.cfg.is_voter(**id) && pred(l)).count()
+    }
+
+    /// A message from a follower.
+    pub fn on_message(&mut self, ctx: &mut Context, from: ServerId, msg: Message) -> Result<(), StepDown> {
+        if let Some(l) = self.learners.get_mut(&from) {
+            l.last_heard = ctx.now;
+        }
+        match msg {
+            Message::FollowerInfo { accepted_epoch, .. } => {
+                if self.established && accepted_epoch > self.epoch {
+                    // It accepted a later epoch from a leadership that failed, so it can never
+                    // follow this one (it refuses an epoch below its accepted one); an
+                    // election now picks an epoch above it and takes it in.
+                    return Err(StepDown("a follower accepted a later epoch"));
+                }
+                let learner = Learner {
+                    accepted_epoch,
+                    phase: LearnerPhase::Info,
+                    acked: Zxid::ZERO,
+                    newleader_zxid: Zxid::ZERO,
+                    last_heard: ctx.now,
+                };
+                self.learners.insert(from, learner);
+                if self.epoch == 0 {
+                    self.check_discovery(ctx);
+                } else {
+                    ctx.send(from, Message::LeaderInfo { epoch: self.epoch });
+                }
+            }
+            Message::AckEpoch { epoch, current_epoch, last_zxid, fresh } if epoch == self.epoch && epoch != 0 => {
+                let Some(l) = self.learners.get_mut(&from) else { return Ok(()) };
+                if l.phase != LearnerPhase::Info {
+                    return Ok(());
+                }
+                // ZooKeeper's waitForEpochAck: a member of the epoch's quorum must not have a
+                // more recent history than the leader (the election should have prevented it).
+                let ahead = (current_epoch, last_zxid) > (ctx.current_epoch, ctx.log.last());
+                if fresh && ahead && !self.epoch_quorum {
+                    return Err(StepDown("a follower has a more recent history"));
+                }
+                l.phase = LearnerPhase::EpochAcked { last_zxid, fresh };
+                if self.epoch_quorum {
+                    self.sync(ctx, from);
+                } else {
+                    self.check_epoch_quorum(ctx);
+                }
+            }
+            Message::Ack { epoch, zxid } if epoch == self.epoch && epoch != 0 => {
+                let Some(l) = self.learners.get_mut(&from) else { return Ok(()) };
+                if !l.streaming() {
+                    return Ok(());
+                }
+                l.acked = l.acked.max(zxid.min(ctx.log.last()));
+                self.check_commit(ctx);
+                self.maybe_up_to_date(ctx, from);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_discovery(&mut self, ctx: &mut Context) {
+        if self.epoch != 0 || self.count(ctx, |_| true) < ctx.cfg.quorum() {
+            return;
+        }
+        let highest = self.learners.values().map(|l| l.accepted_epoch).fold(ctx.accepted_epoch, u32::max);
+        // Epochs are 32 bits of the zxid; running out would take 2^32 elections.
+        self.epoch = highest.saturating_add(1);
+        ctx.accepted_epoch = self.epoch;
+        ctx.save_epochs();
+        ctx.out.push(Action::RoleChanged(self.role()));
+        let ids: Vec<ServerId> = self.learners.keys().copied().collect();
+        for id in ids {
+            ctx.send(id, Message::LeaderInfo { epoch: self.epoch });
+        }
+        self.check_epoch_quorum(ctx);
+    }
+
+    fn check_epoch_quorum(&mut self, ctx: &mut Context) {
+        let fresh = |l: &Learner| matches!(l.phase, LearnerPhase::EpochAcked { fresh: true, .. });
+        if self.epoch_quorum || self.epoch == 0 || self.count(ctx, fresh) < ctx.cfg.quorum() {
+            return;
+        }
+        let acked = |l: &Learner| matches!(l.phase, LearnerPhase::EpochAcked { .. });
+        self.epoch_quorum = true;
+        ctx.current_epoch = self.epoch;
+        ctx.save_epochs();
+        self.initial = ctx.log.last();
+        let ready: Vec<ServerId> = self.learners.iter().filter(|(_, l)| acked(l)).map(|(id, _)| *id).collect();
+        for id in ready {
+            self.sync(ctx, id);
+        }
+        self.check_commit(ctx);
+    }
+
+    /// Brings a follower to this leader's history: DIFF, TRUNC then DIFF, or SNAP.
+    fn sync(&mut self, ctx: &mut Context, id: ServerId) {
+        let Some(l) = self.learners.get_mut(&id) else { return };
+        let LearnerPhase::EpochAcked { last_zxid, .. } = l.phase else { return };
+        let from = if ctx.log.contains(last_zxid) {
+            last_zxid
+        } else if last_zxid > ctx.log.base() {
+            let keep = ctx.log.floor(last_zxid);
+            ctx.send(id, Message::Trunc { epoch: self.epoch, zxid: keep });
+            keep
+        } else {
+            l.phase = LearnerPhase::AwaitingSnapshot;
+            ctx.out.push(Action::TakeSnapshot { peer: id });
+            return;
+        };
+        self.send_history(ctx, id, from);
+    }
+
+    /// Sends the entries above `from`, then NEWLEADER.
+    fn send_history(&mut self, ctx: &mut Context, id: ServerId, from: Zxid) {
+        let entries = ctx.log.after(from);
+        for chunk in entries.chunks(ctx.cfg.diff_entries_max.max(1)) {
+            ctx.send(id, Message::Append { epoch: self.epoch, entries: chunk.to_vec() });
+        }
+        let last = ctx.log.last();
+        ctx.send(id, Message::NewLeader { epoch: self.epoch, zxid: last });
+        if let Some(l) = self.learners.get_mut(&id) {
+            l.phase = LearnerPhase::Synced;
+            l.newleader_zxid = last;
+            l.acked = Zxid::ZERO;
+        }
+    }
+
+    /// Drops a follower whose connection broke; it rejoins with FOLLOWERINFO.
+    pub fn forget(&mut self, id: ServerId) {
+        self.learners.remove(&id);
+    }
+
+    /// The driver's snapshot for a follower that needed one.
+    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid, data: Payload) {
+        let waiting = self.learners.get(&id).is_some_and(|l| l.phase == LearnerPhase::AwaitingSnapshot);
+        if !waiting {
+            return;
+        }
+        if zxid < ctx.log.base() || zxid > ctx.log.committed() {
+            // Not joinable to the log held: ask again (the driver's state moved on).
+            ctx.out.push(Action::TakeSnapshot { peer: id });
+            return;
+        }
+        ctx.send(id, Message::Snap { epoch: self.epoch, zxid, data });
+        self.send_history(ctx, id, zxid);
+    }
+
+    /// The commit point a quorum supports, if any (see the module docs).
+    fn quorum_point(&self, ctx: &Context) -> Option<Zxid> {
+        if !self.epoch_quorum {
+            return None;
+        }
+        let mut acks: Vec<Zxid> = self
+            .learners
+            .iter()
+            .filter(|(id, l)| ctx.cfg.is_voter(**id) && l.streaming())
+            .map(|(_, l)| l.acked)
+            .collect();
+        acks.push(ctx.log.durable());
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        acks.get(ctx.cfg.quorum() - 1).copied()
+    }
+
+    fn check_commit(&mut self, ctx: &mut Context) {
+        let Some(point) = self.quorum_point(ctx) else { return };
+        if point < self.initial {
+            return;
+        }
+        if ctx.log.commit(point) {
+            ctx.out.push(Action::Commit { through: point });
+            let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
+            for id in ids {
+                ctx.send(id, Message::Commit { epoch: self.epoch, zxid: point });
+            }
+        }
+        if !self.established {
+            self.established = true;
+            ctx.out.push(Action::RoleChanged(self.role()));
+            let ids: Vec<ServerId> = self.learners.keys().copied().collect();
+            for id in ids {
+                self.maybe_up_to_date(ctx, id);
+            }
+        }
+    }
+
+    fn maybe_up_to_date(&mut self, ctx: &mut Context, id: ServerId) {
+        if !self.established {
+            return;
+        }
+        let Some(l) = self.learners.get_mut(&id) else { return };
+        if l.phase == LearnerPhase::Synced && l.acked >= l.newleader_zxid {
+            l.phase = LearnerPhase::UpToDate;
+            ctx.send(id, Message::UpToDate { epoch: self.epoch, commit: ctx.log.committed() });
+        }
+    }
+
+    /// Proposes entries made from `payloads`, in order; returns their zxids.
+    pub fn propose(&mut self, ctx: &mut Context, payloads: Vec<Payload>) -> Result<Vec<Zxid>, ZabError> {
+        if !self.established {
+            return Err(ZabError::NotEstablished);
+        }
+        let mut entries: Vec<LogEntry> = Vec::with_capacity(payloads.len());
+        let mut last = ctx.log.last();
+        for payload in payloads {
+            let zxid = if last.epoch() == self.epoch { last.next() } else { Some(Zxid::new(self.epoch, 1)) };
+            let Some(zxid) = zxid else { return Err(ZabError::EpochExhausted) };
+            entries.push((zxid, payload));
+            last = zxid;
+        }
+        let zxids: Vec<Zxid> = entries.iter().map(|(z, _)| *z).collect();
+        for entry in &entries {
+            ctx.log.push(entry.clone());
+        }
+        let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
+        for id in ids {
+            ctx.send(id, Message::Append { epoch: self.epoch, entries: entries.clone() });
+        }
+        ctx.out.push(Action::Append { entries });
+        Ok(zxids)
+    }
+
+    /// Entries are durable here.
+    pub fn on_durable(&mut self, ctx: &mut Context) {
+        self.check_commit(ctx);
+    }
+
+    /// A tick: heartbeats; steps down without a quorum, or when establishing takes too long.
+    pub fn on_tick(&mut self, ctx: &mut Context) -> Result<(), StepDown> {
+        if !self.established {
+            if ctx.now > self.started + ctx.cfg.init_limit_ticks {
+                return Err(StepDown("no quorum established the epoch in time"));
+            }
+            return Ok(());
+        }
+        let (now, sync, init) = (ctx.now, ctx.cfg.sync_limit_ticks, ctx.cfg.init_limit_ticks);
+        let alive = |l: &Learner| {
+            let limit = if l.phase == LearnerPhase::UpToDate { sync } else { init };
+            now <= l.last_heard + limit
+        };
+        if self.count(ctx, alive) < ctx.cfg.quorum() {
+            return Err(StepDown("lost the quorum"));
+        }
+        let commit = ctx.log.committed();
+        let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
+        for id in ids {
+            ctx.send(id, Message::Ping { epoch: self.epoch, commit });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! What servers say to each other: election notifications and the Zab phases' messages.
+//!
+//! The names follow ZooKeeper's quorum packets (FOLLOWERINFO, LEADERINFO, ACKEPOCH, DIFF,
+//! TRUNC, SNAP, NEWLEADER, UPTODATE, PROPOSAL, ACK, COMMIT, PING). Every message after
+//! election carries the epoch it belongs to; a server ignores messages of another epoch than
+//! the one it is in, so a late message from an earlier leader cannot act on a new history.
+
+use std::sync::Arc;
+
+use crate::log::Zxid;
+
+/// A server's id in the ensemble (ZooKeeper's `myid`).
+pub type ServerId = u64;
+
+/// The bytes of one log entry: the rkyv `Entry` exactly as the WAL stores it. The leader's
+/// WAL, the wire and every follower's WAL carry the same bytes (no re-encoding).
+pub type Payload = Arc<[u8]>;
+
+/// A log entry: its zxid and its bytes.
+pub type LogEntry = (Zxid, Payload);
+
+/// A vote in fast leader election. Votes are ordered by the candidate's current epoch, then
+/// its last zxid, then its id (ZooKeeper's `totalOrderPredicate`): the greatest vote names the
+/// server with the most recent history, ties broken by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vote {
+    /// The candidate's current epoch (the last epoch whose NEWLEADER it accepted).
+    pub epoch: u32,
+    /// The candidate's last logged zxid.
+    pub zxid: Zxid,
+    /// The candidate.
+    pub leader: ServerId,
+}
+
+/// What a server is doing, as it reports it in election notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerState {
+    /// Electing.
+    Looking,
+    /// Following an established or establishing leader.
+    Following,
+    /// Leading.
+    Leading,
+}
+
+/// One message between two servers. Links are FIFO (one TCP connection); a message may be
+/// lost only together with everything after it on its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Election: the sender's vote in election round `round`, and its state.
+    Notification {
+        /// The sender's election round (ZooKeeper's logical clock).
+        round: u64,
+        /// Its vote (when following or leading: the leader it follows or itself).
+        vote: Vote,
+        /// Its state.
+        state: ServerState,
+    },
+    /// Discovery, follower → leader: the follower's accepted epoch and last zxid.
+    FollowerInfo {
+        /// The last epoch the follower accepted.
+        accepted_epoch: u32,
+        /// Its last logged zxid.
+        last_zxid: Zxid,
+    },
+    /// Discovery, leader → follower: the new epoch.
+    LeaderInfo {
+        /// The epoch the leader proposes (above every accepted epoch of a quorum).
+        epoch: u32,
+    },
+    /// Discovery, follower → leader: the follower accepted `epoch`; its history's summary.
+    AckEpoch {
+        /// The epoch acknowledged.
+        epoch: u32,
+        /// The follower's current epoch (of its last accepted NEWLEADER).
+        current_epoch: u32,
+        /// Its last logged zxid.
+        last_zxid: Zxid,
+        /// The follower accepted the epoch with this LEADERINFO (it was above its accepted
+        /// epoch). An ack of an epoch it had already accepted — from this leader before, or
+        /// from another that picked the same number — lets it follow but does not count
+        /// towards the epoch's quorum (ZooKeeper acks it with epoch -1): each server accepts
+        /// each epoch once, so at most one leader gathers a quorum for it.
+        fresh: bool,
+    },
+    /// Synchronisation: drop every entry above `zxid`.
+    Trunc {
+        /// The epoch being synchronised to.
+        epoch: u32,
+        /// The last zxid to keep.
+        zxid: Zxid,
+    },
+    /// Synchronisation: replace the whole state with this snapshot of the leader's committed
+    /// state at `zxid`.
+    Snap {
+        /// The epoch being synchronised to.
+        epoch: u32,
+        /// The last zxid the snapshot covers.
+        zxid: Zxid,
+        /// The snapshot, opaque to the protocol.
+        data: Payload,
+    },
+    /// Entries to append in order: the DIFF of synchronisation, then PROPOSALs, batched.
+    Append {
+        /// The leader's epoch.
+        epoch: u32,
+        /// Consecutive entries following the receiver's last one.
+        entries: Vec<LogEntry>,
+    },
+    /// Synchronisation is complete up to `zxid`: accept the epoch's history (NEWLEADER).
+    NewLeader {
+        /// The new epoch.
+        epoch: u32,
+        /// The last zxid of the history sent before this message.
+        zxid: Zxid,
+    },
+    /// Follower → leader: every entry up to `zxid` is durable here (cumulative). Also the
+    /// answer to NEWLEADER and to pings.
+    Ack {
+        /// The epoch (the follower's current epoch).
+        epoch: u32,
+        /// The follower's last durable zxid.
+        zxid: Zxid,
+    },
+    /// Leader → follower: the leader is established; `commit` is committed. Start serving.
+    UpToDate {
+        /// The epoch.
+        epoch: u32,
+        /// The leader's commit point.
+        commit: Zxid,
+    },
+    /// Leader → follower: everything up to `zxid` is committed.
+    Commit {
+        /// The epoch.
+        epoch: u32,
+        /// The new commit point.
+        zxid: Zxid,
+    },
+    /// Leader → follower heartbeat, carrying the commit point.
+    Ping {
+        /// The epoch.
+        epoch: u32,
+        /// The leader's commit point.
+        commit: Zxid,
+    },
+}
+
+impl Message {
+    /// The epoch a post-election message belongs to (`None` for election notifications and
+    /// FOLLOWERINFO, which precede the epoch).
+    pub fn epoch(&self) -> Option<u32> {
+        match self {
+            Message::Notification { .. } | Message::FollowerInfo { .. } => None,
+            Message::LeaderInfo { epoch }
+            | Message::AckEpoch { epoch, .. }
+            | Message::Trunc { epoch, .. }
+            | Message::Snap { epoch, .. }
+            | Message::Append { epoch, .. }
+            | Message::NewLeader { epoch, .. }
+            | Message::Ack { epoch, .. }
+            | Message::UpToDate { epoch, .. }
+            | Message::Commit { epoch, .. }
+            | Message::Ping { epoch, .. } => Some(*epoch),
+        }
+    }
+}
