@@ -79,6 +79,16 @@ pub enum Action {
         /// The follower that needs it.
         peer: ServerId,
     },
-    /// The role changed (for logs, `srvr`/`mntr` and client routing).
+    /// The sync `id` (see [`super::Zab::sync`]) is done: every write proposed before it is
+    /// committed here up to `zxid`, and the `Commit` actions before this one applied them.
+    /// A read served after this sees them (ZooKeeper's `sync` + read).
+    Synced {
+        /// The caller's request id.
+        id: u64,
+        /// The commit point the sync waited for.
+        zxid: Zxid,
+    },
+    /// The role changed (for logs, `srvr`/`mntr` and client routing). Syncs in flight are
+    /// dropped when a follower leaves its leader or a leader steps down; callers time out.
     RoleChanged(Role),
 }

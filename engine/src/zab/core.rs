@@ -248,6 +248,17 @@ impl Zab {
         }
     }
 
+    /// A client's `sync` with request id `id`: [`Action::Synced`] follows once every write
+    /// proposed before it is committed on this server. Returns false (nothing queued) when
+    /// this server is not synchronised with an established leader; the caller retries.
+    pub fn sync(&mut self, id: u64) -> bool {
+        match &mut self.role {
+            RoleState::Leading(l) => l.client_sync(&mut self.ctx, id),
+            RoleState::Following(f) => f.client_sync(&mut self.ctx, id),
+            RoleState::Looking => false,
+        }
+    }
+
     /// The snapshot asked for with [`Action::TakeSnapshot`]: the committed state at `zxid`.
     pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid, data: Payload) {
         if let RoleState::Leading(l) = &mut self.role {

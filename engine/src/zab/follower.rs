@@ -37,6 +37,11 @@ pub struct Follower {
     pending_newleader: Option<Zxid>,
     serving: bool,
     last_heard: u64,
+    /// Syncs sent to the leader and not yet answered.
+    requested: std::collections::BTreeSet<u64>,
+    /// Syncs answered by the leader, waiting for the commit point to reach theirs.
+    /// Invariant: sorted by zxid (the leader answers in commit order on a FIFO link).
+    syncs: Vec<(u64, Zxid)>,
 }
 
 /// The follower gives up on its leader.
@@ -53,6 +58,8 @@ impl Follower {
             pending_newleader: None,
             serving: false,
             last_heard: ctx.now,
+            requested: std::collections::BTreeSet::new(),
+            syncs: Vec::new(),
         };
         f.send_info(ctx);
         f
@@ -104,6 +111,14 @@ impl Follower {
                 }
             }
             Message::Commit { zxid, .. } => self.commit(ctx, zxid)?,
+            Message::SyncDone { id, zxid, .. } => {
+                // Only syncs of this following (a duplicate or an answer to an earlier one is
+                // not ours to complete).
+                if self.requested.remove(&id) {
+                    self.syncs.push((id, zxid));
+                    self.release_syncs(ctx);
+                }
+            }
             Message::Ping { commit, .. } if self.phase == Phase::Synced => {
                 self.commit(ctx, commit)?;
                 ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
@@ -176,7 +191,26 @@ impl Follower {
         if ctx.log.commit(zxid) {
             ctx.out.push(Action::Commit { through: zxid });
         }
+        self.release_syncs(ctx);
         Ok(())
+    }
+
+    fn release_syncs(&mut self, ctx: &mut Context) {
+        let committed = ctx.log.committed();
+        let done = self.syncs.iter().take_while(|(_, z)| *z <= committed).count();
+        for (id, zxid) in self.syncs.drain(..done) {
+            ctx.out.push(Action::Synced { id, zxid });
+        }
+    }
+
+    /// A client's sync: forwarded to the leader once synchronised with it.
+    pub fn client_sync(&mut self, ctx: &mut Context, id: u64) -> bool {
+        if !self.serving {
+            return false;
+        }
+        self.requested.insert(id);
+        ctx.send(self.leader, Message::Sync { epoch: self.epoch, id });
+        true
     }
 
     /// Entries up to `zxid` are durable here.

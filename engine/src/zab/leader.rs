@@ -64,6 +64,8 @@ pub struct Leader {
     /// The history this leader started the epoch with.
     initial: Zxid,
     established: bool,
+    /// Syncs waiting for the commit point: (requester, id, zxid). Invariant: sorted by zxid.
+    syncs: Vec<(ServerId, u64, Zxid)>,
 }
 
 /// The leader steps down.
@@ -80,6 +82,7 @@ impl Leader {
             epoch_quorum: false,
             initial: Zxid::ZERO,
             established: false,
+            syncs: Vec::new(),
         };
         l.check_discovery(ctx);
         l
@@ -134,7 +137,7 @@ impl Leader {
                 }
                 l.phase = LearnerPhase::EpochAcked { last_zxid, fresh };
                 if self.epoch_quorum {
-                    self.sync(ctx, from);
+                    self.synchronise(ctx, from);
                 } else {
                     self.check_epoch_quorum(ctx);
                 }
@@ -147,6 +150,13 @@ impl Leader {
                 l.acked = l.acked.max(zxid.min(ctx.log.last()));
                 self.check_commit(ctx);
                 self.maybe_up_to_date(ctx, from);
+            }
+            Message::Sync { epoch, id } if epoch == self.epoch && self.established => {
+                let streaming = self.learners.get(&from).is_some_and(Learner::streaming);
+                if streaming {
+                    self.syncs.push((from, id, ctx.log.last()));
+                    self.release_syncs(ctx);
+                }
             }
             _ => {}
         }
@@ -182,13 +192,13 @@ impl Leader {
         self.initial = ctx.log.last();
         let ready: Vec<ServerId> = self.learners.iter().filter(|(_, l)| acked(l)).map(|(id, _)| *id).collect();
         for id in ready {
-            self.sync(ctx, id);
+            self.synchronise(ctx, id);
         }
         self.check_commit(ctx);
     }
 
     /// Brings a follower to this leader's history: DIFF, TRUNC then DIFF, or SNAP.
-    fn sync(&mut self, ctx: &mut Context, id: ServerId) {
+    fn synchronise(&mut self, ctx: &mut Context, id: ServerId) {
         let Some(l) = self.learners.get_mut(&id) else { return };
         let LearnerPhase::EpochAcked { last_zxid, .. } = l.phase else { return };
         let from = if ctx.log.contains(last_zxid) {
@@ -267,6 +277,7 @@ impl Leader {
             for id in ids {
                 ctx.send(id, Message::Commit { epoch: self.epoch, zxid: point });
             }
+            self.release_syncs(ctx);
         }
         if !self.established {
             self.established = true;
@@ -274,6 +285,29 @@ impl Leader {
             let ids: Vec<ServerId> = self.learners.keys().copied().collect();
             for id in ids {
                 self.maybe_up_to_date(ctx, id);
+            }
+        }
+    }
+
+    /// A sync from a client of this server (`me`) or, forwarded, of a follower: done when
+    /// everything proposed so far is committed.
+    pub fn client_sync(&mut self, ctx: &mut Context, id: u64) -> bool {
+        if !self.established {
+            return false;
+        }
+        self.syncs.push((ctx.cfg.id, id, ctx.log.last()));
+        self.release_syncs(ctx);
+        true
+    }
+
+    fn release_syncs(&mut self, ctx: &mut Context) {
+        let committed = ctx.log.committed();
+        let done = self.syncs.iter().take_while(|(_, _, z)| *z <= committed).count();
+        for (from, id, zxid) in self.syncs.drain(..done).collect::<Vec<_>>() {
+            if from == ctx.cfg.id {
+                ctx.out.push(Action::Synced { id, zxid });
+            } else if self.learners.get(&from).is_some_and(Learner::streaming) {
+                ctx.send(from, Message::SyncDone { epoch: self.epoch, id, zxid });
             }
         }
     }

@@ -136,6 +136,23 @@ pub enum Message {
         /// The new commit point.
         zxid: Zxid,
     },
+    /// Follower → leader: a client's `sync` (request `id` of the follower's choosing).
+    Sync {
+        /// The epoch.
+        epoch: u32,
+        /// The follower's request id.
+        id: u64,
+    },
+    /// Leader → follower: sync `id` is done once the follower has committed up to `zxid`
+    /// (the leader's last proposal when the sync arrived, now committed).
+    SyncDone {
+        /// The epoch.
+        epoch: u32,
+        /// The follower's request id.
+        id: u64,
+        /// Everything proposed before the sync.
+        zxid: Zxid,
+    },
     /// Leader → follower heartbeat, carrying the commit point.
     Ping {
         /// The epoch.
@@ -160,6 +177,8 @@ impl Message {
             | Message::Ack { epoch, .. }
             | Message::UpToDate { epoch, .. }
             | Message::Commit { epoch, .. }
+            | Message::Sync { epoch, .. }
+            | Message::SyncDone { epoch, .. }
             | Message::Ping { epoch, .. } => Some(*epoch),
         }
     }

@@ -15,6 +15,10 @@
 //! - at most one leader is established per epoch;
 //! - every write acknowledged to a client (applied by the leader that proposed it) is in the
 //!   final history at its zxid;
+//! - writes are linearizable: a write invoked after another was acknowledged is ordered after
+//!   it (its zxid is greater);
+//! - a read after `sync` is linearizable: it sees every write acknowledged before the sync
+//!   was invoked, on whichever server it runs;
 //! - each core's own invariants (`Zab::check_invariants`).
 //!
 //! The same seed replays the same run exactly: nothing here reads a clock or iterates a
@@ -88,6 +92,8 @@ pub struct Report {
     pub crashes: u64,
     /// SNAPs installed.
     pub snapshots_installed: u64,
+    /// Reads after `sync` checked.
+    pub synced_reads: u64,
     /// Messages sent and lost.
     pub messages: (u64, u64),
     /// A digest of every event, to check that a seed replays exactly.
@@ -114,6 +120,7 @@ enum Event {
     Fault,
     Heal,
     Write,
+    SyncRead,
 }
 
 struct Sim {
@@ -130,9 +137,16 @@ struct Sim {
     /// The one committed history every server's applied sequence must be a prefix of.
     history: Vec<LogEntry>,
     leaders: BTreeMap<u32, ServerId>,
-    /// Client writes proposed and not yet known: (node, life, zxid, payload).
-    pending: Vec<(usize, u64, Zxid, Payload)>,
+    /// Client writes proposed and not yet known: (node, life, zxid, payload, the greatest
+    /// zxid acknowledged when it was invoked).
+    pending: Vec<(usize, u64, Zxid, Payload, Zxid)>,
     acknowledged: Vec<(Zxid, Payload)>,
+    /// The greatest zxid acknowledged so far.
+    acknowledged_max: Zxid,
+    /// Syncs in flight: (node, life, id) → the greatest zxid acknowledged when invoked.
+    syncs: BTreeMap<(usize, u64, u64), Zxid>,
+    next_sync: u64,
+    synced_reads: u64,
     writes: u64,
     fsync_at: Vec<u64>,
     crashes: u64,
@@ -178,6 +192,10 @@ impl Sim {
             leaders: BTreeMap::new(),
             pending: Vec::new(),
             acknowledged: Vec::new(),
+            acknowledged_max: Zxid::ZERO,
+            syncs: BTreeMap::new(),
+            next_sync: 0,
+            synced_reads: 0,
             writes: 0,
             fsync_at: vec![0; n],
             crashes: 0,
@@ -214,6 +232,7 @@ impl Sim {
             self.schedule(500, Event::Fault);
         }
         self.schedule(100, Event::Write);
+        self.schedule(150, Event::SyncRead);
         let fault_end = self.opts.fault_ms;
         let end = fault_end + self.opts.heal_ms;
         let mut healed = false;
@@ -312,6 +331,7 @@ impl Sim {
                 self.net.heal();
             }
             Event::Write => self.write()?,
+            Event::SyncRead => self.sync_read()?,
         }
         Ok(())
     }
@@ -376,7 +396,7 @@ impl Sim {
                 self.tell_reset(id, peer);
             }
         }
-        self.pending.retain(|(n, _, _, _)| *n != i);
+        self.pending.retain(|(n, _, _, _, _)| *n != i);
         self.crashes += 1;
         self.note(|| format!("crash {id}: kept {keep} of {len} logged ({durable} fsync'ed)"));
     }
@@ -462,7 +482,7 @@ impl Sim {
                 if let Ok(zxids) = zab.propose(payloads.clone()) {
                     let life = self.nodes[i].life;
                     for (z, p) in zxids.into_iter().zip(payloads) {
-                        self.pending.push((i, life, z, p));
+                        self.pending.push((i, life, z, p, self.acknowledged_max));
                     }
                 }
             }
@@ -471,6 +491,26 @@ impl Sim {
         let next = self.now + self.opts.write_every_ms;
         self.schedule(next, Event::Write);
         Ok(())
+    }
+
+    /// A client syncs on a random serving server, then reads there.
+    fn sync_read(&mut self) -> Result<(), String> {
+        let writes_end = self.opts.fault_ms + self.opts.heal_ms / 2;
+        if self.now >= writes_end {
+            return Ok(());
+        }
+        let i = self.rng.random_range(0..self.nodes.len());
+        let life = self.nodes[i].life;
+        self.next_sync += 1;
+        let id = self.next_sync;
+        if let Some(zab) = self.nodes[i].zab.as_mut() {
+            if zab.sync(id) {
+                self.syncs.insert((i, life, id), self.acknowledged_max);
+            }
+        }
+        let next = self.now + self.rng.random_range(10..80);
+        self.schedule(next, Event::SyncRead);
+        self.run_actions(i)
     }
 
     fn run_actions(&mut self, i: usize) -> Result<(), String> {
@@ -554,6 +594,22 @@ impl Sim {
                     zab.on_snapshot(peer, zxid, data);
                 }
             }
+            Action::Synced { id: sync, zxid } => {
+                let node = &self.nodes[i];
+                let Some(required) = self.syncs.remove(&(i, node.life, sync)) else {
+                    return Err(format!("server {id}: sync {sync} completed twice or never started"));
+                };
+                let read = node.applied_zxid();
+                if read < zxid {
+                    return Err(format!("server {id}: sync {sync} done at {zxid} but only {read} is applied"));
+                }
+                if read < required {
+                    return Err(format!(
+                        "server {id}: a read after sync sees {read}, missing write {required} acknowledged before the sync"
+                    ));
+                }
+                self.synced_reads += 1;
+            }
             Action::RoleChanged(role) => {
                 self.note(|| format!("server {id}: {role:?}"));
                 if let Role::Leading { epoch, established: true } = role {
@@ -605,18 +661,26 @@ impl Sim {
             _ => None,
         };
         let mut still = Vec::new();
-        for (n, l, z, p) in std::mem::take(&mut self.pending) {
+        for (n, l, z, p, before) in std::mem::take(&mut self.pending) {
             if n == i && (l != life || leading != Some(z.epoch())) {
                 continue;
             }
             if n == i && z <= through {
                 let logged = self.nodes[i].applied.iter().find(|(az, _)| *az == z);
                 match logged {
-                    Some((_, ap)) if *ap == p => self.acknowledged.push((z, p)),
+                    Some((_, ap)) if *ap == p => {
+                        if z <= before {
+                            return Err(format!(
+                                "write {z} is ordered before write {before}, acknowledged before it was invoked"
+                            ));
+                        }
+                        self.acknowledged_max = self.acknowledged_max.max(z);
+                        self.acknowledged.push((z, p));
+                    }
                     _ => return Err(format!("server {id}: its own proposal {z} was replaced before commit")),
                 }
             } else {
-                still.push((n, l, z, p));
+                still.push((n, l, z, p, before));
             }
         }
         self.pending = still;
@@ -686,6 +750,7 @@ impl Sim {
             epochs: self.leaders.len(),
             crashes: self.crashes,
             snapshots_installed: self.snapshots_installed,
+            synced_reads: self.synced_reads,
             messages: (self.net.sent, self.net.lost),
             fingerprint: self.fingerprint,
         }
