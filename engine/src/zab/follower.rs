@@ -111,13 +111,11 @@ impl Follower {
                 }
             }
             Message::Commit { zxid, .. } => self.commit(ctx, zxid)?,
-            Message::SyncDone { id, zxid, .. } => {
-                // Only syncs of this following (a duplicate or an answer to an earlier one is
-                // not ours to complete).
-                if self.requested.remove(&id) {
-                    self.syncs.push((id, zxid));
-                    self.release_syncs(ctx);
-                }
+            // Only syncs of this following (a duplicate or an answer to an earlier one is not
+            // ours to complete).
+            Message::SyncDone { id, zxid, .. } if self.requested.remove(&id) => {
+                self.syncs.push((id, zxid));
+                self.release_syncs(ctx);
             }
             Message::Ping { commit, .. } if self.phase == Phase::Synced => {
                 self.commit(ctx, commit)?;

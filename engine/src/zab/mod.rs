@@ -28,6 +28,8 @@ mod follower;
 mod history;
 mod leader;
 mod message;
+#[cfg(test)]
+mod tests;
 
 pub use action::{Action, Role};
 pub use config::ZabConfig;

@@ -1,0 +1,154 @@
+//! Scenario tests of the core: one input, the exact actions out.
+
+use super::*;
+use crate::log::Zxid;
+
+fn entry(epoch: u32, counter: u32) -> LogEntry {
+    (Zxid::new(epoch, counter), vec![epoch as u8, counter as u8].into())
+}
+
+fn sends(actions: &[Action]) -> Vec<(ServerId, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_server_leads_at_once_and_commits_what_is_durable() {
+    let persisted =
+        Persisted { accepted_epoch: 1, current_epoch: 1, snapshot_zxid: Zxid::ZERO, entries: vec![entry(1, 1)] };
+    let mut zab = Zab::new(ZabConfig::new(1, vec![1]), persisted);
+    let actions = zab.take_actions();
+    assert!(actions.contains(&Action::SaveEpochs { accepted: 2, current: 2 }), "{actions:?}");
+    assert!(actions.contains(&Action::Commit { through: Zxid::new(1, 1) }), "the recovered log is committed");
+    assert_eq!(zab.role(), Role::Leading { epoch: 2, established: true });
+
+    let payload: Payload = vec![9].into();
+    let zxids = zab.propose(vec![payload.clone()]).expect("leader");
+    assert_eq!(zxids, vec![Zxid::new(2, 1)]);
+    assert_eq!(zab.take_actions(), vec![Action::Append { entries: vec![(Zxid::new(2, 1), payload)] }]);
+    zab.on_durable(Zxid::new(2, 1));
+    assert_eq!(zab.take_actions(), vec![Action::Commit { through: Zxid::new(2, 1) }]);
+}
+
+fn follower_of_2(persisted: Persisted) -> Zab {
+    let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), persisted);
+    zab.take_actions();
+    // Servers 2 and 3 report that 2 leads: join it.
+    let vote = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 2 };
+    zab.on_message(3, Message::Notification { round: 1, vote, state: ServerState::Following });
+    zab.on_message(2, Message::Notification { round: 1, vote, state: ServerState::Leading });
+    assert_eq!(zab.role(), Role::Following { leader: 2, epoch: 0, serving: false });
+    zab.take_actions();
+    zab
+}
+
+#[test]
+fn a_follower_accepts_a_later_epoch_durably_before_acknowledging_it() {
+    let mut zab = follower_of_2(Persisted { accepted_epoch: 3, current_epoch: 3, ..Persisted::default() });
+    zab.on_message(2, Message::LeaderInfo { epoch: 4 });
+    let actions = zab.take_actions();
+    let save = actions.iter().position(|a| *a == Action::SaveEpochs { accepted: 4, current: 3 });
+    let ack = Message::AckEpoch { epoch: 4, current_epoch: 3, last_zxid: Zxid::ZERO, fresh: true };
+    let sent = actions.iter().position(|a| *a == Action::Send { to: 2, msg: ack.clone() });
+    assert!(save.is_some() && sent.is_some() && save < sent, "persist, then ack: {actions:?}");
+}
+
+#[test]
+fn a_follower_refuses_an_epoch_below_the_one_it_accepted() {
+    let mut zab = follower_of_2(Persisted { accepted_epoch: 5, current_epoch: 3, ..Persisted::default() });
+    zab.on_message(2, Message::LeaderInfo { epoch: 4 });
+    assert_eq!(zab.role(), Role::Looking);
+}
+
+#[test]
+fn a_follower_acknowledges_newleader_only_once_the_history_is_durable() {
+    let mut zab = follower_of_2(Persisted::default());
+    zab.on_message(2, Message::LeaderInfo { epoch: 1 });
+    zab.take_actions();
+    zab.on_message(2, Message::Append { epoch: 1, entries: vec![entry(1, 1), entry(1, 2)] });
+    zab.on_message(2, Message::NewLeader { epoch: 1, zxid: Zxid::new(1, 2) });
+    let actions = zab.take_actions();
+    assert_eq!(actions, vec![Action::Append { entries: vec![entry(1, 1), entry(1, 2)] }], "no ack yet");
+    zab.on_durable(Zxid::new(1, 2));
+    assert_eq!(
+        zab.take_actions(),
+        vec![
+            Action::SaveEpochs { accepted: 1, current: 1 },
+            Action::Send { to: 2, msg: Message::Ack { epoch: 1, zxid: Zxid::new(1, 2) } },
+        ]
+    );
+}
+
+#[test]
+fn a_follower_treats_a_gap_in_the_stream_as_a_lost_leader() {
+    let mut zab = follower_of_2(Persisted::default());
+    zab.on_message(2, Message::LeaderInfo { epoch: 1 });
+    zab.on_message(2, Message::Append { epoch: 1, entries: vec![entry(1, 1), entry(1, 3)] });
+    assert_eq!(zab.role(), Role::Looking);
+}
+
+#[test]
+fn a_leader_truncates_a_follower_that_diverged_then_sends_the_difference() {
+    // Server 1 leads with history 1:1, 1:2, 2:1. Server 2 has 1:1, 1:2, 1:3 (1:3 was never
+    // committed) and must drop 1:3, then receive 2:1.
+    let persisted = Persisted {
+        accepted_epoch: 2,
+        current_epoch: 2,
+        snapshot_zxid: Zxid::ZERO,
+        entries: vec![entry(1, 1), entry(1, 2), entry(2, 1)],
+    };
+    let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), persisted);
+    let own = Vote { epoch: 2, zxid: Zxid::new(2, 1), leader: 1 };
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_tick();
+    zab.on_tick();
+    assert_eq!(zab.role(), Role::Leading { epoch: 0, established: false });
+    zab.take_actions();
+    zab.on_message(2, Message::FollowerInfo { accepted_epoch: 2, last_zxid: Zxid::new(1, 3) });
+    assert_eq!(sends(&zab.take_actions()), vec![(2, Message::LeaderInfo { epoch: 3 })]);
+    let ack = Message::AckEpoch { epoch: 3, current_epoch: 1, last_zxid: Zxid::new(1, 3), fresh: true };
+    zab.on_message(2, ack);
+    assert_eq!(
+        sends(&zab.take_actions()),
+        vec![
+            (2, Message::Trunc { epoch: 3, zxid: Zxid::new(1, 2) }),
+            (2, Message::Append { epoch: 3, entries: vec![entry(2, 1)] }),
+            (2, Message::NewLeader { epoch: 3, zxid: Zxid::new(2, 1) }),
+        ]
+    );
+    // Its ack of NEWLEADER makes a quorum: the epoch is established and its history committed.
+    zab.on_message(2, Message::Ack { epoch: 3, zxid: Zxid::new(2, 1) });
+    let actions = zab.take_actions();
+    assert!(actions.contains(&Action::Commit { through: Zxid::new(2, 1) }), "{actions:?}");
+    assert_eq!(zab.role(), Role::Leading { epoch: 3, established: true });
+    assert!(sends(&actions).contains(&(2, Message::UpToDate { epoch: 3, commit: Zxid::new(2, 1) })));
+}
+
+#[test]
+fn a_leader_commits_only_what_a_quorum_has_durable() {
+    let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), Persisted::default());
+    let own = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 1 };
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_tick();
+    zab.on_tick();
+    zab.on_message(2, Message::FollowerInfo { accepted_epoch: 0, last_zxid: Zxid::ZERO });
+    zab.on_message(2, Message::AckEpoch { epoch: 1, current_epoch: 0, last_zxid: Zxid::ZERO, fresh: true });
+    zab.on_message(2, Message::Ack { epoch: 1, zxid: Zxid::ZERO });
+    assert_eq!(zab.role(), Role::Leading { epoch: 1, established: true });
+    zab.take_actions();
+    zab.propose(vec![vec![1].into(), vec![2].into()]).expect("established");
+    zab.take_actions();
+    zab.on_message(2, Message::Ack { epoch: 1, zxid: Zxid::new(1, 2) });
+    assert!(zab.take_actions().is_empty(), "the leader's own copy is not durable yet");
+    zab.on_durable(Zxid::new(1, 1));
+    let actions = zab.take_actions();
+    assert_eq!(actions[0], Action::Commit { through: Zxid::new(1, 1) });
+    // An ack of an earlier epoch never counts.
+    zab.on_message(3, Message::Ack { epoch: 0, zxid: Zxid::new(1, 2) });
+    assert!(zab.take_actions().is_empty());
+}
