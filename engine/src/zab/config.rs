@@ -7,8 +7,11 @@ use super::message::ServerId;
 pub struct ZabConfig {
     /// This server.
     pub id: ServerId,
-    /// Every voting server, this one included (static membership, as `zoo.cfg`).
+    /// Every voting server (static membership, as `zoo.cfg`).
     pub voters: Vec<ServerId>,
+    /// Non-voting members: they follow the leader, receive committed entries only, and
+    /// serve reads; they never vote, never count for a quorum and never lead.
+    pub observers: Vec<ServerId>,
     /// Ticks a follower may take to connect and synchronise, and a new leader to establish
     /// its epoch (ZooKeeper's `initLimit`).
     pub init_limit_ticks: u64,
@@ -30,6 +33,7 @@ impl ZabConfig {
         ZabConfig {
             id,
             voters,
+            observers: Vec::new(),
             init_limit_ticks: 10,
             sync_limit_ticks: 5,
             finalize_ticks: 1,
@@ -48,8 +52,13 @@ impl ZabConfig {
         self.voters.contains(&id)
     }
 
-    /// Every other server.
-    pub fn peers(&self) -> impl Iterator<Item = ServerId> + '_ {
+    /// Whether `id` is in the ensemble (voter or observer).
+    pub fn is_member(&self, id: ServerId) -> bool {
+        self.is_voter(id) || self.observers.contains(&id)
+    }
+
+    /// The voters other than this server: where election notifications go.
+    pub fn other_voters(&self) -> impl Iterator<Item = ServerId> + '_ {
         self.voters.iter().copied().filter(move |&v| v != self.id)
     }
 }

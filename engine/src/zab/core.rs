@@ -95,7 +95,7 @@ impl Zab {
         self.ctx.out.push(Action::RoleChanged(Role::Looking));
         self.broadcast_vote();
         // A one-server ensemble is its own quorum.
-        if self.ctx.cfg.voters == [self.ctx.cfg.id] {
+        if self.ctx.cfg.voters == [self.ctx.cfg.id] && self.ctx.cfg.observers.is_empty() {
             self.decide(own);
         }
     }
@@ -122,7 +122,7 @@ impl Zab {
 
     fn broadcast_vote(&mut self) {
         let msg = self.notification();
-        let peers: Vec<ServerId> = self.ctx.cfg.peers().collect();
+        let peers: Vec<ServerId> = self.ctx.cfg.other_voters().collect();
         for id in peers {
             self.ctx.send(id, msg.clone());
         }
@@ -151,7 +151,7 @@ impl Zab {
 
     /// A message from peer `from`.
     pub fn on_message(&mut self, from: ServerId, msg: Message) {
-        if from == self.ctx.cfg.id || !self.ctx.cfg.is_voter(from) {
+        if from == self.ctx.cfg.id || !self.ctx.cfg.is_member(from) {
             return;
         }
         if let Message::Notification { round, vote, state } = msg {
@@ -173,6 +173,11 @@ impl Zab {
                 let reply = self.notification();
                 self.ctx.send(from, reply);
             }
+            return;
+        }
+        // An observer's vote never counts, and an observer only joins leaderships.
+        let observer_involved = !self.ctx.cfg.is_voter(from) || !self.ctx.cfg.is_voter(self.ctx.cfg.id);
+        if observer_involved && state == ServerState::Looking {
             return;
         }
         let own = self.ctx.own_vote();

@@ -37,6 +37,11 @@ enum LearnerPhase {
 
 #[derive(Debug, Clone)]
 struct Learner {
+    /// A non-voting member: synchronised once the epoch is established, sent committed
+    /// entries only (with each commit), never counted.
+    observer: bool,
+    /// Observers: the last entry sent to it.
+    sent_through: Zxid,
     accepted_epoch: u32,
     phase: LearnerPhase,
     /// Its last durable zxid in this epoch (from ACKs after NEWLEADER).
@@ -111,6 +116,8 @@ impl Leader {
                     return Err(StepDown("a follower accepted a later epoch"));
                 }
                 let learner = Learner {
+                    observer: !ctx.cfg.is_voter(from),
+                    sent_through: Zxid::ZERO,
                     accepted_epoch,
                     phase: LearnerPhase::Info,
                     acked: Zxid::ZERO,
@@ -136,7 +143,8 @@ impl Leader {
                     return Err(StepDown("a follower has a more recent history"));
                 }
                 l.phase = LearnerPhase::EpochAcked { last_zxid, fresh };
-                if self.epoch_quorum {
+                let ready = if l.observer { self.established } else { self.epoch_quorum };
+                if ready {
                     self.synchronise(ctx, from);
                 } else {
                     self.check_epoch_quorum(ctx);
@@ -190,7 +198,8 @@ impl Leader {
         ctx.current_epoch = self.epoch;
         ctx.save_epochs();
         self.initial = ctx.log.last();
-        let ready: Vec<ServerId> = self.learners.iter().filter(|(_, l)| acked(l)).map(|(id, _)| *id).collect();
+        let ready: Vec<ServerId> =
+            self.learners.iter().filter(|(_, l)| acked(l) && !l.observer).map(|(id, _)| *id).collect();
         for id in ready {
             self.synchronise(ctx, id);
         }
@@ -215,17 +224,19 @@ impl Leader {
         self.send_history(ctx, id, from);
     }
 
-    /// Sends the entries above `from`, then NEWLEADER.
+    /// Sends the entries above `from` (to an observer: only committed ones), then NEWLEADER.
     fn send_history(&mut self, ctx: &mut Context, id: ServerId, from: Zxid) {
-        let entries = ctx.log.after(from);
+        let observer = self.learners.get(&id).is_some_and(|l| l.observer);
+        let last = if observer { ctx.log.committed() } else { ctx.log.last() };
+        let entries: Vec<LogEntry> = ctx.log.after(from).into_iter().take_while(|(z, _)| *z <= last).collect();
         for chunk in entries.chunks(ctx.cfg.diff_entries_max.max(1)) {
             ctx.send(id, Message::Append { epoch: self.epoch, entries: chunk.to_vec() });
         }
-        let last = ctx.log.last();
         ctx.send(id, Message::NewLeader { epoch: self.epoch, zxid: last });
         if let Some(l) = self.learners.get_mut(&id) {
             l.phase = LearnerPhase::Synced;
             l.newleader_zxid = last;
+            l.sent_through = last;
             l.acked = Zxid::ZERO;
         }
     }
@@ -255,12 +266,8 @@ impl Leader {
         if !self.epoch_quorum {
             return None;
         }
-        let mut acks: Vec<Zxid> = self
-            .learners
-            .iter()
-            .filter(|(id, l)| ctx.cfg.is_voter(**id) && l.streaming())
-            .map(|(_, l)| l.acked)
-            .collect();
+        let mut acks: Vec<Zxid> =
+            self.learners.iter().filter(|(_, l)| !l.observer && l.streaming()).map(|(_, l)| l.acked).collect();
         acks.push(ctx.log.durable());
         acks.sort_unstable_by(|a, b| b.cmp(a));
         acks.get(ctx.cfg.quorum() - 1).copied()
@@ -275,6 +282,7 @@ impl Leader {
             ctx.out.push(Action::Commit { through: point });
             let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
             for id in ids {
+                self.inform(ctx, id, point);
                 ctx.send(id, Message::Commit { epoch: self.epoch, zxid: point });
             }
             self.release_syncs(ctx);
@@ -285,6 +293,17 @@ impl Leader {
             let ids: Vec<ServerId> = self.learners.keys().copied().collect();
             for id in ids {
                 self.maybe_up_to_date(ctx, id);
+            }
+            // Observers are brought in once the epoch's history is committed: they must
+            // never hold (or be truncated of) what is not.
+            let observers: Vec<ServerId> = self
+                .learners
+                .iter()
+                .filter(|(_, l)| l.observer && matches!(l.phase, LearnerPhase::EpochAcked { .. }))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in observers {
+                self.synchronise(ctx, id);
             }
         }
     }
@@ -309,6 +328,21 @@ impl Leader {
             } else if self.learners.get(&from).is_some_and(Learner::streaming) {
                 ctx.send(from, Message::SyncDone { epoch: self.epoch, id, zxid });
             }
+        }
+    }
+
+    /// Sends an observer the entries committed since the last ones it got (ZooKeeper's
+    /// INFORM: observers see committed entries only).
+    fn inform(&mut self, ctx: &mut Context, id: ServerId, point: Zxid) {
+        let Some(l) = self.learners.get_mut(&id) else { return };
+        if !l.observer || l.sent_through >= point {
+            return;
+        }
+        let entries: Vec<LogEntry> =
+            ctx.log.after(l.sent_through).into_iter().take_while(|(z, _)| *z <= point).collect();
+        l.sent_through = point;
+        if !entries.is_empty() {
+            ctx.send(id, Message::Append { epoch: self.epoch, entries });
         }
     }
 
@@ -340,7 +374,8 @@ impl Leader {
         for entry in &entries {
             ctx.log.push(entry.clone());
         }
-        let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
+        let ids: Vec<ServerId> =
+            self.learners.iter().filter(|(_, l)| l.streaming() && !l.observer).map(|(id, _)| *id).collect();
         for id in ids {
             ctx.send(id, Message::Append { epoch: self.epoch, entries: entries.clone() });
         }

@@ -152,3 +152,27 @@ fn a_leader_commits_only_what_a_quorum_has_durable() {
     zab.on_message(3, Message::Ack { epoch: 0, zxid: Zxid::new(1, 2) });
     assert!(zab.take_actions().is_empty());
 }
+
+#[test]
+fn observers_never_make_a_quorum() {
+    let cfg = ZabConfig { observers: vec![4, 5], ..ZabConfig::new(1, vec![1, 2, 3]) };
+    let mut zab = Zab::new(cfg, Persisted::default());
+    let own = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 1 };
+    // An observer's vote is ignored; a voter's makes the quorum for the election.
+    zab.on_message(4, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_tick();
+    zab.on_tick();
+    assert_eq!(zab.role(), Role::Looking, "an observer's vote does not count");
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_tick();
+    zab.on_tick();
+    assert_eq!(zab.role(), Role::Leading { epoch: 0, established: false });
+    zab.take_actions();
+    // Two observers connecting are not a quorum of voters: no epoch is chosen.
+    zab.on_message(4, Message::FollowerInfo { accepted_epoch: 0, last_zxid: Zxid::ZERO });
+    zab.on_message(5, Message::FollowerInfo { accepted_epoch: 0, last_zxid: Zxid::ZERO });
+    assert!(sends(&zab.take_actions()).is_empty());
+    zab.on_message(2, Message::FollowerInfo { accepted_epoch: 0, last_zxid: Zxid::ZERO });
+    let sent = sends(&zab.take_actions());
+    assert_eq!(sent.len(), 3, "LEADERINFO to the voter and both observers: {sent:?}");
+}

@@ -46,6 +46,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Voting servers.
     pub servers: usize,
+    /// Observers (non-voting members), numbered after the voters.
+    pub observers: usize,
     /// Virtual ms of faults.
     pub fault_ms: u64,
     /// Virtual ms of the healed liveness phase (clients write during its first half).
@@ -68,6 +70,7 @@ impl SimOptions {
         SimOptions {
             seed,
             servers: if seed % 4 == 3 { 5 } else { 3 },
+            observers: if seed % 4 == 1 { 2 } else { 0 },
             fault_ms: 12_000,
             heal_ms: 12_000,
             tick_ms: 100,
@@ -171,12 +174,17 @@ pub fn run(opts: SimOptions) -> Result<Report, String> {
 
 impl Sim {
     fn new(opts: SimOptions) -> Sim {
-        let ids: Vec<ServerId> = (1..=opts.servers as u64).collect();
-        let configs: Vec<ZabConfig> = ids.iter().map(|&id| ZabConfig::new(id, ids.clone())).collect();
+        let voters: Vec<ServerId> = (1..=opts.servers as u64).collect();
+        let observers: Vec<ServerId> = (opts.servers as u64 + 1..=(opts.servers + opts.observers) as u64).collect();
+        let configs: Vec<ZabConfig> = voters
+            .iter()
+            .chain(&observers)
+            .map(|&id| ZabConfig { observers: observers.clone(), ..ZabConfig::new(id, voters.clone()) })
+            .collect();
         let nodes = configs.iter().map(|c| Node::new(c.clone())).collect();
         let rng = StdRng::seed_from_u64(opts.seed);
         let faults = opts.net;
-        let n = opts.servers;
+        let n = opts.servers + opts.observers;
         Sim {
             opts,
             rng,
