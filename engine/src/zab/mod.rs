@@ -24,12 +24,14 @@ mod config;
 mod context;
 mod core;
 mod election;
+pub mod epochs;
 mod follower;
 mod history;
 mod leader;
 mod message;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 pub use action::{Action, Role};
 pub use config::ZabConfig;
