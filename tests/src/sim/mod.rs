@@ -19,6 +19,9 @@
 //!   it (its zxid is greater);
 //! - a read after `sync` is linearizable: it sees every write acknowledged before the sync
 //!   was invoked, on whichever server it runs;
+//! - and the whole client history — writes to a few registers and reads after `sync`, with
+//!   writes whose fate a client never learned left open — passes the linearizability checker
+//!   (`crate::linearizability`);
 //! - each core's own invariants (`Zab::check_invariants`).
 //!
 //! The same seed replays the same run exactly: nothing here reads a clock or iterates a
@@ -35,8 +38,24 @@ use baton_engine::Zxid;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::linearizability::{self, Operation, RegisterOp};
 pub use net::NetFaults;
 use net::{InFlight, Network, Sent};
+
+/// Registers the simulated clients write and read.
+const KEYS: u64 = 3;
+
+/// A write's payload names its register and value.
+fn write_payload(key: u64, value: u64) -> Payload {
+    Payload::from(format!("k{key}=w{value}").into_bytes())
+}
+
+/// The register and value of a write's payload.
+fn parse_write(payload: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (key, value) = text.strip_prefix('k')?.split_once("=w")?;
+    Some((key.parse().ok()?, value.parse().ok()?))
+}
 use node::{decode_state, encode_state, Node};
 
 /// How a run goes.
@@ -141,8 +160,12 @@ struct Sim {
     history: Vec<LogEntry>,
     leaders: BTreeMap<u32, ServerId>,
     /// Client writes proposed and not yet known: (node, life, zxid, payload, the greatest
-    /// zxid acknowledged when it was invoked).
-    pending: Vec<(usize, u64, Zxid, Payload, Zxid)>,
+    /// zxid acknowledged when it was invoked, its operation in `operations`).
+    pending: Vec<(usize, u64, Zxid, Payload, Zxid, usize)>,
+    /// The clients' history, for the linearizability checker.
+    operations: Vec<Operation>,
+    /// Reads after sync in flight: (node, life, sync id) → (register, operation index).
+    reads: BTreeMap<(usize, u64, u64), (u64, usize)>,
     acknowledged: Vec<(Zxid, Payload)>,
     /// The greatest zxid acknowledged so far.
     acknowledged_max: Zxid,
@@ -200,6 +223,8 @@ impl Sim {
             leaders: BTreeMap::new(),
             pending: Vec::new(),
             acknowledged: Vec::new(),
+            operations: Vec::new(),
+            reads: BTreeMap::new(),
             acknowledged_max: Zxid::ZERO,
             syncs: BTreeMap::new(),
             next_sync: 0,
@@ -404,7 +429,7 @@ impl Sim {
                 self.tell_reset(id, peer);
             }
         }
-        self.pending.retain(|(n, _, _, _, _)| *n != i);
+        self.pending.retain(|(n, _, _, _, _, _)| *n != i);
         self.crashes += 1;
         self.note(|| format!("crash {id}: kept {keep} of {len} logged ({durable} fsync'ed)"));
     }
@@ -480,17 +505,20 @@ impl Sim {
         if !leaders.is_empty() {
             let i = leaders[self.rng.random_range(0..leaders.len())];
             let count = self.rng.random_range(1..=3);
-            let payloads: Vec<Payload> = (0..count)
-                .map(|_| {
-                    self.writes += 1;
-                    Payload::from(format!("w{}", self.writes).into_bytes())
-                })
-                .collect();
+            let mut writes = Vec::new();
+            for _ in 0..count {
+                self.writes += 1;
+                writes.push((self.rng.random_range(0..KEYS), self.writes));
+            }
+            let payloads: Vec<Payload> = writes.iter().map(|&(k, v)| write_payload(k, v)).collect();
             if let Some(zab) = self.nodes[i].zab.as_mut() {
                 if let Ok(zxids) = zab.propose(payloads.clone()) {
                     let life = self.nodes[i].life;
-                    for (z, p) in zxids.into_iter().zip(payloads) {
-                        self.pending.push((i, life, z, p, self.acknowledged_max));
+                    for ((z, p), (key, value)) in zxids.into_iter().zip(payloads).zip(writes) {
+                        let op = self.operations.len();
+                        let write = RegisterOp::Write(value);
+                        self.operations.push(Operation { key, op: write, invoked: self.now, completed: None });
+                        self.pending.push((i, life, z, p, self.acknowledged_max, op));
                     }
                 }
             }
@@ -514,6 +542,10 @@ impl Sim {
         if let Some(zab) = self.nodes[i].zab.as_mut() {
             if zab.sync(id) {
                 self.syncs.insert((i, life, id), self.acknowledged_max);
+                let key = self.rng.random_range(0..KEYS);
+                let read = Operation { key, op: RegisterOp::Read(None), invoked: self.now, completed: None };
+                self.reads.insert((i, life, id), (key, self.operations.len()));
+                self.operations.push(read);
             }
         }
         let next = self.now + self.rng.random_range(10..80);
@@ -617,6 +649,11 @@ impl Sim {
                     ));
                 }
                 self.synced_reads += 1;
+                if let Some((key, op)) = self.reads.remove(&(i, node.life, sync)) {
+                    let value = node.applied.iter().rev().filter_map(|(_, p)| parse_write(p)).find(|(k, _)| *k == key);
+                    self.operations[op].op = RegisterOp::Read(value.map(|(_, v)| v));
+                    self.operations[op].completed = Some(self.now);
+                }
             }
             Action::RoleChanged(role) => {
                 self.note(|| format!("server {id}: {role:?}"));
@@ -669,7 +706,7 @@ impl Sim {
             _ => None,
         };
         let mut still = Vec::new();
-        for (n, l, z, p, before) in std::mem::take(&mut self.pending) {
+        for (n, l, z, p, before, op) in std::mem::take(&mut self.pending) {
             if n == i && (l != life || leading != Some(z.epoch())) {
                 continue;
             }
@@ -684,11 +721,12 @@ impl Sim {
                         }
                         self.acknowledged_max = self.acknowledged_max.max(z);
                         self.acknowledged.push((z, p));
+                        self.operations[op].completed = Some(self.now);
                     }
                     _ => return Err(format!("server {id}: its own proposal {z} was replaced before commit")),
                 }
             } else {
-                still.push((n, l, z, p, before));
+                still.push((n, l, z, p, before, op));
             }
         }
         self.pending = still;
@@ -748,7 +786,7 @@ impl Sim {
         if after_heal == 0 {
             return Err("no write was ever acknowledged".into());
         }
-        Ok(())
+        linearizability::check(&self.operations).map_err(|v| v.to_string())
     }
 
     fn report(&self) -> Report {
