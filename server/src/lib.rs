@@ -11,6 +11,7 @@ pub mod conn;
 pub mod core;
 pub mod fourlw;
 pub mod inspect;
+pub mod peer;
 pub mod reads;
 pub mod runtime;
 pub mod serve;

@@ -383,12 +383,18 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
 /// TIME_WAIT do not stop a restart; glommio's own `bind` sets only the first). Must run on
 /// the shard's executor.
 fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    bind_listener(addr, true)
+}
+
+/// A listening socket with SO_REUSEADDR (so connections a predecessor left in TIME_WAIT do
+/// not block the port) and, for the client port's shards, SO_REUSEPORT.
+pub(crate) fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<glommio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::unix::io::{FromRawFd, IntoRawFd};
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     // SAFETY: a bound, listening socket whose only owner becomes the listener.

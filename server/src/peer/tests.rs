@@ -1,0 +1,158 @@
+//! Three replicas on real sockets and real WALs, each on its own glommio executor thread:
+//! they elect a leader and replicate its proposals; when the leader stops, the others elect
+//! another and go on; the old leader restarts from its disk and catches up.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_engine::zab::{Role, ServerId, ZabConfig};
+use baton_engine::Zxid;
+
+use super::replica::{run, ReplicaConfig, StateMachine};
+
+type Log = Arc<Mutex<Vec<(Zxid, Vec<u8>)>>>;
+
+struct Applied(Log);
+
+impl StateMachine for Applied {
+    fn apply(&mut self, zxid: Zxid, payload: &[u8]) {
+        self.0.lock().expect("log lock").push((zxid, payload.to_vec()));
+    }
+}
+
+struct Running {
+    log: Log,
+    role: Arc<Mutex<Role>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn peers() -> BTreeMap<ServerId, SocketAddr> {
+    (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 29_100 + id as u16)))).collect()
+}
+
+fn start(id: ServerId, dir: &Path) -> Running {
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let role = Arc::new(Mutex::new(Role::Looking));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peers = peers();
+    let config = ReplicaConfig {
+        zab: ZabConfig::new(id, vec![1, 2, 3]),
+        listen: peers[&id],
+        peers,
+        data_dir: dir.join(format!("replica-{id}")),
+        tick: Duration::from_millis(50),
+        frame_bytes_max: 1 << 20,
+    };
+    let (l, r, s) = (log.clone(), role.clone(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        baton_engine::sys::raise_memlock_limit();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        executor.run(async move {
+            let state = Rc::new(RefCell::new(Applied(l)));
+            let result = run(config, state, move |handle| {
+                // The client: while this replica leads, one proposal every 5 ms.
+                glommio::spawn_local(async move {
+                    let mut k = 0u64;
+                    loop {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                        let role = handle.role();
+                        *r.lock().expect("role lock") = role;
+                        if s.load(Ordering::SeqCst) {
+                            handle.stop();
+                            return;
+                        }
+                        if matches!(role, Role::Leading { established: true, .. }) {
+                            k += 1;
+                            handle.propose(vec![format!("{id}-{k}").into_bytes().into()]);
+                        }
+                    }
+                })
+                .detach();
+            })
+            .await;
+            result.expect("replica ran");
+        });
+    });
+    Running { log, role, stop, thread }
+}
+
+fn stop(r: Running) -> Log {
+    r.stop.store(true, Ordering::SeqCst);
+    r.thread.join().expect("replica thread");
+    r.log
+}
+
+fn len(log: &Log) -> usize {
+    log.lock().expect("log lock").len()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_prefixes(logs: &[Vec<(Zxid, Vec<u8>)>]) {
+    for a in logs {
+        for b in logs {
+            let n = a.len().min(b.len());
+            assert_eq!(a[..n], b[..n], "two replicas applied different histories");
+        }
+    }
+}
+
+fn leader(replicas: &BTreeMap<ServerId, Running>) -> Option<ServerId> {
+    replicas
+        .iter()
+        .find(|(_, r)| matches!(*r.role.lock().expect("role lock"), Role::Leading { established: true, .. }))
+        .map(|(id, _)| *id)
+}
+
+fn temp_dir() -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
+    std::fs::create_dir_all(&base).expect("test dir");
+    let dir = base.join(format!("replicas-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn three_replicas_replicate_fail_over_and_catch_up() {
+    let dir = temp_dir();
+    let mut replicas: BTreeMap<ServerId, Running> = (1..=3).map(|id| (id, start(id, &dir))).collect();
+    wait_until("every replica applied 30 entries", || replicas.values().all(|r| len(&r.log) >= 30));
+    wait_until("a leader is established", || leader(&replicas).is_some());
+    let first = leader(&replicas).expect("a leader");
+
+    let old = replicas.remove(&first).expect("leader");
+    let old_log = stop(old);
+    let before: usize = replicas.values().map(|r| len(&r.log)).min().unwrap_or(0);
+    wait_until("the others elect a new leader and go on", || {
+        leader(&replicas).is_some_and(|l| l != first) && replicas.values().all(|r| len(&r.log) >= before + 30)
+    });
+
+    // The old leader comes back from its disk (its state machine starts empty and is rebuilt
+    // from what the new leader commits).
+    replicas.insert(first, start(first, &dir));
+    let target = replicas.values().map(|r| len(&r.log)).max().unwrap_or(0);
+    wait_until("the restarted replica catches up", || len(&replicas[&first].log) >= target);
+
+    let logs: Vec<Vec<(Zxid, Vec<u8>)>> =
+        replicas.into_values().map(|r| stop(r).lock().expect("log lock").clone()).collect();
+    let mut all = logs.clone();
+    all.push(old_log.lock().expect("log lock").clone());
+    assert_prefixes(&all);
+    assert!(logs.iter().all(|l| l.len() >= 60), "{:?}", logs.iter().map(Vec::len).collect::<Vec<_>>());
+    let epochs: std::collections::BTreeSet<u32> = logs[0].iter().map(|(z, _)| z.epoch()).collect();
+    assert!(epochs.len() >= 2, "entries of two leaderships: {epochs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,291 @@
+//! Peer links over TCP on one glommio executor: one outbound connection per peer carries
+//! this server's messages to it (FIFO), and the peers' own outbound connections arrive on the
+//! listener. A broken connection — or a message that could not be sent because there was none
+//! — is reported once as [`PeerEvent::Disconnected`], which is how the Zab core learns that
+//! its FIFO stream to that peer lost messages.
+//!
+//! A connection opens with a hello: `"BATONPEER"` and the sender's id (u64 LE). Frames follow
+//! in `baton_engine::zab::wire` format.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use baton_engine::zab::wire::{self, WireError};
+use baton_engine::zab::{Message, ServerId};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+const HELLO: &[u8; 9] = b"BATONPEER";
+const HELLO_BYTES: usize = 17;
+/// Pause between connection attempts to a peer that is down.
+const RECONNECT: Duration = Duration::from_millis(50);
+
+/// What the peers did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A message arrived.
+    Message(ServerId, Message),
+    /// The stream to or from this peer lost messages (a connection broke, or there was none
+    /// to send on).
+    Disconnected(ServerId),
+}
+
+#[derive(Default)]
+struct Outbound {
+    /// Encoded frames waiting for the writer. Invariant: empty while not connected.
+    queue: Vec<u8>,
+    connected: bool,
+    /// A loss was reported since the last connection was made.
+    loss_reported: bool,
+    writer: Option<Waker>,
+}
+
+#[derive(Default)]
+struct Events {
+    queue: VecDeque<PeerEvent>,
+    waker: Option<Waker>,
+}
+
+impl Events {
+    fn push(&mut self, event: PeerEvent) {
+        self.queue.push_back(event);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The peer links of one server.
+pub struct Transport {
+    me: ServerId,
+    outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
+    events: Rc<RefCell<Events>>,
+    /// Bytes one peer's queue may hold; beyond it the link is treated as broken.
+    queue_bytes_max: usize,
+    stop: Rc<std::cell::Cell<bool>>,
+    /// Every link task: dropping one cancels it and closes its socket (a detached task could
+    /// outlive the executor's run and keep the port bound).
+    tasks: Rc<RefCell<Vec<glommio::Task<()>>>>,
+}
+
+impl Transport {
+    /// Starts accepting on `listener` and connecting to every peer. Must run on a glommio
+    /// executor; the links live on it.
+    pub fn start(
+        me: ServerId,
+        listener: TcpListener,
+        peers: &BTreeMap<ServerId, SocketAddr>,
+        frame_bytes_max: usize,
+        queue_bytes_max: usize,
+    ) -> Transport {
+        let outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>> = Rc::new(RefCell::new(BTreeMap::new()));
+        let events = Rc::new(RefCell::new(Events::default()));
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let tasks: Rc<RefCell<Vec<glommio::Task<()>>>> = Rc::new(RefCell::new(Vec::new()));
+        let known: Vec<ServerId> = peers.keys().copied().filter(|&id| id != me).collect();
+        for (&id, &addr) in peers {
+            if id == me {
+                continue;
+            }
+            outbound.borrow_mut().insert(id, Outbound::default());
+            let task = glommio::spawn_local(write_loop(me, id, addr, outbound.clone(), events.clone(), stop.clone()));
+            tasks.borrow_mut().push(task);
+        }
+        let accept = accept_loop(listener, known, frame_bytes_max, events.clone(), stop.clone());
+        let accept = glommio::spawn_local(accept);
+        tasks.borrow_mut().push(accept);
+        Transport { me, outbound, events, queue_bytes_max, stop, tasks }
+    }
+
+    /// Queues `msg` for `to`. When there is no connection (or its queue is over its bound)
+    /// the message is dropped and the loss reported once.
+    pub fn send(&self, to: ServerId, msg: &Message) {
+        let mut outbound = self.outbound.borrow_mut();
+        let Some(link) = outbound.get_mut(&to) else { return };
+        if !link.connected || link.queue.len() > self.queue_bytes_max {
+            link.queue.clear();
+            if !link.loss_reported {
+                link.loss_reported = true;
+                self.events.borrow_mut().push(PeerEvent::Disconnected(to));
+            }
+            return;
+        }
+        wire::encode(msg, &mut link.queue);
+        if let Some(w) = link.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// The next event.
+    pub async fn next_event(&self) -> PeerEvent {
+        poll_fn(|cx| {
+            let mut events = self.events.borrow_mut();
+            match events.queue.pop_front() {
+                Some(e) => Poll::Ready(e),
+                None => {
+                    events.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.me
+    }
+
+    /// Closes every link and the listener.
+    pub fn stop(&self) {
+        self.stop.set(true);
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        drop(tasks);
+    }
+}
+
+async fn write_loop(
+    me: ServerId,
+    peer: ServerId,
+    addr: SocketAddr,
+    outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
+    events: Rc<RefCell<Events>>,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
+    while !stop.get() {
+        let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await else {
+            glommio::timer::sleep(RECONNECT).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut hello = Vec::with_capacity(HELLO_BYTES);
+        hello.extend_from_slice(HELLO);
+        hello.extend_from_slice(&me.to_le_bytes());
+        if stream.write_all(&hello).await.is_err() {
+            glommio::timer::sleep(RECONNECT).await;
+            continue;
+        }
+        if let Some(link) = outbound.borrow_mut().get_mut(&peer) {
+            link.connected = true;
+            link.loss_reported = false;
+            link.queue.clear();
+        }
+        tracing::debug!(me, peer, %addr, "peer link up");
+        loop {
+            let batch = poll_fn(|cx| {
+                let mut outbound = outbound.borrow_mut();
+                let Some(link) = outbound.get_mut(&peer) else { return Poll::Ready(None) };
+                if stop.get() {
+                    return Poll::Ready(None);
+                }
+                if link.queue.is_empty() {
+                    link.writer = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(std::mem::take(&mut link.queue)))
+            })
+            .await;
+            let Some(batch) = batch else { break };
+            if stream.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.close().await;
+        let reported = match outbound.borrow_mut().get_mut(&peer) {
+            Some(link) => {
+                link.connected = false;
+                link.queue.clear();
+                std::mem::replace(&mut link.loss_reported, true)
+            }
+            None => true,
+        };
+        if !reported && !stop.get() {
+            tracing::debug!(me, peer, "peer link down");
+            events.borrow_mut().push(PeerEvent::Disconnected(peer));
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    known: Vec<ServerId>,
+    frame_bytes_max: usize,
+    events: Rc<RefCell<Events>>,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
+    // The readers of accepted connections live as long as this loop (dropping it cancels
+    // them); each marks itself finished so the map holds only live connections.
+    let mut readers: BTreeMap<u64, glommio::Task<()>> = BTreeMap::new();
+    let finished: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::new()));
+    let mut next = 0u64;
+    while !stop.get() {
+        let Ok(stream) = listener.accept().await else { continue };
+        for done in finished.borrow_mut().drain(..) {
+            readers.remove(&done);
+        }
+        next += 1;
+        let (id, finished) = (next, finished.clone());
+        let read = read_loop(stream, known.clone(), frame_bytes_max, events.clone(), stop.clone());
+        let task = glommio::spawn_local(async move {
+            read.await;
+            finished.borrow_mut().push(id);
+        });
+        readers.insert(id, task);
+    }
+}
+
+async fn read_loop(
+    mut stream: TcpStream,
+    known: Vec<ServerId>,
+    frame_bytes_max: usize,
+    events: Rc<RefCell<Events>>,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
+    let mut hello = [0u8; HELLO_BYTES];
+    if stream.read_exact(&mut hello).await.is_err() || &hello[..9] != HELLO {
+        tracing::warn!("a peer connection without a valid hello; closing it");
+        return;
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hello[9..]);
+    let from = u64::from_le_bytes(id);
+    if !known.contains(&from) {
+        tracing::warn!(from, "a connection from a server not in the ensemble; closing it");
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    let why: Option<WireError> = 'read: loop {
+        if stop.get() {
+            break None;
+        }
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        loop {
+            match wire::split_frame(&buf[at..], frame_bytes_max) {
+                Ok(Some((msg, used))) => {
+                    at += used;
+                    events.borrow_mut().push(PeerEvent::Message(from, msg));
+                }
+                Ok(None) => break,
+                Err(e) => break 'read Some(e),
+            }
+        }
+        buf.drain(..at);
+    };
+    if let Some(e) = why {
+        tracing::warn!(from, error = %e, "bad frame from a peer; closing its connection");
+    }
+    if !stop.get() {
+        events.borrow_mut().push(PeerEvent::Disconnected(from));
+    }
+}
