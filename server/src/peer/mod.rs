@@ -1,5 +1,7 @@
 //! Replication between servers: peer links ([`transport`]) and the driver of the Zab core
-//! ([`replica`]). Not yet wired into the client-serving runtime (issue 4).
+//! ([`replica`]: WAL, epochs file, snapshots and SNAP transfer, a pluggable state machine).
+//! Not yet wired into the client-serving runtime: the `baton` server still runs as a single
+//! node (issue 4).
 
 pub mod replica;
 pub mod transport;

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use baton_engine::snapshot::{SnapshotError, SnapshotStore};
 use baton_engine::wal::{Wal, WalConfig, WalError};
 use baton_engine::zab::{epochs, Action, Payload, Persisted, Role, ServerId, Zab, ZabConfig};
 use baton_engine::Zxid;
@@ -22,6 +23,10 @@ use super::transport::{PeerEvent, Transport};
 pub trait StateMachine {
     /// Applies one committed entry (zxids strictly increase).
     fn apply(&mut self, zxid: Zxid, payload: &[u8]);
+    /// The whole state, as bytes [`StateMachine::install`] takes back.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with a snapshot covering everything up to `zxid`.
+    fn install(&mut self, zxid: Zxid, data: &[u8]);
 }
 
 /// Settings of a replica.
@@ -39,6 +44,8 @@ pub struct ReplicaConfig {
     pub tick: Duration,
     /// Largest peer frame accepted.
     pub frame_bytes_max: usize,
+    /// Snapshot the state and compact the log after this many applied entries (0: never).
+    pub snapshot_every_entries: u64,
 }
 
 /// Failures that stop a replica.
@@ -50,6 +57,9 @@ pub enum ReplicaError {
     /// The epochs file could not be read or written.
     #[error(transparent)]
     Epochs(#[from] epochs::EpochError),
+    /// A snapshot could not be written or read.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The peer port could not be bound.
     #[error("peer port {addr}: {source}")]
     Listen {
@@ -58,9 +68,6 @@ pub enum ReplicaError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The core asked for something this driver does not do yet.
-    #[error("unsupported: {0}")]
-    Unsupported(&'static str),
 }
 
 enum Input {
@@ -121,10 +128,17 @@ pub async fn run<S: StateMachine>(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ReplicaError::Epochs(epochs::EpochError::Io { path: config.data_dir.clone(), source: e }))?;
     let (accepted_epoch, current_epoch) = epochs::load(&config.data_dir)?;
+    // Recovery: the newest valid snapshot, then the log after it.
+    let snapshots = SnapshotStore::open(config.data_dir.join("snapshots"))?;
+    let mut snapshot_zxid = Zxid::ZERO;
+    if let Some(snapshot) = snapshots.load_newest()?.snapshot {
+        snapshot_zxid = snapshot.info.zxid;
+        state.borrow_mut().install(snapshot_zxid, snapshot.payload());
+    }
     let (wal, reader) = Wal::open(WalConfig::new(config.data_dir.join("wal"))).await?;
-    let entries = reader.records().map(|r| (r.zxid, Payload::from(r.payload))).collect();
+    let entries = reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
     drop(reader);
-    let persisted = Persisted { accepted_epoch, current_epoch, snapshot_zxid: Zxid::ZERO, entries };
+    let persisted = Persisted { accepted_epoch, current_epoch, snapshot_zxid, entries };
     let listener = crate::runtime::bind_listener(config.listen, false)
         .map_err(|source| ReplicaError::Listen { addr: config.listen, source })?;
     let transport = Rc::new(Transport::start(config.zab.id, listener, &config.peers, config.frame_bytes_max, 64 << 20));
@@ -155,7 +169,10 @@ pub async fn run<S: StateMachine>(
         transport: transport.clone(),
         inputs: inputs.clone(),
         state,
-        applied: Zxid::ZERO,
+        applied: snapshot_zxid,
+        snapshot_every: config.snapshot_every_entries,
+        since_snapshot: 0,
+        snapshots,
         data_dir: config.data_dir.clone(),
         role: handle.role.clone(),
     };
@@ -179,11 +196,28 @@ struct Driver<S> {
     inputs: Rc<RefCell<Inputs>>,
     state: Rc<RefCell<S>>,
     applied: Zxid,
+    /// Entries applied since the last snapshot decide when to take the next.
+    snapshot_every: u64,
+    since_snapshot: u64,
+    snapshots: SnapshotStore,
     data_dir: PathBuf,
     role: Rc<std::cell::Cell<Role>>,
 }
 
 impl<S: StateMachine> Driver<S> {
+    /// Writes a snapshot of the applied state, lets the core forget the log it covers and
+    /// purges the WAL segments it covers (keeping the two newest snapshots).
+    fn take_snapshot(&mut self) -> Result<(), ReplicaError> {
+        let data = self.state.borrow().snapshot();
+        self.snapshots.write(self.applied, &data)?;
+        self.zab.compact(self.applied);
+        self.since_snapshot = 0;
+        if let Some(oldest) = self.snapshots.purge(2)? {
+            self.wal.purge_through(oldest)?;
+        }
+        Ok(())
+    }
+
     async fn run(&mut self) -> Result<(), ReplicaError> {
         self.carry_out().await?;
         loop {
@@ -257,9 +291,16 @@ impl<S: StateMachine> Driver<S> {
             Action::Commit { through } => {
                 let history = self.zab.history();
                 let mut state = self.state.borrow_mut();
+                let mut count = 0u64;
                 for (zxid, payload) in history.after(self.applied).into_iter().take_while(|(z, _)| *z <= through) {
                     state.apply(zxid, &payload);
                     self.applied = zxid;
+                    count += 1;
+                }
+                drop(state);
+                self.since_snapshot += count;
+                if self.snapshot_every > 0 && self.since_snapshot >= self.snapshot_every {
+                    self.take_snapshot()?;
                 }
             }
             Action::RoleChanged(role) => {
@@ -267,8 +308,21 @@ impl<S: StateMachine> Driver<S> {
                 self.role.set(role);
             }
             Action::Synced { .. } => {}
-            Action::InstallSnapshot { .. } | Action::TakeSnapshot { .. } => {
-                return Err(ReplicaError::Unsupported("snapshot transfer is not wired into the replica yet"));
+            Action::TakeSnapshot { peer } => {
+                let data = self.state.borrow().snapshot();
+                self.zab.on_snapshot(peer, self.applied, data.into());
+            }
+            Action::InstallSnapshot { zxid, data } => {
+                // Durable before anything after it: the snapshot, then a log emptied of
+                // everything it replaces (the WAL truncates only when idle).
+                self.state.borrow_mut().install(zxid, &data);
+                self.snapshots.write(zxid, &data)?;
+                while self.wal.durable_zxid() < self.wal.last_zxid() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                self.wal.truncate_after(Zxid::ZERO).await?;
+                self.applied = zxid;
+                self.since_snapshot = 0;
             }
         }
         Ok(())

@@ -18,30 +18,59 @@ use super::replica::{run, ReplicaConfig, StateMachine};
 
 type Log = Arc<Mutex<Vec<(Zxid, Vec<u8>)>>>;
 
-struct Applied(Log);
+struct Applied(Log, Arc<Mutex<Vec<Zxid>>>);
 
 impl StateMachine for Applied {
     fn apply(&mut self, zxid: Zxid, payload: &[u8]) {
         self.0.lock().expect("log lock").push((zxid, payload.to_vec()));
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (z, p) in self.0.lock().expect("log lock").iter() {
+            out.extend_from_slice(&z.0.to_le_bytes());
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    fn install(&mut self, zxid: Zxid, mut data: &[u8]) {
+        self.1.lock().expect("installs lock").push(zxid);
+        let mut log = self.0.lock().expect("log lock");
+        log.clear();
+        while data.len() >= 12 {
+            let z = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+            let n = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes")) as usize;
+            log.push((Zxid(z), data[12..12 + n].to_vec()));
+            data = &data[12 + n..];
+        }
+    }
 }
 
 struct Running {
     log: Log,
+    /// The zxids of every snapshot installed (recovered from disk or received by SNAP).
+    installs: Arc<Mutex<Vec<Zxid>>>,
     role: Arc<Mutex<Role>>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
-fn peers() -> BTreeMap<ServerId, SocketAddr> {
-    (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 29_100 + id as u16)))).collect()
+/// Peer ports: each test its own range (tests of one binary run in parallel).
+fn peers(base: u16) -> BTreeMap<ServerId, SocketAddr> {
+    (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], base + id as u16)))).collect()
 }
 
 fn start(id: ServerId, dir: &Path) -> Running {
+    start_with(id, dir, 29_100, 0)
+}
+
+fn start_with(id: ServerId, dir: &Path, base: u16, snapshot_every_entries: u64) -> Running {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let role = Arc::new(Mutex::new(Role::Looking));
     let stop = Arc::new(AtomicBool::new(false));
-    let peers = peers();
+    let peers = peers(base);
     let config = ReplicaConfig {
         zab: ZabConfig::new(id, vec![1, 2, 3]),
         listen: peers[&id],
@@ -49,13 +78,15 @@ fn start(id: ServerId, dir: &Path) -> Running {
         data_dir: dir.join(format!("replica-{id}")),
         tick: Duration::from_millis(50),
         frame_bytes_max: 1 << 20,
+        snapshot_every_entries,
     };
-    let (l, r, s) = (log.clone(), role.clone(), stop.clone());
+    let installs = Arc::new(Mutex::new(Vec::new()));
+    let (l, r, s, ins) = (log.clone(), role.clone(), stop.clone(), installs.clone());
     let thread = std::thread::spawn(move || {
         baton_engine::sys::raise_memlock_limit();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
         executor.run(async move {
-            let state = Rc::new(RefCell::new(Applied(l)));
+            let state = Rc::new(RefCell::new(Applied(l, ins)));
             let result = run(config, state, move |handle| {
                 // The client: while this replica leads, one proposal every 5 ms.
                 glommio::spawn_local(async move {
@@ -80,7 +111,7 @@ fn start(id: ServerId, dir: &Path) -> Running {
             result.expect("replica ran");
         });
     });
-    Running { log, role, stop, thread }
+    Running { log, installs, role, stop, thread }
 }
 
 fn stop(r: Running) -> Log {
@@ -117,17 +148,17 @@ fn leader(replicas: &BTreeMap<ServerId, Running>) -> Option<ServerId> {
         .map(|(id, _)| *id)
 }
 
-fn temp_dir() -> PathBuf {
+fn temp_dir(name: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-tmp");
     std::fs::create_dir_all(&base).expect("test dir");
-    let dir = base.join(format!("replicas-{}", std::process::id()));
+    let dir = base.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 #[test]
 fn three_replicas_replicate_fail_over_and_catch_up() {
-    let dir = temp_dir();
+    let dir = temp_dir("replicas");
     let mut replicas: BTreeMap<ServerId, Running> = (1..=3).map(|id| (id, start(id, &dir))).collect();
     wait_until("every replica applied 30 entries", || replicas.values().all(|r| len(&r.log) >= 30));
     wait_until("a leader is established", || leader(&replicas).is_some());
@@ -154,5 +185,28 @@ fn three_replicas_replicate_fail_over_and_catch_up() {
     assert!(logs.iter().all(|l| l.len() >= 60), "{:?}", logs.iter().map(Vec::len).collect::<Vec<_>>());
     let epochs: std::collections::BTreeSet<u32> = logs[0].iter().map(|(z, _)| z.epoch()).collect();
     assert!(epochs.len() >= 2, "entries of two leaderships: {epochs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_replica_behind_the_compacted_log_is_brought_back_with_a_snapshot() {
+    let dir = temp_dir("snap");
+    let base = 29_200;
+    let mut replicas: BTreeMap<ServerId, Running> = (1..=3).map(|id| (id, start_with(id, &dir, base, 25))).collect();
+    wait_until("a leader is established", || leader(&replicas).is_some());
+    // Stop a follower; the others commit far past it and compact their logs every 25 entries.
+    let lagging = (1..=3).find(|id| Some(*id) != leader(&replicas)).expect("a follower");
+    let behind = stop(replicas.remove(&lagging).expect("follower"));
+    let was = len(&behind);
+    let last = behind.lock().expect("log lock").last().map_or(Zxid::ZERO, |(z, _)| *z);
+    wait_until("the others commit 150 more entries", || replicas.values().all(|r| len(&r.log) >= was + 150));
+    replicas.insert(lagging, start_with(lagging, &dir, base, 25));
+    let target = replicas.values().map(|r| len(&r.log)).max().unwrap_or(0);
+    wait_until("the lagging replica catches up", || len(&replicas[&lagging].log) >= target);
+    let installs = replicas[&lagging].installs.lock().expect("installs lock").clone();
+    assert!(installs.iter().any(|z| *z > last), "it received a SNAP beyond {last}: {installs:?}");
+    let logs: Vec<Vec<(Zxid, Vec<u8>)>> =
+        replicas.into_values().map(|r| stop(r).lock().expect("log lock").clone()).collect();
+    assert_prefixes(&logs);
     let _ = std::fs::remove_dir_all(&dir);
 }
