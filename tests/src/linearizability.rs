@@ -125,8 +125,10 @@ fn check_register(ops: &[&Operation]) -> bool {
         }
     };
     while events[0].next < end {
-        if entry >= end {
-            // Only calls were left ahead of us, all of them refused: go back.
+        // A return whose call is not linearised yet (or only refused calls left ahead):
+        // undo the last choice and try the next call after it.
+        let backtrack = entry >= end || !events[entry].call;
+        if backtrack {
             let Some((e, previous)) = stack.pop() else { return false };
             let op = events[e].op;
             linearized[op / 64] &= !(1 << (op % 64));
@@ -136,7 +138,7 @@ fn check_register(ops: &[&Operation]) -> bool {
             continue;
         }
         let event = events[entry];
-        if event.call {
+        {
             let op = event.op;
             let next_state = match ops[op].op {
                 RegisterOp::Write(v) => Some(Some(v)),
@@ -156,14 +158,6 @@ fn check_register(ops: &[&Operation]) -> bool {
                 }
             }
             entry = event.next;
-        } else {
-            // A return whose call is not linearised yet: undo the last choice.
-            let Some((e, previous)) = stack.pop() else { return false };
-            let op = events[e].op;
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = previous;
-            unlift(&mut events, e);
-            entry = events[e].next;
         }
     }
     true

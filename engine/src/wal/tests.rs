@@ -24,6 +24,19 @@ fn small_config(dir: &Path) -> WalConfig {
     }
 }
 
+/// A fresh directory holding a closed log of zxids `1..=to` (small segments).
+fn logged(to: u64, lens: &[usize], tasks: usize) -> tempfile::TempDir {
+    let dir = temp_dir();
+    let (d, lens) = (dir.path().to_path_buf(), lens.to_vec());
+    run(async move {
+        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
+        let wal = Rc::new(wal);
+        append_range(&wal, 1, to, &lens, tasks).await;
+        close(wal).await;
+    });
+    dir
+}
+
 fn read_all(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     let reader = WalReader::open(dir).expect("log verifies");
     reader.records().map(|r| (r.zxid.0, r.payload.to_vec())).collect()
@@ -216,14 +229,7 @@ fn truncate_to_nothing_and_start_again() {
 
 #[test]
 fn truncation_interrupted_by_a_crash_is_finished_at_open() {
-    let dir = temp_dir();
-    let d = dir.path().to_path_buf();
-    run(async move {
-        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
-        let wal = Rc::new(wal);
-        append_range(&wal, 1, 300, &[700], 4).await;
-        close(wal).await;
-    });
+    let dir = logged(300, &[700], 4);
     // The crash came after the intent was durable and before any file was touched.
     super::files::write_truncate_intent(dir.path(), Zxid(120)).expect("intent");
     let d = dir.path().to_path_buf();
@@ -378,14 +384,7 @@ fn flipped_bytes_in_earlier_records_are_reported_as_corruption() {
 
 #[test]
 fn corruption_in_an_earlier_segment_is_reported_and_open_refuses() {
-    let dir = temp_dir();
-    let d = dir.path().to_path_buf();
-    run(async move {
-        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
-        let wal = Rc::new(wal);
-        append_range(&wal, 1, 300, &[1000], 2).await;
-        close(wal).await;
-    });
+    let dir = logged(300, &[1000], 2);
     let segments = list_segments(dir.path()).expect("list");
     let (_, first) = &segments[0];
     let mut bytes = std::fs::read(first).expect("read");
@@ -442,14 +441,7 @@ fn an_empty_last_segment_left_by_a_crash_is_removed() {
 
 #[test]
 fn records_after_skips_what_a_snapshot_covers() {
-    let dir = temp_dir();
-    let d = dir.path().to_path_buf();
-    run(async move {
-        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
-        let wal = Rc::new(wal);
-        append_range(&wal, 1, 300, &[800], 2).await;
-        close(wal).await;
-    });
+    let dir = logged(300, &[800], 2);
     let reader = WalReader::open(dir.path()).expect("verify");
     let zxids: Vec<u64> = reader.records_after(Zxid(123)).map(|r| r.zxid.0).collect();
     assert_eq!(zxids, (124..=300).collect::<Vec<_>>());
@@ -569,14 +561,7 @@ fn a_torn_tail_in_a_recycled_segment_is_cut() {
 
 #[test]
 fn a_sealed_segment_cut_short_is_corruption_even_at_a_record_boundary() {
-    let dir = temp_dir();
-    let d = dir.path().to_path_buf();
-    run(async move {
-        let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
-        let wal = Rc::new(wal);
-        append_range(&wal, 1, 300, &[1000], 2).await;
-        close(wal).await;
-    });
+    let dir = logged(300, &[1000], 2);
     let reader = WalReader::open(dir.path()).expect("verify");
     let first = &reader.segments()[0];
     let (path, end) = (first.path.clone(), first.end);

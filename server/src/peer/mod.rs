@@ -3,6 +3,7 @@
 //! Not yet wired into the client-serving runtime: the `baton` server still runs as a single
 //! node (issue 4).
 
+mod queue;
 pub mod replica;
 pub mod transport;
 

@@ -8,7 +8,7 @@
 //! in `baton_engine::zab::wire` format.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,6 +19,8 @@ use baton_engine::zab::wire::{self, WireError};
 use baton_engine::zab::{Message, ServerId};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+
+use super::queue::LocalQueue;
 
 const HELLO: &[u8; 9] = b"BATONPEER";
 const HELLO_BYTES: usize = 17;
@@ -45,26 +47,13 @@ struct Outbound {
     writer: Option<Waker>,
 }
 
-#[derive(Default)]
-struct Events {
-    queue: VecDeque<PeerEvent>,
-    waker: Option<Waker>,
-}
-
-impl Events {
-    fn push(&mut self, event: PeerEvent) {
-        self.queue.push_back(event);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
+type Events = LocalQueue<PeerEvent>;
 
 /// The peer links of one server.
 pub struct Transport {
     me: ServerId,
     outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
-    events: Rc<RefCell<Events>>,
+    events: Rc<Events>,
     /// Bytes one peer's queue may hold; beyond it the link is treated as broken.
     queue_bytes_max: usize,
     stop: Rc<std::cell::Cell<bool>>,
@@ -84,7 +73,7 @@ impl Transport {
         queue_bytes_max: usize,
     ) -> Transport {
         let outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>> = Rc::new(RefCell::new(BTreeMap::new()));
-        let events = Rc::new(RefCell::new(Events::default()));
+        let events = Rc::new(Events::default());
         let stop = Rc::new(std::cell::Cell::new(false));
         let tasks: Rc<RefCell<Vec<glommio::Task<()>>>> = Rc::new(RefCell::new(Vec::new()));
         let known: Vec<ServerId> = peers.keys().copied().filter(|&id| id != me).collect();
@@ -111,7 +100,7 @@ impl Transport {
             link.queue.clear();
             if !link.loss_reported {
                 link.loss_reported = true;
-                self.events.borrow_mut().push(PeerEvent::Disconnected(to));
+                self.events.push(PeerEvent::Disconnected(to));
             }
             return;
         }
@@ -123,17 +112,7 @@ impl Transport {
 
     /// The next event.
     pub async fn next_event(&self) -> PeerEvent {
-        poll_fn(|cx| {
-            let mut events = self.events.borrow_mut();
-            match events.queue.pop_front() {
-                Some(e) => Poll::Ready(e),
-                None => {
-                    events.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.events.pop().await
     }
 
     /// This server's id.
@@ -154,7 +133,7 @@ async fn write_loop(
     peer: ServerId,
     addr: SocketAddr,
     outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
-    events: Rc<RefCell<Events>>,
+    events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
 ) {
     while !stop.get() {
@@ -206,7 +185,7 @@ async fn write_loop(
         };
         if !reported && !stop.get() {
             tracing::debug!(me, peer, "peer link down");
-            events.borrow_mut().push(PeerEvent::Disconnected(peer));
+            events.push(PeerEvent::Disconnected(peer));
         }
     }
 }
@@ -215,7 +194,7 @@ async fn accept_loop(
     listener: TcpListener,
     known: Vec<ServerId>,
     frame_bytes_max: usize,
-    events: Rc<RefCell<Events>>,
+    events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
 ) {
     // The readers of accepted connections live as long as this loop (dropping it cancels
@@ -243,7 +222,7 @@ async fn read_loop(
     mut stream: TcpStream,
     known: Vec<ServerId>,
     frame_bytes_max: usize,
-    events: Rc<RefCell<Events>>,
+    events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
 ) {
     let mut hello = [0u8; HELLO_BYTES];
@@ -274,7 +253,7 @@ async fn read_loop(
             match wire::split_frame(&buf[at..], frame_bytes_max) {
                 Ok(Some((msg, used))) => {
                     at += used;
-                    events.borrow_mut().push(PeerEvent::Message(from, msg));
+                    events.push(PeerEvent::Message(from, msg));
                 }
                 Ok(None) => break,
                 Err(e) => break 'read Some(e),
@@ -286,6 +265,6 @@ async fn read_loop(
         tracing::warn!(from, error = %e, "bad frame from a peer; closing its connection");
     }
     if !stop.get() {
-        events.borrow_mut().push(PeerEvent::Disconnected(from));
+        events.push(PeerEvent::Disconnected(from));
     }
 }
