@@ -67,13 +67,24 @@ fn start(id: ServerId, dir: &Path) -> Running {
 }
 
 fn start_with(id: ServerId, dir: &Path, base: u16, snapshot_every_entries: u64) -> Running {
+    let peers = peers(base);
+    start_on(id, dir, peers[&id], peers, snapshot_every_entries)
+}
+
+/// Starts replica `id` listening on `listen` and reaching peer `j` at `peers[j]`.
+fn start_on(
+    id: ServerId,
+    dir: &Path,
+    listen: SocketAddr,
+    peers: BTreeMap<ServerId, SocketAddr>,
+    snapshot_every_entries: u64,
+) -> Running {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let role = Arc::new(Mutex::new(Role::Looking));
     let stop = Arc::new(AtomicBool::new(false));
-    let peers = peers(base);
     let config = ReplicaConfig {
         zab: ZabConfig::new(id, vec![1, 2, 3]),
-        listen: peers[&id],
+        listen,
         peers,
         data_dir: dir.join(format!("replica-{id}")),
         tick: Duration::from_millis(50),
@@ -208,5 +219,136 @@ fn a_replica_behind_the_compacted_log_is_brought_back_with_a_snapshot() {
     let logs: Vec<Vec<(Zxid, Vec<u8>)>> =
         replicas.into_values().map(|r| stop(r).lock().expect("log lock").clone()).collect();
     assert_prefixes(&logs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy for one direction of one peer link that can be cut: cutting closes its
+/// connections and refuses new ones until healed (a partition as the peers see it).
+struct Proxy {
+    cut: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(listen: SocketAddr, target: SocketAddr) -> Proxy {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind(listen).expect("proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let cut = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (c, d) = (cut.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !d.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((inbound, _)) => {
+                        if c.load(Ordering::SeqCst) {
+                            continue; // dropped: refused while cut
+                        }
+                        let Ok(outbound) = TcpStream::connect(target) else { continue };
+                        for (mut from, mut to) in [
+                            (inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone")),
+                            (outbound, inbound),
+                        ] {
+                            let (c, d) = (c.clone(), d.clone());
+                            pumps.push(std::thread::spawn(move || {
+                                use std::io::{Read, Write};
+                                let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                                let mut buf = [0u8; 16 << 10];
+                                loop {
+                                    if c.load(Ordering::SeqCst) || d.load(Ordering::SeqCst) {
+                                        break;
+                                    }
+                                    match from.read(&mut buf) {
+                                        Ok(0) => break,
+                                        Ok(n) => {
+                                            if to.write_all(&buf[..n]).is_err() {
+                                                break;
+                                            }
+                                        }
+                                        Err(e)
+                                            if matches!(
+                                                e.kind(),
+                                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                            ) => {}
+                                        Err(_) => break,
+                                    }
+                                }
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            }));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        Proxy { cut, done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_leader_cut_off_from_the_majority_is_replaced_and_rejoins_after_healing() {
+    let dir = temp_dir("partition");
+    let real = |id: ServerId| SocketAddr::from(([127, 0, 0, 1], 29_300 + id as u16));
+    let via = |from: ServerId, to: ServerId| SocketAddr::from(([127, 0, 0, 1], 29_400 + (from * 10 + to) as u16));
+    let mut proxies: BTreeMap<(ServerId, ServerId), Proxy> = BTreeMap::new();
+    for from in 1..=3u64 {
+        for to in 1..=3u64 {
+            if from != to {
+                proxies.insert((from, to), Proxy::start(via(from, to), real(to)));
+            }
+        }
+    }
+    let mut replicas: BTreeMap<ServerId, Running> = BTreeMap::new();
+    for id in 1..=3u64 {
+        let peers = (1..=3u64).map(|j| (j, if j == id { real(id) } else { via(id, j) })).collect();
+        replicas.insert(id, start_on(id, &dir, real(id), peers, 0));
+    }
+    wait_until("every replica applied 30 entries", || replicas.values().all(|r| len(&r.log) >= 30));
+    wait_until("a leader is established", || leader(&replicas).is_some());
+    let cut_off = leader(&replicas).expect("a leader");
+
+    let set_cut = |proxies: &BTreeMap<(ServerId, ServerId), Proxy>, cut: bool| {
+        for ((from, to), p) in proxies {
+            if *from == cut_off || *to == cut_off {
+                p.cut.store(cut, Ordering::SeqCst);
+            }
+        }
+    };
+    set_cut(&proxies, true);
+    let majority: Vec<ServerId> = (1..=3).filter(|&id| id != cut_off).collect();
+    let before = majority.iter().map(|id| len(&replicas[id].log)).min().unwrap_or(0);
+    wait_until("the majority elects another leader and goes on", || {
+        let new = leader(&replicas).filter(|&l| l != cut_off);
+        new.is_some() && majority.iter().all(|id| len(&replicas[id].log) >= before + 30)
+    });
+    wait_until("the cut-off leader steps down", || {
+        !matches!(*replicas[&cut_off].role.lock().expect("role lock"), Role::Leading { .. })
+    });
+
+    set_cut(&proxies, false);
+    let target = majority.iter().map(|id| len(&replicas[id].log)).max().unwrap_or(0);
+    wait_until("the old leader rejoins and catches up", || {
+        len(&replicas[&cut_off].log) >= target
+            && matches!(*replicas[&cut_off].role.lock().expect("role lock"), Role::Following { serving: true, .. })
+    });
+    let logs: Vec<Vec<(Zxid, Vec<u8>)>> =
+        replicas.into_values().map(|r| stop(r).lock().expect("log lock").clone()).collect();
+    assert_prefixes(&logs);
+    drop(proxies);
     let _ = std::fs::remove_dir_all(&dir);
 }
