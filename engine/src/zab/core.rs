@@ -237,6 +237,17 @@ impl Zab {
         }
     }
 
+    /// The zxid the next proposal will get (leader only, once established). A sequencer that
+    /// stamps zxids into the entries it prepares takes them from here: proposals receive
+    /// consecutive zxids from it, in the order they are proposed.
+    pub fn next_zxid(&self) -> Result<Zxid, ZabError> {
+        match &self.role {
+            RoleState::Leading(l) => l.next_zxid(&self.ctx),
+            RoleState::Following(f) => Err(ZabError::NotLeader { leader: Some(f.leader) }),
+            RoleState::Looking => Err(ZabError::NotLeader { leader: None }),
+        }
+    }
+
     /// Proposes entries (leader only, once established). Returns their zxids in order.
     pub fn propose(&mut self, payloads: Vec<Payload>) -> Result<Vec<Zxid>, ZabError> {
         match &mut self.role {

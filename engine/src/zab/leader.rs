@@ -357,6 +357,16 @@ impl Leader {
         }
     }
 
+    /// The zxid the next proposal gets.
+    pub fn next_zxid(&self, ctx: &Context) -> Result<Zxid, ZabError> {
+        if !self.established {
+            return Err(ZabError::NotEstablished);
+        }
+        let last = ctx.log.last();
+        let next = if last.epoch() == self.epoch { last.next() } else { Some(Zxid::new(self.epoch, 1)) };
+        next.ok_or(ZabError::EpochExhausted)
+    }
+
     /// Proposes entries made from `payloads`, in order; returns their zxids.
     pub fn propose(&mut self, ctx: &mut Context, payloads: Vec<Payload>) -> Result<Vec<Zxid>, ZabError> {
         if !self.established {

@@ -28,7 +28,9 @@ fn a_single_server_leads_at_once_and_commits_what_is_durable() {
     assert_eq!(zab.role(), Role::Leading { epoch: 2, established: true });
 
     let payload: Payload = vec![9].into();
+    assert_eq!(zab.next_zxid(), Ok(Zxid::new(2, 1)), "a new epoch's first zxid");
     let zxids = zab.propose(vec![payload.clone()]).expect("leader");
+    assert_eq!(zab.next_zxid(), Ok(Zxid::new(2, 2)));
     assert_eq!(zxids, vec![Zxid::new(2, 1)]);
     assert_eq!(zab.take_actions(), vec![Action::Append { entries: vec![(Zxid::new(2, 1), payload)] }]);
     zab.on_durable(Zxid::new(2, 1));
