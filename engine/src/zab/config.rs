@@ -12,6 +12,8 @@ pub struct ZabConfig {
     /// Non-voting members: they follow the leader, receive committed entries only, and
     /// serve reads; they never vote, never count for a quorum and never lead.
     pub observers: Vec<ServerId>,
+    /// For an observer: the observer it follows instead of the leader (a tree of observers).
+    pub upstream: Option<ServerId>,
     /// Ticks a follower may take to connect and synchronise, and a new leader to establish
     /// its epoch (ZooKeeper's `initLimit`).
     pub init_limit_ticks: u64,
@@ -34,6 +36,7 @@ impl ZabConfig {
             id,
             voters,
             observers: Vec::new(),
+            upstream: None,
             init_limit_ticks: 10,
             sync_limit_ticks: 5,
             finalize_ticks: 1,

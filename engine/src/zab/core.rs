@@ -135,7 +135,10 @@ impl Zab {
             self.ctx.out.push(Action::RoleChanged(leader.role()));
             self.role = RoleState::Leading(leader);
         } else {
-            let follower = Follower::start(&mut self.ctx, vote.leader);
+            // An observer with an upstream observer follows it instead of the leader.
+            let observer = !self.ctx.cfg.is_voter(self.ctx.cfg.id);
+            let target = self.ctx.cfg.upstream.filter(|_| observer).unwrap_or(vote.leader);
+            let follower = Follower::start(&mut self.ctx, target);
             self.ctx.out.push(Action::RoleChanged(follower.role()));
             self.role = RoleState::Following(follower);
         }
@@ -161,7 +164,10 @@ impl Zab {
         let result = match &mut self.role {
             RoleState::Looking => Ok(()),
             RoleState::Following(f) if f.leader == from => f.on_message(&mut self.ctx, msg).map_err(|e| e.0),
-            RoleState::Following(_) => Ok(()),
+            RoleState::Following(f) => {
+                f.on_learner_message(&mut self.ctx, from, msg);
+                Ok(())
+            }
             RoleState::Leading(l) => l.on_message(&mut self.ctx, from, msg).map_err(|e| e.0),
         };
         self.after(result);
@@ -203,6 +209,10 @@ impl Zab {
     pub fn on_disconnected(&mut self, peer: ServerId) {
         let result = match &mut self.role {
             RoleState::Following(f) if f.leader == peer => Err("lost the connection to the leader"),
+            RoleState::Following(f) => {
+                f.forget(peer);
+                Ok(())
+            }
             RoleState::Leading(l) => {
                 l.forget(peer);
                 Ok(())
@@ -277,8 +287,10 @@ impl Zab {
 
     /// The snapshot asked for with [`Action::TakeSnapshot`]: the committed state at `zxid`.
     pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid, data: Payload) {
-        if let RoleState::Leading(l) = &mut self.role {
-            l.on_snapshot(&mut self.ctx, peer, zxid, data);
+        match &mut self.role {
+            RoleState::Leading(l) => l.on_snapshot(&mut self.ctx, peer, zxid, data),
+            RoleState::Following(f) => f.on_snapshot(&mut self.ctx, peer, zxid, data),
+            RoleState::Looking => {}
         }
     }
 

@@ -11,7 +11,8 @@
 
 use super::action::{Action, Role};
 use super::context::Context;
-use super::message::{LogEntry, Message, ServerId};
+use super::message::{LogEntry, Message, Payload, ServerId};
+use super::relay::Relay;
 use crate::log::Zxid;
 
 /// Where a follower is with its leader.
@@ -42,6 +43,8 @@ pub struct Follower {
     /// Syncs answered by the leader, waiting for the commit point to reach theirs.
     /// Invariant: sorted by zxid (the leader answers in commit order on a FIFO link).
     syncs: Vec<(u64, Zxid)>,
+    /// Downstream observers (when this server is an observer).
+    relay: Relay,
 }
 
 /// The follower gives up on its leader.
@@ -60,6 +63,7 @@ impl Follower {
             last_heard: ctx.now,
             requested: std::collections::BTreeSet::new(),
             syncs: Vec::new(),
+            relay: Relay::default(),
         };
         f.send_info(ctx);
         f
@@ -75,8 +79,41 @@ impl Follower {
         Role::Following { leader: self.leader, epoch: self.epoch, serving: self.serving }
     }
 
-    /// A message from the leader.
+    /// A message from the leader (or upstream observer).
     pub fn on_message(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
+        let relayed = match &msg {
+            Message::Append { .. } | Message::Commit { .. } | Message::Ping { .. } => Some(msg.clone()),
+            _ => None,
+        };
+        self.on_message_inner(ctx, msg)?;
+        if let Some(msg) = relayed.filter(|_| self.phase == Phase::Synced) {
+            self.relay.relay(ctx, &msg);
+        }
+        Ok(())
+    }
+
+    /// A message from a downstream observer.
+    pub fn on_learner_message(&mut self, ctx: &mut Context, from: ServerId, msg: Message) {
+        let observer = !ctx.cfg.is_voter(ctx.cfg.id);
+        if !observer || !self.serving || ctx.cfg.is_voter(from) {
+            return;
+        }
+        if let Some(sync) = self.relay.on_message(ctx, self.epoch, from, msg) {
+            ctx.send(self.leader, sync);
+        }
+    }
+
+    /// A downstream observer's connection broke.
+    pub fn forget(&mut self, id: ServerId) {
+        self.relay.forget(id);
+    }
+
+    /// The driver's snapshot for a downstream observer.
+    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid, data: Payload) {
+        self.relay.on_snapshot(ctx, self.epoch, id, zxid, data);
+    }
+
+    fn on_message_inner(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
         self.last_heard = ctx.now;
         if let Message::LeaderInfo { epoch } = msg {
             return self.on_leader_info(ctx, epoch);
@@ -117,6 +154,9 @@ impl Follower {
                 self.syncs.push((id, zxid));
                 self.release_syncs(ctx);
             }
+            Message::SyncDone { id, zxid, epoch } => {
+                self.relay.sync_done(ctx, epoch, id, zxid);
+            }
             Message::Ping { commit, .. } if self.phase == Phase::Synced => {
                 self.commit(ctx, commit)?;
                 ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
@@ -130,7 +170,10 @@ impl Follower {
         if self.phase != Phase::Discovery {
             return Ok(()); // a duplicate from a re-sent FOLLOWERINFO
         }
-        if epoch < ctx.accepted_epoch {
+        // An observer promises nothing with its epochs (it never votes or counts): it
+        // follows whatever established leadership it is given.
+        let observer = !ctx.cfg.is_voter(ctx.cfg.id);
+        if epoch < ctx.accepted_epoch && !observer {
             return Err(LostLeader("the leader's epoch is below the accepted one"));
         }
         let fresh = epoch > ctx.accepted_epoch;

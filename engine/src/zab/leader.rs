@@ -109,7 +109,7 @@ impl Leader {
         }
         match msg {
             Message::FollowerInfo { accepted_epoch, .. } => {
-                if self.established && accepted_epoch > self.epoch {
+                if self.established && accepted_epoch > self.epoch && ctx.cfg.is_voter(from) {
                     // It accepted a later epoch from a leadership that failed, so it can never
                     // follow this one (it refuses an epoch below its accepted one); an
                     // election now picks an epoch above it and takes it in.
@@ -139,7 +139,7 @@ impl Leader {
                 // ZooKeeper's waitForEpochAck: a member of the epoch's quorum must not have a
                 // more recent history than the leader (the election should have prevented it).
                 let ahead = (current_epoch, last_zxid) > (ctx.current_epoch, ctx.log.last());
-                if fresh && ahead && !self.epoch_quorum {
+                if fresh && ahead && !self.epoch_quorum && !l.observer {
                     return Err(StepDown("a follower has a more recent history"));
                 }
                 l.phase = LearnerPhase::EpochAcked { last_zxid, fresh };

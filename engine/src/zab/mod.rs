@@ -29,6 +29,7 @@ mod follower;
 mod history;
 mod leader;
 mod message;
+mod relay;
 #[cfg(test)]
 mod tests;
 pub mod wire;

@@ -199,10 +199,16 @@ impl Sim {
     fn new(opts: SimOptions) -> Sim {
         let voters: Vec<ServerId> = (1..=opts.servers as u64).collect();
         let observers: Vec<ServerId> = (opts.servers as u64 + 1..=(opts.servers + opts.observers) as u64).collect();
+        // With two or more observers, the last one follows the first (a tree of observers).
+        let relayed = (observers.len() >= 2).then(|| (observers[observers.len() - 1], observers[0]));
         let configs: Vec<ZabConfig> = voters
             .iter()
             .chain(&observers)
-            .map(|&id| ZabConfig { observers: observers.clone(), ..ZabConfig::new(id, voters.clone()) })
+            .map(|&id| ZabConfig {
+                observers: observers.clone(),
+                upstream: relayed.filter(|(down, _)| *down == id).map(|(_, up)| up),
+                ..ZabConfig::new(id, voters.clone())
+            })
             .collect();
         let nodes = configs.iter().map(|c| Node::new(c.clone())).collect();
         let rng = StdRng::seed_from_u64(opts.seed);
@@ -761,7 +767,8 @@ impl Sim {
             if i == leader {
                 continue;
             }
-            let expected = Role::Following { leader: leader as u64 + 1, epoch, serving: true };
+            let followed = self.configs[i].upstream.unwrap_or(leader as u64 + 1);
+            let expected = Role::Following { leader: followed, epoch, serving: true };
             if *role != Some(expected) {
                 return Err(format!("server {} is {role:?}, not following {} in epoch {epoch}", i + 1, leader + 1));
             }
