@@ -45,10 +45,10 @@ impl Relay {
                 self.downstream.insert(from, Phase::Info);
                 ctx.send(from, Message::LeaderInfo { epoch });
             }
-            Message::AckEpoch { epoch: e, last_zxid, .. } if e == epoch => {
-                if self.downstream.get(&from) == Some(&Phase::Info) {
-                    self.synchronise(ctx, epoch, from, last_zxid);
-                }
+            Message::AckEpoch { epoch: e, last_zxid, .. }
+                if e == epoch && self.downstream.get(&from) == Some(&Phase::Info) =>
+            {
+                self.synchronise(ctx, epoch, from, last_zxid);
             }
             Message::Ack { epoch: e, zxid } if e == epoch => {
                 if let Some(Phase::Synced(newleader)) = self.downstream.get(&from).copied() {
