@@ -1,6 +1,6 @@
 //! A deterministic simulator for the Zab core (`baton_engine::zab`): several servers' cores
 //! driven by one seeded random generator through a simulated network (delay, connection
-//! resets, duplicates, partitions; FIFO per link), simulated disks (slow fsync, crashes that
+//! resets, duplicates, partitions into groups and cuts of any set of links; FIFO per link), simulated disks (slow fsync, crashes that
 //! keep any prefix of what was not yet fsync'ed) and a virtual clock.
 //!
 //! A run has a **fault phase** (crashes, restarts, partitions, resets, duplicates, client
@@ -387,6 +387,26 @@ impl Sim {
                     self.crash(i);
                     let back = self.now + self.rng.random_range(100..3000);
                     self.schedule(back, Event::Restart(i));
+                }
+            }
+            6 if !self.net.partitioned() => {
+                // Any shape: a random set of links, not necessarily a split into groups.
+                let mut pairs = Vec::new();
+                for x in 1..=n as u64 {
+                    for y in x + 1..=n as u64 {
+                        if self.rng.random_bool(0.4) {
+                            pairs.push((x, y));
+                        }
+                    }
+                }
+                if !pairs.is_empty() {
+                    self.note(|| format!("cut links {pairs:?}"));
+                    self.net.cut_links(self.now, &pairs);
+                    for &(x, y) in &pairs {
+                        self.tell_reset(x, y);
+                    }
+                    let heal = self.now + self.rng.random_range(300..4000);
+                    self.schedule(heal, Event::Heal);
                 }
             }
             3..=5 if !self.net.partitioned() => {

@@ -126,6 +126,16 @@ impl Network {
         cut
     }
 
+    /// Cuts the links between these pairs only (both ways): a partition that need not split
+    /// the servers into groups (A and B cut off from each other, both still reaching C).
+    pub fn cut_links(&mut self, now: u64, pairs: &[(ServerId, ServerId)]) {
+        for &(x, y) in pairs {
+            self.blocked.insert((x, y));
+            self.blocked.insert((y, x));
+            self.reset(now, x, y);
+        }
+    }
+
     /// Removes every partition.
     pub fn heal(&mut self) {
         self.blocked.clear();
