@@ -28,7 +28,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
         return;
     }
     let seeds = env_u64("BATON_SIM_SEEDS").unwrap_or(4000);
-    let (mut committed, mut acked, mut epochs, mut crashes, mut snaps, mut reads) = (0, 0, 0, 0, 0, 0);
+    let (mut committed, mut acked, mut epochs, mut crashes, mut snaps, mut reads, mut touches) = (0, 0, 0, 0, 0, 0, 0);
     for seed in 0..seeds {
         match run(SimOptions::for_seed(seed)) {
             Ok(r) => {
@@ -38,6 +38,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
                 crashes += r.crashes;
                 snaps += r.snapshots_installed;
                 reads += r.synced_reads;
+                touches += r.touches;
             }
             Err(why) => {
                 let first_line = why.lines().next().unwrap_or_default().to_string();
@@ -47,11 +48,13 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     }
     eprintln!(
         "{seeds} seeds: {committed} entries committed, {acked} writes acknowledged, {epochs} epochs, \
-         {crashes} crashes, {snaps} snapshots installed, {reads} reads after sync"
+         {crashes} crashes, {snaps} snapshots installed, {reads} reads after sync, {touches} session \
+         renewals"
     );
     assert!(acked > seeds as usize, "writes were acknowledged");
     assert!(snaps > 0, "some followers were brought back with a snapshot");
     assert!(reads > seeds, "reads after sync were checked");
+    assert!(touches > seeds, "session liveness reached the leaders: {touches}");
 }
 
 #[test]

@@ -88,6 +88,12 @@ pub enum Action {
         /// The commit point the sync waited for.
         zxid: Zxid,
     },
+    /// (Leader only.) These sessions were seen alive on some server of the ensemble: renew
+    /// them in the session tracker, which expires the others.
+    Touched {
+        /// Session ids.
+        sessions: Vec<u64>,
+    },
     /// The role changed (for logs, `srvr`/`mntr` and client routing). Syncs in flight are
     /// dropped when a follower leaves its leader or a leader steps down; callers time out.
     RoleChanged(Role),

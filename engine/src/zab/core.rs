@@ -285,6 +285,21 @@ impl Zab {
         }
     }
 
+    /// Reports client sessions seen alive on this server. On the leader they are renewed at
+    /// once ([`Action::Touched`]); elsewhere they travel to the leader. Returns false when
+    /// this server has no synchronised leader to tell (the caller reports them again at its
+    /// next liveness round).
+    pub fn touch(&mut self, sessions: Vec<u64>) -> bool {
+        match &mut self.role {
+            RoleState::Leading(_) if !sessions.is_empty() => {
+                self.ctx.out.push(Action::Touched { sessions });
+                true
+            }
+            RoleState::Following(f) => f.touch(&mut self.ctx, sessions),
+            _ => false,
+        }
+    }
+
     /// The snapshot asked for with [`Action::TakeSnapshot`]: the committed state at `zxid`.
     pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid, data: Payload) {
         match &mut self.role {

@@ -98,9 +98,18 @@ impl Follower {
         if !observer || !self.serving || ctx.cfg.is_voter(from) {
             return;
         }
-        if let Some(sync) = self.relay.on_message(ctx, self.epoch, from, msg) {
-            ctx.send(self.leader, sync);
+        if let Some(upstream) = self.relay.on_message(ctx, self.epoch, from, msg) {
+            ctx.send(self.leader, upstream);
         }
+    }
+
+    /// Reports sessions seen alive here to the leader (once synchronised with it).
+    pub fn touch(&mut self, ctx: &mut Context, sessions: Vec<u64>) -> bool {
+        if self.phase != Phase::Synced || sessions.is_empty() {
+            return false;
+        }
+        ctx.send(self.leader, Message::Touch { epoch: self.epoch, sessions });
+        true
     }
 
     /// A downstream observer's connection broke.

@@ -153,6 +153,15 @@ pub enum Message {
         /// Everything proposed before the sync.
         zxid: Zxid,
     },
+    /// Follower or observer → leader (through upstream observers): these client sessions
+    /// were seen alive here. The leader owns session expiry (ZooKeeper's learners report
+    /// their sessions in their ping replies).
+    Touch {
+        /// The epoch.
+        epoch: u32,
+        /// Session ids.
+        sessions: Vec<u64>,
+    },
     /// Leader → follower heartbeat, carrying the commit point.
     Ping {
         /// The epoch.
@@ -179,6 +188,7 @@ impl Message {
             | Message::Commit { epoch, .. }
             | Message::Sync { epoch, .. }
             | Message::SyncDone { epoch, .. }
+            | Message::Touch { epoch, .. }
             | Message::Ping { epoch, .. } => Some(*epoch),
         }
     }

@@ -38,7 +38,7 @@ impl Relay {
     }
 
     /// A message from a downstream observer; `epoch` is this observer's leader's epoch.
-    /// Returns a sync to forward upstream, if any.
+    /// Returns what to forward upstream (a sync under our own id, or its sessions' touches).
     pub fn on_message(&mut self, ctx: &mut Context, epoch: u32, from: ServerId, msg: Message) -> Option<Message> {
         match msg {
             Message::FollowerInfo { .. } => {
@@ -57,6 +57,11 @@ impl Relay {
                         ctx.send(from, Message::UpToDate { epoch, commit: ctx.log.committed() });
                     }
                 }
+            }
+            Message::Touch { epoch: e, sessions }
+                if e == epoch && self.downstream.get(&from).is_some_and(|p| Relay::streaming(*p)) =>
+            {
+                return Some(Message::Touch { epoch, sessions });
             }
             Message::Sync { epoch: e, id }
                 if e == epoch && self.downstream.get(&from).is_some_and(|p| Relay::streaming(*p)) =>

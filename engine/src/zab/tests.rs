@@ -178,3 +178,14 @@ fn observers_never_make_a_quorum() {
     let sent = sends(&zab.take_actions());
     assert_eq!(sent.len(), 3, "LEADERINFO to the voter and both observers: {sent:?}");
 }
+
+#[test]
+fn session_liveness_travels_to_the_leader() {
+    let mut zab = follower_of_2(Persisted::default());
+    assert!(!zab.touch(vec![7]), "not synchronised yet: nothing to tell");
+    zab.on_message(2, Message::LeaderInfo { epoch: 1 });
+    zab.on_message(2, Message::NewLeader { epoch: 1, zxid: Zxid::ZERO });
+    zab.take_actions();
+    assert!(zab.touch(vec![7, 9]));
+    assert_eq!(sends(&zab.take_actions()), vec![(2, Message::Touch { epoch: 1, sessions: vec![7, 9] })]);
+}

@@ -54,6 +54,7 @@ const COMMIT: u8 = 11;
 const SYNC: u8 = 12;
 const SYNC_DONE: u8 = 13;
 const PING: u8 = 14;
+const TOUCH: u8 = 15;
 
 struct Out<'a>(&'a mut Vec<u8>);
 
@@ -135,6 +136,12 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Ping { epoch, commit } => {
             o.u8(PING).u32(*epoch).zxid(*commit);
+        }
+        Message::Touch { epoch, sessions } => {
+            o.u8(TOUCH).u32(*epoch).u32(sessions.len() as u32);
+            for s in sessions {
+                o.u64(*s);
+            }
         }
     }
     let body_len = out.len() - start - FRAME_HEADER_BYTES;
@@ -226,6 +233,15 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
         SYNC => Message::Sync { epoch: i.u32()?, id: i.u64()? },
         SYNC_DONE => Message::SyncDone { epoch: i.u32()?, id: i.u64()?, zxid: i.zxid()? },
         PING => Message::Ping { epoch: i.u32()?, commit: i.zxid()? },
+        TOUCH => {
+            let epoch = i.u32()?;
+            let count = i.u32()? as usize;
+            if count > i.0.len() / 8 {
+                return Err(WireError::Malformed("session count exceeds the frame"));
+            }
+            let sessions = (0..count).map(|_| i.u64()).collect::<Result<Vec<_>, _>>()?;
+            Message::Touch { epoch, sessions }
+        }
         tag => return Err(WireError::UnknownTag(tag)),
     };
     if !i.0.is_empty() {
@@ -291,6 +307,8 @@ mod tests {
             (any::<u32>(), any::<u64>()).prop_map(|(epoch, id)| Message::Sync { epoch, id }),
             (any::<u32>(), any::<u64>(), zxid()).prop_map(|(epoch, id, zxid)| Message::SyncDone { epoch, id, zxid }),
             (any::<u32>(), zxid()).prop_map(|(epoch, commit)| Message::Ping { epoch, commit }),
+            (any::<u32>(), proptest::collection::vec(any::<u64>(), 0..6))
+                .prop_map(|(epoch, sessions)| Message::Touch { epoch, sessions }),
         ]
     }
 

@@ -307,7 +307,9 @@ impl<S: StateMachine> Driver<S> {
                 tracing::info!(id = self.transport.id(), ?role, "role");
                 self.role.set(role);
             }
-            Action::Synced { .. } => {}
+            // No sessions in this driver (the client-serving runtime's session tracker will
+            // take these).
+            Action::Synced { .. } | Action::Touched { .. } => {}
             Action::TakeSnapshot { peer } => {
                 let data = self.state.borrow().snapshot();
                 self.zab.on_snapshot(peer, self.applied, data.into());

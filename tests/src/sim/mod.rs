@@ -116,6 +116,8 @@ pub struct Report {
     pub snapshots_installed: u64,
     /// Reads after `sync` checked.
     pub synced_reads: u64,
+    /// Session liveness reports that reached a leader.
+    pub touches: u64,
     /// Messages sent and lost.
     pub messages: (u64, u64),
     /// A digest of every event, to check that a seed replays exactly.
@@ -173,6 +175,8 @@ struct Sim {
     syncs: BTreeMap<(usize, u64, u64), Zxid>,
     next_sync: u64,
     synced_reads: u64,
+    /// Sessions renewed by a leader from liveness reports.
+    touches: u64,
     writes: u64,
     fsync_at: Vec<u64>,
     crashes: u64,
@@ -235,6 +239,7 @@ impl Sim {
             syncs: BTreeMap::new(),
             next_sync: 0,
             synced_reads: 0,
+            touches: 0,
             writes: 0,
             fsync_at: vec![0; n],
             crashes: 0,
@@ -566,6 +571,8 @@ impl Sim {
         self.next_sync += 1;
         let id = self.next_sync;
         if let Some(zab) = self.nodes[i].zab.as_mut() {
+            // Its session is alive here: the report travels to the leader.
+            zab.touch(vec![id % 16]);
             if zab.sync(id) {
                 self.syncs.insert((i, life, id), self.acknowledged_max);
                 let key = self.rng.random_range(0..KEYS);
@@ -680,6 +687,12 @@ impl Sim {
                     self.operations[op].op = RegisterOp::Read(value.map(|(_, v)| v));
                     self.operations[op].completed = Some(self.now);
                 }
+            }
+            Action::Touched { sessions } => {
+                if !matches!(self.nodes[i].zab.as_ref().map(|z| z.role()), Some(Role::Leading { .. })) {
+                    return Err(format!("server {id}: only the leader renews sessions"));
+                }
+                self.touches += sessions.len() as u64;
             }
             Action::RoleChanged(role) => {
                 self.note(|| format!("server {id}: {role:?}"));
@@ -824,6 +837,7 @@ impl Sim {
             crashes: self.crashes,
             snapshots_installed: self.snapshots_installed,
             synced_reads: self.synced_reads,
+            touches: self.touches,
             messages: (self.net.sent, self.net.lost),
             fingerprint: self.fingerprint,
         }
