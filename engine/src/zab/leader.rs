@@ -159,10 +159,12 @@ impl Leader {
                 self.check_commit(ctx);
                 self.maybe_up_to_date(ctx, from);
             }
-            Message::Touch { epoch, sessions } if epoch == self.epoch && !sessions.is_empty() => {
-                if self.learners.get(&from).is_some_and(Learner::streaming) {
-                    ctx.out.push(Action::Touched { sessions });
-                }
+            Message::Touch { epoch, sessions }
+                if epoch == self.epoch
+                    && !sessions.is_empty()
+                    && self.learners.get(&from).is_some_and(Learner::streaming) =>
+            {
+                ctx.out.push(Action::Touched { sessions });
             }
             Message::Sync { epoch, id } if epoch == self.epoch && self.established => {
                 let streaming = self.learners.get(&from).is_some_and(Learner::streaming);
