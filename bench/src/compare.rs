@@ -73,6 +73,18 @@ struct Running {
     target: String,
 }
 
+impl Running {
+    /// Waits until every client port of the servers it started accepts, then points the
+    /// load at all of them.
+    fn serving(&mut self, clients: &[(u16, PathBuf)], what: &str) -> anyhow::Result<()> {
+        for (port, log) in clients {
+            wait_port(*port, what, log, &mut self.children)?;
+        }
+        self.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        Ok(())
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -205,10 +217,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                 running.children.push(child);
                 clients.push((port, log));
             }
-            for (port, log) in &clients {
-                wait_port(*port, "zookeeper", log, &mut running.children)?;
-            }
-            running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+            running.serving(&clients, "zookeeper")?;
             Ok(running)
         }
         Target::Etcd | Target::Etcd3 => {
@@ -234,10 +243,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                 running.children.push(child);
                 clients.push((client, log));
             }
-            for (port, log) in &clients {
-                wait_port(*port, "etcd", log, &mut running.children)?;
-            }
-            running.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+            running.serving(&clients, "etcd")?;
             Ok(running)
         }
     }

@@ -4,7 +4,8 @@
 use super::action::Action;
 use super::config::ZabConfig;
 use super::history::History;
-use super::message::{Message, ServerId, Vote};
+use super::message::{LogEntry, Message, ServerId, Vote};
+use crate::log::Zxid;
 
 /// The state a server keeps whatever its role.
 #[derive(Debug)]
@@ -37,6 +38,32 @@ impl Context {
     /// This server's own vote: its current epoch and last zxid.
     pub fn own_vote(&self) -> Vote {
         Vote { epoch: self.current_epoch, zxid: self.log.last(), leader: self.cfg.id }
+    }
+
+    /// Starts synchronising a learner whose log ends at `last` (as the leader does for a
+    /// follower and an observer for a downstream observer): returns the zxid to send the
+    /// history from — after sending a TRUNC when its log diverged — or `None` when it is
+    /// behind the log held here and needs a snapshot (asked of the driver).
+    pub fn sync_start(&mut self, epoch: u32, id: ServerId, last: Zxid) -> Option<Zxid> {
+        if self.log.contains(last) {
+            Some(last)
+        } else if last > self.log.base() {
+            let keep = self.log.floor(last);
+            self.send(id, Message::Trunc { epoch, zxid: keep });
+            Some(keep)
+        } else {
+            self.out.push(Action::TakeSnapshot { peer: id });
+            None
+        }
+    }
+
+    /// Sends the entries in `(from, upto]` in DIFF-sized chunks, then NEWLEADER for `upto`.
+    pub fn send_history(&mut self, epoch: u32, id: ServerId, from: Zxid, upto: Zxid) {
+        let entries: Vec<LogEntry> = self.log.after(from).into_iter().take_while(|(z, _)| *z <= upto).collect();
+        for chunk in entries.chunks(self.cfg.diff_entries_max.max(1)) {
+            self.send(id, Message::Append { epoch, entries: chunk.to_vec() });
+        }
+        self.send(id, Message::NewLeader { epoch, zxid: upto });
     }
 
     /// Invariants of the shared state.

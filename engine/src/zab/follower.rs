@@ -81,8 +81,11 @@ impl Follower {
 
     /// A message from the leader (or upstream observer).
     pub fn on_message(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
+        // Only an observer with downstream observers keeps a copy to relay.
         let relayed = match &msg {
-            Message::Append { .. } | Message::Commit { .. } | Message::Ping { .. } => Some(msg.clone()),
+            Message::Append { .. } | Message::Commit { .. } | Message::Ping { .. } if !self.relay.is_empty() => {
+                Some(msg.clone())
+            }
             _ => None,
         };
         self.on_message_inner(ctx, msg)?;

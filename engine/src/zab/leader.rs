@@ -98,6 +98,11 @@ impl Leader {
         Role::Leading { epoch: self.epoch, established: self.established }
     }
 
+    /// Learners the stream goes to (observers included or not).
+    fn streaming_ids(&self, observers: bool) -> Vec<ServerId> {
+        self.learners.iter().filter(|(_, l)| l.streaming() && (observers || !l.observer)).map(|(id, _)| *id).collect()
+    }
+
     fn count(&self, ctx: &Context, pred: impl Fn(&Learner) -> bool) -> usize {
         1 + self.learners.iter().filter(|(id, l)| ctx.cfg.is_voter(**id) && pred(l)).count()
     }
@@ -217,29 +222,17 @@ impl Leader {
     fn synchronise(&mut self, ctx: &mut Context, id: ServerId) {
         let Some(l) = self.learners.get_mut(&id) else { return };
         let LearnerPhase::EpochAcked { last_zxid, .. } = l.phase else { return };
-        let from = if ctx.log.contains(last_zxid) {
-            last_zxid
-        } else if last_zxid > ctx.log.base() {
-            let keep = ctx.log.floor(last_zxid);
-            ctx.send(id, Message::Trunc { epoch: self.epoch, zxid: keep });
-            keep
-        } else {
-            l.phase = LearnerPhase::AwaitingSnapshot;
-            ctx.out.push(Action::TakeSnapshot { peer: id });
-            return;
-        };
-        self.send_history(ctx, id, from);
+        match ctx.sync_start(self.epoch, id, last_zxid) {
+            Some(from) => self.send_history(ctx, id, from),
+            None => l.phase = LearnerPhase::AwaitingSnapshot,
+        }
     }
 
     /// Sends the entries above `from` (to an observer: only committed ones), then NEWLEADER.
     fn send_history(&mut self, ctx: &mut Context, id: ServerId, from: Zxid) {
         let observer = self.learners.get(&id).is_some_and(|l| l.observer);
         let last = if observer { ctx.log.committed() } else { ctx.log.last() };
-        let entries: Vec<LogEntry> = ctx.log.after(from).into_iter().take_while(|(z, _)| *z <= last).collect();
-        for chunk in entries.chunks(ctx.cfg.diff_entries_max.max(1)) {
-            ctx.send(id, Message::Append { epoch: self.epoch, entries: chunk.to_vec() });
-        }
-        ctx.send(id, Message::NewLeader { epoch: self.epoch, zxid: last });
+        ctx.send_history(self.epoch, id, from, last);
         if let Some(l) = self.learners.get_mut(&id) {
             l.phase = LearnerPhase::Synced;
             l.newleader_zxid = last;
@@ -287,8 +280,7 @@ impl Leader {
         }
         if ctx.log.commit(point) {
             ctx.out.push(Action::Commit { through: point });
-            let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
-            for id in ids {
+            for id in self.streaming_ids(true) {
                 self.inform(ctx, id, point);
                 ctx.send(id, Message::Commit { epoch: self.epoch, zxid: point });
             }
@@ -391,9 +383,7 @@ impl Leader {
         for entry in &entries {
             ctx.log.push(entry.clone());
         }
-        let ids: Vec<ServerId> =
-            self.learners.iter().filter(|(_, l)| l.streaming() && !l.observer).map(|(id, _)| *id).collect();
-        for id in ids {
+        for id in self.streaming_ids(false) {
             ctx.send(id, Message::Append { epoch: self.epoch, entries: entries.clone() });
         }
         ctx.out.push(Action::Append { entries });
@@ -422,8 +412,7 @@ impl Leader {
             return Err(StepDown("lost the quorum"));
         }
         let commit = ctx.log.committed();
-        let ids: Vec<ServerId> = self.learners.iter().filter(|(_, l)| l.streaming()).map(|(id, _)| *id).collect();
-        for id in ids {
+        for id in self.streaming_ids(true) {
             ctx.send(id, Message::Ping { epoch: self.epoch, commit });
         }
         Ok(())

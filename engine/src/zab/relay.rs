@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::action::Action;
 use super::context::Context;
-use super::message::{LogEntry, Message, Payload, ServerId};
+use super::message::{Message, Payload, ServerId};
 use crate::log::Zxid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,29 +77,19 @@ impl Relay {
 
     /// Brings a downstream observer to this log: DIFF (after a TRUNC if it diverged) or SNAP.
     fn synchronise(&mut self, ctx: &mut Context, epoch: u32, id: ServerId, last: Zxid) {
-        let from = if ctx.log.contains(last) {
-            last
-        } else if last > ctx.log.base() {
-            let keep = ctx.log.floor(last);
-            ctx.send(id, Message::Trunc { epoch, zxid: keep });
-            keep
-        } else {
-            self.downstream.insert(id, Phase::AwaitingSnapshot);
-            ctx.out.push(Action::TakeSnapshot { peer: id });
-            return;
-        };
-        self.send_history(ctx, epoch, id, from);
+        match ctx.sync_start(epoch, id, last) {
+            Some(from) => self.send_history(ctx, epoch, id, from),
+            None => {
+                self.downstream.insert(id, Phase::AwaitingSnapshot);
+            }
+        }
     }
 
     fn send_history(&mut self, ctx: &mut Context, epoch: u32, id: ServerId, from: Zxid) {
         // An observer's log holds only entries that were committed when it received them
         // (its commit point may lag until the COMMIT that follows them arrives).
         let upto = ctx.log.last();
-        let entries: Vec<LogEntry> = ctx.log.after(from).into_iter().take_while(|(z, _)| *z <= upto).collect();
-        for chunk in entries.chunks(ctx.cfg.diff_entries_max.max(1)) {
-            ctx.send(id, Message::Append { epoch, entries: chunk.to_vec() });
-        }
-        ctx.send(id, Message::NewLeader { epoch, zxid: upto });
+        ctx.send_history(epoch, id, from, upto);
         self.downstream.insert(id, Phase::Synced(upto));
     }
 
@@ -124,10 +114,15 @@ impl Relay {
     }
 
     /// An answer to a sync forwarded upstream: pass it to the downstream observer.
-    pub fn sync_done(&mut self, ctx: &mut Context, epoch: u32, id: u64, zxid: Zxid) -> bool {
-        let Some((to, theirs)) = self.syncs.remove(&id) else { return false };
-        ctx.send(to, Message::SyncDone { epoch, id: theirs, zxid });
-        true
+    pub fn sync_done(&mut self, ctx: &mut Context, epoch: u32, id: u64, zxid: Zxid) {
+        if let Some((to, theirs)) = self.syncs.remove(&id) {
+            ctx.send(to, Message::SyncDone { epoch, id: theirs, zxid });
+        }
+    }
+
+    /// Whether any downstream observer is attached.
+    pub fn is_empty(&self) -> bool {
+        self.downstream.is_empty()
     }
 
     /// A downstream observer's connection broke: it rejoins.

@@ -205,6 +205,13 @@ struct Driver<S> {
 }
 
 impl<S: StateMachine> Driver<S> {
+    /// Waits until the appends in flight are durable: the WAL truncates only when idle.
+    async fn wal_idle(&self) {
+        while self.wal.durable_zxid() < self.wal.last_zxid() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Writes a snapshot of the applied state, lets the core forget the log it covers and
     /// purges the WAL segments it covers (keeping the two newest snapshots).
     fn take_snapshot(&mut self) -> Result<(), ReplicaError> {
@@ -282,10 +289,7 @@ impl<S: StateMachine> Driver<S> {
                 .detach();
             }
             Action::Truncate { after } => {
-                // The WAL truncates only when idle: let the appends in flight land first.
-                while self.wal.durable_zxid() < self.wal.last_zxid() {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
+                self.wal_idle().await;
                 self.wal.truncate_after(after).await?;
             }
             Action::Commit { through } => {
@@ -319,9 +323,7 @@ impl<S: StateMachine> Driver<S> {
                 // everything it replaces (the WAL truncates only when idle).
                 self.state.borrow_mut().install(zxid, &data);
                 self.snapshots.write(zxid, &data)?;
-                while self.wal.durable_zxid() < self.wal.last_zxid() {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
+                self.wal_idle().await;
                 self.wal.truncate_after(Zxid::ZERO).await?;
                 self.applied = zxid;
                 self.since_snapshot = 0;

@@ -523,9 +523,13 @@ impl Sim {
         at
     }
 
+    /// Clients act during the fault phase and the first half of the healed phase.
+    fn clients_done(&self) -> bool {
+        self.now >= self.opts.fault_ms + self.opts.heal_ms / 2
+    }
+
     fn write(&mut self) -> Result<(), String> {
-        let writes_end = self.opts.fault_ms + self.opts.heal_ms / 2;
-        if self.now >= writes_end {
+        if self.clients_done() {
             return Ok(());
         }
         let leaders: Vec<usize> = (0..self.nodes.len())
@@ -562,8 +566,7 @@ impl Sim {
 
     /// A client syncs on a random serving server, then reads there.
     fn sync_read(&mut self) -> Result<(), String> {
-        let writes_end = self.opts.fault_ms + self.opts.heal_ms / 2;
-        if self.now >= writes_end {
+        if self.clients_done() {
             return Ok(());
         }
         let i = self.rng.random_range(0..self.nodes.len());
