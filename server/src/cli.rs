@@ -128,6 +128,7 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
 }
 
 fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    config.validate().map_err(|e| anyhow::anyhow!("bad ensemble settings: {e}"))?;
     let memlock = baton_engine::sys::raise_memlock_limit();
     tracing::debug!(memlock, "RLIMIT_MEMLOCK");
     // Fail-stop: a panic on any shard ends the process (recovery then starts from what is
@@ -139,9 +140,21 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         std::process::abort();
     }));
     let data_dir = config.data_dir.clone();
+    let ensemble = (!config.peers.is_empty()).then(|| {
+        let role = if config.is_observer() { "observer" } else { "voter" };
+        format!("{} ({role}) of an ensemble of {}", config.server_id, config.peers.len())
+    });
     let shards = crate::runtime::shard_count(config.cores);
     crate::runtime::run(config, move |addr| {
-        println!("baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}", data_dir.display());
+        match &ensemble {
+            Some(e) => {
+                println!("baton: server {e}; clients on {addr} with {shards} shards, data in {}", data_dir.display())
+            }
+            None => println!(
+                "baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}",
+                data_dir.display()
+            ),
+        }
         tracing::info!(%addr, "ready");
     })
     .map_err(|e| match e {

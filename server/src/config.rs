@@ -1,7 +1,45 @@
-//! Server settings, from flags (a TOML file comes later). Every limit is explicit.
+//! Server settings, from flags or a TOML file whose keys are the flag names. Every limit is
+//! explicit.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_engine::wal::WalConfig;
+use baton_engine::zab::{ServerId, ZabConfig};
+
+use crate::peer::replica::ReplicaConfig;
+
+/// One member of the ensemble, as `--peer ID=HOST:PORT[:observer]` names it (zoo.cfg's
+/// `server.ID=host:port[:observer]`; one port carries election and replication alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Server id (ZooKeeper's myid), 1..=255.
+    pub id: ServerId,
+    /// Its peer address.
+    pub addr: SocketAddr,
+    /// A non-voting observer.
+    pub observer: bool,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Peer, String> {
+        let (id, rest) = text.split_once('=').ok_or_else(|| format!("{text}: expected ID=HOST:PORT[:observer]"))?;
+        let id: ServerId = id.trim().parse().map_err(|_| format!("{text}: the server id must be a number"))?;
+        if !(1..=255).contains(&id) {
+            return Err(format!("{text}: server ids go from 1 to 255"));
+        }
+        let (addr, observer) = match rest.strip_suffix(":observer") {
+            Some(a) => (a, true),
+            None => (rest.strip_suffix(":participant").unwrap_or(rest), false),
+        };
+        let addr = addr.trim().parse().map_err(|e| format!("{text}: {e}"))?;
+        Ok(Peer { id, addr, observer })
+    }
+}
 
 /// Settings of one Baton server.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +87,27 @@ pub struct ServerConfig {
     /// `wal_segment_bytes` of disk while it waits); 0 deletes them.
     #[arg(long, default_value_t = 2)]
     pub wal_recycle_segments: usize,
+    /// This server's id in its ensemble (ZooKeeper's myid).
+    #[arg(long, default_value_t = 1)]
+    pub server_id: ServerId,
+    /// A member of the ensemble: ID=HOST:PORT, or ID=HOST:PORT:observer for a non-voting
+    /// observer; repeat (or separate with commas) for each, this server included. None: a
+    /// standalone server.
+    #[arg(long = "peer", value_delimiter = ',')]
+    pub peers: Vec<Peer>,
+    /// For an observer: the observer it follows instead of the leader (a tree of observers).
+    #[arg(long)]
+    pub observer_upstream: Option<ServerId>,
+    /// The replication protocol's tick (heartbeats, election pacing).
+    #[arg(long, default_value_t = 100)]
+    pub peer_tick_ms: u64,
+    /// Peer ticks a follower may take to connect and synchronise (ZooKeeper's initLimit).
+    #[arg(long, default_value_t = 100)]
+    pub init_limit: u64,
+    /// Peer ticks without hearing from the leader (or a quorum) before giving up on it
+    /// (ZooKeeper's syncLimit).
+    #[arg(long, default_value_t = 10)]
+    pub sync_limit: u64,
 }
 
 impl ServerConfig {
@@ -78,6 +137,78 @@ impl ServerConfig {
             snapshots_to_keep: 3,
             wal_segment_bytes: 64 << 20,
             wal_recycle_segments: 2,
+            server_id: 1,
+            peers: Vec::new(),
+            observer_upstream: None,
+            peer_tick_ms: 50,
+            init_limit: 100,
+            sync_limit: 10,
         }
+    }
+
+    /// Whether this server is an observer.
+    pub fn is_observer(&self) -> bool {
+        self.peers.iter().any(|p| p.id == self.server_id && p.observer)
+    }
+
+    /// The replica settings these flags describe: a standalone server is an ensemble of one
+    /// voter with no peer port.
+    pub fn replica_config(&self) -> ReplicaConfig {
+        let id = self.server_id;
+        let mut voters: Vec<ServerId> = self.peers.iter().filter(|p| !p.observer).map(|p| p.id).collect();
+        if self.peers.is_empty() {
+            voters.push(id);
+        }
+        let mut zab = ZabConfig::new(id, voters);
+        zab.observers = self.peers.iter().filter(|p| p.observer).map(|p| p.id).collect();
+        zab.upstream = self.observer_upstream;
+        zab.init_limit_ticks = self.init_limit.max(1);
+        zab.sync_limit_ticks = self.sync_limit.max(1);
+        let peers: BTreeMap<ServerId, SocketAddr> = self.peers.iter().map(|p| (p.id, p.addr)).collect();
+        let wal = WalConfig {
+            segment_bytes: self.wal_segment_bytes,
+            recycle_segments: self.wal_recycle_segments,
+            // An entry comes from one request frame: its archive is the request's paths and
+            // data plus per-op framing, well under twice the frame. The WAL refuses to open
+            // when such an entry would not fit in a segment (a clear error at startup).
+            entry_bytes_max: self.max_frame_bytes.saturating_mul(2).saturating_add(4096),
+            ..WalConfig::new(self.data_dir.join("wal"))
+        };
+        ReplicaConfig {
+            listen: peers.get(&id).copied(),
+            peers,
+            wal,
+            tick: Duration::from_millis(self.peer_tick_ms.max(1)),
+            // A DIFF or SNAP frame may carry a whole snapshot.
+            frame_bytes_max: 1 << 30,
+            snapshot_every_entries: self.snapshot_every_entries,
+            snapshots_to_keep: self.snapshots_to_keep.max(1),
+            ..ReplicaConfig::new(zab, self.data_dir.clone())
+        }
+    }
+
+    /// Checks the ensemble settings: this server is a member, ids are unique, voters exist.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if !ids.insert(p.id) {
+                return Err(format!("server id {} is listed twice", p.id));
+            }
+        }
+        if !ids.contains(&self.server_id) {
+            return Err(format!("--server-id {} is not among the --peer entries", self.server_id));
+        }
+        if !self.peers.iter().any(|p| !p.observer) {
+            return Err("the ensemble has no voter".into());
+        }
+        if let Some(up) = self.observer_upstream {
+            if !self.is_observer() || !self.peers.iter().any(|p| p.id == up && p.observer) {
+                return Err("--observer-upstream is for an observer following another observer".into());
+            }
+        }
+        Ok(())
     }
 }

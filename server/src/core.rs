@@ -1,38 +1,40 @@
-//! The core: the server's write path, on shard 0. It sequences writes from every shard,
-//! group-commits them through the WAL, applies what is durable to the shared tree and sends
-//! each shard the committed batch with the replies for its connections. It also owns
-//! session expiry (shards report liveness), the container/TTL reaper and snapshots.
+//! The core: the server's write path, on shard 0. It is the state machine of this server's
+//! replica (see [`crate::peer::replica`]): it applies what the ensemble commits to the shared
+//! tree and hands every shard the committed batch with the replies for its connections.
 //!
 //! ```text
-//!  shard ─ToCore::Write─▶ Sequencer::prepare ─Entry─▶ Wal::submit ─▶ in-flight (zxid order)
-//!                              │ Rejected                               │ durable
-//!                              ▼                                        ▼
-//!                   Action::Reply to the shard        apply under the write lock, push the
-//!                                                     batch to every shard (still locked)
+//!  leader:   shard ─ToCore::Write─▶ Sequencer::prepare ─Entry─▶ Zab propose ─▶ WAL + followers
+//!  follower: shard ─ToCore::Write─▶ forward to the leader ─▶ (the leader's sequencer)
+//!                          │ refused (leader's answer, or prepare here)
+//!                          ▼
+//!               Action::Reply to the shard
+//!  every server: Zab commit ─▶ apply under the write lock, match entries to waiting clients
+//!                by (session, cxid), push the batch to every shard (still locked)
 //! ```
 //!
-//! This is the part a leader runs in a cluster; a single server is a cluster of one.
+//! The leader's core also owns session expiry (every server reports its clients' liveness
+//! to it), the container/TTL reaper, and sequencing; a server alone in its ensemble is its
+//! own leader. A server that is not serving (electing, synchronising) refuses clients: it
+//! closes their connections and they reconnect, here later or elsewhere, as with ZooKeeper.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_engine::log::Entry;
+use baton_engine::log::{ArchivedTxn, Entry};
 use baton_engine::sequencer::{Rejected, Sequencer, SequencerConfig, WriteOp, WriteRequest};
-use baton_engine::snapshot::SnapshotStore;
 use baton_engine::tree::{Applied, DataTree, ErrorCode, OpResult};
-use baton_engine::wal::{Durable, Wal, WalConfig};
+use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
 use baton_engine::Zxid;
 use rkyv::util::AlignedVec;
 
-use crate::config::ServerConfig;
+use crate::forward::Forwarded;
+use crate::peer::replica::{ReplicaHandle, StateMachine};
 use crate::runtime::inbox::Inbox;
-use crate::runtime::{Action, CommittedEntry, ShardId, Shared, ToCore, ToShard};
+use crate::runtime::{Action, CommittedEntry, Mode, ShardId, Shared, ToCore, ToShard};
 use crate::session::{password, SessionTracker};
 use crate::watch::ConnId;
 use crate::zk::proto::{encode_reply, op, ConnectRequest, ConnectResponse, OpReply, Response};
@@ -40,64 +42,30 @@ use crate::zk::proto::{encode_reply, op, ConnectRequest, ConnectResponse, OpRepl
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    /// The WAL failed.
+    /// Replication (WAL, epochs, snapshots, peer port) failed.
     #[error(transparent)]
-    Wal(#[from] baton_engine::wal::WalError),
-    /// The snapshots failed.
-    #[error(transparent)]
-    Snapshot(#[from] baton_engine::snapshot::SnapshotError),
-    /// A snapshot or logged entry could not be decoded.
-    #[error("recovery: {0}")]
-    Recovery(String),
+    Replica(#[from] crate::peer::replica::ReplicaError),
+    /// A snapshot or committed entry could not be decoded.
+    #[error("state: {0}")]
+    State(String),
 }
 
 /// Who is waiting for an entry to commit, and what reply it wants.
 #[derive(Debug)]
 enum Origin {
-    /// Server-issued (session expiry, reaper).
-    Server,
     /// A client request.
     Request { shard: ShardId, conn: ConnId, xid: i32, op_code: i32, multi_ops: Vec<i32> },
     /// A new session being opened for a connection.
     Connect { shard: ShardId, conn: ConnId, timeout_ms: i32 },
 }
 
-struct InFlight {
-    zxid: Zxid,
-    entry: AlignedVec,
-    durable: Option<Durable>,
-    origin: Origin,
-}
-
-/// A background snapshot's result: its zxid and the oldest snapshot kept after purging.
-type SnapshotOutcome = Result<(Zxid, Option<Zxid>), String>;
-
-/// What recovery produced, before the shards start.
-pub struct Recovered {
-    /// The tree (moved into [`Shared`]).
-    pub tree: DataTree,
-    seq: Sequencer,
-    wal: Wal,
-    snapshots: SnapshotStore,
-    replayed: u64,
-}
-
-/// The write path's state.
-pub struct Core {
-    shared: Arc<Shared>,
-    seq: Sequencer,
-    wal: Rc<Wal>,
-    snapshots: SnapshotStore,
-    in_flight: VecDeque<InFlight>,
-    sessions: SessionTracker,
-    /// The connection each live session is bound to.
-    owners: HashMap<i64, (ShardId, ConnId)>,
-    entries_since_snapshot: u64,
-    /// The background snapshot: writes it, deletes old snapshots, returns the oldest kept.
-    snapshot_running: Option<std::thread::JoinHandle<SnapshotOutcome>>,
-    /// Deletes WAL segments the snapshots made redundant, in order, off the I/O thread.
-    janitor: std::sync::mpsc::Sender<Vec<std::path::PathBuf>>,
-    committer: Option<std::task::Waker>,
+/// A client's `sync` waiting for the ensemble.
+#[derive(Debug)]
+struct PendingSync {
+    shard: ShardId,
+    conn: ConnId,
+    xid: i32,
+    path: String,
 }
 
 /// Wall-clock milliseconds (the leader's time goes into entries as ctime/mtime).
@@ -105,97 +73,55 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-impl Core {
-    /// Recovers state from `config.data_dir` (newest valid snapshot + WAL replay) and opens
-    /// the WAL for appends. Must run on a glommio executor (the one the core will run on).
-    pub async fn recover(config: &ServerConfig) -> Result<Recovered, CoreError> {
-        let started = Instant::now();
-        let snapshots = SnapshotStore::open(config.data_dir.join("snapshots"))?;
-        let outcome = snapshots.load_newest()?;
-        for skipped in &outcome.skipped {
-            tracing::error!(error = %skipped, "passed over a damaged snapshot");
-        }
-        let mut tree = match &outcome.snapshot {
-            Some(s) => {
-                let tree = DataTree::from_image(s.payload()).map_err(|e| CoreError::Recovery(e.to_string()))?;
-                tracing::info!(zxid = %s.info.zxid, nodes = tree.node_count(), ms = started.elapsed().as_millis() as u64, "loaded snapshot");
-                tree
-            }
-            None => DataTree::new(),
-        };
-        drop(outcome);
-        let replay_started = Instant::now();
-        let wal_config = WalConfig {
-            segment_bytes: config.wal_segment_bytes,
-            recycle_segments: config.wal_recycle_segments,
-            // An entry comes from one request frame: its archive is the request's paths and
-            // data plus per-op framing, well under twice the frame. The WAL refuses to open
-            // when such an entry would not fit in a segment (a clear error at startup).
-            entry_bytes_max: config.max_frame_bytes.saturating_mul(2).saturating_add(4096),
-            ..WalConfig::new(config.data_dir.join("wal"))
-        };
-        let (wal, reader) = Wal::open(wal_config).await?;
-        let mut replayed = 0u64;
-        for record in reader.records_after(tree.last_zxid()) {
-            let entry = Entry::access(record.payload)
-                .map_err(|e| CoreError::Recovery(format!("entry {}: {e}", record.zxid)))?;
-            tree.apply(entry);
-            replayed += 1;
-        }
-        drop(reader);
-        let last = tree.last_zxid();
-        tracing::info!(
-            last_zxid = %last,
-            replayed,
-            replay_ms = replay_started.elapsed().as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            nodes = tree.node_count(),
-            sessions = tree.sessions().len(),
-            "recovered"
-        );
-        let epoch = last.epoch().saturating_add(1);
-        let seq = Sequencer::new(SequencerConfig { ttl_enabled: !config.disable_ttl }, epoch, last);
-        Ok(Recovered { tree, seq, wal, snapshots, replayed })
-    }
+/// The write path's state.
+pub struct Core {
+    shared: Arc<Shared>,
+    id: ServerId,
+    observer: bool,
+    seq_config: SequencerConfig,
+    /// Present while this server leads an established epoch and has applied its history.
+    seq: Option<Sequencer>,
+    role: Role,
+    /// An established leader's last logged zxid when it was established: its sequencer
+    /// starts once the tree has applied up to it.
+    leading_from: Option<Zxid>,
+    replica: Option<ReplicaHandle>,
+    /// Clients waiting for their entry to commit, by (session, cxid).
+    pending: HashMap<(i64, i32), Origin>,
+    syncs: HashMap<u64, PendingSync>,
+    next_sync: u64,
+    /// Entries prepared since the last flush, and the zxid of the first.
+    proposals: Vec<Payload>,
+    first_proposal: Option<Zxid>,
+    sessions: SessionTracker,
+    /// The connection each live session is bound to.
+    owners: HashMap<i64, (ShardId, ConnId)>,
+    /// Reused to give payloads the alignment archived entries need.
+    scratch: AlignedVec,
+}
 
-    /// The core over a recovered state whose tree is now in `shared`.
-    pub fn new(shared: Arc<Shared>, recovered: Recovered) -> Core {
-        let now = Instant::now();
-        let mut sessions = SessionTracker::new(1, now_ms().max(0) as u64);
-        for (&id, info) in shared.tree().sessions() {
-            // As ZooKeeper: a recovered session gets a full timeout to reconnect.
-            sessions.track(id, info.timeout_ms, now);
-        }
-        shared.core_stats.sessions.store(sessions.len(), Ordering::Relaxed);
-        let (janitor, doomed) = std::sync::mpsc::channel::<Vec<std::path::PathBuf>>();
-        // One thread, oldest first: the files left after a crash are always a contiguous
-        // run of the log, which recovery skips (a snapshot covers them).
-        let spawned = std::thread::Builder::new().name("baton-wal-janitor".into()).spawn(move || {
-            for paths in doomed {
-                for path in paths {
-                    if let Err(e) = shrink_then_remove(&path) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            tracing::warn!(path = %path.display(), error = %e, "could not delete a purged WAL segment");
-                        }
-                    }
-                }
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no WAL janitor thread; purged segments stay on disk");
-        }
+impl Core {
+    /// The core of server `id` over the (empty) tree in `shared`; the replica installs the
+    /// recovered state into it.
+    pub fn new(shared: Arc<Shared>, id: ServerId, observer: bool) -> Core {
+        let seq_config = SequencerConfig { ttl_enabled: !shared.config.disable_ttl };
         Core {
+            sessions: SessionTracker::new(id as u8, now_ms().max(0) as u64),
             shared,
-            seq: recovered.seq,
-            wal: Rc::new(recovered.wal),
-            snapshots: recovered.snapshots,
-            in_flight: VecDeque::new(),
-            sessions,
+            id,
+            observer,
+            seq_config,
+            seq: None,
+            role: Role::Looking,
+            leading_from: None,
+            replica: None,
+            pending: HashMap::new(),
+            syncs: HashMap::new(),
+            next_sync: 1,
+            proposals: Vec::new(),
+            first_proposal: None,
             owners: HashMap::new(),
-            entries_since_snapshot: recovered.replayed,
-            snapshot_running: None,
-            janitor,
-            committer: None,
+            scratch: AlignedVec::new(),
         }
     }
 
@@ -205,24 +131,53 @@ impl Core {
         }
     }
 
+    /// Whether clients are served: an established leader, or a synchronised follower.
+    fn serving(&self) -> bool {
+        match self.role {
+            Role::Leading { established, .. } => established,
+            Role::Following { serving, .. } => serving,
+            Role::Looking => false,
+        }
+    }
+
+    /// The server this one's clients' writes go to (its leader, or upstream observer).
+    fn upstream(&self) -> Option<ServerId> {
+        match self.role {
+            Role::Following { leader, serving: true, .. } => Some(leader),
+            _ => None,
+        }
+    }
+
     /// Handles one message from a shard.
-    pub fn handle(&mut self, message: ToCore) -> Result<(), CoreError> {
+    pub fn handle(&mut self, message: ToCore) {
         match message {
             ToCore::Connect { shard, conn, req } => self.connect(shard, conn, &req),
             ToCore::Write { shard, conn, session, xid, op_code, multi_ops, op, auth } => {
-                self.write(shard, conn, WriteRequest { session_id: session, cxid: xid, auth, op }, op_code, multi_ops)
+                let req = WriteRequest { session_id: session, cxid: xid, auth, op };
+                self.write(req, Origin::Request { shard, conn, xid, op_code, multi_ops })
             }
+            ToCore::Sync { shard, conn, xid, path } => self.sync(PendingSync { shard, conn, xid, path }),
             ToCore::Touch(sessions) => {
                 let now = Instant::now();
-                for s in sessions {
+                for &s in &sessions {
                     self.sessions.touch(s, now);
                 }
-                Ok(())
+                if !matches!(self.role, Role::Leading { .. }) {
+                    if let Some(r) = &self.replica {
+                        r.touch(sessions.into_iter().map(|s| s as u64).collect());
+                    }
+                }
             }
         }
     }
 
-    fn connect(&mut self, shard: ShardId, conn: ConnId, req: &ConnectRequest) -> Result<(), CoreError> {
+    fn connect(&mut self, shard: ShardId, conn: ConnId, req: &ConnectRequest) {
+        if !self.serving() {
+            // As ZooKeeper: a server without a leader closes new connections; the client
+            // tries the next server.
+            self.act(shard, Action::Close { conn, frame: None });
+            return;
+        }
         let config = &self.shared.config;
         let timeout = req.timeout_ms.clamp(config.min_session_timeout_ms(), config.max_session_timeout_ms());
         let tree = self.shared.tree();
@@ -231,7 +186,7 @@ impl Core {
             tracing::warn!(client_zxid = req.last_zxid_seen, ours = %tree.last_zxid(), "refusing a client that is ahead of this server");
             drop(tree);
             self.act(shard, Action::Close { conn, frame: None });
-            return Ok(());
+            return;
         }
         if req.session_id != 0 {
             let alive = tree.sessions().contains_key(&req.session_id) && self.sessions.contains(req.session_id);
@@ -246,7 +201,7 @@ impl Core {
                 }
                 .encode();
                 self.act(shard, Action::Close { conn, frame: Some(refusal) });
-                return Ok(());
+                return;
             }
             self.sessions.track(req.session_id, timeout, Instant::now());
             if let Some((old_shard, old_conn)) = self.owners.insert(req.session_id, (shard, conn)) {
@@ -256,126 +211,223 @@ impl Core {
             }
             let frame = connect_response(req.session_id, timeout);
             self.act(shard, Action::Connected { conn, session: req.session_id, timeout_ms: timeout, frame });
-            return Ok(());
+            return;
         }
+        drop(tree);
         let session_id = self.sessions.next_id();
         let request =
             WriteRequest { session_id, cxid: 0, auth: Vec::new(), op: WriteOp::CreateSession { timeout_ms: timeout } };
-        let prepared = self.seq.prepare(&tree, &request, now_ms());
-        drop(tree);
-        match prepared {
-            Ok(entry) => self.submit_entry(entry, Origin::Connect { shard, conn, timeout_ms: timeout }),
-            Err(_) => {
-                self.act(shard, Action::Close { conn, frame: None });
-                Ok(())
+        self.write(request, Origin::Connect { shard, conn, timeout_ms: timeout });
+    }
+
+    /// A client's write: sequenced here when leading, forwarded to the leader otherwise.
+    fn write(&mut self, req: WriteRequest, origin: Origin) {
+        let key = (req.session_id, req.cxid);
+        if self.seq.is_some() {
+            match self.prepare(&req) {
+                Ok(()) => {
+                    self.pending.insert(key, origin);
+                }
+                Err(rejected) => {
+                    let zxid = self.shared.tree().last_zxid().0 as i64;
+                    self.refused(origin, zxid, rejected);
+                }
             }
-        }
-    }
-
-    fn write(
-        &mut self,
-        shard: ShardId,
-        conn: ConnId,
-        req: WriteRequest,
-        op_code: i32,
-        multi_ops: Vec<i32>,
-    ) -> Result<(), CoreError> {
-        let xid = req.cxid;
-        let tree = self.shared.tree();
-        let prepared = self.seq.prepare(&tree, &req, now_ms());
-        let zxid = tree.last_zxid().0 as i64;
-        drop(tree);
-        let frame = match prepared {
-            Ok(entry) => return self.submit_entry(entry, Origin::Request { shard, conn, xid, op_code, multi_ops }),
-            Err(Rejected::Op(code)) => encode_reply(xid, zxid, code.code(), None),
-            Err(Rejected::Multi(codes)) => {
-                let results = codes.into_iter().map(OpReply::Error).collect();
-                encode_reply(xid, zxid, 0, Some(&Response::Multi(results)))
-            }
-        };
-        self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
-        self.act(shard, Action::Reply { conn, xid, frame });
-        Ok(())
-    }
-
-    fn submit_entry(&mut self, entry: Entry, origin: Origin) -> Result<(), CoreError> {
-        let bytes = entry.encode();
-        let durable = self.wal.submit(entry.zxid, &bytes)?;
-        self.in_flight.push_back(InFlight { zxid: entry.zxid, entry: bytes, durable: Some(durable), origin });
-        self.shared.core_stats.outstanding.store(self.in_flight.len(), Ordering::Relaxed);
-        if let Some(w) = self.committer.take() {
-            w.wake();
-        }
-        Ok(())
-    }
-
-    /// Applies every in-flight entry that is durable, in zxid order, and hands the batch to
-    /// the shards while the tree is still write-locked (see [`crate::runtime`]).
-    pub fn commit_durable(&mut self) {
-        let durable = self.wal.durable_zxid();
-        if self.in_flight.front().is_none_or(|f| f.zxid > durable) {
             return;
         }
-        let shards = self.shared.to_shard.len();
-        let mut entries = Vec::new();
-        let mut actions: Vec<Vec<(usize, Action)>> = (0..shards).map(|_| Vec::new()).collect();
-        let shared = self.shared.clone();
-        let mut tree = shared.tree_mut();
-        while self.in_flight.front().is_some_and(|f| f.zxid <= durable) {
-            let Some(item) = self.in_flight.pop_front() else { break };
-            if let Some(applied) = self.commit(&mut tree, item, entries.len(), &mut actions) {
-                entries.push(CommittedEntry { zxid: applied.zxid, changes: applied.changes });
+        match (self.upstream(), &self.replica) {
+            (Some(leader), Some(replica)) => {
+                self.pending.insert(key, origin);
+                replica.send(leader, Forwarded::Write { origin: self.id, req }.encode().into());
+            }
+            _ => {
+                // Not serving (or a leader still applying its history): the client
+                // reconnects and retries.
+                let (Origin::Request { shard, conn, .. } | Origin::Connect { shard, conn, .. }) = origin;
+                self.act(shard, Action::Close { conn, frame: None });
             }
         }
-        let entries = Arc::new(entries);
-        for (outbox, actions) in shared.to_shard.iter().zip(actions) {
-            outbox.send(ToShard::Committed { entries: entries.clone(), actions });
-        }
-        drop(tree);
-        let stats = &self.shared.core_stats;
-        stats.outstanding.store(self.in_flight.len(), Ordering::Relaxed);
-        stats.sessions.store(self.sessions.len(), Ordering::Relaxed);
-        let wal = self.wal.stats();
-        stats.wal_entries_durable.store(wal.entries_durable, Ordering::Relaxed);
-        stats.wal_batches.store(wal.batches, Ordering::Relaxed);
-        self.maybe_snapshot();
     }
 
-    fn commit(
+    /// Prepares `req` against the tree and the writes in flight and queues its entry for
+    /// the next proposal. Leader only.
+    fn prepare(&mut self, req: &WriteRequest) -> Result<(), Rejected> {
+        let Some(seq) = self.seq.as_mut() else { return Err(Rejected::Op(ErrorCode::ConnectionLoss)) };
+        let tree = self.shared.tree();
+        let entry = seq.prepare(&tree, req, now_ms())?;
+        drop(tree);
+        if self.first_proposal.is_none() {
+            self.first_proposal = Some(entry.zxid);
+        }
+        self.proposals.push(Payload::from(entry.encode().as_slice()));
+        self.shared.core_stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Answers a write refused before the log.
+    fn refused(&mut self, origin: Origin, zxid: i64, rejected: Rejected) {
+        self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
+        match origin {
+            Origin::Request { shard, conn, xid, .. } => {
+                let frame = match rejected {
+                    Rejected::Op(code) => encode_reply(xid, zxid, code.code(), None),
+                    Rejected::Multi(codes) => {
+                        let results = codes.into_iter().map(OpReply::Error).collect();
+                        encode_reply(xid, zxid, 0, Some(&Response::Multi(results)))
+                    }
+                };
+                self.act(shard, Action::Reply { conn, xid, frame });
+            }
+            Origin::Connect { shard, conn, .. } => self.act(shard, Action::Close { conn, frame: None }),
+        }
+    }
+
+    /// Hands the entries prepared since the last call to the replica, as one proposal.
+    pub fn flush(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let payloads = std::mem::take(&mut self.proposals);
+        let first = self.first_proposal.take();
+        if let Some(r) = &self.replica {
+            r.propose(first, payloads);
+        }
+    }
+
+    fn sync(&mut self, sync: PendingSync) {
+        let Some(replica) = &self.replica else { return };
+        let id = self.next_sync;
+        self.next_sync += 1;
+        self.syncs.insert(id, sync);
+        replica.sync(id);
+    }
+
+    /// Submits closes for sessions past their deadline (leader only).
+    pub fn expire_sessions(&mut self) {
+        if self.seq.is_none() {
+            return;
+        }
+        for session in self.sessions.expired(Instant::now()) {
+            self.sessions.remove(session);
+            tracing::info!(session = format_args!("0x{session:x}"), "session expired");
+            let req = WriteRequest { session_id: session, cxid: 0, auth: Vec::new(), op: WriteOp::CloseSession };
+            let _ = self.prepare(&req);
+        }
+    }
+
+    /// Deletes containers that lost their last child and TTL nodes past their TTL (ZooKeeper's
+    /// ContainerManager), as server-issued deletes through the sequencer: a container that
+    /// gained a child in the meantime fails the delete with NotEmpty and stays. Leader only.
+    pub fn reap(&mut self) {
+        if self.seq.is_none() {
+            return;
+        }
+        let reapable = self.shared.tree().reapable(now_ms());
+        for path in reapable {
+            // The reaper is the server itself: the super identity, not bound by the node's ACL.
+            let auth = vec![baton_engine::sequencer::AuthId::new("super", "")];
+            let req = WriteRequest { session_id: 0, cxid: 0, auth, op: WriteOp::Delete { path, version: -1 } };
+            let _ = self.prepare(&req);
+        }
+    }
+
+    /// Starts sequencing once this established leader's tree holds its whole history.
+    fn maybe_start_sequencer(&mut self) {
+        let (Some(from), Role::Leading { epoch, established: true }) = (self.leading_from, self.role) else { return };
+        if self.seq.is_some() || self.shared.tree().last_zxid() < from {
+            return;
+        }
+        self.seq = Some(Sequencer::new(self.seq_config, epoch, from));
+        // As ZooKeeper's new leader: every session gets a full timeout to be heard from.
+        let now = Instant::now();
+        for (&id, info) in self.shared.tree().sessions() {
+            self.sessions.track(id, info.timeout_ms, now);
+        }
+        tracing::info!(epoch, last = %from, "leading: accepting writes");
+    }
+
+    /// Drops everything waiting on the ensemble and closes every client connection (their
+    /// clients reconnect and retry), as ZooKeeper does when a server stops serving.
+    fn stop_serving(&mut self) {
+        self.pending.clear();
+        self.syncs.clear();
+        self.proposals.clear();
+        self.first_proposal = None;
+        self.seq = None;
+        self.leading_from = None;
+        self.owners.clear();
+        self.shared.core_stats.outstanding.store(0, Ordering::Relaxed);
+        for outbox in &self.shared.to_shard {
+            outbox.send(ToShard::Disconnect);
+        }
+    }
+
+    fn publish_role(&self) {
+        let stats = &self.shared.core_stats;
+        let standalone = self.shared.config.peers.is_empty();
+        let (mode, leader) = match self.role {
+            Role::Looking => (Mode::Looking, 0),
+            Role::Leading { .. } if standalone => (Mode::Standalone, self.id),
+            Role::Leading { .. } => (Mode::Leader, self.id),
+            Role::Following { leader, .. } if self.observer => (Mode::Observer, leader),
+            Role::Following { leader, .. } => (Mode::Follower, leader),
+        };
+        let epoch = match self.role {
+            Role::Leading { epoch, .. } | Role::Following { epoch, .. } => epoch,
+            Role::Looking => 0,
+        };
+        stats.mode.store(mode as u8, Ordering::Relaxed);
+        stats.epoch.store(epoch, Ordering::Relaxed);
+        stats.leader.store(leader, Ordering::Relaxed);
+        stats.serving.store(self.serving(), Ordering::Relaxed);
+    }
+
+    /// Applies one committed entry; returns what it changed.
+    fn apply_one(
         &mut self,
         tree: &mut DataTree,
-        item: InFlight,
+        zxid: Zxid,
+        payload: &[u8],
         index: usize,
         actions: &mut [Vec<(usize, Action)>],
-    ) -> Option<Applied> {
-        // Invariant: the bytes were produced by Entry::encode just before submission.
-        let Ok(entry) = Entry::access(&item.entry) else {
-            tracing::error!(zxid = %item.zxid, "in-flight entry does not decode");
-            return None;
+    ) -> Result<Applied, CoreError> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(payload);
+        let entry = Entry::access(&self.scratch).map_err(|e| CoreError::State(format!("entry {zxid}: {e}")))?;
+        let closes_session = matches!(entry.txn, ArchivedTxn::CloseSession);
+        let opens_session = match &entry.txn {
+            ArchivedTxn::CreateSession { timeout_ms } => Some(timeout_ms.to_native()),
+            _ => None,
         };
-        let closes_session = matches!(entry.txn, baton_engine::log::ArchivedTxn::CloseSession);
+        let key = (entry.session_id.to_native(), entry.cxid.to_native());
         let applied = tree.apply(entry);
-        self.seq.committed(item.zxid);
-        self.shared.core_stats.committed.fetch_add(1, Ordering::Relaxed);
-        self.entries_since_snapshot += 1;
-        let zxid = applied.zxid.0 as i64;
+        if let Some(seq) = self.seq.as_mut() {
+            seq.committed(zxid);
+        }
+        let stats = &self.shared.core_stats;
+        stats.committed.fetch_add(1, Ordering::Relaxed);
+        let reply_zxid = applied.zxid.0 as i64;
         let mut push = |shard: ShardId, action: Action| {
             if let Some(list) = actions.get_mut(shard) {
                 list.push((index, action));
             }
         };
-        match item.origin {
-            Origin::Server => {}
-            Origin::Request { shard, conn, xid, op_code, multi_ops } => {
-                let frame = reply_for(xid, zxid, op_code, &multi_ops, &applied);
+        if let Some(timeout_ms) = opens_session {
+            // Every server tracks every session (a client may resume it anywhere); only the
+            // leader expires them.
+            self.sessions.track(applied.session_id, timeout_ms, Instant::now());
+        }
+        match self.pending.remove(&key) {
+            None => {}
+            Some(Origin::Request { shard, conn, xid, op_code, multi_ops }) => {
+                let frame = reply_for(xid, reply_zxid, op_code, &multi_ops, &applied);
                 push(shard, Action::Reply { conn, xid, frame });
                 if op_code == op::CLOSE_SESSION {
                     push(shard, Action::Close { conn, frame: None });
                 }
             }
-            Origin::Connect { shard, conn, timeout_ms } => {
+            Some(Origin::Connect { shard, conn, timeout_ms }) => {
                 let session = applied.session_id;
-                self.sessions.track(session, timeout_ms, Instant::now());
                 self.owners.insert(session, (shard, conn));
                 let frame = connect_response(session, timeout_ms);
                 push(shard, Action::Connected { conn, session, timeout_ms, frame });
@@ -387,109 +439,155 @@ impl Core {
                 push(shard, Action::Close { conn, frame: None });
             }
         }
-        Some(applied)
+        Ok(applied)
     }
 
-    /// Submits closes for sessions past their deadline.
-    pub fn expire_sessions(&mut self) -> Result<(), CoreError> {
-        for session in self.sessions.expired(Instant::now()) {
-            if !self.wal.has_room() {
-                // Under a full write queue: expire the rest on the next round.
-                break;
-            }
-            self.sessions.remove(session);
-            tracing::info!(session = format_args!("0x{session:x}"), "session expired");
-            let req = WriteRequest { session_id: session, cxid: 0, auth: Vec::new(), op: WriteOp::CloseSession };
-            let prepared = self.seq.prepare(&self.shared.tree(), &req, now_ms());
-            if let Ok(entry) = prepared {
-                self.submit_entry(entry, Origin::Server)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes containers that lost their last child and TTL nodes past their TTL (ZooKeeper's
-    /// ContainerManager), as server-issued deletes through the sequencer: a container that
-    /// gained a child in the meantime fails the delete with NotEmpty and stays.
-    pub fn reap(&mut self) -> Result<(), CoreError> {
-        let reapable = self.shared.tree().reapable(now_ms());
-        for path in reapable {
-            if !self.wal.has_room() {
-                break;
-            }
-            // The reaper is the server itself: the super identity, not bound by the node's ACL.
-            let auth = vec![baton_engine::sequencer::AuthId::new("super", "")];
-            let req = WriteRequest { session_id: 0, cxid: 0, auth, op: WriteOp::Delete { path, version: -1 } };
-            let prepared = self.seq.prepare(&self.shared.tree(), &req, now_ms());
-            if let Ok(entry) = prepared {
-                self.submit_entry(entry, Origin::Server)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn maybe_snapshot(&mut self) {
-        if let Some(handle) = self.snapshot_running.take() {
-            if !handle.is_finished() {
-                self.snapshot_running = Some(handle);
-                return;
-            }
-            match handle.join() {
-                Ok(Ok((zxid, oldest_kept))) => {
-                    // Only the bookkeeping here: released segments are kept for reuse as
-                    // new ones (renamed, no unlink); what the pool cannot hold goes to the
-                    // janitor thread, so the write path never waits for unlinks.
-                    let detached = oldest_kept.map(|z| self.wal.recycle_through(z)).transpose();
-                    match detached {
-                        Ok(paths) => {
-                            let paths = paths.unwrap_or_default();
-                            tracing::info!(%zxid, oldest_kept = ?oldest_kept, segments = paths.len(), "snapshot written; old files purged");
-                            if !paths.is_empty() && self.janitor.send(paths).is_err() {
-                                tracing::warn!("WAL janitor gone; purged segments stay on disk");
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "purging WAL segments after a snapshot failed"),
-                    }
+    /// A forwarded write reached this server: sequence it (leader) or pass it on.
+    fn forwarded_write(&mut self, origin: ServerId, req: WriteRequest) {
+        if self.seq.is_some() {
+            let (session, cxid) = (req.session_id, req.cxid);
+            if let Err(rejected) = self.prepare(&req) {
+                let zxid = self.shared.tree().last_zxid().0 as i64;
+                let (code, multi) = match rejected {
+                    Rejected::Op(code) => (code.code(), None),
+                    Rejected::Multi(codes) => (0, Some(codes)),
+                };
+                self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = &self.replica {
+                    r.send(origin, Forwarded::Refused { session, cxid, zxid, code, multi }.encode().into());
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed"),
-                Err(_) => tracing::error!("snapshot thread panicked"),
             }
-        }
-        let every = self.shared.config.snapshot_every_entries;
-        if every == 0 || self.entries_since_snapshot < every {
             return;
         }
-        self.entries_since_snapshot = 0;
-        let (zxid, image) = {
-            let tree = self.shared.tree();
-            (tree.last_zxid(), tree.to_image())
-        };
-        let store = self.snapshots.clone();
-        let keep = self.shared.config.snapshots_to_keep.max(1);
-        self.snapshot_running = Some(std::thread::spawn(move || {
-            let info = store.write(zxid, &image).map_err(|e| e.to_string())?;
-            drop(image);
-            let oldest_kept = store.purge(keep).map_err(|e| e.to_string())?;
-            Ok((info.zxid, oldest_kept))
-        }));
+        // An observer relays its downstream observers' writes towards the leader; without
+        // one the write is dropped and its origin, which loses its leader too, closes the
+        // client's connection.
+        if let (Some(up), Some(r)) = (self.upstream(), &self.replica) {
+            r.send(up, Forwarded::Write { origin, req }.encode().into());
+        }
     }
 }
 
-/// Deletes a file by cutting it down 1 MiB at a time, 20 ms apart, then unlinking it. On
-/// ext4 freeing a 64 MiB segment in one unlink is one large journal transaction, and the
-/// WAL's next fdatasync waits for it: measured p99.9 write latency 31-46 ms with plain
-/// unlinks, 11-14 ms with none. Small steps keep each transaction short.
-fn shrink_then_remove(path: &std::path::Path) -> std::io::Result<()> {
-    const STEP: u64 = 1 << 20;
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    let mut len = file.metadata()?.len();
-    while len > STEP {
-        len -= STEP;
-        file.set_len(len)?;
-        std::thread::sleep(Duration::from_millis(20));
+impl StateMachine for Core {
+    fn apply(&mut self, entries: &[LogEntry]) {
+        let shards = self.shared.to_shard.len();
+        let mut committed = Vec::with_capacity(entries.len());
+        let mut actions: Vec<Vec<(usize, Action)>> = (0..shards).map(|_| Vec::new()).collect();
+        let shared = self.shared.clone();
+        let mut tree = shared.tree_mut();
+        for (zxid, payload) in entries {
+            match self.apply_one(&mut tree, *zxid, payload, committed.len(), &mut actions) {
+                Ok(applied) => committed.push(CommittedEntry { zxid: applied.zxid, changes: applied.changes }),
+                Err(e) => {
+                    // Entries are checksummed on the wire and on disk and were encoded by
+                    // a leader: one that does not decode means a bug or a bad build. Stop
+                    // (fail-stop keeps every replica's tree a prefix of one history).
+                    tracing::error!(error = %e, "a committed entry does not decode; stopping");
+                    shared.stopping.store(true, Ordering::Release);
+                    break;
+                }
+            }
+        }
+        let committed = Arc::new(committed);
+        for (outbox, actions) in shared.to_shard.iter().zip(actions) {
+            outbox.send(ToShard::Committed { entries: committed.clone(), actions });
+        }
+        drop(tree);
+        let stats = &self.shared.core_stats;
+        stats.outstanding.store(self.pending.len(), Ordering::Relaxed);
+        stats.sessions.store(self.sessions.len(), Ordering::Relaxed);
+        if let Some(r) = &self.replica {
+            let status = r.status();
+            stats.wal_entries_durable.store(status.wal_entries_durable, Ordering::Relaxed);
+            stats.wal_batches.store(status.wal_batches, Ordering::Relaxed);
+        }
+        if self.seq.is_none() {
+            self.maybe_start_sequencer();
+        }
     }
-    drop(file);
-    std::fs::remove_file(path)
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.shared.tree().to_image()
+    }
+
+    fn install(&mut self, zxid: Zxid, data: &[u8]) {
+        let started = Instant::now();
+        match DataTree::from_image(data) {
+            Ok(tree) => {
+                tracing::info!(%zxid, nodes = tree.node_count(), ms = started.elapsed().as_millis() as u64, "installed snapshot");
+                let now = Instant::now();
+                self.sessions = SessionTracker::new(self.id as u8, now_ms().max(0) as u64);
+                for (&id, info) in tree.sessions() {
+                    self.sessions.track(id, info.timeout_ms, now);
+                }
+                *self.shared.tree_mut() = tree;
+            }
+            Err(e) => {
+                tracing::error!(%zxid, error = %e, "a snapshot does not decode; stopping");
+                self.shared.stopping.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn synced(&mut self, id: u64, zxid: Option<Zxid>) {
+        let Some(s) = self.syncs.remove(&id) else { return };
+        let last = self.shared.tree().last_zxid().0 as i64;
+        let frame = match zxid {
+            Some(_) => encode_reply(s.xid, last, 0, Some(&Response::Path(s.path))),
+            None => encode_reply(s.xid, last, ErrorCode::ConnectionLoss.code(), None),
+        };
+        self.act(s.shard, Action::Reply { conn: s.conn, xid: s.xid, frame });
+    }
+
+    fn touched(&mut self, sessions: Vec<u64>) {
+        let now = Instant::now();
+        for s in sessions {
+            self.sessions.touch(s as i64, now);
+        }
+    }
+
+    fn role_changed(&mut self, role: Role, last_logged: Zxid) {
+        let was_serving = self.serving();
+        let before = self.role;
+        self.role = role;
+        let same_leadership = match (before, role) {
+            (Role::Following { leader: a, epoch: e, .. }, Role::Following { leader: b, epoch: f, .. }) => {
+                a == b && (e == f || e == 0)
+            }
+            (Role::Leading { epoch: e, .. }, Role::Leading { epoch: f, .. }) => e == f || e == 0,
+            _ => false,
+        };
+        if was_serving && !(self.serving() && same_leadership) {
+            tracing::warn!(?role, "no longer serving: closing client connections");
+            self.stop_serving();
+        }
+        if let Role::Leading { established: true, .. } = role {
+            if self.leading_from.is_none() {
+                self.leading_from = Some(last_logged);
+            }
+            self.maybe_start_sequencer();
+        } else {
+            self.seq = None;
+            self.leading_from = None;
+        }
+        self.publish_role();
+    }
+
+    fn message(&mut self, from: ServerId, data: &[u8]) {
+        match Forwarded::decode(data) {
+            Ok(Forwarded::Write { origin, req }) => self.forwarded_write(origin, req),
+            Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
+                if let Some(origin) = self.pending.remove(&(session, cxid)) {
+                    let rejected = match multi {
+                        Some(codes) => Rejected::Multi(codes),
+                        None => Rejected::Op(ErrorCode::from_code(code).unwrap_or(ErrorCode::SystemError)),
+                    };
+                    self.refused(origin, zxid, rejected);
+                }
+            }
+            Err(e) => tracing::warn!(peer = from, error = %e, "dropping a malformed forwarded message"),
+        }
+    }
 }
 
 fn connect_response(session_id: i64, timeout: i32) -> Vec<u8> {
@@ -503,90 +601,120 @@ fn connect_response(session_id: i64, timeout: i32) -> Vec<u8> {
     .encode()
 }
 
-/// Runs the core's tasks on the current executor until `stop` is set (then lets in-flight
-/// writes commit, at most 10 s) or the WAL fails.
-pub async fn run(core: Core, inbox: Inbox<ToCore>, stop: Arc<AtomicBool>) -> Result<(), crate::runtime::ServeError> {
+/// Runs the core and its replica on the current executor until `stop` is set (then lets
+/// in-flight writes commit, at most 10 s) or replication fails. `started` is called once
+/// recovery is done (with its failure, if any) and, for a server alone in its ensemble,
+/// once it serves.
+pub async fn run(
+    core: Core,
+    replica_config: crate::peer::replica::ReplicaConfig,
+    inbox: Inbox<ToCore>,
+    stop: Arc<AtomicBool>,
+    started: impl FnOnce(Result<(), CoreError>),
+) -> Result<(), crate::runtime::ServeError> {
     let shared = core.shared.clone();
     let tick = Duration::from_millis(shared.config.tick_ms.max(2));
     let core = Rc::new(RefCell::new(core));
+    let outcome: Rc<RefCell<Option<Result<(), CoreError>>>> = Rc::new(RefCell::new(None));
+    let replica = {
+        let (core, outcome) = (core.clone(), outcome.clone());
+        let attach = core.clone();
+        glommio::spawn_local(async move {
+            let result = crate::peer::replica::run(replica_config, core, move |handle| {
+                attach.borrow_mut().replica = Some(handle);
+            })
+            .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "replication stopped");
+            }
+            *outcome.borrow_mut() = Some(result.map_err(CoreError::from));
+        })
+    };
+    // Started: recovered (a handle exists) and, alone, serving; or failed.
+    let alone = shared.config.peers.is_empty();
+    loop {
+        if let Some(result) = outcome.borrow_mut().take() {
+            let failed = result.is_err();
+            started(result);
+            if failed {
+                return Ok(());
+            }
+            shared.stopping.store(true, Ordering::Release);
+            shared.core_done.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let ready = {
+            let c = core.borrow();
+            c.replica.is_some() && (!alone || c.serving())
+        };
+        if ready {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    started(Ok(()));
     let requests = {
         let core = core.clone();
-        async move {
-            let wal = core.borrow().wal.clone();
+        glommio::spawn_local(async move {
             while let Some(message) = inbox.recv().await {
-                // Backpressure: each message submits at most one entry; wait for room first.
-                wal.ready().await;
-                core.borrow_mut().handle(message)?;
-                while wal.has_room() {
+                let replica = core.borrow().replica.clone();
+                if let Some(r) = replica {
+                    // Backpressure: each message prepares at most one entry.
+                    r.ready().await;
+                }
+                let mut c = core.borrow_mut();
+                c.handle(message);
+                for _ in 0..1024 {
                     let Some(message) = inbox.try_recv() else { break };
-                    core.borrow_mut().handle(message)?;
+                    c.handle(message);
                 }
+                c.flush();
             }
-            Ok::<(), CoreError>(())
-        }
-    };
-    let committer = {
-        let core = core.clone();
-        async move {
-            loop {
-                let durable = core.borrow_mut().in_flight.front_mut().and_then(|f| f.durable.take());
-                match durable {
-                    Some(d) => {
-                        // A failed fsync stops the server: acknowledging anything now could lie.
-                        d.await.inspect_err(|e| tracing::error!(error = %e, "WAL failed; stopping"))?;
-                        core.borrow_mut().commit_durable();
-                    }
-                    None => {
-                        poll_fn(|cx| {
-                            let mut c = core.borrow_mut();
-                            if c.in_flight.front().is_some_and(|f| f.durable.is_some()) {
-                                Poll::Ready(())
-                            } else {
-                                c.committer = Some(cx.waker().clone());
-                                Poll::Pending
-                            }
-                        })
-                        .await
-                    }
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), CoreError>(())
-        }
+        })
     };
     let expiry = {
         let core = core.clone();
-        async move {
+        glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(tick / 2).await;
                 let mut c = core.borrow_mut();
-                c.expire_sessions()?;
-                c.reap()?;
+                c.expire_sessions();
+                c.reap();
+                c.flush();
             }
-            #[allow(unreachable_code)]
-            Ok::<(), CoreError>(())
+        })
+    };
+    let failed = {
+        let outcome = outcome.clone();
+        async move {
+            loop {
+                if let Some(result) = outcome.borrow_mut().take() {
+                    return result;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
         }
     };
-    // Each loop in its own task, so that one's wake-ups do not re-poll (and re-register the
-    // wakers of) the others.
-    let committer = glommio::spawn_local(committer);
-    let requests = glommio::spawn_local(requests);
-    let expiry = glommio::spawn_local(expiry);
-    let working = futures_lite::future::or(futures_lite::future::or(requests, expiry), committer);
     let stopping = async {
         crate::runtime::until_set(&stop, &shared.stopping).await;
         tracing::info!("shutting down: no new connections; letting in-flight writes commit");
         let start = Instant::now();
-        while !core.borrow().in_flight.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        while !core.borrow().pending.is_empty() && start.elapsed() < Duration::from_secs(10) {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
     };
-    let outcome =
-        futures_lite::future::or(stopping, async { working.await.map_err(crate::runtime::ServeError::from) }).await;
+    let result = futures_lite::future::or(stopping, failed).await;
+    drop(requests);
+    drop(expiry);
+    let replica_handle = core.borrow().replica.clone();
+    if let Some(r) = replica_handle {
+        r.stop();
+    }
+    replica.await;
     shared.stopping.store(true, Ordering::Release);
     shared.core_done.store(true, Ordering::Release);
-    outcome
+    result.map_err(crate::runtime::ServeError::from)
 }
 
 /// The reply frame for a committed write, shaped by the opcode the client used.

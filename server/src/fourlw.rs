@@ -98,8 +98,12 @@ fn srvr_body(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "Connections: {}", node.open_connections.load(Relaxed));
     let _ = writeln!(out, "Outstanding: {}", node.core_stats.outstanding.load(Relaxed));
     let _ = writeln!(out, "Zxid: 0x{:x}", tree.last_zxid().0);
-    out.push_str("Mode: standalone\n");
+    let core = &node.core_stats;
+    let _ = writeln!(out, "Mode: {}", crate::runtime::Mode::from_u8(core.mode.load(Relaxed)).name());
     let _ = writeln!(out, "Node count: {}", tree.node_count());
+    let _ = writeln!(out, "Server id: {}", node.config.server_id);
+    let _ = writeln!(out, "Epoch: {}", core.epoch.load(Relaxed));
+    let _ = writeln!(out, "Leader: {}", core.leader.load(Relaxed));
 }
 
 fn srvr(node: &Shared, out: &mut String) {
@@ -123,7 +127,7 @@ fn mntr(node: &Shared, out: &mut String) {
         let _ = writeln!(out, "{k}\t{v}");
     };
     kv("zk_version", VERSION.to_string());
-    kv("zk_server_state", "standalone".into());
+    kv("zk_server_state", crate::runtime::Mode::from_u8(core.mode.load(Relaxed)).name().into());
     kv("zk_znode_count", nodes.to_string());
     kv("zk_watch_count", watches.to_string());
     kv("zk_ephemerals_count", ephemerals.to_string());
@@ -144,4 +148,8 @@ fn mntr(node: &Shared, out: &mut String) {
     kv("baton_wal_batches", core.wal_batches.load(Relaxed).to_string());
     kv("baton_commits", core.committed.load(Relaxed).to_string());
     kv("baton_rejected_writes", core.rejected.load(Relaxed).to_string());
+    kv("baton_server_id", node.config.server_id.to_string());
+    kv("baton_epoch", core.epoch.load(Relaxed).to_string());
+    kv("baton_leader", core.leader.load(Relaxed).to_string());
+    kv("baton_serving", u8::from(core.serving.load(Relaxed)).to_string());
 }

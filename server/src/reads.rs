@@ -141,11 +141,8 @@ fn session_request(
 ) -> Result<Option<Response>, ErrorCode> {
     match request {
         Request::Ping => Ok(None),
-        Request::Sync { path } => {
-            // One server: everything committed is applied; the reply is ordered after the
-            // session's earlier writes by the reply slots.
-            Ok(Some(Response::Path(path)))
-        }
+        // Shards send syncs to the core (see `Shard::request`); never answered here.
+        Request::Sync { path } => Ok(Some(Response::Path(path))),
         Request::Auth { scheme, auth } => {
             if scheme != "digest" {
                 return Err(ErrorCode::AuthFailed);

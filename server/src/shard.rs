@@ -97,6 +97,14 @@ impl Shard {
         self.stats().received.fetch_add(1, Ordering::Relaxed);
         conn.count_received();
         self.touched.insert(conn.session());
+        if let Request::Sync { path } = request {
+            // Through the ensemble: answered once this server has applied every write the
+            // leader had accepted before it; ordered after this session's earlier writes by
+            // its slot.
+            conn.slots.borrow_mut().push_back(Slot::Write(xid));
+            self.shared.to_core.send(ToCore::Sync { shard: self.id, conn: conn.id, xid, path });
+            return;
+        }
         if request.is_write() {
             match write_op(request) {
                 Ok((op, multi_ops)) => {
@@ -170,6 +178,11 @@ impl Shard {
                 }
             }
             ToShard::Act(action) => self.act(action, tree),
+            ToShard::Disconnect => {
+                for c in self.conns.values() {
+                    c.close();
+                }
+            }
         }
     }
 

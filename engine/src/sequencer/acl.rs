@@ -18,7 +18,7 @@ pub mod perms {
 
 /// An identity a session has proven: `ip:127.0.0.1` from its connection, `digest:user:hash`
 /// from `addauth digest`, `super:` for the super user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AuthId {
     /// Scheme.
     pub scheme: String,

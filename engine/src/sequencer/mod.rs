@@ -17,6 +17,9 @@
 //! then the version, then NotEmpty.
 
 mod acl;
+// rkyv's derive emits undocumented items for the archived forms of these types.
+#[allow(missing_docs)]
+mod request;
 #[cfg(test)]
 mod tests;
 
@@ -24,97 +27,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use acl::{check as check_acl, fixup as fixup_acl, ip_matches, perms, AuthId};
+pub use request::{CreateMode, CreateOp, WriteOp, WriteRequest};
 
 use crate::log::{Acl, CreateTxn, Entry, MultiOp, NodeKind, Txn, Zxid};
 use crate::tree::path::{parent, validate_path};
 use crate::tree::{owner_kind, DataTree, ErrorCode, OwnerKind, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};
-
-/// ZooKeeper's `CreateMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum CreateMode {
-    Persistent,
-    Ephemeral,
-    PersistentSequential,
-    EphemeralSequential,
-    Container,
-    PersistentWithTtl,
-    PersistentSequentialWithTtl,
-}
-
-impl CreateMode {
-    /// The mode for a create request's `flags`.
-    pub fn from_flags(flags: i32) -> Option<CreateMode> {
-        Some(match flags {
-            0 => CreateMode::Persistent,
-            1 => CreateMode::Ephemeral,
-            2 => CreateMode::PersistentSequential,
-            3 => CreateMode::EphemeralSequential,
-            4 => CreateMode::Container,
-            5 => CreateMode::PersistentWithTtl,
-            6 => CreateMode::PersistentSequentialWithTtl,
-            _ => return None,
-        })
-    }
-
-    fn sequential(self) -> bool {
-        matches!(
-            self,
-            CreateMode::PersistentSequential
-                | CreateMode::EphemeralSequential
-                | CreateMode::PersistentSequentialWithTtl
-        )
-    }
-
-    /// Whether it is a TTL mode (needs the createTTL opcode and a TTL).
-    pub fn is_ttl(self) -> bool {
-        matches!(self, CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl)
-    }
-}
-
-/// A create as the client asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateOp {
-    /// Path; a sequential create gets the parent's counter appended.
-    pub path: String,
-    /// Data.
-    pub data: Vec<u8>,
-    /// ACL (before fix-up).
-    pub acl: Vec<Acl>,
-    /// Mode.
-    pub mode: CreateMode,
-    /// TTL for TTL modes (ms), else ignored.
-    pub ttl_ms: i64,
-    /// A container create (opcode createContainer; mode must be Container).
-    pub container: bool,
-}
-
-/// A state-changing request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum WriteOp {
-    Create(CreateOp),
-    Delete { path: String, version: i32 },
-    SetData { path: String, data: Vec<u8>, version: i32 },
-    SetAcl { path: String, acl: Vec<Acl>, version: i32 },
-    Check { path: String, version: i32 },
-    Multi(Vec<WriteOp>),
-    CreateSession { timeout_ms: i32 },
-    CloseSession,
-}
-
-/// A write with who sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteRequest {
-    /// The session.
-    pub session_id: i64,
-    /// The client's request id.
-    pub cxid: i32,
-    /// The session's proven identities, for ACL checks.
-    pub auth: Vec<AuthId>,
-    /// The operation.
-    pub op: WriteOp,
-}
 
 /// Why a write was refused before reaching the log.
 #[derive(Debug, Clone, PartialEq, Eq)]

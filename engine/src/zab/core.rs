@@ -161,6 +161,10 @@ impl Zab {
             self.on_notification(from, round, vote, state);
             return;
         }
+        if let Message::Forward { .. } = msg {
+            // The drivers' own traffic; they keep it from the core.
+            return;
+        }
         let result = match &mut self.role {
             RoleState::Looking => Ok(()),
             RoleState::Following(f) if f.leader == from => f.on_message(&mut self.ctx, msg).map_err(|e| e.0),

@@ -89,6 +89,16 @@ impl History {
         self.entries.range(start..).cloned().collect()
     }
 
+    /// Entries above `after` up to `through`, in order (what a commit point's advance makes
+    /// appliable), without touching the rest of the log.
+    pub fn range(&self, after: Zxid, through: Zxid) -> impl Iterator<Item = &LogEntry> + '_ {
+        let start = match self.position(after) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        self.entries.range(start..).take_while(move |(z, _)| *z <= through)
+    }
+
     /// The payload logged at `zxid`.
     pub fn get(&self, zxid: Zxid) -> Option<&LogEntry> {
         self.position(zxid).ok().map(|i| &self.entries[i])

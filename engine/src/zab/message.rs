@@ -169,6 +169,13 @@ pub enum Message {
         /// The leader's commit point.
         commit: Zxid,
     },
+    /// Between the drivers of two servers, on the same FIFO link, never seen by the core:
+    /// client writes a follower forwards to its leader and the leader's answers (ZooKeeper's
+    /// REQUEST packets). Opaque to the protocol.
+    Forward {
+        /// The driver's bytes.
+        data: Payload,
+    },
 }
 
 impl Message {
@@ -176,7 +183,7 @@ impl Message {
     /// FOLLOWERINFO, which precede the epoch).
     pub fn epoch(&self) -> Option<u32> {
         match self {
-            Message::Notification { .. } | Message::FollowerInfo { .. } => None,
+            Message::Notification { .. } | Message::FollowerInfo { .. } | Message::Forward { .. } => None,
             Message::LeaderInfo { epoch }
             | Message::AckEpoch { epoch, .. }
             | Message::Trunc { epoch, .. }

@@ -55,6 +55,7 @@ const SYNC: u8 = 12;
 const SYNC_DONE: u8 = 13;
 const PING: u8 = 14;
 const TOUCH: u8 = 15;
+const FORWARD: u8 = 16;
 
 struct Out<'a>(&'a mut Vec<u8>);
 
@@ -142,6 +143,9 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             for s in sessions {
                 o.u64(*s);
             }
+        }
+        Message::Forward { data } => {
+            o.u8(FORWARD).bytes(data);
         }
     }
     let body_len = out.len() - start - FRAME_HEADER_BYTES;
@@ -242,6 +246,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             let sessions = (0..count).map(|_| i.u64()).collect::<Result<Vec<_>, _>>()?;
             Message::Touch { epoch, sessions }
         }
+        FORWARD => Message::Forward { data: i.bytes()?.into() },
         tag => return Err(WireError::UnknownTag(tag)),
     };
     if !i.0.is_empty() {
@@ -309,6 +314,7 @@ mod tests {
             (any::<u32>(), zxid()).prop_map(|(epoch, commit)| Message::Ping { epoch, commit }),
             (any::<u32>(), proptest::collection::vec(any::<u64>(), 0..6))
                 .prop_map(|(epoch, sessions)| Message::Touch { epoch, sessions }),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|data| Message::Forward { data: data.into() }),
         ]
     }
 

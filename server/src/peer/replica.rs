@@ -14,19 +14,30 @@ use std::time::Duration;
 
 use baton_engine::snapshot::{SnapshotError, SnapshotStore};
 use baton_engine::wal::{Wal, WalConfig, WalError};
-use baton_engine::zab::{epochs, Action, Payload, Persisted, Role, ServerId, Zab, ZabConfig};
+use baton_engine::zab::{epochs, Action, LogEntry, Message, Payload, Persisted, Role, ServerId, Zab, ZabConfig};
 use baton_engine::Zxid;
 
 use super::transport::{PeerEvent, Transport};
 
-/// What a replica applies committed entries to.
+/// What a replica applies committed entries to, and hears the protocol's other news on.
+/// Every call runs on the replica's executor, between two protocol steps.
 pub trait StateMachine {
-    /// Applies one committed entry (zxids strictly increase).
-    fn apply(&mut self, zxid: Zxid, payload: &[u8]);
-    /// The whole state, as bytes [`StateMachine::install`] takes back.
+    /// Applies committed entries: consecutive, zxids strictly increasing across calls.
+    fn apply(&mut self, entries: &[LogEntry]);
+    /// The whole applied state, as bytes [`StateMachine::install`] takes back.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with a snapshot covering everything up to `zxid`.
     fn install(&mut self, zxid: Zxid, data: &[u8]);
+    /// Sync `id` (see [`ReplicaHandle::sync`]) is done: the entries applied so far include
+    /// every write proposed before it. `None`: this server has no leader to sync with.
+    fn synced(&mut self, _id: u64, _zxid: Option<Zxid>) {}
+    /// (Leader only.) These sessions were seen alive somewhere in the ensemble.
+    fn touched(&mut self, _sessions: Vec<u64>) {}
+    /// The role changed; `last_logged` is the log's last zxid at that moment (for a leader
+    /// that just got established: where its proposals continue).
+    fn role_changed(&mut self, _role: Role, _last_logged: Zxid) {}
+    /// A peer's driver sent `data` ([`ReplicaHandle::send`]).
+    fn message(&mut self, _from: ServerId, _data: &[u8]) {}
 }
 
 /// Settings of a replica.
@@ -34,18 +45,39 @@ pub trait StateMachine {
 pub struct ReplicaConfig {
     /// Protocol settings (id, voters, observers, limits in ticks).
     pub zab: ZabConfig,
-    /// Where peers connect.
-    pub listen: SocketAddr,
+    /// Where peers connect (`None` for a server alone in its ensemble: no peer port).
+    pub listen: Option<SocketAddr>,
     /// Every member's peer address (this one's included or not).
     pub peers: BTreeMap<ServerId, SocketAddr>,
-    /// The WAL and epochs file live here.
+    /// The epochs file and `snapshots/` live here.
     pub data_dir: PathBuf,
+    /// The WAL.
+    pub wal: WalConfig,
     /// Real time per tick.
     pub tick: Duration,
     /// Largest peer frame accepted.
     pub frame_bytes_max: usize,
     /// Snapshot the state and compact the log after this many applied entries (0: never).
     pub snapshot_every_entries: u64,
+    /// Snapshots kept; the WAL segments older ones covered are released.
+    pub snapshots_to_keep: usize,
+}
+
+impl ReplicaConfig {
+    /// A replica of `zab`'s ensemble with its files under `data_dir` and default limits.
+    pub fn new(zab: ZabConfig, data_dir: PathBuf) -> ReplicaConfig {
+        ReplicaConfig {
+            zab,
+            listen: None,
+            peers: BTreeMap::new(),
+            wal: WalConfig::new(data_dir.join("wal")),
+            data_dir,
+            tick: Duration::from_millis(100),
+            frame_bytes_max: 64 << 20,
+            snapshot_every_entries: 0,
+            snapshots_to_keep: 2,
+        }
+    }
 }
 
 /// Failures that stop a replica.
@@ -74,7 +106,9 @@ enum Input {
     Peer(PeerEvent),
     Tick,
     Durable(Zxid),
-    Propose(Vec<Payload>),
+    Propose(Option<Zxid>, Vec<Payload>),
+    Sync(u64),
+    Touch(Vec<u64>),
     Stop,
 }
 
@@ -93,23 +127,83 @@ impl Inputs {
     }
 }
 
+/// Inputs queued beyond this make [`ReplicaHandle::ready`] wait.
+const INPUTS_MAX: usize = 4096;
+
+/// What a replica reports about itself (for logs, `srvr`, `mntr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// The role.
+    pub role: Role,
+    /// (accepted, current) epoch.
+    pub epochs: (u32, u32),
+    /// The last logged zxid.
+    pub last_logged: Zxid,
+    /// The commit point.
+    pub committed: Zxid,
+    /// Entries durable in the WAL since start.
+    pub wal_entries_durable: u64,
+    /// WAL flushes since start.
+    pub wal_batches: u64,
+}
+
 /// A handle to a running replica, on its executor.
 #[derive(Clone)]
 pub struct ReplicaHandle {
     inputs: Rc<RefCell<Inputs>>,
-    role: Rc<std::cell::Cell<Role>>,
+    status: Rc<std::cell::Cell<Status>>,
+    transport: Option<Rc<Transport>>,
+    wal: Rc<Wal>,
 }
 
 impl ReplicaHandle {
-    /// Proposes entries (dropped unless this replica is an established leader when the
-    /// driver gets to them).
-    pub fn propose(&self, payloads: Vec<Payload>) {
-        self.inputs.borrow_mut().push(Input::Propose(payloads));
+    /// Proposes entries. Dropped unless this replica is an established leader when the
+    /// driver gets to them and, if `first` is given, the first would get that zxid (entries
+    /// that carry their zxid inside must not be logged under another).
+    pub fn propose(&self, first: Option<Zxid>, payloads: Vec<Payload>) {
+        self.inputs.borrow_mut().push(Input::Propose(first, payloads));
+    }
+
+    /// A client's sync: [`StateMachine::synced`] follows.
+    pub fn sync(&self, id: u64) {
+        self.inputs.borrow_mut().push(Input::Sync(id));
+    }
+
+    /// Reports client sessions alive here (to the leader, which owns expiry).
+    pub fn touch(&self, sessions: Vec<u64>) {
+        self.inputs.borrow_mut().push(Input::Touch(sessions));
+    }
+
+    /// Sends `data` to peer `to`'s [`StateMachine::message`], on the FIFO link that carries
+    /// the protocol (so it is ordered with the syncs and touches sent after it).
+    pub fn send(&self, to: ServerId, data: Payload) {
+        if let Some(t) = &self.transport {
+            t.send(to, &Message::Forward { data });
+        }
+    }
+
+    /// Waits until the replica can take more proposals (its input queue and the WAL's).
+    pub async fn ready(&self) {
+        loop {
+            if self.inputs.borrow().queue.len() < INPUTS_MAX && self.wal.has_room() {
+                return;
+            }
+            if self.wal.has_room() {
+                glommio::timer::sleep(Duration::from_micros(200)).await;
+            } else {
+                self.wal.ready().await;
+            }
+        }
     }
 
     /// The replica's role.
     pub fn role(&self) -> Role {
-        self.role.get()
+        self.status.get().role
+    }
+
+    /// What the replica reports about itself.
+    pub fn status(&self) -> Status {
+        self.status.get()
     }
 
     /// Stops the replica's loop (the links close with it).
@@ -119,7 +213,8 @@ impl ReplicaHandle {
 }
 
 /// Opens the WAL and epochs, starts the links and runs the replica until stopped. `ready`
-/// receives a handle once it runs.
+/// receives a handle once it runs. Recovery installs the newest valid snapshot into `state`;
+/// the logged entries after it are applied only once a leader commits them.
 pub async fn run<S: StateMachine>(
     config: ReplicaConfig,
     state: Rc<RefCell<S>>,
@@ -127,33 +222,66 @@ pub async fn run<S: StateMachine>(
 ) -> Result<(), ReplicaError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ReplicaError::Epochs(epochs::EpochError::Io { path: config.data_dir.clone(), source: e }))?;
+    let started = std::time::Instant::now();
     let (accepted_epoch, current_epoch) = epochs::load(&config.data_dir)?;
     // Recovery: the newest valid snapshot, then the log after it.
     let snapshots = SnapshotStore::open(config.data_dir.join("snapshots"))?;
     let mut snapshot_zxid = Zxid::ZERO;
-    if let Some(snapshot) = snapshots.load_newest()?.snapshot {
+    let loaded = snapshots.load_newest()?;
+    for skipped in &loaded.skipped {
+        tracing::error!(error = %skipped, "passed over a damaged snapshot");
+    }
+    if let Some(snapshot) = &loaded.snapshot {
         snapshot_zxid = snapshot.info.zxid;
         state.borrow_mut().install(snapshot_zxid, snapshot.payload());
     }
-    let (wal, reader) = Wal::open(WalConfig::new(config.data_dir.join("wal"))).await?;
-    let entries = reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
+    drop(loaded);
+    let (wal, reader) = Wal::open(config.wal.clone()).await?;
+    let entries: Vec<LogEntry> =
+        reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
     drop(reader);
+    tracing::info!(
+        snapshot = %snapshot_zxid,
+        logged = entries.len(),
+        accepted_epoch,
+        current_epoch,
+        ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
     let persisted = Persisted { accepted_epoch, current_epoch, snapshot_zxid, entries };
-    let listener = crate::runtime::bind_listener(config.listen, false)
-        .map_err(|source| ReplicaError::Listen { addr: config.listen, source })?;
-    let transport = Rc::new(Transport::start(config.zab.id, listener, &config.peers, config.frame_bytes_max, 64 << 20));
+    let transport = match config.listen {
+        Some(listen) => {
+            let listener = crate::runtime::bind_listener(listen, false)
+                .map_err(|source| ReplicaError::Listen { addr: listen, source })?;
+            Some(Rc::new(Transport::start(config.zab.id, listener, &config.peers, config.frame_bytes_max, 64 << 20)))
+        }
+        None => None,
+    };
     let inputs = Rc::new(RefCell::new(Inputs::default()));
-    let handle = ReplicaHandle { inputs: inputs.clone(), role: Rc::new(std::cell::Cell::new(Role::Looking)) };
-
-    let pump = {
-        let (transport, inputs) = (transport.clone(), inputs.clone());
+    let wal = Rc::new(wal);
+    let status = Status {
+        role: Role::Looking,
+        epochs: (accepted_epoch, current_epoch),
+        last_logged: Zxid::ZERO,
+        committed: snapshot_zxid,
+        wal_entries_durable: 0,
+        wal_batches: 0,
+    };
+    let handle = ReplicaHandle {
+        inputs: inputs.clone(),
+        status: Rc::new(std::cell::Cell::new(status)),
+        transport: transport.clone(),
+        wal: wal.clone(),
+    };
+    let pump = transport.clone().map(|transport| {
+        let inputs = inputs.clone();
         glommio::spawn_local(async move {
             loop {
                 let event = transport.next_event().await;
                 inputs.borrow_mut().push(Input::Peer(event));
             }
         })
-    };
+    });
     let ticker = {
         let (inputs, tick) = (inputs.clone(), config.tick);
         glommio::spawn_local(async move {
@@ -165,20 +293,25 @@ pub async fn run<S: StateMachine>(
     };
     let mut driver = Driver {
         zab: Zab::new(config.zab.clone(), persisted),
-        wal: Rc::new(wal),
+        wal,
         transport: transport.clone(),
         inputs: inputs.clone(),
         state,
         applied: snapshot_zxid,
         snapshot_every: config.snapshot_every_entries,
+        snapshots_to_keep: config.snapshots_to_keep.max(1),
         since_snapshot: 0,
+        snapshot_running: None,
         snapshots,
+        janitor: janitor(),
         data_dir: config.data_dir.clone(),
-        role: handle.role.clone(),
+        status: handle.status.clone(),
     };
     ready(handle);
     let result = driver.run().await;
-    transport.stop();
+    if let Some(t) = &transport {
+        t.stop();
+    }
     drop(pump);
     drop(ticker);
     let wal = driver.wal.clone();
@@ -189,19 +322,30 @@ pub async fn run<S: StateMachine>(
     result
 }
 
+/// A background snapshot: the zxid it covers and, once written and old ones purged, the
+/// oldest snapshot kept.
+struct SnapshotJob {
+    zxid: Zxid,
+    thread: std::thread::JoinHandle<Result<Option<Zxid>, SnapshotError>>,
+}
+
 struct Driver<S> {
     zab: Zab,
     wal: Rc<Wal>,
-    transport: Rc<Transport>,
+    transport: Option<Rc<Transport>>,
     inputs: Rc<RefCell<Inputs>>,
     state: Rc<RefCell<S>>,
     applied: Zxid,
     /// Entries applied since the last snapshot decide when to take the next.
     snapshot_every: u64,
+    snapshots_to_keep: usize,
     since_snapshot: u64,
+    snapshot_running: Option<SnapshotJob>,
     snapshots: SnapshotStore,
+    /// Deletes released WAL segments the recycling pool cannot hold, off the I/O thread.
+    janitor: std::sync::mpsc::Sender<Vec<PathBuf>>,
     data_dir: PathBuf,
-    role: Rc<std::cell::Cell<Role>>,
+    status: Rc<std::cell::Cell<Status>>,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -212,15 +356,50 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    /// Writes a snapshot of the applied state, lets the core forget the log it covers and
-    /// purges the WAL segments it covers (keeping the two newest snapshots).
-    fn take_snapshot(&mut self) -> Result<(), ReplicaError> {
+    /// Starts writing a snapshot of the applied state on a thread of its own (the tree's
+    /// image is taken here, between two steps, so it is exactly the state at `applied`).
+    fn start_snapshot(&mut self) {
+        if self.snapshot_running.is_some() {
+            return;
+        }
         let data = self.state.borrow().snapshot();
-        self.snapshots.write(self.applied, &data)?;
-        self.zab.compact(self.applied);
+        let (store, keep, zxid) = (self.snapshots.clone(), self.snapshots_to_keep, self.applied);
         self.since_snapshot = 0;
-        if let Some(oldest) = self.snapshots.purge(2)? {
-            self.wal.purge_through(oldest)?;
+        let thread = std::thread::spawn(move || {
+            store.write(zxid, &data)?;
+            drop(data);
+            store.purge(keep)
+        });
+        self.snapshot_running = Some(SnapshotJob { zxid, thread });
+    }
+
+    /// Once the background snapshot is written: the core forgets the log it covers and the
+    /// WAL releases the segments no kept snapshot needs (kept for reuse as new segments; what
+    /// the pool cannot hold goes to the janitor, so the I/O thread never waits for unlinks).
+    fn finish_snapshot(&mut self) -> Result<(), ReplicaError> {
+        if !self.snapshot_running.as_ref().is_some_and(|j| j.thread.is_finished()) {
+            return Ok(());
+        }
+        let Some(job) = self.snapshot_running.take() else { return Ok(()) };
+        let oldest_kept = match job.thread.join() {
+            Ok(Ok(oldest)) => oldest,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "snapshot failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::error!("snapshot thread panicked");
+                return Ok(());
+            }
+        };
+        self.zab.compact(job.zxid);
+        let released = match oldest_kept {
+            Some(oldest) => self.wal.recycle_through(oldest)?,
+            None => Vec::new(),
+        };
+        tracing::info!(zxid = %job.zxid, ?oldest_kept, deleted_segments = released.len(), "snapshot written; log compacted");
+        if !released.is_empty() && self.janitor.send(released).is_err() {
+            tracing::warn!("WAL janitor gone; released segments stay on disk");
         }
         Ok(())
     }
@@ -240,12 +419,28 @@ impl<S: StateMachine> Driver<S> {
             })
             .await;
             match input {
+                Input::Peer(PeerEvent::Message(from, Message::Forward { data })) => {
+                    self.state.borrow_mut().message(from, &data);
+                }
                 Input::Peer(PeerEvent::Message(from, msg)) => self.zab.on_message(from, msg),
                 Input::Peer(PeerEvent::Disconnected(peer)) => self.zab.on_disconnected(peer),
-                Input::Tick => self.zab.on_tick(),
+                Input::Tick => {
+                    self.zab.on_tick();
+                    self.finish_snapshot()?;
+                }
                 Input::Durable(zxid) => self.zab.on_durable(zxid),
-                Input::Propose(payloads) => {
-                    let _ = self.zab.propose(payloads);
+                Input::Propose(first, payloads) => {
+                    if first.is_none_or(|f| self.zab.next_zxid() == Ok(f)) {
+                        let _ = self.zab.propose(payloads);
+                    }
+                }
+                Input::Sync(id) => {
+                    if !self.zab.sync(id) {
+                        self.state.borrow_mut().synced(id, None);
+                    }
+                }
+                Input::Touch(sessions) => {
+                    let _ = self.zab.touch(sessions);
                 }
                 Input::Stop => return Ok(()),
             }
@@ -258,17 +453,32 @@ impl<S: StateMachine> Driver<S> {
         loop {
             let actions = self.zab.take_actions();
             if actions.is_empty() {
-                return Ok(());
+                break;
             }
             for action in actions {
                 self.act(action).await?;
             }
         }
+        let history = self.zab.history();
+        let wal = self.wal.stats();
+        self.status.set(Status {
+            role: self.zab.role(),
+            epochs: self.zab.epochs(),
+            last_logged: history.last(),
+            committed: history.committed(),
+            wal_entries_durable: wal.entries_durable,
+            wal_batches: wal.batches,
+        });
+        Ok(())
     }
 
     async fn act(&mut self, action: Action) -> Result<(), ReplicaError> {
         match action {
-            Action::Send { to, msg } => self.transport.send(to, &msg),
+            Action::Send { to, msg } => {
+                if let Some(t) = &self.transport {
+                    t.send(to, &msg);
+                }
+            }
             Action::SaveEpochs { accepted, current } => epochs::save(&self.data_dir, accepted, current)?,
             Action::Append { entries } => {
                 let Some(last) = entries.last().map(|(z, _)| *z) else { return Ok(()) };
@@ -293,27 +503,27 @@ impl<S: StateMachine> Driver<S> {
                 self.wal.truncate_after(after).await?;
             }
             Action::Commit { through } => {
-                let history = self.zab.history();
-                let mut state = self.state.borrow_mut();
-                let mut count = 0u64;
-                for (zxid, payload) in history.after(self.applied).into_iter().take_while(|(z, _)| *z <= through) {
-                    state.apply(zxid, &payload);
-                    self.applied = zxid;
-                    count += 1;
-                }
-                drop(state);
-                self.since_snapshot += count;
+                let entries: Vec<LogEntry> = self.zab.history().range(self.applied, through).cloned().collect();
+                let Some(last) = entries.last().map(|(z, _)| *z) else { return Ok(()) };
+                self.state.borrow_mut().apply(&entries);
+                self.applied = last;
+                self.since_snapshot += entries.len() as u64;
                 if self.snapshot_every > 0 && self.since_snapshot >= self.snapshot_every {
-                    self.take_snapshot()?;
+                    self.start_snapshot();
                 }
             }
             Action::RoleChanged(role) => {
-                tracing::info!(id = self.transport.id(), ?role, "role");
-                self.role.set(role);
+                let id = self.zab.id();
+                let (accepted, current) = self.zab.epochs();
+                let last = self.zab.history().last();
+                tracing::info!(id, ?role, accepted_epoch = accepted, current_epoch = current, last_logged = %last, "role");
+                let mut status = self.status.get();
+                status.role = role;
+                self.status.set(status);
+                self.state.borrow_mut().role_changed(role, last);
             }
-            // No sessions in this driver (the client-serving runtime's session tracker will
-            // take these).
-            Action::Synced { .. } | Action::Touched { .. } => {}
+            Action::Synced { id, zxid } => self.state.borrow_mut().synced(id, Some(zxid)),
+            Action::Touched { sessions } => self.state.borrow_mut().touched(sessions),
             Action::TakeSnapshot { peer } => {
                 let data = self.state.borrow().snapshot();
                 self.zab.on_snapshot(peer, self.applied, data.into());
@@ -331,4 +541,42 @@ impl<S: StateMachine> Driver<S> {
         }
         Ok(())
     }
+}
+
+/// A thread that deletes released WAL segments, oldest first: the files left after a crash
+/// are always a contiguous run of the log, which recovery skips (a snapshot covers them).
+fn janitor() -> std::sync::mpsc::Sender<Vec<PathBuf>> {
+    let (janitor, doomed) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+    let spawned = std::thread::Builder::new().name("baton-wal-janitor".into()).spawn(move || {
+        for paths in doomed {
+            for path in paths {
+                if let Err(e) = shrink_then_remove(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete a released WAL segment");
+                    }
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no WAL janitor thread; released segments stay on disk");
+    }
+    janitor
+}
+
+/// Deletes a file by cutting it down 1 MiB at a time, 20 ms apart, then unlinking it. On
+/// ext4 freeing a 64 MiB segment in one unlink is one large journal transaction, and the
+/// WAL's next fdatasync waits for it: measured p99.9 write latency 31-46 ms with plain
+/// unlinks, 11-14 ms with none. Small steps keep each transaction short.
+fn shrink_then_remove(path: &std::path::Path) -> std::io::Result<()> {
+    const STEP: u64 = 1 << 20;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut len = file.metadata()?.len();
+    while len > STEP {
+        len -= STEP;
+        file.set_len(len)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(file);
+    std::fs::remove_file(path)
 }

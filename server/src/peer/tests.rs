@@ -21,8 +21,9 @@ type Log = Arc<Mutex<Vec<(Zxid, Vec<u8>)>>>;
 struct Applied(Log, Arc<Mutex<Vec<Zxid>>>);
 
 impl StateMachine for Applied {
-    fn apply(&mut self, zxid: Zxid, payload: &[u8]) {
-        self.0.lock().expect("log lock").push((zxid, payload.to_vec()));
+    fn apply(&mut self, entries: &[baton_engine::zab::LogEntry]) {
+        let mut log = self.0.lock().expect("log lock");
+        log.extend(entries.iter().map(|(z, p)| (*z, p.to_vec())));
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -83,13 +84,12 @@ fn start_on(
     let role = Arc::new(Mutex::new(Role::Looking));
     let stop = Arc::new(AtomicBool::new(false));
     let config = ReplicaConfig {
-        zab: ZabConfig::new(id, vec![1, 2, 3]),
-        listen,
+        listen: Some(listen),
         peers,
-        data_dir: dir.join(format!("replica-{id}")),
         tick: Duration::from_millis(50),
         frame_bytes_max: 1 << 20,
         snapshot_every_entries,
+        ..ReplicaConfig::new(ZabConfig::new(id, vec![1, 2, 3]), dir.join(format!("replica-{id}")))
     };
     let installs = Arc::new(Mutex::new(Vec::new()));
     let (l, r, s, ins) = (log.clone(), role.clone(), stop.clone(), installs.clone());
@@ -112,7 +112,7 @@ fn start_on(
                         }
                         if matches!(role, Role::Leading { established: true, .. }) {
                             k += 1;
-                            handle.propose(vec![format!("{id}-{k}").into_bytes().into()]);
+                            handle.propose(None, vec![format!("{id}-{k}").into_bytes().into()]);
                         }
                     }
                 })

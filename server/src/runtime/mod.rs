@@ -17,9 +17,11 @@
 
 pub mod inbox;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -66,6 +68,18 @@ pub enum ToCore {
         op: WriteOp,
         /// Identities proven on the connection.
         auth: Vec<AuthId>,
+    },
+    /// A client's `sync`: answered once this server has applied every write the ensemble
+    /// accepted before it.
+    Sync {
+        /// Shard of the connection.
+        shard: ShardId,
+        /// The connection.
+        conn: ConnId,
+        /// Request id.
+        xid: i32,
+        /// The path the client named (echoed in the reply).
+        path: String,
     },
     /// Sessions heard from since the last report (ZooKeeper's learner pings carry the same).
     Touch(Vec<i64>),
@@ -125,6 +139,8 @@ pub enum ToShard {
     },
     /// An action not tied to a commit (a refused write, a resumed session).
     Act(Action),
+    /// This server stopped serving (it lost its leader): close every connection.
+    Disconnect,
 }
 
 /// Counters of one shard, written by it alone.
@@ -157,6 +173,54 @@ pub struct CoreStats {
     pub wal_entries_durable: AtomicU64,
     /// WAL flushes.
     pub wal_batches: AtomicU64,
+    /// The server's [`Mode`], as a number.
+    pub mode: AtomicU8,
+    /// The epoch it leads or follows (0 while looking).
+    pub epoch: AtomicU32,
+    /// The leader it follows, or its own id when leading (0 while looking).
+    pub leader: AtomicU64,
+    /// Whether it serves clients.
+    pub serving: AtomicBool,
+}
+
+/// What a server is doing in its ensemble, as `srvr` and `mntr` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Electing a leader (or synchronising).
+    Looking = 0,
+    /// A server alone in its ensemble.
+    Standalone = 1,
+    /// Leading.
+    Leader = 2,
+    /// Following a leader.
+    Follower = 3,
+    /// Observing (not voting).
+    Observer = 4,
+}
+
+impl Mode {
+    /// From [`CoreStats::mode`].
+    pub fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Standalone,
+            2 => Mode::Leader,
+            3 => Mode::Follower,
+            4 => Mode::Observer,
+            _ => Mode::Looking,
+        }
+    }
+
+    /// ZooKeeper's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Looking => "looking",
+            Mode::Standalone => "standalone",
+            Mode::Leader => "leader",
+            Mode::Follower => "follower",
+            Mode::Observer => "observer",
+        }
+    }
 }
 
 /// A connection as the four-letter words list it.
@@ -266,18 +330,13 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(Arc<Shared>, SocketAddr), ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
-    // Shard 0: recovery, the core, and its own clients.
+    // Shard 0: recovery, the core and its replica, and its own clients.
     let shard0 = executor(0)
         .spawn(move || async move {
-            let mut recovered = match crate::core::Core::recover(&config).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = started_tx.send(Err(e.into()));
-                    return Ok(());
-                }
-            };
+            let replica_config = config.replica_config();
+            let (id, observer) = (config.server_id, config.is_observer());
             let shared = Arc::new(Shared {
-                tree: RwLock::new(std::mem::take(&mut recovered.tree)),
+                tree: RwLock::new(DataTree::new()),
                 started: Instant::now(),
                 shard_stats: (0..shards).map(|_| CachePadded::new(ShardStats::default())).collect(),
                 core_stats: CoreStats::default(),
@@ -289,24 +348,46 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
                 core_done: AtomicBool::new(false),
                 config,
             });
-            let core = crate::core::Core::new(shared.clone(), recovered);
-            let listener = match listen(shared.config.client_addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = started_tx.send(Err(ServeError::Listen(e)));
-                    return Ok(());
+            let core = crate::core::Core::new(shared.clone(), id, observer);
+            let listener: Rc<RefCell<Option<glommio::net::TcpListener>>> = Rc::new(RefCell::new(None));
+            let started = {
+                let (shared, listener) = (shared.clone(), listener.clone());
+                move |recovered: Result<(), crate::core::CoreError>| {
+                    if let Err(e) = recovered {
+                        let _ = started_tx.send(Err(e.into()));
+                        return;
+                    }
+                    let bound = listen(shared.config.client_addr).and_then(|l| {
+                        let addr = l.local_addr()?;
+                        *listener.borrow_mut() = Some(l);
+                        Ok(addr)
+                    });
+                    let _ = match bound {
+                        Ok(addr) => started_tx.send(Ok((shared.clone(), addr))),
+                        Err(e) => {
+                            shared.stopping.store(true, Ordering::Release);
+                            started_tx.send(Err(ServeError::Listen(e)))
+                        }
+                    };
                 }
             };
-            let bound = match listener.local_addr() {
-                Ok(a) => a,
-                Err(e) => {
-                    let _ = started_tx.send(Err(ServeError::Listen(e.into())));
-                    return Ok(());
+            let core_tasks = crate::core::run(core, replica_config, core_inbox, stop_flag.clone(), started);
+            let shard = {
+                let (shared, listener) = (shared.clone(), listener.clone());
+                async move {
+                    // The client port opens once recovery is done.
+                    loop {
+                        let taken = listener.borrow_mut().take();
+                        if let Some(l) = taken {
+                            return crate::serve::run_shard(shared, 0, first_inbox, l, stop_flag).await;
+                        }
+                        if shared.stopping.load(Ordering::Acquire) {
+                            return Ok(());
+                        }
+                        glommio::timer::sleep(Duration::from_millis(2)).await;
+                    }
                 }
             };
-            let _ = started_tx.send(Ok((shared.clone(), bound)));
-            let core_tasks = crate::core::run(core, core_inbox, stop_flag.clone());
-            let shard = crate::serve::run_shard(shared.clone(), 0, first_inbox, listener, stop_flag);
             let outcome = futures_lite::future::zip(core_tasks, shard).await.0;
             shared.stopping.store(true, Ordering::Release);
             outcome
