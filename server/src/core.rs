@@ -575,7 +575,12 @@ impl StateMachine for Core {
 
     fn message(&mut self, from: ServerId, data: &[u8]) {
         match Forwarded::decode(data) {
-            Ok(Forwarded::Write { origin, req }) => self.forwarded_write(origin, req),
+            Ok(Forwarded::Write { origin, req }) => {
+                self.forwarded_write(origin, req);
+                // Proposed at once: the driver takes it on its next step. (A burst of
+                // forwarded writes arriving together still forms one batch in the WAL.)
+                self.flush();
+            }
             Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
                 if let Some(origin) = self.pending.remove(&(session, cxid)) {
                     let rejected = match multi {
