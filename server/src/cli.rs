@@ -148,7 +148,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
     crate::runtime::run(config, move |addr| {
         match &ensemble {
             Some(e) => {
-                println!("baton: server {e}; clients on {addr} with {shards} shards, data in {}", data_dir.display())
+                println!("baton: server {e}; serving ZooKeeper clients on {addr} (while it has a leader) with {shards} shards, data in {}", data_dir.display())
             }
             None => println!(
                 "baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}",

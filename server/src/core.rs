@@ -366,6 +366,8 @@ impl Core {
         let stats = &self.shared.core_stats;
         let standalone = self.shared.config.peers.is_empty();
         let (mode, leader) = match self.role {
+            // Electing, or not yet synchronised with (or established as) the leader.
+            _ if !self.serving() => (Mode::Looking, 0),
             Role::Looking => (Mode::Looking, 0),
             Role::Leading { .. } if standalone => (Mode::Standalone, self.id),
             Role::Leading { .. } => (Mode::Leader, self.id),

@@ -138,4 +138,45 @@ impl RawClient {
         w.string(path).bool(false);
         self.call(op::EXISTS, &w.into_bytes())
     }
+
+    /// getChildren(path) without a watch: the names, or `None` on an error or a lost
+    /// connection.
+    pub fn children(&mut self, path: &str) -> Option<Vec<String>> {
+        let mut w = Writer::new();
+        w.string(path).bool(false);
+        let reply = self.call(op::GET_CHILDREN, &w.into_bytes())?;
+        if reply.err != 0 {
+            return None;
+        }
+        let mut r = Reader::new(&reply.body);
+        let n = r.int("count").ok()?;
+        (0..n).map(|_| r.string("child").ok().map(str::to_string)).collect()
+    }
+
+    /// getData(path)'s whole reply body (data and Stat), or `None` on an error.
+    pub fn data_and_stat(&mut self, path: &str) -> Option<Vec<u8>> {
+        let mut w = Writer::new();
+        w.string(path).bool(false);
+        let reply = self.call(op::GET_DATA, &w.into_bytes())?;
+        (reply.err == 0).then_some(reply.body)
+    }
+
+    /// sync(path): the reply's error code.
+    pub fn sync(&mut self, path: &str) -> Option<i32> {
+        let mut w = Writer::new();
+        w.string(path);
+        self.call(op::SYNC, &w.into_bytes()).map(|r| r.err)
+    }
+}
+
+/// Sends a four-letter word and returns the whole answer ("" when the server is down).
+pub fn four_letter(addr: SocketAddr, word: &[u8]) -> String {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(word).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -67,9 +67,19 @@ impl BatonProcess {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("baton did not start serving within 30 s");
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("baton exited before serving ({status}); its log is above");
+            }
+            if std::time::Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("baton did not start serving within 30 s");
+            }
         }
         self.child = Some(child);
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use baton_server::zk::jute::Writer;
 use baton_server::zk::proto::op;
-use baton_tests::raw::{closed_by_server, RawClient};
+use baton_tests::raw::{closed_by_server, four_letter, RawClient};
 use baton_tests::server::BatonProcess;
 use baton_tests::temp_dir;
 
@@ -163,15 +163,6 @@ fn sigterm_stops_the_server_cleanly_and_a_toml_config_file_is_honoured() {
     server.start_again();
     let mut c = RawClient::connect(server.addr, 4000, None).expect("connect");
     assert_eq!(c.exists("/before-term").expect("reply").err, 0);
-}
-
-fn four_letter(addr: std::net::SocketAddr, word: &[u8]) -> String {
-    use std::io::Read;
-    let mut s = TcpStream::connect(addr).expect("tcp");
-    s.write_all(word).expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]

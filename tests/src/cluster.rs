@@ -1,0 +1,106 @@
+//! A cluster of real `baton` processes on 127.0.0.1 for tests. Every peer link runs through
+//! its own [`Proxy`] (server i reaches server j at the proxy for (i, j)), so that a test can
+//! cut any server off from the others.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::proxy::Proxy;
+use crate::raw::four_letter;
+use crate::server::BatonProcess;
+
+/// Running servers; server `i + 1` is `nodes[i]`.
+pub struct Cluster {
+    /// The processes.
+    pub nodes: Vec<BatonProcess>,
+    /// (from, to) → the proxy `from` reaches `to` through.
+    proxies: BTreeMap<(usize, usize), Proxy>,
+}
+
+fn peer_addr(base: u16, id: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], base + id as u16))
+}
+
+fn proxy_addr(base: u16, from: usize, to: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], base + 10 * from as u16 + to as u16))
+}
+
+impl Cluster {
+    /// Starts `n` voters (at most 9) with data under `dir`, peer ports from `base + 1` and
+    /// proxies on `base + 11 ..= base + 99` (fixed ports below 32768, so that no outgoing
+    /// connection takes them), each with the flags `extra`, and waits until each is up.
+    pub fn start(bin: &str, dir: &Path, n: usize, base: u16, extra: &[&str]) -> Cluster {
+        let mut proxies = BTreeMap::new();
+        for from in 1..=n {
+            for to in (1..=n).filter(|&to| to != from) {
+                let proxy = Proxy::start(proxy_addr(base, from, to), peer_addr(base, to)).expect("start a proxy");
+                proxies.insert((from, to), proxy);
+            }
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for id in 1..=n {
+            let peers: Vec<String> = (1..=n)
+                .map(|j| {
+                    let addr = if j == id { peer_addr(base, j) } else { proxy_addr(base, id, j) };
+                    format!("{j}={addr}")
+                })
+                .collect();
+            let mut flags: Vec<String> = vec!["--server-id".into(), id.to_string(), "--peer".into(), peers.join(",")];
+            flags.extend(["--cores", "1", "--peer-tick-ms", "50", "--tick-ms", "500"].map(String::from));
+            flags.extend(extra.iter().map(|s| s.to_string()));
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            nodes.push(BatonProcess::start(bin, &dir.join(format!("n{id}")), &flags));
+        }
+        Cluster { nodes, proxies }
+    }
+
+    /// Server `i`'s (1-based) `srvr` line `key: value`, if it answers.
+    pub fn srvr(&self, i: usize, key: &str) -> Option<String> {
+        let text = four_letter(self.nodes[i - 1].addr, b"srvr");
+        text.lines().find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))
+    }
+
+    /// Server `i`'s mode ("leader", "follower", "looking"), if it answers.
+    pub fn mode(&self, i: usize) -> Option<String> {
+        self.srvr(i, "Mode")
+    }
+
+    /// Waits until exactly one of `members` leads and the rest follow it; returns the leader.
+    pub fn wait_for_leader(&self, members: &[usize], limit: Duration) -> Option<usize> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            let modes: Vec<Option<String>> = members.iter().map(|&i| self.mode(i)).collect();
+            let leaders: Vec<usize> =
+                members.iter().zip(&modes).filter(|(_, m)| m.as_deref() == Some("leader")).map(|(&i, _)| i).collect();
+            let following = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+            if leaders.len() == 1 && following + 1 == members.len() {
+                return leaders.first().copied();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Cuts server `i` off from every other (both directions).
+    pub fn isolate(&self, i: usize) {
+        for ((from, to), proxy) in &self.proxies {
+            if *from == i || *to == i {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+    }
+
+    /// Every server's client address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+}
