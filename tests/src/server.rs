@@ -89,6 +89,11 @@ impl BatonProcess {
         self.addr.to_string()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs the process (no chance to flush anything).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
