@@ -28,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a local ensemble on 127.0.0.1 (three voters by default: clients on ports
+    /// 2181-2183, data under ./baton-dev), stopping all of it on Ctrl-C.
+    Dev(crate::dev::DevConfig),
     /// Inspect a write-ahead log directory.
     Wal {
         #[command(subcommand)]
@@ -84,6 +87,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
     let out = match cli.command {
         None => return serve(cli.server),
+        Some(Command::Dev(dev)) => return crate::dev::run(dev),
         Some(Command::Wal { action: WalAction::Verify { dir } }) => inspect::verify_wal(&dir)?,
         Some(Command::Wal { action: WalAction::Dump { dir, after, limit } }) => {
             inspect::dump_wal(&dir, parse_zxid(&after)?, limit)?

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod core;
+pub mod dev;
 pub mod forward;
 pub mod fourlw;
 pub mod inspect;

@@ -166,3 +166,52 @@ fn a_three_node_cluster_keeps_every_acknowledged_write_through_kills_a_partition
     }
     assert!(acked.len() >= 2700, "the load made progress through every phase");
 }
+
+#[test]
+fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir();
+    let mut dev = std::process::Command::new(bin())
+        .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--data-dir"])
+        .arg(dir.path())
+        .args(["--", "--cores", "1", "--peer-tick-ms", "50"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn baton dev");
+    let stdout = dev.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = lines.find_map(|l| l.ok().filter(|l| l.contains("connect string"))).expect("the banner");
+    assert!(banner.contains("127.0.0.1:29801,127.0.0.1:29802,127.0.0.1:29803"), "{banner}");
+    let addrs: Vec<SocketAddr> = (29801..=29803).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
+    // Servers refuse clients until they have a leader: retry.
+    let connect = |addr: SocketAddr| {
+        let end = Instant::now() + LIMIT;
+        loop {
+            if let Some(c) = RawClient::connect(addr, 4000, None) {
+                return c;
+            }
+            assert!(Instant::now() < end, "{addr} never served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut first = connect(addrs[0]);
+    assert_eq!(first.create("/from-1", b"hello", 0).expect("reply").err, 0);
+    let mut third = connect(addrs[2]);
+    assert_eq!(third.sync("/from-1"), Some(0));
+    assert_eq!(third.get_data("/from-1", false).expect("data").1, b"hello");
+    drop((first, third));
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + LIMIT;
+    while matches!(dev.try_wait(), Ok(None)) {
+        assert!(Instant::now() < end, "baton dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for addr in addrs {
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "{addr} still served"
+        );
+    }
+}
