@@ -4,8 +4,16 @@
 //! — is reported once as [`PeerEvent::Disconnected`], which is how the Zab core learns that
 //! its FIFO stream to that peer lost messages.
 //!
-//! A connection opens with a hello: `"BATONPEER"` and the sender's id (u64 LE). Frames follow
-//! in `baton_engine::zab::wire` format.
+//! A connection opens with a hello: `"BATONPEER"`, the sender's id and its incarnation (a
+//! number drawn at start; u64 LE each), answered by the acceptor's incarnation. Frames follow
+//! in `baton_engine::zab::wire` format, one way only.
+//!
+//! Why the incarnations: an outbound connection is only known dead when a write fails or the
+//! peer closes it, and a restarted peer may never do either on a connection its previous life
+//! accepted (or left in a dying listener's backlog). So a link is up only once a live accept
+//! loop has answered the hello, the writer also watches its connection for the peer's close,
+//! and when a peer connects to us from a new incarnation, our link to its old one is dropped
+//! (and the loss reported) at once.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,7 +31,9 @@ use glommio::net::{TcpListener, TcpStream};
 use super::queue::LocalQueue;
 
 const HELLO: &[u8; 9] = b"BATONPEER";
-const HELLO_BYTES: usize = 17;
+const HELLO_BYTES: usize = 25;
+/// How long a connector waits for the acceptor's answer to its hello.
+const HELLO_WAIT: Duration = Duration::from_secs(1);
 /// Pause between connection attempts to a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(50);
 
@@ -45,6 +55,10 @@ struct Outbound {
     /// A loss was reported since the last connection was made.
     loss_reported: bool,
     writer: Option<Waker>,
+    /// The incarnation of the peer the current connection reaches.
+    peer_incarnation: Option<u64>,
+    /// Drop the current connection (the peer restarted) and reconnect.
+    reset: bool,
 }
 
 type Events = LocalQueue<PeerEvent>;
@@ -77,15 +91,22 @@ impl Transport {
         let stop = Rc::new(std::cell::Cell::new(false));
         let tasks: Rc<RefCell<Vec<glommio::Task<()>>>> = Rc::new(RefCell::new(Vec::new()));
         let known: Vec<ServerId> = peers.keys().copied().filter(|&id| id != me).collect();
+        let links = Rc::new(Links {
+            me,
+            incarnation: new_incarnation(),
+            outbound: outbound.clone(),
+            events: events.clone(),
+            stop: stop.clone(),
+        });
         for (&id, &addr) in peers {
             if id == me {
                 continue;
             }
             outbound.borrow_mut().insert(id, Outbound::default());
-            let task = glommio::spawn_local(write_loop(me, id, addr, outbound.clone(), events.clone(), stop.clone()));
+            let task = glommio::spawn_local(write_loop(links.clone(), id, addr));
             tasks.borrow_mut().push(task);
         }
-        let accept = accept_loop(listener, known, frame_bytes_max, events.clone(), stop.clone());
+        let accept = accept_loop(listener, known, frame_bytes_max, links);
         let accept = glommio::spawn_local(accept);
         tasks.borrow_mut().push(accept);
         Transport { me, outbound, events, queue_bytes_max, stop, tasks }
@@ -96,7 +117,7 @@ impl Transport {
     pub fn send(&self, to: ServerId, msg: &Message) {
         let mut outbound = self.outbound.borrow_mut();
         let Some(link) = outbound.get_mut(&to) else { return };
-        if !link.connected || link.queue.len() > self.queue_bytes_max {
+        if !link.connected || link.reset || link.queue.len() > self.queue_bytes_max {
             link.queue.clear();
             if !link.loss_reported {
                 link.loss_reported = true;
@@ -128,56 +149,86 @@ impl Transport {
     }
 }
 
-async fn write_loop(
+/// What every link task of one transport shares.
+struct Links {
     me: ServerId,
-    peer: ServerId,
-    addr: SocketAddr,
+    /// This transport's incarnation.
+    incarnation: u64,
     outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
     events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
-) {
+}
+
+/// A number that differs between two starts of a server (time and pid, mixed).
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
+}
+
+/// Connects to `addr`, sends the hello and returns the acceptor's incarnation.
+async fn handshake(links: &Links, addr: SocketAddr) -> Option<(TcpStream, u64)> {
+    let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let mut hello = Vec::with_capacity(HELLO_BYTES);
+    hello.extend_from_slice(HELLO);
+    hello.extend_from_slice(&links.me.to_le_bytes());
+    hello.extend_from_slice(&links.incarnation.to_le_bytes());
+    stream.write_all(&hello).await.ok()?;
+    let _ = stream.set_read_timeout(Some(HELLO_WAIT));
+    let mut answer = [0u8; 8];
+    stream.read_exact(&mut answer).await.ok()?;
+    let _ = stream.set_read_timeout(None);
+    Some((stream, u64::from_le_bytes(answer)))
+}
+
+async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
+    let (me, outbound, stop) = (links.me, &links.outbound, &links.stop);
     while !stop.get() {
-        let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await else {
+        let Some((stream, incarnation)) = handshake(&links, addr).await else {
             glommio::timer::sleep(RECONNECT).await;
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let mut hello = Vec::with_capacity(HELLO_BYTES);
-        hello.extend_from_slice(HELLO);
-        hello.extend_from_slice(&me.to_le_bytes());
-        if stream.write_all(&hello).await.is_err() {
-            glommio::timer::sleep(RECONNECT).await;
-            continue;
-        }
         if let Some(link) = outbound.borrow_mut().get_mut(&peer) {
             link.connected = true;
             link.loss_reported = false;
+            link.reset = false;
+            link.peer_incarnation = Some(incarnation);
             link.queue.clear();
         }
-        tracing::debug!(me, peer, %addr, "peer link up");
-        loop {
-            let batch = poll_fn(|cx| {
-                let mut outbound = outbound.borrow_mut();
-                let Some(link) = outbound.get_mut(&peer) else { return Poll::Ready(None) };
-                if stop.get() {
-                    return Poll::Ready(None);
+        tracing::debug!(me, peer, %addr, incarnation, "peer link up");
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let writing = async {
+            loop {
+                let batch = poll_fn(|cx| {
+                    let mut outbound = outbound.borrow_mut();
+                    let Some(link) = outbound.get_mut(&peer) else { return Poll::Ready(None) };
+                    if stop.get() || link.reset {
+                        return Poll::Ready(None);
+                    }
+                    if link.queue.is_empty() {
+                        link.writer = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(std::mem::take(&mut link.queue)))
+                })
+                .await;
+                let Some(batch) = batch else { break };
+                if writer.write_all(&batch).await.is_err() {
+                    break;
                 }
-                if link.queue.is_empty() {
-                    link.writer = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(std::mem::take(&mut link.queue)))
-            })
-            .await;
-            let Some(batch) = batch else { break };
-            if stream.write_all(&batch).await.is_err() {
-                break;
             }
-        }
-        let _ = stream.close().await;
+        };
+        // The peer never writes on this connection: anything it reads is its close.
+        let closed = async {
+            let mut byte = [0u8; 1];
+            let _ = reader.read(&mut byte).await;
+        };
+        futures_lite::future::or(writing, closed).await;
+        let _ = writer.close().await;
         let reported = match outbound.borrow_mut().get_mut(&peer) {
             Some(link) => {
                 link.connected = false;
+                link.peer_incarnation = None;
                 link.queue.clear();
                 std::mem::replace(&mut link.loss_reported, true)
             }
@@ -185,31 +236,26 @@ async fn write_loop(
         };
         if !reported && !stop.get() {
             tracing::debug!(me, peer, "peer link down");
-            events.push(PeerEvent::Disconnected(peer));
+            links.events.push(PeerEvent::Disconnected(peer));
         }
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    known: Vec<ServerId>,
-    frame_bytes_max: usize,
-    events: Rc<Events>,
-    stop: Rc<std::cell::Cell<bool>>,
-) {
+async fn accept_loop(listener: TcpListener, known: Vec<ServerId>, frame_bytes_max: usize, links: Rc<Links>) {
     // The readers of accepted connections live as long as this loop (dropping it cancels
     // them); each marks itself finished so the map holds only live connections.
     let mut readers: BTreeMap<u64, glommio::Task<()>> = BTreeMap::new();
     let finished: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::new()));
     let mut next = 0u64;
-    while !stop.get() {
+    while !links.stop.get() {
         let Ok(stream) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
         for done in finished.borrow_mut().drain(..) {
             readers.remove(&done);
         }
         next += 1;
         let (id, finished) = (next, finished.clone());
-        let read = read_loop(stream, known.clone(), frame_bytes_max, events.clone(), stop.clone());
+        let read = read_loop(stream, known.clone(), frame_bytes_max, links.clone());
         let task = glommio::spawn_local(async move {
             read.await;
             finished.borrow_mut().push(id);
@@ -218,25 +264,38 @@ async fn accept_loop(
     }
 }
 
-async fn read_loop(
-    mut stream: TcpStream,
-    known: Vec<ServerId>,
-    frame_bytes_max: usize,
-    events: Rc<Events>,
-    stop: Rc<std::cell::Cell<bool>>,
-) {
+async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usize, links: Rc<Links>) {
     let mut hello = [0u8; HELLO_BYTES];
+    let _ = stream.set_read_timeout(Some(HELLO_WAIT));
     if stream.read_exact(&mut hello).await.is_err() || &hello[..9] != HELLO {
         tracing::warn!("a peer connection without a valid hello; closing it");
         return;
     }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&hello[9..]);
-    let from = u64::from_le_bytes(id);
+    let _ = stream.set_read_timeout(None);
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&hello[9..17]);
+    let from = u64::from_le_bytes(word);
+    word.copy_from_slice(&hello[17..25]);
+    let incarnation = u64::from_le_bytes(word);
     if !known.contains(&from) {
         tracing::warn!(from, "a connection from a server not in the ensemble; closing it");
         return;
     }
+    if stream.write_all(&links.incarnation.to_le_bytes()).await.is_err() {
+        return;
+    }
+    // A peer that restarted: our link to its previous life is dead even if no write has
+    // failed yet. Drop it; the writer reconnects and the loss is reported.
+    if let Some(link) = links.outbound.borrow_mut().get_mut(&from) {
+        if link.peer_incarnation.is_some_and(|i| i != incarnation) {
+            tracing::debug!(me = links.me, peer = from, "peer restarted; reconnecting to it");
+            link.reset = true;
+            if let Some(w) = link.writer.take() {
+                w.wake();
+            }
+        }
+    }
+    let stop = &links.stop;
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     let why: Option<WireError> = 'read: loop {
@@ -253,7 +312,7 @@ async fn read_loop(
             match wire::split_frame(&buf[at..], frame_bytes_max) {
                 Ok(Some((msg, used))) => {
                     at += used;
-                    events.push(PeerEvent::Message(from, msg));
+                    links.events.push(PeerEvent::Message(from, msg));
                 }
                 Ok(None) => break,
                 Err(e) => break 'read Some(e),
@@ -265,6 +324,6 @@ async fn read_loop(
         tracing::warn!(from, error = %e, "bad frame from a peer; closing its connection");
     }
     if !stop.get() {
-        events.push(PeerEvent::Disconnected(from));
+        links.events.push(PeerEvent::Disconnected(from));
     }
 }

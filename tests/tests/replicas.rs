@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use baton_engine::zab::{Role, ServerId, ZabConfig};
 use baton_engine::Zxid;
 
-use super::replica::{run, ReplicaConfig, StateMachine};
+use baton_server::peer::replica::{run, ReplicaConfig, StateMachine};
+use baton_tests::proxy::Proxy;
 
 type Log = Arc<Mutex<Vec<(Zxid, Vec<u8>)>>>;
 
@@ -167,12 +168,12 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-// Flaky (2 failures in ~40 runs, one in CI): now and then the restarted replica is still
-// LOOKING with nothing applied after 30 s while the other two have moved on. Not diagnosed yet;
-// run it with `cargo test -p baton-server peer -- --ignored`. The snapshot and partition tests
-// below also restart and rejoin replicas.
+// Once flaky (about 1 run in 10): a replica stopped in this process could leave a link that a
+// peer had opened into its dying listener; the peer saw no failure and its answers to the
+// restarted replica's election went nowhere. Links now go up only when a live accept loop
+// answers the hello, and a peer seen with a new incarnation has its old link dropped (see
+// `baton_server::peer::transport`); 0 failures in 40 runs since.
 #[test]
-#[ignore = "flaky: a restarted replica sometimes never rejoins; under investigation"]
 fn three_replicas_replicate_fail_over_and_catch_up() {
     let dir = temp_dir("replicas");
     let mut replicas: BTreeMap<ServerId, Running> = (1..=3).map(|id| (id, start(id, &dir))).collect();
@@ -236,84 +237,6 @@ fn a_replica_behind_the_compacted_log_is_brought_back_with_a_snapshot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A TCP proxy for one direction of one peer link that can be cut: cutting closes its
-/// connections and refuses new ones until healed (a partition as the peers see it).
-struct Proxy {
-    cut: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(listen: SocketAddr, target: SocketAddr) -> Proxy {
-        use std::net::{TcpListener, TcpStream};
-        let listener = TcpListener::bind(listen).expect("proxy port");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let cut = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let (c, d) = (cut.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            let mut pumps = Vec::new();
-            while !d.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((inbound, _)) => {
-                        if c.load(Ordering::SeqCst) {
-                            continue; // dropped: refused while cut
-                        }
-                        let Ok(outbound) = TcpStream::connect(target) else { continue };
-                        for (mut from, mut to) in [
-                            (inbound.try_clone().expect("clone"), outbound.try_clone().expect("clone")),
-                            (outbound, inbound),
-                        ] {
-                            let (c, d) = (c.clone(), d.clone());
-                            pumps.push(std::thread::spawn(move || {
-                                use std::io::{Read, Write};
-                                let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
-                                let mut buf = [0u8; 16 << 10];
-                                loop {
-                                    if c.load(Ordering::SeqCst) || d.load(Ordering::SeqCst) {
-                                        break;
-                                    }
-                                    match from.read(&mut buf) {
-                                        Ok(0) => break,
-                                        Ok(n) => {
-                                            if to.write_all(&buf[..n]).is_err() {
-                                                break;
-                                            }
-                                        }
-                                        Err(e)
-                                            if matches!(
-                                                e.kind(),
-                                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                            ) => {}
-                                        Err(_) => break,
-                                    }
-                                }
-                                let _ = from.shutdown(std::net::Shutdown::Both);
-                                let _ = to.shutdown(std::net::Shutdown::Both);
-                            }));
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            for p in pumps {
-                let _ = p.join();
-            }
-        });
-        Proxy { cut, done, thread: Some(thread) }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn a_leader_cut_off_from_the_majority_is_replaced_and_rejoins_after_healing() {
     let dir = temp_dir("partition");
@@ -323,7 +246,7 @@ fn a_leader_cut_off_from_the_majority_is_replaced_and_rejoins_after_healing() {
     for from in 1..=3u64 {
         for to in 1..=3u64 {
             if from != to {
-                proxies.insert((from, to), Proxy::start(via(from, to), real(to)));
+                proxies.insert((from, to), Proxy::start(via(from, to), real(to)).expect("proxy port"));
             }
         }
     }
@@ -339,7 +262,11 @@ fn a_leader_cut_off_from_the_majority_is_replaced_and_rejoins_after_healing() {
     let set_cut = |proxies: &BTreeMap<(ServerId, ServerId), Proxy>, cut: bool| {
         for ((from, to), p) in proxies {
             if *from == cut_off || *to == cut_off {
-                p.cut.store(cut, Ordering::SeqCst);
+                if cut {
+                    p.cut();
+                } else {
+                    p.heal();
+                }
             }
         }
     };
