@@ -18,6 +18,10 @@ use crate::load::{Load, Outcome};
 pub enum Target {
     /// One Baton server.
     Baton,
+    /// A three-server Baton ensemble.
+    Baton3,
+    /// A three-server Baton ensemble with two observers (clients spread over all five).
+    Baton3Observers,
     /// Standalone ZooKeeper 3.8.
     Zookeeper,
     /// A three-server ZooKeeper 3.8 ensemble.
@@ -32,11 +36,17 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Baton => "baton",
+            Target::Baton3 => "baton x3",
+            Target::Baton3Observers => "baton x3+2obs",
             Target::Zookeeper => "zookeeper",
             Target::Zookeeper3 => "zookeeper x3",
             Target::Etcd => "etcd",
             Target::Etcd3 => "etcd x3",
         }
+    }
+
+    fn is_baton(self) -> bool {
+        matches!(self, Target::Baton | Target::Baton3 | Target::Baton3Observers)
     }
 
     fn is_etcd(self) -> bool {
@@ -71,6 +81,8 @@ struct Running {
     children: Vec<Child>,
     /// What the client connects to.
     target: String,
+    /// Each server's client port (in the order of `children`).
+    ports: Vec<u16>,
 }
 
 impl Running {
@@ -81,6 +93,7 @@ impl Running {
             wait_port(*port, what, log, &mut self.children)?;
         }
         self.target = clients.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        self.ports = clients.iter().map(|(p, _)| *p).collect();
         Ok(())
     }
 }
@@ -112,6 +125,30 @@ fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
 /// Nothing listens on the port (a connection in TIME_WAIT does not count).
 fn port_free(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_err()
+}
+
+/// Waits (at most 60 s) until every Baton server of an ensemble serves (its `srvr` names a
+/// mode other than looking).
+fn wait_baton_ensemble(clients: &[(u16, PathBuf)]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let end = Instant::now() + Duration::from_secs(60);
+    for (port, log) in clients {
+        loop {
+            let mut answer = String::new();
+            if let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))) {
+                let _ = s.write_all(b"srvr");
+                let _ = s.read_to_string(&mut answer);
+            }
+            if answer.lines().any(|l| l.starts_with("Mode: ") && l != "Mode: looking") {
+                break;
+            }
+            if Instant::now() > end {
+                anyhow::bail!("baton on port {port} has no leader after 60 s; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until something listens on `port`; fails at once if one of `children` exits.
@@ -181,15 +218,46 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                     .args(["--client-addr", &format!("127.0.0.1:{base}")]),
                 &log,
             )?;
-            let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}") };
+            let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}"), ports: vec![base] };
             wait_port(base, "baton", &log, &mut running.children)?;
+            Ok(running)
+        }
+        Target::Baton3 | Target::Baton3Observers => {
+            // Clients on base..base+4, peers on base+5..base+9; one shard each (they share
+            // the machine's cores, as the other ensembles do).
+            let observers = if target == Target::Baton3Observers { 2 } else { 0 };
+            let n = 3 + observers;
+            let peers: Vec<String> = (1..=n)
+                .map(|i| {
+                    let role = if i > 3 { ":observer" } else { "" };
+                    format!("{i}=127.0.0.1:{}{role}", base + 4 + i as u16)
+                })
+                .collect();
+            let mut running = Running { children: Vec::new(), target: String::new(), ports: Vec::new() };
+            let mut clients = Vec::new();
+            for i in 1..=n {
+                let port = base + i as u16 - 1;
+                let log = dir.join(format!("baton{i}.log"));
+                let child = spawn(
+                    Command::new(baton_binary(args)?)
+                        .arg("--data-dir")
+                        .arg(dir.join(format!("n{i}")))
+                        .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
+                        .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
+                    &log,
+                )?;
+                running.children.push(child);
+                clients.push((port, log));
+            }
+            running.serving(&clients, "baton")?;
+            wait_baton_ensemble(&clients)?;
             Ok(running)
         }
         Target::Zookeeper | Target::Zookeeper3 => {
             let script = "/usr/share/zookeeper/bin/zkServer.sh";
             ensure_package(script, "zookeeper")?;
             let n = if target == Target::Zookeeper3 { 3 } else { 1 };
-            let mut running = Running { children: Vec::new(), target: String::new() };
+            let mut running = Running { children: Vec::new(), target: String::new(), ports: Vec::new() };
             let mut servers = String::new();
             for i in 1..=n {
                 let (peer, election) = (base + 3 + 2 * i as u16, base + 4 + 2 * i as u16);
@@ -225,7 +293,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
             let n = if target == Target::Etcd3 { 3 } else { 1 };
             let peer = |i: u16| format!("http://127.0.0.1:{}", base + 5 + i);
             let cluster: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer(i))).collect();
-            let mut running = Running { children: Vec::new(), target: String::new() };
+            let mut running = Running { children: Vec::new(), target: String::new(), ports: Vec::new() };
             let mut clients = Vec::new();
             for i in 0..n {
                 let client = base + i;
@@ -301,6 +369,39 @@ async fn run_one(target: Target, address: &str, workload: &str, load: &Load) -> 
     }
 }
 
+/// The ZooKeeper-protocol ensembles a leader kill can be measured on.
+fn has_leader(target: Target) -> bool {
+    matches!(target, Target::Baton3 | Target::Baton3Observers | Target::Zookeeper3)
+}
+
+/// `failover`: kazoo writers on the whole ensemble, SIGKILL of the leader's process group,
+/// time until writes sent after the kill are acknowledged (`scripts/failover.py`).
+fn failover(running: &Running, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let leader = running
+        .ports
+        .iter()
+        .position(|port| {
+            let mut answer = String::new();
+            if let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))) {
+                let _ = s.write_all(b"srvr");
+                let _ = s.read_to_string(&mut answer);
+            }
+            answer.lines().any(|l| l == "Mode: leader")
+        })
+        .context("no server says it leads")?;
+    let pgid = running.children.get(leader).context("leader process")?.id();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/failover.py");
+    let output = Command::new("timeout")
+        .args(["120", "python3", script, &running.target, &pgid.to_string(), "8", "2"])
+        .stderr(Stdio::from(std::fs::File::create(dir.join("failover.log"))?))
+        .output()
+        .context("running scripts/failover.py (needs python3 with kazoo)")?;
+    let line = String::from_utf8_lossy(&output.stdout);
+    let line = line.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("failover.py said {line:?}; see {}", dir.display()))
+}
+
 /// Runs the comparison.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -314,6 +415,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         machine["fsync_4k_p99_ms"].as_f64().unwrap_or(0.0),
     );
     let mut results: Vec<(Target, String, Outcome)> = Vec::new();
+    let mut failovers: Vec<(Target, serde_json::Value)> = Vec::new();
     for (index, &target) in args.targets.iter().enumerate() {
         let dir = args.out.join(target.name().replace(' ', "-"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -322,8 +424,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let base = args.base_port + 10 * index as u16;
         let running = start(target, &args, &dir, base)?;
         // Let elections settle and JVMs warm their first classes.
-        tokio::time::sleep(Duration::from_secs(if target == Target::Baton { 1 } else { 3 })).await;
-        for workload in &args.workloads {
+        tokio::time::sleep(Duration::from_secs(if target.is_baton() { 1 } else { 3 })).await;
+        for workload in args.workloads.iter().filter(|w| *w != "failover") {
             // Every run is bounded: a server that stops answering costs this run, not the rest.
             let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
             match tokio::time::timeout(bound, run_one(target, &running.target, workload, &args.load)).await {
@@ -333,10 +435,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 Err(_) => eprintln!("{} {workload}: no result within {} s; skipped", target.name(), bound.as_secs()),
             }
         }
+        // Last: it kills the leader.
+        if args.workloads.iter().any(|w| w == "failover") && has_leader(target) {
+            match failover(&running, &dir) {
+                Ok(v) => failovers.push((target, v)),
+                Err(e) => eprintln!("{} failover: {e:#}", target.name()),
+            }
+        }
         drop(running);
     }
     print_table(&args, &results);
+    if !failovers.is_empty() {
+        println!();
+        println!("| failover (SIGKILL of the leader, 8 kazoo writers) | first write after the kill | all writers | acked before |");
+        println!("|---|---:|---:|---:|");
+        let secs = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.3} s"));
+        for (t, v) in &failovers {
+            println!("| {} | {} | {} | {} |", t.name(), secs(&v["first_s"]), secs(&v["all_s"]), v["acked_before_kill"]);
+        }
+    }
     let json = serde_json::json!({
+        "failover": failovers.iter().map(|(t, v)| serde_json::json!({"target": t.name(), "result": v})).collect::<Vec<_>>(),
         "machine": machine,
         "load": { "clients": args.load.clients, "depth": args.load.depth, "value_bytes": args.load.value_bytes,
                   "seconds": args.load.seconds, "open_loop_rate": args.load.rate },
@@ -348,7 +467,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
     std::fs::write(args.out.join("throughput.svg"), throughput_svg(&args, &results))?;
-    for workload in &args.workloads {
+    for workload in args.workloads.iter().filter(|w| *w != "failover") {
         let file = args.out.join(format!("latency-{workload}.svg"));
         std::fs::write(file, latency_svg(workload, &results))?;
     }
@@ -357,20 +476,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
-    let baton = |w: &str| results.iter().find(|(t, rw, _)| *t == Target::Baton && rw == w).map(|r| &r.2);
+    let of = |target: Target, w: &str| results.iter().find(|(t, rw, _)| *t == target && rw == w).map(|r| &r.2);
+    let ratio = |b: Option<&Outcome>, o: &Outcome| match b {
+        Some(b) if o.ops_per_sec > 0.0 => {
+            format!("{:.2}x (p99 {:.2}x)", b.ops_per_sec / o.ops_per_sec, b.p99 / o.p99.max(1e-9))
+        }
+        _ => String::new(),
+    };
     println!();
-    println!("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | Baton / this |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | Baton / this | Baton x3 / this |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for w in &args.workloads {
         for (t, rw, o) in results.iter().filter(|(_, rw, _)| rw == w) {
-            let ratio = match baton(w) {
-                Some(b) if *t != Target::Baton && o.ops_per_sec > 0.0 => {
-                    format!("{:.2}x (p99 {:.2}x)", b.ops_per_sec / o.ops_per_sec, b.p99 / o.p99.max(1e-9))
-                }
-                _ => String::new(),
+            let (single, three) = if t.is_baton() {
+                (String::new(), String::new())
+            } else {
+                (ratio(of(Target::Baton, w), o), ratio(of(Target::Baton3, w), o))
             };
             println!(
-                "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {ratio} |",
+                "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {single} | {three} |",
                 t.name(),
                 o.ops_per_sec,
                 o.p50,
@@ -381,7 +505,7 @@ fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
     }
 }
 
-const COLORS: [&str; 5] = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"];
+const COLORS: [&str; 7] = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"];
 
 fn color(targets: &[Target], t: Target) -> &'static str {
     COLORS[targets.iter().position(|&x| x == t).unwrap_or(0) % COLORS.len()]
@@ -408,7 +532,8 @@ fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String 
     // Each workload on its own scale (a lock acquisition and a read differ by 100x).
     let max_of =
         |workload: &str| results.iter().filter(|r| r.1 == workload).map(|r| r.2.ops_per_sec).fold(1.0, f64::max);
-    let groups = args.workloads.len().max(1) as f64;
+    let workloads: Vec<&String> = args.workloads.iter().filter(|w| *w != "failover").collect();
+    let groups = workloads.len().max(1) as f64;
     let per = args.targets.len().max(1) as f64;
     let group_w = (w - left - 20.0) / groups;
     let bar_w = group_w * 0.8 / per;
@@ -416,7 +541,7 @@ fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String 
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{left}" y="20" font-size="14">Throughput (ops/s), same load on each target; each workload on its own scale</text>"#
     );
     let plot_h = h - bottom - 40.0;
-    for (gi, workload) in args.workloads.iter().enumerate() {
+    for (gi, workload) in workloads.into_iter().enumerate() {
         let x0 = left + gi as f64 * group_w + group_w * 0.1;
         let max = max_of(workload);
         let _ = write!(
