@@ -28,10 +28,25 @@ fn proxy_addr(base: u16, from: usize, to: usize) -> SocketAddr {
 }
 
 impl Cluster {
-    /// Starts `n` voters (at most 9) with data under `dir`, peer ports from `base + 1` and
-    /// proxies on `base + 11 ..= base + 99` (fixed ports below 32768, so that no outgoing
-    /// connection takes them), each with the flags `extra`, and waits until each is up.
+    /// Starts `n` voters with data under `dir`, peer ports from `base + 1` and proxies on
+    /// `base + 11 ..= base + 99` (fixed ports below 32768, so that no outgoing connection
+    /// takes them), each with the flags `extra`, and waits until each is up.
     pub fn start(bin: &str, dir: &Path, n: usize, base: u16, extra: &[&str]) -> Cluster {
+        Cluster::with_observers(bin, dir, n, 0, base, extra)
+    }
+
+    /// As [`Cluster::start`], plus `observers` non-voting servers (ids after the voters; at
+    /// most 9 servers in all).
+    pub fn with_observers(
+        bin: &str,
+        dir: &Path,
+        voters: usize,
+        observers: usize,
+        base: u16,
+        extra: &[&str],
+    ) -> Cluster {
+        let n = voters + observers;
+        assert!(n <= 9, "at most 9 servers");
         let mut proxies = BTreeMap::new();
         for from in 1..=n {
             for to in (1..=n).filter(|&to| to != from) {
@@ -44,7 +59,8 @@ impl Cluster {
             let peers: Vec<String> = (1..=n)
                 .map(|j| {
                     let addr = if j == id { peer_addr(base, j) } else { proxy_addr(base, id, j) };
-                    format!("{j}={addr}")
+                    let role = if j > voters { ":observer" } else { "" };
+                    format!("{j}={addr}{role}")
                 })
                 .collect();
             let mut flags: Vec<String> = vec!["--server-id".into(), id.to_string(), "--peer".into(), peers.join(",")];
@@ -67,14 +83,16 @@ impl Cluster {
         self.srvr(i, "Mode")
     }
 
-    /// Waits until exactly one of `members` leads and the rest follow it; returns the leader.
+    /// Waits until exactly one of `members` leads and the rest follow it (or observe);
+    /// returns the leader.
     pub fn wait_for_leader(&self, members: &[usize], limit: Duration) -> Option<usize> {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             let modes: Vec<Option<String>> = members.iter().map(|&i| self.mode(i)).collect();
             let leaders: Vec<usize> =
                 members.iter().zip(&modes).filter(|(_, m)| m.as_deref() == Some("leader")).map(|(&i, _)| i).collect();
-            let following = modes.iter().filter(|m| m.as_deref() == Some("follower")).count();
+            let following =
+                modes.iter().filter(|m| matches!(m.as_deref(), Some("follower") | Some("observer"))).count();
             if leaders.len() == 1 && following + 1 == members.len() {
                 return leaders.first().copied();
             }

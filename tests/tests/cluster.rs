@@ -215,3 +215,39 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
         );
     }
 }
+
+#[test]
+fn an_observer_serves_reads_and_writes_and_follows_a_new_leader() {
+    let dir = temp_dir();
+    let mut cluster = Cluster::with_observers(bin(), dir.path(), 3, 1, 29_900, &[]);
+    let all = [1, 2, 3, 4];
+    let leader = cluster.wait_for_leader(&all, LIMIT).expect("a leader");
+    assert_eq!(cluster.mode(4).as_deref(), Some("observer"));
+    let observer = cluster.nodes[3].addr;
+    let mut o = RawClient::connect(observer, 4000, None).expect("connect to the observer");
+    for i in 0..50 {
+        assert_eq!(o.create(&format!("/obs-{i}"), b"v", 0).expect("reply").err, 0, "write through the observer");
+    }
+    let mut v = RawClient::connect(cluster.nodes[leader - 1].addr, 4000, None).expect("connect to the leader");
+    assert_eq!(v.set_data("/obs-0", b"changed").expect("reply").1.err, 0);
+    assert_eq!(o.sync("/obs-0"), Some(0));
+    assert_eq!(o.get_data("/obs-0", false).expect("data").1, b"changed", "a read after sync sees the write");
+    drop((o, v));
+
+    cluster.nodes[leader - 1].kill();
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    assert!(cluster.wait_for_leader(&rest, LIMIT).is_some(), "a new leader, followed by the observer");
+    let mut o = RawClient::connect(observer, 4000, None).expect("reconnect to the observer");
+    assert_eq!(o.create("/after", b"", 0).expect("reply").err, 0, "the observer forwards to the new leader");
+    assert_eq!(o.sync("/"), Some(0));
+    let mut names = o.children("/").expect("children");
+    names.sort();
+    assert!(names.contains(&"after".to_string()) && names.iter().filter(|n| n.starts_with("obs-")).count() == 50);
+    // A voter that is not the observer's: the same znodes.
+    let voter = rest.iter().copied().find(|&i| i != 4).expect("a voter");
+    let mut c = RawClient::connect(cluster.nodes[voter - 1].addr, 4000, None).expect("connect to a voter");
+    assert_eq!(c.sync("/"), Some(0));
+    let mut theirs = c.children("/").expect("children");
+    theirs.sort();
+    assert_eq!(theirs, names);
+}
