@@ -218,3 +218,53 @@ fn empty_containers_and_expired_ttl_nodes_are_reaped() {
         assert!(gone, "an emptied container is reaped");
     });
 }
+
+#[test]
+fn the_client_keeps_its_session_and_ephemeral_across_a_leader_change() {
+    use baton_tests::cluster::Cluster;
+    let dir = temp_dir();
+    let mut cluster = Cluster::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 28_900, &[]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).expect("a leader");
+    // Start on a follower so that the session outlives the leader's process.
+    let mut hosts: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    hosts.rotate_left(leader % 3);
+    let connect = hosts.join(",");
+    let killed = std::sync::Mutex::new(Some(&mut cluster.nodes[leader - 1]));
+    run(async {
+        let c = tokio::time::timeout(Duration::from_secs(10), zk::Client::connect(&connect))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let session = c.session_id();
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        c.create("/lease", b"", &ephemeral).await.expect("ephemeral");
+        let mut acked = Vec::new();
+        for i in 0..300 {
+            if i == 100 {
+                if let Some(node) = killed.lock().expect("lock").take() {
+                    node.kill();
+                }
+            }
+            let path = format!("/w{i:03}");
+            loop {
+                match c.create(&path, b"v", &persistent()).await {
+                    Ok(_) | Err(zk::Error::NodeExists) => break,
+                    // The request's connection broke (the crate reports a reset as a custom
+                    // I/O error): as with ConnectionLoss, the outcome is unknown; retry.
+                    Err(zk::Error::ConnectionLoss | zk::Error::Custom(_)) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("create {path}: {e}"),
+                }
+            }
+            acked.push(path);
+        }
+        assert_eq!(c.session_id(), session, "the session survived the leader change");
+        c.sync("/").await.expect("sync");
+        let children = c.list_children("/").await.expect("ls /");
+        assert!(children.contains(&"lease".to_string()), "the live session's ephemeral stayed");
+        for path in &acked {
+            assert!(children.contains(&path[1..].to_string()), "{path} acknowledged but missing");
+        }
+    });
+}
