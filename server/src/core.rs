@@ -378,10 +378,19 @@ impl Core {
             Role::Leading { epoch, .. } | Role::Following { epoch, .. } => epoch,
             Role::Looking => 0,
         };
+        let before = (Mode::from_u8(stats.mode.load(Ordering::Relaxed)), stats.epoch.load(Ordering::Relaxed));
         stats.mode.store(mode as u8, Ordering::Relaxed);
         stats.epoch.store(epoch, Ordering::Relaxed);
         stats.leader.store(leader, Ordering::Relaxed);
         stats.serving.store(self.serving(), Ordering::Relaxed);
+        if before != (mode, epoch) && !standalone {
+            // For the operator watching the terminal (and `baton dev`): the role, the epoch
+            // and the leader, each time they change.
+            match mode {
+                Mode::Looking => println!("baton: server {} is looking for a leader", self.id),
+                _ => println!("baton: server {} is {} in epoch {epoch}, leader {leader}", self.id, mode.name()),
+            }
+        }
     }
 
     /// Applies one committed entry; returns what it changed.

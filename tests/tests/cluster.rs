@@ -251,3 +251,41 @@ fn an_observer_serves_reads_and_writes_and_follows_a_new_leader() {
     theirs.sort();
     assert_eq!(theirs, names);
 }
+
+#[test]
+fn static_membership_from_toml_files_with_an_observer_feeding_another() {
+    use baton_tests::server::BatonProcess;
+    let dir = temp_dir();
+    let peers = r#"peer = ["1=127.0.0.1:29951", "2=127.0.0.1:29952:observer", "3=127.0.0.1:29953:observer"]"#;
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        // Server 3 observes through server 2, which relays the leader's commits to it.
+        let upstream = if id == 3 { "observer_upstream = 2\n" } else { "" };
+        let file = dir.path().join(format!("baton-{id}.toml"));
+        let text = format!("server_id = {id}\n{peers}\n{upstream}peer_tick_ms = 50\ncores = 1\ntick_ms = 500\n");
+        std::fs::write(&file, text).expect("write the config");
+        let config = file.to_str().expect("utf-8 path");
+        nodes.push(BatonProcess::start(bin(), &dir.path().join(format!("n{id}")), &["--config", config]));
+    }
+    let mode = |i: usize| {
+        baton_tests::raw::four_letter(nodes[i].addr, b"srvr")
+            .lines()
+            .find_map(|l| l.strip_prefix("Mode: ").map(str::to_string))
+    };
+    let end = Instant::now() + LIMIT;
+    while (mode(0).as_deref(), mode(1).as_deref(), mode(2).as_deref())
+        != (Some("leader"), Some("observer"), Some("observer"))
+    {
+        assert!(Instant::now() < end, "the ensemble did not form: {:?}", (mode(0), mode(1), mode(2)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut chained = RawClient::connect(nodes[2].addr, 4000, None).expect("connect to the chained observer");
+    for i in 0..20 {
+        assert_eq!(chained.create(&format!("/c{i}"), b"v", 0).expect("reply").err, 0, "relayed write");
+    }
+    let mut leader = RawClient::connect(nodes[0].addr, 4000, None).expect("connect to the leader");
+    assert_eq!(leader.set_data("/c0", b"new").expect("reply").1.err, 0);
+    assert_eq!(chained.sync("/c0"), Some(0));
+    assert_eq!(chained.get_data("/c0", false).expect("data").1, b"new");
+    assert_eq!(leader.children("/").expect("children").len(), 21, "20 znodes and /zookeeper");
+}

@@ -94,8 +94,8 @@ impl Zab {
         self.election.start(&self.ctx.cfg, own, self.ctx.now);
         self.ctx.out.push(Action::RoleChanged(Role::Looking));
         self.broadcast_vote();
-        // A one-server ensemble is its own quorum.
-        if self.ctx.cfg.voters == [self.ctx.cfg.id] && self.ctx.cfg.observers.is_empty() {
+        // A lone voter is its own quorum (its observers, if any, join it once it leads).
+        if self.ctx.cfg.voters == [self.ctx.cfg.id] {
             self.decide(own);
         }
     }

@@ -37,6 +37,14 @@ fn a_single_server_leads_at_once_and_commits_what_is_durable() {
     assert_eq!(zab.take_actions(), vec![Action::Commit { through: Zxid::new(2, 1) }]);
 }
 
+#[test]
+fn a_lone_voter_with_observers_leads_at_once() {
+    let mut cfg = ZabConfig::new(1, vec![1]);
+    cfg.observers = vec![2, 3];
+    let mut zab = Zab::new(cfg, Persisted::default());
+    assert_eq!(zab.role(), Role::Leading { epoch: 1, established: true }, "{:?}", zab.take_actions());
+}
+
 fn follower_of_2(persisted: Persisted) -> Zab {
     let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), persisted);
     zab.take_actions();
