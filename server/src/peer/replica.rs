@@ -223,7 +223,7 @@ pub async fn run<S: StateMachine>(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ReplicaError::Epochs(epochs::EpochError::Io { path: config.data_dir.clone(), source: e }))?;
     let started = std::time::Instant::now();
-    let (accepted_epoch, current_epoch) = epochs::load(&config.data_dir)?;
+    let (mut accepted_epoch, mut current_epoch) = epochs::load(&config.data_dir)?;
     // Recovery: the newest valid snapshot, then the log after it.
     let snapshots = SnapshotStore::open(config.data_dir.join("snapshots"))?;
     let mut snapshot_zxid = Zxid::ZERO;
@@ -240,6 +240,15 @@ pub async fn run<S: StateMachine>(
     let entries: Vec<LogEntry> =
         reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
     drop(reader);
+    // No epochs file but a log (a data directory of a server from before replication, or a
+    // lost file): as ZooKeeper, take the epoch of the last logged zxid as the current one.
+    let logged_epoch = entries.last().map_or(snapshot_zxid, |(z, _)| *z).epoch();
+    if current_epoch < logged_epoch {
+        tracing::warn!(current_epoch, logged_epoch, "the epochs file is behind the log; using the log's epoch");
+        current_epoch = logged_epoch;
+        accepted_epoch = accepted_epoch.max(logged_epoch);
+        epochs::save(&config.data_dir, accepted_epoch, current_epoch)?;
+    }
     tracing::info!(
         snapshot = %snapshot_zxid,
         logged = entries.len(),
@@ -429,11 +438,16 @@ impl<S: StateMachine> Driver<S> {
                     self.finish_snapshot()?;
                 }
                 Input::Durable(zxid) => self.zab.on_durable(zxid),
-                Input::Propose(first, payloads) => {
-                    if first.is_none_or(|f| self.zab.next_zxid() == Ok(f)) {
+                Input::Propose(first, payloads) => match (first, self.zab.next_zxid()) {
+                    (Some(f), Ok(next)) if f != next => {
+                        // Prepared by a sequencer of another leadership of this server: the
+                        // role change that ended it already failed their clients.
+                        tracing::warn!(first = %f, next = %next, count = payloads.len(), "dropping proposals of an earlier leadership");
+                    }
+                    _ => {
                         let _ = self.zab.propose(payloads);
                     }
-                }
+                },
                 Input::Sync(id) => {
                     if !self.zab.sync(id) {
                         self.state.borrow_mut().synced(id, None);
