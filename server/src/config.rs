@@ -108,6 +108,10 @@ pub struct ServerConfig {
     /// (ZooKeeper's syncLimit).
     #[arg(long, default_value_t = 10)]
     pub sync_limit: u64,
+    /// Largest frame accepted from a peer; a SNAP carries a whole snapshot in one frame, so
+    /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_peer_frame_bytes: usize,
 }
 
 impl ServerConfig {
@@ -143,6 +147,7 @@ impl ServerConfig {
             peer_tick_ms: 50,
             init_limit: 100,
             sync_limit: 10,
+            max_peer_frame_bytes: 1 << 30,
         }
     }
 
@@ -179,8 +184,7 @@ impl ServerConfig {
             peers,
             wal,
             tick: Duration::from_millis(self.peer_tick_ms.max(1)),
-            // A DIFF or SNAP frame may carry a whole snapshot.
-            frame_bytes_max: 1 << 30,
+            frame_bytes_max: self.max_peer_frame_bytes,
             snapshot_every_entries: self.snapshot_every_entries,
             snapshots_to_keep: self.snapshots_to_keep.max(1),
             ..ReplicaConfig::new(zab, self.data_dir.clone())

@@ -142,6 +142,13 @@ fn a_three_node_cluster_keeps_every_acknowledged_write_through_kills_a_partition
     load.progress(&cluster, 300, "after restarting the cluster");
     let acked = load.stop();
 
+    // Every server reaches the same last zxid and node count (the load has stopped).
+    let summary = |i: usize| (cluster.srvr(i, "Zxid"), cluster.srvr(i, "Node count"));
+    let end = Instant::now() + LIMIT;
+    while !(summary(1) == summary(2) && summary(2) == summary(3) && summary(1).0.is_some()) {
+        assert!(Instant::now() < end, "servers disagree: {:?}", (summary(1), summary(2), summary(3)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Every server: the same znodes with the same data and Stat, every acknowledged one in.
     let mut trees: Vec<BTreeMap<String, Vec<u8>>> = Vec::new();
     for (i, addr) in cluster.addrs().into_iter().enumerate() {
