@@ -207,3 +207,37 @@ fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
         );
     }
 }
+
+#[test]
+fn compare_runs_a_baton_ensemble_and_measures_a_leader_failover() {
+    let dir = temp_dir();
+    let out = dir.path().join("report");
+    let base = 21_000 + (std::process::id() % 1000) as u16 * 10;
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .args(["compare", "--targets", "baton3", "--workloads", "write,failover", "--seconds", "0.5"])
+        .args(["--clients", "2", "--depth", "2", "--base-port", &base.to_string()])
+        .args(["--baton", env!("CARGO_BIN_EXE_baton-bench-server"), "--out"])
+        .arg(&out)
+        .output()
+        .expect("run compare");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "compare failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("JSON");
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "one write run: {json}");
+    assert!(results[0]["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{json}");
+    let failover = &json["failover"][0]["result"];
+    assert_eq!(failover["resumed"], 8, "every kazoo writer resumed after the leader's kill: {json}");
+    assert!(failover["first_s"].as_f64().is_some_and(|s| s > 0.0), "{json}");
+    // Everything it started is stopped. (A SIGKILLed glommio process's listener can accept
+    // for a moment while the kernel tears down its io_uring instance: allow 5 s.)
+    for port in base..base + 10 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            assert!(std::time::Instant::now() < end, "port {port} still served after compare");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

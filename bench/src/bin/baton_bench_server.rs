@@ -1,0 +1,9 @@
+//! The `baton` command line, built inside the bench package so that its tests can run Baton
+//! ensembles with `compare --baton` (same code as the real binary).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    baton_server::cli::main()
+}
