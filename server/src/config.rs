@@ -187,6 +187,7 @@ impl ServerConfig {
             frame_bytes_max: self.max_peer_frame_bytes,
             snapshot_every_entries: self.snapshot_every_entries,
             snapshots_to_keep: self.snapshots_to_keep.max(1),
+            compact_on_commit: self.peers.iter().all(|p| p.id == id),
             ..ReplicaConfig::new(zab, self.data_dir.clone())
         }
     }

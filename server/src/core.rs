@@ -517,6 +517,21 @@ impl StateMachine for Core {
         }
     }
 
+    fn replay(&mut self, entries: &[LogEntry]) {
+        // Before any client: nothing to answer and no watch to fire, so no batch for the
+        // shards (a million-entry log would otherwise queue in their inboxes).
+        let shared = self.shared.clone();
+        let mut tree = shared.tree_mut();
+        let mut no_actions: Vec<Vec<(usize, Action)>> = Vec::new();
+        for (zxid, payload) in entries {
+            if let Err(e) = self.apply_one(&mut tree, *zxid, payload, 0, &mut no_actions) {
+                tracing::error!(error = %e, "a logged entry does not decode; stopping");
+                shared.stopping.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         self.shared.tree().to_image()
     }

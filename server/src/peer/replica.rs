@@ -24,6 +24,11 @@ use super::transport::{PeerEvent, Transport};
 pub trait StateMachine {
     /// Applies committed entries: consecutive, zxids strictly increasing across calls.
     fn apply(&mut self, entries: &[LogEntry]);
+    /// Replays entries of a lone server's own log at start, before it serves anyone (it is
+    /// its own quorum, so its whole log is committed). Nothing waits for them.
+    fn replay(&mut self, entries: &[LogEntry]) {
+        self.apply(entries);
+    }
     /// The whole applied state, as bytes [`StateMachine::install`] takes back.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the whole state with a snapshot covering everything up to `zxid`.
@@ -61,6 +66,11 @@ pub struct ReplicaConfig {
     pub snapshot_every_entries: u64,
     /// Snapshots kept; the WAL segments older ones covered are released.
     pub snapshots_to_keep: usize,
+    /// Drop committed entries from memory as soon as they are applied and durable. The core
+    /// keeps the log since the last snapshot to bring followers up to date with a DIFF; a
+    /// server alone in its ensemble has no one to send it to (and keeps 30 bytes per znode
+    /// less at a million znodes).
+    pub compact_on_commit: bool,
 }
 
 impl ReplicaConfig {
@@ -76,6 +86,7 @@ impl ReplicaConfig {
             frame_bytes_max: 64 << 20,
             snapshot_every_entries: 0,
             snapshots_to_keep: 2,
+            compact_on_commit: false,
         }
     }
 }
@@ -237,8 +248,29 @@ pub async fn run<S: StateMachine>(
     }
     drop(loaded);
     let (wal, reader) = Wal::open(config.wal.clone()).await?;
-    let entries: Vec<LogEntry> =
-        reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
+    let mut entries: Vec<LogEntry> = Vec::new();
+    let mut replayed = 0u64;
+    if config.compact_on_commit {
+        // Alone in its ensemble: the log is committed as it stands. Replay it in pieces
+        // (the core would commit it whole on its first election and keep none of it).
+        let mut chunk: Vec<LogEntry> = Vec::with_capacity(4096);
+        for record in reader.records_after(snapshot_zxid) {
+            chunk.push((record.zxid, Payload::from(record.payload)));
+            if chunk.len() == chunk.capacity() {
+                state.borrow_mut().replay(&chunk);
+                replayed += chunk.len() as u64;
+                snapshot_zxid = chunk.last().map_or(snapshot_zxid, |(z, _)| *z);
+                chunk.clear();
+            }
+        }
+        if let Some((last, _)) = chunk.last() {
+            state.borrow_mut().replay(&chunk);
+            replayed += chunk.len() as u64;
+            snapshot_zxid = *last;
+        }
+    } else {
+        entries = reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
+    }
     drop(reader);
     // No epochs file but a log (a data directory of a server from before replication, or a
     // lost file): as ZooKeeper, take the epoch of the last logged zxid as the current one.
@@ -250,7 +282,8 @@ pub async fn run<S: StateMachine>(
         epochs::save(&config.data_dir, accepted_epoch, current_epoch)?;
     }
     tracing::info!(
-        snapshot = %snapshot_zxid,
+        applied = %snapshot_zxid,
+        replayed,
         logged = entries.len(),
         accepted_epoch,
         current_epoch,
@@ -309,7 +342,8 @@ pub async fn run<S: StateMachine>(
         applied: snapshot_zxid,
         snapshot_every: config.snapshot_every_entries,
         snapshots_to_keep: config.snapshots_to_keep.max(1),
-        since_snapshot: 0,
+        compact_on_commit: config.compact_on_commit,
+        since_snapshot: replayed,
         snapshot_running: None,
         snapshots,
         janitor: janitor(),
@@ -348,6 +382,7 @@ struct Driver<S> {
     /// Entries applied since the last snapshot decide when to take the next.
     snapshot_every: u64,
     snapshots_to_keep: usize,
+    compact_on_commit: bool,
     since_snapshot: u64,
     snapshot_running: Option<SnapshotJob>,
     snapshots: SnapshotStore,
@@ -521,6 +556,9 @@ impl<S: StateMachine> Driver<S> {
                 let Some(last) = entries.last().map(|(z, _)| *z) else { return Ok(()) };
                 self.state.borrow_mut().apply(&entries);
                 self.applied = last;
+                if self.compact_on_commit {
+                    self.zab.compact(last.min(self.wal.durable_zxid()));
+                }
                 self.since_snapshot += entries.len() as u64;
                 if self.snapshot_every > 0 && self.since_snapshot >= self.snapshot_every {
                     self.start_snapshot();
