@@ -13,6 +13,7 @@ use crate::peer::replica::ReplicaConfig;
 
 /// One member of the ensemble, as `--peer ID=HOST:PORT[:observer]` names it (zoo.cfg's
 /// `server.ID=host:port[:observer]`; one port carries election and replication alike).
+/// HOST is an address or a name resolved at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     /// Server id (ZooKeeper's myid), 1..=255.
@@ -36,7 +37,11 @@ impl std::str::FromStr for Peer {
             Some(a) => (a, true),
             None => (rest.strip_suffix(":participant").unwrap_or(rest), false),
         };
-        let addr = addr.trim().parse().map_err(|e| format!("{text}: {e}"))?;
+        // HOST may be a name (resolved once, at start) or an address.
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr.trim())
+            .map_err(|e| format!("{text}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{text}: {addr} resolves to no address"))?;
         Ok(Peer { id, addr, observer })
     }
 }
@@ -215,5 +220,39 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_as_zoo_cfg_server_lines() {
+        let p: Peer = "3=127.0.0.1:2888:observer".parse().expect("observer");
+        assert_eq!((p.id, p.addr.port(), p.observer), (3, 2888, true));
+        let p: Peer = "1=localhost:2889".parse().expect("a host name");
+        assert_eq!((p.id, p.addr.port(), p.observer), (1, 2889, false));
+        for bad in ["1", "x=127.0.0.1:1", "0=127.0.0.1:1", "256=127.0.0.1:1", "1=127.0.0.1"] {
+            assert!(bad.parse::<Peer>().is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn ensembles_are_checked() {
+        let mut c = ServerConfig::for_test("127.0.0.1:2181".parse().expect("addr"), "d".into());
+        assert!(c.validate().is_ok(), "standalone");
+        c.peers = vec!["1=127.0.0.1:1".parse().expect("peer"), "2=127.0.0.1:2:observer".parse().expect("peer")];
+        assert!(c.validate().is_ok());
+        assert!(!c.replica_config().compact_on_commit, "a server with an observer keeps its log for it");
+        c.server_id = 3;
+        assert!(c.validate().is_err(), "not a member");
+        c.server_id = 2;
+        c.observer_upstream = Some(1);
+        assert!(c.validate().is_err(), "an upstream must be an observer");
+        c.peers = vec!["1=127.0.0.1:1:observer".parse().expect("peer")];
+        c.server_id = 1;
+        c.observer_upstream = None;
+        assert!(c.validate().is_err(), "no voter");
     }
 }
