@@ -406,7 +406,11 @@ impl<S: StateMachine> Driver<S> {
         if self.snapshot_running.is_some() {
             return;
         }
+        let started = std::time::Instant::now();
         let data = self.state.borrow().snapshot();
+        // The image is taken between two protocol steps (so it is exactly the state at
+        // `applied`); this is how long the write path paused for it.
+        tracing::info!(zxid = %self.applied, bytes = data.len(), ms = started.elapsed().as_millis() as u64, "snapshot image taken");
         let (store, keep, zxid) = (self.snapshots.clone(), self.snapshots_to_keep, self.applied);
         self.since_snapshot = 0;
         let thread = std::thread::spawn(move || {
