@@ -296,3 +296,45 @@ fn static_membership_from_toml_files_with_an_observer_feeding_another() {
     assert_eq!(chained.get_data("/c0", false).expect("data").1, b"new");
     assert_eq!(leader.children("/").expect("children").len(), 21, "20 znodes and /zookeeper");
 }
+
+#[test]
+fn the_leader_expires_a_session_whose_client_vanished_from_a_follower() {
+    let dir = temp_dir();
+    let cluster = Cluster::start(bin(), dir.path(), 3, 29_500, &[]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], LIMIT).expect("a leader");
+    let follower = [1, 2, 3].into_iter().find(|&i| i != leader).expect("a follower");
+    // Ticks of 500 ms: the shortest session timeout granted is 1 s.
+    let mut gone = RawClient::connect(cluster.nodes[follower - 1].addr, 1000, None).expect("connect to a follower");
+    assert_eq!(gone.create("/lease", b"", 1).expect("reply").err, 0, "an ephemeral");
+    let mut watcher = RawClient::connect(cluster.nodes[leader - 1].addr, 30_000, None).expect("connect to the leader");
+    assert_eq!(watcher.exists("/lease").expect("reply").err, 0);
+    // Another client with the same short timeout stays busy on the same follower: its
+    // session must be renewed by the follower's reports to the leader.
+    let mut alive = RawClient::connect(cluster.nodes[follower - 1].addr, 1000, None).expect("connect");
+    assert_eq!(alive.create("/alive", b"", 1).expect("reply").err, 0);
+    // The first client vanishes without closing its session; the follower stops hearing
+    // from it, so its reports to the leader stop renewing it.
+    drop(gone);
+    let end = Instant::now() + LIMIT;
+    loop {
+        assert_eq!(alive.exists("/alive").expect("the live session is served").err, 0, "the live session expired");
+        let err = watcher.exists("/lease").expect("reply").err;
+        if err != 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "the session never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Three more timeouts of activity: the live one stays.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(alive.exists("/alive").expect("the live session is served").err, 0, "the live session expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the ephemeral is gone on every server.
+    for (i, addr) in cluster.addrs().into_iter().enumerate() {
+        let mut c = RawClient::connect(addr, 30_000, None).expect("connect");
+        assert_eq!(c.sync("/"), Some(0));
+        assert_ne!(c.exists("/lease").expect("reply").err, 0, "the ephemeral is still on server {}", i + 1);
+    }
+}
