@@ -117,6 +117,10 @@ pub struct ServerConfig {
     /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_peer_frame_bytes: usize,
+    /// Bytes queued for one peer before its link counts as broken: a follower that falls
+    /// this far behind is dropped and resynchronised instead of holding the leader back.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_peer_queue_bytes: usize,
 }
 
 impl ServerConfig {
@@ -153,6 +157,7 @@ impl ServerConfig {
             init_limit: 100,
             sync_limit: 10,
             max_peer_frame_bytes: 1 << 30,
+            max_peer_queue_bytes: 64 << 20,
         }
     }
 
@@ -190,6 +195,7 @@ impl ServerConfig {
             wal,
             tick: Duration::from_millis(self.peer_tick_ms.max(1)),
             frame_bytes_max: self.max_peer_frame_bytes,
+            queue_bytes_max: self.max_peer_queue_bytes,
             snapshot_every_entries: self.snapshot_every_entries,
             snapshots_to_keep: self.snapshots_to_keep.max(1),
             compact_on_commit: self.peers.iter().all(|p| p.id == id),

@@ -62,6 +62,9 @@ pub struct ReplicaConfig {
     pub tick: Duration,
     /// Largest peer frame accepted.
     pub frame_bytes_max: usize,
+    /// Bytes waiting to be sent to one peer before its link counts as broken (a follower too
+    /// slow to keep up is dropped and resynchronised rather than holding the leader back).
+    pub queue_bytes_max: usize,
     /// Snapshot the state and compact the log after this many applied entries (0: never).
     pub snapshot_every_entries: u64,
     /// Snapshots kept; the WAL segments older ones covered are released.
@@ -84,6 +87,7 @@ impl ReplicaConfig {
             data_dir,
             tick: Duration::from_millis(100),
             frame_bytes_max: 64 << 20,
+            queue_bytes_max: 64 << 20,
             snapshot_every_entries: 0,
             snapshots_to_keep: 2,
             compact_on_commit: false,
@@ -295,7 +299,13 @@ pub async fn run<S: StateMachine>(
         Some(listen) => {
             let listener = crate::runtime::bind_listener(listen, false)
                 .map_err(|source| ReplicaError::Listen { addr: listen, source })?;
-            Some(Rc::new(Transport::start(config.zab.id, listener, &config.peers, config.frame_bytes_max, 64 << 20)))
+            Some(Rc::new(Transport::start(
+                config.zab.id,
+                listener,
+                &config.peers,
+                config.frame_bytes_max,
+                config.queue_bytes_max,
+            )))
         }
         None => None,
     };
