@@ -117,8 +117,9 @@ pub struct ServerConfig {
     /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_peer_frame_bytes: usize,
-    /// Bytes queued for one peer before its link counts as broken: a follower that falls
-    /// this far behind is dropped and resynchronised instead of holding the leader back.
+    /// Bytes queued for one peer before its link counts as broken, once nothing more has
+    /// gone into its connection for a second: a follower that stopped reading is dropped and
+    /// resynchronised instead of holding the leader back (one that reads slowly is not).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_peer_queue_bytes: usize,
 }

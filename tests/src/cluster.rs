@@ -110,6 +110,11 @@ impl Cluster {
         }
     }
 
+    /// The proxy server `from` reaches server `to` through.
+    pub fn link(&self, from: usize, to: usize) -> &Proxy {
+        &self.proxies[&(from, to)]
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         for proxy in self.proxies.values() {

@@ -1,6 +1,7 @@
 //! A fault-injecting TCP proxy for process tests: forwards every connection made to its port
 //! to a target, and can cut them all (and refuse new ones) until healed — a network partition
-//! of one link, seen by both ends as broken connections.
+//! of one link, seen by both ends as broken connections — or pause them (nothing moves, no
+//! connection breaks: a peer too slow to read).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,6 +14,7 @@ pub struct Proxy {
     /// Where it listens.
     pub listen: SocketAddr,
     cut: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     accept: Option<std::thread::JoinHandle<()>>,
@@ -24,10 +26,11 @@ impl Proxy {
         let listener = TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let cut = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let accept = {
-            let (cut, stop, open) = (cut.clone(), stop.clone(), open.clone());
+            let (cut, stop, open, paused) = (cut.clone(), stop.clone(), open.clone(), paused.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let inbound = match listener.accept() {
@@ -56,12 +59,13 @@ impl Proxy {
                         list.push(c);
                         list.push(d);
                     }
-                    std::thread::spawn(move || pump(inbound, b));
-                    std::thread::spawn(move || pump(outbound, a));
+                    let (p1, p2) = (paused.clone(), paused.clone());
+                    std::thread::spawn(move || pump(inbound, b, &p1));
+                    std::thread::spawn(move || pump(outbound, a, &p2));
                 }
             })
         };
-        Ok(Proxy { listen, cut, stop, open, accept: Some(accept) })
+        Ok(Proxy { listen, cut, paused, stop, open, accept: Some(accept) })
     }
 
     /// Breaks every connection through the proxy and refuses new ones.
@@ -73,6 +77,16 @@ impl Proxy {
     /// Lets connections through again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops moving bytes (both ways) without breaking anything, until resumed.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Moves bytes again after [`Proxy::pause`].
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     fn shutdown_all(&self) {
@@ -94,10 +108,14 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` until either side closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either side closes, then closes both; holds still while
+/// `paused`.
+fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
+        while paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {

@@ -338,3 +338,38 @@ fn the_leader_expires_a_session_whose_client_vanished_from_a_follower() {
         assert_ne!(c.exists("/lease").expect("reply").err, 0, "the ephemeral is still on server {}", i + 1);
     }
 }
+
+#[test]
+fn a_follower_too_slow_to_read_is_dropped_without_holding_the_leader_back_and_catches_up() {
+    let dir = temp_dir();
+    // A small bound on what may wait for one peer: the bound is reached fast.
+    let cluster = Cluster::start(bin(), dir.path(), 3, 29_400, &["--max-peer-queue-bytes", "65536"]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], LIMIT).expect("a leader");
+    let slow = [1, 2, 3].into_iter().find(|&i| i != leader).expect("a follower");
+    let mut c = RawClient::connect(cluster.nodes[leader - 1].addr, 10_000, None).expect("connect to the leader");
+    assert_eq!(c.create("/slow", b"", 0).expect("reply").err, 0);
+    // The follower stops reading what the leader sends it (its socket and the proxy's fill
+    // up, then the leader's queue for it).
+    cluster.link(leader, slow).pause();
+    // 24 MB: more than the kernel's socket buffers on the way absorb.
+    let value = vec![7u8; 4096];
+    for i in 0..6000 {
+        let reply = c.create(&format!("/slow/n{i:04}"), &value, 0).expect("the leader keeps answering");
+        assert_eq!(reply.err, 0, "write {i} with one follower stalled");
+    }
+    cluster.link(leader, slow).resume();
+    // The stalled follower rejoins and catches up.
+    let summary = |i: usize| (cluster.srvr(i, "Zxid"), cluster.srvr(i, "Node count"));
+    let end = Instant::now() + LIMIT;
+    while summary(slow) != summary(leader) || cluster.mode(slow).as_deref() != Some("follower") {
+        assert!(
+            Instant::now() < end,
+            "the slow follower never caught up: {:?} vs {:?}",
+            summary(slow),
+            summary(leader)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut f = RawClient::connect(cluster.nodes[slow - 1].addr, 10_000, None).expect("connect to the follower");
+    assert_eq!(f.children("/slow").expect("children").len(), 6000);
+}

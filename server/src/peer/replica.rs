@@ -62,8 +62,9 @@ pub struct ReplicaConfig {
     pub tick: Duration,
     /// Largest peer frame accepted.
     pub frame_bytes_max: usize,
-    /// Bytes waiting to be sent to one peer before its link counts as broken (a follower too
-    /// slow to keep up is dropped and resynchronised rather than holding the leader back).
+    /// Bytes waiting to be sent to one peer before its link counts as broken, once its
+    /// connection took nothing for a second (a follower that stopped reading is dropped and
+    /// resynchronised rather than holding the leader back).
     pub queue_bytes_max: usize,
     /// Snapshot the state and compact the log after this many applied entries (0: never).
     pub snapshot_every_entries: u64,

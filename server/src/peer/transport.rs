@@ -32,6 +32,11 @@ use super::queue::LocalQueue;
 
 const HELLO: &[u8; 9] = b"BATONPEER";
 const HELLO_BYTES: usize = 25;
+/// Bytes written to a peer's connection at a time.
+const WRITE_PIECE: usize = 1 << 20;
+/// A link whose queue is over its bound and whose writer got nothing into the connection for
+/// this long counts as broken (the peer stopped reading).
+const STALLED: Duration = Duration::from_secs(1);
 /// How long a connector waits for the acceptor's answer to its hello.
 const HELLO_WAIT: Duration = Duration::from_secs(1);
 /// Pause between connection attempts to a peer that is down.
@@ -57,8 +62,28 @@ struct Outbound {
     writer: Option<Waker>,
     /// The incarnation of the peer the current connection reaches.
     peer_incarnation: Option<u64>,
-    /// Drop the current connection (the peer restarted) and reconnect.
+    /// When the writer last got bytes into the connection (or made it).
+    progress: Option<std::time::Instant>,
+    /// Drop the current connection (the peer restarted, or messages were lost on it) and
+    /// reconnect.
     reset: bool,
+    /// The writer waiting (possibly inside a write) for `reset`.
+    resetter: Option<Waker>,
+}
+
+impl Outbound {
+    /// Ends the current connection: nothing more may follow on it once a message meant for
+    /// it was dropped (the receiver would see a gap), so the writer closes it and reconnects.
+    fn reset(&mut self) {
+        self.reset = true;
+        self.queue.clear();
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+        if let Some(w) = self.resetter.take() {
+            w.wake();
+        }
+    }
 }
 
 type Events = LocalQueue<PeerEvent>;
@@ -97,6 +122,8 @@ impl Transport {
             outbound: outbound.clone(),
             events: events.clone(),
             stop: stop.clone(),
+            current_inbound: RefCell::new(BTreeMap::new()),
+            next_inbound: std::cell::Cell::new(1),
         });
         for (&id, &addr) in peers {
             if id == me {
@@ -113,12 +140,22 @@ impl Transport {
     }
 
     /// Queues `msg` for `to`. When there is no connection (or its queue is over its bound)
-    /// the message is dropped and the loss reported once.
+    /// the message is dropped and the loss reported once; a connection that lost a message
+    /// is closed, so the peer sees a broken stream rather than a gap in it.
     pub fn send(&self, to: ServerId, msg: &Message) {
         let mut outbound = self.outbound.borrow_mut();
         let Some(link) = outbound.get_mut(&to) else { return };
-        if !link.connected || link.reset || link.queue.len() > self.queue_bytes_max {
-            link.queue.clear();
+        let stalled = link.queue.len() > self.queue_bytes_max && link.progress.is_some_and(|at| at.elapsed() > STALLED);
+        if !link.connected || link.reset || stalled {
+            if link.connected && !link.reset {
+                tracing::warn!(
+                    me = self.me,
+                    peer = to,
+                    queued = link.queue.len(),
+                    "a peer fell too far behind; dropping its link"
+                );
+            }
+            link.reset();
             if !link.loss_reported {
                 link.loss_reported = true;
                 self.events.push(PeerEvent::Disconnected(to));
@@ -157,6 +194,12 @@ struct Links {
     outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
     events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
+    /// Per peer, the accepted connection whose messages count (a number per connection). A
+    /// newer connection from a peer supersedes the older one: what the older one still
+    /// delivers (bytes that sat in buffers along the way) would interleave with the new
+    /// stream, so it is dropped, and the break between the two streams is reported first.
+    current_inbound: RefCell<BTreeMap<ServerId, u64>>,
+    next_inbound: std::cell::Cell<u64>,
 }
 
 /// A number that differs between two starts of a server (time and pid, mixed).
@@ -193,6 +236,7 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
             link.loss_reported = false;
             link.reset = false;
             link.peer_incarnation = Some(incarnation);
+            link.progress = Some(std::time::Instant::now());
             link.queue.clear();
         }
         tracing::debug!(me, peer, %addr, incarnation, "peer link up");
@@ -213,8 +257,15 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                 })
                 .await;
                 let Some(batch) = batch else { break };
-                if writer.write_all(&batch).await.is_err() {
-                    break;
+                // In pieces, noting progress after each: a peer that reads slowly but
+                // steadily (a long DIFF) is not taken for one that stopped reading.
+                for piece in batch.chunks(WRITE_PIECE) {
+                    if writer.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    if let Some(link) = outbound.borrow_mut().get_mut(&peer) {
+                        link.progress = Some(std::time::Instant::now());
+                    }
                 }
             }
         };
@@ -223,8 +274,23 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
             let mut byte = [0u8; 1];
             let _ = reader.read(&mut byte).await;
         };
-        futures_lite::future::or(writing, closed).await;
-        let _ = writer.close().await;
+        // A reset ends the connection even while a write is stuck on it.
+        let reset = poll_fn(|cx| {
+            let mut outbound = outbound.borrow_mut();
+            let Some(link) = outbound.get_mut(&peer) else { return Poll::Ready(()) };
+            if link.reset || stop.get() {
+                return Poll::Ready(());
+            }
+            link.resetter = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        futures_lite::future::or(writing, futures_lite::future::or(closed, reset)).await;
+        // Closing flushes; on a connection nobody reads that could wait forever.
+        let closing = async {
+            let _ = writer.close().await;
+        };
+        futures_lite::future::or(closing, glommio::timer::sleep(Duration::from_millis(100))).await;
+        drop(reader);
         let reported = match outbound.borrow_mut().get_mut(&peer) {
             Some(link) => {
                 link.connected = false;
@@ -284,15 +350,21 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
     if stream.write_all(&links.incarnation.to_le_bytes()).await.is_err() {
         return;
     }
+    let me_conn = links.next_inbound.get();
+    links.next_inbound.set(me_conn + 1);
+    if links.current_inbound.borrow_mut().insert(from, me_conn).is_some() {
+        // The peer's previous stream to us is over, whatever of it is still on its way: the
+        // core hears of the break before the first message of this one.
+        tracing::debug!(me = links.me, peer = from, "a newer connection from the peer supersedes its older one");
+        links.events.push(PeerEvent::Disconnected(from));
+    }
+    let is_current = || links.current_inbound.borrow().get(&from) == Some(&me_conn);
     // A peer that restarted: our link to its previous life is dead even if no write has
     // failed yet. Drop it; the writer reconnects and the loss is reported.
     if let Some(link) = links.outbound.borrow_mut().get_mut(&from) {
         if link.peer_incarnation.is_some_and(|i| i != incarnation) {
             tracing::debug!(me = links.me, peer = from, "peer restarted; reconnecting to it");
-            link.reset = true;
-            if let Some(w) = link.writer.take() {
-                w.wake();
-            }
+            link.reset();
         }
     }
     let stop = &links.stop;
@@ -306,6 +378,10 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
             Ok(0) | Err(_) => break None,
             Ok(n) => n,
         };
+        if !is_current() {
+            // Superseded: the break was reported when the newer connection arrived.
+            return;
+        }
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
         loop {
@@ -323,6 +399,10 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
     if let Some(e) = why {
         tracing::warn!(from, error = %e, "bad frame from a peer; closing its connection");
     }
+    if !is_current() {
+        return;
+    }
+    links.current_inbound.borrow_mut().remove(&from);
     if !stop.get() {
         links.events.push(PeerEvent::Disconnected(from));
     }
