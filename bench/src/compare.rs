@@ -130,16 +130,10 @@ fn port_free(port: u16) -> bool {
 /// Waits (at most 60 s) until every Baton server of an ensemble serves (its `srvr` names a
 /// mode other than looking).
 fn wait_baton_ensemble(clients: &[(u16, PathBuf)]) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let end = Instant::now() + Duration::from_secs(60);
     for (port, log) in clients {
         loop {
-            let mut answer = String::new();
-            if let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))) {
-                let _ = s.write_all(b"srvr");
-                let _ = s.read_to_string(&mut answer);
-            }
-            if answer.lines().any(|l| l.starts_with("Mode: ") && l != "Mode: looking") {
+            if mode(*port).is_some_and(|m| m != "looking") {
                 break;
             }
             if Instant::now() > end {
@@ -149,6 +143,17 @@ fn wait_baton_ensemble(clients: &[(u16, PathBuf)]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The mode a ZooKeeper-protocol server on `port` reports in `srvr` (leader, follower,
+/// observer, standalone, looking), if it answers.
+fn mode(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).ok()?;
+    s.write_all(b"srvr").ok()?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.lines().find_map(|l| l.strip_prefix("Mode: ").map(str::to_string))
 }
 
 /// Waits until something listens on `port`; fails at once if one of `children` exits.
@@ -377,18 +382,10 @@ fn has_leader(target: Target) -> bool {
 /// `failover`: kazoo writers on the whole ensemble, SIGKILL of the leader's process group,
 /// time until writes sent after the kill are acknowledged (`scripts/failover.py`).
 fn failover(running: &Running, dir: &Path) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
     let leader = running
         .ports
         .iter()
-        .position(|port| {
-            let mut answer = String::new();
-            if let Ok(mut s) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))) {
-                let _ = s.write_all(b"srvr");
-                let _ = s.read_to_string(&mut answer);
-            }
-            answer.lines().any(|l| l == "Mode: leader")
-        })
+        .position(|&port| mode(port).as_deref() == Some("leader"))
         .context("no server says it leads")?;
     let pgid = running.children.get(leader).context("leader process")?.id();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/failover.py");

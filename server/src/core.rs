@@ -459,13 +459,9 @@ impl Core {
             let (session, cxid) = (req.session_id, req.cxid);
             if let Err(rejected) = self.prepare(&req) {
                 let zxid = self.shared.tree().last_zxid().0 as i64;
-                let (code, multi) = match rejected {
-                    Rejected::Op(code) => (code.code(), None),
-                    Rejected::Multi(codes) => (0, Some(codes)),
-                };
                 self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if let Some(r) = &self.replica {
-                    r.send(origin, Forwarded::Refused { session, cxid, zxid, code, multi }.encode().into());
+                    r.send(origin, Forwarded::refusal(session, cxid, zxid, rejected).encode().into());
                 }
             }
             return;
@@ -512,9 +508,7 @@ impl StateMachine for Core {
             stats.wal_entries_durable.store(status.wal_entries_durable, Ordering::Relaxed);
             stats.wal_batches.store(status.wal_batches, Ordering::Relaxed);
         }
-        if self.seq.is_none() {
-            self.maybe_start_sequencer();
-        }
+        self.maybe_start_sequencer();
     }
 
     fn replay(&mut self, entries: &[LogEntry]) {
@@ -609,11 +603,7 @@ impl StateMachine for Core {
             }
             Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
                 if let Some(origin) = self.pending.remove(&(session, cxid)) {
-                    let rejected = match multi {
-                        Some(codes) => Rejected::Multi(codes),
-                        None => Rejected::Op(ErrorCode::from_code(code).unwrap_or(ErrorCode::SystemError)),
-                    };
-                    self.refused(origin, zxid, rejected);
+                    self.refused(origin, zxid, Forwarded::rejected(code, multi));
                 }
             }
             Err(e) => tracing::warn!(peer = from, error = %e, "dropping a malformed forwarded message"),

@@ -4,7 +4,8 @@
 //! entry the follower matches to its client by (session, cxid), as ZooKeeper's
 //! `CommitProcessor` does. Carried as opaque bytes on the peer links (`Message::Forward`).
 
-use baton_engine::sequencer::WriteRequest;
+use baton_engine::sequencer::{Rejected, WriteRequest};
+use baton_engine::tree::ErrorCode;
 use baton_engine::zab::ServerId;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -41,6 +42,23 @@ pub enum Forwarded {
 pub struct ForwardError(String);
 
 impl Forwarded {
+    /// The leader's answer to write `(session, cxid)`, refused as `rejected`.
+    pub fn refusal(session: i64, cxid: i32, zxid: i64, rejected: Rejected) -> Forwarded {
+        let (code, multi) = match rejected {
+            Rejected::Op(code) => (code.code(), None),
+            Rejected::Multi(codes) => (0, Some(codes)),
+        };
+        Forwarded::Refused { session, cxid, zxid, code, multi }
+    }
+
+    /// The refusal a [`Forwarded::Refused`]'s `code` and `multi` stand for.
+    pub fn rejected(code: i32, multi: Option<Vec<i32>>) -> Rejected {
+        match multi {
+            Some(codes) => Rejected::Multi(codes),
+            None => Rejected::Op(ErrorCode::from_code(code).unwrap_or(ErrorCode::SystemError)),
+        }
+    }
+
     /// Its bytes.
     pub fn encode(&self) -> Vec<u8> {
         // Serializing owned, finite data into a growable buffer cannot fail (rkyv's only

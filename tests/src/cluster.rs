@@ -122,6 +122,15 @@ impl Cluster {
         }
     }
 
+    /// A connect string of every server, starting with the one after server `first_not`
+    /// (clients that try hosts in order start elsewhere than on it).
+    pub fn connect_string_avoiding(&self, first_not: usize) -> String {
+        let mut hosts: Vec<String> = self.addrs().iter().map(|a| a.to_string()).collect();
+        let n = hosts.len();
+        hosts.rotate_left(first_not % n);
+        hosts.join(",")
+    }
+
     /// Every server's client address.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()

@@ -31,15 +31,14 @@ fn kazoo_keeps_its_session_watch_and_lock_across_a_leader_change() {
     let mut cluster = Cluster::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 29_700, &[]);
     let leader = cluster.wait_for_leader(&[1, 2, 3], std::time::Duration::from_secs(30)).expect("a leader");
     // The client starts on a follower (kazoo tries hosts in order) and stays there or moves on.
-    let mut hosts: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
-    hosts.rotate_left(leader % 3);
+    let hosts = cluster.connect_string_avoiding(leader);
     let pid = cluster.nodes[leader - 1].pid().expect("the leader runs");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kazoo/failover.py");
     let status = Command::new("timeout")
         .arg("120")
         .arg("python3")
         .arg(script)
-        .arg(hosts.join(","))
+        .arg(hosts)
         .arg(pid.to_string())
         .status()
         .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");

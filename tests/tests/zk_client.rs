@@ -226,9 +226,7 @@ fn the_client_keeps_its_session_and_ephemeral_across_a_leader_change() {
     let mut cluster = Cluster::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 28_900, &[]);
     let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).expect("a leader");
     // Start on a follower so that the session outlives the leader's process.
-    let mut hosts: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
-    hosts.rotate_left(leader % 3);
-    let connect = hosts.join(",");
+    let connect = cluster.connect_string_avoiding(leader);
     let killed = std::sync::Mutex::new(Some(&mut cluster.nodes[leader - 1]));
     run(async {
         let c = tokio::time::timeout(Duration::from_secs(10), zk::Client::connect(&connect))

@@ -258,20 +258,13 @@ pub async fn run<S: StateMachine>(
     if config.compact_on_commit {
         // Alone in its ensemble: the log is committed as it stands. Replay it in pieces
         // (the core would commit it whole on its first election and keep none of it).
-        let mut chunk: Vec<LogEntry> = Vec::with_capacity(4096);
-        for record in reader.records_after(snapshot_zxid) {
-            chunk.push((record.zxid, Payload::from(record.payload)));
-            if chunk.len() == chunk.capacity() {
-                state.borrow_mut().replay(&chunk);
-                replayed += chunk.len() as u64;
-                snapshot_zxid = chunk.last().map_or(snapshot_zxid, |(z, _)| *z);
-                chunk.clear();
-            }
-        }
-        if let Some((last, _)) = chunk.last() {
-            state.borrow_mut().replay(&chunk);
-            replayed += chunk.len() as u64;
+        let mut records = reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload)));
+        loop {
+            let chunk: Vec<LogEntry> = records.by_ref().take(4096).collect();
+            let Some((last, _)) = chunk.last() else { break };
             snapshot_zxid = *last;
+            replayed += chunk.len() as u64;
+            state.borrow_mut().replay(&chunk);
         }
     } else {
         entries = reader.records_after(snapshot_zxid).map(|r| (r.zxid, Payload::from(r.payload))).collect();
