@@ -130,7 +130,10 @@ struct Shared {
     spare_needed: bool,
     spare_waker: Option<Waker>,
 
-    durable_waiters: Vec<Waker>,
+    /// Appenders waiting for durability, with the sequence number each waits for: a flush
+    /// wakes only those it made durable (the next batch's appenders, already waiting, would
+    /// otherwise each be woken for nothing at every flush — half the wakes at high load).
+    durable_waiters: Vec<(u64, Waker)>,
     space_waiters: Vec<Waker>,
     writer_waker: Option<Waker>,
     stats: WalStats,
@@ -211,13 +214,29 @@ impl Shared {
         }
     }
 
+    /// Wakes everyone (the WAL stopped).
     fn wake_all(&mut self) {
+        self.wake_progress();
+        for (_, waker) in self.durable_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// After a flush: wakes the appenders it made durable, the spare's pacer and anyone
+    /// waiting for queue room.
+    fn wake_progress(&mut self) {
         if let Some(waker) = self.spare_waker.take() {
             waker.wake();
         }
-        for waker in self.durable_waiters.drain(..) {
-            waker.wake();
-        }
+        let durable = self.durable_seq;
+        self.durable_waiters.retain(|(seq, waker)| {
+            if *seq < durable {
+                waker.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
         for waker in self.space_waiters.drain(..) {
             waker.wake();
         }
@@ -694,7 +713,7 @@ async fn run_writer(shared: Rc<RefCell<Shared>>) {
                 if let Some(segment) = s.segments.last_mut() {
                     segment.last_zxid = Some(last_zxid);
                 }
-                s.wake_all();
+                s.wake_progress();
                 s.check_invariants();
             }
             Err(error) => {
@@ -802,7 +821,8 @@ impl Future for Durable {
         if let Some(fatal) = &s.fatal {
             return Poll::Ready(Err(WalError::Poisoned(fatal.clone())));
         }
-        s.durable_waiters.push(cx.waker().clone());
+        let seq = self.seq;
+        s.durable_waiters.push((seq, cx.waker().clone()));
         Poll::Pending
     }
 }

@@ -51,6 +51,11 @@ struct Args {
     /// Skip the disk baselines and ratios (for profiling the WAL alone).
     #[arg(long)]
     wal_only: bool,
+    /// Rounds of the largest closed-loop point against its plain-loop baseline, alternated
+    /// (WAL, plain, WAL, plain, ...) so that both see the same disk; the median ratio is
+    /// reported (the disk's own speed swings by a third between minutes on this VM).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Drop the page cache before timing recovery (needs root), measuring a cold start.
     #[arg(long)]
     cold: bool,
@@ -167,13 +172,29 @@ async fn bench_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
         println!("  1 appender p50 time-to-durable / plain write+fdatasync p50 = {r:.2}  (target <= 1.30)");
     }
     if let Some((n, top, batch)) = results.iter().max_by_key(|(n, _, _)| *n) {
+        let n = *n;
         let block = record::align_up(*batch as usize, 4096).max(4096);
-        let same = plain_loop(dir, block, measure).await?;
-        let wal_bw = mb_per_s(top.bytes, top.elapsed);
-        let same_bw = mb_per_s(same.bytes, same.elapsed);
+        let mut ratios = Vec::new();
+        let mut wal_bw = mb_per_s(top.bytes, top.elapsed);
+        for round in 0..args.rounds.max(1) {
+            if round > 0 {
+                let (lat, _, _) = wal_point(dir, n, args, measure).await?;
+                wal_bw = mb_per_s(lat.bytes, lat.elapsed);
+            }
+            let same = plain_loop(dir, block, measure).await?;
+            let same_bw = mb_per_s(same.bytes, same.elapsed);
+            println!(
+                "  {n} appenders, round {}: WAL {wal_bw:.1} MB/s vs plain loop of the same batch size ({block} B) {same_bw:.1} MB/s = {:.2}",
+                round + 1,
+                wal_bw / same_bw
+            );
+            ratios.push(wal_bw / same_bw);
+        }
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "  {n} appenders: WAL {wal_bw:.1} MB/s vs plain loop of the same batch size ({block} B) {same_bw:.1} MB/s = {:.2}  (target >= 0.70)",
-            wal_bw / same_bw
+            "  {n} appenders: median WAL / plain loop of the same batch size over {} alternated rounds = {:.2}  (target >= 0.70)",
+            ratios.len(),
+            ratios[ratios.len() / 2]
         );
         println!(
             "  {n} appenders: WAL {wal_bw:.1} MB/s vs sequential 1 MiB + fdatasync {:.1} MB/s = {:.2}",
