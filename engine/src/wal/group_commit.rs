@@ -671,6 +671,18 @@ impl Future for SpareProgress {
     }
 }
 
+/// Takes the next batch to write: a sealed one, or the open one sealed now. `None` when there
+/// is nothing to write or the WAL is dead.
+fn take_batch(s: &mut Shared) -> Option<Batch> {
+    if s.fatal.is_some() {
+        return None;
+    }
+    if s.sealed.is_empty() && s.open.is_some() {
+        s.seal_open();
+    }
+    s.sealed.pop_front()
+}
+
 /// Resolves to the next batch to write, or `None` when closing with nothing left (or dead).
 struct NextBatch<'a>(&'a RefCell<Shared>);
 
@@ -679,16 +691,10 @@ impl Future for NextBatch<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
         let mut s = self.0.borrow_mut();
-        if s.fatal.is_some() {
-            return Poll::Ready(None);
-        }
-        if s.sealed.is_empty() && s.open.is_some() {
-            s.seal_open();
-        }
-        if let Some(batch) = s.sealed.pop_front() {
+        if let Some(batch) = take_batch(&mut s) {
             return Poll::Ready(Some(batch));
         }
-        if s.closing {
+        if s.closing || s.fatal.is_some() {
             return Poll::Ready(None);
         }
         s.writer_waker = Some(cx.waker().clone());
@@ -696,37 +702,90 @@ impl Future for NextBatch<'_> {
     }
 }
 
+/// A batch written and waiting for (or in) its fdatasync.
+struct Written {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    bytes: usize,
+    end_seq: u64,
+    last_zxid: Zxid,
+    record_bytes: usize,
+    entries: u64,
+}
+
+/// A batch whose fdatasync is in flight.
+struct Syncing {
+    batch: Written,
+    task: Task<Result<(), WalError>>,
+}
+
+/// Writes batches and makes them durable, overlapping the two: while batch k's fdatasync
+/// is in flight, batch k+1 (whatever has gathered) is already written; its own fdatasync is
+/// issued when k's returns (an fdatasync only covers writes completed before it was issued).
+/// So the disk always has work when appenders keep up, and the time the executor spends
+/// running the appenders a flush woke no longer leaves the disk idle before the next write.
 async fn run_writer(shared: Rc<RefCell<Shared>>) {
-    while let Some(batch) = NextBatch(&shared).await {
-        let (end_seq, last_zxid, record_bytes, entries) =
-            (batch.end_seq, batch.last_zxid, batch.record_bytes, batch.entries);
-        let written = write_batch(&shared, batch).await;
-        let mut s = shared.borrow_mut();
-        match written {
-            Ok(bytes) => {
-                s.durable_seq = end_seq;
-                s.durable_zxid = last_zxid;
-                s.queued_bytes -= record_bytes;
-                s.stats.batches += 1;
-                s.stats.entries_durable += entries;
-                s.stats.bytes_written += bytes as u64;
-                if let Some(segment) = s.segments.last_mut() {
-                    segment.last_zxid = Some(last_zxid);
+    let mut syncing: Option<Syncing> = None;
+    loop {
+        let batch = match &syncing {
+            // A segment roll waits for the flush in flight (it closes the old file).
+            Some(_) => {
+                let mut s = shared.borrow_mut();
+                let roll_next = s.sealed.front().is_some_and(|b| b.new_segment)
+                    || (s.sealed.is_empty() && s.open.as_ref().is_some_and(|b| b.new_segment));
+                if roll_next {
+                    None
+                } else {
+                    take_batch(&mut s)
                 }
-                s.wake_progress();
-                s.check_invariants();
             }
-            Err(error) => {
-                s.poison(error);
+            None => match NextBatch(&shared).await {
+                Some(batch) => Some(batch),
+                None => return,
+            },
+        };
+        let written = match batch {
+            Some(batch) => match write_batch(&shared, batch).await {
+                Ok(written) => Some(written),
+                Err(error) => {
+                    shared.borrow_mut().poison(error);
+                    return;
+                }
+            },
+            None => None,
+        };
+        if let Some(Syncing { batch, task }) = syncing.take() {
+            if let Err(error) = task.await {
+                shared.borrow_mut().poison(error);
                 return;
             }
+            made_durable(&shared, &batch);
         }
+        syncing = written.map(|batch| {
+            let (file, path) = (batch.file.clone(), batch.path.clone());
+            let task = glommio::spawn_local(async move { file.fdatasync().await.map_err(|e| WalError::glommio(&path, e)) });
+            Syncing { batch, task }
+        });
     }
 }
 
-/// Writes and fdatasyncs one batch (creating its segment first if needed); returns the
-/// bytes written.
-async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<usize, WalError> {
+fn made_durable(shared: &RefCell<Shared>, batch: &Written) {
+    let mut s = shared.borrow_mut();
+    s.durable_seq = batch.end_seq;
+    s.durable_zxid = batch.last_zxid;
+    s.queued_bytes -= batch.record_bytes;
+    s.stats.batches += 1;
+    s.stats.entries_durable += batch.entries;
+    s.stats.bytes_written += batch.bytes as u64;
+    if let Some(segment) = s.segments.last_mut() {
+        segment.last_zxid = Some(batch.last_zxid);
+    }
+    s.wake_progress();
+    s.check_invariants();
+}
+
+/// Writes one batch (creating its segment first if needed), without syncing it.
+async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<Written, WalError> {
     if batch.new_segment {
         roll(shared, batch.segment, batch.salt, batch.prev).await?;
     }
@@ -744,8 +803,15 @@ async fn write_batch(shared: &Rc<RefCell<Shared>>, mut batch: Batch) -> Result<u
     if written != size {
         return Err(WalError::io(&path, std::io::Error::other(format!("short write: {written} of {size} bytes"))));
     }
-    file.fdatasync().await.map_err(|e| WalError::glommio(&path, e))?;
-    Ok(size)
+    Ok(Written {
+        file,
+        path,
+        bytes: size,
+        end_seq: batch.end_seq,
+        last_zxid: batch.last_zxid,
+        record_bytes: batch.record_bytes,
+        entries: batch.entries,
+    })
 }
 
 /// Turns the prepared spare into the segment for `first_zxid`: header written and synced,
