@@ -136,6 +136,9 @@ struct Shared {
     durable_waiters: Vec<(u64, Waker)>,
     space_waiters: Vec<Waker>,
     writer_waker: Option<Waker>,
+    /// A flush completed whose waiters are woken by the notifier (see `run_notifier`).
+    progress_pending: bool,
+    notifier_waker: Option<Waker>,
     stats: WalStats,
 }
 
@@ -258,8 +261,12 @@ impl Shared {
 pub struct Wal {
     shared: Rc<RefCell<Shared>>,
     writer: Option<Task<()>>,
+    notifier: Option<Task<()>>,
     _lock: DirLock,
 }
+
+/// glommio's default task-queue shares.
+const DEFAULT_SHARES: usize = 1000;
 
 impl Wal {
     /// Opens (or creates) the WAL in `config.dir`: takes the directory lock, finishes an
@@ -300,8 +307,24 @@ impl Wal {
         shared.pool = files::list_recycled(&dir, shared.config.recycle_segments)?.into();
         let shared = Rc::new(RefCell::new(shared));
         start_spare(&shared);
-        let writer = glommio::spawn_local(run_writer(shared.clone()));
-        Ok((Wal { shared, writer: Some(writer), _lock: lock }, reader))
+        // The writer gets a task queue of its own, with ten times the default shares: glommio
+        // runs the queue with the least (share-weighted) runtime first, so when a flush
+        // completes the writer issues the next I/O before the appenders (or, in a server, the
+        // connections) on this executor run, instead of waiting behind them in one queue.
+        // Measured at 1024 appenders: 0.69-0.85 of the plain loop against 0.67-0.73. (glommio
+        // offers no way to remove a queue from outside its executor's internals; each open
+        // leaves one empty queue record behind, a few hundred bytes.)
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(10 * DEFAULT_SHARES),
+            glommio::Latency::NotImportant,
+            "wal-writer",
+        );
+        let spawn = |task| {
+            glommio::spawn_local_into(task, queue).map_err(|e| WalError::glommio(&dir, e))
+        };
+        let writer = spawn(Box::pin(run_writer(shared.clone())) as Pin<Box<dyn Future<Output = ()>>>)?;
+        let notifier = spawn(Box::pin(run_notifier(shared.clone())))?;
+        Ok((Wal { shared, writer: Some(writer), notifier: Some(notifier), _lock: lock }, reader))
     }
 
     /// Appends an entry's bytes with this zxid. Returns at once with a future that resolves
@@ -525,6 +548,9 @@ impl Wal {
         if let Some(writer) = self.writer.take() {
             writer.await;
         }
+        // Everything is durable (or the WAL is dead): no progress is left to hand out late.
+        drop(self.notifier.take());
+        self.shared.borrow_mut().wake_progress();
         let (file, spare, fatal) = {
             let mut s = self.shared.borrow_mut();
             (s.file.take(), s.spare.take(), s.fatal.clone())
@@ -588,6 +614,8 @@ impl Shared {
             durable_waiters: Vec::new(),
             space_waiters: Vec::new(),
             writer_waker: None,
+            progress_pending: false,
+            notifier_waker: None,
             stats: WalStats::default(),
         })
     }
@@ -759,7 +787,10 @@ async fn run_writer(shared: Rc<RefCell<Shared>>) {
                 shared.borrow_mut().poison(error);
                 return;
             }
-            made_durable(&shared, &batch);
+            // With the next batch written, its fdatasync and the batch after it are issued
+            // below, before this task yields: the appenders this flush made durable are woken
+            // only after the reactor has submitted that I/O, so the disk works while they run.
+            made_durable(&shared, &batch, written.is_some());
         }
         syncing = written.map(|batch| {
             let (file, path) = (batch.file.clone(), batch.path.clone());
@@ -769,7 +800,7 @@ async fn run_writer(shared: Rc<RefCell<Shared>>) {
     }
 }
 
-fn made_durable(shared: &RefCell<Shared>, batch: &Written) {
+fn made_durable(shared: &RefCell<Shared>, batch: &Written, defer_wakes: bool) {
     let mut s = shared.borrow_mut();
     s.durable_seq = batch.end_seq;
     s.durable_zxid = batch.last_zxid;
@@ -780,8 +811,46 @@ fn made_durable(shared: &RefCell<Shared>, batch: &Written) {
     if let Some(segment) = s.segments.last_mut() {
         segment.last_zxid = Some(batch.last_zxid);
     }
-    s.wake_progress();
+    if defer_wakes {
+        s.progress_pending = true;
+        if let Some(w) = s.notifier_waker.take() {
+            w.wake();
+        }
+    } else {
+        s.wake_progress();
+    }
     s.check_invariants();
+}
+
+/// Wakes the waiters of flushes whose wakes the writer deferred, one reactor pass later:
+/// glommio submits queued I/O only between task-queue runs, so appenders woken in the same
+/// run as the writer's next `write`/`fdatasync` would all run before that I/O reached the
+/// kernel (measured: ~100 µs of a ~350 µs cycle with 1024 appenders, the disk idle). A timer
+/// resumes this task only from the reactor, after it has submitted.
+async fn run_notifier(shared: Rc<RefCell<Shared>>) {
+    loop {
+        ProgressPending(&shared).await;
+        glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+        let mut s = shared.borrow_mut();
+        s.progress_pending = false;
+        s.wake_progress();
+    }
+}
+
+/// Resolves when a flush's wakes were deferred to the notifier.
+struct ProgressPending<'a>(&'a RefCell<Shared>);
+
+impl Future for ProgressPending<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.0.borrow_mut();
+        if s.progress_pending {
+            return Poll::Ready(());
+        }
+        s.notifier_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 /// Writes one batch (creating its segment first if needed), without syncing it.
