@@ -319,9 +319,7 @@ impl Wal {
             glommio::Latency::NotImportant,
             "wal-writer",
         );
-        let spawn = |task| {
-            glommio::spawn_local_into(task, queue).map_err(|e| WalError::glommio(&dir, e))
-        };
+        let spawn = |task| glommio::spawn_local_into(task, queue).map_err(|e| WalError::glommio(&dir, e));
         let writer = spawn(Box::pin(run_writer(shared.clone())) as Pin<Box<dyn Future<Output = ()>>>)?;
         let notifier = spawn(Box::pin(run_notifier(shared.clone())))?;
         Ok((Wal { shared, writer: Some(writer), notifier: Some(notifier), _lock: lock }, reader))
@@ -794,7 +792,8 @@ async fn run_writer(shared: Rc<RefCell<Shared>>) {
         }
         syncing = written.map(|batch| {
             let (file, path) = (batch.file.clone(), batch.path.clone());
-            let task = glommio::spawn_local(async move { file.fdatasync().await.map_err(|e| WalError::glommio(&path, e)) });
+            let task =
+                glommio::spawn_local(async move { file.fdatasync().await.map_err(|e| WalError::glommio(&path, e)) });
             Syncing { batch, task }
         });
     }
