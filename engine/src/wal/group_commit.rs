@@ -8,14 +8,19 @@
 //!
 //! - [`Wal::submit`] encodes the record straight into the open batch's DMA buffer and
 //!   returns a [`Durable`] future at once; submission order is log order.
-//! - The writer task takes the open batch as soon as the previous flush finishes, so while
+//! - The writer task takes the open batch as soon as the previous batch is written, so while
 //!   one batch is being written and fdatasync'ed the next one fills: one flush covers every
-//!   appender that arrived during the previous flush, and the disk is never idle under load.
+//!   appender that arrived during the previous one, and the disk is never idle under load.
+//!   The write of batch k+1 overlaps the fdatasync of batch k; k+1's own fdatasync is issued
+//!   only once its write has completed and k's fdatasync has returned.
+//! - The writer runs in a task queue of its own that glommio schedules ahead of the
+//!   appenders, and the appenders a flush made durable are woken one reactor pass after the
+//!   next I/O was queued, so that I/O reaches the kernel before they run.
 //! - Batches are written with O_DIRECT at block-aligned offsets. A batch that continues a
 //!   partly filled block starts with a copy of that block's earlier bytes (rewriting them
 //!   identically), so no write ever covers a block with different durable content.
-//! - Ordering contract: a `Durable` resolves `Ok` only after the `fdatasync` that covered its
-//!   record returned success. Any write or fsync error poisons the WAL (see [`WalError`]).
+//! - Ordering contract: a `Durable` resolves `Ok` only after an `fdatasync` issued after its
+//!   record's write completed has returned success, and in submission order. Any write or fsync error poisons the WAL (see [`WalError`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
