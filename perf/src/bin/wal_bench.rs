@@ -52,8 +52,9 @@ struct Args {
     #[arg(long)]
     wal_only: bool,
     /// Rounds of the largest closed-loop point against its plain-loop baseline, alternated
-    /// (WAL, plain, WAL, plain, ...) so that both see the same disk; the median ratio is
-    /// reported (the disk's own speed swings by a third between minutes on this VM).
+    /// (WAL then plain, plain then WAL, ...) so that both see the same disk and neither always
+    /// runs second; the median ratio is reported (the disk's own speed swings by a third
+    /// between minutes on this VM).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Drop the page cache before timing recovery (needs root), measuring a cold start.
@@ -177,11 +178,21 @@ async fn bench_all(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let mut ratios = Vec::new();
         let mut wal_bw = mb_per_s(top.bytes, top.elapsed);
         for round in 0..args.rounds.max(1) {
+            // Odd rounds measure the baseline first: a point runs measurably slower right
+            // after the other kind of point, so neither side always goes second.
+            let baseline_first = round % 2 == 1;
+            let mut same = None;
+            if baseline_first {
+                same = Some(plain_loop(dir, block, measure).await?);
+            }
             if round > 0 {
                 let (lat, _, _) = wal_point(dir, n, args, measure).await?;
                 wal_bw = mb_per_s(lat.bytes, lat.elapsed);
             }
-            let same = plain_loop(dir, block, measure).await?;
+            let same = match same {
+                Some(same) => same,
+                None => plain_loop(dir, block, measure).await?,
+            };
             let same_bw = mb_per_s(same.bytes, same.elapsed);
             println!(
                 "  {n} appenders, round {}: WAL {wal_bw:.1} MB/s vs plain loop of the same batch size ({block} B) {same_bw:.1} MB/s = {:.2}",
