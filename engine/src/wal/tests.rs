@@ -606,3 +606,51 @@ fn released_segments_beyond_the_pool_are_returned_for_deletion() {
     let records = read_all(dir.path());
     assert_eq!(records.last().map(|r| r.0), Some(600));
 }
+
+/// Counts the wakes it receives.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_waiter_is_woken_only_once_its_entry_is_durable() {
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    let dir = temp_dir();
+    let d = dir.path().to_path_buf();
+    let (apart, woken_early) = run(async move {
+        let (wal, _) = Wal::open(WalConfig::new(&d)).await.expect("open");
+        let (mut apart, mut woken_early) = (0, 0);
+        for round in 0..300u64 {
+            let (first_zxid, second_zxid) = (Zxid(2 * round + 1), Zxid(2 * round + 2));
+            let first = wal.submit(first_zxid, &payload(first_zxid.0, 64)).expect("submit");
+            // One reactor pass: the writer takes the batch holding `first` and issues its write.
+            glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+            let mut second = wal.submit(second_zxid, &payload(second_zxid.0, 64)).expect("submit");
+            let counter = Arc::new(CountingWaker::default());
+            let waker = Waker::from(counter.clone());
+            let polled = std::pin::Pin::new(&mut second).poll(&mut Context::from_waker(&waker));
+            assert!(matches!(polled, Poll::Pending), "an entry just submitted cannot be durable");
+            first.await.expect("durable");
+            glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
+            if wal.durable_zxid() < second_zxid {
+                // The flush of `first` did not cover `second`: it must not have woken it.
+                apart += 1;
+                woken_early += counter.0.load(Ordering::Relaxed);
+            }
+            second.await.expect("durable");
+        }
+        wal.close().await.expect("close");
+        (apart, woken_early)
+    });
+    assert!(apart > 0, "some rounds must put the two entries in different batches");
+    assert_eq!(woken_early, 0, "a flush woke a waiter whose entry it did not make durable");
+}
