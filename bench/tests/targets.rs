@@ -172,6 +172,24 @@ fn every_etcd_workload_runs_against_etcd() {
     open_loop_json("etcd", &target);
 }
 
+/// Runs `baton-bench compare` with `args` at a light load (2 clients × 2 in flight, ports
+/// from `base`, report in `out`); asserts it succeeded and returns its stdout and the
+/// `results.json` it wrote.
+fn compare(args: &[&str], base: u16, out: &std::path::Path) -> (String, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .arg("compare")
+        .args(args)
+        .args(["--clients", "2", "--depth", "2", "--base-port", &base.to_string(), "--out"])
+        .arg(out)
+        .output()
+        .expect("run compare");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "compare failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("JSON");
+    (stdout, json)
+}
+
 #[test]
 fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
     let dir = temp_dir();
@@ -179,17 +197,9 @@ fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
     // Below Linux's ephemeral range (32768+), where the other tests' free ports and every
     // outgoing connection's local port come from.
     let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
-    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
-        .args(["compare", "--targets", "zookeeper,etcd", "--workloads", "write,read", "--seconds", "0.5"])
-        .args(["--clients", "2", "--depth", "2", "--base-port", &base.to_string(), "--out"])
-        .arg(&out)
-        .output()
-        .expect("run compare");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "compare failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let args = ["--targets", "zookeeper,etcd", "--workloads", "write,read", "--seconds", "0.5"];
+    let (stdout, json) = compare(&args, base, &out);
     assert!(stdout.contains("fdatasync p50"), "the machine report: {stdout}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("JSON");
     let results = json["results"].as_array().expect("results");
     assert_eq!(results.len(), 4, "2 targets x 2 workloads: {json}");
     for r in results {
@@ -213,17 +223,9 @@ fn compare_runs_a_baton_ensemble_and_measures_a_leader_failover() {
     let dir = temp_dir();
     let out = dir.path().join("report");
     let base = 21_000 + (std::process::id() % 1000) as u16 * 10;
-    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
-        .args(["compare", "--targets", "baton3", "--workloads", "write,failover", "--seconds", "0.5"])
-        .args(["--clients", "2", "--depth", "2", "--base-port", &base.to_string()])
-        .args(["--baton", env!("CARGO_BIN_EXE_baton-bench-server"), "--out"])
-        .arg(&out)
-        .output()
-        .expect("run compare");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "compare failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).expect("JSON");
+    let server = env!("CARGO_BIN_EXE_baton-bench-server");
+    let args = ["--targets", "baton3", "--workloads", "write,failover", "--seconds", "0.5", "--baton", server];
+    let (_, json) = compare(&args, base, &out);
     let results = json["results"].as_array().expect("results");
     assert_eq!(results.len(), 1, "one write run: {json}");
     assert!(results[0]["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{json}");

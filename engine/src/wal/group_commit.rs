@@ -703,18 +703,6 @@ impl Future for SpareProgress {
     }
 }
 
-/// Takes the next batch to write: a sealed one, or the open one sealed now. `None` when there
-/// is nothing to write or the WAL is dead.
-fn take_batch(s: &mut Shared) -> Option<Batch> {
-    if s.fatal.is_some() {
-        return None;
-    }
-    if s.sealed.is_empty() && s.open.is_some() {
-        s.seal_open();
-    }
-    s.sealed.pop_front()
-}
-
 /// Resolves to the next batch to write, or `None` when closing with nothing left (or dead).
 struct NextBatch<'a>(&'a RefCell<Shared>);
 
@@ -723,10 +711,16 @@ impl Future for NextBatch<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
         let mut s = self.0.borrow_mut();
-        if let Some(batch) = take_batch(&mut s) {
+        if s.fatal.is_some() {
+            return Poll::Ready(None);
+        }
+        if s.sealed.is_empty() && s.open.is_some() {
+            s.seal_open();
+        }
+        if let Some(batch) = s.sealed.pop_front() {
             return Poll::Ready(Some(batch));
         }
-        if s.closing || s.fatal.is_some() {
+        if s.closing {
             return Poll::Ready(None);
         }
         s.writer_waker = Some(cx.waker().clone());
