@@ -411,6 +411,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         machine["fsync_4k_p50_ms"].as_f64().unwrap_or(0.0),
         machine["fsync_4k_p99_ms"].as_f64().unwrap_or(0.0),
     );
+    println!(
+        "load: {} sessions x {} in flight, {} B values, ZooKeeper-protocol driver {:?} (see --driver)",
+        args.load.clients, args.load.depth, args.load.value_bytes, args.load.driver
+    );
     let mut results: Vec<(Target, String, Outcome)> = Vec::new();
     let mut failovers: Vec<(Target, serde_json::Value)> = Vec::new();
     for (index, &target) in args.targets.iter().enumerate() {
@@ -455,7 +459,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "failover": failovers.iter().map(|(t, v)| serde_json::json!({"target": t.name(), "result": v})).collect::<Vec<_>>(),
         "machine": machine,
         "load": { "clients": args.load.clients, "depth": args.load.depth, "value_bytes": args.load.value_bytes,
-                  "seconds": args.load.seconds, "open_loop_rate": args.load.rate },
+                  "seconds": args.load.seconds, "open_loop_rate": args.load.rate,
+                  "zookeeper_driver": format!("{:?}", args.load.driver).to_lowercase() },
         "results": results.iter().map(|(t, w, o)| serde_json::json!({
             "target": t.name(), "workload": w, "ops_per_sec": o.ops_per_sec, "p50_ms": o.p50, "p90_ms": o.p90,
             "p99_ms": o.p99, "p999_ms": o.p999, "max_ms": o.max,

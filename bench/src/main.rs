@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod etcd;
 mod load;
+mod wire;
 mod zk;
 
 #[global_allocator]

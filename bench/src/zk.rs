@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use zookeeper_client as zk;
 
-use crate::load::{histogram, Load, Outcome, Window};
+use crate::load::{histogram, Driver, Load, Outcome, Window};
 
 /// What the workers do.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
@@ -69,7 +69,11 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     let value = vec![b'v'; load.value_bytes];
     let window = Window::new()?;
     let mut tasks = Vec::new();
-    for c in 0..load.clients {
+    let wire = load.driver == Driver::Wire && crate::wire::supports(args.workload) && load.rate.is_none();
+    if wire {
+        tasks = crate::wire::run(&args.target, args.workload, load, &root, &window).await?;
+    }
+    for c in (0..load.clients).filter(|_| !wire) {
         let client = connect(&args.target).await?;
         let key = format!("{root}/k{c}");
         client.create(&key, &value, &open()).await.context("creating a key")?;
@@ -142,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
         anyhow::ensure!(children.is_empty(), "locks left held: {children:?}");
     }
     let workload = format!("{:?}", args.workload);
-    window.report(load, "zookeeper-protocol", &workload, elapsed).map(Some)
+    window.report(load, "zookeeper-protocol", &workload, wire, elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` sessions watch one key; one session writes it, waits until
@@ -203,7 +207,7 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
         t.await??;
     }
     anyhow::ensure!(rounds > 1, "no write went around");
-    window.report(load, "zookeeper-protocol", &format!("WatchFanout watchers={watchers}"), elapsed)
+    window.report(load, "zookeeper-protocol", &format!("WatchFanout watchers={watchers}"), false, elapsed)
 }
 
 async fn fill(args: &Args) -> anyhow::Result<()> {

@@ -103,6 +103,13 @@ fn zk_workloads(target: &str) {
         let line = bench(&["zk", "--target", target, "--workload", workload]);
         println!("{line}");
     }
+    // The first four run on the wire driver by default; the crate's driver runs them too.
+    for workload in &WORKLOADS[..4] {
+        let line = bench(&["zk", "--target", target, "--workload", workload, "--driver", "crate"]);
+        assert!(line.contains("driver=crate"), "{line}");
+        let wire = bench(&["zk", "--target", target, "--workload", workload, "--driver", "wire"]);
+        assert!(wire.contains("driver=wire"), "{wire}");
+    }
     open_loop_json("zk", target);
     let out = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
         .args(["zk", "--target", target, "--workload", "fill", "--count", "300", "--clients", "2", "--depth", "4"])
