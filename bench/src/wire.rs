@@ -88,6 +88,20 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(v)
 }
 
+/// Sends `out` (then clears it) and reads one reply frame of at least `min` bytes (and
+/// under 4 KiB: the handshake's replies are small).
+async fn exchange(stream: &mut TcpStream, out: &mut Out, min: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+    stream.write_all(&out.0).await?;
+    out.0.clear();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.with_context(|| format!("reading {what}"))?;
+    let len = i32::from_be_bytes(len);
+    ensure!(len >= min as i32 && len < 4096, "{what} of {len} bytes");
+    let mut frame = vec![0u8; len as usize];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
 /// What a slot (one of a session's `depth` requests in flight) sends next.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Step {
@@ -135,14 +149,7 @@ impl Session {
         // read-only.
         out.int(0).long(0).int(30_000).long(0).bytes(&[0; 16]).boolean(false);
         out.end(at);
-        stream.write_all(&out.0).await?;
-        out.0.clear();
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await.context("reading the connect response")?;
-        let len = i32::from_be_bytes(len);
-        ensure!((20..4096).contains(&len), "connect response of {len} bytes");
-        let mut response = vec![0u8; len as usize];
-        stream.read_exact(&mut response).await?;
+        let response = exchange(&mut stream, &mut out, 20, "the connect response").await?;
         ensure!(be_i32(&response, 4) > 0 && be_i64(&response, 8) != 0, "the server refused the session");
         // The session's key, created through the session itself so that its reads see it
         // whichever server of an ensemble it is on.
@@ -150,14 +157,7 @@ impl Session {
         out.int(0).int(OP_CREATE).bytes(key.as_bytes()).bytes(&value);
         out.int(1).int(31).bytes(b"world").bytes(b"anyone").int(PERSISTENT);
         out.end(at);
-        stream.write_all(&out.0).await?;
-        out.0.clear();
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await.context("reading the create reply")?;
-        let len = i32::from_be_bytes(len);
-        ensure!((REPLY_HEADER as i32..4096).contains(&len), "create reply of {len} bytes");
-        let mut reply = vec![0u8; len as usize];
-        stream.read_exact(&mut reply).await?;
+        let reply = exchange(&mut stream, &mut out, REPLY_HEADER, "the create reply").await?;
         let err = be_i32(&reply, 12);
         ensure!(err == 0 || err == NODE_EXISTS, "creating {key} failed with ZooKeeper error {err}");
         Ok(Session {
