@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
         (Workload::Read | Workload::Mixed, false) => " linearizable",
         _ => "",
     };
-    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), false, elapsed).map(Some)
+    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), "grpc", elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` clients watch one key; one client writes it (the value is
@@ -208,5 +208,5 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
         t.await??;
     }
     anyhow::ensure!(rounds > 1, "no write went around");
-    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), false, elapsed)
+    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc", elapsed)
 }

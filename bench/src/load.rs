@@ -228,25 +228,20 @@ impl Window {
         Ok(())
     }
 
-    /// Prints the result line (and appends JSON when asked).
-    /// `wire`: whether the run used the wire driver (see [`Load::driver`]).
+    /// Prints the result line (and appends JSON when asked). `driver` names what talked to
+    /// the server: `wire` or `crate` (see [`Load::driver`]), or `grpc` for etcd.
     pub fn report(
         &self,
         load: &Load,
         target: &str,
         workload: &str,
-        wire: bool,
+        driver: &str,
         elapsed: Duration,
     ) -> anyhow::Result<Outcome> {
         let h = self.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let n = self.ops.load(Ordering::Relaxed);
         let rate = n as f64 / elapsed.as_secs_f64();
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
-        let driver = match target {
-            "zookeeper-protocol" if wire => "wire",
-            "zookeeper-protocol" => "crate",
-            _ => "grpc",
-        };
         let mode = match load.rate {
             Some(r) => format!(" open-loop rate={r}"),
             None => String::new(),

@@ -238,13 +238,11 @@ impl Session {
         self.flush().await?;
         let mut stopping = false;
         while !self.in_flight.is_empty() {
-            let mut chunk = [0u8; 64 * 1024];
-            let got = self.stream.read(&mut chunk).await?;
+            // Straight into the input buffer, after what is left of a partial frame.
+            self.input.reserve(64 * 1024);
+            let got = self.stream.read_buf(&mut self.input).await?;
             ensure!(got > 0, "the server closed the connection");
-            self.input.extend_from_slice(&chunk[..got]);
-            if !stopping && window.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                stopping = true;
-            }
+            stopping = stopping || window.stop.load(std::sync::atomic::Ordering::Relaxed);
             let mut at = 0;
             while self.input.len() - at >= 4 {
                 let len = be_i32(&self.input, at);

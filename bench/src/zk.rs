@@ -70,10 +70,14 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     let window = Window::new()?;
     let mut tasks = Vec::new();
     let wire = load.driver == Driver::Wire && crate::wire::supports(args.workload) && load.rate.is_none();
-    if wire {
+    // The wire driver's sessions, or the crate's clients below (none when the wire runs).
+    let crate_clients = if wire {
         tasks = crate::wire::run(&args.target, args.workload, load, &root, &window).await?;
-    }
-    for c in (0..load.clients).filter(|_| !wire) {
+        0
+    } else {
+        load.clients
+    };
+    for c in 0..crate_clients {
         let client = connect(&args.target).await?;
         let key = format!("{root}/k{c}");
         client.create(&key, &value, &open()).await.context("creating a key")?;
@@ -146,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
         anyhow::ensure!(children.is_empty(), "locks left held: {children:?}");
     }
     let workload = format!("{:?}", args.workload);
-    window.report(load, "zookeeper-protocol", &workload, wire, elapsed).map(Some)
+    window.report(load, "zookeeper-protocol", &workload, if wire { "wire" } else { "crate" }, elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` sessions watch one key; one session writes it, waits until
@@ -207,7 +211,7 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
         t.await??;
     }
     anyhow::ensure!(rounds > 1, "no write went around");
-    window.report(load, "zookeeper-protocol", &format!("WatchFanout watchers={watchers}"), false, elapsed)
+    window.report(load, "zookeeper-protocol", &format!("WatchFanout watchers={watchers}"), "crate", elapsed)
 }
 
 async fn fill(args: &Args) -> anyhow::Result<()> {
