@@ -18,7 +18,7 @@
 //! closes their connections and they reconnect, here later or elsewhere, as with ZooKeeper.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -98,6 +98,11 @@ pub struct Core {
     owners: HashMap<i64, (ShardId, ConnId)>,
     /// Reused to give payloads the alignment archived entries need.
     scratch: AlignedVec,
+    /// The last zxid this leader's sequencer assigned (it may not be applied yet).
+    last_prepared: Zxid,
+    /// Refusals waiting for this server's tree to reach the zxid they were decided at, in
+    /// that (increasing) order. See [`Core::refused`].
+    deferred: VecDeque<(i64, Origin, Rejected)>,
 }
 
 impl Core {
@@ -122,6 +127,8 @@ impl Core {
             first_proposal: None,
             owners: HashMap::new(),
             scratch: AlignedVec::new(),
+            last_prepared: Zxid(0),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -229,7 +236,7 @@ impl Core {
                     self.pending.insert(key, origin);
                 }
                 Err(rejected) => {
-                    let zxid = self.shared.tree().last_zxid().0 as i64;
+                    let zxid = self.refusal_point();
                     self.refused(origin, zxid, rejected);
                 }
             }
@@ -259,13 +266,42 @@ impl Core {
         if self.first_proposal.is_none() {
             self.first_proposal = Some(entry.zxid);
         }
+        self.last_prepared = entry.zxid;
         self.proposals.push(Payload::from(entry.encode().as_slice()));
         self.shared.core_stats.outstanding.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Answers a write refused before the log.
+    /// The zxid a refusal decided now is decided at: the last write sequenced, applied or not
+    /// (the sequencer checks a write against the writes in flight too). Leader only.
+    fn refusal_point(&self) -> i64 {
+        self.shared.tree().last_zxid().max(self.last_prepared).0 as i64
+    }
+
+    /// Answers a write refused before the log, decided at `zxid` (by this server's sequencer
+    /// or the leader's) — once this server's tree has applied up to `zxid`. A refusal may rest
+    /// on writes still in flight (NodeExists against another session's uncommitted create);
+    /// answered at once, its client could then read the tree and not find what it was told
+    /// exists. ZooKeeper orders refusals the same way, as error transactions in its log.
     fn refused(&mut self, origin: Origin, zxid: i64, rejected: Rejected) {
+        if zxid > self.shared.tree().last_zxid().0 as i64 || !self.deferred.is_empty() {
+            self.deferred.push_back((zxid, origin, rejected));
+            return;
+        }
+        self.answer_refusal(origin, zxid, rejected);
+    }
+
+    /// Answers the deferred refusals the tree has now reached.
+    fn release_refusals(&mut self) {
+        let applied = self.shared.tree().last_zxid().0 as i64;
+        while self.deferred.front().is_some_and(|(zxid, ..)| *zxid <= applied) {
+            if let Some((zxid, origin, rejected)) = self.deferred.pop_front() {
+                self.answer_refusal(origin, zxid, rejected);
+            }
+        }
+    }
+
+    fn answer_refusal(&mut self, origin: Origin, zxid: i64, rejected: Rejected) {
         self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
         match origin {
             Origin::Request { shard, conn, xid, .. } => {
@@ -350,6 +386,8 @@ impl Core {
     /// clients reconnect and retry), as ZooKeeper does when a server stops serving.
     fn stop_serving(&mut self) {
         self.pending.clear();
+        self.deferred.clear();
+        self.last_prepared = Zxid(0);
         self.syncs.clear();
         self.proposals.clear();
         self.first_proposal = None;
@@ -458,7 +496,7 @@ impl Core {
         if self.seq.is_some() {
             let (session, cxid) = (req.session_id, req.cxid);
             if let Err(rejected) = self.prepare(&req) {
-                let zxid = self.shared.tree().last_zxid().0 as i64;
+                let zxid = self.refusal_point();
                 self.shared.core_stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if let Some(r) = &self.replica {
                     r.send(origin, Forwarded::refusal(session, cxid, zxid, rejected).encode().into());
@@ -500,6 +538,8 @@ impl StateMachine for Core {
             outbox.send(ToShard::Committed { entries: committed.clone(), actions });
         }
         drop(tree);
+        // After the batch reached the shards: a refusal's reply follows the writes it rests on.
+        self.release_refusals();
         let stats = &self.shared.core_stats;
         stats.outstanding.store(self.pending.len(), Ordering::Relaxed);
         stats.sessions.store(self.sessions.len(), Ordering::Relaxed);
@@ -541,6 +581,7 @@ impl StateMachine for Core {
                     self.sessions.track(id, info.timeout_ms, now);
                 }
                 *self.shared.tree_mut() = tree;
+                self.release_refusals();
             }
             Err(e) => {
                 tracing::error!(%zxid, error = %e, "a snapshot does not decode; stopping");
