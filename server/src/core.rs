@@ -450,9 +450,6 @@ impl Core {
         };
         let key = (entry.session_id.to_native(), entry.cxid.to_native());
         let applied = tree.apply(entry);
-        if let Some(seq) = self.seq.as_mut() {
-            seq.committed(zxid);
-        }
         let stats = &self.shared.core_stats;
         stats.committed.fetch_add(1, Ordering::Relaxed);
         let reply_zxid = applied.zxid.0 as i64;
@@ -533,6 +530,11 @@ impl StateMachine for Core {
                 }
             }
         }
+        // Once per batch, not per entry: forgetting the applied in-flight records walks
+        // them all, and nothing is prepared while a batch applies.
+        if let Some(seq) = self.seq.as_mut() {
+            seq.committed(tree.last_zxid());
+        }
         let committed = Arc::new(committed);
         for (outbox, actions) in shared.to_shard.iter().zip(actions) {
             outbox.send(ToShard::Committed { entries: committed.clone(), actions });
@@ -563,6 +565,9 @@ impl StateMachine for Core {
                 shared.stopping.store(true, Ordering::Release);
                 return;
             }
+        }
+        if let Some(seq) = self.seq.as_mut() {
+            seq.committed(tree.last_zxid());
         }
     }
 
