@@ -33,7 +33,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Target::Baton => "baton",
             Target::Baton3 => "baton x3",

@@ -1,5 +1,6 @@
 //! `baton-bench zk --target 127.0.0.1:2181 --workload write --clients 32 --depth 8`
 //! `baton-bench etcd --target 127.0.0.1:2379 --workload read --serializable`
+//! `baton-bench sweep --workload write --loads 32x8,32x32 --reps 3`
 //!
 //! Closed loop by default (`clients` sessions, each with `depth` requests in flight), open
 //! loop with `--rate`; warm-up excluded; HdrHistogram percentiles; a progress bar on a
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod etcd;
 mod load;
+mod sweep;
 mod wire;
 mod zk;
 
@@ -36,6 +38,9 @@ enum Command {
     /// Start Baton, ZooKeeper and etcd in turn, run the same workloads on each, and report
     /// side by side (table, JSON, SVG plots).
     Compare(compare::Args),
+    /// Run `compare` for one workload on two targets at several loads, repeated, and report
+    /// the median ratio at each load and peak against peak (table, JSON, SVG plot).
+    Sweep(sweep::Args),
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -75,5 +80,6 @@ fn run() -> anyhow::Result<()> {
             let rt = runtime(args.load.threads)?;
             rt.block_on(compare::run(args))
         }
+        Command::Sweep(args) => sweep::run(args),
     }
 }

@@ -249,3 +249,44 @@ fn compare_runs_a_baton_ensemble_and_measures_a_leader_failover() {
         }
     }
 }
+
+#[test]
+fn sweep_compares_two_targets_at_several_loads_and_reports_peak_against_peak() {
+    let dir = temp_dir();
+    let out = dir.path().join("sweep");
+    let base = 22_000 + (std::process::id() % 1000) as u16 * 10;
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-bench"))
+        .args(["sweep", "--target", "baton", "--against", "zookeeper", "--workload", "write"])
+        .args(["--loads", "2x1,2x4", "--reps", "2", "--seconds", "0.5", "--base-port", &base.to_string(), "--out"])
+        .arg(&out)
+        .output()
+        .expect("run sweep");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "sweep failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("peak against peak"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).expect("sweep.json")).expect("JSON");
+    let loads = json["loads"].as_array().expect("loads");
+    assert_eq!(loads.len(), 2, "{json}");
+    for load in loads {
+        for key in ["target_ops", "against_ops"] {
+            let runs = load[key].as_array().expect("runs");
+            assert_eq!(runs.len(), 2, "one result per repetition: {json}");
+            assert!(runs.iter().all(|v| v.as_f64().unwrap_or(0.0) > 0.0), "{json}");
+        }
+    }
+    assert!(json["peak_ratio_median"].as_f64().is_some_and(|r| r > 0.0), "{json}");
+    assert_eq!(json["peaks"].as_array().map(Vec::len), Some(2), "{json}");
+    let svg = std::fs::read_to_string(out.join("sweep.svg")).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    // Each run's report is kept; the servers' data directories are not.
+    let run = out.join("rep1-2x1");
+    assert!(run.join("results.json").exists() && run.join("compare.log").exists());
+    assert!(std::fs::read_dir(&run).expect("run dir").flatten().all(|e| !e.path().is_dir()), "data left in {run:?}");
+    for port in base..base + 20 {
+        assert!(
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
+            "port {port} still served after sweep"
+        );
+    }
+}
