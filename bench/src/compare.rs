@@ -509,12 +509,12 @@ fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
 
 const COLORS: [&str; 7] = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"];
 
-fn color(targets: &[Target], t: Target) -> &'static str {
+pub(crate) fn color(targets: &[Target], t: Target) -> &'static str {
     COLORS[targets.iter().position(|&x| x == t).unwrap_or(0) % COLORS.len()]
 }
 
 /// A colour key for `targets` in the top right corner of a plot `w` wide.
-fn legend(svg: &mut String, targets: &[Target], w: f64) {
+pub(crate) fn legend(svg: &mut String, targets: &[Target], w: f64) {
     for (i, &t) in targets.iter().enumerate() {
         let y = 40.0 + i as f64 * 16.0;
         let _ = write!(
@@ -575,14 +575,13 @@ fn throughput_svg(args: &Args, results: &[(Target, String, Outcome)]) -> String 
         }
     }
     legend(&mut svg, &args.targets, w);
-    let _ = write!(
-        svg,
-        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/></svg>"#,
-        h - bottom,
-        w - 20.0,
-        h - bottom
-    );
+    close_with_axis(&mut svg, left, w, h - bottom);
     svg
+}
+
+/// Draws the x axis at height `y` from `left` to 20 short of `w`, and closes the plot.
+pub(crate) fn close_with_axis(svg: &mut String, left: f64, w: f64, y: f64) {
+    let _ = write!(svg, r#"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="black"/></svg>"#, w - 20.0);
 }
 
 fn latency_svg(workload: &str, results: &[(Target, String, Outcome)]) -> String {

@@ -294,7 +294,9 @@ fn plot(args: &Args, loads: &[Load], runs: &[Vec<(Point, Point)>]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="{left}" y="20" font-size="14">{}: ops/s against requests in flight (log scale); dots are runs, lines join medians</text>"#,
         args.workload
     );
-    for (which, target, colour) in [(0, args.target, "#1b9e77"), (1, args.against, "#d95f02")] {
+    let targets = [args.target, args.against];
+    for (which, &target) in targets.iter().enumerate() {
+        let colour = crate::compare::color(&targets, target);
         let mut line = Vec::new();
         for (li, &load) in loads.iter().enumerate() {
             let values: Vec<f64> = runs[li].iter().map(|p| if which == 0 { p.0.ops } else { p.1.ops }).collect();
@@ -312,15 +314,6 @@ fn plot(args: &Args, loads: &[Load], runs: &[Vec<(Point, Point)>]) -> String {
             svg,
             r#"<polyline fill="none" stroke-width="2" stroke="{colour}" points="{}"><title>{}</title></polyline>"#,
             line.join(" "),
-            target.name()
-        );
-        let ly = 40.0 + which as f64 * 16.0;
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{ly}">{}</text>"#,
-            w - 160.0,
-            ly - 9.0,
-            w - 145.0,
             target.name()
         );
     }
@@ -344,13 +337,8 @@ fn plot(args: &Args, loads: &[Load], runs: &[Vec<(Point, Point)>]) -> String {
             v / 1000.0
         );
     }
-    let _ = write!(
-        svg,
-        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/></svg>"#,
-        h - bottom,
-        w - 20.0,
-        h - bottom
-    );
+    crate::compare::legend(&mut svg, &targets, w);
+    crate::compare::close_with_axis(&mut svg, left, w, h - bottom);
     svg
 }
 
