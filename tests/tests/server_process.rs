@@ -31,6 +31,20 @@ fn recycled_segments(dir: &std::path::Path) -> usize {
     reader.segments().iter().filter(|s| s.header.recycled).count()
 }
 
+/// The same count for a WAL a live server is writing: a segment's header is written and
+/// synced before the segment gets its name, so reading the headers beside the writer is safe.
+fn live_recycled_segments(dir: &std::path::Path) -> usize {
+    use baton_engine::wal::segment::{list_segments, SegmentHeader};
+    let segments = list_segments(dir).unwrap_or_default();
+    segments
+        .iter()
+        .filter(|(_, path)| {
+            // A segment released since the listing is simply not counted.
+            std::fs::read(path).is_ok_and(|bytes| SegmentHeader::decode(&bytes, path).is_ok_and(|h| h.recycled))
+        })
+        .count()
+}
+
 #[test]
 fn sigkill_and_restart_keep_every_acknowledged_write_and_expire_dead_sessions() {
     let dir = temp_dir();
@@ -54,6 +68,20 @@ fn sigkill_and_restart_keep_every_acknowledged_write_and_expire_dead_sessions() 
         let reply = writer.create(&path, format!("value-{i}").as_bytes(), 0).expect("reply");
         assert_eq!(reply.err, 0, "create {path}");
         acknowledged.push(path);
+    }
+    // Segments are recycled once a snapshot has released older ones, in the background: how
+    // many creates that takes depends on the build's speed. Keep writing until one has been.
+    let wal = dir.path().join("wal");
+    let mut i = acknowledged.len();
+    while live_recycled_segments(&wal) == 0 {
+        assert!(i < 40_000, "no WAL segment reused a released file after {i} creates");
+        for _ in 0..200 {
+            let path = format!("/k{i:05}");
+            let reply = writer.create(&path, format!("value-{i}").as_bytes(), 0).expect("reply");
+            assert_eq!(reply.err, 0, "create {path}");
+            acknowledged.push(path);
+            i += 1;
+        }
     }
     let eph = writer.create("/lease", b"", 1).expect("reply");
     assert_eq!(eph.err, 0);
