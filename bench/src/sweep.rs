@@ -147,12 +147,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let output = cmd.output().context("running baton-bench compare")?;
             std::fs::write(dir.join("compare.log"), [&output.stdout[..], &output.stderr[..]].concat())?;
-            anyhow::ensure!(
-                output.status.success(),
-                "compare at {} failed; see {}",
-                load.name(),
-                dir.join("compare.log").display()
-            );
+            if !output.status.success() {
+                let log = String::from_utf8_lossy(&output.stderr);
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                anyhow::bail!(
+                    "compare at {} failed ({}); see {}",
+                    load.name(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+                    dir.join("compare.log").display()
+                );
+            }
             let report: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?).context("results.json")?;
             let (Some(a), Some(b)) =
