@@ -196,6 +196,16 @@ fn compare(args: &[&str], base: u16, out: &std::path::Path) -> (String, serde_js
     (stdout, json)
 }
 
+/// Asserts nothing accepts connections on 127.0.0.1 at `ports` any more, after `what` ran.
+fn assert_ports_free(ports: std::ops::Range<u16>, what: &str) {
+    for port in ports {
+        assert!(
+            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
+            "port {port} still served after {what}"
+        );
+    }
+}
+
 #[test]
 fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
     let dir = temp_dir();
@@ -216,12 +226,7 @@ fn compare_starts_zookeeper_and_etcd_and_writes_a_report() {
         assert!(text.starts_with("<svg") && text.ends_with("</svg>"), "{svg}");
     }
     // Everything it started is stopped: the ports are free again.
-    for port in base..base + 20 {
-        assert!(
-            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
-            "port {port} still served after compare"
-        );
-    }
+    assert_ports_free(base..base + 20, "compare");
 }
 
 #[test]
@@ -285,10 +290,5 @@ fn sweep_compares_two_targets_at_several_loads_and_reports_peak_against_peak() {
     let run = out.join("rep1-2x1");
     assert!(run.join("results.json").exists() && run.join("compare.log").exists());
     assert!(std::fs::read_dir(&run).expect("run dir").flatten().all(|e| !e.path().is_dir()), "data left in {run:?}");
-    for port in base..base + 20 {
-        assert!(
-            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
-            "port {port} still served after sweep"
-        );
-    }
+    assert_ports_free(base..base + 20, "sweep");
 }

@@ -293,6 +293,9 @@ impl Core {
 
     /// Answers the deferred refusals the tree has now reached.
     fn release_refusals(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
         let applied = self.shared.tree().last_zxid().0 as i64;
         while self.deferred.front().is_some_and(|(zxid, ..)| *zxid <= applied) {
             if let Some((zxid, origin, rejected)) = self.deferred.pop_front() {
