@@ -17,6 +17,7 @@ mod etcd;
 mod load;
 mod sweep;
 mod wire;
+mod workload;
 mod zk;
 
 #[global_allocator]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::load::{histogram, Load, Mix, Window};
-use crate::zk::Workload;
+use crate::workload::Workload;
 
 const OP_CREATE: i32 = 1;
 const OP_DELETE: i32 = 2;

@@ -125,7 +125,7 @@ fn every_zookeeper_workload_runs_against_baton() {
     let config = baton_server::config::ServerConfig::for_test(addr, dir.path().join("data"));
     baton_engine::sys::raise_memlock_limit();
     // In-process: the server's threads end with the test process.
-    std::thread::spawn(move || baton_server::runtime::run(config, |_| {}));
+    std::thread::spawn(move || baton_server::startup::run(config, |_| {}));
     wait_for(addr, "baton", &dir.path().join("none"));
     zk_workloads(&addr.to_string());
 }

@@ -19,10 +19,16 @@
 //!
 //! - [`zab`]: the replication protocol (election, discovery, synchronisation, broadcast) as a
 //!   sans-IO state machine.
+//!
+//! - [`replica`]: the driver of the Zab core over a log, epochs, snapshots, peer links and a
+//!   state machine behind small traits — the same code in production (WAL, files) and in the
+//!   deterministic simulator (seeded faulty stores).
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+mod le;
 pub mod log;
+pub mod replica;
 pub mod sequencer;
 pub mod snapshot;
 pub mod sys;
@@ -33,4 +39,4 @@ pub mod zab;
 #[cfg(test)]
 mod test_support;
 
-pub use log::{Entry, Txn, Zxid};
+pub use log::{SessionId, Transaction, Txn, Zxid};

@@ -3,15 +3,15 @@
 
 use std::hint::black_box;
 
-use baton_engine::log::{Entry, Txn};
+use baton_engine::log::{Transaction, Txn};
 use baton_engine::wal::record;
 use baton_engine::Zxid;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-fn entry(data_len: usize) -> Entry {
-    Entry {
+fn entry(data_len: usize) -> Transaction {
+    Transaction {
         zxid: Zxid::new(1, 42),
-        session_id: 0x1_0000_0001,
+        session_id: baton_engine::SessionId(0x1_0000_0001),
         cxid: 42,
         time_ms: 1_700_000_000_000,
         txn: Txn::SetData { path: "/bench/key-0000001".into(), data: vec![7; data_len], version: 3 },
@@ -36,8 +36,8 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("entry_rkyv");
     let mut out = rkyv::util::AlignedVec::new();
     group.bench_function("encode_into", |b| b.iter(|| black_box(&e).encode_into(&mut out)));
-    group.bench_function("access_validated", |b| b.iter(|| Entry::access(black_box(&payload)).map(|a| a.cxid)));
-    group.bench_function("decode_owned", |b| b.iter(|| Entry::decode(black_box(&payload))));
+    group.bench_function("access_validated", |b| b.iter(|| Transaction::access(black_box(&payload)).map(|a| a.cxid)));
+    group.bench_function("decode_owned", |b| b.iter(|| Transaction::decode(black_box(&payload))));
     group.finish();
 }
 

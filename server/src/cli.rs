@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::config::ServerConfig;
-use crate::inspect;
+use crate::tools::inspect;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run a local ensemble on 127.0.0.1 (three voters by default: clients on ports
     /// 2181-2183, data under ./baton-dev), stopping all of it on Ctrl-C.
-    Dev(crate::dev::DevConfig),
+    Dev(crate::tools::dev::DevConfig),
     /// Inspect a write-ahead log directory.
     Wal {
         #[command(subcommand)]
@@ -87,7 +87,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
     let out = match cli.command {
         None => return serve(cli.server),
-        Some(Command::Dev(dev)) => return crate::dev::run(dev),
+        Some(Command::Dev(dev)) => return crate::tools::dev::run(dev),
         Some(Command::Wal { action: WalAction::Verify { dir } }) => inspect::verify_wal(&dir)?,
         Some(Command::Wal { action: WalAction::Dump { dir, after, limit } }) => {
             inspect::dump_wal(&dir, parse_zxid(&after)?, limit)?
@@ -148,8 +148,8 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let role = if config.is_observer() { "observer" } else { "voter" };
         format!("{} ({role}) of an ensemble of {}", config.server_id, config.peers.len())
     });
-    let shards = crate::runtime::shard_count(config.cores);
-    crate::runtime::run(config, move |addr| {
+    let shards = crate::startup::shard_count(config.cores);
+    crate::startup::run(config, move |addr| {
         match &ensemble {
             Some(e) => {
                 println!("baton: server {e}; serving ZooKeeper clients on {addr} (while it has a leader) with {shards} shards, data in {}", data_dir.display())
@@ -162,7 +162,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         tracing::info!(%addr, "ready");
     })
     .map_err(|e| match e {
-        e @ crate::runtime::ServeError::Executor(_) => {
+        e @ crate::startup::ServeError::Executor(_) => {
             anyhow::Error::new(e).context("baton stopped (glommio needs io_uring; see README on `ulimit -l`)")
         }
         e => anyhow::Error::new(e).context("baton stopped"),

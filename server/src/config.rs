@@ -1,15 +1,10 @@
 //! Server settings, from flags or a TOML file whose keys are the flag names. Every limit is
 //! explicit.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use baton_engine::wal::WalConfig;
-use baton_engine::zab::{ServerId, ZabConfig};
-
-use crate::peer::replica::ReplicaConfig;
+use baton_engine::zab::ServerId;
 
 /// One member of the ensemble, as `--peer ID=HOST:PORT[:observer]` names it (zoo.cfg's
 /// `server.ID=host:port[:observer]`; one port carries election and replication alike).
@@ -167,43 +162,6 @@ impl ServerConfig {
         self.peers.iter().any(|p| p.id == self.server_id && p.observer)
     }
 
-    /// The replica settings these flags describe: a standalone server is an ensemble of one
-    /// voter with no peer port.
-    pub fn replica_config(&self) -> ReplicaConfig {
-        let id = self.server_id;
-        let mut voters: Vec<ServerId> = self.peers.iter().filter(|p| !p.observer).map(|p| p.id).collect();
-        if self.peers.is_empty() {
-            voters.push(id);
-        }
-        let mut zab = ZabConfig::new(id, voters);
-        zab.observers = self.peers.iter().filter(|p| p.observer).map(|p| p.id).collect();
-        zab.upstream = self.observer_upstream;
-        zab.init_limit_ticks = self.init_limit.max(1);
-        zab.sync_limit_ticks = self.sync_limit.max(1);
-        let peers: BTreeMap<ServerId, SocketAddr> = self.peers.iter().map(|p| (p.id, p.addr)).collect();
-        let wal = WalConfig {
-            segment_bytes: self.wal_segment_bytes,
-            recycle_segments: self.wal_recycle_segments,
-            // An entry comes from one request frame: its archive is the request's paths and
-            // data plus per-op framing, well under twice the frame. The WAL refuses to open
-            // when such an entry would not fit in a segment (a clear error at startup).
-            entry_bytes_max: self.max_frame_bytes.saturating_mul(2).saturating_add(4096),
-            ..WalConfig::new(self.data_dir.join("wal"))
-        };
-        ReplicaConfig {
-            listen: peers.get(&id).copied(),
-            peers,
-            wal,
-            tick: Duration::from_millis(self.peer_tick_ms.max(1)),
-            frame_bytes_max: self.max_peer_frame_bytes,
-            queue_bytes_max: self.max_peer_queue_bytes,
-            snapshot_every_entries: self.snapshot_every_entries,
-            snapshots_to_keep: self.snapshots_to_keep.max(1),
-            compact_on_commit: self.peers.iter().all(|p| p.id == id),
-            ..ReplicaConfig::new(zab, self.data_dir.clone())
-        }
-    }
-
     /// Checks the ensemble settings: this server is a member, ids are unique, voters exist.
     pub fn validate(&self) -> Result<(), String> {
         if self.peers.is_empty() {
@@ -251,7 +209,6 @@ mod tests {
         assert!(c.validate().is_ok(), "standalone");
         c.peers = vec!["1=127.0.0.1:1".parse().expect("peer"), "2=127.0.0.1:2:observer".parse().expect("peer")];
         assert!(c.validate().is_ok());
-        assert!(!c.replica_config().compact_on_commit, "a server with an observer keeps its log for it");
         c.server_id = 3;
         assert!(c.validate().is_err(), "not a member");
         c.server_id = 2;

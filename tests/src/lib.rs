@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod raw;
 pub mod server;
 pub mod sim;
+pub mod storage_suite;
 
 /// A temporary directory on the build's filesystem (O_DIRECT needs a disk filesystem; `/tmp`
 /// may be tmpfs). `BATON_TEST_DIR` overrides the parent.

@@ -2,11 +2,9 @@
 //! they elect a leader and replicate its proposals; when the leader stops, the others elect
 //! another and go on; the old leader restarts from its disk and catches up.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +12,8 @@ use std::time::{Duration, Instant};
 use baton_engine::zab::{Role, ServerId, ZabConfig};
 use baton_engine::Zxid;
 
-use baton_server::peer::replica::{run, ReplicaConfig, StateMachine};
+use baton_engine::replica::StateMachine;
+use baton_server::peer::replica::{run, ReplicaConfig};
 use baton_tests::proxy::Proxy;
 
 type Log = Arc<Mutex<Vec<(Zxid, Vec<u8>)>>>;
@@ -24,7 +23,7 @@ struct Applied(Log, Arc<Mutex<Vec<Zxid>>>);
 impl StateMachine for Applied {
     fn apply(&mut self, entries: &[baton_engine::zab::LogEntry]) {
         let mut log = self.0.lock().expect("log lock");
-        log.extend(entries.iter().map(|(z, p)| (*z, p.to_vec())));
+        log.extend(entries.iter().map(|e| (e.zxid, e.payload.to_vec())));
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -84,21 +83,21 @@ fn start_on(
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let role = Arc::new(Mutex::new(Role::Looking));
     let stop = Arc::new(AtomicBool::new(false));
-    let config = ReplicaConfig {
+    let mut config = ReplicaConfig {
         listen: Some(listen),
         peers,
         tick: Duration::from_millis(50),
         frame_bytes_max: 1 << 20,
-        snapshot_every_entries,
         ..ReplicaConfig::new(ZabConfig::new(id, vec![1, 2, 3]), dir.join(format!("replica-{id}")))
     };
+    config.driver.snapshot_every_entries = snapshot_every_entries;
     let installs = Arc::new(Mutex::new(Vec::new()));
     let (l, r, s, ins) = (log.clone(), role.clone(), stop.clone(), installs.clone());
     let thread = std::thread::spawn(move || {
         baton_engine::sys::raise_memlock_limit();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
         executor.run(async move {
-            let state = Rc::new(RefCell::new(Applied(l, ins)));
+            let state = Applied(l, ins);
             let result = run(config, state, move |handle| {
                 // The client: while this replica leads, one proposal every 5 ms.
                 glommio::spawn_local(async move {

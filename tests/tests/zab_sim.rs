@@ -29,6 +29,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     }
     let seeds = env_u64("BATON_SIM_SEEDS").unwrap_or(4000);
     let (mut committed, mut acked, mut epochs, mut crashes, mut snaps, mut reads, mut touches) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut written, mut stale) = (0, 0);
     for seed in 0..seeds {
         match run(SimOptions::for_seed(seed)) {
             Ok(r) => {
@@ -39,6 +40,8 @@ fn every_seed_keeps_the_guarantees_and_heals() {
                 snaps += r.snapshots_installed;
                 reads += r.synced_reads;
                 touches += r.touches;
+                written += r.snapshots_written;
+                stale += r.stale_proposals;
             }
             Err(why) => {
                 let first_line = why.lines().next().unwrap_or_default().to_string();
@@ -48,11 +51,13 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     }
     eprintln!(
         "{seeds} seeds: {committed} entries committed, {acked} writes acknowledged, {epochs} epochs, \
-         {crashes} crashes, {snaps} snapshots installed, {reads} reads after sync, {touches} session \
-         renewals"
+         {crashes} crashes, {snaps} snapshots installed, {written} snapshots written, {stale} stale batches \
+         dropped, {reads} reads after sync, {touches} session renewals"
     );
     assert!(acked > seeds as usize, "writes were acknowledged");
     assert!(snaps > 0, "some followers were brought back with a snapshot");
+    assert!(written > seeds, "the replicas snapshot and compact their logs: {written}");
+    assert!(stale > 0, "batches prepared for an earlier leadership reached a replica and were dropped");
     assert!(reads > seeds, "reads after sync were checked");
     assert!(touches > seeds, "session liveness reached the leaders: {touches}");
 }

@@ -1,7 +1,7 @@
 //! The sequencer's prep step (ZooKeeper's `PrepRequestProcessor`), pure and deterministic.
 //!
 //! ```text
-//!  WriteRequest ──prepare(tree, time)──▶ Ok(Entry with the next zxid) ──▶ WAL ─▶ commit ─▶ apply
+//!  WriteRequest ──prepare(tree, time)──▶ Ok(Transaction with the next zxid) ──▶ WAL ─▶ commit ─▶ apply
 //!                                    └─▶ Err(Rejected)  (answered at once, never logged)
 //!  committed(zxid) ──▶ forget in-flight records the tree now reflects
 //! ```
@@ -29,7 +29,7 @@ use std::sync::Arc;
 pub use acl::{check as check_acl, fixup as fixup_acl, ip_matches, perms, AuthId};
 pub use request::{CreateMode, CreateOp, WriteOp, WriteRequest};
 
-use crate::log::{Acl, CreateTxn, Entry, MultiOp, NodeKind, Txn, Zxid};
+use crate::log::{Acl, CreateTxn, MultiOp, NodeKind, SessionId, Transaction, Txn, Zxid};
 use crate::tree::path::{parent, validate_path};
 use crate::tree::{owner_kind, DataTree, ErrorCode, OwnerKind, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};
 
@@ -80,7 +80,7 @@ pub struct Sequencer {
     next_zxid: Zxid,
     pending: HashMap<String, Record>,
     /// Sessions opened (`true`) or closed (`false`) by in-flight entries.
-    pending_sessions: HashMap<i64, (Zxid, bool)>,
+    pending_sessions: HashMap<SessionId, (Zxid, bool)>,
 }
 
 impl Sequencer {
@@ -108,7 +108,7 @@ impl Sequencer {
     /// Validates `req` against `tree` and the in-flight changes and, if it holds, returns the
     /// entry to log (with the next zxid and `time_ms`) and records its effects as in flight.
     /// A refusal changes nothing.
-    pub fn prepare(&mut self, tree: &DataTree, req: &WriteRequest, time_ms: i64) -> Result<Entry, Rejected> {
+    pub fn prepare(&mut self, tree: &DataTree, req: &WriteRequest, time_ms: i64) -> Result<Transaction, Rejected> {
         let zxid = self.next_zxid;
         if zxid.counter() == u32::MAX {
             // Zab needs a new epoch here (ZooKeeper forces an election); refuse until then.
@@ -119,7 +119,7 @@ impl Sequencer {
             op => self.prepare_op(tree, req, op, zxid, time_ms).map_err(Rejected::Op)?,
         };
         self.next_zxid = zxid.next().unwrap_or(Zxid::new(zxid.epoch(), u32::MAX));
-        Ok(Entry { zxid, session_id: req.session_id, cxid: req.cxid, time_ms, txn })
+        Ok(Transaction { zxid, session_id: req.session_id, cxid: req.cxid, time_ms, txn })
     }
 
     /// Forgets in-flight records that the tree reflects once `zxid` is applied.
@@ -178,7 +178,7 @@ impl Sequencer {
         self.pending.insert(path.to_string(), Record { zxid, node });
     }
 
-    fn session_alive(&self, tree: &DataTree, session: i64) -> bool {
+    fn session_alive(&self, tree: &DataTree, session: SessionId) -> bool {
         match self.pending_sessions.get(&session) {
             Some((_, alive)) => *alive,
             None => tree.sessions().contains_key(&session),
@@ -301,7 +301,7 @@ impl Sequencer {
         self.set(parent_path, zxid, Some(parent_node));
         let owner = match kind {
             NodeKind::Persistent => 0,
-            NodeKind::Ephemeral => req.session_id,
+            NodeKind::Ephemeral => req.session_id.as_i64(),
             NodeKind::Container => CONTAINER_OWNER,
             NodeKind::Ttl { ttl_ms } => crate::tree::ttl_owner(ttl_ms),
         };
@@ -338,17 +338,18 @@ impl Sequencer {
         Ok(Txn::Delete { path: path.to_string() })
     }
 
-    fn close_session(&mut self, tree: &DataTree, session: i64, zxid: Zxid) {
+    fn close_session(&mut self, tree: &DataTree, session: SessionId, zxid: Zxid) {
         self.pending_sessions.insert(session, (zxid, false));
         // The session's ephemerals: those applied, plus in-flight creates, minus in-flight
         // deletes (ZooKeeper walks its outstanding changes the same way).
         let mut paths: Vec<String> = tree.ephemerals_of(session);
         for (path, record) in &self.pending {
-            if record.node.as_ref().is_some_and(|n| n.stat.ephemeral_owner == session) && !paths.contains(path) {
+            if record.node.as_ref().is_some_and(|n| n.stat.ephemeral_owner == session.as_i64()) && !paths.contains(path)
+            {
                 paths.push(path.clone());
             }
         }
-        paths.retain(|p| self.lookup(tree, p).is_some_and(|n| n.stat.ephemeral_owner == session));
+        paths.retain(|p| self.lookup(tree, p).is_some_and(|n| n.stat.ephemeral_owner == session.as_i64()));
         paths.sort();
         for path in paths {
             let parent_path = parent(&path).to_string();

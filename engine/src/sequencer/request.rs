@@ -3,6 +3,7 @@
 
 use super::AuthId;
 use crate::log::Acl;
+use crate::log::SessionId;
 
 /// ZooKeeper's `CreateMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -126,7 +127,7 @@ pub enum WriteOp {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct WriteRequest {
     /// The session.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// The client's request id.
     pub cxid: i32,
     /// The session's proven identities, for ACL checks.

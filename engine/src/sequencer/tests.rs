@@ -18,19 +18,19 @@ impl Node {
     }
 
     fn req(&self, op: WriteOp) -> WriteRequest {
-        WriteRequest { session_id: S, cxid: 1, auth: vec![AuthId::new("ip", "127.0.0.1")], op }
+        WriteRequest { session_id: SessionId(S), cxid: 1, auth: vec![AuthId::new("ip", "127.0.0.1")], op }
     }
 
     /// Prepares without applying (in flight).
-    fn prepare(&mut self, op: WriteOp) -> Result<Entry, Rejected> {
+    fn prepare(&mut self, op: WriteOp) -> Result<Transaction, Rejected> {
         self.time += 1;
         let req = self.req(op);
         self.seq.prepare(&self.tree, &req, self.time)
     }
 
-    fn apply(&mut self, entry: &Entry) -> Vec<OpResult> {
+    fn apply(&mut self, entry: &Transaction) -> Vec<OpResult> {
         let bytes = entry.encode();
-        let applied = self.tree.apply(Entry::access(&bytes).expect("valid"));
+        let applied = self.tree.apply(Transaction::access(&bytes).expect("valid"));
         self.seq.committed(entry.zxid);
         applied.results
     }

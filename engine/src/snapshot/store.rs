@@ -72,6 +72,12 @@ impl LoadedSnapshot {
     }
 }
 
+impl AsRef<[u8]> for LoadedSnapshot {
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
 /// What [`SnapshotStore::load_newest`] found.
 #[derive(Debug)]
 pub struct LoadOutcome {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 
 use crate::log::{
-    Acl, ArchivedAcl, ArchivedCreateTxn, ArchivedEntry, ArchivedMultiOp, ArchivedNodeKind, ArchivedTxn, Zxid,
+    Acl, ArchivedAcl, ArchivedCreateTxn, ArchivedMultiOp, ArchivedNodeKind, ArchivedTransaction, ArchivedTxn,
+    SessionId, Zxid,
 };
 
 use super::path::{name, parent};
@@ -210,7 +211,7 @@ pub struct Applied {
     /// The entry's zxid.
     pub zxid: Zxid,
     /// Its session.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// Its request id.
     pub cxid: i32,
     /// One result for a single operation, one per operation for a multi.
@@ -328,7 +329,7 @@ pub struct DataTree {
     acls: Vec<AclSlot>,
     acl_ids: HashMap<Arc<[Acl]>, u32>,
     free_acls: Vec<u32>,
-    sessions: BTreeMap<i64, SessionInfo>,
+    sessions: BTreeMap<SessionId, SessionInfo>,
     /// Ephemeral znodes by owner session. Invariant: each is a live znode owned by it.
     ephemerals: HashMap<i64, BTreeSet<u32>>,
     containers: BTreeSet<u32>,
@@ -700,14 +701,14 @@ impl DataTree {
     }
 
     /// Open sessions.
-    pub fn sessions(&self) -> &BTreeMap<i64, SessionInfo> {
+    pub fn sessions(&self) -> &BTreeMap<SessionId, SessionInfo> {
         &self.sessions
     }
 
     /// The ephemeral paths of a session, sorted.
-    pub fn ephemerals_of(&self, session_id: i64) -> Vec<String> {
+    pub fn ephemerals_of(&self, session_id: SessionId) -> Vec<String> {
         let mut paths: Vec<String> =
-            self.ephemerals.get(&session_id).into_iter().flatten().map(|&id| self.path_of(id)).collect();
+            self.ephemerals.get(&session_id.as_i64()).into_iter().flatten().map(|&id| self.path_of(id)).collect();
         paths.sort_unstable();
         paths
     }
@@ -759,7 +760,7 @@ impl DataTree {
     /// Applies a committed entry. Deterministic: the same entries applied in the same order
     /// give the same tree on every server. Entries at or below the last applied zxid are
     /// refused (replay after a snapshot must skip them).
-    pub fn apply(&mut self, entry: &ArchivedEntry) -> Applied {
+    pub fn apply(&mut self, entry: &ArchivedTransaction) -> Applied {
         let zxid = Zxid(entry.zxid.0.to_native());
         let session_id = entry.session_id.to_native();
         let time = entry.time_ms.to_native();
@@ -782,10 +783,12 @@ impl DataTree {
                         })
                         .collect()
                 } else {
-                    ops.iter().map(|op| self.apply_multi_op(op, zxid, time, session_id, &mut changes)).collect()
+                    ops.iter()
+                        .map(|op| self.apply_multi_op(op, zxid, time, session_id.as_i64(), &mut changes))
+                        .collect()
                 }
             }
-            txn => vec![self.apply_txn(txn, zxid, time, session_id, &mut changes)],
+            txn => vec![self.apply_txn(txn, zxid, time, session_id.as_i64(), &mut changes)],
         };
         self.check_invariants();
         Applied { zxid, session_id, cxid: entry.cxid.to_native(), results, changes }
@@ -833,11 +836,11 @@ impl DataTree {
             ArchivedTxn::Check { path, .. } => self.check(path.as_str()),
             ArchivedTxn::Multi(_) => Err(ErrorCode::RuntimeInconsistency),
             ArchivedTxn::CreateSession { timeout_ms } => {
-                self.sessions.insert(session, SessionInfo { timeout_ms: timeout_ms.to_native() });
+                self.sessions.insert(SessionId(session), SessionInfo { timeout_ms: timeout_ms.to_native() });
                 Ok(OpResult::SessionCreated)
             }
             ArchivedTxn::CloseSession => {
-                self.close_session(session, zxid, changes);
+                self.close_session(SessionId(session), zxid, changes);
                 Ok(OpResult::SessionClosed)
             }
             ArchivedTxn::Error { code } => {
@@ -953,7 +956,7 @@ impl DataTree {
         }
     }
 
-    fn close_session(&mut self, session: i64, zxid: Zxid, changes: &mut Vec<Change>) {
+    fn close_session(&mut self, session: SessionId, zxid: Zxid, changes: &mut Vec<Change>) {
         self.sessions.remove(&session);
         // Sorted paths keep the order of the changes deterministic (ephemerals have no
         // children, so any order would do for the tree).
@@ -1098,7 +1101,7 @@ impl DataTree {
     pub(super) fn from_image_parts<'a>(
         acls: Vec<Vec<Acl>>,
         nodes: impl Iterator<Item = Result<ImageNode<'a>, String>>,
-        sessions: BTreeMap<i64, SessionInfo>,
+        sessions: BTreeMap<SessionId, SessionInfo>,
         last_zxid: Zxid,
         expected: usize,
     ) -> Result<DataTree, String> {

@@ -23,7 +23,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::data_tree::{DataTree, ImageNode, SessionInfo};
 use super::stat::StatPersisted;
-use crate::log::{Acl, Zxid};
+use crate::le::array_at;
+use crate::log::{Acl, SessionId, Zxid};
 
 const MAGIC: &[u8; 8] = b"BTREEIMG";
 const VERSION: u32 = 1;
@@ -45,20 +46,22 @@ struct Cursor<'a> {
     at: usize,
 }
 
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
+        let end = self.at.checked_add(n);
+        let Some(out) = end.and_then(|end| self.bytes.get(self.at..end)) else {
             return Err(format!("truncated at byte {} reading {what}", self.at));
         };
-        let out = &self.bytes[self.at..end];
-        self.at = end;
+        self.at += n;
         Ok(out)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
+        let Some(a) = array_at(self.bytes, self.at) else {
+            return Err(format!("truncated at byte {} reading {what}", self.at));
+        };
+        self.at += N;
         Ok(a)
     }
 
@@ -111,7 +114,7 @@ impl DataTree {
         }
         out.extend_from_slice(&(self.sessions().len() as u32).to_le_bytes());
         for (&id, s) in self.sessions() {
-            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&id.as_i64().to_le_bytes());
             out.extend_from_slice(&s.timeout_ms.to_le_bytes());
         }
         out.extend_from_slice(&(self.node_count() as u64).to_le_bytes());
@@ -134,6 +137,7 @@ impl DataTree {
     }
 
     /// Rebuilds a tree from [`DataTree::to_image`] bytes, validating them as it goes.
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
     pub fn from_image(bytes: &[u8]) -> Result<DataTree, ImageError> {
         let mut c = Cursor { bytes, at: 0 };
         if c.take(8, "magic").map_err(ImageError)? != MAGIC {
@@ -164,7 +168,7 @@ impl DataTree {
             for _ in 0..session_count {
                 let id = c.i64("session id")?;
                 let timeout_ms = c.i32("session timeout")?;
-                sessions.insert(id, SessionInfo { timeout_ms });
+                sessions.insert(SessionId(id), SessionInfo { timeout_ms });
             }
             let node_count = c.u64("node count")?;
             Ok((last_zxid, acls, sessions, node_count))

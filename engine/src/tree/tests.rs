@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::log::{Acl, CreateTxn, Entry, MultiOp, NodeKind, Txn, Zxid};
+use crate::log::{Acl, CreateTxn, MultiOp, NodeKind, SessionId, Transaction, Txn, Zxid};
 
 /// Applies a txn as the next entry and returns what apply did.
 struct Harness {
@@ -16,11 +16,11 @@ impl Harness {
         Harness { tree: DataTree::new(), zxid: 0 }
     }
 
-    fn entry(&mut self, session: i64, txn: Txn) -> Entry {
+    fn entry(&mut self, session: i64, txn: Txn) -> Transaction {
         self.zxid += 1;
-        Entry {
+        Transaction {
             zxid: Zxid::new(1, self.zxid),
-            session_id: session,
+            session_id: SessionId(session),
             cxid: self.zxid as i32,
             time_ms: 1000 + self.zxid as i64,
             txn,
@@ -30,7 +30,7 @@ impl Harness {
     fn apply(&mut self, session: i64, txn: Txn) -> Applied {
         let e = self.entry(session, txn);
         let bytes = e.encode();
-        self.tree.apply(Entry::access(&bytes).expect("valid"))
+        self.tree.apply(Transaction::access(&bytes).expect("valid"))
     }
 
     fn create(&mut self, path: &str, kind: NodeKind, session: i64) -> Applied {
@@ -123,7 +123,7 @@ fn ephemerals_vanish_with_their_session_and_cannot_have_children() {
     let mut h = Harness::new();
     let s = 0x77;
     h.apply(s, Txn::CreateSession { timeout_ms: 10_000 });
-    assert!(h.tree.sessions().contains_key(&s));
+    assert!(h.tree.sessions().contains_key(&SessionId(s)));
     h.create("/app", NodeKind::Persistent, 0);
     h.create("/app/e1", NodeKind::Ephemeral, s);
     h.create("/app/e2", NodeKind::Ephemeral, s);
@@ -132,12 +132,12 @@ fn ephemerals_vanish_with_their_session_and_cannot_have_children() {
         h.create("/app/e1/c", NodeKind::Persistent, 0).results,
         vec![OpResult::Error(ErrorCode::NoChildrenForEphemerals)]
     );
-    assert_eq!(h.tree.ephemerals_of(s), vec!["/app/e1", "/app/e2"]);
+    assert_eq!(h.tree.ephemerals_of(SessionId(s)), vec!["/app/e1", "/app/e2"]);
     let closed = h.apply(s, Txn::CloseSession);
     assert_eq!(closed.results, vec![OpResult::SessionClosed]);
     assert!(h.tree.get("/app/e1").is_none() && h.tree.get("/app/e2").is_none());
     assert_eq!(closed.changes.iter().filter(|c| c.kind == ChangeKind::Deleted).count(), 2);
-    assert!(!h.tree.sessions().contains_key(&s));
+    assert!(!h.tree.sessions().contains_key(&SessionId(s)));
     assert_eq!(h.tree.ephemeral_count(), 0);
     h.tree.validate();
 }
@@ -199,7 +199,7 @@ fn image_round_trips_to_an_equal_tree() {
     back.validate();
     assert_eq!(back.digest(), h.tree.digest());
     assert_eq!(back.last_zxid(), h.tree.last_zxid());
-    assert_eq!(back.ephemerals_of(9), vec!["/a/b"]);
+    assert_eq!(back.ephemerals_of(SessionId(9)), vec!["/a/b"]);
     assert_eq!(back.reapable(10_000), vec!["/t".to_string()]);
     assert_eq!(back.sessions(), h.tree.sessions());
 }
@@ -293,10 +293,10 @@ proptest! {
             };
             entries.push(h.entry(session, txn));
         }
-        let encoded: Vec<_> = entries.iter().map(Entry::encode).collect();
+        let encoded: Vec<_> = entries.iter().map(Transaction::encode).collect();
         let mut full = DataTree::new();
         for bytes in &encoded {
-            let applied = full.apply(Entry::access(bytes).expect("valid"));
+            let applied = full.apply(Transaction::access(bytes).expect("valid"));
             prop_assert!(!applied.results.iter().any(|r| matches!(r, OpResult::Error(_))), "{applied:?}");
         }
         full.validate();
@@ -313,11 +313,11 @@ proptest! {
         let cut = cut.min(encoded.len());
         let mut prefix = DataTree::new();
         for bytes in &encoded[..cut] {
-            prefix.apply(Entry::access(bytes).expect("valid"));
+            prefix.apply(Transaction::access(bytes).expect("valid"));
         }
         let mut restored = DataTree::from_image(&prefix.to_image()).expect("image");
         for bytes in &encoded[cut..] {
-            restored.apply(Entry::access(bytes).expect("valid"));
+            restored.apply(Transaction::access(bytes).expect("valid"));
         }
         restored.validate();
         prop_assert_eq!(restored.digest(), full.digest());

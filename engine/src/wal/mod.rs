@@ -23,9 +23,9 @@ use std::path::PathBuf;
 
 pub use error::WalError;
 pub use files::{LOCK_FILE, SPARE_FILE, TRUNCATE_INTENT_FILE};
-pub use group_commit::{Durable, Ready, Wal, WalStats};
+pub use group_commit::{Durable, Idle, Ready, Wal, WalStats};
 pub use reader::{ReadSegment, TornTail, WalReader};
-pub use record::RecordRef;
+pub use record::LogEntryRef;
 
 /// WAL settings. Every queue and batch has a bound (STYLE: "everything has a bound").
 #[derive(Debug, Clone)]

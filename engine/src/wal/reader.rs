@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
-use super::record::{self, Decoded, RecordRef, RECORD_ALIGN};
+use super::record::{self, Decoded, LogEntryRef, RECORD_ALIGN};
 use super::segment::{list_segments, SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::WalError;
 use crate::log::Zxid;
@@ -154,14 +154,14 @@ impl WalReader {
     }
 
     /// Every valid record in zxid order, borrowed from the mapped segments (no copy).
-    pub fn records(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+    pub fn records(&self) -> impl Iterator<Item = LogEntryRef<'_>> + '_ {
         self.segments
             .iter()
             .flat_map(|segment| SegmentRecords { bytes: &segment.map[..segment.end], offset: SEGMENT_HEADER_BYTES })
     }
 
     /// The valid records with zxid above `after`, for replay after a snapshot.
-    pub fn records_after(&self, after: Zxid) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+    pub fn records_after(&self, after: Zxid) -> impl Iterator<Item = LogEntryRef<'_>> + '_ {
         // Skip whole segments that end at or below `after`.
         let first =
             self.segments.iter().position(|s| s.last_zxid.is_some_and(|z| z > after)).unwrap_or(self.segments.len());
@@ -179,9 +179,9 @@ struct SegmentRecords<'a> {
 }
 
 impl<'a> Iterator for SegmentRecords<'a> {
-    type Item = RecordRef<'a>;
+    type Item = LogEntryRef<'a>;
 
-    fn next(&mut self) -> Option<RecordRef<'a>> {
+    fn next(&mut self) -> Option<LogEntryRef<'a>> {
         // Verified at open; a re-decode here would hash everything twice. The map is
         // read-only and private to this reader, so the bytes cannot have changed below `end`.
         let record = record::parse_verified(self.bytes, self.offset)?;

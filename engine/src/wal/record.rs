@@ -22,6 +22,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use crate::le::{u32_at, u64_at};
 use crate::log::Zxid;
 
 /// Alignment of every record start and of every payload.
@@ -84,7 +85,7 @@ pub fn encode(dst: &mut [u8], salt: u64, zxid: Zxid, batch_start: u64, payload: 
 
 /// A record verified in place.
 #[derive(Debug, Clone, Copy)]
-pub struct RecordRef<'a> {
+pub struct LogEntryRef<'a> {
     /// The entry's zxid.
     pub zxid: Zxid,
     /// Segment offset of the first record of this record's batch.
@@ -99,27 +100,16 @@ pub struct RecordRef<'a> {
 #[derive(Debug)]
 pub enum Decoded<'a> {
     /// A complete record whose checksum matches.
-    Record(RecordRef<'a>),
+    Record(LogEntryRef<'a>),
     /// An all-zero header, or no room for a header: the end of the written log.
     End,
     /// Something that is neither: a torn write or corruption, for the caller to classify.
     Bad(&'static str),
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut raw = [0u8; 4];
-    raw.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(raw)
-}
-
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(raw)
-}
-
 /// Decodes the record at `offset` of `segment` (which must be 16-byte aligned), verifying its
 /// length and its checksum under the segment's `salt`. Never panics, whatever the bytes.
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
 pub fn decode(segment: &[u8], salt: u64, offset: usize) -> Decoded<'_> {
     if offset % RECORD_ALIGN != 0 {
         return Decoded::Bad("misaligned record offset");
@@ -130,51 +120,54 @@ pub fn decode(segment: &[u8], salt: u64, offset: usize) -> Decoded<'_> {
     if header.iter().all(|&b| b == 0) {
         return Decoded::End;
     }
-    let len = read_u32(header, 0) as usize;
-    if read_u32(header, 4) != RECORD_MAGIC {
+    let fields = (u32_at(header, 0), u32_at(header, 4), u64_at(header, 8), u64_at(header, 16), u64_at(header, 24));
+    let (Some(len), Some(magic), Some(stored), Some(zxid), Some(batch_start)) = fields else {
+        return Decoded::Bad("short record header");
+    };
+    let len = len as usize;
+    if magic != RECORD_MAGIC {
         return Decoded::Bad("bad record magic");
     }
     if len == 0 {
         return Decoded::Bad("zero-length record");
     }
-    let start = offset + RECORD_HEADER_BYTES;
+    let start = offset.saturating_add(RECORD_HEADER_BYTES);
     let next = start.saturating_add(align_up(len, RECORD_ALIGN));
-    let Some(payload) = segment.get(start..start + len) else {
+    let Some(payload) = segment.get(start..start.saturating_add(len)) else {
         return Decoded::Bad("record length runs past the end of the segment");
     };
     if next > segment.len() {
         return Decoded::Bad("record padding runs past the end of the segment");
     }
-    let stored = read_u64(header, 8);
-    let zxid = read_u64(header, 16);
-    let batch_start = read_u64(header, 24);
     if checksum(salt, zxid, batch_start, payload) != stored {
         return Decoded::Bad("record checksum mismatch");
     }
-    Decoded::Record(RecordRef { zxid: Zxid(zxid), batch_start, payload, next })
+    Decoded::Record(LogEntryRef { zxid: Zxid(zxid), batch_start, payload, next })
 }
 
 /// The zxid in a header at `offset` that carries the record magic, verified or not.
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
 pub fn peek_zxid(segment: &[u8], offset: usize) -> Option<Zxid> {
     let header = segment.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
-    (read_u32(header, 4) == RECORD_MAGIC).then(|| Zxid(read_u64(header, 16)))
+    (u32_at(header, 4)? == RECORD_MAGIC).then_some(Zxid(u64_at(header, 16)?))
 }
 
 /// Parses the record at `offset` without recomputing its checksum, for bytes that
 /// [`decode`] has already verified. Still bounds-checked: returns `None` rather than panic.
-pub fn parse_verified(segment: &[u8], offset: usize) -> Option<RecordRef<'_>> {
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
+pub fn parse_verified(segment: &[u8], offset: usize) -> Option<LogEntryRef<'_>> {
     let header = segment.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
-    let len = read_u32(header, 0) as usize;
+    let len = u32_at(header, 0)? as usize;
     if len == 0 {
         return None;
     }
-    let start = offset + RECORD_HEADER_BYTES;
+    let start = offset.checked_add(RECORD_HEADER_BYTES)?;
     let payload = segment.get(start..start.checked_add(len)?)?;
-    Some(RecordRef {
-        zxid: Zxid(read_u64(header, 16)),
-        batch_start: read_u64(header, 24),
+    Some(LogEntryRef {
+        zxid: Zxid(u64_at(header, 16)?),
+        batch_start: u64_at(header, 24)?,
         payload,
-        next: start + align_up(len, RECORD_ALIGN),
+        next: start.checked_add(align_up(len, RECORD_ALIGN))?,
     })
 }
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::WalError;
+use crate::le::{array_at, u64_at};
 use crate::log::Zxid;
 
 /// Magic bytes at the start of every segment.
@@ -87,37 +88,35 @@ impl SegmentHeader {
     }
 
     /// Parses and verifies a header; `path` is for error messages only.
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
     pub fn decode(bytes: &[u8], path: &Path) -> Result<SegmentHeader, WalError> {
         let Some(raw) = bytes.get(..HEADER_USED) else {
             return Err(WalError::corrupt(path, 0, "segment shorter than its header"));
         };
-        if raw[0..8] != SEGMENT_MAGIC {
+        let short = || WalError::corrupt(path, 0, "segment shorter than its header");
+        let word = |at: usize| u64_at(raw, at).ok_or_else(short);
+        if array_at::<8>(raw, 0) != Some(SEGMENT_MAGIC) {
             return Err(WalError::corrupt(path, 0, "bad segment magic"));
         }
-        let word = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&raw[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let version = word(8) as u32;
+        let version = word(8)? as u32;
         if version != FORMAT_VERSION {
             return Err(WalError::Version { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
         }
-        if xxh3_64(&raw[0..56]) != word(56) {
+        if xxh3_64(raw.get(..56).ok_or_else(short)?) != word(56)? {
             return Err(WalError::corrupt(path, 0, "segment header checksum mismatch"));
         }
-        let flags = (word(8) >> 32) as u32;
+        let flags = (word(8)? >> 32) as u32;
         if flags & !FLAG_RECYCLED != 0 {
             return Err(WalError::corrupt(path, 0, "unknown segment header flags"));
         }
-        let prev = match word(40) {
+        let prev = match word(40)? {
             0 => None,
-            end => Some((end, Zxid(word(48)))),
+            end => Some((end, Zxid(word(48)?))),
         };
         Ok(SegmentHeader {
-            first_zxid: Zxid(word(16)),
-            segment_bytes: word(24),
-            salt: word(32),
+            first_zxid: Zxid(word(16)?),
+            segment_bytes: word(24)?,
+            salt: word(32)?,
             recycled: flags & FLAG_RECYCLED != 0,
             prev,
         })

@@ -452,15 +452,15 @@ fn records_after_skips_what_a_snapshot_covers() {
 
 #[test]
 fn entries_are_readable_in_place_from_the_mapped_log() {
-    use crate::log::{Entry, Txn};
+    use crate::log::{Transaction, Txn};
     let dir = temp_dir();
     let d = dir.path().to_path_buf();
     run(async move {
         let (wal, _) = Wal::open(small_config(&d)).await.expect("open");
         for z in 1..=20u64 {
-            let entry = Entry {
+            let entry = Transaction {
                 zxid: Zxid(z),
-                session_id: 7,
+                session_id: crate::log::SessionId(7),
                 cxid: z as i32,
                 time_ms: 1000 + z as i64,
                 txn: Txn::SetData { path: format!("/n{z}"), data: payload(z, 50), version: z as i32 },
@@ -471,7 +471,7 @@ fn entries_are_readable_in_place_from_the_mapped_log() {
     });
     let reader = WalReader::open(dir.path()).expect("verify");
     for r in reader.records() {
-        let entry = Entry::access(r.payload).expect("valid archive");
+        let entry = Transaction::access(r.payload).expect("valid archive");
         assert_eq!(entry.zxid.0, r.zxid.0);
         assert_eq!(entry.cxid.to_native() as u64, r.zxid.0);
     }

@@ -2,30 +2,9 @@
 //! they were queued; each variant says what must hold before the next one runs.
 
 use super::message::{LogEntry, Message, Payload, ServerId};
+use super::role::Role;
+use crate::log::SessionId;
 use crate::log::Zxid;
-
-/// A server's role as the protocol sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Electing a leader.
-    Looking,
-    /// Following `leader` in `epoch`; `serving` once synchronised (UPTODATE received).
-    Following {
-        /// The leader.
-        leader: ServerId,
-        /// The epoch (0 until the leader's LEADERINFO arrives).
-        epoch: u32,
-        /// Synchronised with the leader and able to serve clients.
-        serving: bool,
-    },
-    /// Leading `epoch`; `established` once a quorum accepted the epoch's history.
-    Leading {
-        /// The epoch (0 until discovery chose it).
-        epoch: u32,
-        /// A quorum acknowledged NEWLEADER: proposals are accepted.
-        established: bool,
-    },
-}
 
 /// One thing for the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +71,7 @@ pub enum Action {
     /// them in the session tracker, which expires the others.
     Touched {
         /// Session ids.
-        sessions: Vec<u64>,
+        sessions: Vec<SessionId>,
     },
     /// The role changed (for logs, `srvr`/`mntr` and client routing). Syncs in flight are
     /// dropped when a follower leaves its leader or a leader steps down; callers time out.

@@ -59,7 +59,7 @@ impl Context {
 
     /// Sends the entries in `(from, upto]` in DIFF-sized chunks, then NEWLEADER for `upto`.
     pub fn send_history(&mut self, epoch: u32, id: ServerId, from: Zxid, upto: Zxid) {
-        let entries: Vec<LogEntry> = self.log.after(from).into_iter().take_while(|(z, _)| *z <= upto).collect();
+        let entries: Vec<LogEntry> = self.log.after(from).into_iter().take_while(|e| e.zxid <= upto).collect();
         for chunk in entries.chunks(self.cfg.diff_entries_max.max(1)) {
             self.send(id, Message::Append { epoch, entries: chunk.to_vec() });
         }

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 
 use super::config::ZabConfig;
-use super::message::{ServerId, ServerState, Vote};
+use super::message::{ServerId, Vote};
+use super::role::Role;
 
 /// What a step of the election asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct Notice {
     /// Its vote or leadership.
     pub vote: Vote,
     /// Its state.
-    pub state: ServerState,
+    pub state: Role,
 }
 
 /// Election state. It outlives one election: the round only grows, and once decided `vote`
@@ -45,7 +46,7 @@ pub struct Election {
     /// Votes of this round from looking servers (and from established ones in this round).
     received: BTreeMap<ServerId, Vote>,
     /// Votes of servers that follow or lead, with their state and round.
-    out_of_election: BTreeMap<ServerId, (Vote, ServerState, u64)>,
+    out_of_election: BTreeMap<ServerId, (Vote, Role, u64)>,
     /// When a quorum agreed with `vote`: the tick at which to decide.
     decide_at: Option<u64>,
     last_sent: u64,
@@ -87,7 +88,7 @@ impl Election {
             && self
                 .out_of_election
                 .get(&vote.leader)
-                .is_some_and(|(v, state, _)| *state == ServerState::Leading && v.epoch == vote.epoch)
+                .is_some_and(|(v, state, _)| state.is_leading() && v.epoch == vote.epoch)
     }
 
     /// A notification while this server is looking; `own` is its own vote now.
@@ -95,7 +96,7 @@ impl Election {
         let Notice { from, round, vote, state } = notice;
         let mut step = Step::default();
         match state {
-            ServerState::Looking => {
+            Role::Looking => {
                 if round > self.round {
                     self.round = round;
                     self.received.clear();
@@ -124,7 +125,7 @@ impl Election {
                     self.decide_at = None;
                 }
             }
-            ServerState::Following | ServerState::Leading => {
+            Role::Following { .. } | Role::Leading { .. } => {
                 // An established (or establishing) ensemble: join it when a quorum reports
                 // the same leadership (leader and epoch; ZooKeeper's Vote.equals ignores the
                 // zxid outside LOOKING) and the leader itself says it leads.
@@ -202,7 +203,7 @@ mod tests {
         let mut e = Election::new(own);
         e.start(&cfg, own, 0);
         let better = vote(1, 5, 2);
-        let notice = Notice { from: 2, round: 1, vote: better, state: ServerState::Looking };
+        let notice = Notice { from: 2, round: 1, vote: better, state: Role::Looking };
         let step = e.on_notification(&cfg, own, notice, 0);
         assert_eq!(step, Step { broadcast: true, decided: None }, "adopts and rebroadcasts; 2 of 3 agree");
         assert_eq!(e.on_tick(&cfg, 0).decided, None, "waits for a better vote first");
@@ -216,10 +217,20 @@ mod tests {
         let mut e = Election::new(own);
         e.start(&cfg, own, 0);
         let elected = vote(1, 7, 1);
-        let notice = Notice { from: 2, round: 4, vote: elected, state: ServerState::Following };
+        let notice = Notice {
+            from: 2,
+            round: 4,
+            vote: elected,
+            state: Role::Following { leader: 1, epoch: elected.epoch, serving: true },
+        };
         let step = e.on_notification(&cfg, own, notice, 0);
         assert_eq!(step.decided, None, "one follower is not a quorum, and the leader has not spoken");
-        let notice = Notice { from: 1, round: 4, vote: elected, state: ServerState::Leading };
+        let notice = Notice {
+            from: 1,
+            round: 4,
+            vote: elected,
+            state: Role::Leading { epoch: elected.epoch, established: true },
+        };
         let step = e.on_notification(&cfg, own, notice, 0);
         assert_eq!(step.decided, Some(elected));
         assert_eq!(e.round, 4);

@@ -9,11 +9,12 @@
 //!                             ◀─ PROPOSAL … COMMIT  append, ack what is durable, apply
 //! ```
 
-use super::action::{Action, Role};
+use super::action::Action;
 use super::context::Context;
 use super::message::{LogEntry, Message, Payload, ServerId};
 use super::relay::Relay;
-use crate::log::Zxid;
+use super::role::Role;
+use crate::log::{SessionId, Zxid};
 
 /// Where a follower is with its leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +108,7 @@ impl Follower {
     }
 
     /// Reports sessions seen alive here to the leader (once synchronised with it).
-    pub fn touch(&mut self, ctx: &mut Context, sessions: Vec<u64>) -> bool {
+    pub fn touch(&mut self, ctx: &mut Context, sessions: Vec<SessionId>) -> bool {
         if self.phase != Phase::Synced || sessions.is_empty() {
             return false;
         }
@@ -206,18 +207,18 @@ impl Follower {
             return Ok(());
         }
         let mut fresh = Vec::with_capacity(entries.len());
-        for (zxid, payload) in entries {
-            if let Some((_, have)) = ctx.log.get(zxid) {
-                if *have != payload {
+        for entry in entries {
+            if let Some(have) = ctx.log.get(entry.zxid) {
+                if have.payload != entry.payload {
                     return Err(LostLeader("an entry differs from the logged one with its zxid"));
                 }
                 continue; // sent again after a reconnect
             }
-            if !ctx.log.follows(zxid) {
+            if !ctx.log.follows(entry.zxid) {
                 return Err(LostLeader("a gap in the leader's stream"));
             }
-            ctx.log.push((zxid, payload.clone()));
-            fresh.push((zxid, payload));
+            ctx.log.push(entry.clone());
+            fresh.push(entry);
         }
         if !fresh.is_empty() {
             ctx.out.push(Action::Append { entries: fresh });

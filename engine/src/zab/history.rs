@@ -25,8 +25,8 @@ pub struct History {
 impl History {
     /// A history of durable entries after `base` (as recovered from a snapshot and a WAL).
     pub fn recovered(base: Zxid, entries: Vec<LogEntry>) -> History {
-        let entries: VecDeque<LogEntry> = entries.into_iter().filter(|(z, _)| *z > base).collect();
-        let last = entries.back().map_or(base, |(z, _)| *z);
+        let entries: VecDeque<LogEntry> = entries.into_iter().filter(|e| e.zxid > base).collect();
+        let last = entries.back().map_or(base, |e| e.zxid);
         let h = History { base, entries, durable: last, committed: base };
         h.check_invariants();
         h
@@ -39,7 +39,7 @@ impl History {
 
     /// The last logged zxid.
     pub fn last(&self) -> Zxid {
-        self.entries.back().map_or(self.base, |(z, _)| *z)
+        self.entries.back().map_or(self.base, |e| e.zxid)
     }
 
     /// The last durable zxid.
@@ -63,7 +63,7 @@ impl History {
     }
 
     fn position(&self, zxid: Zxid) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(z, _)| z.cmp(&zxid))
+        self.entries.binary_search_by(|e| e.zxid.cmp(&zxid))
     }
 
     /// Whether `zxid` is the base or a logged entry: a log ending there is a prefix of this.
@@ -76,7 +76,7 @@ impl History {
         match self.position(zxid) {
             Ok(_) => zxid,
             Err(0) => self.base,
-            Err(i) => self.entries[i - 1].0,
+            Err(i) => self.entries[i - 1].zxid,
         }
     }
 
@@ -96,7 +96,7 @@ impl History {
             Ok(i) => i + 1,
             Err(i) => i,
         };
-        self.entries.range(start..).take_while(move |(z, _)| *z <= through)
+        self.entries.range(start..).take_while(move |e| e.zxid <= through)
     }
 
     /// The payload logged at `zxid`.
@@ -121,7 +121,7 @@ impl History {
     /// Appends one entry. Precondition: `follows(entry.0)` (checked by the callers, who
     /// treat a gap as a broken stream).
     pub fn push(&mut self, entry: LogEntry) {
-        assert!(entry.0 > self.last(), "log entries must increase");
+        assert!(entry.zxid > self.last(), "log entries must increase");
         self.entries.push_back(entry);
     }
 
@@ -146,7 +146,7 @@ impl History {
         if after < self.committed || after < self.base {
             return false;
         }
-        while self.entries.back().is_some_and(|(z, _)| *z > after) {
+        while self.entries.back().is_some_and(|e| e.zxid > after) {
             self.entries.pop_back();
         }
         self.durable = self.durable.min(self.last());
@@ -167,7 +167,7 @@ impl History {
         if through <= self.base {
             return;
         }
-        while self.entries.front().is_some_and(|(z, _)| *z <= through) {
+        while self.entries.front().is_some_and(|e| e.zxid <= through) {
             self.entries.pop_front();
         }
         self.base = through;
@@ -180,8 +180,8 @@ impl History {
         let last = self.last();
         assert!(self.base <= self.durable && self.durable <= last, "durable out of range: {self:?}");
         assert!(self.base <= self.committed && self.committed <= last, "committed out of range");
-        debug_assert!(self.entries.iter().zip(self.entries.iter().skip(1)).all(|(a, b)| a.0 < b.0));
-        assert!(self.entries.front().is_none_or(|(z, _)| *z > self.base));
+        debug_assert!(self.entries.iter().zip(self.entries.iter().skip(1)).all(|(a, b)| a.zxid < b.zxid));
+        assert!(self.entries.front().is_none_or(|e| e.zxid > self.base));
     }
 }
 
@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     fn entry(epoch: u32, counter: u32) -> LogEntry {
-        (Zxid::new(epoch, counter), vec![counter as u8].into())
+        LogEntry::new(Zxid::new(epoch, counter), vec![counter as u8].into())
     }
 
     #[test]

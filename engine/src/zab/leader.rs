@@ -15,9 +15,10 @@
 
 use std::collections::BTreeMap;
 
-use super::action::{Action, Role};
+use super::action::Action;
 use super::context::Context;
 use super::message::{LogEntry, Message, Payload, ServerId};
+use super::role::Role;
 use super::ZabError;
 use crate::log::Zxid;
 
@@ -338,7 +339,7 @@ impl Leader {
             return;
         }
         let entries: Vec<LogEntry> =
-            ctx.log.after(l.sent_through).into_iter().take_while(|(z, _)| *z <= point).collect();
+            ctx.log.after(l.sent_through).into_iter().take_while(|e| e.zxid <= point).collect();
         l.sent_through = point;
         if !entries.is_empty() {
             ctx.send(id, Message::Append { epoch: self.epoch, entries });
@@ -353,6 +354,25 @@ impl Leader {
         if l.phase == LearnerPhase::Synced && l.acked >= l.newleader_zxid {
             l.phase = LearnerPhase::UpToDate;
             ctx.send(id, Message::UpToDate { epoch: self.epoch, commit: ctx.log.committed() });
+        }
+    }
+
+    /// Checks the leader's state and each learner's against the log.
+    pub fn check_invariants(&self, ctx: &Context) {
+        let last = ctx.log.last();
+        if self.established {
+            assert!(self.epoch_quorum, "established without a quorum for the epoch");
+            assert!(self.epoch > 0 && ctx.current_epoch == self.epoch, "established in an epoch not accepted here");
+        }
+        assert!(self.syncs.windows(2).all(|w| w[0].2 <= w[1].2), "syncs out of zxid order");
+        for (id, l) in &self.learners {
+            assert!(*id != ctx.cfg.id && ctx.cfg.is_member(*id), "learner {id} is not another member");
+            assert_eq!(l.observer, !ctx.cfg.is_voter(*id), "learner {id}: observer flag against the membership");
+            assert!(l.acked <= last, "learner {id} acked {} beyond the log's last {last}", l.acked);
+            assert!(l.newleader_zxid <= last && l.sent_through <= last, "learner {id} was sent beyond the log");
+            if l.phase == LearnerPhase::UpToDate {
+                assert!(self.established, "learner {id} up to date before the epoch is established");
+            }
         }
     }
 
@@ -376,10 +396,10 @@ impl Leader {
         for payload in payloads {
             let zxid = if last.epoch() == self.epoch { last.next() } else { Some(Zxid::new(self.epoch, 1)) };
             let Some(zxid) = zxid else { return Err(ZabError::EpochExhausted) };
-            entries.push((zxid, payload));
+            entries.push(LogEntry::new(zxid, payload));
             last = zxid;
         }
-        let zxids: Vec<Zxid> = entries.iter().map(|(z, _)| *z).collect();
+        let zxids: Vec<Zxid> = entries.iter().map(|e| e.zxid).collect();
         for entry in &entries {
             ctx.log.push(entry.clone());
         }

@@ -7,17 +7,31 @@
 
 use std::sync::Arc;
 
-use crate::log::Zxid;
+use super::role::Role;
+use crate::log::{SessionId, Zxid};
 
 /// A server's id in the ensemble (ZooKeeper's `myid`).
 pub type ServerId = u64;
 
-/// The bytes of one log entry: the rkyv `Entry` exactly as the WAL stores it. The leader's
+/// The bytes of one log entry: the rkyv `Transaction` exactly as the WAL stores it. The leader's
 /// WAL, the wire and every follower's WAL carry the same bytes (no re-encoding).
 pub type Payload = Arc<[u8]>;
 
-/// A log entry: its zxid and its bytes.
-pub type LogEntry = (Zxid, Payload);
+/// A log entry: a payload at its zxid — the unit the WAL appends and Zab replicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its position in the log.
+    pub zxid: Zxid,
+    /// The archived transaction.
+    pub payload: Payload,
+}
+
+impl LogEntry {
+    /// The entry `payload` at `zxid`.
+    pub fn new(zxid: Zxid, payload: Payload) -> LogEntry {
+        LogEntry { zxid, payload }
+    }
+}
 
 /// A vote in fast leader election. Votes are ordered by the candidate's current epoch, then
 /// its last zxid, then its id (ZooKeeper's `totalOrderPredicate`): the greatest vote names the
@@ -32,17 +46,6 @@ pub struct Vote {
     pub leader: ServerId,
 }
 
-/// What a server is doing, as it reports it in election notifications.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServerState {
-    /// Electing.
-    Looking,
-    /// Following an established or establishing leader.
-    Following,
-    /// Leading.
-    Leading,
-}
-
 /// One message between two servers. Links are FIFO (one TCP connection); a message may be
 /// lost only together with everything after it on its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +56,8 @@ pub enum Message {
         round: u64,
         /// Its vote (when following or leading: the leader it follows or itself).
         vote: Vote,
-        /// Its state.
-        state: ServerState,
+        /// Its role (when following or leading, `vote` names that leadership).
+        state: Role,
     },
     /// Discovery, follower → leader: the follower's accepted epoch and last zxid.
     FollowerInfo {
@@ -160,7 +163,7 @@ pub enum Message {
         /// The epoch.
         epoch: u32,
         /// Session ids.
-        sessions: Vec<u64>,
+        sessions: Vec<SessionId>,
     },
     /// Leader → follower heartbeat, carrying the commit point.
     Ping {

@@ -2,43 +2,50 @@
 //! state machine (see `../shared/DESIGN.md`, "Replication").
 //!
 //! ```text
-//!            on_message(from, msg)   on_tick()   on_durable(zxid)   propose(payloads)
-//!                      │                 │              │                  │
-//!                      ▼                 ▼              ▼                  ▼
-//!              ┌───────────────────────────────────────────────────────────────┐
-//!              │ Zab: LOOKING (election) │ FOLLOWING (follower) │ LEADING (leader) │
-//!              └───────────────────────────────────────────────────────────────┘
-//!                                        │ take_actions()
-//!                                        ▼
-//!    Send{to,msg}  SaveEpochs  Append{entries}  Truncate  InstallSnapshot  Commit{through}
-//!    TakeSnapshot{peer}  RoleChanged
+//!   inputs (one at a time)                        outputs, in order (take_actions)
+//!   ──────────────────────                        ─────────────────────────────────
+//!   on_message(from, msg)   ─┐                ┌─▶ Send { to, msg }       the FIFO link to `to`
+//!   on_disconnected(peer)   ─┤                ├─▶ SaveEpochs             durable before the next
+//!   on_tick()               ─┤  ┌──────────┐  ├─▶ Append { entries }     group commit; durability
+//!   on_durable(zxid)        ─┼─▶│   Zab    │──┤                          comes back as on_durable
+//!   propose(payloads)       ─┤  │ LOOKING  │  ├─▶ Truncate { after }     before the next action
+//!   sync(id)                ─┤  │ FOLLOWING│  ├─▶ InstallSnapshot        state + log replaced
+//!   touch(sessions)         ─┤  │ LEADING  │  ├─▶ Commit { through }     apply up to it
+//!   on_snapshot(peer, ...)  ─┤  └──────────┘  ├─▶ TakeSnapshot { peer }  answer with on_snapshot
+//!   compact(through)        ─┘                ├─▶ Synced { id, zxid }    a client's sync is done
+//!                                             ├─▶ Touched { sessions }   (leader) renew sessions
+//!                                             └─▶ RoleChanged(role)
+//!   queries: role(), epochs(), history(), next_zxid(), check_invariants()
 //! ```
 //!
-//! The core owns no socket, clock or disk: the server's runtime drives it in production and
-//! the simulator in `tests/` drives the very same code with a seeded network, disk and clock.
-//! Ticks are its only time. The driver carries out actions in order and reports durability
-//! back; the core acknowledges only what the driver reported durable.
+//! The core owns no socket, clock or disk: the replica driver (`crate::replica`) carries
+//! out its actions over traits, with the WAL and TCP in production and seeded faulty stores
+//! in the simulator in `tests/` — the very same driver and core. Ticks are its only time.
+//! The driver carries out actions in order and reports durability back; the core
+//! acknowledges only what the driver reported durable. Each [`Action`] variant documents
+//! what must hold before the next one runs.
 
 mod action;
 mod config;
 mod context;
-mod core;
 mod election;
-pub mod epochs;
 mod follower;
 mod history;
 mod leader;
 mod message;
+mod protocol;
 mod relay;
+mod role;
 #[cfg(test)]
 mod tests;
 pub mod wire;
 
-pub use action::{Action, Role};
+pub use action::Action;
 pub use config::ZabConfig;
-pub use core::{Persisted, Zab};
 pub use history::History;
-pub use message::{LogEntry, Message, Payload, ServerId, ServerState, Vote};
+pub use message::{LogEntry, Message, Payload, ServerId, Vote};
+pub use protocol::{Persisted, Zab};
+pub use role::Role;
 
 /// Errors a caller of [`Zab::propose`] handles.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

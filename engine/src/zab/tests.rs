@@ -1,10 +1,10 @@
 //! Scenario tests of the core: one input, the exact actions out.
 
 use super::*;
-use crate::log::Zxid;
+use crate::log::{SessionId, Zxid};
 
 fn entry(epoch: u32, counter: u32) -> LogEntry {
-    (Zxid::new(epoch, counter), vec![epoch as u8, counter as u8].into())
+    LogEntry::new(Zxid::new(epoch, counter), vec![epoch as u8, counter as u8].into())
 }
 
 fn sends(actions: &[Action]) -> Vec<(ServerId, Message)> {
@@ -32,7 +32,7 @@ fn a_single_server_leads_at_once_and_commits_what_is_durable() {
     let zxids = zab.propose(vec![payload.clone()]).expect("leader");
     assert_eq!(zab.next_zxid(), Ok(Zxid::new(2, 2)));
     assert_eq!(zxids, vec![Zxid::new(2, 1)]);
-    assert_eq!(zab.take_actions(), vec![Action::Append { entries: vec![(Zxid::new(2, 1), payload)] }]);
+    assert_eq!(zab.take_actions(), vec![Action::Append { entries: vec![LogEntry::new(Zxid::new(2, 1), payload)] }]);
     zab.on_durable(Zxid::new(2, 1));
     assert_eq!(zab.take_actions(), vec![Action::Commit { through: Zxid::new(2, 1) }]);
 }
@@ -50,8 +50,11 @@ fn follower_of_2(persisted: Persisted) -> Zab {
     zab.take_actions();
     // Servers 2 and 3 report that 2 leads: join it.
     let vote = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 2 };
-    zab.on_message(3, Message::Notification { round: 1, vote, state: ServerState::Following });
-    zab.on_message(2, Message::Notification { round: 1, vote, state: ServerState::Leading });
+    zab.on_message(
+        3,
+        Message::Notification { round: 1, vote, state: Role::Following { leader: 2, epoch: 0, serving: false } },
+    );
+    zab.on_message(2, Message::Notification { round: 1, vote, state: Role::Leading { epoch: 0, established: false } });
     assert_eq!(zab.role(), Role::Following { leader: 2, epoch: 0, serving: false });
     zab.take_actions();
     zab
@@ -114,7 +117,7 @@ fn a_leader_truncates_a_follower_that_diverged_then_sends_the_difference() {
     };
     let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), persisted);
     let own = Vote { epoch: 2, zxid: Zxid::new(2, 1), leader: 1 };
-    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: Role::Looking });
     zab.on_tick();
     zab.on_tick();
     assert_eq!(zab.role(), Role::Leading { epoch: 0, established: false });
@@ -143,7 +146,7 @@ fn a_leader_truncates_a_follower_that_diverged_then_sends_the_difference() {
 fn a_leader_commits_only_what_a_quorum_has_durable() {
     let mut zab = Zab::new(ZabConfig::new(1, vec![1, 2, 3]), Persisted::default());
     let own = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 1 };
-    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: Role::Looking });
     zab.on_tick();
     zab.on_tick();
     zab.on_message(2, Message::FollowerInfo { accepted_epoch: 0, last_zxid: Zxid::ZERO });
@@ -169,11 +172,11 @@ fn observers_never_make_a_quorum() {
     let mut zab = Zab::new(cfg, Persisted::default());
     let own = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 1 };
     // An observer's vote is ignored; a voter's makes the quorum for the election.
-    zab.on_message(4, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_message(4, Message::Notification { round: 1, vote: own, state: Role::Looking });
     zab.on_tick();
     zab.on_tick();
     assert_eq!(zab.role(), Role::Looking, "an observer's vote does not count");
-    zab.on_message(2, Message::Notification { round: 1, vote: own, state: ServerState::Looking });
+    zab.on_message(2, Message::Notification { round: 1, vote: own, state: Role::Looking });
     zab.on_tick();
     zab.on_tick();
     assert_eq!(zab.role(), Role::Leading { epoch: 0, established: false });
@@ -190,10 +193,13 @@ fn observers_never_make_a_quorum() {
 #[test]
 fn session_liveness_travels_to_the_leader() {
     let mut zab = follower_of_2(Persisted::default());
-    assert!(!zab.touch(vec![7]), "not synchronised yet: nothing to tell");
+    assert!(!zab.touch(vec![SessionId(7)]), "not synchronised yet: nothing to tell");
     zab.on_message(2, Message::LeaderInfo { epoch: 1 });
     zab.on_message(2, Message::NewLeader { epoch: 1, zxid: Zxid::ZERO });
     zab.take_actions();
-    assert!(zab.touch(vec![7, 9]));
-    assert_eq!(sends(&zab.take_actions()), vec![(2, Message::Touch { epoch: 1, sessions: vec![7, 9] })]);
+    assert!(zab.touch(vec![SessionId(7), SessionId(9)]));
+    assert_eq!(
+        sends(&zab.take_actions()),
+        vec![(2, Message::Touch { epoch: 1, sessions: vec![SessionId(7), SessionId(9)] })]
+    );
 }

@@ -5,15 +5,17 @@
 //!  | len u32 | xxh3-64 of body | tag u8 | fields (little endian) ...        = body (len bytes)
 //! ```
 //!
-//! Entries travel as `zxid u64, len u32, bytes`: the payload is the rkyv `Entry` exactly as
+//! Entries travel as `zxid u64, len u32, bytes`: the payload is the rkyv `Transaction` exactly as
 //! the leader's WAL stores it, and a follower hands those same bytes to its WAL. Decoding
 //! checks every length against the frame and the configured bounds and never panics,
 //! whatever the bytes (a peer is trusted to be Baton, not to be bug-free or uncorrupted).
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::message::{LogEntry, Message, ServerState, Vote};
-use crate::log::Zxid;
+use super::message::{LogEntry, Message, Vote};
+use super::role::Role;
+use crate::le::{array_at, u32_at, u64_at};
+use crate::log::{SessionId, Zxid};
 
 /// Bytes before the body: length and checksum.
 pub const FRAME_HEADER_BYTES: usize = 12;
@@ -72,6 +74,9 @@ impl Out<'_> {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
+    fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
+    }
     fn zxid(&mut self, z: Zxid) -> &mut Self {
         self.u64(z.0)
     }
@@ -89,12 +94,12 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     let mut o = Out(out);
     match msg {
         Message::Notification { round, vote, state } => {
-            let state = match state {
-                ServerState::Looking => 0,
-                ServerState::Following => 1,
-                ServerState::Leading => 2,
+            o.u8(NOTIFICATION).u64(*round).u32(vote.epoch).zxid(vote.zxid).u64(vote.leader);
+            match *state {
+                Role::Looking => o.u8(0),
+                Role::Following { leader, epoch, serving } => o.u8(1).u64(leader).u32(epoch).bool(serving),
+                Role::Leading { epoch, established } => o.u8(2).u32(epoch).bool(established),
             };
-            o.u8(NOTIFICATION).u64(*round).u32(vote.epoch).zxid(vote.zxid).u64(vote.leader).u8(state);
         }
         Message::FollowerInfo { accepted_epoch, last_zxid } => {
             o.u8(FOLLOWER_INFO).u32(*accepted_epoch).zxid(*last_zxid);
@@ -113,8 +118,8 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Append { epoch, entries } => {
             o.u8(APPEND).u32(*epoch).u32(entries.len() as u32);
-            for (zxid, payload) in entries {
-                o.zxid(*zxid).bytes(payload);
+            for entry in entries {
+                o.zxid(entry.zxid).bytes(&entry.payload);
             }
         }
         Message::NewLeader { epoch, zxid } => {
@@ -141,7 +146,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Touch { epoch, sessions } => {
             o.u8(TOUCH).u32(*epoch).u32(sessions.len() as u32);
             for s in sessions {
-                o.u64(*s);
+                o.u64(s.as_u64());
             }
         }
         Message::Forward { data } => {
@@ -156,27 +161,26 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
 
 struct In<'a>(&'a [u8]);
 
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the network")]
 impl<'a> In<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.0.len() < n {
-            return Err(WireError::Malformed("truncated field"));
-        }
-        let (head, rest) = self.0.split_at(n);
+        let (head, rest) = self.0.split_at_checked(n).ok_or(WireError::Malformed("truncated field"))?;
         self.0 = rest;
         Ok(head)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let field = array_at(self.0, 0).ok_or(WireError::Malformed("truncated field"))?;
+        self.0 = self.0.get(N..).unwrap_or_default();
+        Ok(field)
+    }
     fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
+        Ok(u8::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, WireError> {
-        let mut raw = [0u8; 4];
-        raw.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(raw))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, WireError> {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(raw))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn zxid(&mut self) -> Result<Zxid, WireError> {
         self.u64().map(Zxid)
@@ -195,6 +199,7 @@ impl<'a> In<'a> {
 }
 
 /// Decodes one frame body (after its header was checked by [`split_frame`]).
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the network")]
 pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     let mut i = In(body);
     let msg = match i.u8()? {
@@ -202,10 +207,10 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             let round = i.u64()?;
             let vote = Vote { epoch: i.u32()?, zxid: i.zxid()?, leader: i.u64()? };
             let state = match i.u8()? {
-                0 => ServerState::Looking,
-                1 => ServerState::Following,
-                2 => ServerState::Leading,
-                _ => return Err(WireError::Malformed("bad server state")),
+                0 => Role::Looking,
+                1 => Role::Following { leader: i.u64()?, epoch: i.u32()?, serving: i.bool()? },
+                2 => Role::Leading { epoch: i.u32()?, established: i.bool()? },
+                _ => return Err(WireError::Malformed("bad role")),
             };
             Message::Notification { round, vote, state }
         }
@@ -226,7 +231,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             let mut entries: Vec<LogEntry> = Vec::with_capacity(count);
             for _ in 0..count {
                 let zxid = i.zxid()?;
-                entries.push((zxid, i.bytes()?.into()));
+                entries.push(LogEntry::new(zxid, i.bytes()?.into()));
             }
             Message::Append { epoch, entries }
         }
@@ -243,7 +248,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             if count > i.0.len() / 8 {
                 return Err(WireError::Malformed("session count exceeds the frame"));
             }
-            let sessions = (0..count).map(|_| i.u64()).collect::<Result<Vec<_>, _>>()?;
+            let sessions = (0..count).map(|_| i.u64().map(SessionId::from_u64)).collect::<Result<Vec<_>, _>>()?;
             Message::Touch { epoch, sessions }
         }
         FORWARD => Message::Forward { data: i.bytes()?.into() },
@@ -258,18 +263,15 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
 /// Takes the first whole frame off `buf`: `Ok(None)` when more bytes are needed, else the
 /// message and the bytes it used. Frames whose body exceeds `max_body` are refused before
 /// they are buffered.
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the network")]
 pub fn split_frame(buf: &[u8], max_body: usize) -> Result<Option<(Message, usize)>, WireError> {
-    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else { return Ok(None) };
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&header[..4]);
-    let len = u32::from_le_bytes(len) as usize;
+    let (Some(len), Some(sum)) = (u32_at(buf, 0), u64_at(buf, 4)) else { return Ok(None) };
+    let len = len as usize;
     if len > max_body {
         return Err(WireError::TooLarge { len, max: max_body });
     }
     let Some(body) = buf.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else { return Ok(None) };
-    let mut sum = [0u8; 8];
-    sum.copy_from_slice(&header[4..12]);
-    if xxh3_64(body) != u64::from_le_bytes(sum) {
+    if xxh3_64(body) != sum {
         return Err(WireError::Checksum);
     }
     Ok(Some((decode_body(body)?, FRAME_HEADER_BYTES + len)))
@@ -286,9 +288,17 @@ mod tests {
     }
 
     fn message() -> impl Strategy<Value = Message> {
-        let state = prop_oneof![Just(ServerState::Looking), Just(ServerState::Following), Just(ServerState::Leading)];
+        let state = prop_oneof![
+            Just(Role::Looking),
+            (any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(leader, epoch, serving)| Role::Following {
+                leader,
+                epoch,
+                serving
+            }),
+            (any::<u32>(), any::<bool>()).prop_map(|(epoch, established)| Role::Leading { epoch, established }),
+        ];
         let entries = proptest::collection::vec((zxid(), proptest::collection::vec(any::<u8>(), 0..40)), 0..5)
-            .prop_map(|v| v.into_iter().map(|(z, p)| (z, p.into())).collect::<Vec<LogEntry>>());
+            .prop_map(|v| v.into_iter().map(|(z, p)| LogEntry::new(z, p.into())).collect::<Vec<LogEntry>>());
         prop_oneof![
             (any::<u64>(), any::<u32>(), zxid(), any::<u64>(), state).prop_map(
                 |(round, epoch, zxid, leader, state)| {
@@ -312,7 +322,7 @@ mod tests {
             (any::<u32>(), any::<u64>()).prop_map(|(epoch, id)| Message::Sync { epoch, id }),
             (any::<u32>(), any::<u64>(), zxid()).prop_map(|(epoch, id, zxid)| Message::SyncDone { epoch, id, zxid }),
             (any::<u32>(), zxid()).prop_map(|(epoch, commit)| Message::Ping { epoch, commit }),
-            (any::<u32>(), proptest::collection::vec(any::<u64>(), 0..6))
+            (any::<u32>(), proptest::collection::vec(any::<i64>().prop_map(SessionId), 0..6))
                 .prop_map(|(epoch, sessions)| Message::Touch { epoch, sessions }),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(|data| Message::Forward { data: data.into() }),
         ]

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton_engine::log::{Entry, Txn};
+use baton_engine::log::{Transaction, Txn};
 use baton_engine::wal::{record, Wal, WalConfig, WalReader};
 use baton_engine::Zxid;
 use baton_perf::{histogram, mb_per_s, ms, run};
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("wal-bench: dir {}, {} s per point, {}-byte entries", dir.display(), args.seconds, args.entry_bytes);
     let record_bytes = record::encoded_len(entry_payload(1, args.entry_bytes).len());
-    println!("  one entry = {} bytes on disk (32-byte header + rkyv Entry padded to 16)\n", record_bytes);
+    println!("  one entry = {} bytes on disk (32-byte header + rkyv Transaction padded to 16)\n", record_bytes);
 
     let a = args.clone();
     let d = dir.clone();
@@ -260,9 +260,9 @@ fn io<T>(e: glommio::GlommioError<T>) -> std::io::Error {
 fn entry_payload(zxid: u64, entry_bytes: usize) -> Vec<u8> {
     // A realistic entry: setData with enough data that the archive is `entry_bytes` long.
     let make = |data_len: usize| {
-        Entry {
+        Transaction {
             zxid: Zxid(zxid),
-            session_id: 0x1_0000_0001,
+            session_id: baton_engine::SessionId(0x1_0000_0001),
             cxid: zxid as i32,
             time_ms: 1_700_000_000_000,
             txn: Txn::SetData { path: "/bench/key-0000001".into(), data: vec![7; data_len], version: 1 },
@@ -602,7 +602,7 @@ fn scan(wal_dir: &Path, entries: u64, label: &str) -> anyhow::Result<()> {
     let scanned = start.elapsed();
     let mut validated = 0u64;
     for r in reader.records() {
-        let e = Entry::access(r.payload)?;
+        let e = Transaction::access(r.payload)?;
         validated += (e.zxid.0 == r.zxid.0) as u64;
     }
     let with_access = start.elapsed();
@@ -617,7 +617,7 @@ fn scan(wal_dir: &Path, entries: u64, label: &str) -> anyhow::Result<()> {
         bytes as f64 / scanned.as_secs_f64() / 1e9,
     );
     println!(
-        "  + rkyv validation of every entry (Entry::access): {:.0} ms total => {:.2} GB/s",
+        "  + rkyv validation of every entry (Transaction::access): {:.0} ms total => {:.2} GB/s",
         with_access.as_secs_f64() * 1e3,
         bytes as f64 / with_access.as_secs_f64() / 1e9
     );

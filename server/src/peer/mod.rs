@@ -1,8 +1,8 @@
-//! Replication between servers: peer links ([`transport`]) and the driver of the Zab core
-//! ([`replica`]: WAL, epochs file, snapshots and SNAP transfer, a pluggable state machine,
-//! which in the server is [`crate::core::Core`]). Tested with real sockets and WALs in
+//! Replication between servers: the TCP peer links ([`transport`]) and the replica
+//! ([`replica`]): the engine's shared driver of the Zab core run on glommio over the WAL,
+//! the epochs file, the snapshot directory and those links, with a pluggable state machine
+//! (in the server, the write path's). Tested with real sockets and WALs in
 //! `tests/tests/replicas.rs`, and as whole servers in `tests/tests/cluster.rs`.
 
-mod queue;
 pub mod replica;
 pub mod transport;

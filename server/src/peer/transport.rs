@@ -28,7 +28,7 @@ use baton_engine::zab::{Message, ServerId};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::queue::LocalQueue;
+use crate::runtime::local_queue::LocalQueue;
 
 const HELLO: &[u8; 9] = b"BATONPEER";
 const HELLO_BYTES: usize = 25;
@@ -354,7 +354,7 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
     links.next_inbound.set(me_conn + 1);
     if links.current_inbound.borrow_mut().insert(from, me_conn).is_some() {
         // The peer's previous stream to us is over, whatever of it is still on its way: the
-        // core hears of the break before the first message of this one.
+        // Zab core hears of the break before the first message of this one.
         tracing::debug!(me = links.me, peer = from, "a newer connection from the peer supersedes its older one");
         links.events.push(PeerEvent::Disconnected(from));
     }

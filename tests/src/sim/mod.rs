@@ -1,7 +1,13 @@
-//! A deterministic simulator for the Zab core (`baton_engine::zab`): several servers' cores
-//! driven by one seeded random generator through a simulated network (delay, connection
-//! resets, duplicates, partitions into groups and cuts of any set of links; FIFO per link), simulated disks (slow fsync, crashes that
-//! keep any prefix of what was not yet fsync'ed) and a virtual clock.
+//! A deterministic simulator for Zab replication: several servers, each running the same
+//! replica driver as `baton` (`baton_engine::replica::Replica`, with its Zab core), driven
+//! by one seeded random generator through a simulated network (delay, connection resets,
+//! duplicates, partitions into groups and cuts of any set of links; FIFO per link),
+//! simulated disks behind the driver's store traits (slow fsync, crashes that keep any
+//! prefix of what was not yet fsync'ed, background snapshots that a crash can lose) and a
+//! virtual clock. The driver's own decisions run here too: recovery from the disk at every
+//! restart, snapshots every N applied entries followed by log compaction, and dropping
+//! client batches prepared for an earlier leadership (clients' batches reach a leader's
+//! replica a moment after its sequencer prepared them).
 //!
 //! A run has a **fault phase** (crashes, restarts, partitions, resets, duplicates, client
 //! writes throughout) and then a **liveness phase** (everything healed and restarted) that
@@ -22,41 +28,60 @@
 //! - and the whole client history — writes to a few registers and reads after `sync`, with
 //!   writes whose fate a client never learned left open — passes the linearizability checker
 //!   (`crate::linearizability`);
-//! - each core's own invariants (`Zab::check_invariants`).
+//! - every entry is logged at the zxid its proposer prepared it for;
+//! - a truncation never cuts an applied entry that no snapshot covers;
+//! - each replica's invariants and its core's (`Replica::check_invariants`).
 //!
 //! The same seed replays the same run exactly: nothing here reads a clock or iterates a
 //! hash map.
 
+pub mod disk;
 mod net;
 mod node;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
-use baton_engine::zab::{Action, LogEntry, Payload, Role, ServerId, Zab, ZabConfig};
-use baton_engine::Zxid;
+use baton_engine::replica::{Input, ReplicaConfig};
+use baton_engine::zab::{LogEntry, Payload, Role, ServerId, ZabConfig};
+use baton_engine::{SessionId, Zxid};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::linearizability::{self, Operation, RegisterOp};
+use disk::{finish_job, AppliedBatch, Observed, SyncedRead};
 pub use net::NetFaults;
 use net::{InFlight, Network, Sent};
+use node::Node;
 
 /// Registers the simulated clients write and read.
 const KEYS: u64 = 3;
 
-/// A write's payload names its register and value.
-fn write_payload(key: u64, value: u64) -> Payload {
-    Payload::from(format!("k{key}=w{value}").into_bytes())
+/// A write's payload names its register, its value and the zxid its proposer prepared it
+/// for (as a real entry carries its zxid inside).
+fn write_payload(key: u64, value: u64, prepared_for: Zxid) -> Payload {
+    Payload::from(format!("k{key}=w{value}@{:x}", prepared_for.0).into_bytes())
 }
 
-/// The register and value of a write's payload.
-fn parse_write(payload: &[u8]) -> Option<(u64, u64)> {
+/// The register, value and prepared-for zxid of a write's payload.
+fn parse_write(payload: &[u8]) -> Option<(u64, u64, Zxid)> {
     let text = std::str::from_utf8(payload).ok()?;
-    let (key, value) = text.strip_prefix('k')?.split_once("=w")?;
-    Some((key.parse().ok()?, value.parse().ok()?))
+    let (key, rest) = text.strip_prefix('k')?.split_once("=w")?;
+    let (value, zxid) = rest.split_once('@')?;
+    Some((key.parse().ok()?, value.parse().ok()?, Zxid(u64::from_str_radix(zxid, 16).ok()?)))
 }
-use node::{decode_state, encode_state, Node};
+
+/// Runs a replica step to its end: the simulator's stores never wait, so one poll must do.
+fn run_now<T>(future: impl Future<Output = T>) -> T {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("a simulated store waited"),
+    }
+}
 
 /// How a run goes.
 #[derive(Debug, Clone)]
@@ -79,6 +104,11 @@ pub struct SimOptions {
     pub net: NetFaults,
     /// Crashes and partitions during the fault phase.
     pub crashes: bool,
+    /// Each server snapshots its state after this many applied entries (then compacts its
+    /// log once the snapshot is written).
+    pub snapshot_every_entries: u64,
+    /// Snapshots each server keeps.
+    pub snapshots_to_keep: usize,
     /// Keep a trace of events (printed when a run fails).
     pub trace: bool,
 }
@@ -86,6 +116,7 @@ pub struct SimOptions {
 impl SimOptions {
     /// The default run for a seed: 3 or 5 servers, 12 s of faults, 12 s to heal.
     pub fn for_seed(seed: u64) -> SimOptions {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
         SimOptions {
             seed,
             servers: if seed % 4 == 3 { 5 } else { 3 },
@@ -96,6 +127,8 @@ impl SimOptions {
             write_every_ms: 25,
             net: NetFaults { reset: 0.01, duplicate: 0.01, delay_ms: (1, 30) },
             crashes: true,
+            snapshot_every_entries: rng.random_range(8..120),
+            snapshots_to_keep: rng.random_range(1..=3),
             trace: false,
         }
     }
@@ -114,6 +147,11 @@ pub struct Report {
     pub crashes: u64,
     /// SNAPs installed.
     pub snapshots_installed: u64,
+    /// Local snapshots written (each followed by log compaction).
+    pub snapshots_written: u64,
+    /// Client batches a leader's replica dropped because they were prepared for another of
+    /// its leaderships.
+    pub stale_proposals: u64,
     /// Reads after `sync` checked.
     pub synced_reads: u64,
     /// Session liveness reports that reached a leader.
@@ -122,6 +160,17 @@ pub struct Report {
     pub messages: (u64, u64),
     /// A digest of every event, to check that a seed replays exactly.
     pub fingerprint: u64,
+}
+
+/// A batch of client writes on its way from a leader's sequencer to its replica.
+#[derive(Debug, Clone)]
+struct Batch {
+    node: usize,
+    life: u64,
+    /// The zxid the first write was prepared for.
+    first: Zxid,
+    /// (register, value) of each write.
+    writes: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,11 +189,30 @@ enum Event {
         generation: u64,
         upto: usize,
     },
+    /// A background snapshot is on disk.
+    SnapshotWritten {
+        node: usize,
+        life: u64,
+    },
+    Propose(Batch),
     Restart(usize),
     Fault,
     Heal,
     Write,
     SyncRead,
+}
+
+/// A client write proposed and not yet known.
+#[derive(Debug, Clone)]
+struct Pending {
+    node: usize,
+    life: u64,
+    zxid: Zxid,
+    payload: Payload,
+    /// The greatest zxid acknowledged when it was invoked.
+    acknowledged_before: Zxid,
+    /// Its operation in `operations`.
+    op: usize,
 }
 
 struct Sim {
@@ -155,15 +223,13 @@ struct Sim {
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Event>,
     nodes: Vec<Node>,
-    configs: Vec<ZabConfig>,
+    configs: Vec<ReplicaConfig>,
     net: Network,
     faults: NetFaults,
     /// The one committed history every server's applied sequence must be a prefix of.
     history: Vec<LogEntry>,
     leaders: BTreeMap<u32, ServerId>,
-    /// Client writes proposed and not yet known: (node, life, zxid, payload, the greatest
-    /// zxid acknowledged when it was invoked, its operation in `operations`).
-    pending: Vec<(usize, u64, Zxid, Payload, Zxid, usize)>,
+    pending: Vec<Pending>,
     /// The clients' history, for the linearizability checker.
     operations: Vec<Operation>,
     /// Reads after sync in flight: (node, life, sync id) → (register, operation index).
@@ -181,6 +247,8 @@ struct Sim {
     fsync_at: Vec<u64>,
     crashes: u64,
     snapshots_installed: u64,
+    snapshots_written: u64,
+    stale_proposals: u64,
     fingerprint: u64,
     trace: Vec<String>,
 }
@@ -205,16 +273,19 @@ impl Sim {
         let observers: Vec<ServerId> = (opts.servers as u64 + 1..=(opts.servers + opts.observers) as u64).collect();
         // With two or more observers, the last one follows the first (a tree of observers).
         let relayed = (observers.len() >= 2).then(|| (observers[observers.len() - 1], observers[0]));
-        let configs: Vec<ZabConfig> = voters
+        let configs: Vec<ReplicaConfig> = voters
             .iter()
             .chain(&observers)
-            .map(|&id| ZabConfig {
-                observers: observers.clone(),
-                upstream: relayed.filter(|(down, _)| *down == id).map(|(_, up)| up),
-                ..ZabConfig::new(id, voters.clone())
+            .map(|&id| {
+                let zab = ZabConfig {
+                    observers: observers.clone(),
+                    upstream: relayed.filter(|(down, _)| *down == id).map(|(_, up)| up),
+                    ..ZabConfig::new(id, voters.clone())
+                };
+                ReplicaConfig { snapshot_every_entries: opts.snapshot_every_entries, ..ReplicaConfig::new(zab) }
             })
             .collect();
-        let nodes = configs.iter().map(|c| Node::new(c.clone())).collect();
+        let nodes = configs.iter().map(|c| Node::new(c.zab.id)).collect();
         let rng = StdRng::seed_from_u64(opts.seed);
         let faults = opts.net;
         let n = opts.servers + opts.observers;
@@ -244,6 +315,8 @@ impl Sim {
             fsync_at: vec![0; n],
             crashes: 0,
             snapshots_installed: 0,
+            snapshots_written: 0,
+            stale_proposals: 0,
             fingerprint: 0xcbf2_9ce4_8422_2325,
             trace: Vec::new(),
         }
@@ -268,9 +341,7 @@ impl Sim {
 
     fn run(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
-            let offset = self.rng.random_range(0..self.opts.tick_ms);
-            self.schedule(offset, Event::Tick(i, 0));
-            self.run_actions(i)?;
+            self.restart(i)?;
         }
         if self.opts.crashes {
             self.schedule(500, Event::Fault);
@@ -291,7 +362,7 @@ impl Sim {
             self.now = at;
             let Some(event) = self.events.remove(&seq) else { continue };
             self.mix(at);
-            self.step(event)?;
+            self.event(event)?;
         }
         self.check_end()
     }
@@ -302,26 +373,33 @@ impl Sim {
         self.faults = NetFaults::CALM;
         self.net.heal();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].zab.is_none() {
+            if self.nodes[i].replica.is_none() {
                 self.restart(i)?;
             }
         }
         Ok(())
     }
 
-    fn step(&mut self, event: Event) -> Result<(), String> {
+    /// Delivers `input` to server `i`'s replica (if it runs), then checks and acts on what
+    /// the step did.
+    fn step(&mut self, i: usize, input: Input) -> Result<(), String> {
+        let Some(replica) = self.nodes[i].replica.as_mut() else { return Ok(()) };
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_now(replica.step(input))));
+        match stepped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("server {}: a store failed: {e}", i + 1)),
+            Err(_) => return Err(format!("server {}: the replica panicked (an invariant?)", i + 1)),
+        }
+        self.settle(i)
+    }
+
+    fn event(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Tick(i, life) => {
-                if self.nodes[i].life != life || self.nodes[i].zab.is_none() {
+                if self.nodes[i].life != life || self.nodes[i].replica.is_none() {
                     return Ok(());
                 }
-                if let Some(zab) = self.nodes[i].zab.as_mut() {
-                    zab.on_tick();
-                }
-                self.run_actions(i)?;
-                if self.rng.random_bool(0.02) {
-                    self.local_snapshot(i)?;
-                }
+                self.step(i, Input::Tick)?;
                 let next = self.now + self.opts.tick_ms;
                 self.schedule(next, Event::Tick(i, life));
             }
@@ -334,38 +412,40 @@ impl Sim {
                 let (from, msg) = (flight.from, flight.msg);
                 self.mix(from * 31 + flight.to);
                 self.note(|| format!("{from} -> {}: {}", i + 1, brief(&msg)));
-                if let Some(zab) = self.nodes[i].zab.as_mut() {
-                    zab.on_message(from, msg);
-                    self.run_actions(i)?;
-                }
+                self.step(i, Input::Message(from, msg))?;
             }
             Event::Disconnected { node, peer, life } => {
-                if self.nodes[node].life != life {
+                if self.nodes[node].life != life || self.nodes[node].replica.is_none() {
                     return Ok(());
                 }
-                if let Some(zab) = self.nodes[node].zab.as_mut() {
-                    zab.on_disconnected(peer);
-                    self.note(|| format!("server {}: lost its connection to {peer}", node + 1));
-                    self.run_actions(node)?;
-                }
+                self.note(|| format!("server {}: lost its connection to {peer}", node + 1));
+                self.step(node, Input::Disconnected(peer))?;
             }
             Event::Durable { node, life, generation, upto } => {
-                let n = &mut self.nodes[node];
-                if n.life != life || n.disk.generation != generation || n.zab.is_none() {
+                let zxid = {
+                    let n = &self.nodes[node];
+                    let mut disk = n.disk.borrow_mut();
+                    if n.life != life || disk.generation != generation || n.replica.is_none() {
+                        return Ok(());
+                    }
+                    disk.durable = disk.durable.max(upto.min(disk.log.len()));
+                    disk.durable_zxid()
+                };
+                self.step(node, Input::Durable(zxid))?;
+            }
+            Event::SnapshotWritten { node, life } => {
+                let n = &self.nodes[node];
+                if n.life != life || n.replica.is_none() {
                     return Ok(());
                 }
-                n.disk.durable = n.disk.durable.max(upto.min(n.disk.log.len()));
-                let zxid = match n.disk.durable {
-                    0 => n.disk.snapshot.0,
-                    d => n.disk.log[d - 1].0,
-                };
-                if let Some(zab) = n.zab.as_mut() {
-                    zab.on_durable(zxid);
+                if let Some(job) = n.job.borrow_mut().as_mut() {
+                    finish_job(&mut n.disk.borrow_mut(), job, self.opts.snapshots_to_keep);
+                    self.snapshots_written += 1;
                 }
-                self.run_actions(node)?;
             }
+            Event::Propose(batch) => self.propose(batch)?,
             Event::Restart(i) => {
-                if self.nodes[i].zab.is_none() {
+                if self.nodes[i].replica.is_none() {
                     self.restart(i)?;
                 }
             }
@@ -388,7 +468,7 @@ impl Sim {
         match self.rng.random_range(0..10) {
             0..=2 => {
                 let i = self.rng.random_range(0..n);
-                if self.nodes[i].zab.is_some() {
+                if self.nodes[i].replica.is_some() {
                     self.crash(i);
                     let back = self.now + self.rng.random_range(100..3000);
                     self.schedule(back, Event::Restart(i));
@@ -441,18 +521,21 @@ impl Sim {
 
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        if node.zab.is_none() {
+        if node.replica.is_none() {
             return;
         }
-        node.zab = None;
+        node.replica = None;
         node.life += 1;
         // Appended but not fsync'ed: any prefix of it may have reached the disk.
-        let (durable, len) = (node.disk.durable, node.disk.log.len());
-        let keep = self.rng.random_range(durable..=len);
-        node.disk.log.truncate(keep);
-        node.disk.durable = keep;
-        node.disk.generation += 1;
-        node.applied = node.disk.snapshot.1.clone();
+        let (durable, len, keep) = {
+            let mut disk = node.disk.borrow_mut();
+            let (durable, len) = (disk.durable, disk.log.len());
+            let keep = self.rng.random_range(durable..=len);
+            disk.log.truncate(keep);
+            disk.durable = keep;
+            disk.generation += 1;
+            (durable, len, keep)
+        };
         let id = node.id;
         for peer in 1..=self.nodes.len() as u64 {
             if peer != id {
@@ -460,7 +543,7 @@ impl Sim {
                 self.tell_reset(id, peer);
             }
         }
-        self.pending.retain(|(n, _, _, _, _, _)| *n != i);
+        self.pending.retain(|p| p.node != i);
         self.crashes += 1;
         self.note(|| format!("crash {id}: kept {keep} of {len} logged ({durable} fsync'ed)"));
     }
@@ -474,43 +557,28 @@ impl Sim {
         }
     }
 
+    /// Starts server `i` from its disk (its first start, or after a crash).
     fn restart(&mut self, i: usize) -> Result<(), String> {
-        let persisted = self.nodes[i].disk.persisted();
-        let zab = Zab::new(self.configs[i].clone(), persisted);
-        let node = &mut self.nodes[i];
-        node.zab = Some(zab);
-        node.applied = node.disk.snapshot.1.clone();
-        let (id, life) = (node.id, node.life);
+        let config = self.configs[i].clone();
+        let id = self.nodes[i].id;
+        self.nodes[i].start(config).map_err(|e| format!("server {id}: recovery failed: {e}"))?;
         self.note(|| format!("restart {id}"));
+        let life = self.nodes[i].life;
         let at = self.now + self.rng.random_range(1..self.opts.tick_ms);
         self.schedule(at, Event::Tick(i, life));
-        self.run_actions(i)
+        if let Some(replica) = self.nodes[i].replica.as_mut() {
+            run_now(replica.start()).map_err(|e| format!("server {id}: a store failed: {e}"))?;
+        }
+        self.settle(i)
     }
 
-    /// A server snapshots its applied state and drops the log it covers.
-    fn local_snapshot(&mut self, i: usize) -> Result<(), String> {
-        let node = &mut self.nodes[i];
-        let zxid = node.applied_zxid();
-        if zxid <= node.disk.snapshot.0 {
-            return Ok(());
-        }
-        node.disk.snapshot = (zxid, node.applied.clone());
-        let before = node.disk.log.len();
-        node.disk.log.retain(|(z, _)| *z > zxid);
-        let dropped = before - node.disk.log.len();
-        node.disk.durable = node.disk.durable.saturating_sub(dropped);
-        node.disk.generation += 1;
-        if let Some(zab) = node.zab.as_mut() {
-            zab.compact(zxid);
-        }
-        self.refsync(i);
-        Ok(())
-    }
-
-    /// Schedules an fsync of the whole log (after a cut or a rewrite).
+    /// Schedules an fsync of the whole log (after an append, a cut or a rewrite).
     fn refsync(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let (life, generation, upto) = (node.life, node.disk.generation, node.disk.log.len());
+        let (life, generation, upto) = {
+            let disk = node.disk.borrow();
+            (node.life, disk.generation, disk.log.len())
+        };
         let at = self.fsync_time(i);
         self.schedule(at, Event::Durable { node: i, life, generation, upto });
     }
@@ -528,40 +596,99 @@ impl Sim {
         self.now >= self.opts.fault_ms + self.opts.heal_ms / 2
     }
 
+    /// Clients send writes to an established leader, whose sequencer prepares them for the
+    /// next zxids and hands them to its replica a moment later (by then it may have lost or
+    /// changed its leadership: the replica must drop them).
     fn write(&mut self) -> Result<(), String> {
         if self.clients_done() {
             return Ok(());
         }
+        // A leader whose write path is stalled takes no new writes meanwhile (its clients
+        // wait), so at most one stalled batch per leader is on its way.
         let leaders: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                matches!(self.nodes[i].zab.as_ref().map(|z| z.role()), Some(Role::Leading { established: true, .. }))
-            })
+            .filter(|&i| matches!(self.nodes[i].role(), Some(Role::Leading { established: true, .. })))
+            .filter(|&i| self.nodes[i].proposing_until <= self.now)
             .collect();
         if !leaders.is_empty() {
             let i = leaders[self.rng.random_range(0..leaders.len())];
-            let count = self.rng.random_range(1..=3);
+            let count = self.rng.random_range(1..=3u32);
             let mut writes = Vec::new();
             for _ in 0..count {
                 self.writes += 1;
                 writes.push((self.rng.random_range(0..KEYS), self.writes));
             }
-            let payloads: Vec<Payload> = writes.iter().map(|&(k, v)| write_payload(k, v)).collect();
-            if let Some(zab) = self.nodes[i].zab.as_mut() {
-                if let Ok(zxids) = zab.propose(payloads.clone()) {
-                    let life = self.nodes[i].life;
-                    for ((z, p), (key, value)) in zxids.into_iter().zip(payloads).zip(writes) {
-                        let op = self.operations.len();
-                        let write = RegisterOp::Write(value);
-                        self.operations.push(Operation { key, op: write, invoked: self.now, completed: None });
-                        self.pending.push((i, life, z, p, self.acknowledged_max, op));
-                    }
-                }
+            // Usually a moment; now and then the leader's write path stalls (a long batch, a
+            // slow disk), and what it prepared meanwhile reaches the replica after an
+            // election that this server may win again, in a new epoch.
+            let delay =
+                if self.rng.random_bool(0.01) { self.rng.random_range(100..800) } else { self.rng.random_range(0..4) };
+            let node = &mut self.nodes[i];
+            let next = node.replica.as_ref().and_then(|r| r.zab().next_zxid().ok());
+            if let Some(next) = next {
+                // As the write path's sequencer: batches of one leadership get consecutive
+                // zxids while earlier ones are still on their way to the replica.
+                let first = match node.prepared {
+                    Some(p) if p.epoch() == next.epoch() && p > next => p,
+                    _ => next,
+                };
+                node.prepared = Some(Zxid::new(first.epoch(), first.counter() + count));
+                let at = (self.now + delay).max(node.proposing_until);
+                node.proposing_until = at;
+                let batch = Batch { node: i, life: node.life, first, writes };
+                self.schedule(at, Event::Propose(batch));
             }
-            self.run_actions(i)?;
         }
         let next = self.now + self.opts.write_every_ms;
         self.schedule(next, Event::Write);
         Ok(())
+    }
+
+    /// A prepared batch reaches its leader's replica.
+    fn propose(&mut self, batch: Batch) -> Result<(), String> {
+        let i = batch.node;
+        if self.nodes[i].life != batch.life {
+            return Ok(());
+        }
+        let Some(replica) = self.nodes[i].replica.as_mut() else { return Ok(()) };
+        // Leading again, but no longer where these were prepared: the replica must drop them.
+        let stale = replica.zab().next_zxid().is_ok_and(|next| next != batch.first);
+        let payloads: Vec<Payload> = batch
+            .writes
+            .iter()
+            .enumerate()
+            .map(|(k, &(key, value))| {
+                write_payload(key, value, Zxid::new(batch.first.epoch(), batch.first.counter() + k as u32))
+            })
+            .collect();
+        let proposed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_now(replica.propose(Some(batch.first), payloads.clone()))
+        }));
+        let zxids = match proposed {
+            Ok(Ok(zxids)) => zxids,
+            Ok(Err(e)) => return Err(format!("server {}: a store failed: {e}", i + 1)),
+            Err(_) => return Err(format!("server {}: the replica panicked (an invariant?)", i + 1)),
+        };
+        match zxids {
+            Some(zxids) => {
+                // Invoked, for the checkers, when they reach the log: their effect can only
+                // come after that (a later invocation narrows what the checkers accept, and
+                // keeps the histories' concurrency small enough to search).
+                let life = self.nodes[i].life;
+                for ((zxid, payload), (key, value)) in zxids.into_iter().zip(payloads).zip(batch.writes) {
+                    let op = self.operations.len();
+                    let write = RegisterOp::Write(value);
+                    self.operations.push(Operation { key, op: write, invoked: self.now, completed: None });
+                    let acknowledged_before = self.acknowledged_max;
+                    self.pending.push(Pending { node: i, life, zxid, payload, acknowledged_before, op });
+                }
+            }
+            None if stale => {
+                self.stale_proposals += 1;
+                self.note(|| format!("server {}: dropped a batch prepared for {}", i + 1, batch.first));
+            }
+            None => {}
+        }
+        self.settle(i)
     }
 
     /// A client syncs on a random serving server, then reads there.
@@ -573,205 +700,174 @@ impl Sim {
         let life = self.nodes[i].life;
         self.next_sync += 1;
         let id = self.next_sync;
-        if let Some(zab) = self.nodes[i].zab.as_mut() {
+        if self.nodes[i].replica.is_some() {
             // Its session is alive here: the report travels to the leader.
-            zab.touch(vec![id % 16]);
-            if zab.sync(id) {
-                self.syncs.insert((i, life, id), self.acknowledged_max);
-                let key = self.rng.random_range(0..KEYS);
-                let read = Operation { key, op: RegisterOp::Read(None), invoked: self.now, completed: None };
-                self.reads.insert((i, life, id), (key, self.operations.len()));
-                self.operations.push(read);
-            }
+            self.step(i, Input::Touch(vec![SessionId((id % 16) as i64)]))?;
+            self.syncs.insert((i, life, id), self.acknowledged_max);
+            let key = self.rng.random_range(0..KEYS);
+            let read = Operation { key, op: RegisterOp::Read(None), invoked: self.now, completed: None };
+            self.reads.insert((i, life, id), (key, self.operations.len()));
+            self.operations.push(read);
+            self.step(i, Input::Sync(id))?;
         }
         let next = self.now + self.rng.random_range(10..80);
         self.schedule(next, Event::SyncRead);
-        self.run_actions(i)
+        Ok(())
     }
 
-    fn run_actions(&mut self, i: usize) -> Result<(), String> {
-        loop {
-            let actions = match self.nodes[i].zab.as_mut() {
-                Some(zab) => zab.take_actions(),
-                None => return Ok(()),
-            };
-            if actions.is_empty() {
-                break;
-            }
-            for action in actions {
-                self.action(i, action)?;
+    /// Checks and acts on what server `i`'s last step did.
+    fn settle(&mut self, i: usize) -> Result<(), String> {
+        let seen = std::mem::take(&mut *self.nodes[i].seen.borrow_mut());
+        let id = self.nodes[i].id;
+        if let Some(v) = seen.violations.first() {
+            return Err(format!("server {id}: {v}"));
+        }
+        for event in seen.events {
+            match event {
+                Observed::Role(role) => {
+                    self.note(|| format!("server {id}: {role:?}"));
+                    if let Role::Leading { epoch, established: true } = role {
+                        match self.leaders.get(&epoch) {
+                            Some(&other) if other != id => {
+                                return Err(format!("two leaders established in epoch {epoch}: {other} and {id}"));
+                            }
+                            _ => {
+                                self.leaders.insert(epoch, id);
+                            }
+                        }
+                    }
+                }
+                Observed::Installed(zxid, state) => {
+                    self.check_prefix(id, &state)?;
+                    self.snapshots_installed += 1;
+                    self.note(|| format!("server {id}: installed snapshot at {zxid}"));
+                }
+                Observed::Applied(batch) => self.applied(i, batch)?,
+                Observed::Synced(read) => self.synced(i, read)?,
+                Observed::Touched(count, leading) => {
+                    if !leading {
+                        return Err(format!("server {id}: only the leader renews sessions"));
+                    }
+                    self.touches += count as u64;
+                }
             }
         }
-        if let Some(zab) = self.nodes[i].zab.as_ref() {
-            let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| zab.check_invariants()));
+        for (to, msg) in seen.sent {
+            let now = self.now;
+            let faults = self.faults;
+            match self.net.send(&mut self.rng, &faults, now, id, to, msg) {
+                Sent::Delivered(flights) => {
+                    for (at, flight) in flights {
+                        self.schedule(at, Event::Deliver(flight));
+                    }
+                }
+                Sent::Reset => self.tell_reset(id, to),
+            }
+        }
+        if seen.fsync {
+            self.refsync(i);
+        }
+        if seen.snapshot_started {
+            let life = self.nodes[i].life;
+            let at = self.now + self.rng.random_range(1..300);
+            self.schedule(at, Event::SnapshotWritten { node: i, life });
+        }
+        if let Some(replica) = self.nodes[i].replica.as_ref() {
+            let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replica.check_invariants()));
             if check.is_err() {
-                return Err(format!("server {}: core invariant violated", i + 1));
+                return Err(format!("server {id}: core invariant violated"));
             }
         }
         Ok(())
     }
 
-    fn action(&mut self, i: usize, action: Action) -> Result<(), String> {
+    /// Checks entries `from..to` of server `i`'s applied list against the history (and that
+    /// each was logged at the zxid it was prepared for), and acknowledges the writes its
+    /// leader proposed.
+    fn applied(&mut self, i: usize, batch: AppliedBatch) -> Result<(), String> {
         let id = self.nodes[i].id;
-        match action {
-            Action::Send { to, msg } => {
-                let now = self.now;
-                let faults = self.faults;
-                match self.net.send(&mut self.rng, &faults, now, id, to, msg) {
-                    Sent::Delivered(flights) => {
-                        for (at, flight) in flights {
-                            self.schedule(at, Event::Deliver(flight));
-                        }
-                    }
-                    Sent::Reset => self.tell_reset(id, to),
-                }
-            }
-            Action::SaveEpochs { accepted, current } => {
-                let disk = &mut self.nodes[i].disk;
-                disk.accepted_epoch = accepted;
-                disk.current_epoch = current;
-            }
-            Action::Append { entries } => {
-                self.nodes[i].disk.log.extend(entries);
-                self.refsync(i);
-            }
-            Action::Truncate { after } => {
-                let applied = self.nodes[i].applied_zxid();
-                if applied > after {
-                    return Err(format!("server {id}: truncation after {after} cuts applied {applied}"));
-                }
-                let disk = &mut self.nodes[i].disk;
-                disk.log.retain(|(z, _)| *z <= after);
-                disk.durable = disk.durable.min(disk.log.len());
-                disk.generation += 1;
-                self.note(|| format!("server {id}: truncate after {after}"));
-                self.refsync(i);
-            }
-            Action::InstallSnapshot { zxid, data } => {
-                let state = decode_state(&data).ok_or("undecodable snapshot")?;
-                if state.last().map_or(Zxid::ZERO, |(z, _)| *z) != zxid {
-                    return Err(format!("server {id}: snapshot at {zxid} does not end there"));
-                }
-                self.check_prefix(id, &state)?;
-                let node = &mut self.nodes[i];
-                node.applied = state.clone();
-                node.disk.snapshot = (zxid, state);
-                node.disk.log.clear();
-                node.disk.durable = 0;
-                node.disk.generation += 1;
-                self.snapshots_installed += 1;
-                self.note(|| format!("server {id}: installed snapshot at {zxid}"));
-            }
-            Action::Commit { through } => self.apply(i, through)?,
-            Action::TakeSnapshot { peer } => {
-                let node = &self.nodes[i];
-                let (zxid, data) = (node.applied_zxid(), encode_state(&node.applied));
-                if let Some(zab) = self.nodes[i].zab.as_mut() {
-                    zab.on_snapshot(peer, zxid, data);
-                }
-            }
-            Action::Synced { id: sync, zxid } => {
-                let node = &self.nodes[i];
-                let Some(required) = self.syncs.remove(&(i, node.life, sync)) else {
-                    return Err(format!("server {id}: sync {sync} completed twice or never started"));
-                };
-                let read = node.applied_zxid();
-                if read < zxid {
-                    return Err(format!("server {id}: sync {sync} done at {zxid} but only {read} is applied"));
-                }
-                if read < required {
+        let AppliedBatch { from, entries: fresh, leading } = batch;
+        for (k, entry) in (from..).zip(&fresh) {
+            if let Some((_, _, prepared_for)) = parse_write(&entry.payload) {
+                if prepared_for != entry.zxid {
                     return Err(format!(
-                        "server {id}: a read after sync sees {read}, missing write {required} acknowledged before the sync"
+                        "server {id}: an entry prepared for {prepared_for} was logged at {}",
+                        entry.zxid
                     ));
                 }
-                self.synced_reads += 1;
-                if let Some((key, op)) = self.reads.remove(&(i, node.life, sync)) {
-                    let value = node.applied.iter().rev().filter_map(|(_, p)| parse_write(p)).find(|(k, _)| *k == key);
-                    self.operations[op].op = RegisterOp::Read(value.map(|(_, v)| v));
-                    self.operations[op].completed = Some(self.now);
-                }
             }
-            Action::Touched { sessions } => {
-                if !matches!(self.nodes[i].zab.as_ref().map(|z| z.role()), Some(Role::Leading { .. })) {
-                    return Err(format!("server {id}: only the leader renews sessions"));
-                }
-                self.touches += sessions.len() as u64;
-            }
-            Action::RoleChanged(role) => {
-                self.note(|| format!("server {id}: {role:?}"));
-                if let Role::Leading { epoch, established: true } = role {
-                    match self.leaders.get(&epoch) {
-                        Some(&other) if other != id => {
-                            return Err(format!("two leaders established in epoch {epoch}: {other} and {id}"));
-                        }
-                        _ => {
-                            self.leaders.insert(epoch, id);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies the logged entries up to `through` and checks them against the history.
-    fn apply(&mut self, i: usize, through: Zxid) -> Result<(), String> {
-        let id = self.nodes[i].id;
-        let from = self.nodes[i].applied_zxid();
-        let fresh: Vec<LogEntry> =
-            self.nodes[i].disk.log.iter().filter(|(z, _)| *z > from && *z <= through).cloned().collect();
-        let reached = fresh.last().map_or(from, |(z, _)| *z);
-        if reached < through {
-            return Err(format!("server {id}: commit through {through} but the log stops at {reached}"));
-        }
-        let start = self.nodes[i].applied.len();
-        self.nodes[i].applied.extend(fresh);
-        for k in start..self.nodes[i].applied.len() {
-            let entry = self.nodes[i].applied[k].clone();
             match self.history.get(k) {
-                Some(h) if *h != entry => {
+                Some(h) if h != entry => {
                     return Err(format!(
                         "server {id} applied {} at position {k}, the history has {} there",
-                        entry.0, h.0
+                        entry.zxid, h.zxid
                     ));
                 }
                 Some(_) => {}
-                None => self.history.push(entry),
+                None => self.history.push(entry.clone()),
             }
         }
+        let Some(through) = fresh.last().map(|e| e.zxid) else { return Ok(()) };
         // Writes this server proposed and has now applied, while still leading the epoch it
         // proposed them in, are acknowledged to their clients. A leader that lost its epoch
         // does not know their fate: they stay unacknowledged.
         let life = self.nodes[i].life;
-        let leading = match self.nodes[i].zab.as_ref().map(|z| z.role()) {
-            Some(Role::Leading { epoch, established: true }) => Some(epoch),
-            _ => None,
-        };
         let mut still = Vec::new();
-        for (n, l, z, p, before, op) in std::mem::take(&mut self.pending) {
-            if n == i && (l != life || leading != Some(z.epoch())) {
+        for p in std::mem::take(&mut self.pending) {
+            if p.node == i && (p.life != life || leading != Some(p.zxid.epoch())) {
                 continue;
             }
-            if n == i && z <= through {
-                let logged = self.nodes[i].applied.iter().find(|(az, _)| *az == z);
+            if p.node == i && p.zxid <= through {
+                let find = |entries: &[LogEntry]| entries.iter().find(|e| e.zxid == p.zxid).map(|e| e.payload.clone());
+                let logged = find(&fresh).or_else(|| find(&self.nodes[i].applied.borrow()));
                 match logged {
-                    Some((_, ap)) if *ap == p => {
-                        if z <= before {
+                    Some(payload) if payload == p.payload => {
+                        if p.zxid <= p.acknowledged_before {
                             return Err(format!(
-                                "write {z} is ordered before write {before}, acknowledged before it was invoked"
+                                "write {} is ordered before write {}, acknowledged before it was invoked",
+                                p.zxid, p.acknowledged_before
                             ));
                         }
-                        self.acknowledged_max = self.acknowledged_max.max(z);
-                        self.acknowledged.push((z, p));
-                        self.operations[op].completed = Some(self.now);
+                        self.acknowledged_max = self.acknowledged_max.max(p.zxid);
+                        self.acknowledged.push((p.zxid, p.payload));
+                        self.operations[p.op].completed = Some(self.now);
                     }
-                    _ => return Err(format!("server {id}: its own proposal {z} was replaced before commit")),
+                    _ => return Err(format!("server {id}: its own proposal {} was replaced before commit", p.zxid)),
                 }
             } else {
-                still.push((n, l, z, p, before, op));
+                still.push(p);
             }
         }
         self.pending = still;
+        Ok(())
+    }
+
+    /// A sync on server `i` is done, and the read after it answered.
+    fn synced(&mut self, i: usize, done: SyncedRead) -> Result<(), String> {
+        let (id, life) = (self.nodes[i].id, self.nodes[i].life);
+        let SyncedRead { id: sync, zxid, read, values } = done;
+        let Some(required) = self.syncs.remove(&(i, life, sync)) else {
+            return Err(format!("server {id}: sync {sync} completed twice or never started"));
+        };
+        let Some(zxid) = zxid else {
+            // No leader to sync with: the client is told to retry; its read never happens.
+            self.reads.remove(&(i, life, sync));
+            return Ok(());
+        };
+        if read < zxid {
+            return Err(format!("server {id}: sync {sync} done at {zxid} but only {read} is applied"));
+        }
+        if read < required {
+            return Err(format!(
+                "server {id}: a read after sync sees {read}, missing write {required} acknowledged before the sync"
+            ));
+        }
+        self.synced_reads += 1;
+        if let Some((key, op)) = self.reads.remove(&(i, life, sync)) {
+            let value = values.get(key as usize).copied().flatten();
+            self.operations[op].op = RegisterOp::Read(value);
+            self.operations[op].completed = Some(self.now);
+        }
         Ok(())
     }
 
@@ -787,7 +883,7 @@ impl Sim {
     }
 
     fn check_end(&mut self) -> Result<(), String> {
-        let roles: Vec<Option<Role>> = self.nodes.iter().map(|n| n.zab.as_ref().map(|z| z.role())).collect();
+        let roles: Vec<Option<Role>> = self.nodes.iter().map(Node::role).collect();
         let leaders: Vec<(usize, u32)> = roles
             .iter()
             .enumerate()
@@ -803,30 +899,30 @@ impl Sim {
             if i == leader {
                 continue;
             }
-            let followed = self.configs[i].upstream.unwrap_or(leader as u64 + 1);
+            let followed = self.configs[i].zab.upstream.unwrap_or(leader as u64 + 1);
             let expected = Role::Following { leader: followed, epoch, serving: true };
             if *role != Some(expected) {
                 return Err(format!("server {} is {role:?}, not following {} in epoch {epoch}", i + 1, leader + 1));
             }
         }
         for node in &self.nodes {
-            if node.applied != self.history {
+            let applied = node.applied.borrow();
+            if *applied != self.history {
                 return Err(format!(
                     "server {} applied {} entries, the history has {}",
                     node.id,
-                    node.applied.len(),
+                    applied.len(),
                     self.history.len()
                 ));
             }
         }
-        let position: BTreeMap<Zxid, &Payload> = self.history.iter().map(|(z, p)| (*z, p)).collect();
+        let position: BTreeMap<Zxid, &Payload> = self.history.iter().map(|e| (e.zxid, &e.payload)).collect();
         for (z, p) in &self.acknowledged {
             if position.get(z) != Some(&p) {
                 return Err(format!("acknowledged write {z} is not in the final history"));
             }
         }
-        let after_heal = self.acknowledged.len();
-        if after_heal == 0 {
+        if self.acknowledged.is_empty() {
             return Err("no write was ever acknowledged".into());
         }
         linearizability::check(&self.operations).map_err(|v| v.to_string())
@@ -839,6 +935,8 @@ impl Sim {
             epochs: self.leaders.len(),
             crashes: self.crashes,
             snapshots_installed: self.snapshots_installed,
+            snapshots_written: self.snapshots_written,
+            stale_proposals: self.stale_proposals,
             synced_reads: self.synced_reads,
             touches: self.touches,
             messages: (self.net.sent, self.net.lost),
@@ -852,8 +950,8 @@ fn brief(msg: &baton_engine::zab::Message) -> String {
     match msg {
         M::Append { epoch, entries } => format!(
             "Append e{epoch} {}..{} ({})",
-            entries.first().map_or(Zxid::ZERO, |e| e.0),
-            entries.last().map_or(Zxid::ZERO, |e| e.0),
+            entries.first().map_or(Zxid::ZERO, |e| e.zxid),
+            entries.last().map_or(Zxid::ZERO, |e| e.zxid),
             entries.len()
         ),
         M::Snap { epoch, zxid, data } => format!("Snap e{epoch} {zxid} ({} bytes)", data.len()),

@@ -9,18 +9,22 @@ use baton_engine::tree::path::validate_path;
 use baton_engine::tree::{DataTree, ErrorCode, Stat};
 use sha1::{Digest, Sha1};
 
-use crate::conn::Conn;
-use crate::shard::Shard;
-use crate::watch::WatchKind;
-use crate::zk::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches};
+use super::conn::Conn;
+use super::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches};
+use super::watch::{WatchKind, WatchManager};
+
+/// The watches of a shard, as a read may add to them.
+pub struct Watches<'a> {
+    /// The shard's registrations.
+    pub manager: &'a mut WatchManager,
+    /// Most watches one connection may hold.
+    pub max_per_connection: usize,
+}
 
 /// The reply frame for a read-side request, registering any watch it sets.
-pub fn answer(shard: &mut Shard, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
+pub fn answer(watches: &mut Watches<'_>, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
     let zxid = tree.last_zxid().0 as i64;
-    let answered = respond(shard, tree, conn, request);
-    if shard.watches.count() != shard.shared.shard_stats[shard.id].watches.load(std::sync::atomic::Ordering::Relaxed) {
-        shard.publish_watches();
-    }
+    let answered = respond(watches, tree, conn, request);
     match answered {
         Ok(Some(body)) => encode_reply(xid, zxid, 0, Some(&body)),
         Ok(None) => encode_reply(xid, zxid, 0, None),
@@ -46,8 +50,8 @@ fn readable(tree: &DataTree, conn: &Conn, path: &str, perm: i32) -> Result<Stat,
     Ok(znode.full_stat())
 }
 
-fn watch_room(shard: &Shard, conn: &Conn) -> bool {
-    shard.watches.count_for(conn.id) < shard.shared.config.max_watches_per_connection
+fn watch_room(watches: &Watches<'_>, conn: &Conn) -> bool {
+    watches.manager.count_for(conn.id) < watches.max_per_connection
 }
 
 fn children(tree: &DataTree, path: &str) -> Vec<String> {
@@ -55,43 +59,43 @@ fn children(tree: &DataTree, path: &str) -> Vec<String> {
 }
 
 fn respond(
-    shard: &mut Shard,
+    watches: &mut Watches<'_>,
     tree: &DataTree,
     conn: &Rc<Conn>,
     request: Request,
 ) -> Result<Option<Response>, ErrorCode> {
     Ok(Some(match request {
         Request::Ping | Request::Sync { .. } | Request::Auth { .. } | Request::SetWatches(_) => {
-            return session_request(shard, tree, conn, request);
+            return session_request(watches, tree, conn, request);
         }
         Request::Exists { path, watch } => {
             valid(&path)?;
             let stat = tree.stat(&path);
-            if watch && watch_room(shard, conn) {
+            if watch && watch_room(watches, conn) {
                 // An exists watch on a missing node fires when it is created.
-                shard.watches.add(WatchKind::Data, &path, conn.id);
+                watches.manager.add(WatchKind::Data, &path, conn.id);
             }
             Response::Stat(stat.ok_or(ErrorCode::NoNode)?)
         }
         Request::GetData { path, watch } => {
             let stat = readable(tree, conn, &path, perms::READ)?;
-            if watch && watch_room(shard, conn) {
-                shard.watches.add(WatchKind::Data, &path, conn.id);
+            if watch && watch_room(watches, conn) {
+                watches.manager.add(WatchKind::Data, &path, conn.id);
             }
             let data = tree.get(&path).map(|n| n.data().to_vec()).unwrap_or_default();
             Response::GetData { data, stat }
         }
         Request::GetChildren { path, watch } => {
             readable(tree, conn, &path, perms::READ)?;
-            if watch && watch_room(shard, conn) {
-                shard.watches.add(WatchKind::Child, &path, conn.id);
+            if watch && watch_room(watches, conn) {
+                watches.manager.add(WatchKind::Child, &path, conn.id);
             }
             Response::Children(children(tree, &path))
         }
         Request::GetChildren2 { path, watch } => {
             let stat = readable(tree, conn, &path, perms::READ)?;
-            if watch && watch_room(shard, conn) {
-                shard.watches.add(WatchKind::Child, &path, conn.id);
+            if watch && watch_room(watches, conn) {
+                watches.manager.add(WatchKind::Child, &path, conn.id);
             }
             Response::Children2 { children: children(tree, &path), stat }
         }
@@ -117,13 +121,13 @@ fn respond(
                 1 => WatchKind::Recursive,
                 _ => return Err(ErrorCode::BadArguments),
             };
-            if watch_room(shard, conn) {
-                shard.watches.add(kind, &path, conn.id);
+            if watch_room(watches, conn) {
+                watches.manager.add(kind, &path, conn.id);
             }
             Response::Empty
         }
-        Request::CheckWatches { path, kind } => return watch_management(shard, conn, &path, kind, false),
-        Request::RemoveWatches { path, kind } => return watch_management(shard, conn, &path, kind, true),
+        Request::CheckWatches { path, kind } => return watch_management(watches, conn, &path, kind, false),
+        Request::RemoveWatches { path, kind } => return watch_management(watches, conn, &path, kind, true),
         Request::WhoAmI => {
             let infos = conn.auth.borrow().iter().map(|a| (a.scheme.clone(), a.id.clone())).collect();
             Response::WhoAmI(infos)
@@ -134,14 +138,14 @@ fn respond(
 }
 
 fn session_request(
-    shard: &mut Shard,
+    watches: &mut Watches<'_>,
     tree: &DataTree,
     conn: &Rc<Conn>,
     request: Request,
 ) -> Result<Option<Response>, ErrorCode> {
     match request {
         Request::Ping => Ok(None),
-        // Shards send syncs to the core (see `Shard::request`); never answered here.
+        // Shards send syncs to the write path (see `Shard::request`); never answered here.
         Request::Sync { path } => Ok(Some(Response::Path(path))),
         Request::Auth { scheme, auth } => {
             if scheme != "digest" {
@@ -156,8 +160,8 @@ fn session_request(
             }
             Ok(None)
         }
-        Request::SetWatches(watches) => {
-            set_watches(shard, tree, conn, watches);
+        Request::SetWatches(set) => {
+            set_watches(watches, tree, conn, set);
             Ok(None)
         }
         _ => Err(ErrorCode::Unimplemented),
@@ -180,7 +184,7 @@ fn read_op(tree: &DataTree, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
 /// checkWatches / removeWatches: `kind` 1 children, 2 data, 3 any, 4 persistent,
 /// 5 persistent recursive (ZooKeeper's `WatcherType`).
 fn watch_management(
-    shard: &mut Shard,
+    watches: &mut Watches<'_>,
     conn: &Rc<Conn>,
     path: &str,
     kind: i32,
@@ -197,7 +201,7 @@ fn watch_management(
     };
     let mut found = false;
     for &k in kinds {
-        found |= if remove { shard.watches.remove(k, path, conn.id) } else { shard.watches.has(k, path, conn.id) };
+        found |= if remove { watches.manager.remove(k, path, conn.id) } else { watches.manager.has(k, path, conn.id) };
     }
     if found {
         Ok(Some(Response::Empty))
@@ -208,35 +212,35 @@ fn watch_management(
 
 /// Re-registers a reconnecting client's watches, firing at once those whose condition has
 /// already happened since `relative_zxid` (ZooKeeper's `DataTree.setWatches`).
-fn set_watches(shard: &mut Shard, tree: &DataTree, conn: &Rc<Conn>, watches: SetWatches) {
-    let SetWatches { relative_zxid, data, exist, child, persistent, recursive } = watches;
+fn set_watches(watches: &mut Watches<'_>, tree: &DataTree, conn: &Rc<Conn>, set: SetWatches) {
+    let SetWatches { relative_zxid, data, exist, child, persistent, recursive } = set;
     let zxid = tree.last_zxid().0 as i64;
-    let fire = |event_type: i32, path: &str| conn.send(crate::zk::proto::encode_notification(event_type, path, zxid));
+    let fire = |event_type: i32, path: &str| conn.send(super::proto::encode_notification(event_type, path, zxid));
     for path in data {
         match tree.stat(&path) {
             None => fire(event::NODE_DELETED, &path),
             Some(s) if s.mzxid > relative_zxid => fire(event::NODE_DATA_CHANGED, &path),
-            Some(_) => shard.watches.add(WatchKind::Data, &path, conn.id),
+            Some(_) => watches.manager.add(WatchKind::Data, &path, conn.id),
         }
     }
     for path in exist {
         match tree.stat(&path) {
             Some(_) => fire(event::NODE_CREATED, &path),
-            None => shard.watches.add(WatchKind::Data, &path, conn.id),
+            None => watches.manager.add(WatchKind::Data, &path, conn.id),
         }
     }
     for path in child {
         match tree.stat(&path) {
             None => fire(event::NODE_DELETED, &path),
             Some(s) if s.pzxid > relative_zxid => fire(event::NODE_CHILDREN_CHANGED, &path),
-            Some(_) => shard.watches.add(WatchKind::Child, &path, conn.id),
+            Some(_) => watches.manager.add(WatchKind::Child, &path, conn.id),
         }
     }
     for path in persistent {
-        shard.watches.add(WatchKind::Persistent, &path, conn.id);
+        watches.manager.add(WatchKind::Persistent, &path, conn.id);
     }
     for path in recursive {
-        shard.watches.add(WatchKind::Recursive, &path, conn.id);
+        watches.manager.add(WatchKind::Recursive, &path, conn.id);
     }
 }
 

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::runtime::Shared;
+use baton_engine::zab::{Role, ServerId};
+
+use crate::runtime::{ShardStats, Shared};
 
 /// The words Baton knows.
 pub const KNOWN: [&str; 9] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro"];
@@ -62,8 +64,7 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
             let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
         }
         "wchs" => {
-            let sum =
-                |f: fn(&crate::runtime::ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
+            let sum = |f: fn(&ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
             let conns = sum(|s| s.watching_conns.load(Relaxed));
             let _ = writeln!(out, "{} connections watching {} paths", conns, sum(|s| s.watched_paths.load(Relaxed)));
             let _ = writeln!(out, "Total watches:{}", sum(|s| s.watches.load(Relaxed)));
@@ -96,14 +97,14 @@ fn srvr_body(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "Received: {}", node.received());
     let _ = writeln!(out, "Sent: {}", sent(node));
     let _ = writeln!(out, "Connections: {}", node.open_connections.load(Relaxed));
-    let _ = writeln!(out, "Outstanding: {}", node.core_stats.outstanding.load(Relaxed));
+    let _ = writeln!(out, "Outstanding: {}", node.write_stats.outstanding.load(Relaxed));
     let _ = writeln!(out, "Zxid: 0x{:x}", tree.last_zxid().0);
-    let core = &node.core_stats;
-    let _ = writeln!(out, "Mode: {}", crate::runtime::Mode::from_u8(core.mode.load(Relaxed)).name());
+    let _ = writeln!(out, "Mode: {}", node.mode());
     let _ = writeln!(out, "Node count: {}", tree.node_count());
     let _ = writeln!(out, "Server id: {}", node.config.server_id);
-    let _ = writeln!(out, "Epoch: {}", core.epoch.load(Relaxed));
-    let _ = writeln!(out, "Leader: {}", core.leader.load(Relaxed));
+    let role = node.role.get();
+    let _ = writeln!(out, "Epoch: {}", role.epoch());
+    let _ = writeln!(out, "Leader: {}", leader_of(node, role));
 }
 
 fn srvr(node: &Shared, out: &mut String) {
@@ -122,21 +123,22 @@ fn mntr(node: &Shared, out: &mut String) {
     };
     let sent = sent(node);
     let watches: usize = node.shard_stats.iter().map(|s| s.watches.load(Relaxed)).sum();
-    let core = &node.core_stats;
+    let stats = &node.write_stats;
+    let role = node.role.get();
     let mut kv = |k: &str, v: String| {
         let _ = writeln!(out, "{k}\t{v}");
     };
     kv("zk_version", VERSION.to_string());
-    kv("zk_server_state", crate::runtime::Mode::from_u8(core.mode.load(Relaxed)).name().into());
+    kv("zk_server_state", node.mode().into());
     kv("zk_znode_count", nodes.to_string());
     kv("zk_watch_count", watches.to_string());
     kv("zk_ephemerals_count", ephemerals.to_string());
     kv("zk_approximate_data_size", data_bytes.to_string());
     kv("zk_num_alive_connections", node.open_connections.load(Relaxed).to_string());
-    kv("zk_outstanding_requests", core.outstanding.load(Relaxed).to_string());
+    kv("zk_outstanding_requests", stats.outstanding.load(Relaxed).to_string());
     kv("zk_packets_received", node.received().to_string());
     kv("zk_packets_sent", sent.to_string());
-    kv("zk_global_sessions", core.sessions.load(Relaxed).to_string());
+    kv("zk_global_sessions", stats.sessions.load(Relaxed).to_string());
     kv("zk_last_zxid", format!("0x{:x}", last_zxid.0));
     kv("zk_uptime", node.started.elapsed().as_millis().to_string());
     kv("baton_shards", node.shard_stats.len().to_string());
@@ -144,12 +146,22 @@ fn mntr(node: &Shared, out: &mut String) {
         kv(&format!("baton_shard_{i}_connections"), shard.connections.load(Relaxed).to_string());
         kv(&format!("baton_shard_{i}_received"), shard.received.load(Relaxed).to_string());
     }
-    kv("baton_wal_entries_durable", core.wal_entries_durable.load(Relaxed).to_string());
-    kv("baton_wal_batches", core.wal_batches.load(Relaxed).to_string());
-    kv("baton_commits", core.committed.load(Relaxed).to_string());
-    kv("baton_rejected_writes", core.rejected.load(Relaxed).to_string());
+    kv("baton_wal_entries_durable", stats.wal_entries_durable.load(Relaxed).to_string());
+    kv("baton_wal_batches", stats.wal_batches.load(Relaxed).to_string());
+    kv("baton_commits", stats.committed.load(Relaxed).to_string());
+    kv("baton_rejected_writes", stats.rejected.load(Relaxed).to_string());
     kv("baton_server_id", node.config.server_id.to_string());
-    kv("baton_epoch", core.epoch.load(Relaxed).to_string());
-    kv("baton_leader", core.leader.load(Relaxed).to_string());
-    kv("baton_serving", u8::from(core.serving.load(Relaxed)).to_string());
+    kv("baton_epoch", role.epoch().to_string());
+    kv("baton_leader", leader_of(node, role).to_string());
+    kv("baton_serving", u8::from(role.serving()).to_string());
+}
+
+/// The leader this server follows, or its own id when leading (0 while it does not serve).
+fn leader_of(node: &Shared, role: Role) -> ServerId {
+    match role {
+        _ if !role.serving() => 0,
+        Role::Leading { .. } => node.config.server_id,
+        Role::Following { leader, .. } => leader,
+        Role::Looking => 0,
+    }
 }

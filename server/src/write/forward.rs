@@ -4,36 +4,45 @@
 //! entry the follower matches to its client by (session, cxid), as ZooKeeper's
 //! `CommitProcessor` does. Carried as opaque bytes on the peer links (`Message::Forward`).
 
-use baton_engine::sequencer::{Rejected, WriteRequest};
+use baton_engine::sequencer::Rejected;
 use baton_engine::tree::ErrorCode;
-use baton_engine::zab::ServerId;
+use baton_engine::{SessionId, Zxid};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-/// One forwarded message.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum Forwarded {
-    /// A client's write, from the server its client is connected to (relayed by observers
-    /// that follow other observers).
-    Write {
-        /// The server whose client sent it (answers go straight back to it).
-        origin: ServerId,
-        /// The write.
-        req: WriteRequest,
-    },
-    /// The leader refused the write `(session, cxid)` before the log.
-    Refused {
-        /// The client's session.
-        session: i64,
-        /// Its request id.
-        cxid: i32,
-        /// The leader's last zxid (the reply's zxid).
-        zxid: i64,
-        /// The error code of a single operation.
-        code: i32,
-        /// For a multi: one code per operation (then `code` is 0).
-        multi: Option<Vec<i32>>,
-    },
+pub use message::Forwarded;
+
+#[allow(missing_docs, reason = "rkyv's derived resolver for Forwarded has undocumented fields")]
+mod message {
+    use baton_engine::sequencer::WriteRequest;
+    use baton_engine::zab::ServerId;
+    use baton_engine::{SessionId, Zxid};
+
+    /// One forwarded message.
+    #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub enum Forwarded {
+        /// A client's write, from the server its client is connected to (relayed by observers
+        /// that follow other observers).
+        Write {
+            /// The server whose client sent it (answers go straight back to it).
+            origin: ServerId,
+            /// The write.
+            req: WriteRequest,
+        },
+        /// The leader refused the write `(session, cxid)` before the log.
+        Refused {
+            /// The client's session.
+            session: SessionId,
+            /// Its request id.
+            cxid: i32,
+            /// The zxid the refusal was decided at (the reply's zxid).
+            zxid: Zxid,
+            /// The error code of a single operation.
+            code: i32,
+            /// For a multi: one code per operation (then `code` is 0).
+            multi: Option<Vec<i32>>,
+        },
+    }
 }
 
 /// A forwarded message that does not decode.
@@ -43,7 +52,7 @@ pub struct ForwardError(String);
 
 impl Forwarded {
     /// The leader's answer to write `(session, cxid)`, refused as `rejected`.
-    pub fn refusal(session: i64, cxid: i32, zxid: i64, rejected: Rejected) -> Forwarded {
+    pub fn refusal(session: SessionId, cxid: i32, zxid: Zxid, rejected: Rejected) -> Forwarded {
         let (code, multi) = match rejected {
             Rejected::Op(code) => (code.code(), None),
             Rejected::Multi(codes) => (0, Some(codes)),
@@ -69,6 +78,7 @@ impl Forwarded {
     }
 
     /// Validates and decodes bytes from a peer (copied to an aligned buffer first).
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from a peer")]
     pub fn decode(bytes: &[u8]) -> Result<Forwarded, ForwardError> {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
@@ -79,14 +89,14 @@ impl Forwarded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_engine::sequencer::{AuthId, CreateMode, CreateOp, WriteOp};
+    use baton_engine::sequencer::{AuthId, CreateMode, CreateOp, WriteOp, WriteRequest};
 
     #[test]
     fn forwarded_messages_round_trip_and_garbage_is_refused() {
         let write = Forwarded::Write {
             origin: 3,
             req: WriteRequest {
-                session_id: 0x0300_0000_0000_0001,
+                session_id: SessionId(0x0300_0000_0000_0001),
                 cxid: 7,
                 auth: vec![AuthId::new("digest", "bob:xyz")],
                 op: WriteOp::Multi(vec![
@@ -102,7 +112,13 @@ mod tests {
                 ]),
             },
         };
-        let refused = Forwarded::Refused { session: 1, cxid: 2, zxid: 3, code: 0, multi: Some(vec![0, -101, -2]) };
+        let refused = Forwarded::Refused {
+            session: SessionId(1),
+            cxid: 2,
+            zxid: Zxid(3),
+            code: 0,
+            multi: Some(vec![0, -101, -2]),
+        };
         for m in [write, refused] {
             let bytes = m.encode();
             assert_eq!(Forwarded::decode(&bytes).expect("decodes"), m);

@@ -1,8 +1,10 @@
-//! Session tracking on the server that owns expiry: deadlines, passwords, ids.
+//! Session tracking: deadlines, passwords, ids. Time comes in as a value (`now`): the
+//! tracker reads no clock.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use baton_engine::SessionId;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 /// Seed of the password derivation (ZooKeeper uses a fixed "superSecret" likewise, so that
@@ -10,14 +12,14 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 const PASSWORD_SEED: u64 = 0x00B3_415C_00BA_7011;
 
 /// The 16-byte password of a session.
-pub fn password(session_id: i64) -> Vec<u8> {
-    xxh3_128_with_seed(&session_id.to_be_bytes(), PASSWORD_SEED).to_be_bytes().to_vec()
+pub fn password(session_id: SessionId) -> Vec<u8> {
+    xxh3_128_with_seed(&session_id.as_i64().to_be_bytes(), PASSWORD_SEED).to_be_bytes().to_vec()
 }
 
 /// Live sessions and when each expires unless it hears from its client.
 #[derive(Debug, Default)]
 pub struct SessionTracker {
-    deadlines: HashMap<i64, (Duration, Instant)>,
+    deadlines: HashMap<SessionId, (Duration, Instant)>,
     next_id: i64,
 }
 
@@ -30,19 +32,19 @@ impl SessionTracker {
     }
 
     /// A fresh session id.
-    pub fn next_id(&mut self) -> i64 {
+    pub fn next_id(&mut self) -> SessionId {
         self.next_id += 1;
-        self.next_id
+        SessionId(self.next_id)
     }
 
     /// Starts (or restarts) tracking a session.
-    pub fn track(&mut self, id: i64, timeout_ms: i32, now: Instant) {
+    pub fn track(&mut self, id: SessionId, timeout_ms: i32, now: Instant) {
         let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
         self.deadlines.insert(id, (timeout, now + timeout));
     }
 
     /// The client was heard from.
-    pub fn touch(&mut self, id: i64, now: Instant) -> bool {
+    pub fn touch(&mut self, id: SessionId, now: Instant) -> bool {
         match self.deadlines.get_mut(&id) {
             Some((timeout, deadline)) => {
                 *deadline = now + *timeout;
@@ -53,18 +55,19 @@ impl SessionTracker {
     }
 
     /// Stops tracking (closed or expired).
-    pub fn remove(&mut self, id: i64) {
+    pub fn remove(&mut self, id: SessionId) {
         self.deadlines.remove(&id);
     }
 
     /// Whether a session is tracked.
-    pub fn contains(&self, id: i64) -> bool {
+    pub fn contains(&self, id: SessionId) -> bool {
         self.deadlines.contains_key(&id)
     }
 
     /// Sessions past their deadline, sorted; they stay tracked until [`remove`](Self::remove).
-    pub fn expired(&self, now: Instant) -> Vec<i64> {
-        let mut out: Vec<i64> = self.deadlines.iter().filter(|(_, (_, d))| *d <= now).map(|(&id, _)| id).collect();
+    pub fn expired(&self, now: Instant) -> Vec<SessionId> {
+        let mut out: Vec<SessionId> =
+            self.deadlines.iter().filter(|(_, (_, d))| *d <= now).map(|(&id, _)| id).collect();
         out.sort_unstable();
         out
     }
@@ -91,7 +94,7 @@ mod tests {
         let a = t.next_id();
         let b = t.next_id();
         assert_ne!(a, b);
-        assert_eq!(a >> 56, 1);
+        assert_eq!(a.as_i64() >> 56, 1);
         t.track(a, 100, t0);
         t.track(b, 100, t0);
         assert!(t.touch(b, t0 + Duration::from_millis(80)));

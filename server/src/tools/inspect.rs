@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use baton_engine::log::Entry;
+use baton_engine::log::Transaction;
 use baton_engine::snapshot::SnapshotStore;
 use baton_engine::wal::{WalError, WalReader};
 use baton_engine::Zxid;
@@ -46,16 +46,16 @@ pub fn verify_wal(dir: &Path) -> Result<String, WalError> {
 }
 
 /// One line per record above `after` (at most `limit`), decoding entries where they are
-/// archived `Entry`s.
+/// archived `Transaction`s.
 pub fn dump_wal(dir: &Path, after: Zxid, limit: usize) -> Result<String, WalError> {
     let reader = WalReader::open(dir)?;
     let mut out = String::new();
     for record in reader.records_after(after).take(limit) {
-        match Entry::decode(record.payload) {
+        match Transaction::decode(record.payload) {
             Ok(e) => {
                 let _ = writeln!(
                     out,
-                    "{} session 0x{:x} cxid {} time {} {:?}",
+                    "{} session {} cxid {} time {} {:?}",
                     record.zxid, e.session_id, e.cxid, e.time_ms, e.txn
                 );
             }

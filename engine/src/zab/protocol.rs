@@ -1,15 +1,16 @@
 //! [`Zab`]: one server's protocol state machine, dispatching inputs to its current role.
 
-use super::action::{Action, Role};
+use super::action::Action;
 use super::config::ZabConfig;
 use super::context::Context;
 use super::election::{Election, Notice, Step};
 use super::follower::Follower;
 use super::history::History;
 use super::leader::Leader;
-use super::message::{LogEntry, Message, Payload, ServerId, ServerState, Vote};
+use super::message::{LogEntry, Message, Payload, ServerId, Vote};
+use super::role::Role;
 use super::ZabError;
-use crate::log::Zxid;
+use crate::log::{SessionId, Zxid};
 
 /// What a server recovered from its disk at start.
 #[derive(Debug, Clone, Default)]
@@ -100,14 +101,6 @@ impl Zab {
         }
     }
 
-    fn state(&self) -> ServerState {
-        match self.role {
-            RoleState::Looking => ServerState::Looking,
-            RoleState::Following(_) => ServerState::Following,
-            RoleState::Leading(_) => ServerState::Leading,
-        }
-    }
-
     /// This server's notification: its vote while looking; otherwise the leadership it is
     /// part of (leader and epoch), which every member reports alike.
     fn notification(&self) -> Message {
@@ -117,7 +110,7 @@ impl Zab {
             RoleState::Following(f) => Vote { epoch: f.epoch, zxid: Zxid::ZERO, leader: f.leader },
             RoleState::Leading(l) => Vote { epoch: l.epoch, zxid: Zxid::ZERO, leader: id },
         };
-        Message::Notification { round: self.election.round, vote, state: self.state() }
+        Message::Notification { round: self.election.round, vote, state: self.role() }
     }
 
     fn broadcast_vote(&mut self) {
@@ -177,9 +170,9 @@ impl Zab {
         self.after(result);
     }
 
-    fn on_notification(&mut self, from: ServerId, round: u64, vote: Vote, state: ServerState) {
+    fn on_notification(&mut self, from: ServerId, round: u64, vote: Vote, state: Role) {
         if !matches!(self.role, RoleState::Looking) {
-            if state == ServerState::Looking {
+            if state.is_looking() {
                 let reply = self.notification();
                 self.ctx.send(from, reply);
             }
@@ -187,13 +180,13 @@ impl Zab {
         }
         // An observer's vote never counts, and an observer only joins leaderships.
         let observer_involved = !self.ctx.cfg.is_voter(from) || !self.ctx.cfg.is_voter(self.ctx.cfg.id);
-        if observer_involved && state == ServerState::Looking {
+        if observer_involved && state.is_looking() {
             return;
         }
         let own = self.ctx.own_vote();
         let notice = Notice { from, round, vote, state };
         let step = self.election.on_notification(&self.ctx.cfg, own, notice, self.ctx.now);
-        if state == ServerState::Looking && round < self.election.round {
+        if state.is_looking() && round < self.election.round {
             let reply = self.notification();
             self.ctx.send(from, reply);
         }
@@ -293,7 +286,7 @@ impl Zab {
     /// once ([`Action::Touched`]); elsewhere they travel to the leader. Returns false when
     /// this server has no synchronised leader to tell (the caller reports them again at its
     /// next liveness round).
-    pub fn touch(&mut self, sessions: Vec<u64>) -> bool {
+    pub fn touch(&mut self, sessions: Vec<SessionId>) -> bool {
         match &mut self.role {
             RoleState::Leading(_) if !sessions.is_empty() => {
                 self.ctx.out.push(Action::Touched { sessions });
@@ -324,6 +317,7 @@ impl Zab {
         self.ctx.check_invariants();
         if let RoleState::Leading(l) = &self.role {
             assert!(l.epoch == 0 || l.epoch == self.ctx.accepted_epoch, "a leader's epoch is its accepted epoch");
+            l.check_invariants(&self.ctx);
         }
     }
 }

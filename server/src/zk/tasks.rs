@@ -1,11 +1,10 @@
 //! One shard's tasks on its glommio executor: the accept loop, each connection's reader and
-//! writer tasks, the inbox from the core and the liveness report. It makes no protocol
-//! decisions; [`Shard`] and the core do.
+//! writer tasks, the inbox from the write path and the liveness report. It makes no
+//! protocol decisions; [`Shard`] and the write path do.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -13,31 +12,27 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::conn::Conn;
-use crate::fourlw;
-use crate::reads::reply_xid;
+use super::conn::Conn;
+use super::jute::Reader;
+use super::proto::{decode_request, op, ConnectRequest};
+use super::reads::reply_xid;
+use super::shard::Shard;
+use crate::admin::fourlw;
 use crate::runtime::inbox::Inbox;
-use crate::runtime::{ServeError, ShardId, Shared, ToCore, ToShard};
-use crate::shard::Shard;
-use crate::zk::jute::Reader;
-use crate::zk::proto::{decode_request, op, ConnectRequest};
+use crate::runtime::{ShardId, Shared, ToShard, ToWritePath};
+
+/// How long a stopping shard waits for the write path to let its writes commit.
+const WRITE_PATH_WAIT: Duration = Duration::from_secs(11);
+/// How long a stopping shard waits for its connections to flush their last replies.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs shard `id` until the server stops.
-pub async fn run_shard(
-    shared: Arc<Shared>,
-    id: ShardId,
-    inbox: Inbox<ToShard>,
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-) -> Result<(), ServeError> {
+pub async fn run_shard(shared: Arc<Shared>, id: ShardId, inbox: Inbox<ToShard>, listener: TcpListener) {
     let tick = Duration::from_millis(shared.config.tick_ms.max(2));
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone(), inbox)));
     let inbox_task = {
         let shard = shard.clone();
-        async move {
-            Shard::serve_inbox(&shard).await;
-            Ok::<(), ServeError>(())
-        }
+        async move { Shard::serve_inbox(&shard).await }
     };
     let liveness = {
         let shard = shard.clone();
@@ -47,7 +42,7 @@ pub async fn run_shard(
                 glommio::timer::sleep(tick / 2).await;
                 let touched = shard.borrow_mut().take_touched();
                 if !touched.is_empty() {
-                    shared.to_core.send(ToCore::Touch(touched));
+                    shared.to_write_path.send(ToWritePath::Touch(touched));
                 }
             }
         }
@@ -59,21 +54,27 @@ pub async fn run_shard(
     let liveness = glommio::spawn_local(liveness);
     let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let stopping = async {
-        crate::runtime::until_set(&stop, &shared.stopping).await;
-        // Let the core commit what is in flight and this shard pass on the replies.
-        let start = std::time::Instant::now();
-        while !shared.core_done.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(11) {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
+        shared.stopping.wait().await;
+        // Let the write path commit what is in flight and this shard pass on the replies.
+        futures_lite::future::or(shared.write_path_done.wait(), glommio::timer::sleep(WRITE_PATH_WAIT)).await;
+        // Pass on what the write path sent last, let every connection flush its replies,
+        // then close.
+        {
+            let mut s = shard.borrow_mut();
+            let shared = s.shared.clone();
+            let tree = shared.tree();
+            s.drain(&tree);
+            s.close_all();
         }
-        // Let writer tasks flush the last replies.
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-        Ok(())
+        let closed = shard.borrow().closed();
+        let all_closed = closed.until(|| shard.borrow().conns.is_empty());
+        futures_lite::future::or(all_closed, glommio::timer::sleep(FLUSH_WAIT)).await;
     };
     let running = futures_lite::future::or(futures_lite::future::or(inbox_task, liveness), accepting);
     futures_lite::future::or(stopping, running).await
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) -> Result<(), ServeError> {
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -86,7 +87,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) -> Result
         let Ok(peer) = stream.peer_addr() else { continue };
         let conn = {
             let mut s = shard.borrow_mut();
-            if s.shared.stopping.load(Ordering::Relaxed) {
+            if s.shared.stopping.is_set() {
                 continue;
             }
             if !s.shared.admit_connection() {

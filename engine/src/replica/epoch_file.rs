@@ -4,12 +4,16 @@
 //! Forgetting them would let a server acknowledge a LEADERINFO or NEWLEADER it had already
 //! promised not to (an epoch at or below one it accepted): so a missing file reads as a fresh
 //! server (both 0), but a damaged one is an error, never silently 0.
+#![deny(clippy::indexing_slicing)]
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
+
+use super::storage::Epochs;
+use super::StorageError;
 
 const MAGIC: [u8; 8] = *b"BATONEPC";
 const FILE: &str = "epochs";
@@ -42,8 +46,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EpochError + '_ {
     move |source| EpochError::Io { path: path.to_path_buf(), source }
 }
 
+/// The epochs file in a data directory: the production [`Epochs`] store.
+#[derive(Debug, Clone)]
+pub struct EpochFile {
+    dir: PathBuf,
+}
+
+impl EpochFile {
+    /// The epochs file in `dir` (created at the first save).
+    pub fn new(dir: impl Into<PathBuf>) -> EpochFile {
+        EpochFile { dir: dir.into() }
+    }
+}
+
+impl Epochs for EpochFile {
+    fn load(&mut self) -> Result<(u32, u32), StorageError> {
+        Ok(load(&self.dir)?)
+    }
+
+    fn save(&mut self, accepted: u32, current: u32) -> Result<(), StorageError> {
+        Ok(save(&self.dir, accepted, current)?)
+    }
+}
+
 /// Reads (accepted epoch, current epoch) from `dir`; (0, 0) when there is no file yet.
-pub fn load(dir: &Path) -> Result<(u32, u32), EpochError> {
+fn load(dir: &Path) -> Result<(u32, u32), EpochError> {
     let path = dir.join(FILE);
     let raw = match fs::read(&path) {
         Ok(raw) => raw,
@@ -51,19 +78,16 @@ pub fn load(dir: &Path) -> Result<(u32, u32), EpochError> {
         Err(e) => return Err(io(&path)(e)),
     };
     let corrupt = |why| EpochError::Corrupt { path: path.clone(), why };
-    if raw.len() != LEN {
-        return Err(corrupt("wrong length"));
-    }
-    if raw[..8] != MAGIC {
+    let Ok(raw) = <[u8; LEN]>::try_from(raw.as_slice()) else { return Err(corrupt("wrong length")) };
+    let [m0, m1, m2, m3, m4, m5, m6, m7, a0, a1, a2, a3, c0, c1, c2, c3, s0, s1, s2, s3, s4, s5, s6, s7] = raw;
+    if [m0, m1, m2, m3, m4, m5, m6, m7] != MAGIC {
         return Err(corrupt("bad magic"));
     }
-    let word = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
-    let mut sum = [0u8; 8];
-    sum.copy_from_slice(&raw[16..24]);
-    if xxh3_64(&raw[..16]) != u64::from_le_bytes(sum) {
+    let (accepted, current) = (u32::from_le_bytes([a0, a1, a2, a3]), u32::from_le_bytes([c0, c1, c2, c3]));
+    let summed = [m0, m1, m2, m3, m4, m5, m6, m7, a0, a1, a2, a3, c0, c1, c2, c3];
+    if xxh3_64(&summed) != u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]) {
         return Err(corrupt("checksum mismatch"));
     }
-    let (accepted, current) = (word(8), word(12));
     if current > accepted {
         return Err(corrupt("current epoch above accepted epoch"));
     }
@@ -71,13 +95,13 @@ pub fn load(dir: &Path) -> Result<(u32, u32), EpochError> {
 }
 
 /// Durably replaces the epochs in `dir`: temporary file, fsync, rename, directory fsync.
-pub fn save(dir: &Path, accepted: u32, current: u32) -> Result<(), EpochError> {
-    let mut raw = [0u8; LEN];
-    raw[..8].copy_from_slice(&MAGIC);
-    raw[8..12].copy_from_slice(&accepted.to_le_bytes());
-    raw[12..16].copy_from_slice(&current.to_le_bytes());
-    let sum = xxh3_64(&raw[..16]);
-    raw[16..24].copy_from_slice(&sum.to_le_bytes());
+fn save(dir: &Path, accepted: u32, current: u32) -> Result<(), EpochError> {
+    let mut raw = Vec::with_capacity(LEN);
+    raw.extend_from_slice(&MAGIC);
+    raw.extend_from_slice(&accepted.to_le_bytes());
+    raw.extend_from_slice(&current.to_le_bytes());
+    let sum = xxh3_64(&raw);
+    raw.extend_from_slice(&sum.to_le_bytes());
     let tmp = dir.join(TMP);
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&raw).and_then(|_| file.sync_all()).map_err(io(&tmp))?;
@@ -87,6 +111,7 @@ pub fn save(dir: &Path, accepted: u32, current: u32) -> Result<(), EpochError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests damage bytes on purpose")]
 mod tests {
     use super::*;
 

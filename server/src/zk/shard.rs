@@ -1,22 +1,29 @@
-//! One shard's state: its connections, their watches, and what it does with the core's
-//! messages. Lives on its own executor behind an `Rc<RefCell<_>>`.
+//! One shard's ZooKeeper clients: its connections, their watches, what it asks of the write
+//! path and what it does with the answers. Lives on its own executor behind an
+//! `Rc<RefCell<_>>`.
 //!
-//! Every read and every batch of core messages is handled with the tree read-locked and the
-//! inbox drained first (see [`crate::runtime`] for why that makes watches exact).
+//! Every read and every batch from the write path is handled with the tree read-locked and
+//! the inbox drained first (see [`crate::runtime`] for why that makes watches exact).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use baton_engine::sequencer::{CreateMode, CreateOp, WriteOp};
+use baton_engine::sequencer::{CreateMode, CreateOp, WriteOp, WriteRequest};
 use baton_engine::tree::{DataTree, ErrorCode};
+use baton_engine::{SessionId, Zxid};
 
-use crate::conn::{Conn, Slot};
+use super::conn::{Conn, Slot};
+use super::proto::{self, encode_reply, op, ConnectRequest, Request};
+use super::reads::Watches;
+use super::replies::{self, ReplyShape};
+use super::watch::WatchManager;
 use crate::runtime::inbox::Inbox;
-use crate::runtime::{Action, CommittedEntry, ShardId, Shared, ToCore, ToShard};
-use crate::watch::{ConnId, WatchManager};
-use crate::zk::proto::{self, encode_reply, op, ConnectRequest, Request};
+use crate::runtime::local_queue::LocalNotify;
+use crate::runtime::{
+    ClientRef, CommittedChanges, ConnId, SessionRequest, ShardId, ShardStats, Shared, ToClient, ToShard, ToWritePath,
+};
 
 /// One shard.
 pub struct Shard {
@@ -29,9 +36,11 @@ pub struct Shard {
     /// Their watches.
     pub watches: WatchManager,
     next_conn: ConnId,
-    /// Sessions heard from since the last report to the core.
-    touched: HashSet<i64>,
+    /// Sessions heard from since the last report to the write path.
+    touched: HashSet<SessionId>,
     inbox: Rc<Inbox<ToShard>>,
+    /// Notified when a connection goes away (a stopping shard waits for them to close).
+    closed: Rc<LocalNotify>,
 }
 
 impl Shard {
@@ -42,16 +51,17 @@ impl Shard {
             shared,
             conns: HashMap::new(),
             watches: WatchManager::default(),
-            next_conn: 1,
+            next_conn: ConnId(1),
             touched: HashSet::new(),
             inbox: Rc::new(inbox),
+            closed: Rc::new(LocalNotify::default()),
         }
     }
 
     /// Registers a new connection (the caller has admitted it against the limit).
     pub fn add_conn(&mut self, peer: std::net::SocketAddr) -> Rc<Conn> {
         let id = self.next_conn;
-        self.next_conn += 1;
+        self.next_conn = ConnId(id.0 + 1);
         let conn = Rc::new(Conn::new(id, peer));
         self.conns.insert(id, conn.clone());
         self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert((self.id, id), conn.info.clone());
@@ -67,11 +77,28 @@ impl Shard {
             self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&(self.id, id));
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
             self.stats().connections.store(self.conns.len(), Ordering::Relaxed);
+            self.closed.notify();
         }
     }
 
-    fn stats(&self) -> &crate::runtime::ShardStats {
+    /// Closes every connection (each flushes what it has queued first).
+    pub fn close_all(&self) {
+        for c in self.conns.values() {
+            c.close();
+        }
+    }
+
+    /// Notified whenever a connection goes away.
+    pub fn closed(&self) -> Rc<LocalNotify> {
+        self.closed.clone()
+    }
+
+    fn stats(&self) -> &ShardStats {
         &self.shared.shard_stats[self.id]
+    }
+
+    fn client(&self, conn: &Conn) -> ClientRef {
+        ClientRef { shard: self.id, conn: conn.id }
     }
 
     /// Publishes watch counts for the four-letter words.
@@ -82,13 +109,19 @@ impl Shard {
         stats.watching_conns.store(self.watches.watching_conns(), Ordering::Relaxed);
     }
 
-    /// Asks the core to open or resume the connection's session.
+    /// Asks the write path to open or resume the connection's session.
     pub fn connect(&mut self, conn: &Rc<Conn>, req: ConnectRequest) {
-        self.shared.to_core.send(ToCore::Connect { shard: self.id, conn: conn.id, req });
+        let req = SessionRequest {
+            session_id: SessionId(req.session_id),
+            password: req.passwd,
+            timeout_ms: req.timeout_ms,
+            last_zxid_seen: Zxid(req.last_zxid_seen.max(0) as u64),
+        };
+        self.shared.to_write_path.send(ToWritePath::Connect { client: self.client(conn), req });
     }
 
     /// The sessions heard from since the last call.
-    pub fn take_touched(&mut self) -> Vec<i64> {
+    pub fn take_touched(&mut self) -> Vec<SessionId> {
         self.touched.drain().collect()
     }
 
@@ -101,29 +134,20 @@ impl Shard {
             // Through the ensemble: answered once this server has applied every write the
             // leader had accepted before it; ordered after this session's earlier writes by
             // its slot.
-            conn.slots.borrow_mut().push_back(Slot::Write(xid));
-            self.shared.to_core.send(ToCore::Sync { shard: self.id, conn: conn.id, xid, path });
+            conn.slots.borrow_mut().push_back(Slot::Sync { xid, path });
+            self.shared.to_write_path.send(ToWritePath::Sync { client: self.client(conn), xid });
             return;
         }
         if request.is_write() {
             match write_op(request) {
                 Ok((op, multi_ops)) => {
-                    conn.slots.borrow_mut().push_back(Slot::Write(xid));
+                    conn.slots.borrow_mut().push_back(Slot::Write { xid, shape: ReplyShape { op_code, multi_ops } });
                     let auth = conn.auth.borrow().clone();
-                    let write = ToCore::Write {
-                        shard: self.id,
-                        conn: conn.id,
-                        session: conn.session(),
-                        xid,
-                        op_code,
-                        multi_ops,
-                        op,
-                        auth,
-                    };
-                    self.shared.to_core.send(write);
+                    let req = WriteRequest { session_id: conn.session(), cxid: xid, auth, op };
+                    self.shared.to_write_path.send(ToWritePath::Write { client: self.client(conn), xid, req });
                 }
                 Err(code) => {
-                    let zxid = self.shared.tree().last_zxid().0 as i64;
+                    let zxid = replies::zxid_field(self.shared.tree().last_zxid());
                     let frame = encode_reply(xid, zxid, code.code(), None);
                     if conn.has_pending() {
                         conn.slots.borrow_mut().push_back(Slot::Ready(frame));
@@ -140,13 +164,25 @@ impl Shard {
         if conn.has_pending() {
             conn.slots.borrow_mut().push_back(Slot::Read { xid, request });
         } else {
-            let frame = crate::reads::answer(self, &tree, conn, xid, request);
+            let frame = self.read(&tree, conn, xid, request);
             conn.send(frame);
         }
     }
 
-    /// Handles what the core sent as it arrives, with the tree read-locked; returns when the
-    /// core is gone.
+    /// Answers a read (registering any watch it sets).
+    fn read(&mut self, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
+        let before = self.watches.count();
+        let max_per_connection = self.shared.config.max_watches_per_connection;
+        let mut watches = Watches { manager: &mut self.watches, max_per_connection };
+        let frame = super::reads::answer(&mut watches, tree, conn, xid, request);
+        if self.watches.count() != before {
+            self.publish_watches();
+        }
+        frame
+    }
+
+    /// Handles what the write path sent as it arrives, with the tree read-locked; returns
+    /// when the write path is gone.
     pub async fn serve_inbox(shard: &std::cell::RefCell<Shard>) {
         // Wait without holding the shard: connection tasks need it meanwhile.
         let inbox = shard.borrow().inbox.clone();
@@ -159,7 +195,7 @@ impl Shard {
         }
     }
 
-    /// Handles every queued message from the core.
+    /// Handles every queued message from the write path.
     pub fn drain(&mut self, tree: &DataTree) {
         while let Some(message) = self.inbox.try_recv() {
             self.handle(message, tree);
@@ -168,38 +204,54 @@ impl Shard {
 
     fn handle(&mut self, message: ToShard, tree: &DataTree) {
         match message {
-            ToShard::Committed { entries, actions } => {
-                let mut actions = actions.into_iter().peekable();
-                for (i, entry) in entries.iter().enumerate() {
+            ToShard::Committed { batch, answers } => {
+                let mut answers = answers.into_iter().peekable();
+                for (i, entry) in batch.iter().enumerate() {
                     self.notify(entry);
-                    while let Some((_, action)) = actions.next_if(|(at, _)| *at == i) {
-                        self.act(action, tree);
+                    while let Some((_, answer)) = answers.next_if(|(at, _)| *at == i) {
+                        self.answer(answer, tree);
                     }
                 }
             }
-            ToShard::Act(action) => self.act(action, tree),
-            ToShard::Disconnect => {
-                for c in self.conns.values() {
-                    c.close();
-                }
-            }
+            ToShard::Client(answer) => self.answer(answer, tree),
+            ToShard::Disconnect => self.close_all(),
         }
     }
 
-    fn act(&mut self, action: Action, tree: &DataTree) {
-        match action {
-            Action::Reply { conn, xid, frame } => self.complete(conn, xid, frame, tree),
-            Action::Connected { conn, session, timeout_ms, frame } => {
+    fn answer(&mut self, answer: ToClient, tree: &DataTree) {
+        match answer {
+            ToClient::Written { conn, xid, outcome } => {
+                self.complete(conn, xid, tree, |slot| match slot {
+                    Slot::Write { shape, .. } => {
+                        let closes = shape.op_code == op::CLOSE_SESSION;
+                        Some((replies::written(xid, shape, &outcome), closes))
+                    }
+                    _ => None,
+                });
+            }
+            ToClient::Synced { conn, xid, zxid } => {
+                let at = zxid.unwrap_or(tree.last_zxid());
+                self.complete(conn, xid, tree, |slot| match slot {
+                    Slot::Sync { path, .. } => {
+                        Some((replies::synced(xid, at, std::mem::take(path), zxid.is_some()), false))
+                    }
+                    _ => None,
+                });
+            }
+            ToClient::Connected { conn, session, timeout_ms, password } => {
                 if let Some(c) = self.conns.get(&conn) {
                     c.bind(session, timeout_ms);
-                    c.send(frame);
+                    c.send(replies::connected(session, timeout_ms, password));
                 }
             }
-            Action::Close { conn, frame } => {
+            ToClient::SessionExpired { conn } => {
                 if let Some(c) = self.conns.get(&conn) {
-                    if let Some(frame) = frame {
-                        c.send(frame);
-                    }
+                    c.send(replies::session_expired());
+                    c.close();
+                }
+            }
+            ToClient::Close { conn } => {
+                if let Some(c) = self.conns.get(&conn) {
                     c.close();
                 }
             }
@@ -207,7 +259,7 @@ impl Shard {
     }
 
     /// Sends watch notifications for what `entry` changed (before any later reply).
-    fn notify(&mut self, entry: &CommittedEntry) {
+    fn notify(&mut self, entry: &CommittedChanges) {
         if self.watches.count() == 0 {
             return;
         }
@@ -226,35 +278,48 @@ impl Shard {
         self.publish_watches();
     }
 
-    /// Fills the slot of write `xid`, then releases the replies and runs the reads that were
-    /// waiting behind it.
-    fn complete(&mut self, conn_id: ConnId, xid: i32, frame: Vec<u8>, tree: &DataTree) {
+    /// Fills the slot of request `xid` with the frame `reply` makes of it (and whether the
+    /// connection closes after it: a closeSession), then releases the replies and runs the
+    /// reads that were waiting behind it.
+    fn complete(
+        &mut self,
+        conn_id: ConnId,
+        xid: i32,
+        tree: &DataTree,
+        reply: impl FnOnce(&mut Slot) -> Option<(Vec<u8>, bool)>,
+    ) {
         let Some(conn) = self.conns.get(&conn_id).cloned() else { return };
-        {
+        let closes = {
             let mut slots = conn.slots.borrow_mut();
-            match slots.iter_mut().find(|s| matches!(s, Slot::Write(x) if *x == xid)) {
-                Some(slot) => *slot = Slot::Ready(frame),
-                None => {
-                    drop(slots);
-                    conn.send(frame);
-                    return;
-                }
-            }
-        }
+            let waiting = slots
+                .iter_mut()
+                .find(|s| matches!(s, Slot::Write { xid: x, .. } | Slot::Sync { xid: x, .. } if *x == xid));
+            let Some(slot) = waiting else {
+                tracing::debug!(conn = conn_id.0, xid, "an answer for no waiting request; dropped");
+                return;
+            };
+            let Some((frame, closes)) = reply(slot) else { return };
+            *slot = Slot::Ready(frame);
+            closes
+        };
         loop {
             let front = conn.slots.borrow_mut().pop_front();
             match front {
                 None => break,
                 Some(Slot::Ready(frame)) => conn.send(frame),
                 Some(Slot::Read { xid, request }) => {
-                    let frame = crate::reads::answer(self, tree, &conn, xid, request);
+                    let frame = self.read(tree, &conn, xid, request);
                     conn.send(frame);
                 }
-                Some(write @ Slot::Write(_)) => {
-                    conn.slots.borrow_mut().push_front(write);
+                Some(waiting @ (Slot::Write { .. } | Slot::Sync { .. })) => {
+                    conn.slots.borrow_mut().push_front(waiting);
                     break;
                 }
             }
+        }
+        if closes {
+            // The connection closes once the close has committed and been answered.
+            conn.close();
         }
     }
 }

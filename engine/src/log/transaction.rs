@@ -2,16 +2,16 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{Txn, Zxid};
+use super::{SessionId, Txn, Zxid};
 
 /// A logged transaction: ZooKeeper's `TxnHeader` and the transaction body.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(derive(Debug))]
-pub struct Entry {
+pub struct Transaction {
     /// Position of this entry in the total order.
     pub zxid: Zxid,
-    /// Session that issued the request (0 for server-issued entries).
-    pub session_id: i64,
+    /// Session that issued the request ([`SessionId::NONE`] for server-issued entries).
+    pub session_id: SessionId,
     /// The client's request id within its session.
     pub cxid: i32,
     /// Leader's wall-clock time in milliseconds when it created the txn (becomes ctime/mtime).
@@ -21,12 +21,12 @@ pub struct Entry {
     pub txn: Txn,
 }
 
-/// A byte string that is not a valid archived [`Entry`].
+/// A byte string that is not a valid archived [`Transaction`].
 #[derive(Debug, thiserror::Error)]
 #[error("invalid entry archive: {0}")]
 pub struct LogError(String);
 
-impl Entry {
+impl Transaction {
     /// Serializes the entry, replacing the contents of `out` (reused to avoid allocation).
     pub fn encode_into(&self, out: &mut AlignedVec) {
         out.clear();
@@ -35,7 +35,7 @@ impl Entry {
         // sources in rkyv's high-level API are allocation and shared-pointer validation.
         #[allow(clippy::expect_used)]
         let filled = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, taken)
-            .expect("serializing an Entry into an AlignedVec cannot fail");
+            .expect("serializing a Transaction into an AlignedVec cannot fail");
         *out = filled;
     }
 
@@ -48,26 +48,26 @@ impl Entry {
 
     /// Validates `bytes` as an archived entry and returns it in place, without copying.
     /// `bytes` must start at a 16-byte aligned address (WAL records guarantee it).
-    pub fn access(bytes: &[u8]) -> Result<&ArchivedEntry, LogError> {
-        rkyv::access::<ArchivedEntry, rancor::Error>(bytes).map_err(|e| LogError(e.to_string()))
+    pub fn access(bytes: &[u8]) -> Result<&ArchivedTransaction, LogError> {
+        rkyv::access::<ArchivedTransaction, rancor::Error>(bytes).map_err(|e| LogError(e.to_string()))
     }
 
     /// Validates and copies an archived entry into an owned one.
-    pub fn decode(bytes: &[u8]) -> Result<Entry, LogError> {
-        let archived = Entry::access(bytes)?;
-        rkyv::deserialize::<Entry, rancor::Error>(archived).map_err(|e| LogError(e.to_string()))
+    pub fn decode(bytes: &[u8]) -> Result<Transaction, LogError> {
+        let archived = Transaction::access(bytes)?;
+        rkyv::deserialize::<Transaction, rancor::Error>(archived).map_err(|e| LogError(e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::{Acl, CreateTxn, MultiOp, NodeKind};
+    use crate::log::{Acl, CreateTxn, MultiOp, NodeKind, SessionId};
 
-    fn sample() -> Entry {
-        Entry {
+    fn sample() -> Transaction {
+        Transaction {
             zxid: Zxid::new(2, 9),
-            session_id: 0x1234,
+            session_id: SessionId(0x1234),
             cxid: 17,
             time_ms: 1_700_000_000_000,
             txn: Txn::Multi(vec![
@@ -88,8 +88,8 @@ mod tests {
     fn entry_round_trips_through_archive() {
         let entry = sample();
         let bytes = entry.encode();
-        assert_eq!(Entry::decode(&bytes).expect("valid"), entry);
-        let archived = Entry::access(&bytes).expect("valid");
+        assert_eq!(Transaction::decode(&bytes).expect("valid"), entry);
+        let archived = Transaction::access(&bytes).expect("valid");
         assert_eq!(archived.zxid.0, Zxid::new(2, 9).0);
         assert_eq!(archived.cxid, 17);
     }
@@ -108,13 +108,13 @@ mod tests {
         let good = sample().encode();
         let mut bytes = good.clone();
         bytes.as_mut_slice().fill(0xff);
-        assert!(Entry::access(&bytes).is_err());
-        assert!(Entry::access(&[]).is_err());
+        assert!(Transaction::access(&bytes).is_err());
+        assert!(Transaction::access(&[]).is_err());
         // Every truncation of a valid archive is refused or decodes; none panics.
         for cut in 0..good.len() {
             let mut prefix = rkyv::util::AlignedVec::<16>::new();
             prefix.extend_from_slice(&good[..cut]);
-            let _ = Entry::decode(&prefix);
+            let _ = Transaction::decode(&prefix);
         }
     }
 }

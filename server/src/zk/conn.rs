@@ -12,20 +12,38 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use baton_engine::sequencer::AuthId;
+use baton_engine::SessionId;
 
-use crate::runtime::ConnInfo;
-use crate::watch::ConnId;
-use crate::zk::proto::Request;
+use super::proto::Request;
+use super::replies::ReplyShape;
+use crate::runtime::{ConnId, ConnInfo};
 
 /// A request's place in the reply order.
 #[derive(Debug)]
 pub enum Slot {
     /// The reply is ready.
     Ready(Vec<u8>),
-    /// A write waiting to commit: its xid (the core's reply names it).
-    Write(i32),
+    /// A write waiting for the write path's answer, which names its xid.
+    Write {
+        /// The request id.
+        xid: i32,
+        /// What its reply looks like.
+        shape: ReplyShape,
+    },
+    /// A sync waiting for the ensemble.
+    Sync {
+        /// The request id.
+        xid: i32,
+        /// The path the client named (echoed in the reply).
+        path: String,
+    },
     /// A read waiting for the writes ahead of it.
-    Read { xid: i32, request: Request },
+    Read {
+        /// The request id.
+        xid: i32,
+        /// The read.
+        request: Request,
+    },
 }
 
 /// Connection state shared by its reader and writer tasks and the committer.
@@ -71,14 +89,14 @@ impl Conn {
         }
     }
 
-    /// The bound session (0 until connected).
-    pub fn session(&self) -> i64 {
-        self.info.session_id.load(Ordering::Relaxed)
+    /// The bound session ([`SessionId::NONE`] until connected).
+    pub fn session(&self) -> SessionId {
+        SessionId(self.info.session_id.load(Ordering::Relaxed))
     }
 
     /// Binds the connection to its session (the connect response is on its way).
-    pub fn bind(&self, session: i64, timeout_ms: i32) {
-        self.info.session_id.store(session, Ordering::Relaxed);
+    pub fn bind(&self, session: SessionId, timeout_ms: i32) {
+        self.info.session_id.store(session.as_i64(), Ordering::Relaxed);
         self.info.timeout_ms.store(timeout_ms, Ordering::Relaxed);
         if let Some(w) = self.connect_waker.borrow_mut().take() {
             w.wake();
@@ -87,7 +105,7 @@ impl Conn {
 
     /// Ready once the connection has a session or is closing.
     pub fn poll_connected(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.closing.get() || self.session() != 0 {
+        if self.closing.get() || self.session() != SessionId::NONE {
             return std::task::Poll::Ready(());
         }
         *self.connect_waker.borrow_mut() = Some(cx.waker().clone());

@@ -2,6 +2,7 @@
 //! one `baton` process per server (this same executable), prints the connect string, and
 //! stops them all (SIGTERM, then SIGKILL after 15 s) on Ctrl-C or SIGTERM.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -44,8 +45,16 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
             format!("{id}=127.0.0.1:{port}{role}")
         })
         .collect();
-    let stop = crate::runtime::shutdown_flag();
-    let mut children: Vec<(usize, Child)> = Vec::with_capacity(total);
+    // What happens to the ensemble arrives on one channel: a server exited, or Ctrl-C/SIGTERM
+    // (handled from before the first server starts).
+    let (events, happened) = std::sync::mpsc::channel::<Happened>();
+    let stop = crate::runtime::stop::shutdown();
+    let stopped = events.clone();
+    std::thread::spawn(move || {
+        futures_lite::future::block_on(stop.wait());
+        let _ = stopped.send(Happened::Stop);
+    });
+    let mut running: BTreeMap<usize, Child> = BTreeMap::new();
     let mut clients = Vec::with_capacity(total);
     for id in 1..=total {
         let client = format!("127.0.0.1:{}", config.client_port as usize + id - 1);
@@ -62,9 +71,12 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting server {id}"));
         match child {
-            Ok(c) => children.push((id, c)),
+            Ok(c) => {
+                watch(id, c.id(), events.clone());
+                running.insert(id, c);
+            }
             Err(e) => {
-                stop_all(&mut children);
+                stop_all(&mut running, &happened);
                 return Err(e);
             }
         }
@@ -77,38 +89,63 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
         clients.join(","),
         config.data_dir.display()
     );
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        for (id, child) in &mut children {
-            if let Ok(Some(status)) = child.try_wait() {
-                tracing::warn!(server = *id, %status, "a server exited; the others go on");
-            }
+    while let Ok(Happened::Exited(id)) = happened.recv() {
+        if let Some(mut child) = running.remove(&id) {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            tracing::warn!(server = id, %status, "a server exited; the others go on");
         }
-        children.retain_mut(|(_, c)| matches!(c.try_wait(), Ok(None)));
-        if children.is_empty() {
+        if running.is_empty() {
             anyhow::bail!("every server exited");
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    stop_all(&mut children);
+    stop_all(&mut running, &happened);
     Ok(())
 }
 
-/// SIGTERM to each child, then SIGKILL to those still running after 15 s.
-fn stop_all(children: &mut Vec<(usize, Child)>) {
-    for (_, child) in children.iter() {
-        // SAFETY: signalling our own child by its pid.
+/// What `baton dev` waits for.
+enum Happened {
+    /// Server `id` exited (not reaped yet: its pid stays its own until `Child::wait`).
+    Exited(usize),
+    /// Ctrl-C or SIGTERM.
+    Stop,
+}
+
+/// A thread that waits for server `id` (process `pid`) to exit, without reaping it, and says
+/// so: the main thread reaps it, so signals sent by pid never reach a recycled one.
+fn watch(id: usize, pid: u32, events: std::sync::mpsc::Sender<Happened>) {
+    std::thread::spawn(move || loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting, without reaping (WNOWAIT), for our own child to exit.
+        let waited = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if waited == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            let _ = events.send(Happened::Exited(id));
+            return;
+        }
+    });
+}
+
+/// SIGTERM to each server still running, then SIGKILL to those still running after 15 s.
+fn stop_all(running: &mut BTreeMap<usize, Child>, happened: &std::sync::mpsc::Receiver<Happened>) {
+    for child in running.values() {
+        // SAFETY: signalling our own child, not yet reaped (only this thread reaps).
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
     let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end && children.iter_mut().any(|(_, c)| matches!(c.try_wait(), Ok(None))) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (id, child) in children.iter_mut() {
-        if matches!(child.try_wait(), Ok(None)) {
-            tracing::warn!(server = *id, "did not stop within 15 s; killing it");
-            let _ = child.kill();
+    while !running.is_empty() {
+        match happened.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(Happened::Exited(id)) => {
+                if let Some(mut child) = running.remove(&id) {
+                    let _ = child.wait();
+                }
+            }
+            Ok(Happened::Stop) => {}
+            Err(_) => break,
         }
+    }
+    for (id, mut child) in std::mem::take(running) {
+        tracing::warn!(server = id, "did not stop within 15 s; killing it");
+        let _ = child.kill();
         let _ = child.wait();
     }
-    children.clear();
 }

@@ -6,10 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use baton_engine::tree::{Change, ChangeKind};
 
-use crate::zk::proto::event;
-
-/// A connection's id on this server.
-pub type ConnId = u64;
+use super::proto::event;
+use crate::runtime::ConnId;
 
 /// All watches, by path.
 #[derive(Debug, Default)]
@@ -200,28 +198,31 @@ mod tests {
     #[test]
     fn one_shot_watches_fire_once() {
         let mut w = WatchManager::default();
-        w.add(WatchKind::Data, "/a", 1);
-        w.add(WatchKind::Child, "/a", 2);
+        w.add(WatchKind::Data, "/a", ConnId(1));
+        w.add(WatchKind::Child, "/a", ConnId(2));
         assert_eq!(
             fire(&mut w, change("/a", ChangeKind::DataChanged)),
-            vec![(1, event::NODE_DATA_CHANGED, "/a".into())]
+            vec![(ConnId(1), event::NODE_DATA_CHANGED, "/a".into())]
         );
         assert!(fire(&mut w, change("/a", ChangeKind::DataChanged)).is_empty());
-        assert_eq!(fire(&mut w, change("/a", ChangeKind::Deleted)), vec![(2, event::NODE_DELETED, "/a".into())]);
+        assert_eq!(
+            fire(&mut w, change("/a", ChangeKind::Deleted)),
+            vec![(ConnId(2), event::NODE_DELETED, "/a".into())]
+        );
         assert_eq!(w.count(), 0);
-        assert_eq!((w.count_for(1), w.count_for(2), w.watching_conns()), (0, 0, 0));
+        assert_eq!((w.count_for(ConnId(1)), w.count_for(ConnId(2)), w.watching_conns()), (0, 0, 0));
     }
 
     #[test]
     fn persistent_and_recursive_watches_stay() {
         let mut w = WatchManager::default();
-        w.add(WatchKind::Persistent, "/p", 1);
-        w.add(WatchKind::Recursive, "/r", 2);
+        w.add(WatchKind::Persistent, "/p", ConnId(1));
+        w.add(WatchKind::Recursive, "/r", ConnId(2));
         for _ in 0..2 {
             assert_eq!(fire(&mut w, change("/p", ChangeKind::ChildrenChanged)).len(), 1);
             assert_eq!(
                 fire(&mut w, change("/r/x/y", ChangeKind::Created)),
-                vec![(2, event::NODE_CREATED, "/r/x/y".into())]
+                vec![(ConnId(2), event::NODE_CREATED, "/r/x/y".into())]
             );
         }
         assert!(
@@ -229,9 +230,9 @@ mod tests {
             "recursive watches skip child events"
         );
         assert_eq!(w.count(), 2);
-        assert_eq!((w.count_for(1), w.count_for(2), w.watching_conns()), (1, 1, 2));
-        w.remove_conn(2);
+        assert_eq!((w.count_for(ConnId(1)), w.count_for(ConnId(2)), w.watching_conns()), (1, 1, 2));
+        w.remove_conn(ConnId(2));
         assert_eq!(w.count(), 1);
-        assert_eq!((w.count_for(2), w.watching_conns()), (0, 1));
+        assert_eq!((w.count_for(ConnId(2)), w.watching_conns()), (0, 1));
     }
 }

@@ -1,0 +1,77 @@
+//! [`SnapshotDir`]: the production [`Snapshots`] store, a directory of snapshot files
+//! ([`SnapshotStore`]) written on a thread of their own.
+
+use std::thread::JoinHandle;
+
+use super::storage::Snapshots;
+use super::StorageError;
+use crate::log::Zxid;
+use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore};
+
+/// A background write: the zxid it covers and, once written and old ones purged, the
+/// oldest snapshot kept.
+struct Job {
+    zxid: Zxid,
+    thread: JoinHandle<Result<Option<Zxid>, SnapshotError>>,
+}
+
+/// Snapshots in a directory, keeping the newest `keep`.
+pub struct SnapshotDir {
+    store: SnapshotStore,
+    keep: usize,
+    running: Option<Job>,
+}
+
+impl SnapshotDir {
+    /// The snapshots in `store`, of which the newest `keep` (at least one) are kept.
+    pub fn new(store: SnapshotStore, keep: usize) -> SnapshotDir {
+        SnapshotDir { store, keep: keep.max(1), running: None }
+    }
+}
+
+impl Snapshots for SnapshotDir {
+    type Image = LoadedSnapshot;
+
+    fn load_newest(&mut self) -> Result<Option<(Zxid, LoadedSnapshot)>, StorageError> {
+        let loaded = self.store.load_newest()?;
+        Ok(loaded.snapshot.map(|s| (s.info.zxid, s)))
+    }
+
+    fn start(&mut self, zxid: Zxid, data: Vec<u8>) {
+        if self.running.is_some() {
+            return;
+        }
+        tracing::info!(%zxid, bytes = data.len(), "writing a snapshot in the background");
+        let (store, keep) = (self.store.clone(), self.keep);
+        let thread = std::thread::spawn(move || {
+            store.write(zxid, &data)?;
+            drop(data);
+            store.purge(keep)
+        });
+        self.running = Some(Job { zxid, thread });
+    }
+
+    fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)> {
+        if !self.running.as_ref().is_some_and(|j| j.thread.is_finished()) {
+            return None;
+        }
+        let job = self.running.take()?;
+        let written = match job.thread.join() {
+            Ok(result) => result.map_err(StorageError::from),
+            Err(_) => Err(StorageError::Snapshot(SnapshotError::Io {
+                path: self.store.dir().to_path_buf(),
+                source: std::io::Error::other("the snapshot thread panicked"),
+            })),
+        };
+        Some((job.zxid, written))
+    }
+
+    fn write(&mut self, zxid: Zxid, data: &[u8]) -> Result<(), StorageError> {
+        self.store.write(zxid, data)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The state every shard reaches: settings, the tree, counters, the queues and the stop
+//! events.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use baton_engine::tree::DataTree;
+use baton_engine::zab::Role;
+use crossbeam::utils::CachePadded;
+
+use super::inbox::Outbox;
+use super::messages::{ConnId, ShardId, ToShard, ToWritePath};
+use super::stop::Event;
+use crate::config::ServerConfig;
+
+/// Counters of one shard, written by it alone.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Requests received.
+    pub received: AtomicU64,
+    /// Open connections.
+    pub connections: AtomicUsize,
+    /// Watches held.
+    pub watches: AtomicUsize,
+    /// Paths watched.
+    pub watched_paths: AtomicUsize,
+    /// Connections holding a watch.
+    pub watching_conns: AtomicUsize,
+}
+
+/// Counters of the write path, published by its driver.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Entries committed.
+    pub committed: AtomicU64,
+    /// Writes refused before the log.
+    pub rejected: AtomicU64,
+    /// Writes waiting to commit.
+    pub outstanding: AtomicUsize,
+    /// Live sessions.
+    pub sessions: AtomicUsize,
+    /// Entries durable in the WAL.
+    pub wal_entries_durable: AtomicU64,
+    /// WAL flushes.
+    pub wal_batches: AtomicU64,
+}
+
+/// The server's role, for its operators (who see a server that does not serve — electing,
+/// or not yet synchronised with or established as the leader — as looking).
+#[derive(Debug)]
+pub struct RoleStatus(Mutex<Role>);
+
+impl Default for RoleStatus {
+    fn default() -> Self {
+        RoleStatus(Mutex::new(Role::Looking))
+    }
+}
+
+impl RoleStatus {
+    /// The role.
+    pub fn get(&self) -> Role {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the role.
+    pub fn set(&self, role: Role) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = role;
+    }
+}
+
+/// ZooKeeper's name for what a server in `role` does (`srvr`'s `Mode:`, `mntr`'s
+/// `zk_server_state`): looking, standalone, leader, follower or observer.
+pub fn mode_name(role: Role, standalone: bool, observer: bool) -> &'static str {
+    match role {
+        _ if !role.serving() => "looking",
+        Role::Leading { .. } if standalone => "standalone",
+        Role::Leading { .. } => "leader",
+        Role::Following { .. } if observer => "observer",
+        Role::Following { .. } => "follower",
+        Role::Looking => "looking",
+    }
+}
+
+/// A connection as the four-letter words list it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Bound session (0 until connected).
+    pub session_id: AtomicI64,
+    /// Negotiated timeout.
+    pub timeout_ms: AtomicI32,
+    /// Requests received.
+    pub received: AtomicU64,
+    /// Frames sent.
+    pub sent: AtomicU64,
+}
+
+/// State every shard reaches.
+pub struct Shared {
+    /// Settings.
+    pub config: ServerConfig,
+    tree: RwLock<DataTree>,
+    /// When the server started.
+    pub started: Instant,
+    /// Per-shard counters.
+    pub shard_stats: Vec<CachePadded<ShardStats>>,
+    /// Write path counters.
+    pub write_stats: WriteStats,
+    /// The role operators see.
+    pub role: RoleStatus,
+    /// Open connections, for `cons` and `stat`.
+    pub conns: Mutex<BTreeMap<(ShardId, ConnId), Arc<ConnInfo>>>,
+    /// Connections open across all shards (for `max_connections`).
+    pub open_connections: AtomicUsize,
+    /// Queue into the write path.
+    pub to_write_path: Outbox<ToWritePath>,
+    /// Queue into each shard.
+    pub to_shard: Vec<Outbox<ToShard>>,
+    /// Set when the server stops (a signal or a fatal error): every shard winds down.
+    pub stopping: Event,
+    /// Set once the write path has let its in-flight writes commit (or given up on them).
+    pub write_path_done: Event,
+}
+
+impl Shared {
+    /// State for `shards` shards with an empty tree.
+    pub fn new(config: ServerConfig, to_write_path: Outbox<ToWritePath>, to_shard: Vec<Outbox<ToShard>>) -> Shared {
+        Shared {
+            config,
+            tree: RwLock::new(DataTree::new()),
+            started: Instant::now(),
+            shard_stats: to_shard.iter().map(|_| CachePadded::new(ShardStats::default())).collect(),
+            write_stats: WriteStats::default(),
+            role: RoleStatus::default(),
+            conns: Mutex::new(BTreeMap::new()),
+            open_connections: AtomicUsize::new(0),
+            to_write_path,
+            to_shard,
+            stopping: Event::default(),
+            write_path_done: Event::default(),
+        }
+    }
+
+    /// Read access to the tree. Hold it only briefly and never across an await: the write
+    /// path waits for it to apply commits.
+    pub fn tree(&self) -> RwLockReadGuard<'_, DataTree> {
+        // A poisoned lock means a thread panicked while holding it; the tree itself is only
+        // mutated by `apply`, which does not leave it half-changed on a panic it could catch
+        // (and a panic stops the whole process anyway).
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write access (the write path only).
+    pub fn tree_mut(&self) -> RwLockWriteGuard<'_, DataTree> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more connection unless the limit is reached.
+    pub fn admit_connection(&self) -> bool {
+        let limit = self.config.max_connections;
+        self.open_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Total requests received by every shard.
+    pub fn received(&self) -> u64 {
+        self.shard_stats.iter().map(|s| s.received.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether this server is alone in its ensemble.
+    pub fn standalone(&self) -> bool {
+        self.config.peers.is_empty()
+    }
+
+    /// ZooKeeper's name for what this server does now.
+    pub fn mode(&self) -> &'static str {
+        mode_name(self.role.get(), self.standalone(), self.config.is_observer())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_zookeepers_names_and_looking_until_serving() {
+        let leading = Role::Leading { epoch: 2, established: true };
+        assert_eq!(mode_name(leading, true, false), "standalone");
+        assert_eq!(mode_name(leading, false, false), "leader");
+        assert_eq!(mode_name(Role::Leading { epoch: 2, established: false }, false, false), "looking");
+        let following = Role::Following { leader: 1, epoch: 2, serving: true };
+        assert_eq!(mode_name(following, false, false), "follower");
+        assert_eq!(mode_name(following, false, true), "observer");
+        assert_eq!(mode_name(Role::Following { leader: 1, epoch: 2, serving: false }, false, false), "looking");
+        assert_eq!(mode_name(Role::Looking, true, false), "looking");
+    }
+}

@@ -1,0 +1,187 @@
+//! Starting a server: one glommio executor (shard) per core, all accepting clients on the
+//! same port (SO_REUSEPORT); shard 0 also runs the write path and its replica. The client
+//! port opens once the replica has recovered. Stopping: a signal (or a fatal error) sets
+//! `Shared::stopping`; the write path lets its writes in flight commit, the shards pass on
+//! the last replies, and every executor ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::ServerConfig;
+use crate::peer::replica::{ReplicaConfig, ReplicaError};
+use crate::runtime::inbox::{self, Inbox};
+use crate::runtime::{net, stop, ShardId, Shared, ToShard, ToWritePath};
+
+/// Why a server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Recovery or replication failed.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// The client port could not be served.
+    #[error("client port: {0}")]
+    Listen(std::io::Error),
+    /// An executor could not start or died.
+    #[error("executor: {0}")]
+    Executor(String),
+}
+
+/// Number of shards for a configured core count (0: every core this process may run on).
+pub fn shard_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs a server until it is stopped (SIGTERM/SIGINT) or fails. Blocks the calling thread;
+/// `ready` is called with the bound address once every shard accepts clients.
+pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
+    net::refuse_if_served(config.client_addr).map_err(ServeError::Listen)?;
+    // Signals are handled from here on (before, SIGTERM ends the process at once).
+    let shutdown = stop::shutdown();
+    let shards = shard_count(config.cores);
+    let (to_write_path, write_inbox) = inbox::inbox::<ToWritePath>();
+    let (outboxes, inboxes): (Vec<_>, Vec<_>) = (0..shards).map(|_| inbox::inbox::<ToShard>()).unzip();
+    let shared = Arc::new(Shared::new(config, to_write_path, outboxes));
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();
+    let mut inboxes = inboxes.into_iter();
+    let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
+    let shard0 = {
+        let shared = shared.clone();
+        executor(0)
+            .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, started_tx))
+            .map_err(|e| ServeError::Executor(e.to_string()))?
+    };
+    let bound = match started_rx.recv() {
+        Ok(Ok(bound)) => bound,
+        Ok(Err(e)) => {
+            let _ = shard0.join();
+            return Err(e);
+        }
+        Err(_) => return Err(join_error(shard0.join())),
+    };
+    let mut others = Vec::new();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), ServeError>>();
+    for (i, inbox) in inboxes.enumerate() {
+        let id = i + 1;
+        let (shard_shared, bound_tx) = (shared.clone(), bound_tx.clone());
+        let handle = executor(id)
+            .spawn(move || async move {
+                let listener = match net::bind_listener(bound, true) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(ServeError::Listen(e)));
+                        return Ok(());
+                    }
+                };
+                let _ = bound_tx.send(Ok(()));
+                crate::zk::tasks::run_shard(shard_shared, id, inbox, listener).await;
+                Ok(())
+            })
+            .map_err(|e| ServeError::Executor(e.to_string()));
+        match handle {
+            Ok(h) => others.push(h),
+            Err(e) => {
+                shared.stopping.set();
+                return Err(e);
+            }
+        }
+    }
+    drop(bound_tx);
+    let mut failure = None;
+    for _ in 0..others.len() {
+        match bound_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(ServeError::Executor("a shard died while starting".into())),
+        }
+    }
+    if let Some(e) = failure {
+        shared.stopping.set();
+        return Err(e);
+    }
+    ready(bound);
+    tracing::info!(shards, "every shard accepts clients");
+    let mut outcome = match shard0.join() {
+        Ok(r) => r,
+        Err(e) => Err(ServeError::Executor(format!("shard 0: {e}"))),
+    };
+    shared.stopping.set();
+    for (i, h) in others.into_iter().enumerate() {
+        if let Err(e) = h.join().map_err(|e| ServeError::Executor(format!("shard {}: {e}", i + 1))).and_then(|r| r) {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+    }
+    outcome
+}
+
+/// Shard 0: the write path and its replica, and (once recovery is done) its own clients.
+async fn shard_zero(
+    shared: Arc<Shared>,
+    shutdown: Arc<stop::Event>,
+    write_inbox: Inbox<ToWritePath>,
+    inbox: Inbox<ToShard>,
+    started_tx: std::sync::mpsc::Sender<Result<SocketAddr, ServeError>>,
+) -> Result<(), ServeError> {
+    // A signal stops this server.
+    let signalled = {
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            shutdown.wait().await;
+            shared.stopping.set();
+        })
+    };
+    let (listener_tx, listener_rx) = glommio::channels::local_channel::new_bounded(1);
+    let started = {
+        let shared = shared.clone();
+        move |recovered: Result<(), ReplicaError>| {
+            if let Err(e) = recovered {
+                let _ = started_tx.send(Err(e.into()));
+                return;
+            }
+            let bound = net::bind_listener(shared.config.client_addr, true).and_then(|l| Ok((l.local_addr()?, l)));
+            match bound {
+                Ok((addr, listener)) => {
+                    let _ = listener_tx.try_send(listener);
+                    let _ = started_tx.send(Ok(addr));
+                }
+                Err(e) => {
+                    shared.stopping.set();
+                    let _ = started_tx.send(Err(ServeError::Listen(e)));
+                }
+            }
+        }
+    };
+    let replica_config = ReplicaConfig::for_server(&shared.config);
+    let write_path = crate::write::driver::run(shared.clone(), replica_config, write_inbox, started);
+    let clients = {
+        let shared = shared.clone();
+        async move {
+            // The client port opens once recovery is done (never, if it failed).
+            if let Some(listener) = listener_rx.recv().await {
+                crate::zk::tasks::run_shard(shared, 0, inbox, listener).await;
+            }
+        }
+    };
+    let (outcome, ()) = futures_lite::future::zip(write_path, clients).await;
+    shared.stopping.set();
+    drop(signalled);
+    outcome.map_err(ServeError::from)
+}
+
+fn executor(id: ShardId) -> glommio::LocalExecutorBuilder {
+    // Unbound: the kernel places the threads. Pinning pays off on a dedicated machine; on a
+    // shared one (or next to a load generator) a pinned shard cannot move off a busy core.
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).name(&format!("baton-shard-{id}"))
+}
+
+fn join_error(joined: glommio::Result<Result<(), ServeError>, ()>) -> ServeError {
+    match joined {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ServeError::Executor("shard 0 stopped while starting".into()),
+        Err(e) => ServeError::Executor(format!("shard 0: {e}")),
+    }
+}

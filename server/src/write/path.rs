@@ -1,0 +1,686 @@
+//! [`WritePath`]: the server's write path as a state machine without IO. Its inputs are
+//! what shards ask ([`ToWritePath`]: connects, writes, syncs, liveness), what the replica
+//! reports (committed entries, role changes, syncs done, renewed sessions, peers' forwarded
+//! writes) and ticks; time comes in as a value ([`Now`]). Its outputs are [`Effect`]s, which
+//! the driver ([`super::driver`]) carries out in order.
+//!
+//! ```text
+//!  leader:   Write ─▶ Sequencer::prepare ─▶ Effect::Propose ─▶ replica (WAL + followers)
+//!  follower: Write ─▶ Effect::Forward to the leader ─▶ (the leader's sequencer)
+//!                       │ refused (the leader's answer, or prepare here)
+//!                       ▼
+//!            ToClient::Written { Refused } once the tree reached the zxid it was decided at
+//!  everyone: commit ─▶ apply ─▶ Effect::Publish (batch + answers matched by (session, cxid))
+//! ```
+//!
+//! The leader also owns session expiry (every server reports its clients' liveness to it)
+//! and the container/TTL reaper; a server alone in its ensemble is its own leader. A server
+//! that does not serve (electing, synchronising) refuses clients: it closes their
+//! connections and they reconnect, here later or elsewhere, as with ZooKeeper.
+//!
+//! It speaks no client protocol: a front turns its requests into [`ToWritePath`] and the
+//! [`ToClient`] answers into its own replies.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use baton_engine::log::{ArchivedTxn, Transaction};
+use baton_engine::sequencer::{AuthId, Rejected, Sequencer, SequencerConfig, WriteOp, WriteRequest};
+use baton_engine::tree::{DataTree, ErrorCode};
+use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
+use baton_engine::{SessionId, Zxid};
+use rkyv::util::AlignedVec;
+
+use super::forward::Forwarded;
+use super::session::{password, SessionTracker};
+use crate::runtime::{ClientRef, CommittedChanges, SessionRequest, ShardId, ToClient, ToWritePath, WriteOutcome};
+
+/// The time, as a value: a monotonic instant (session deadlines) and the wall clock in
+/// milliseconds (the leader stamps it into entries as ctime/mtime; the reaper compares TTLs
+/// with it).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: i64,
+}
+
+/// Settings of the write path.
+#[derive(Debug, Clone)]
+pub struct WritePathConfig {
+    /// This server.
+    pub id: ServerId,
+    /// Shards that receive committed batches.
+    pub shards: usize,
+    /// Session timeouts granted, (min, max) in ms.
+    pub session_timeout_ms: (i32, i32),
+    /// What the sequencer accepts (TTL nodes or not).
+    pub sequencer: SequencerConfig,
+}
+
+/// What the write path asks its driver to do, in order. Each says what must hold when it
+/// is carried out.
+#[derive(Debug)]
+pub enum Effect {
+    /// Deliver `msg` to `shard`. Not tied to a commit.
+    Client {
+        /// The shard of the connection.
+        shard: ShardId,
+        /// What to tell it.
+        msg: ToClient,
+    },
+    /// A committed batch for every shard, each with its answers (after the entry at their
+    /// index). Carried out while the tree's write lock that applied it is still held, so no
+    /// shard serves a read of the new state before it has the batch's notifications.
+    Publish {
+        /// What each entry changed, in zxid order.
+        batch: Arc<Vec<CommittedChanges>>,
+        /// One list per shard: (index into `batch`, answer).
+        answers: Vec<Vec<(usize, ToClient)>>,
+    },
+    /// Propose these entries (leader). `first` is the zxid the first was prepared for: the
+    /// replica drops them if this leadership does not continue there.
+    Propose {
+        /// The zxid of the first entry.
+        first: Zxid,
+        /// The entries' bytes, with consecutive zxids inside.
+        payloads: Vec<Payload>,
+    },
+    /// Send bytes to `to`'s write path (a forwarded write or a refusal), on the peer link.
+    Forward {
+        /// The peer.
+        to: ServerId,
+        /// An encoded [`Forwarded`].
+        data: Payload,
+    },
+    /// Ask the ensemble for sync `id` ([`WritePath::synced`] follows).
+    Sync {
+        /// The sync's id.
+        id: u64,
+    },
+    /// Tell the leader these sessions are alive here.
+    ReportLiveness {
+        /// The sessions.
+        sessions: Vec<SessionId>,
+    },
+    /// Stop serving: every shard closes every connection.
+    DisconnectAll,
+    /// The role changed: publish it for the four-letter words (which show a server that does
+    /// not serve as looking), and print it for the operator when what they see of it — the
+    /// mode or the epoch — changed.
+    RoleReported {
+        /// The role.
+        role: Role,
+        /// Whether the operator's line changes.
+        announce: bool,
+    },
+    /// A committed entry does not decode: stop the server (fail-stop keeps every replica's
+    /// tree a prefix of one history).
+    Fatal {
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// Who is waiting for an entry to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// A client request.
+    Request { client: ClientRef, xid: i32 },
+    /// A new session being opened for a connection.
+    Connect { client: ClientRef, timeout_ms: i32 },
+}
+
+impl Origin {
+    fn client(&self) -> ClientRef {
+        match self {
+            Origin::Request { client, .. } | Origin::Connect { client, .. } => *client,
+        }
+    }
+}
+
+/// A client's `sync` waiting for the ensemble.
+#[derive(Debug)]
+struct PendingSync {
+    client: ClientRef,
+    xid: i32,
+}
+
+/// A refusal waiting for this server's tree to reach the zxid it was decided at.
+#[derive(Debug)]
+struct Deferred {
+    zxid: Zxid,
+    origin: Origin,
+    rejected: Rejected,
+}
+
+/// Counters the driver publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WritePathStats {
+    /// Entries applied.
+    pub committed: u64,
+    /// Writes refused before the log.
+    pub rejected: u64,
+    /// Writes waiting to commit.
+    pub outstanding: usize,
+    /// Sessions tracked.
+    pub sessions: usize,
+}
+
+/// The write path's state.
+pub struct WritePath {
+    config: WritePathConfig,
+    /// Present while this server leads an established epoch and has applied its history.
+    seq: Option<Sequencer>,
+    role: Role,
+    /// An established leader's last logged zxid when it was established: its sequencer
+    /// starts once the tree has applied up to it.
+    leading_from: Option<Zxid>,
+    /// Clients waiting for their entry to commit, by (session, cxid).
+    pending: HashMap<(SessionId, i32), Origin>,
+    syncs: HashMap<u64, PendingSync>,
+    next_sync: u64,
+    /// Entries prepared since the last flush. Invariant: empty or `first_proposal` is the
+    /// zxid of the first.
+    proposals: Vec<Payload>,
+    first_proposal: Option<Zxid>,
+    sessions: SessionTracker,
+    /// The connection each live session is bound to.
+    owners: HashMap<SessionId, ClientRef>,
+    /// Reused to give payloads the alignment archived entries need.
+    scratch: AlignedVec,
+    /// The last zxid this leader's sequencer assigned (it may not be applied yet).
+    last_prepared: Zxid,
+    /// Refusals waiting for the tree to reach the zxid they were decided at. Invariant:
+    /// their zxids do not decrease (see [`WritePath::refused`]).
+    deferred: VecDeque<Deferred>,
+    /// What operators last saw of the role: looking or not, leading or not, and the epoch.
+    shown: (bool, bool, u32),
+    stats: WritePathStats,
+    out: Vec<Effect>,
+}
+
+impl WritePath {
+    /// The write path of a server that has not joined a leadership yet; session ids it
+    /// creates are seeded from its id and the wall clock, as ZooKeeper's.
+    pub fn new(config: WritePathConfig, now: Now) -> WritePath {
+        WritePath {
+            sessions: SessionTracker::new(config.id as u8, now.wall_ms.max(0) as u64),
+            config,
+            seq: None,
+            role: Role::Looking,
+            leading_from: None,
+            pending: HashMap::new(),
+            syncs: HashMap::new(),
+            next_sync: 1,
+            proposals: Vec::new(),
+            first_proposal: None,
+            owners: HashMap::new(),
+            scratch: AlignedVec::new(),
+            last_prepared: Zxid::ZERO,
+            deferred: VecDeque::new(),
+            shown: (true, false, 0),
+            stats: WritePathStats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The effects queued so far, in the order the driver must carry them out.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether clients are served: an established leader, or a synchronised follower.
+    pub fn serving(&self) -> bool {
+        self.role.serving()
+    }
+
+    /// Whether writes are still waiting to commit.
+    pub fn has_pending_writes(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WritePathStats {
+        WritePathStats { outstanding: self.pending.len(), sessions: self.sessions.len(), ..self.stats }
+    }
+
+    /// The server this one's clients' writes go to (its leader, or upstream observer).
+    fn upstream(&self) -> Option<ServerId> {
+        match self.role {
+            Role::Following { leader, serving: true, .. } => Some(leader),
+            _ => None,
+        }
+    }
+
+    fn answer_client(&mut self, client: ClientRef, msg: ToClient) {
+        self.out.push(Effect::Client { shard: client.shard, msg });
+    }
+
+    /// One message from a shard.
+    pub fn handle(&mut self, tree: &DataTree, now: Now, message: ToWritePath) {
+        match message {
+            ToWritePath::Connect { client, req } => self.connect(tree, now, client, req),
+            ToWritePath::Write { client, xid, req } => self.submit(tree, now, req, Origin::Request { client, xid }),
+            ToWritePath::Sync { client, xid } => self.sync(client, xid),
+            ToWritePath::Touch(sessions) => self.touch(now, sessions),
+        }
+    }
+
+    /// A connection asks for a session: refused while not serving or when the client has
+    /// seen a newer state than this server's; a resumed session is answered at once, a new
+    /// one once its creation commits.
+    fn connect(&mut self, tree: &DataTree, now: Now, client: ClientRef, req: SessionRequest) {
+        if !self.serving() {
+            // As ZooKeeper: a server without a leader closes new connections; the client
+            // tries the next server.
+            self.answer_client(client, ToClient::Close { conn: client.conn });
+            return;
+        }
+        let (min, max) = self.config.session_timeout_ms;
+        let timeout_ms = req.timeout_ms.clamp(min, max);
+        if req.last_zxid_seen > tree.last_zxid() {
+            // The client saw a newer state than ours: it must go to another server.
+            tracing::warn!(client_zxid = %req.last_zxid_seen, ours = %tree.last_zxid(), "refusing a client that is ahead of this server");
+            self.answer_client(client, ToClient::Close { conn: client.conn });
+            return;
+        }
+        let session = req.session_id;
+        if session == SessionId::NONE {
+            let session_id = self.sessions.next_id();
+            let req = WriteRequest { session_id, cxid: 0, auth: Vec::new(), op: WriteOp::CreateSession { timeout_ms } };
+            self.submit(tree, now, req, Origin::Connect { client, timeout_ms });
+            return;
+        }
+        let alive = tree.sessions().contains_key(&session) && self.sessions.contains(session);
+        if !alive || req.password != password(session) {
+            self.answer_client(client, ToClient::SessionExpired { conn: client.conn });
+            return;
+        }
+        self.sessions.track(session, timeout_ms, now.instant);
+        if let Some(old) = self.owners.insert(session, client) {
+            if old != client {
+                self.answer_client(old, ToClient::Close { conn: old.conn });
+            }
+        }
+        let password = password(session);
+        self.answer_client(client, ToClient::Connected { conn: client.conn, session, timeout_ms, password });
+    }
+
+    /// A client's write: sequenced here when leading, forwarded to the leader otherwise.
+    fn submit(&mut self, tree: &DataTree, now: Now, req: WriteRequest, origin: Origin) {
+        let key = (req.session_id, req.cxid);
+        if self.seq.is_some() {
+            match self.prepare(tree, now, &req) {
+                Ok(()) => {
+                    self.pending.insert(key, origin);
+                }
+                Err(rejected) => {
+                    let zxid = self.refusal_point(tree);
+                    self.refused(tree, origin, zxid, rejected);
+                }
+            }
+            return;
+        }
+        match self.upstream() {
+            Some(leader) => {
+                self.pending.insert(key, origin);
+                let data = Forwarded::Write { origin: self.config.id, req }.encode().into();
+                self.out.push(Effect::Forward { to: leader, data });
+            }
+            None => {
+                // Not serving (or a leader still applying its history): the client
+                // reconnects and retries.
+                let client = origin.client();
+                self.answer_client(client, ToClient::Close { conn: client.conn });
+            }
+        }
+    }
+
+    /// Prepares `req` against the tree and the writes in flight and queues its entry for
+    /// the next proposal. Leader only.
+    fn prepare(&mut self, tree: &DataTree, now: Now, req: &WriteRequest) -> Result<(), Rejected> {
+        let Some(seq) = self.seq.as_mut() else { return Err(Rejected::Op(ErrorCode::ConnectionLoss)) };
+        let entry = seq.prepare(tree, req, now.wall_ms)?;
+        if self.first_proposal.is_none() {
+            self.first_proposal = Some(entry.zxid);
+        }
+        self.last_prepared = entry.zxid;
+        self.proposals.push(Payload::from(entry.encode().as_slice()));
+        Ok(())
+    }
+
+    /// The zxid a refusal decided now is decided at: the last write sequenced, applied or not
+    /// (the sequencer checks a write against the writes in flight too). Leader only.
+    fn refusal_point(&self, tree: &DataTree) -> Zxid {
+        tree.last_zxid().max(self.last_prepared)
+    }
+
+    /// Answers a write refused before the log, decided at `zxid` (by this server's sequencer
+    /// or the leader's) — once this server's tree has applied up to `zxid`. A refusal may rest
+    /// on writes still in flight (NodeExists against another session's uncommitted create);
+    /// answered at once, its client could then read the tree and not find what it was told
+    /// exists. ZooKeeper orders refusals the same way, as error transactions in its log.
+    /// Refusals are answered in the order they were decided (a later one waits behind an
+    /// earlier one even when it could go at once), so a session's answers keep its order.
+    fn refused(&mut self, tree: &DataTree, origin: Origin, zxid: Zxid, rejected: Rejected) {
+        if zxid > tree.last_zxid() || !self.deferred.is_empty() {
+            self.deferred.push_back(Deferred { zxid, origin, rejected });
+            return;
+        }
+        self.answer_refusal(origin, zxid, rejected);
+    }
+
+    /// Answers the deferred refusals the tree has now reached.
+    fn release_refusals(&mut self, applied: Zxid) {
+        while self.deferred.front().is_some_and(|d| d.zxid <= applied) {
+            if let Some(d) = self.deferred.pop_front() {
+                self.answer_refusal(d.origin, d.zxid, d.rejected);
+            }
+        }
+    }
+
+    fn answer_refusal(&mut self, origin: Origin, zxid: Zxid, rejected: Rejected) {
+        self.stats.rejected += 1;
+        match origin {
+            Origin::Request { client, xid } => {
+                let outcome = WriteOutcome::Refused { zxid, rejected };
+                self.answer_client(client, ToClient::Written { conn: client.conn, xid, outcome });
+            }
+            Origin::Connect { client, .. } => self.answer_client(client, ToClient::Close { conn: client.conn }),
+        }
+    }
+
+    /// Hands the entries prepared since the last call to the replica, as one proposal.
+    pub fn flush(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let payloads = std::mem::take(&mut self.proposals);
+        if let Some(first) = self.first_proposal.take() {
+            self.out.push(Effect::Propose { first, payloads });
+        }
+    }
+
+    fn sync(&mut self, client: ClientRef, xid: i32) {
+        let id = self.next_sync;
+        self.next_sync += 1;
+        self.syncs.insert(id, PendingSync { client, xid });
+        self.out.push(Effect::Sync { id });
+    }
+
+    /// Sync `id` is done, at `zxid`, or failed (`None`: this server lost its leader).
+    pub fn synced(&mut self, id: u64, zxid: Option<Zxid>) {
+        let Some(s) = self.syncs.remove(&id) else { return };
+        self.answer_client(s.client, ToClient::Synced { conn: s.client.conn, xid: s.xid, zxid });
+    }
+
+    /// Sessions heard from on this server's shards: renewed here, and reported to the
+    /// leader unless this server leads.
+    fn touch(&mut self, now: Now, sessions: Vec<SessionId>) {
+        for &s in &sessions {
+            self.sessions.touch(s, now.instant);
+        }
+        if !self.role.is_leading() {
+            self.out.push(Effect::ReportLiveness { sessions });
+        }
+    }
+
+    /// (Leader.) Sessions the ensemble reports alive.
+    pub fn touched(&mut self, now: Now, sessions: Vec<SessionId>) {
+        for s in sessions {
+            self.sessions.touch(s, now.instant);
+        }
+    }
+
+    /// Half a tick passed: the leader closes sessions past their deadline and deletes
+    /// containers that lost their last child and TTL nodes past their TTL, then proposes.
+    pub fn tick(&mut self, tree: &DataTree, now: Now) {
+        self.expire_sessions(tree, now);
+        self.reap(tree, now);
+        self.flush();
+    }
+
+    /// Submits closes for sessions past their deadline (leader only), through the log, so
+    /// their ephemerals vanish on every server at once.
+    fn expire_sessions(&mut self, tree: &DataTree, now: Now) {
+        if self.seq.is_none() {
+            return;
+        }
+        for session in self.sessions.expired(now.instant) {
+            self.sessions.remove(session);
+            tracing::info!(%session, "session expired");
+            let req = WriteRequest { session_id: session, cxid: 0, auth: Vec::new(), op: WriteOp::CloseSession };
+            let _ = self.prepare(tree, now, &req);
+        }
+    }
+
+    /// Deletes containers that lost their last child and TTL nodes past their TTL (ZooKeeper's
+    /// ContainerManager), as server-issued deletes through the sequencer: a container that
+    /// gained a child in the meantime fails the delete with NotEmpty and stays. Leader only.
+    fn reap(&mut self, tree: &DataTree, now: Now) {
+        if self.seq.is_none() {
+            return;
+        }
+        for path in tree.reapable(now.wall_ms) {
+            // The reaper is the server itself: the super identity, not bound by the node's ACL.
+            let auth = vec![AuthId::new("super", "")];
+            let op = WriteOp::Delete { path, version: -1 };
+            let _ = self.prepare(tree, now, &WriteRequest { session_id: SessionId::NONE, cxid: 0, auth, op });
+        }
+    }
+
+    /// Applies committed entries to the tree; answers the clients waiting for them (in the
+    /// batch every shard gets), then the refusals the tree has now reached.
+    pub fn apply(&mut self, tree: &mut DataTree, now: Now, entries: &[LogEntry]) {
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut answers: Vec<Vec<(usize, ToClient)>> = (0..self.config.shards).map(|_| Vec::new()).collect();
+        for entry in entries {
+            match self.apply_one(tree, now, entry, batch.len(), &mut answers) {
+                Ok(changes) => batch.push(changes),
+                Err(why) => {
+                    // Entries are checksummed on the wire and on disk and were encoded by a
+                    // leader: one that does not decode means a bug or a bad build.
+                    self.out.push(Effect::Fatal { why });
+                    break;
+                }
+            }
+        }
+        // Once per batch, not per entry: forgetting the applied in-flight records walks
+        // them all, and nothing is prepared while a batch applies.
+        if let Some(seq) = self.seq.as_mut() {
+            seq.committed(tree.last_zxid());
+        }
+        self.out.push(Effect::Publish { batch: Arc::new(batch), answers });
+        // After the batch: a refusal's answer follows the writes it rests on.
+        self.release_refusals(tree.last_zxid());
+        self.maybe_start_sequencer(tree, now);
+    }
+
+    /// Replays entries of a lone server's own log at start: nothing waits for them and no
+    /// watch exists, so nothing is published.
+    pub fn replay(&mut self, tree: &mut DataTree, now: Now, entries: &[LogEntry]) {
+        let mut no_answers = Vec::new();
+        for entry in entries {
+            if let Err(why) = self.apply_one(tree, now, entry, 0, &mut no_answers) {
+                self.out.push(Effect::Fatal { why });
+                return;
+            }
+        }
+        if let Some(seq) = self.seq.as_mut() {
+            seq.committed(tree.last_zxid());
+        }
+    }
+
+    /// Applies one committed entry; returns what it changed.
+    fn apply_one(
+        &mut self,
+        tree: &mut DataTree,
+        now: Now,
+        entry: &LogEntry,
+        index: usize,
+        answers: &mut [Vec<(usize, ToClient)>],
+    ) -> Result<CommittedChanges, String> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&entry.payload);
+        let txn = Transaction::access(&self.scratch).map_err(|e| format!("entry {}: {e}", entry.zxid))?;
+        let closes_session = matches!(txn.txn, ArchivedTxn::CloseSession);
+        let opens_session = match &txn.txn {
+            ArchivedTxn::CreateSession { timeout_ms } => Some(timeout_ms.to_native()),
+            _ => None,
+        };
+        let key = (txn.session_id.to_native(), txn.cxid.to_native());
+        let applied = tree.apply(txn);
+        self.stats.committed += 1;
+        let mut answer = |client: ClientRef, msg: ToClient| {
+            if let Some(list) = answers.get_mut(client.shard) {
+                list.push((index, msg));
+            }
+        };
+        let session = applied.session_id;
+        if let Some(timeout_ms) = opens_session {
+            // Every server tracks every session (a client may resume it anywhere); only the
+            // leader expires them.
+            self.sessions.track(session, timeout_ms, now.instant);
+        }
+        match self.pending.remove(&key) {
+            None => {}
+            Some(Origin::Request { client, xid }) => {
+                let outcome = WriteOutcome::Applied { zxid: applied.zxid, results: applied.results };
+                answer(client, ToClient::Written { conn: client.conn, xid, outcome });
+            }
+            Some(Origin::Connect { client, timeout_ms }) => {
+                self.owners.insert(session, client);
+                answer(
+                    client,
+                    ToClient::Connected { conn: client.conn, session, timeout_ms, password: password(session) },
+                );
+            }
+        }
+        if closes_session {
+            self.sessions.remove(session);
+            if let Some(owner) = self.owners.remove(&session) {
+                answer(owner, ToClient::Close { conn: owner.conn });
+            }
+        }
+        Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes })
+    }
+
+    /// The tree was replaced by a snapshot: every session in it gets a full timeout, and the
+    /// refusals it has reached are answered.
+    pub fn installed(&mut self, tree: &DataTree, now: Now) {
+        self.sessions = SessionTracker::new(self.config.id as u8, now.wall_ms.max(0) as u64);
+        for (&id, info) in tree.sessions() {
+            self.sessions.track(id, info.timeout_ms, now.instant);
+        }
+        self.release_refusals(tree.last_zxid());
+    }
+
+    /// The replica's role changed. A server that stops serving — or moves to another
+    /// leadership — drops everything waiting on the ensemble and closes every client
+    /// connection (they reconnect and retry), as ZooKeeper does. An established leader
+    /// starts sequencing once its tree holds its whole history (`last_logged`).
+    pub fn role_changed(&mut self, tree: &DataTree, now: Now, role: Role, last_logged: Zxid) {
+        let was_serving = self.serving();
+        let before = self.role;
+        self.role = role;
+        if was_serving && !(self.serving() && same_leadership(before, role)) {
+            tracing::warn!(?role, "no longer serving: closing client connections");
+            self.stop_serving();
+        }
+        if let Role::Leading { established: true, .. } = role {
+            if self.leading_from.is_none() {
+                self.leading_from = Some(last_logged);
+            }
+            self.maybe_start_sequencer(tree, now);
+        } else {
+            self.seq = None;
+            self.leading_from = None;
+        }
+        let shown = (!self.serving(), self.serving() && role.is_leading(), role.epoch());
+        let announce = shown != self.shown;
+        self.shown = shown;
+        self.out.push(Effect::RoleReported { role, announce });
+    }
+
+    /// Starts sequencing once this established leader's tree holds its whole history.
+    fn maybe_start_sequencer(&mut self, tree: &DataTree, now: Now) {
+        let (Some(from), Role::Leading { epoch, established: true }) = (self.leading_from, self.role) else { return };
+        if self.seq.is_some() || tree.last_zxid() < from {
+            return;
+        }
+        self.seq = Some(Sequencer::new(self.config.sequencer, epoch, from));
+        // As ZooKeeper's new leader: every session gets a full timeout to be heard from.
+        for (&id, info) in tree.sessions() {
+            self.sessions.track(id, info.timeout_ms, now.instant);
+        }
+        tracing::info!(epoch, last = %from, "leading: accepting writes");
+    }
+
+    /// Drops everything waiting on the ensemble and closes every client connection.
+    fn stop_serving(&mut self) {
+        self.pending.clear();
+        self.deferred.clear();
+        self.last_prepared = Zxid::ZERO;
+        self.syncs.clear();
+        self.proposals.clear();
+        self.first_proposal = None;
+        self.seq = None;
+        self.leading_from = None;
+        self.owners.clear();
+        self.out.push(Effect::DisconnectAll);
+    }
+
+    /// A peer's write path sent `data`: a write to sequence (leader) or pass on, or the
+    /// leader's refusal of a write this server forwarded.
+    pub fn message(&mut self, tree: &DataTree, now: Now, from: ServerId, data: &[u8]) {
+        match Forwarded::decode(data) {
+            Ok(Forwarded::Write { origin, req }) => {
+                self.forwarded_write(tree, now, origin, req);
+                // Proposed at once: the replica takes it on its next step. (A burst of
+                // forwarded writes arriving together still forms one batch in the WAL.)
+                self.flush();
+            }
+            Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
+                if let Some(origin) = self.pending.remove(&(session, cxid)) {
+                    self.refused(tree, origin, zxid, Forwarded::rejected(code, multi));
+                }
+            }
+            Err(e) => tracing::warn!(peer = from, error = %e, "dropping a malformed forwarded message"),
+        }
+    }
+
+    /// A forwarded write reached this server: sequence it (leader) or pass it on.
+    fn forwarded_write(&mut self, tree: &DataTree, now: Now, origin: ServerId, req: WriteRequest) {
+        if self.seq.is_some() {
+            let (session, cxid) = (req.session_id, req.cxid);
+            if let Err(rejected) = self.prepare(tree, now, &req) {
+                let zxid = self.refusal_point(tree);
+                self.stats.rejected += 1;
+                let data = Forwarded::refusal(session, cxid, zxid, rejected).encode().into();
+                self.out.push(Effect::Forward { to: origin, data });
+            }
+            return;
+        }
+        // An observer relays its downstream observers' writes towards the leader; without
+        // one the write is dropped and its origin, which loses its leader too, closes the
+        // client's connection.
+        if let Some(up) = self.upstream() {
+            self.out.push(Effect::Forward { to: up, data: Forwarded::Write { origin, req }.encode().into() });
+        }
+    }
+}
+
+/// Whether `after` continues the leadership of `before` (the same leader and epoch, or the
+/// epoch just learnt): then a role change keeps serving.
+fn same_leadership(before: Role, after: Role) -> bool {
+    match (before, after) {
+        (Role::Following { leader: a, epoch: e, .. }, Role::Following { leader: b, epoch: f, .. }) => {
+            a == b && (e == f || e == 0)
+        }
+        (Role::Leading { epoch: e, .. }, Role::Leading { epoch: f, .. }) => e == f || e == 0,
+        _ => false,
+    }
+}

@@ -1,0 +1,437 @@
+//! The write path's decisions, one input at a time, with the exact effects asserted:
+//! connect admission and session resume, refusal ordering, session expiry, forwarding, and
+//! what a role change does to serving.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use baton_engine::sequencer::{CreateMode, CreateOp, Rejected, SequencerConfig, WriteOp, WriteRequest};
+use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult};
+use baton_engine::zab::{LogEntry, Role};
+use baton_engine::{SessionId, Zxid};
+
+use super::forward::Forwarded;
+use super::path::{Effect, Now, WritePath, WritePathConfig};
+use super::session::password;
+use crate::runtime::{ClientRef, ConnId, SessionRequest, ToClient, ToWritePath, WriteOutcome};
+
+/// The time `ms` after the start of a test.
+fn at(ms: u64) -> Now {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    Now { instant: start + Duration::from_millis(ms), wall_ms: 1_700_000_000_000 + ms as i64 }
+}
+
+fn config() -> WritePathConfig {
+    WritePathConfig { id: 1, shards: 2, session_timeout_ms: (4_000, 40_000), sequencer: SequencerConfig::default() }
+}
+
+const A: ClientRef = ClientRef { shard: 0, conn: ConnId(7) };
+const B: ClientRef = ClientRef { shard: 1, conn: ConnId(9) };
+
+/// A write path leading epoch 1 over `tree`, its role-change effects taken.
+fn leader(tree: &DataTree) -> WritePath {
+    let mut path = WritePath::new(config(), at(0));
+    path.role_changed(tree, at(0), Role::Leading { epoch: 1, established: true }, tree.last_zxid());
+    path.take_effects();
+    path
+}
+
+/// A follower of server 2 in epoch 1, serving.
+fn follower(tree: &DataTree) -> WritePath {
+    let mut path = WritePath::new(config(), at(0));
+    path.role_changed(tree, at(0), Role::Following { leader: 2, epoch: 1, serving: true }, tree.last_zxid());
+    path.take_effects();
+    path
+}
+
+fn create(session: i64, cxid: i32, path: &str) -> WriteRequest {
+    let op = CreateOp {
+        path: path.into(),
+        data: b"x".to_vec(),
+        acl: open_acl(),
+        mode: CreateMode::Persistent,
+        ttl_ms: 0,
+        container: false,
+    };
+    WriteRequest { session_id: SessionId(session), cxid, auth: Vec::new(), op: WriteOp::Create(op) }
+}
+
+fn write(client: ClientRef, req: WriteRequest) -> ToWritePath {
+    ToWritePath::Write { client, xid: req.cxid, req }
+}
+
+/// The entries of the proposals among `effects`, at the zxids they were prepared for.
+fn proposed(effects: &[Effect]) -> Vec<LogEntry> {
+    let mut out = Vec::new();
+    for effect in effects {
+        if let Effect::Propose { first, payloads } = effect {
+            for (k, payload) in payloads.iter().enumerate() {
+                out.push(LogEntry::new(Zxid::new(first.epoch(), first.counter() + k as u32), payload.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The answers to `shard` in a `Publish` among `effects`.
+fn published(effects: &[Effect], shard: usize) -> Vec<ToClient> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish { answers, .. } => Some(answers[shard].iter().map(|(_, a)| a.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Opens a session for `client` on a leader and commits it; returns its id.
+fn open_session(path: &mut WritePath, tree: &mut DataTree, client: ClientRef, now: Now) -> SessionId {
+    let req = SessionRequest {
+        session_id: SessionId::NONE,
+        password: Vec::new(),
+        timeout_ms: 6_000,
+        last_zxid_seen: Zxid::ZERO,
+    };
+    path.handle(tree, now, ToWritePath::Connect { client, req });
+    path.flush();
+    let entries = proposed(&path.take_effects());
+    path.apply(tree, now, &entries);
+    let effects = path.take_effects();
+    match published(&effects, client.shard).as_slice() {
+        [ToClient::Connected { session, timeout_ms: 6_000, .. }] => *session,
+        other => panic!("expected the session to open, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_server_that_does_not_serve_closes_new_connections() {
+    let tree = DataTree::new();
+    let mut path = WritePath::new(config(), at(0));
+    let req = SessionRequest {
+        session_id: SessionId::NONE,
+        password: Vec::new(),
+        timeout_ms: 6_000,
+        last_zxid_seen: Zxid::ZERO,
+    };
+    path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
+    let effects = path.take_effects();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Client { shard: 0, msg: ToClient::Close { conn: ConnId(7) } }]),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_client_ahead_of_this_server_is_sent_elsewhere() {
+    let tree = DataTree::new();
+    let mut path = leader(&tree);
+    let req = SessionRequest {
+        session_id: SessionId::NONE,
+        password: Vec::new(),
+        timeout_ms: 6_000,
+        last_zxid_seen: Zxid::new(1, 5),
+    };
+    path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
+    let effects = path.take_effects();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Client { shard: 0, msg: ToClient::Close { conn: ConnId(7) } }]),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_new_session_is_answered_once_its_creation_commits_with_a_timeout_within_bounds() {
+    let mut tree = DataTree::new();
+    let mut path = leader(&tree);
+    let req =
+        SessionRequest { session_id: SessionId::NONE, password: Vec::new(), timeout_ms: 1, last_zxid_seen: Zxid::ZERO };
+    path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
+    assert!(path.take_effects().is_empty(), "nothing until proposed");
+    path.flush();
+    let effects = path.take_effects();
+    let entries = proposed(&effects);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].zxid, Zxid::new(1, 1));
+    path.apply(&mut tree, at(2), &entries);
+    let effects = path.take_effects();
+    match published(&effects, 0).as_slice() {
+        [ToClient::Connected { conn: ConnId(7), session, timeout_ms: 4_000, password: p }] => {
+            assert_eq!(*p, password(*session));
+            assert!(tree.sessions().contains_key(session));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
+    let mut tree = DataTree::new();
+    let mut path = leader(&tree);
+    let session = open_session(&mut path, &mut tree, A, at(1));
+    // A wrong password, or a session that does not exist: expired.
+    for (id, password) in
+        [(session, vec![0; 16]), (SessionId(session.as_i64() + 1), password(SessionId(session.as_i64() + 1)))]
+    {
+        let req = SessionRequest { session_id: id, password, timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
+        path.handle(&tree, at(2), ToWritePath::Connect { client: B, req });
+        let effects = path.take_effects();
+        assert!(
+            matches!(
+                effects.as_slice(),
+                [Effect::Client { shard: 1, msg: ToClient::SessionExpired { conn: ConnId(9) } }]
+            ),
+            "{effects:?}"
+        );
+    }
+    // The right one: connected at once (nothing to log), and its old connection closed.
+    let req = SessionRequest {
+        session_id: session,
+        password: password(session),
+        timeout_ms: 6_000,
+        last_zxid_seen: tree.last_zxid(),
+    };
+    path.handle(&tree, at(3), ToWritePath::Connect { client: B, req });
+    let effects = path.take_effects();
+    match effects.as_slice() {
+        [Effect::Client { shard: 0, msg: ToClient::Close { conn: ConnId(7) } }, Effect::Client {
+            shard: 1,
+            msg: ToClient::Connected { conn: ConnId(9), session: s, timeout_ms: 6_000, .. },
+        }] => {
+            assert_eq!(*s, session)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A leader on which A's create of /x is in flight when B's create of /x is refused
+/// (NodeExists against it).
+fn contested_create(tree: &DataTree) -> WritePath {
+    let mut path = leader(tree);
+    path.handle(tree, at(1), write(A, create(0x10, 1, "/x")));
+    path.handle(tree, at(1), write(B, create(0x20, 1, "/x")));
+    path
+}
+
+#[test]
+fn a_refusal_that_rests_on_a_write_in_flight_waits_for_it_to_apply() {
+    let mut tree = DataTree::new();
+    let mut path = contested_create(&tree);
+    path.flush();
+    let effects = path.take_effects();
+    assert_eq!(effects.len(), 1, "only the proposal; the refusal waits: {effects:?}");
+    let entries = proposed(&effects);
+    assert_eq!(entries.len(), 1);
+    // Once /x is applied: the batch (with A's answer) first, then B's refusal, decided at it.
+    path.apply(&mut tree, at(2), &entries);
+    let effects = path.take_effects();
+    match effects.as_slice() {
+        [Effect::Publish { batch, answers }, Effect::Client { shard: 1, msg: ToClient::Written { conn: ConnId(9), xid: 1, outcome } }] =>
+        {
+            assert_eq!(batch.len(), 1);
+            assert!(matches!(
+                answers[0].as_slice(),
+                [(0, ToClient::Written { conn: ConnId(7), xid: 1, outcome: WriteOutcome::Applied { .. } })]
+            ));
+            assert_eq!(
+                *outcome,
+                WriteOutcome::Refused { zxid: Zxid::new(1, 1), rejected: Rejected::Op(ErrorCode::NodeExists) }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refusals_are_answered_in_the_order_they_were_decided() {
+    let mut tree = DataTree::new();
+    // B's first refusal is deferred behind the write in flight...
+    let mut path = contested_create(&tree);
+    // ...and a refusal that needs no write in flight waits behind it all the same.
+    path.handle(&tree, at(1), write(B, create(0x20, 2, "no-slash")));
+    path.flush();
+    let entries = proposed(&path.take_effects());
+    path.apply(&mut tree, at(2), &entries);
+    let xids: Vec<i32> = path
+        .take_effects()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Client { msg: ToClient::Written { xid, outcome: WriteOutcome::Refused { .. }, .. }, .. } => {
+                Some(*xid)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(xids, vec![1, 2]);
+}
+
+#[test]
+fn the_leader_expires_a_session_it_has_not_heard_from_through_the_log() {
+    let mut tree = DataTree::new();
+    let mut path = leader(&tree);
+    let session = open_session(&mut path, &mut tree, A, at(0));
+    path.tick(&tree, at(5_000));
+    assert!(path.take_effects().is_empty(), "within its 6 s");
+    // Heard from at 5 s: its deadline moves to 11 s.
+    path.handle(&tree, at(5_000), ToWritePath::Touch(vec![session]));
+    assert!(path.take_effects().is_empty(), "the leader reports to no one");
+    path.tick(&tree, at(10_000));
+    assert!(path.take_effects().is_empty());
+    path.tick(&tree, at(11_001));
+    let effects = path.take_effects();
+    let entries = proposed(&effects);
+    assert_eq!(entries.len(), 1, "{effects:?}");
+    // The close, applied, closes its connection and ends the session everywhere.
+    path.apply(&mut tree, at(11_002), &entries);
+    let effects = path.take_effects();
+    assert_eq!(published(&effects, 0), vec![ToClient::Close { conn: ConnId(7) }]);
+    assert!(!tree.sessions().contains_key(&session));
+}
+
+#[test]
+fn a_follower_forwards_writes_and_reports_liveness_to_its_leader() {
+    let mut tree = DataTree::new();
+    let mut path = follower(&tree);
+    let req = create(0x10, 3, "/x");
+    path.handle(&tree, at(1), write(A, req.clone()));
+    path.handle(&tree, at(1), ToWritePath::Touch(vec![SessionId(0x10)]));
+    let effects = path.take_effects();
+    match effects.as_slice() {
+        [Effect::Forward { to: 2, data }, Effect::ReportLiveness { sessions }] => {
+            assert_eq!(Forwarded::decode(data).expect("decodes"), Forwarded::Write { origin: 1, req });
+            assert_eq!(*sessions, vec![SessionId(0x10)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The leader refused it at a zxid this server has not applied yet: answered once it has.
+    let refusal = Forwarded::refusal(SessionId(0x10), 3, Zxid::new(1, 1), Rejected::Op(ErrorCode::NodeExists));
+    path.message(&tree, at(2), 2, &refusal.encode());
+    assert!(path.take_effects().is_empty());
+    let mut leader_tree = DataTree::new();
+    let mut leader = leader(&leader_tree);
+    leader.handle(&leader_tree, at(2), write(B, create(0x20, 1, "/x")));
+    leader.flush();
+    let entries = proposed(&leader.take_effects());
+    leader.apply(&mut leader_tree, at(3), &entries);
+    path.apply(&mut tree, at(3), &entries);
+    let effects = path.take_effects();
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [
+                Effect::Publish { .. },
+                Effect::Client {
+                    shard: 0,
+                    msg: ToClient::Written { conn: ConnId(7), xid: 3, outcome: WriteOutcome::Refused { .. } }
+                }
+            ]
+        ),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_leader_refuses_a_forwarded_write_back_to_the_server_it_came_from() {
+    let tree = DataTree::new();
+    let mut path = leader(&tree);
+    let forwarded = Forwarded::Write { origin: 3, req: create(0x30, 4, "bad") };
+    path.message(&tree, at(1), 3, &forwarded.encode());
+    let effects = path.take_effects();
+    match effects.as_slice() {
+        [Effect::Forward { to: 3, data }] => {
+            let expected = Forwarded::refusal(SessionId(0x30), 4, Zxid::ZERO, Rejected::Op(ErrorCode::BadArguments));
+            assert_eq!(Forwarded::decode(data).expect("decodes"), expected);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn losing_the_leader_drops_what_waits_and_disconnects_every_client() {
+    let tree = DataTree::new();
+    let mut path = follower(&tree);
+    path.handle(&tree, at(1), write(A, create(0x10, 1, "/x")));
+    path.handle(&tree, at(1), ToWritePath::Sync { client: A, xid: 2 });
+    path.take_effects();
+    assert!(path.has_pending_writes());
+    path.role_changed(&tree, at(2), Role::Looking, Zxid::ZERO);
+    let effects = path.take_effects();
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::DisconnectAll, Effect::RoleReported { role: Role::Looking, announce: true }]
+        ),
+        "{effects:?}"
+    );
+    assert!(!path.has_pending_writes());
+    // A sync answered after the fact finds nothing waiting.
+    path.synced(1, Some(Zxid::new(1, 1)));
+    assert!(path.take_effects().is_empty());
+    // Not serving: writes close their connection.
+    path.handle(&tree, at(3), write(A, create(0x10, 3, "/y")));
+    assert!(matches!(
+        path.take_effects().as_slice(),
+        [Effect::Client { msg: ToClient::Close { conn: ConnId(7) }, .. }]
+    ));
+}
+
+#[test]
+fn learning_the_epoch_of_the_same_leader_keeps_serving() {
+    let tree = DataTree::new();
+    let mut path = WritePath::new(config(), at(0));
+    path.role_changed(&tree, at(0), Role::Following { leader: 2, epoch: 0, serving: true }, Zxid::ZERO);
+    path.take_effects();
+    path.role_changed(&tree, at(1), Role::Following { leader: 2, epoch: 4, serving: true }, Zxid::ZERO);
+    let effects = path.take_effects();
+    assert!(
+        matches!(
+            effects.as_slice(),
+            [Effect::RoleReported { role: Role::Following { leader: 2, epoch: 4, .. }, announce: true }]
+        ),
+        "{effects:?}"
+    );
+    // Another leader (or epoch) is another leadership: clients reconnect.
+    path.role_changed(&tree, at(2), Role::Following { leader: 3, epoch: 5, serving: true }, Zxid::ZERO);
+    assert!(matches!(path.take_effects().first(), Some(Effect::DisconnectAll)));
+}
+
+#[test]
+fn an_established_leader_sequences_only_once_its_tree_holds_its_history() {
+    let mut tree = DataTree::new();
+    let mut path = WritePath::new(config(), at(0));
+    // Established with history up to 1:1 logged but not yet applied here.
+    let mut earlier = leader(&DataTree::new());
+    earlier.handle(&DataTree::new(), at(0), write(A, create(0x10, 1, "/x")));
+    earlier.flush();
+    let history = proposed(&earlier.take_effects());
+    path.role_changed(&tree, at(1), Role::Leading { epoch: 2, established: true }, Zxid::new(1, 1));
+    assert!(matches!(path.take_effects().as_slice(), [Effect::RoleReported { .. }]));
+    path.handle(&tree, at(1), write(B, create(0x20, 1, "/y")));
+    assert!(
+        matches!(path.take_effects().as_slice(), [Effect::Client { msg: ToClient::Close { conn: ConnId(9) }, .. }]),
+        "not sequencing yet"
+    );
+    path.apply(&mut tree, at(2), &history);
+    path.take_effects();
+    path.handle(&tree, at(3), write(B, create(0x20, 2, "/y")));
+    path.flush();
+    let entries = proposed(&path.take_effects());
+    assert_eq!(entries.first().map(|e| e.zxid), Some(Zxid::new(2, 1)), "the new epoch's first zxid");
+    path.apply(&mut tree, at(4), &entries);
+    match published(&path.take_effects(), 1).as_slice() {
+        [ToClient::Written { xid: 2, outcome: WriteOutcome::Applied { results, .. }, .. }] => {
+            assert!(matches!(results.as_slice(), [OpResult::Created { .. }]))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_committed_entry_that_does_not_decode_stops_the_server() {
+    let mut tree = DataTree::new();
+    let mut path = follower(&tree);
+    path.apply(&mut tree, at(1), &[LogEntry::new(Zxid::new(1, 1), vec![0xff; 40].into())]);
+    let effects = path.take_effects();
+    assert!(matches!(effects.first(), Some(Effect::Fatal { .. })), "{effects:?}");
+}
