@@ -77,14 +77,20 @@ fn parse_zxid(text: &str) -> anyhow::Result<baton_engine::Zxid> {
 
 /// Parses the command line and runs it: a server by default, or an inspection tool.
 pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
+    // Every line names its server when it runs in an ensemble (several servers' logs often
+    // end up in one place); colours only on a terminal.
+    let tag =
+        (cli.command.is_none() && !cli.server.peers.is_empty()).then(|| format!("server {}", cli.server.server_id));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio=warn")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .event_format(Tagged { tag, inner: tracing_subscriber::fmt::format() })
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
     let out = match cli.command {
         None => return serve(cli.server),
         Some(Command::Dev(dev)) => return crate::tools::dev::run(dev),
@@ -168,4 +174,29 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         e => anyhow::Error::new(e).context("baton stopped"),
     })?;
     Ok(())
+}
+
+/// Log lines prefixed with the server they come from.
+struct Tagged<F> {
+    tag: Option<String>,
+    inner: F,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Tagged<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if let Some(tag) = &self.tag {
+            write!(writer, "[{tag}] ")?;
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
 }

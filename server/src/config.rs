@@ -95,6 +95,10 @@ pub struct ServerConfig {
     /// standalone server.
     #[arg(long = "peer", value_delimiter = ',')]
     pub peers: Vec<Peer>,
+    /// The ensemble's name: peers must present the same (with the same members) or they are
+    /// refused, so that a server pointed at another ensemble's peer port is told so.
+    #[arg(long, default_value = "baton")]
+    pub ensemble_name: String,
     /// For an observer: the observer it follows instead of the leader (a tree of observers).
     #[arg(long)]
     pub observer_upstream: Option<ServerId>,
@@ -148,6 +152,7 @@ impl ServerConfig {
             wal_recycle_segments: 2,
             server_id: 1,
             peers: Vec::new(),
+            ensemble_name: "baton".into(),
             observer_upstream: None,
             peer_tick_ms: 50,
             init_limit: 100,

@@ -15,6 +15,8 @@ use crate::server::BatonProcess;
 pub struct Cluster {
     /// The processes.
     pub nodes: Vec<BatonProcess>,
+    /// The first port of the range this cluster uses.
+    base: u16,
     /// (from, to) → the proxy `from` reaches `to` through.
     proxies: BTreeMap<(usize, usize), Proxy>,
 }
@@ -69,7 +71,12 @@ impl Cluster {
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             nodes.push(BatonProcess::start(bin, &dir.join(format!("n{id}")), &flags));
         }
-        Cluster { nodes, proxies }
+        Cluster { nodes, base, proxies }
+    }
+
+    /// Server `i`'s own peer port (not through a proxy).
+    pub fn peer_addr(&self, i: usize) -> SocketAddr {
+        peer_addr(self.base, i)
     }
 
     /// Server `i`'s (1-based) `srvr` line `key: value`, if it answers.

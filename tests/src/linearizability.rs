@@ -18,6 +18,18 @@ pub enum RegisterOp {
     Write(u64),
     /// Read it; `None` is the initial, never-written register.
     Read(Option<u64>),
+    /// Compare-and-set: becomes `new` if it holds `expected`, else stays. `ok` is what the
+    /// client learned (`None`: nothing; then it may have taken effect, either way, or not).
+    /// With every written value unique, ZooKeeper's setData at the version a read returned
+    /// is this operation on the value that read returned.
+    Cas {
+        /// The value it must hold.
+        expected: Option<u64>,
+        /// The value it gets.
+        new: u64,
+        /// Whether the client saw it succeed.
+        ok: Option<bool>,
+    },
 }
 
 /// One client operation on `key`.
@@ -144,6 +156,11 @@ fn check_register(ops: &[&Operation]) -> bool {
                 RegisterOp::Write(v) => Some(Some(v)),
                 RegisterOp::Read(r) if r == state => Some(state),
                 RegisterOp::Read(_) => None,
+                RegisterOp::Cas { expected, new, ok } => match (expected == state, ok) {
+                    (true, Some(true) | None) => Some(Some(new)),
+                    (false, Some(false) | None) => Some(state),
+                    _ => None,
+                },
             };
             if let Some(next_state) = next_state {
                 let mut with = linearized.clone();
@@ -170,7 +187,33 @@ mod tests {
     fn op(key: u64, op: RegisterOp, invoked: u64, completed: Option<u64>) -> Operation {
         Operation { key, op, invoked, completed }
     }
-    use RegisterOp::{Read, Write};
+    use RegisterOp::{Cas, Read, Write};
+
+    #[test]
+    fn a_compare_and_set_succeeds_only_on_the_value_it_expects() {
+        let cas = |expected, new, ok| Cas { expected, new, ok };
+        let good = [
+            op(4, Write(1), 0, Some(1)),
+            op(4, cas(Some(1), 2, Some(true)), 2, Some(3)),
+            op(4, cas(Some(1), 3, Some(false)), 4, Some(5)),
+            op(4, Read(Some(2)), 6, Some(7)),
+        ];
+        assert!(check(&good).is_ok());
+        // Two successful sets from one value, one after the other: the second cannot be.
+        let twice = [
+            op(4, Write(1), 0, Some(1)),
+            op(4, cas(Some(1), 2, Some(true)), 2, Some(3)),
+            op(4, cas(Some(1), 3, Some(true)), 4, Some(5)),
+        ];
+        assert!(check(&twice).is_err());
+        // A failed set on the value the register holds, with nothing else going on.
+        let refused = [op(4, Write(1), 0, Some(1)), op(4, cas(Some(1), 2, Some(false)), 2, Some(3))];
+        assert!(check(&refused).is_err());
+        // An unknown one may have taken effect.
+        let unknown =
+            [op(4, Write(1), 0, Some(1)), op(4, cas(Some(1), 2, None), 2, None), op(4, Read(Some(2)), 5, Some(6))];
+        assert!(check(&unknown).is_ok());
+    }
 
     #[test]
     fn sequential_histories_follow_the_last_write() {

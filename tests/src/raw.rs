@@ -132,6 +132,31 @@ impl RawClient {
         self.call_noting(op::SET_DATA, &w.into_bytes())
     }
 
+    /// getData(path) without a watch: the data and the Stat's version, or the error code.
+    pub fn get_versioned(&mut self, path: &str) -> Option<Result<(Vec<u8>, i32), i32>> {
+        let mut w = Writer::new();
+        w.string(path).bool(false);
+        let reply = self.call(op::GET_DATA, &w.into_bytes())?;
+        if reply.err != 0 {
+            return Some(Err(reply.err));
+        }
+        let mut r = Reader::new(&reply.body);
+        let data = r.buffer("data").ok()?.to_vec();
+        // Stat: czxid, mzxid, ctime, mtime (8 bytes each), then version.
+        for field in ["czxid", "mzxid", "ctime", "mtime"] {
+            r.long(field).ok()?;
+        }
+        let version = r.int("version").ok()?;
+        Some(Ok((data, version)))
+    }
+
+    /// setData(path, data, version): the reply (BadVersion, -103, when the version moved on).
+    pub fn set_data_at(&mut self, path: &str, data: &[u8], version: i32) -> Option<Reply> {
+        let mut w = Writer::new();
+        w.string(path).buffer(data).int(version);
+        self.call(op::SET_DATA, &w.into_bytes())
+    }
+
     /// exists(path) without a watch.
     pub fn exists(&mut self, path: &str) -> Option<Reply> {
         let mut w = Writer::new();

@@ -47,6 +47,13 @@ impl BatonProcess {
     }
 
     fn launch(&mut self) {
+        if let Err(why) = self.try_launch() {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts the process and waits until it serves; on failure, why, with its log.
+    fn try_launch(&mut self) -> Result<(), String> {
         let mut child = Command::new(&self.bin)
             .arg("--client-addr")
             .arg(self.addr.to_string())
@@ -54,8 +61,9 @@ impl BatonProcess {
             .arg(&self.dir)
             .args(&self.extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("BATON_FAILPOINTS_FILE", self.failpoints_path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(self.open_log()))
             .spawn()
             .expect("spawn baton");
         let stdout = child.stdout.take().expect("stdout");
@@ -73,15 +81,16 @@ impl BatonProcess {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("baton exited before serving ({status}); its log is above");
+                return Err(format!("baton exited before serving ({status}); its log:\n{}", self.log_tail(100)));
             }
             if std::time::Instant::now() > end {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("baton did not start serving within 30 s");
+                return Err(format!("baton did not start serving within 30 s; its log:\n{}", self.log_tail(100)));
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// The connection string for clients.
@@ -125,6 +134,11 @@ impl BatonProcess {
         self.launch();
     }
 
+    /// Tries to start it again; `Err` holds why it did not serve, with its log.
+    pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.try_launch()
+    }
+
     /// Starts it again on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -135,10 +149,70 @@ impl BatonProcess {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// Waits (at most `limit`) for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The file the test server watches for failpoint settings (`name=actions` lines, see
+    /// `baton_engine::faults`); it sits beside the data directory and outlives restarts.
+    pub fn failpoints_path(&self) -> PathBuf {
+        let mut name = self.dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".failpoints");
+        self.dir.with_file_name(name)
+    }
+
+    /// Replaces the running server's failpoints (empty clears them); it applies them within
+    /// a few tens of milliseconds.
+    pub fn set_failpoints(&self, spec: &str) {
+        let path = self.failpoints_path();
+        let tmp = path.with_extension("failpoints.tmp");
+        std::fs::write(&tmp, spec).expect("write failpoints");
+        std::fs::rename(&tmp, &path).expect("install failpoints");
+    }
+}
+
+impl BatonProcess {
+    /// Where its log goes: beside its data directory, appended across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        let mut name = self.dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".log");
+        self.dir.with_file_name(name)
+    }
+
+    fn open_log(&self) -> std::fs::File {
+        let path = self.log_path();
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the server's log")
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl Drop for BatonProcess {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server said (its log goes with its directory).
+        if std::thread::panicking() {
+            eprintln!("---- {} (last 200 lines) ----\n{}", self.log_path().display(), self.log_tail(200));
+        }
     }
 }

@@ -27,7 +27,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
         }
         return;
     }
-    let seeds = env_u64("BATON_SIM_SEEDS").unwrap_or(4000);
+    let seeds = env_u64("BATON_SIM_SEEDS").unwrap_or(10_000);
     let (mut committed, mut acked, mut epochs, mut crashes, mut snaps, mut reads, mut touches) = (0, 0, 0, 0, 0, 0, 0);
     let (mut written, mut stale) = (0, 0);
     for seed in 0..seeds {

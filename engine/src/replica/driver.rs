@@ -153,6 +153,8 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             Input::Message(from, msg) => self.zab.on_message(from, msg),
             Input::Disconnected(peer) => self.zab.on_disconnected(peer),
             Input::Tick => {
+                // Fail-stop within a tick of a failed fsync, appending or not.
+                self.log.failed()?;
                 self.zab.on_tick();
                 self.finish_snapshot()?;
             }

@@ -104,6 +104,7 @@ fn save(dir: &Path, accepted: u32, current: u32) -> Result<(), EpochError> {
     raw.extend_from_slice(&sum.to_le_bytes());
     let tmp = dir.join(TMP);
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    crate::faults::io_blocking(crate::faults::EPOCHS_WRITE).map_err(io(&tmp))?;
     file.write_all(&raw).and_then(|_| file.sync_all()).map_err(io(&tmp))?;
     let path = dir.join(FILE);
     fs::rename(&tmp, &path).map_err(io(&path))?;

@@ -37,6 +37,13 @@ pub trait Log {
 
     /// The last zxid known durable.
     fn durable(&self) -> Zxid;
+
+    /// The error that stopped the store, if one did: a failed fsync must stop the replica
+    /// even when no further append would find it (an idle follower must not go on looking
+    /// healthy with a dead log).
+    fn failed(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The two epochs a server must never forget (ZooKeeper's `acceptedEpoch` and

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::storage::Log;
 use super::StorageError;
 use crate::log::Zxid;
-use crate::wal::Wal;
+use crate::wal::{Wal, WalError};
 use crate::zab::LogEntry;
 
 /// The WAL as a replica's log. Lives on the WAL's glommio executor.
@@ -74,6 +74,13 @@ impl Log for WalLog {
 
     fn durable(&self) -> Zxid {
         self.wal.durable_zxid()
+    }
+
+    fn failed(&self) -> Result<(), StorageError> {
+        match self.wal.fatal_error() {
+            Some(fatal) => Err(WalError::Poisoned(fatal).into()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -122,8 +122,17 @@ impl SnapshotStore {
     /// Writes a snapshot covering `zxid` with this payload, atomically and durably.
     pub fn write(&self, zxid: Zxid, payload: &[u8]) -> Result<SnapshotInfo, SnapshotError> {
         let mut writer = self.writer(zxid)?;
-        writer.write_all(payload).map_err(io_err(&writer.tmp))?;
-        writer.finish()
+        let tmp = writer.tmp.clone();
+        let result = match writer.write_all(payload) {
+            Ok(()) => writer.finish(),
+            Err(e) => Err(io_err(&tmp)(e)),
+        };
+        if result.is_err() {
+            // A failed write (a full disk, say) gives its space back now, not at the next
+            // start.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Starts a streamed snapshot covering `zxid`; write the payload into it, then call
@@ -259,6 +268,7 @@ impl std::fmt::Debug for SnapshotWriter {
 
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::faults::io_blocking(crate::faults::SNAPSHOT_WRITE)?;
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
@@ -288,6 +298,7 @@ impl SnapshotWriter {
         file.write_all(&header).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
+        crate::faults::io_blocking(crate::faults::SNAPSHOT_RENAME).map_err(io_err(&self.dest))?;
         fs::rename(&tmp, &self.dest).map_err(io_err(&self.dest))?;
         sync_dir(&self.dir)?;
         Ok(SnapshotInfo { zxid: self.zxid, path: self.dest })

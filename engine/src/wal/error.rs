@@ -21,8 +21,9 @@ pub enum WalError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The disk is full; nothing already durable was touched.
-    #[error("disk full while writing {path}; appends are refused until restart")]
+    /// The disk is full; nothing already durable was touched. Preparing the next segment
+    /// retries it (see [`super::Wal::out_of_space`]); anywhere else it poisons the WAL.
+    #[error("disk full while writing {path}")]
     DiskFull {
         /// File being written.
         path: PathBuf,
@@ -98,7 +99,16 @@ impl WalError {
 
     /// Converts a glommio error, keeping the path.
     pub(crate) fn glommio<T>(path: impl Into<PathBuf>, err: glommio::GlommioError<T>) -> WalError {
-        WalError::io(path, io::Error::from(err))
+        // glommio's conversion keeps an enhanced error's text but not its OS error code,
+        // which tells a full disk from a failed one.
+        let code = match &err {
+            glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        match code {
+            Some(libc::ENOSPC) => WalError::DiskFull { path: path.into() },
+            _ => WalError::io(path, io::Error::from(err)),
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> WalError {

@@ -40,6 +40,7 @@ use super::record::{self, align_down, align_up};
 use super::segment::{new_salt, segment_path, SegmentHeader, IO_ALIGN, SEGMENT_HEADER_BYTES};
 use super::spare::{prepare_spare, Pace, ZERO_CHUNK_BYTES};
 use super::{WalConfig, WalError};
+use crate::faults;
 use crate::log::Zxid;
 
 /// Counters of the writer's work, for metrics and benchmarks.
@@ -133,6 +134,9 @@ struct WalState {
     spare: Option<Task<Result<(PathBuf, bool), WalError>>>,
     /// The writer is waiting for the spare: zero-fill it without pacing.
     spare_needed: bool,
+    /// The disk had no room for the next segment at the last try (retried every
+    /// [`DISK_FULL_RETRY`]); appends still go into what is left of the current one.
+    out_of_space: bool,
     spare_waker: Option<Waker>,
 
     /// Appenders waiting for durability, with the sequence number each waits for: a flush
@@ -419,6 +423,14 @@ impl Wal {
         self.shared.borrow().stats
     }
 
+    /// Whether the disk had no room for the next segment at the last try. Not an error:
+    /// appends go on into what is left of the current segment and wait at its end until
+    /// the retry (every [`DISK_FULL_RETRY`]) finds room. A server refuses new client writes
+    /// meanwhile, so that what is left serves session bookkeeping.
+    pub fn out_of_space(&self) -> bool {
+        self.shared.borrow().out_of_space
+    }
+
     /// The fatal error that stopped the WAL, if any.
     pub fn fatal_error(&self) -> Option<Arc<WalError>> {
         self.shared.borrow().fatal.clone()
@@ -621,6 +633,7 @@ impl WalState {
             spare: None,
             spare_needed: false,
             spare_waker: None,
+            out_of_space: false,
             durable_waiters: Vec::new(),
             space_waiters: Vec::new(),
             writer_waker: None,
@@ -661,13 +674,51 @@ fn truncate_files(dir: &Path, zxid: Zxid) -> Result<(), WalError> {
     files::zero_range(path, cut as u64, dirty_end as u64)
 }
 
+/// How often preparing the next segment is retried while the disk is full.
+pub const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn start_spare(shared: &Rc<RefCell<WalState>>) {
     let pacer: Rc<dyn Pace> = Rc::new(Pacer(Rc::downgrade(shared)));
     let mut s = shared.borrow_mut();
     s.spare_needed = false;
     let (dir, bytes, zero) = (s.config.dir.clone(), s.config.segment_bytes, s.config.zero_fill_segments);
     let reuse = s.pool.pop_front();
-    s.spare = Some(glommio::spawn_local(prepare_spare(dir, bytes, zero, reuse, pacer)));
+    // glommio runs a spawned task at once, up to its first wait: no borrow may be held.
+    drop(s);
+    let weak = Rc::downgrade(shared);
+    let task = glommio::spawn_local(async move {
+        let mut reuse = reuse;
+        loop {
+            let result = prepare_spare(dir.clone(), bytes, zero, reuse.take(), pacer.clone()).await;
+            let Some(shared) = weak.upgrade() else { return result };
+            if !retry_when_full(&mut shared.borrow_mut(), &result) {
+                return result;
+            }
+            drop(shared);
+            glommio::timer::sleep(DISK_FULL_RETRY).await;
+        }
+    });
+    shared.borrow_mut().spare = Some(task);
+}
+
+/// Notes the outcome of preparing a spare; whether to try again. A full disk is not a
+/// failed write (nothing durable was touched): it is retried until space is freed, the
+/// writer waiting at a roll meanwhile.
+fn retry_when_full(s: &mut WalState, result: &Result<(PathBuf, bool), WalError>) -> bool {
+    match result {
+        Err(WalError::DiskFull { path }) if !s.closing && s.fatal.is_none() => {
+            if !std::mem::replace(&mut s.out_of_space, true) {
+                tracing::error!(path = %path.display(), "disk full: no room for the next WAL segment; retrying every second");
+            }
+            true
+        }
+        result => {
+            if std::mem::replace(&mut s.out_of_space, false) && result.is_ok() {
+                tracing::warn!("disk space is back: the next WAL segment is ready");
+            }
+            false
+        }
+    }
 }
 
 /// Lets the spare be zero-filled two chunks ahead of the active segment's fill level, or
@@ -678,7 +729,8 @@ impl Pace for Pacer {
     fn allowed(&self) -> u64 {
         let Some(shared) = self.0.upgrade() else { return u64::MAX };
         let s = shared.borrow();
-        if s.spare_needed || s.closing || s.fatal.is_some() || s.tail_segment.is_none() {
+        // Unpaced while retrying after a full disk: appends are refused until it is ready.
+        if s.spare_needed || s.out_of_space || s.closing || s.fatal.is_some() || s.tail_segment.is_none() {
             return u64::MAX;
         }
         s.tail_offset as u64 + 2 * ZERO_CHUNK_BYTES as u64
@@ -838,11 +890,14 @@ async fn write_batch(shared: &Rc<RefCell<WalState>>, mut batch: Batch) -> Result
     };
     let size = align_up(batch.len, IO_ALIGN);
     batch.buf.trim_to_size(size);
+    faults::io(faults::WAL_WRITE).await.map_err(|e| WalError::io(&path, e))?;
     let written = file.write_at(batch.buf, batch.file_offset).await.map_err(|e| WalError::glommio(&path, e))?;
     if written != size {
         return Err(WalError::io(&path, std::io::Error::other(format!("short write: {written} of {size} bytes"))));
     }
+    faults::io(faults::WAL_FDATASYNC).await.map_err(|e| WalError::io(&path, e))?;
     file.fdatasync().await.map_err(|e| WalError::glommio(&path, e))?;
+    faults::io(faults::WAL_DURABLE).await.map_err(|e| WalError::io(&path, e))?;
     Ok(Written {
         bytes: size,
         end_seq: batch.end_seq,

@@ -78,6 +78,11 @@ pub async fn prepare_spare(
     if let Ok(close) = closed {
         close.await.map_err(|e| WalError::glommio(&path, e))?;
     }
+    if result.is_err() {
+        // A failed preallocation may hold part of the blocks: give them back (a full disk
+        // is retried, and each try starts from nothing).
+        remove_if_exists(&path)?;
+    }
     result.map(|_| (path, false))
 }
 
@@ -88,6 +93,7 @@ async fn prepare(
     zero_fill: bool,
     pace: &dyn Pace,
 ) -> Result<(), WalError> {
+    crate::faults::io(crate::faults::WAL_SPARE).await.map_err(|e| WalError::io(path, e))?;
     file.pre_allocate(segment_bytes, false).await.map_err(|e| WalError::glommio(path, e))?;
     if !zero_fill {
         return file.fdatasync().await.map_err(|e| WalError::glommio(path, e));

@@ -4,5 +4,6 @@
 //! (in the server, the write path's). Tested with real sockets and WALs in
 //! `tests/tests/replicas.rs`, and as whole servers in `tests/tests/cluster.rs`.
 
+pub mod hello;
 pub mod replica;
 pub mod transport;

@@ -19,9 +19,13 @@ use baton_engine::wal::{Wal, WalConfig};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId, ZabConfig};
 use baton_engine::{SessionId, Zxid};
 
+use super::hello::ensemble_fingerprint;
 use super::transport::{PeerEvent, Transport};
 use crate::config::ServerConfig;
 use crate::runtime::local_queue::LocalQueue;
+
+/// The ensemble name when none is configured.
+pub const DEFAULT_ENSEMBLE_NAME: &str = "baton";
 
 /// Settings of a replica.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub struct ReplicaConfig {
     pub driver: DriverConfig,
     /// Where peers connect (`None` for a server alone in its ensemble: no peer port).
     pub listen: Option<SocketAddr>,
+    /// The ensemble's fingerprint: peers that present another are refused.
+    pub ensemble: u64,
     /// Every member's peer address (this one's included or not).
     pub peers: BTreeMap<ServerId, SocketAddr>,
     /// The epochs file and `snapshots/` live here.
@@ -51,7 +57,10 @@ pub struct ReplicaConfig {
 impl ReplicaConfig {
     /// A replica of `zab`'s ensemble with its files under `data_dir` and default limits.
     pub fn new(zab: ZabConfig, data_dir: PathBuf) -> ReplicaConfig {
+        let members: Vec<(ServerId, bool)> =
+            zab.voters.iter().map(|&id| (id, false)).chain(zab.observers.iter().map(|&id| (id, true))).collect();
         ReplicaConfig {
+            ensemble: ensemble_fingerprint(DEFAULT_ENSEMBLE_NAME, &members),
             driver: DriverConfig::new(zab),
             listen: None,
             peers: BTreeMap::new(),
@@ -92,7 +101,9 @@ impl ReplicaConfig {
             compact_on_commit: server.peers.iter().all(|p| p.id == id),
             ..DriverConfig::new(zab)
         };
+        let members: Vec<(ServerId, bool)> = server.peers.iter().map(|p| (p.id, p.observer)).collect();
         ReplicaConfig {
+            ensemble: ensemble_fingerprint(&server.ensemble_name, &members),
             driver,
             listen: peers.get(&id).copied(),
             peers,
@@ -185,6 +196,11 @@ impl ReplicaHandle {
         }
     }
 
+    /// Whether the disk had no room for the WAL's next segment (see `Wal::out_of_space`).
+    pub fn out_of_space(&self) -> bool {
+        self.wal.out_of_space()
+    }
+
     /// Waits until the replica can take more proposals (its input queue and the WAL's).
     pub async fn ready(&self) {
         self.events.until_below(INPUTS_MAX).await;
@@ -241,10 +257,11 @@ pub async fn run<M: StateMachine>(
     };
     let transport = match config.listen {
         Some(listen) => {
-            let listener = crate::runtime::net::bind_listener(listen, false)
+            let listener = crate::runtime::net::bind_listener_with_handle(listen)
                 .map_err(|source| ReplicaError::Listen { addr: listen, source })?;
             Some(Rc::new(Transport::start(
                 config.driver.zab.id,
+                config.ensemble,
                 listener,
                 &config.peers,
                 config.frame_bytes_max,

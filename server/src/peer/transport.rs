@@ -4,9 +4,13 @@
 //! — is reported once as [`PeerEvent::Disconnected`], which is how the Zab core learns that
 //! its FIFO stream to that peer lost messages.
 //!
-//! A connection opens with a hello: `"BATONPEER"`, the sender's id and its incarnation (a
-//! number drawn at start; u64 LE each), answered by the acceptor's incarnation. Frames follow
-//! in `baton_engine::zab::wire` format, one way only.
+//! A connection opens with a hello ([`super::hello`]: the sender's ensemble fingerprint, id
+//! and incarnation — a number drawn at start), answered by the acceptor's incarnation. Frames
+//! follow in `baton_engine::zab::wire` format, one way only. A connection whose hello does not
+//! check out (not a Baton peer, another ensemble, an unknown id, our own id) is closed with a
+//! rate-limited log line naming the caller's address and why; so is a peer that sends a bad
+//! frame later. Two servers configured with the same id show up as that id's incarnation
+//! flipping back and forth, which is logged too.
 //!
 //! Why the incarnations: an outbound connection is only known dead when a write fails or the
 //! peer closes it, and a restarted peer may never do either on a connection its previous life
@@ -14,6 +18,12 @@
 //! loop has answered the hello, the writer also watches its connection for the peer's close,
 //! and when a peer connects to us from a new incarnation, our link to its old one is dropped
 //! (and the loss reported) at once.
+//!
+//! A peer that stops reading: once nothing has gone into its connection for a second and
+//! its queue is over `max-peer-queue-bytes`, its link counts as broken (the leader then
+//! forgets it and goes on with the others). The writer reconnects and waits on the new
+//! connection, however long, for the peer's answer — not redialling every second, which
+//! was measured to stall the executor's WAL completions for seconds at a time.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -28,16 +38,19 @@ use baton_engine::zab::{Message, ServerId};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::hello::{Hello, HELLO_BYTES};
 use crate::runtime::local_queue::LocalQueue;
+use crate::runtime::rate_limit::RateLimit;
 
-const HELLO: &[u8; 9] = b"BATONPEER";
-const HELLO_BYTES: usize = 25;
+/// Two different incarnations of one id alternating within this long: two servers have it.
+const SAME_ID_WINDOW: Duration = Duration::from_secs(30);
 /// Bytes written to a peer's connection at a time.
 const WRITE_PIECE: usize = 1 << 20;
 /// A link whose queue is over its bound and whose writer got nothing into the connection for
 /// this long counts as broken (the peer stopped reading).
 const STALLED: Duration = Duration::from_secs(1);
-/// How long a connector waits for the acceptor's answer to its hello.
+/// How long an acceptor waits for a connector's hello. (A connector waits for the answer
+/// as long as the connection lasts: see [`handshake`].)
 const HELLO_WAIT: Duration = Duration::from_secs(1);
 /// Pause between connection attempts to a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(50);
@@ -99,14 +112,18 @@ pub struct Transport {
     /// Every link task: dropping one cancels it and closes its socket (a detached task could
     /// outlive the executor's run and keep the port bound).
     tasks: Rc<RefCell<Vec<glommio::Task<()>>>>,
+    /// A second handle on the listening socket the accept loop owns.
+    listening: socket2::Socket,
 }
 
 impl Transport {
-    /// Starts accepting on `listener` and connecting to every peer. Must run on a glommio
+    /// Starts accepting on `listener` (with `listening`, a second handle on its socket, to shut
+    /// it down at stop) and connecting to every peer. Must run on a glommio
     /// executor; the links live on it.
     pub fn start(
         me: ServerId,
-        listener: TcpListener,
+        ensemble: u64,
+        (listener, listening): (TcpListener, socket2::Socket),
         peers: &BTreeMap<ServerId, SocketAddr>,
         frame_bytes_max: usize,
         queue_bytes_max: usize,
@@ -118,7 +135,10 @@ impl Transport {
         let known: Vec<ServerId> = peers.keys().copied().filter(|&id| id != me).collect();
         let links = Rc::new(Links {
             me,
+            ensemble,
             incarnation: new_incarnation(),
+            refusals: RateLimit::new(Duration::from_secs(1)),
+            incarnations: RefCell::new(BTreeMap::new()),
             outbound: outbound.clone(),
             events: events.clone(),
             stop: stop.clone(),
@@ -136,7 +156,7 @@ impl Transport {
         let accept = accept_loop(listener, known, frame_bytes_max, links);
         let accept = glommio::spawn_local(accept);
         tasks.borrow_mut().push(accept);
-        Transport { me, outbound, events, queue_bytes_max, stop, tasks }
+        Transport { me, outbound, events, queue_bytes_max, stop, tasks, listening }
     }
 
     /// Queues `msg` for `to`. When there is no connection (or its queue is over its bound)
@@ -181,16 +201,30 @@ impl Transport {
     /// Closes every link and the listener.
     pub fn stop(&self) {
         self.stop.set(true);
+        // Stop listening now, not when the executor gets round to dropping the accept loop
+        // (a replica stopped inside a process that goes on, as in tests, may never): the
+        // connections waiting in the backlog are reset, so peers dialling in redial
+        // instead of waiting for an answer that would never come.
+        let _ = self.listening.shutdown(std::net::Shutdown::Both);
         let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
         drop(tasks);
     }
 }
 
+/// An incarnation of a peer and when it last connected.
+type Heard = (u64, std::time::Instant);
+
 /// What every link task of one transport shares.
 struct Links {
     me: ServerId,
+    /// This ensemble's fingerprint (see [`super::hello::ensemble_fingerprint`]).
+    ensemble: u64,
     /// This transport's incarnation.
     incarnation: u64,
+    /// Log lines about refused connections.
+    refusals: RateLimit,
+    /// Per peer, the last two incarnations heard (newest first) and when.
+    incarnations: RefCell<BTreeMap<ServerId, [Option<Heard>; 2]>>,
     outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>>,
     events: Rc<Events>,
     stop: Rc<std::cell::Cell<bool>>,
@@ -200,6 +234,30 @@ struct Links {
     /// stream, so it is dropped, and the break between the two streams is reported first.
     current_inbound: RefCell<BTreeMap<ServerId, u64>>,
     next_inbound: std::cell::Cell<u64>,
+}
+
+impl Links {
+    /// Remembers the incarnation a peer connected with; warns (rate-limited) when an id's
+    /// incarnation goes back to the one before: a restarted server never does, two servers
+    /// configured with one id do it all the time.
+    fn note_incarnation(&self, from: ServerId, incarnation: u64, caller: Option<SocketAddr>) {
+        let now = std::time::Instant::now();
+        let mut seen = self.incarnations.borrow_mut();
+        let [newest, older] = seen.entry(from).or_insert([None, None]);
+        if newest.is_some_and(|(i, _)| i == incarnation) {
+            *newest = Some((incarnation, now));
+            return;
+        }
+        let flipped = older.is_some_and(|(i, at)| i == incarnation && now.duration_since(at) < SAME_ID_WINDOW);
+        *older = *newest;
+        *newest = Some((incarnation, now));
+        if flipped {
+            if let Some(suppressed) = self.refusals.allow(now) {
+                tracing::warn!(me = self.me, peer = from, caller = ?caller, suppressed,
+                    "two servers seem to be configured with id {from}: its connections alternate between two incarnations");
+            }
+        }
+    }
 }
 
 /// A number that differs between two starts of a server (time and pid, mixed).
@@ -212,15 +270,15 @@ fn new_incarnation() -> u64 {
 async fn handshake(links: &Links, addr: SocketAddr) -> Option<(TcpStream, u64)> {
     let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await.ok()?;
     let _ = stream.set_nodelay(true);
-    let mut hello = Vec::with_capacity(HELLO_BYTES);
-    hello.extend_from_slice(HELLO);
-    hello.extend_from_slice(&links.me.to_le_bytes());
-    hello.extend_from_slice(&links.incarnation.to_le_bytes());
+    let hello = Hello { ensemble: links.ensemble, from: links.me, incarnation: links.incarnation }.encode();
     stream.write_all(&hello).await.ok()?;
-    let _ = stream.set_read_timeout(Some(HELLO_WAIT));
+    // No time limit on the answer: a peer that takes our connection but does not answer
+    // (paused, or stopped reading) is waited for on this one connection — reconnecting
+    // every second instead was measured to stall this executor's WAL completions for
+    // seconds (tests/tests/cluster.rs, the follower too slow to read). A dead peer's
+    // connection breaks when its process goes.
     let mut answer = [0u8; 8];
     stream.read_exact(&mut answer).await.ok()?;
-    let _ = stream.set_read_timeout(None);
     Some((stream, u64::from_le_bytes(answer)))
 }
 
@@ -260,7 +318,7 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                 // In pieces, noting progress after each: a peer that reads slowly but
                 // steadily (a long DIFF) is not taken for one that stopped reading.
                 for piece in batch.chunks(WRITE_PIECE) {
-                    if writer.write_all(piece).await.is_err() {
+                    if link_fault(PEER_SEND).await.is_err() || writer.write_all(piece).await.is_err() {
                         return;
                     }
                     if let Some(link) = outbound.borrow_mut().get_mut(&peer) {
@@ -331,22 +389,26 @@ async fn accept_loop(listener: TcpListener, known: Vec<ServerId>, frame_bytes_ma
 }
 
 async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usize, links: Rc<Links>) {
-    let mut hello = [0u8; HELLO_BYTES];
+    let caller = stream.peer_addr().ok();
+    let mut bytes = [0u8; HELLO_BYTES];
     let _ = stream.set_read_timeout(Some(HELLO_WAIT));
-    if stream.read_exact(&mut hello).await.is_err() || &hello[..9] != HELLO {
-        tracing::warn!("a peer connection without a valid hello; closing it");
-        return;
-    }
+    let read = stream.read_exact(&mut bytes).await;
     let _ = stream.set_read_timeout(None);
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&hello[9..17]);
-    let from = u64::from_le_bytes(word);
-    word.copy_from_slice(&hello[17..25]);
-    let incarnation = u64::from_le_bytes(word);
-    if !known.contains(&from) {
-        tracing::warn!(from, "a connection from a server not in the ensemble; closing it");
-        return;
-    }
+    let checked = match read {
+        Ok(()) => Hello::check(&bytes, links.ensemble, links.me, &known).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("no hello within {HELLO_WAIT:?} ({e})")),
+    };
+    let hello = match checked {
+        Ok(hello) => hello,
+        Err(why) => {
+            if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
+                tracing::warn!(me = links.me, caller = ?caller, %why, suppressed, "refusing a connection on the peer port");
+            }
+            return;
+        }
+    };
+    let (from, incarnation) = (hello.from, hello.incarnation);
+    links.note_incarnation(from, incarnation, caller);
     if stream.write_all(&links.incarnation.to_le_bytes()).await.is_err() {
         return;
     }
@@ -378,6 +440,9 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
             Ok(0) | Err(_) => break None,
             Ok(n) => n,
         };
+        if link_fault(PEER_RECV).await.is_err() {
+            break None;
+        }
         if !is_current() {
             // Superseded: the break was reported when the newer connection arrived.
             return;
@@ -397,7 +462,9 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
         buf.drain(..at);
     };
     if let Some(e) = why {
-        tracing::warn!(from, error = %e, "bad frame from a peer; closing its connection");
+        if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
+            tracing::warn!(from, caller = ?caller, error = %e, suppressed, "bad frame from a peer; closing its connection");
+        }
     }
     if !is_current() {
         return;
@@ -406,4 +473,14 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
     if !stop.get() {
         links.events.push(PeerEvent::Disconnected(from));
     }
+}
+
+/// Failpoint on sending to a peer: an injected error drops the connection, a delay holds
+/// the bytes back (see `baton_engine::faults`).
+const PEER_SEND: &str = "peer-send";
+/// Failpoint on receiving from a peer, like [`PEER_SEND`].
+const PEER_RECV: &str = "peer-recv";
+
+async fn link_fault(point: &str) -> std::io::Result<()> {
+    baton_engine::faults::io(point).await
 }

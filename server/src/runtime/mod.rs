@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod local_queue;
 pub mod messages;
 pub mod net;
+pub mod rate_limit;
 pub mod shared;
 pub mod stop;
 

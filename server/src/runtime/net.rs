@@ -8,16 +8,32 @@ use std::time::Duration;
 /// on the port; glommio's own `bind` sets only that one). Must run on the executor that
 /// will accept on it.
 pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<glommio::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
     use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let socket = bind_socket(addr, reuse_port)?;
+    // SAFETY: a bound, listening socket whose only owner becomes the listener.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// As [`bind_listener`], with a second handle on the same socket (a dup) through which its
+/// owner can shut it down while the listener is held elsewhere.
+pub fn bind_listener_with_handle(addr: SocketAddr) -> std::io::Result<(glommio::net::TcpListener, socket2::Socket)> {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let socket = bind_socket(addr, false)?;
+    let handle = socket.try_clone()?;
+    // SAFETY: a bound, listening socket whose only owner becomes the listener (the handle
+    // is a separate descriptor).
+    Ok((unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) }, handle))
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    // SAFETY: a bound, listening socket whose only owner becomes the listener.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok(socket)
 }
 
 /// SO_REUSEPORT (for the shards of this process) would also let a second server process

@@ -155,6 +155,8 @@ impl Driver {
 
 impl StateMachine for Machine {
     fn apply(&mut self, entries: &[LogEntry]) {
+        // Tests make the process die (`apply=panic`) or stall here (see `baton_engine::faults`).
+        fail::fail_point!("apply");
         let mut d = self.0.borrow_mut();
         let shared = d.shared.clone();
         let mut tree = shared.tree_mut();
@@ -308,11 +310,14 @@ pub async fn run(
 async fn serve_requests(driver: Rc<RefCell<Driver>>, inbox: Inbox<ToWritePath>) {
     while let Some(first) = inbox.recv().await {
         let replica = driver.borrow().replica.clone();
+        let mut full = false;
         if let Some(r) = replica {
             r.ready().await;
+            full = r.out_of_space();
         }
         let now = now();
         driver.borrow_mut().with_tree(|path, tree| {
+            path.set_out_of_space(full);
             path.handle(tree, now, first);
             for _ in 1..BATCH_MAX {
                 let Some(message) = inbox.try_recv() else { break };

@@ -198,6 +198,9 @@ pub struct WritePath {
     deferred: VecDeque<Deferred>,
     /// What operators last saw of the role: looking or not, leading or not, and the epoch.
     shown: (bool, bool, u32),
+    /// The log has no room for its next segment (a full disk): client writes are refused,
+    /// and what is left of the current segment serves session bookkeeping.
+    out_of_space: bool,
     stats: WritePathStats,
     out: Vec<Effect>,
 }
@@ -222,6 +225,7 @@ impl WritePath {
             last_prepared: Zxid::ZERO,
             deferred: VecDeque::new(),
             shown: (true, false, 0),
+            out_of_space: false,
             stats: WritePathStats::default(),
             out: Vec::new(),
         }
@@ -309,11 +313,31 @@ impl WritePath {
         self.answer_client(client, ToClient::Connected { conn: client.conn, session, timeout_ms, password });
     }
 
+    /// Tells whether the log has room for its next segment (see `Wal::out_of_space`).
+    pub fn set_out_of_space(&mut self, full: bool) {
+        if self.out_of_space != full {
+            tracing::warn!(
+                full,
+                "{}",
+                if full { "refusing client writes: the disk is full" } else { "taking client writes again" }
+            );
+        }
+        self.out_of_space = full;
+    }
+
     /// A client's write: sequenced here when leading, forwarded to the leader otherwise.
     fn submit(&mut self, tree: &DataTree, now: Now, req: WriteRequest, origin: Origin) {
         let key = (req.session_id, req.cxid);
         if self.seq.is_some() {
-            match self.prepare(tree, now, &req) {
+            let data_change = !matches!(req.op, WriteOp::CreateSession { .. } | WriteOp::CloseSession);
+            let prepared = if self.out_of_space && data_change {
+                // What a read-only ZooKeeper answers a write: this server takes reads only
+                // until the disk has room again.
+                Err(Rejected::Op(ErrorCode::NotReadOnly))
+            } else {
+                self.prepare(tree, now, &req)
+            };
+            match prepared {
                 Ok(()) => {
                     self.pending.insert(key, origin);
                 }

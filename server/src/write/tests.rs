@@ -435,3 +435,28 @@ fn a_committed_entry_that_does_not_decode_stops_the_server() {
     let effects = path.take_effects();
     assert!(matches!(effects.first(), Some(Effect::Fatal { .. })), "{effects:?}");
 }
+
+#[test]
+fn a_leader_whose_disk_is_full_refuses_writes_but_opens_sessions_and_takes_writes_again_later() {
+    let mut tree = DataTree::new();
+    let mut path = leader(&tree);
+    path.set_out_of_space(true);
+    // Sessions still open: their entries use what is left of the current segment.
+    let session = open_session(&mut path, &mut tree, A, at(1));
+    path.handle(&tree, at(2), write(A, create(session.0, 1, "/x")));
+    path.flush();
+    let effects = path.take_effects();
+    assert!(proposed(&effects).is_empty(), "nothing goes to the log: {effects:?}");
+    match effects.as_slice() {
+        [Effect::Client { shard: 0, msg: ToClient::Written { conn: ConnId(7), xid: 1, outcome } }] => assert!(
+            matches!(outcome, WriteOutcome::Refused { rejected: Rejected::Op(ErrorCode::NotReadOnly), .. }),
+            "{outcome:?}"
+        ),
+        other => panic!("one refusal, as a read-only ZooKeeper answers: {other:?}"),
+    }
+    // Space is back: the same write goes to the log.
+    path.set_out_of_space(false);
+    path.handle(&tree, at(3), write(A, create(session.0, 2, "/x")));
+    path.flush();
+    assert_eq!(proposed(&path.take_effects()).len(), 1, "the write is proposed");
+}
