@@ -7,6 +7,7 @@ pub mod linearizability;
 pub const CRASH_KEEP_ENTRIES: u64 = 4000;
 pub mod cluster;
 pub mod load;
+pub mod nemesis;
 pub mod proxy;
 pub mod raw;
 pub mod server;
