@@ -155,6 +155,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         format!("{} ({role}) of an ensemble of {}", config.server_id, config.peers.len())
     });
     let shards = crate::startup::shard_count(config.cores);
+    let in_ensemble = config.peers.len() > 1;
     crate::startup::run(config, move |addr| {
         match &ensemble {
             Some(e) => {
@@ -171,6 +172,10 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         e @ crate::startup::ServeError::Executor(_) => {
             anyhow::Error::new(e).context("baton stopped (glommio needs io_uring; see README on `ulimit -l`)")
         }
+        e if in_ensemble && e.damaged_data() => anyhow::Error::new(e).context(
+            "baton stopped: its data is damaged. Start it with --resync to move its log and snapshots aside \
+             and be synchronised from the leader (the other servers must make a quorum)",
+        ),
         e => anyhow::Error::new(e).context("baton stopped"),
     })?;
     Ok(())

@@ -116,6 +116,11 @@ pub struct ServerConfig {
     /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_peer_frame_bytes: usize,
+    /// Discard this server's WAL and snapshots (moved aside to `<data-dir>/discarded-<time>/`)
+    /// and be synchronised from the leader; until then the server votes for no one. For a
+    /// member of an ensemble whose log is damaged; the others must have a quorum.
+    #[arg(long)]
+    pub resync: bool,
     /// Bytes queued for one peer before its link counts as broken, once nothing more has
     /// gone into its connection for a second: a follower that stopped reading is dropped and
     /// resynchronised instead of holding the leader back (one that reads slowly is not).
@@ -159,6 +164,7 @@ impl ServerConfig {
             sync_limit: 10,
             max_peer_frame_bytes: 1 << 30,
             max_peer_queue_bytes: 64 << 20,
+            resync: false,
         }
     }
 
@@ -170,7 +176,18 @@ impl ServerConfig {
     /// Checks the ensemble settings: this server is a member, ids are unique, voters exist.
     pub fn validate(&self) -> Result<(), String> {
         if self.peers.is_empty() {
+            if self.resync {
+                return Err(
+                    "--resync is for a member of an ensemble: a standalone server has no leader to resynchronise from"
+                        .into(),
+                );
+            }
             return Ok(());
+        }
+        if self.resync && self.peers.iter().filter(|p| !p.observer).count() < 3 && !self.is_observer() {
+            return Err(
+                "--resync needs the other voters to make a quorum without this one (three voters or more)".into()
+            );
         }
         let mut ids = std::collections::BTreeSet::new();
         for p in &self.peers {

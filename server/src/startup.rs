@@ -26,6 +26,16 @@ pub enum ServeError {
     Executor(String),
 }
 
+impl ServeError {
+    /// Whether the server stopped because its log is damaged (a record or a header that does
+    /// not verify), as opposed to an I/O failure or a bad setting: `--resync` is the remedy.
+    pub fn damaged_data(&self) -> bool {
+        use baton_engine::replica::StorageError;
+        use baton_engine::wal::WalError;
+        matches!(self, ServeError::Replica(ReplicaError::Storage(StorageError::Wal(WalError::Corrupt { .. }))))
+    }
+}
+
 /// Number of shards for a configured core count (0: every core this process may run on).
 pub fn shard_count(configured: usize) -> usize {
     if configured > 0 {

@@ -139,6 +139,15 @@ impl BatonProcess {
         self.try_launch()
     }
 
+    /// Tries to start it again with `more` flags, for this start only.
+    pub fn try_start_again_with(&mut self, more: &[&str]) -> Result<(), String> {
+        let kept = self.extra.len();
+        self.extra.extend(more.iter().map(|s| s.to_string()));
+        let started = self.try_launch();
+        self.extra.truncate(kept);
+        started
+    }
+
     /// Starts it again on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill();

@@ -326,3 +326,52 @@ fn a_full_disk_refuses_writes_keeps_reads_and_sessions_and_writes_resume_once_sp
     drop(server);
     drop(disk);
 }
+
+#[test]
+fn a_follower_with_a_damaged_log_says_so_and_is_resynchronised_from_the_leader_with_resync() {
+    let _one = one_cluster_at_a_time();
+    let dir = temp_dir();
+    let flags = ["--wal-segment-bytes", "65536", "--max-frame-bytes", "16384", "--snapshot-every-entries", "0"];
+    let mut cluster = Cluster::start(bin(), dir.path(), 3, 28_400, &flags);
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all, LIMIT).expect("a leader is elected");
+    create_load_parent(&cluster, leader);
+    let load = Load::start(cluster.addrs(), 3);
+    load.progress(&cluster, 1500, LIMIT, "at start");
+
+    // A follower stops; a byte of a sealed segment of its log flips.
+    let victim = all.into_iter().find(|&i| i != leader).expect("a follower");
+    assert!(cluster.nodes[victim - 1].terminate(LIMIT).is_some(), "it stops");
+    let data = cluster.nodes[victim - 1].dir.clone();
+    let segments = list_segments(&data.join("wal")).expect("list segments");
+    assert!(segments.len() >= 3, "the WAL rolled: {segments:?}");
+    let (_, sealed) = &segments[1];
+    flip_byte(sealed, 4096 + 3000);
+    load.progress(&cluster, 200, LIMIT, "with the follower down");
+
+    // It refuses to start, naming the file and the remedy.
+    let why = cluster.nodes[victim - 1].try_start_again().expect_err("a damaged log stops the server");
+    let name = sealed.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    assert!(why.contains(&name) && why.contains("--resync"), "the error names the file and --resync:\n{why}");
+
+    // With --resync it moves its log aside, is synchronised from the leader and votes again.
+    cluster.nodes[victim - 1].try_start_again_with(&["--resync"]).expect("it starts with --resync");
+    cluster.wait_for_leader(&all, LIMIT).expect("it rejoins");
+    load.progress(&cluster, 200, LIMIT, "after it rejoined");
+    let acked = load.stop();
+    assert_converged(&cluster, &all, &acked, LIMIT);
+    let end = Instant::now() + LIMIT;
+    while data.join("resync-pending").exists() {
+        assert!(Instant::now() < end, "the marker goes once the leader synchronised it");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kept: Vec<_> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("discarded-")))
+        .collect();
+    assert!(
+        kept.iter().any(|d| d.join("wal").join(&name).exists()),
+        "the damaged log is kept aside for inspection: {kept:?}"
+    );
+}

@@ -27,6 +27,11 @@ pub struct ZabConfig {
     pub resend_ticks: u64,
     /// Entries in one DIFF message; a longer DIFF is sent as several.
     pub diff_entries_max: usize,
+    /// This server discarded its log (it was damaged) and must be synchronised by a leader
+    /// before it votes again: until then it votes for no one and only joins a leadership a
+    /// quorum of the others reports, as an observer does. Its empty log must not help elect
+    /// a leader that lacks entries only it had acknowledged.
+    pub resynchronising: bool,
 }
 
 impl ZabConfig {
@@ -42,6 +47,7 @@ impl ZabConfig {
             finalize_ticks: 1,
             resend_ticks: 2,
             diff_entries_max: 1024,
+            resynchronising: false,
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Context {
     pub log: History,
     /// Actions for the driver, in order.
     pub out: Vec<Action>,
+    /// Voting for no one until a leader has synchronised this server (see
+    /// [`ZabConfig::resynchronising`]).
+    pub abstaining: bool,
 }
 
 impl Context {
@@ -37,6 +40,9 @@ impl Context {
 
     /// This server's own vote: its current epoch and last zxid.
     pub fn own_vote(&self) -> Vote {
+        if self.abstaining {
+            return Vote::NONE;
+        }
         Vote { epoch: self.current_epoch, zxid: self.log.last(), leader: self.cfg.id }
     }
 

@@ -46,6 +46,12 @@ pub struct Vote {
     pub leader: ServerId,
 }
 
+impl Vote {
+    /// No candidate (server ids start at 1): below every real vote, equal to none, so it
+    /// is never adopted and never counts for anyone. A server resynchronising sends it.
+    pub const NONE: Vote = Vote { epoch: 0, zxid: crate::log::Zxid::ZERO, leader: 0 };
+}
+
 /// One message between two servers. Links are FIFO (one TCP connection); a message may be
 /// lost only together with everything after it on its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,6 +46,7 @@ impl Zab {
     /// beyond the snapshot until a leader says so.
     pub fn new(cfg: ZabConfig, persisted: Persisted) -> Zab {
         let log = History::recovered(persisted.snapshot_zxid, persisted.entries);
+        let cfg_resynchronising = cfg.resynchronising;
         let ctx = Context {
             cfg,
             now: 0,
@@ -53,6 +54,7 @@ impl Zab {
             current_epoch: persisted.current_epoch,
             log,
             out: Vec::new(),
+            abstaining: cfg_resynchronising,
         };
         let election = Election::new(ctx.own_vote());
         let mut zab = Zab { ctx, election, role: RoleState::Looking };
@@ -96,7 +98,7 @@ impl Zab {
         self.ctx.out.push(Action::RoleChanged(Role::Looking));
         self.broadcast_vote();
         // A lone voter is its own quorum (its observers, if any, join it once it leads).
-        if self.ctx.cfg.voters == [self.ctx.cfg.id] {
+        if self.ctx.cfg.voters == [self.ctx.cfg.id] && !self.ctx.abstaining {
             self.decide(own);
         }
     }
@@ -178,8 +180,10 @@ impl Zab {
             }
             return;
         }
-        // An observer's vote never counts, and an observer only joins leaderships.
-        let observer_involved = !self.ctx.cfg.is_voter(from) || !self.ctx.cfg.is_voter(self.ctx.cfg.id);
+        // An observer's vote never counts, and an observer only joins leaderships; so does
+        // a server resynchronising.
+        let observer_involved =
+            !self.ctx.cfg.is_voter(from) || !self.ctx.cfg.is_voter(self.ctx.cfg.id) || self.ctx.abstaining;
         if observer_involved && state.is_looking() {
             return;
         }
@@ -198,6 +202,16 @@ impl Zab {
             tracing::info!(id = self.ctx.cfg.id, why, "back to looking");
             self.look();
         }
+        if self.ctx.abstaining && matches!(self.role(), Role::Following { serving: true, .. }) {
+            // Synchronised by a leader a quorum elected: its log holds what they committed.
+            self.ctx.abstaining = false;
+            tracing::info!(id = self.ctx.cfg.id, "resynchronised from the leader; voting again");
+        }
+    }
+
+    /// Whether this server still votes for no one (see [`ZabConfig::resynchronising`]).
+    pub fn abstaining(&self) -> bool {
+        self.ctx.abstaining
     }
 
     /// The connection to `peer` broke (its FIFO stream lost messages): a follower whose

@@ -203,3 +203,74 @@ fn session_liveness_travels_to_the_leader() {
         vec![(2, Message::Touch { epoch: 1, sessions: vec![SessionId(7), SessionId(9)] })]
     );
 }
+
+/// Runs `ticks` ticks of the servers in `up`, delivering every message among them at once
+/// and making every append durable at once (links to servers not in `up` are down).
+fn run_up(zabs: &mut std::collections::BTreeMap<ServerId, Zab>, up: &[ServerId], ticks: usize) {
+    for _ in 0..ticks {
+        for id in up {
+            zabs.get_mut(id).expect("server").on_tick();
+        }
+        loop {
+            let mut messages = Vec::new();
+            for &id in up {
+                let zab = zabs.get_mut(&id).expect("server");
+                for action in zab.take_actions() {
+                    match action {
+                        Action::Send { to, msg } if up.contains(&to) => messages.push((id, to, msg)),
+                        Action::Append { entries } => {
+                            if let Some(last) = entries.last() {
+                                zab.on_durable(last.zxid);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if messages.is_empty() {
+                break;
+            }
+            for (from, to, msg) in messages {
+                zabs.get_mut(&to).expect("server").on_message(from, msg);
+            }
+        }
+    }
+}
+
+/// Server 1 holds (1,1) and (1,2), committed on servers 1 and 2; server 3 only (1,1).
+/// Server 2's log was damaged and discarded: it restarts empty (its epochs kept).
+fn after_a_discarded_log(resynchronising: bool) -> std::collections::BTreeMap<ServerId, Zab> {
+    let with =
+        |entries: Vec<LogEntry>| Persisted { accepted_epoch: 1, current_epoch: 1, snapshot_zxid: Zxid::ZERO, entries };
+    let mut two = ZabConfig::new(2, vec![1, 2, 3]);
+    two.resynchronising = resynchronising;
+    [
+        (1, Zab::new(ZabConfig::new(1, vec![1, 2, 3]), with(vec![entry(1, 1), entry(1, 2)]))),
+        (2, Zab::new(two, with(Vec::new()))),
+        (3, Zab::new(ZabConfig::new(3, vec![1, 2, 3]), with(vec![entry(1, 1)]))),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn a_server_that_discarded_its_log_votes_for_no_one_until_a_leader_synchronised_it() {
+    // Without abstaining, the emptied server and server 3 elect 3, which lacks (1,2): a
+    // committed entry would be lost. This is what resynchronising prevents.
+    let mut careless = after_a_discarded_log(false);
+    run_up(&mut careless, &[2, 3], 30);
+    assert!(careless[&3].role().is_leading(), "the danger: {:?}", careless[&3].role());
+
+    let mut zabs = after_a_discarded_log(true);
+    run_up(&mut zabs, &[2, 3], 30);
+    assert_eq!(zabs[&3].role(), Role::Looking, "server 3 alone is no quorum");
+    assert_eq!(zabs[&2].role(), Role::Looking, "server 2 neither leads nor helps elect");
+    assert!(zabs[&2].abstaining());
+
+    // Server 1 is back: 1 and 3 elect 1, and 2 joins it, is synchronised, and votes again.
+    run_up(&mut zabs, &[1, 2, 3], 40);
+    assert!(zabs[&1].role().is_leading(), "{:?}", zabs[&1].role());
+    assert!(matches!(zabs[&2].role(), Role::Following { leader: 1, serving: true, .. }), "{:?}", zabs[&2].role());
+    assert!(!zabs[&2].abstaining(), "synchronised: it votes again");
+    assert_eq!(zabs[&2].history().last(), zabs[&1].history().last(), "it holds the leader's log");
+}

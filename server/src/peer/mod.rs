@@ -6,4 +6,5 @@
 
 pub mod hello;
 pub mod replica;
+pub mod resync;
 pub mod transport;

@@ -52,6 +52,9 @@ pub struct ReplicaConfig {
     pub queue_bytes_max: usize,
     /// Snapshots kept; the WAL segments older ones covered are released.
     pub snapshots_to_keep: usize,
+    /// Discard the WAL and snapshots at start and be synchronised from the leader (see
+    /// [`super::resync`]).
+    pub resync: bool,
 }
 
 impl ReplicaConfig {
@@ -70,6 +73,7 @@ impl ReplicaConfig {
             frame_bytes_max: 64 << 20,
             queue_bytes_max: 64 << 20,
             snapshots_to_keep: 2,
+            resync: false,
         }
     }
 
@@ -112,6 +116,7 @@ impl ReplicaConfig {
             frame_bytes_max: server.max_peer_frame_bytes,
             queue_bytes_max: server.max_peer_queue_bytes,
             snapshots_to_keep: server.snapshots_to_keep.max(1),
+            resync: server.resync,
             ..ReplicaConfig::new(ZabConfig::new(id, Vec::new()), server.data_dir.clone())
         }
     }
@@ -247,6 +252,16 @@ pub async fn run<M: StateMachine>(
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ReplicaError::DataDir { path: config.data_dir.clone(), source })?;
+    let data_dir_error = |source| ReplicaError::DataDir { path: config.data_dir.clone(), source };
+    if config.resync {
+        let aside = super::resync::discard(&config.data_dir).map_err(data_dir_error)?;
+        tracing::warn!(moved_to = %aside.display(), "--resync: this server's log and snapshots are discarded; it votes for no one until the leader has synchronised it");
+    }
+    let mut config = config;
+    config.driver.zab.resynchronising = super::resync::pending(&config.data_dir);
+    if config.driver.zab.resynchronising && !config.resync {
+        tracing::warn!("still waiting to be synchronised after --resync: voting for no one until then");
+    }
     let snapshots = SnapshotStore::open(config.data_dir.join("snapshots")).map_err(StorageError::from)?;
     let (wal, reader) = Wal::open(config.wal.clone()).await.map_err(StorageError::from)?;
     let wal = Rc::new(wal);
@@ -319,7 +334,8 @@ pub async fn run<M: StateMachine>(
             }
         })
     };
-    let result = serve(&mut replica, &events, &status, ready, handle).await;
+    let resyncing = config.driver.zab.resynchronising.then(|| config.data_dir.clone());
+    let result = serve(&mut replica, &events, &status, ready, handle, resyncing).await;
     stop(&transport);
     drop(pump);
     drop(ticker);
@@ -337,6 +353,7 @@ async fn serve<M: StateMachine>(
     status: &Cell<Status>,
     ready: impl FnOnce(ReplicaHandle),
     handle: ReplicaHandle,
+    mut resyncing: Option<PathBuf>,
 ) -> Result<(), ReplicaError> {
     replica.start().await?;
     status.set(status_of(replica));
@@ -347,6 +364,12 @@ async fn serve<M: StateMachine>(
             Event::Input(input) => replica.step(input).await?,
         }
         status.set(status_of(replica));
+        if resyncing.is_some() && !replica.zab().abstaining() {
+            if let Some(dir) = resyncing.take() {
+                super::resync::finished(&dir).map_err(|source| ReplicaError::DataDir { path: dir.clone(), source })?;
+                tracing::warn!("resynchronised from the leader: this server votes again");
+            }
+        }
     }
 }
 
