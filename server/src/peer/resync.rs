@@ -11,6 +11,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use baton_engine::replica::{EpochFile, Epochs};
+
 /// The marker: present from the discard until a leader synchronised the server.
 pub const MARKER: &str = "resync-pending";
 
@@ -31,6 +33,13 @@ pub fn discard(data_dir: &Path) -> io::Result<PathBuf> {
     }
     sync_dir(&aside)?;
     sync_dir(data_dir)?;
+    // The accepted epoch is a promise (never to acknowledge an older leader) and stays. The
+    // current epoch describes the history, which is gone: kept, it would tell every new
+    // leader that this server holds a more recent history than the leader's, and no leader
+    // could ever be established (found by the simulator).
+    let mut epochs = EpochFile::new(data_dir);
+    let (accepted, current) = epochs.load().map_err(io::Error::other)?;
+    epochs.save(accepted.max(current), 0).map_err(io::Error::other)?;
     Ok(aside)
 }
 
@@ -62,13 +71,13 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("wal")).expect("wal");
         fs::write(dir.join("wal/wal-0000000000000001.log"), b"damaged").expect("segment");
-        fs::write(dir.join("epochs"), b"kept").expect("epochs");
+        EpochFile::new(&dir).save(7, 6).expect("epochs");
         assert!(!pending(&dir));
         let aside = discard(&dir).expect("discard");
         assert!(pending(&dir));
         assert!(!dir.join("wal").exists(), "the log is gone from where the server looks");
         assert_eq!(fs::read(aside.join("wal/wal-0000000000000001.log")).expect("kept aside"), b"damaged");
-        assert_eq!(fs::read(dir.join("epochs")).expect("epochs"), b"kept");
+        assert_eq!(EpochFile::new(&dir).load().expect("epochs"), (7, 0), "the promise stays, the history's epoch goes");
         finished(&dir).expect("finished");
         assert!(!pending(&dir));
         finished(&dir).expect("twice is fine");

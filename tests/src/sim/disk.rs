@@ -27,6 +27,9 @@ pub struct Disk {
     pub durable: usize,
     /// Bumped when the log is cut or shifted: fsync completions of before are void.
     pub generation: u64,
+    /// The log and snapshots were discarded (`--resync`): the server votes for no one until
+    /// a leader has synchronised it (the marker file in production).
+    pub resync_pending: bool,
 }
 
 impl Disk {

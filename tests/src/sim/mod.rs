@@ -145,6 +145,8 @@ pub struct Report {
     pub epochs: usize,
     /// Crashes injected.
     pub crashes: u64,
+    /// Of those, servers whose log and snapshots were discarded (`--resync`).
+    pub discards: u64,
     /// SNAPs installed.
     pub snapshots_installed: u64,
     /// Local snapshots written (each followed by log compaction).
@@ -246,6 +248,7 @@ struct Sim {
     writes: u64,
     fsync_at: Vec<u64>,
     crashes: u64,
+    discards: u64,
     snapshots_installed: u64,
     snapshots_written: u64,
     stale_proposals: u64,
@@ -314,6 +317,7 @@ impl Sim {
             writes: 0,
             fsync_at: vec![0; n],
             crashes: 0,
+            discards: 0,
             snapshots_installed: 0,
             snapshots_written: 0,
             stale_proposals: 0,
@@ -470,6 +474,11 @@ impl Sim {
                 let i = self.rng.random_range(0..n);
                 if self.nodes[i].replica.is_some() {
                     self.crash(i);
+                    let voters = self.configs.iter().filter(|c| c.zab.is_voter(c.zab.id)).count();
+                    let resyncing = self.nodes.iter().any(|node| node.disk.borrow().resync_pending);
+                    if voters >= 3 && !resyncing && self.rng.random_bool(0.15) {
+                        self.discard(i);
+                    }
                     let back = self.now + self.rng.random_range(100..3000);
                     self.schedule(back, Event::Restart(i));
                 }
@@ -557,9 +566,32 @@ impl Sim {
         }
     }
 
+    /// A crashed server's log and snapshots are discarded, as `--resync` does for a damaged
+    /// log (its epochs are kept); it restarts voting for no one until a leader has
+    /// synchronised it. Only one server at a time, and never one that would be needed for a
+    /// quorum with no other way to form one (three voters or more).
+    fn discard(&mut self, i: usize) {
+        let id = self.nodes[i].id;
+        {
+            let mut disk = self.nodes[i].disk.borrow_mut();
+            disk.log.clear();
+            disk.snapshots.clear();
+            disk.durable = 0;
+            disk.generation += 1;
+            disk.resync_pending = true;
+            // The accepted epoch is a promise and stays; the current epoch describes the
+            // history, which is gone.
+            disk.accepted_epoch = disk.accepted_epoch.max(disk.current_epoch);
+            disk.current_epoch = 0;
+        }
+        self.discards += 1;
+        self.note(|| format!("discard {id}'s log and snapshots (--resync)"));
+    }
+
     /// Starts server `i` from its disk (its first start, or after a crash).
     fn restart(&mut self, i: usize) -> Result<(), String> {
-        let config = self.configs[i].clone();
+        let mut config = self.configs[i].clone();
+        config.zab.resynchronising = self.nodes[i].disk.borrow().resync_pending;
         let id = self.nodes[i].id;
         self.nodes[i].start(config).map_err(|e| format!("server {id}: recovery failed: {e}"))?;
         self.note(|| format!("restart {id}"));
@@ -719,6 +751,10 @@ impl Sim {
     fn settle(&mut self, i: usize) -> Result<(), String> {
         let seen = std::mem::take(&mut *self.nodes[i].seen.borrow_mut());
         let id = self.nodes[i].id;
+        let synchronised = self.nodes[i].replica.as_ref().is_some_and(|r| !r.zab().abstaining());
+        if synchronised && std::mem::take(&mut self.nodes[i].disk.borrow_mut().resync_pending) {
+            self.note(|| format!("server {id}: resynchronised; votes again"));
+        }
         if let Some(v) = seen.violations.first() {
             return Err(format!("server {id}: {v}"));
         }
@@ -934,6 +970,7 @@ impl Sim {
             acknowledged: self.acknowledged.len(),
             epochs: self.leaders.len(),
             crashes: self.crashes,
+            discards: self.discards,
             snapshots_installed: self.snapshots_installed,
             snapshots_written: self.snapshots_written,
             stale_proposals: self.stale_proposals,
