@@ -375,3 +375,36 @@ fn a_follower_with_a_damaged_log_says_so_and_is_resynchronised_from_the_leader_w
         "the damaged log is kept aside for inspection: {kept:?}"
     );
 }
+
+#[test]
+fn a_snapshot_that_cannot_be_written_costs_nothing_and_the_next_one_is_taken() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let server = standalone(&data, "200");
+    server.set_failpoints("snapshot-write=return(enospc)");
+    std::thread::sleep(Duration::from_millis(200));
+    fill(&server, 600);
+    let log = server.log_tail(200);
+    assert!(log.contains("snapshot failed"), "the failed snapshot is reported:\n{log}");
+    let snaps = |ext: &str| {
+        std::fs::read_dir(data.join("snapshots"))
+            .expect("snapshots")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .count()
+    };
+    assert_eq!(snaps("snap"), 0, "no snapshot was written");
+    assert_eq!(snaps("tmp"), 0, "a failed snapshot leaves no temporary file holding space");
+    // The disk has room again: the next snapshot is taken, and writes never stopped.
+    server.set_failpoints("");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = RawClient::connect(server.addr, 4000, None).expect("connect");
+    for k in 0..400 {
+        assert_eq!(c.create(&format!("/load/m{k:05}"), b"x", 0).expect("reply").err, 0);
+    }
+    let end = Instant::now() + LIMIT;
+    while snaps("snap") == 0 {
+        assert!(Instant::now() < end, "a snapshot is written once the disk has room");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
