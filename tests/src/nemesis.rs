@@ -93,6 +93,9 @@ struct Recorded {
     closed_ephemerals: Vec<(String, u64)>,
     /// Ephemerals seen after their session's close was acknowledged.
     ghosts: Vec<String>,
+    /// Sessions declared expired although their client had a ping answered less than the
+    /// timeout (minus the time a server may answer without its leader) before.
+    early_expiries: Vec<String>,
     counts: BTreeMap<String, usize>,
 }
 
@@ -160,7 +163,7 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
         let registers = config.registers;
         threads.push(std::thread::spawn(move || registers_client(ctx, registers)));
     }
-    for (k, kind) in [ClientKind::Sequential, ClientKind::Ephemeral].into_iter().enumerate() {
+    for (k, kind) in [ClientKind::Sequential, ClientKind::Ephemeral, ClientKind::Keeper].into_iter().enumerate() {
         let ctx = ClientCtx {
             id: 1000 + k as u64,
             addrs: addrs.clone(),
@@ -173,6 +176,7 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
         threads.push(std::thread::spawn(move || match kind {
             ClientKind::Sequential => sequential_client(ctx),
             ClientKind::Ephemeral => ephemeral_client(ctx),
+            ClientKind::Keeper => keeper_client(ctx),
         }));
     }
 
@@ -359,8 +363,9 @@ fn undo_fault(cluster: &mut Cluster, undo: Undo, state: &mut [Process], cut: &mu
         Undo::Restart(i) => {
             let node = &mut cluster.nodes[i - 1];
             node.set_failpoints("");
-            // A server whose fdatasync failed stops by itself; give it the time to.
-            if node.is_running() && node.wait_exit(Duration::from_secs(10)).is_none() {
+            // A server whose fdatasync failed stops by itself — once it has written
+            // something (an idle one never finds out); give it a moment, then kill it.
+            if node.is_running() && node.wait_exit(Duration::from_secs(2)).is_none() {
                 node.kill();
             }
             if let Err(why) = node.try_start_again() {
@@ -385,6 +390,7 @@ fn undo_fault(cluster: &mut Cluster, undo: Undo, state: &mut [Process], cut: &mu
 enum ClientKind {
     Sequential,
     Ephemeral,
+    Keeper,
 }
 
 struct ClientCtx {
@@ -611,6 +617,62 @@ fn ephemeral_client(ctx: ClientCtx) {
     }
 }
 
+/// How long a server may answer pings while cut off from its leader before it gives up
+/// (sync limit) plus how long its report of them may take to reach the leader.
+const UNHEARD_MS: u64 = 2500;
+
+/// Sessions kept alive by a ping every 300 ms through whichever server answers, resumed on
+/// another server whenever theirs stops answering. A session declared expired less than its
+/// timeout (minus [`UNHEARD_MS`]) after its last answered ping was expired early: its client
+/// kept heartbeating to servers that had a leader.
+fn keeper_client(ctx: ClientCtx) {
+    const TIMEOUT_MS: i32 = 8000;
+    let mut rng = StdRng::seed_from_u64(ctx.seed);
+    'sessions: while !ctx.stopped() {
+        let Some(mut c) = ctx.connect(&mut rng, TIMEOUT_MS) else { continue };
+        let session = (c.session_id, c.passwd.clone());
+        let mut last_ok = Instant::now();
+        while !ctx.stopped() {
+            if c.call(baton_server::zk::proto::op::PING, &[]).is_some_and(|r| r.err == 0) {
+                last_ok = Instant::now();
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+            // Its server went: resume the session on another.
+            loop {
+                if ctx.stopped() {
+                    return;
+                }
+                let addr = ctx.addrs[rng.random_range(0..ctx.addrs.len())];
+                match RawClient::resume(addr, TIMEOUT_MS, session.clone()) {
+                    Ok(resumed) => {
+                        let _ = resumed.stream.set_read_timeout(Some(Duration::from_secs(4)));
+                        c = resumed;
+                        last_ok = Instant::now();
+                        ctx.record(|r| r.count("session-resumed"));
+                        break;
+                    }
+                    Err(true) => {
+                        let silent = last_ok.elapsed();
+                        ctx.record(|r| {
+                            r.count("session-expired");
+                            if silent < Duration::from_millis(TIMEOUT_MS as u64 - UNHEARD_MS) {
+                                r.early_expiries.push(format!(
+                                    "session {:#x} expired {} ms after its last answered ping (timeout {TIMEOUT_MS} ms)",
+                                    session.0,
+                                    silent.as_millis()
+                                ));
+                            }
+                        });
+                        continue 'sessions;
+                    }
+                    Err(false) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        }
+    }
+}
+
 /// After the clients stopped: each register's value, read after `sync`, joins the history.
 fn final_reads(cluster: &Cluster, registers: u64, clock: Clock, recorded: &mut Recorded) {
     let addr = cluster.nodes[0].addr;
@@ -670,6 +732,8 @@ fn check(cluster: &Cluster, recorded: &Recorded, report: &mut Report) {
     for ghost in &recorded.ghosts {
         anomalies.push(format!("{ghost} was seen after its session's close was acknowledged"));
     }
+    // Sessions kept alive: never expired early.
+    anomalies.extend(recorded.early_expiries.iter().cloned());
     // Every server: the same tree summary, every acknowledged sequential create present,
     // no ephemeral of a closed session.
     let n = cluster.nodes.len();

@@ -75,6 +75,22 @@ impl RawClient {
         Some(RawClient { stream, xid: 0, session_id: resp.session_id, passwd: resp.passwd })
     }
 
+    /// Resumes session `session` on `addr`: `Err(true)` when the server says the session
+    /// expired, `Err(false)` when it could not be reached or closed the connection.
+    pub fn resume(addr: SocketAddr, timeout_ms: i32, session: (i64, Vec<u8>)) -> Result<RawClient, bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|_| false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(4))).map_err(|_| false)?;
+        let (session_id, passwd) = session;
+        let req =
+            ConnectRequest { protocol_version: 0, last_zxid_seen: 0, timeout_ms, session_id, passwd, read_only: false };
+        stream.write_all(&req.encode()).map_err(|_| false)?;
+        let resp = ConnectResponse::decode(&read_frame(&mut stream).ok_or(false)?).map_err(|_| false)?;
+        if resp.timeout_ms <= 0 {
+            return Err(true);
+        }
+        Ok(RawClient { stream, xid: 0, session_id: resp.session_id, passwd: resp.passwd })
+    }
+
     /// Sends a request and waits for its reply (skipping watch notifications).
     pub fn call(&mut self, op_code: i32, body: &[u8]) -> Option<Reply> {
         self.call_noting(op_code, body).map(|(_, reply)| reply)
