@@ -16,7 +16,8 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+    /// Handles on every live connection (both sides), by connection number, to cut them.
+    open: Arc<Mutex<Vec<(u64, TcpStream)>>>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -28,10 +29,11 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let open: Arc<Mutex<Vec<(u64, TcpStream)>>> = Arc::new(Mutex::new(Vec::new()));
         let accept = {
             let (cut, stop, open, paused) = (cut.clone(), stop.clone(), open.clone(), paused.clone());
             std::thread::spawn(move || {
+                let mut next = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let inbound = match listener.accept() {
                         Ok((s, _)) => s,
@@ -55,13 +57,23 @@ impl Proxy {
                     else {
                         continue;
                     };
+                    next += 1;
+                    let id = next;
                     if let Ok(mut list) = open.lock() {
-                        list.push(c);
-                        list.push(d);
+                        // A cut that came while this connection was being made: `cut` set
+                        // its flag before it emptied the list, so one of the two sees it.
+                        if cut.load(Ordering::SeqCst) {
+                            let _ = c.shutdown(Shutdown::Both);
+                            let _ = d.shutdown(Shutdown::Both);
+                        } else {
+                            list.push((id, c));
+                            list.push((id, d));
+                        }
                     }
                     let (p1, p2) = (paused.clone(), paused.clone());
-                    std::thread::spawn(move || pump(inbound, b, &p1));
-                    std::thread::spawn(move || pump(outbound, a, &p2));
+                    let (o1, o2) = (open.clone(), open.clone());
+                    std::thread::spawn(move || pump(inbound, b, &p1, &o1, id));
+                    std::thread::spawn(move || pump(outbound, a, &p2, &o2, id));
                 }
             })
         };
@@ -91,7 +103,7 @@ impl Proxy {
 
     fn shutdown_all(&self) {
         if let Ok(mut list) = self.open.lock() {
-            for s in list.drain(..) {
+            for (_, s) in list.drain(..) {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
@@ -108,9 +120,9 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to` until either side closes, then closes both; holds still while
-/// `paused`.
-fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
+/// Copies `from` to `to` until either side closes, then closes both and forgets connection
+/// `id`'s handles (so a long run does not pile up descriptors); holds still while `paused`.
+fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool, open: &Mutex<Vec<(u64, TcpStream)>>, id: u64) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         while paused.load(Ordering::SeqCst) {
@@ -127,4 +139,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+    if let Ok(mut list) = open.lock() {
+        list.retain(|(conn, _)| *conn != id);
+    }
 }

@@ -182,13 +182,26 @@ impl BatonProcess {
         self.dir.with_file_name(name)
     }
 
-    /// Replaces the running server's failpoints (empty clears them); it applies them within
-    /// a few tens of milliseconds.
+    /// Replaces the running server's failpoints (empty clears them) and waits (at most 5 s)
+    /// until it says it applied them.
     pub fn set_failpoints(&self, spec: &str) {
         let path = self.failpoints_path();
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == spec) {
+            return;
+        }
+        let applied =
+            || std::fs::read_to_string(self.log_path()).unwrap_or_default().matches("failpoints now:").count();
+        let before = applied();
         let tmp = path.with_extension("failpoints.tmp");
         std::fs::write(&tmp, spec).expect("write failpoints");
         std::fs::rename(&tmp, &path).expect("install failpoints");
+        if self.child.is_none() {
+            return;
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while applied() == before && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -480,6 +480,7 @@ impl Wal {
         fresh.durable_seq = s.durable_seq;
         fresh.writer_waker = s.writer_waker.take();
         fresh.pool = std::mem::take(&mut s.pool);
+        fresh.out_of_space = s.out_of_space;
         *s = fresh;
         // The spare task may be waiting for progress on the old tail: let it re-evaluate.
         if let Some(w) = s.spare_waker.take() {
@@ -696,6 +697,8 @@ fn start_spare(shared: &Rc<RefCell<WalState>>) {
             }
             drop(shared);
             glommio::timer::sleep(DISK_FULL_RETRY).await;
+            // A snapshot may have released a whole segment meanwhile: it needs no new space.
+            reuse = weak.upgrade().and_then(|shared| shared.borrow_mut().pool.pop_front());
         }
     });
     shared.borrow_mut().spare = Some(task);

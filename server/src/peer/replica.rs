@@ -15,7 +15,7 @@ use baton_engine::replica::{
     WalLog,
 };
 use baton_engine::snapshot::SnapshotStore;
-use baton_engine::wal::{Wal, WalConfig};
+use baton_engine::wal::{Wal, WalConfig, WalError};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId, ZabConfig};
 use baton_engine::{SessionId, Zxid};
 
@@ -252,10 +252,8 @@ pub async fn run<M: StateMachine>(
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ReplicaError::DataDir { path: config.data_dir.clone(), source })?;
-    let data_dir_error = |source| ReplicaError::DataDir { path: config.data_dir.clone(), source };
-    if config.resync {
-        let aside = super::resync::discard(&config.data_dir).map_err(data_dir_error)?;
-        tracing::warn!(moved_to = %aside.display(), "--resync: this server's log and snapshots are discarded; it votes for no one until the leader has synchronised it");
+    if config.resync && !super::resync::pending(&config.data_dir) {
+        resync_if_damaged(&config).await?;
     }
     let mut config = config;
     config.driver.zab.resynchronising = super::resync::pending(&config.data_dir);
@@ -345,6 +343,30 @@ pub async fn run<M: StateMachine>(
         let _ = wal.close().await;
     }
     result
+}
+
+/// `--resync`: discards the log only if it is damaged (the flag left in a service's
+/// settings must not throw away a healthy log at every start), with the WAL's directory
+/// lock taken first (never under a server still running on it).
+async fn resync_if_damaged(config: &ReplicaConfig) -> Result<(), ReplicaError> {
+    let data_dir_error = |source| ReplicaError::DataDir { path: config.data_dir.clone(), source };
+    match Wal::open(config.wal.clone()).await {
+        Ok((wal, reader)) => {
+            drop(reader);
+            let _ = wal.close().await;
+            tracing::warn!("--resync given, but this server's log verifies: nothing is discarded");
+            Ok(())
+        }
+        Err(WalError::Corrupt { path, offset, reason }) => {
+            tracing::warn!(path = %path.display(), offset, %reason, "--resync: the log is damaged");
+            let lock = baton_engine::wal::DirLock::acquire(&config.wal.dir).map_err(StorageError::from)?;
+            let aside = super::resync::discard(&config.data_dir).map_err(data_dir_error)?;
+            drop(lock);
+            tracing::warn!(moved_to = %aside.display(), "--resync: this server's log and snapshots are set aside; it votes for no one until the leader has synchronised it");
+            Ok(())
+        }
+        Err(e) => Err(StorageError::from(e).into()),
+    }
 }
 
 async fn serve<M: StateMachine>(

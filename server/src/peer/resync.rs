@@ -22,9 +22,19 @@ pub fn discard(data_dir: &Path) -> io::Result<PathBuf> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let aside = data_dir.join(format!("discarded-{secs}"));
     fs::create_dir_all(&aside)?;
-    // The marker first: a crash halfway leaves a server that still abstains.
+    // In this order, each step durable before the next, so that a crash anywhere leaves a
+    // server that abstains (the marker) and claims no history (the epoch) before its log
+    // is gone.
     let marker = data_dir.join(MARKER);
     fs::File::create(&marker)?.sync_all()?;
+    sync_dir(data_dir)?;
+    // The accepted epoch is a promise (never to acknowledge an older leader) and stays. The
+    // current epoch describes the history, which is going: kept, it would tell every new
+    // leader that this server holds a more recent history than the leader's, and no leader
+    // could ever be established (found by the simulator).
+    let mut epochs = EpochFile::new(data_dir);
+    let (accepted, current) = epochs.load().map_err(io::Error::other)?;
+    epochs.save(accepted.max(current), 0).map_err(io::Error::other)?;
     for name in ["wal", "snapshots"] {
         let from = data_dir.join(name);
         if from.exists() {
@@ -33,13 +43,6 @@ pub fn discard(data_dir: &Path) -> io::Result<PathBuf> {
     }
     sync_dir(&aside)?;
     sync_dir(data_dir)?;
-    // The accepted epoch is a promise (never to acknowledge an older leader) and stays. The
-    // current epoch describes the history, which is gone: kept, it would tell every new
-    // leader that this server holds a more recent history than the leader's, and no leader
-    // could ever be established (found by the simulator).
-    let mut epochs = EpochFile::new(data_dir);
-    let (accepted, current) = epochs.load().map_err(io::Error::other)?;
-    epochs.save(accepted.max(current), 0).map_err(io::Error::other)?;
     Ok(aside)
 }
 

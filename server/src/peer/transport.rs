@@ -272,13 +272,16 @@ async fn handshake(links: &Links, addr: SocketAddr) -> Option<(TcpStream, u64)> 
     let _ = stream.set_nodelay(true);
     let hello = Hello { ensemble: links.ensemble, from: links.me, incarnation: links.incarnation }.encode();
     stream.write_all(&hello).await.ok()?;
-    // No time limit on the answer: a peer that takes our connection but does not answer
+    // A long time limit on the answer: a peer that takes our connection but does not answer
     // (paused, or stopped reading) is waited for on this one connection — reconnecting
     // every second instead was measured to stall this executor's WAL completions for
-    // seconds (tests/tests/cluster.rs, the follower too slow to read). A dead peer's
-    // connection breaks when its process goes.
+    // seconds (tests/tests/cluster.rs, the follower too slow to read). A dead process's
+    // connection breaks when it goes; the limit covers a peer whose host vanished after
+    // accepting (nothing would ever break this half-open connection).
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_ANSWER_WAIT));
     let mut answer = [0u8; 8];
     stream.read_exact(&mut answer).await.ok()?;
+    let _ = stream.set_read_timeout(None);
     Some((stream, u64::from_le_bytes(answer)))
 }
 
@@ -372,7 +375,11 @@ async fn accept_loop(listener: TcpListener, known: Vec<ServerId>, frame_bytes_ma
     let finished: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::new()));
     let mut next = 0u64;
     while !links.stop.get() {
-        let Ok(stream) = listener.accept().await else { continue };
+        let Ok(stream) = listener.accept().await else {
+            // Out of file descriptors, say: do not spin; the backlog waits.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         for done in finished.borrow_mut().drain(..) {
             readers.remove(&done);
@@ -474,6 +481,9 @@ async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max:
         links.events.push(PeerEvent::Disconnected(from));
     }
 }
+
+/// How long a dial waits for the acceptor's answer to its hello.
+const HANDSHAKE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// Failpoint on sending to a peer: an injected error drops the connection, a delay holds
 /// the bytes back (see `baton_engine::faults`).

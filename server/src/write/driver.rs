@@ -333,6 +333,12 @@ async fn tick(driver: Rc<RefCell<Driver>>) {
     let half_tick = Duration::from_millis(driver.borrow().shared.config.tick_ms.max(2) / 2);
     loop {
         glommio::timer::sleep(half_tick).await;
-        driver.borrow_mut().with_tree(|path, tree| path.tick(tree, now()));
+        // The disk's state is refreshed here too, not only when a client of this server
+        // writes: writes forwarded by followers are refused alike.
+        let full = driver.borrow().replica.as_ref().is_some_and(|r| r.out_of_space());
+        driver.borrow_mut().with_tree(|path, tree| {
+            path.set_out_of_space(full);
+            path.tick(tree, now());
+        });
     }
 }

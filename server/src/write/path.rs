@@ -329,15 +329,7 @@ impl WritePath {
     fn submit(&mut self, tree: &DataTree, now: Now, req: WriteRequest, origin: Origin) {
         let key = (req.session_id, req.cxid);
         if self.seq.is_some() {
-            let data_change = !matches!(req.op, WriteOp::CreateSession { .. } | WriteOp::CloseSession);
-            let prepared = if self.out_of_space && data_change {
-                // What a read-only ZooKeeper answers a write: this server takes reads only
-                // until the disk has room again.
-                Err(Rejected::Op(ErrorCode::NotReadOnly))
-            } else {
-                self.prepare(tree, now, &req)
-            };
-            match prepared {
+            match self.prepare(tree, now, &req) {
                 Ok(()) => {
                     self.pending.insert(key, origin);
                 }
@@ -367,6 +359,12 @@ impl WritePath {
     /// the next proposal. Leader only.
     fn prepare(&mut self, tree: &DataTree, now: Now, req: &WriteRequest) -> Result<(), Rejected> {
         let Some(seq) = self.seq.as_mut() else { return Err(Rejected::Op(ErrorCode::ConnectionLoss)) };
+        let data_change = !matches!(req.op, WriteOp::CreateSession { .. } | WriteOp::CloseSession);
+        if self.out_of_space && data_change {
+            // What a read-only ZooKeeper answers a write: this server takes reads only until
+            // the disk has room again (its own clients' writes and forwarded ones alike).
+            return Err(Rejected::Op(ErrorCode::NotReadOnly));
+        }
         let entry = seq.prepare(tree, req, now.wall_ms)?;
         if self.first_proposal.is_none() {
             self.first_proposal = Some(entry.zxid);

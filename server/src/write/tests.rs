@@ -454,6 +454,20 @@ fn a_leader_whose_disk_is_full_refuses_writes_but_opens_sessions_and_takes_write
         ),
         other => panic!("one refusal, as a read-only ZooKeeper answers: {other:?}"),
     }
+    // A write a follower forwards is refused alike, back to that follower.
+    let forwarded = Forwarded::Write { origin: 3, req: create(0x30, 4, "/y") };
+    path.message(&tree, at(2), 3, &forwarded.encode());
+    let effects = path.take_effects();
+    assert!(proposed(&effects).is_empty(), "nothing goes to the log: {effects:?}");
+    match effects.as_slice() {
+        [Effect::Forward { to: 3, data }] => {
+            let refusal = Forwarded::decode(data).expect("decodes");
+            let expected =
+                Forwarded::refusal(SessionId(0x30), 4, tree.last_zxid(), Rejected::Op(ErrorCode::NotReadOnly));
+            assert_eq!(refusal, expected);
+        }
+        other => panic!("the forwarded write is refused back: {other:?}"),
+    }
     // Space is back: the same write goes to the log.
     path.set_out_of_space(false);
     path.handle(&tree, at(3), write(A, create(session.0, 2, "/x")));
