@@ -116,9 +116,10 @@ pub struct ServerConfig {
     /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_peer_frame_bytes: usize,
-    /// Discard this server's WAL and snapshots (moved aside to `<data-dir>/discarded-<time>/`)
-    /// and be synchronised from the leader; until then the server votes for no one. For a
-    /// member of an ensemble whose log is damaged; the others must have a quorum.
+    /// If this server's log fails verification, set it and the snapshots aside (to
+    /// `<data-dir>/discarded-<time>/`) and be synchronised from the leader, voting for no one
+    /// until then; on a healthy log, nothing. For a member of an ensemble whose log is
+    /// damaged; the others must make a quorum.
     #[arg(long)]
     pub resync: bool,
     /// Bytes queued for one peer before its link counts as broken, once nothing more has
