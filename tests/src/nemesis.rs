@@ -152,29 +152,22 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
     let completed = Arc::new(AtomicU64::new(0));
     let addrs = cluster.addrs();
     let mut threads = Vec::new();
+    let client = |id: u64, seed: u64| ClientCtx {
+        id,
+        addrs: addrs.clone(),
+        clock,
+        recorded: recorded.clone(),
+        stop: stop.clone(),
+        completed: completed.clone(),
+        seed,
+    };
     for c in 0..config.clients {
-        let ctx = ClientCtx {
-            id: c as u64 + 1,
-            addrs: addrs.clone(),
-            clock,
-            recorded: recorded.clone(),
-            stop: stop.clone(),
-            completed: completed.clone(),
-            seed: config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)),
-        };
+        let ctx = client(c as u64 + 1, config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)));
         let registers = config.registers;
         threads.push(std::thread::spawn(move || registers_client(ctx, registers)));
     }
     for (k, kind) in [ClientKind::Sequential, ClientKind::Ephemeral, ClientKind::Keeper].into_iter().enumerate() {
-        let ctx = ClientCtx {
-            id: 1000 + k as u64,
-            addrs: addrs.clone(),
-            clock,
-            recorded: recorded.clone(),
-            stop: stop.clone(),
-            completed: completed.clone(),
-            seed: config.seed.rotate_left(17 + k as u32),
-        };
+        let ctx = client(1000 + k as u64, config.seed.rotate_left(17 + k as u32));
         threads.push(std::thread::spawn(move || match kind {
             ClientKind::Sequential => sequential_client(ctx),
             ClientKind::Ephemeral => ephemeral_client(ctx),

@@ -62,25 +62,26 @@ pub fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
 impl RawClient {
     /// Connects and opens (or resumes) a session.
     pub fn connect(addr: SocketAddr, timeout_ms: i32, session: Option<(i64, Vec<u8>)>) -> Option<RawClient> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let (session_id, passwd) = session.unwrap_or((0, vec![0; 16]));
-        let req =
-            ConnectRequest { protocol_version: 0, last_zxid_seen: 0, timeout_ms, session_id, passwd, read_only: false };
-        stream.write_all(&req.encode()).ok()?;
-        let resp = ConnectResponse::decode(&read_frame(&mut stream)?).ok()?;
-        if resp.timeout_ms <= 0 {
-            return None;
-        }
-        Some(RawClient { stream, xid: 0, session_id: resp.session_id, passwd: resp.passwd })
+        let session = session.unwrap_or((0, vec![0; 16]));
+        RawClient::open(addr, timeout_ms, session, Duration::from_secs(5), Duration::from_secs(10)).ok()
     }
 
     /// Resumes session `session` on `addr`: `Err(true)` when the server says the session
     /// expired, `Err(false)` when it could not be reached or closed the connection.
     pub fn resume(addr: SocketAddr, timeout_ms: i32, session: (i64, Vec<u8>)) -> Result<RawClient, bool> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|_| false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(4))).map_err(|_| false)?;
-        let (session_id, passwd) = session;
+        RawClient::open(addr, timeout_ms, session, Duration::from_secs(2), Duration::from_secs(4))
+    }
+
+    /// The connect handshake; `Err(true)` when the server refused the session as expired.
+    fn open(
+        addr: SocketAddr,
+        timeout_ms: i32,
+        (session_id, passwd): (i64, Vec<u8>),
+        connect_wait: Duration,
+        read_wait: Duration,
+    ) -> Result<RawClient, bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, connect_wait).map_err(|_| false)?;
+        stream.set_read_timeout(Some(read_wait)).map_err(|_| false)?;
         let req =
             ConnectRequest { protocol_version: 0, last_zxid_seen: 0, timeout_ms, session_id, passwd, read_only: false };
         stream.write_all(&req.encode()).map_err(|_| false)?;

@@ -144,6 +144,17 @@ fn fill(server: &BatonProcess, count: usize) {
     }
 }
 
+/// The files in `dir` named `*.ext`, sorted.
+fn files_ending(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    found.sort();
+    found
+}
+
 fn flip_byte(path: &std::path::Path, offset: usize) {
     let mut bytes = std::fs::read(path).expect("read");
     bytes[offset] ^= 0x5a;
@@ -175,12 +186,7 @@ fn a_damaged_newest_snapshot_is_passed_over_for_an_older_one() {
     let mut server = standalone(&data, "300");
     fill(&server, 1500);
     assert!(server.terminate(LIMIT).is_some_and(|s| s.success()), "a clean stop");
-    let mut snapshots: Vec<_> = std::fs::read_dir(data.join("snapshots"))
-        .expect("snapshots")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-        .collect();
-    snapshots.sort();
+    let snapshots = files_ending(&data.join("snapshots"), "snap");
     assert!(snapshots.len() >= 2, "snapshots were taken: {snapshots:?}");
     let newest = snapshots.last().expect("newest").clone();
     flip_byte(&newest, 64 + 500);
@@ -391,13 +397,7 @@ fn a_snapshot_that_cannot_be_written_costs_nothing_and_the_next_one_is_taken() {
     fill(&server, 600);
     let log = server.log_tail(200);
     assert!(log.contains("snapshot failed"), "the failed snapshot is reported:\n{log}");
-    let snaps = |ext: &str| {
-        std::fs::read_dir(data.join("snapshots"))
-            .expect("snapshots")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == ext))
-            .count()
-    };
+    let snaps = |ext: &str| files_ending(&data.join("snapshots"), ext).len();
     assert_eq!(snaps("snap"), 0, "no snapshot was written");
     // A snapshot may be failing right now: its temporary file goes with it.
     let end = Instant::now() + LIMIT;
