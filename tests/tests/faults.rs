@@ -206,8 +206,12 @@ struct SmallDisk {
 impl SmallDisk {
     /// `None` (with the reason printed) where this machine cannot mount one.
     fn mount(dir: &std::path::Path, mib: u64) -> Option<SmallDisk> {
-        let image = dir.join("disk.img");
-        let mount = dir.join("mnt");
+        SmallDisk::mount_at(&dir.join("disk.img"), &dir.join("mnt"), mib)
+    }
+
+    /// A filesystem of `mib` MiB in the file `image`, mounted at `mount`.
+    fn mount_at(image: &std::path::Path, mount: &std::path::Path, mib: u64) -> Option<SmallDisk> {
+        let (image, mount) = (image.to_path_buf(), mount.to_path_buf());
         std::fs::create_dir_all(&mount).expect("mount point");
         let file = std::fs::File::create(&image).expect("image");
         file.set_len(mib << 20).expect("size the image");
@@ -331,6 +335,94 @@ fn a_full_disk_refuses_writes_keeps_reads_and_sessions_and_writes_resume_once_sp
     drop(c);
     drop(server);
     drop(disk);
+}
+
+/// Writes 100 KiB znodes to server `i` until it refuses or drops the connection (its log
+/// then cannot take more); returns how many went in.
+fn write_big_until_refused(cluster: &Cluster, i: usize) -> usize {
+    let Some(mut c) = RawClient::connect(cluster.nodes[i - 1].addr, 10_000, None) else { return 0 };
+    let value = vec![b'd'; 100 << 10];
+    for k in 0..400 {
+        match c.create(&format!("/load/big-{i}-{k:04}"), &value, 0) {
+            Some(reply) if reply.err == 0 => {}
+            _ => return k,
+        }
+    }
+    panic!("server {i} took 40 MB on a 64 MiB disk with 64 KiB free");
+}
+
+/// The disk of the leader (or a follower) fills: that server takes writes until its log
+/// must roll, then leaves the ensemble; the other two go on; freed, it rejoins by itself.
+fn full_disk_in_an_ensemble(on_leader: bool, base: u16) {
+    let _one = one_cluster_at_a_time();
+    let dir = temp_dir();
+    // Each server's data directory on its own small filesystem.
+    let mut disks = Vec::new();
+    for id in 1..=3 {
+        let image = dir.path().join(format!("disk{id}.img"));
+        let Some(disk) = SmallDisk::mount_at(&image, &dir.path().join(format!("n{id}")), 64) else { return };
+        disks.push(disk);
+    }
+    // 1 MiB segments (entries up to 516 KiB): the log rolls after ten 100 KiB znodes.
+    let flags = [
+        "--wal-segment-bytes",
+        "1048576",
+        "--max-frame-bytes",
+        "262144",
+        "--wal-recycle-segments",
+        "0",
+        "--snapshot-every-entries",
+        "0",
+    ];
+    let mut cluster = Cluster::start(bin(), dir.path(), 3, base, &flags);
+    let all = [1, 2, 3];
+    let first_leader = cluster.wait_for_leader(&all, LIMIT).expect("a leader is elected");
+    create_load_parent(&cluster, first_leader);
+    let load = Load::start(cluster.addrs(), 3);
+    load.progress(&cluster, 200, LIMIT, "at start");
+
+    // Its disk fills (after its next segment was prepared).
+    let victim =
+        if on_leader { first_leader } else { all.into_iter().find(|&i| i != first_leader).expect("a follower") };
+    let spare = cluster.nodes[victim - 1].dir.join("wal").join(baton_engine::wal::SPARE_FILE);
+    let end = Instant::now() + LIMIT;
+    while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(Instant::now() < end, "the spare segment was never prepared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let filler = disks[victim - 1].fill(64 << 10);
+    let went_in = write_big_until_refused(&cluster, victim);
+    let rest: Vec<usize> = all.into_iter().filter(|&i| i != victim).collect();
+    let end = Instant::now() + LIMIT;
+    while !cluster.nodes[victim - 1].log_tail(400).contains("leaving the ensemble") {
+        assert!(Instant::now() < end, "the full server never left ({went_in} big writes went in)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cluster.nodes[victim - 1].is_running(), "a full disk does not stop the server");
+    cluster.wait_for_leader(&rest, LIMIT).expect("the other two have a leader");
+    load.progress(&cluster, 200, LIMIT, "with the full server out");
+    assert_ne!(cluster.mode(victim).as_deref(), Some("leader"), "the full server does not lead");
+
+    // Space freed: it rejoins by itself and catches up.
+    std::fs::remove_file(&filler).expect("free the space");
+    cluster.wait_for_leader(&all, LIMIT).expect("the server rejoins once its disk has room");
+    load.progress(&cluster, 200, LIMIT, "after it rejoined");
+    let acked = load.stop();
+    assert_converged(&cluster, &all, &acked, LIMIT);
+    let log = cluster.nodes[victim - 1].log_tail(2000);
+    assert!(log.contains("disk full") && log.contains("room again"), "its log tells the story:\n{log}");
+    drop(cluster);
+    drop(disks);
+}
+
+#[test]
+fn a_full_disk_takes_the_leader_out_of_the_ensemble_until_space_is_freed() {
+    full_disk_in_an_ensemble(true, 28_500);
+}
+
+#[test]
+fn a_full_disk_takes_a_follower_out_of_the_ensemble_until_space_is_freed() {
+    full_disk_in_an_ensemble(false, 28_600);
 }
 
 #[test]

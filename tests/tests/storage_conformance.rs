@@ -32,19 +32,21 @@ impl Backend for Real {
         let config = WalConfig {
             segment_bytes: 64 << 10,
             entry_bytes_max: 4 << 10,
+            // A queue of a few entries: most appends wait in the log's backlog beside it.
+            queued_bytes_max: 6 << 10,
             ..WalConfig::new(self.dir.path().join("wal"))
         };
         let (wal, reader) = Wal::open(config).await.expect("WAL opens");
         let recovered =
             reader.records_after(Zxid::ZERO).map(|r| LogEntry::new(r.zxid, Payload::from(r.payload))).collect();
         let durable = self.durable.clone();
-        let log = baton_engine::replica::WalLog::new(Rc::new(wal), move |z| durable.set(durable.get().max(z)));
+        let log = baton_engine::replica::WalLog::new(Rc::new(wal), 1 << 20, move |z| durable.set(durable.get().max(z)));
         let snapshots = SnapshotStore::open(self.dir.path().join("snapshots")).expect("snapshot directory");
         (log, EpochFile::new(self.dir.path()), SnapshotDir::new(snapshots, 2), recovered)
     }
 
     async fn settle(&mut self, log: &mut Self::Log) -> Zxid {
-        log.wal().idle().await;
+        log.drained().await;
         // The durability reports come from tasks of their own.
         for _ in 0..1000 {
             if self.durable.get() >= log.wal().last_zxid() {

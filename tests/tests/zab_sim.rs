@@ -29,7 +29,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     }
     let seeds = env_u64("BATON_SIM_SEEDS").unwrap_or(10_000);
     let (mut committed, mut acked, mut epochs, mut crashes, mut snaps, mut reads, mut touches) = (0, 0, 0, 0, 0, 0, 0);
-    let (mut written, mut stale, mut discards) = (0, 0, 0);
+    let (mut written, mut stale, mut discards, mut full) = (0, 0, 0, 0);
     for seed in 0..seeds {
         match run(SimOptions::for_seed(seed)) {
             Ok(r) => {
@@ -38,6 +38,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
                 epochs += r.epochs;
                 crashes += r.crashes;
                 discards += r.discards;
+                full += r.disks_full;
                 snaps += r.snapshots_installed;
                 reads += r.synced_reads;
                 touches += r.touches;
@@ -52,7 +53,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     }
     eprintln!(
         "{seeds} seeds: {committed} entries committed, {acked} writes acknowledged, {epochs} epochs, \
-         {crashes} crashes ({discards} with the log discarded, --resync), {snaps} snapshots installed, {written} snapshots written, {stale} stale batches \
+         {crashes} crashes ({discards} with the log discarded, --resync), {full} disks full for a while, {snaps} snapshots installed, {written} snapshots written, {stale} stale batches \
          dropped, {reads} reads after sync, {touches} session renewals"
     );
     assert!(acked > seeds as usize, "writes were acknowledged");
@@ -62,6 +63,7 @@ fn every_seed_keeps_the_guarantees_and_heals() {
     assert!(reads > seeds, "reads after sync were checked");
     assert!(touches > seeds, "session liveness reached the leaders: {touches}");
     assert!(discards > 0, "some servers had their log discarded and were resynchronised");
+    assert!(full > seeds / 4, "disks filled up and their servers withdrew: {full}");
 }
 
 #[test]

@@ -143,6 +143,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
     /// Carries out the actions the core queued at its start (its first notifications, and
     /// for a lone server its leadership). Call once, before the first [`Replica::step`].
     pub async fn start(&mut self) -> Result<(), StorageError> {
+        self.zab.set_withdrawn(self.log.out_of_space());
         self.carry_out().await
     }
 
@@ -155,6 +156,8 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             Input::Tick => {
                 // Fail-stop within a tick of a failed fsync, appending or not.
                 self.log.failed()?;
+                // Out of the ensemble while the disk cannot take the log, back once it can.
+                self.zab.set_withdrawn(self.log.out_of_space());
                 self.zab.on_tick();
                 self.finish_snapshot()?;
             }

@@ -30,7 +30,7 @@ pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
 pub use storage::{Epochs, Log, Peers, Snapshots, StateMachine};
-pub use wal_log::WalLog;
+pub use wal_log::{LogRoom, WalLog};
 
 use crate::log::{SessionId, Zxid};
 use crate::snapshot::SnapshotError;

@@ -44,6 +44,12 @@ pub trait Log {
     fn failed(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Whether the disk has no room for what the log must prepare next (production: the
+    /// WAL's next segment). A server in an ensemble then withdraws from it until there is.
+    fn out_of_space(&self) -> bool {
+        false
+    }
 }
 
 /// The two epochs a server must never forget (ZooKeeper's `acceptedEpoch` and

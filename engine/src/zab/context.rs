@@ -25,6 +25,9 @@ pub struct Context {
     /// Voting for no one until a leader has synchronised this server (see
     /// [`ZabConfig::resynchronising`]).
     pub abstaining: bool,
+    /// Out of the ensemble until its disk has room again: looking, voting for no one and
+    /// joining no one (see [`super::Zab::set_withdrawn`]).
+    pub withdrawn: bool,
 }
 
 impl Context {
@@ -40,7 +43,7 @@ impl Context {
 
     /// This server's own vote: its current epoch and last zxid.
     pub fn own_vote(&self) -> Vote {
-        if self.abstaining {
+        if self.abstaining || self.withdrawn {
             return Vote::NONE;
         }
         Vote { epoch: self.current_epoch, zxid: self.log.last(), leader: self.cfg.id }

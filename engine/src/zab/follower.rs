@@ -170,9 +170,13 @@ impl Follower {
             Message::SyncDone { id, zxid, epoch } => {
                 self.relay.sync_done(ctx, epoch, id, zxid);
             }
-            Message::Ping { commit, .. } if self.phase == Phase::Synced => {
+            Message::Ping { commit, round, .. } if self.phase == Phase::Synced => {
                 self.commit(ctx, commit)?;
                 ctx.send(self.leader, Message::Ack { epoch: self.epoch, zxid: ctx.log.durable() });
+                // Only a voter's word confirms a leadership (an observer relays the ping on).
+                if round > 0 && ctx.cfg.is_voter(ctx.cfg.id) {
+                    ctx.send(self.leader, Message::Heard { epoch: self.epoch, round });
+                }
             }
             _ => {}
         }

@@ -70,8 +70,28 @@ pub struct Leader {
     /// The history this leader started the epoch with.
     initial: Zxid,
     established: bool,
-    /// Syncs waiting for the commit point: (requester, id, zxid). Invariant: sorted by zxid.
-    syncs: Vec<(ServerId, u64, Zxid)>,
+    /// Syncs waiting for the commit point and for a confirmation round. Invariant: sorted
+    /// by zxid and by round.
+    syncs: Vec<PendingSync>,
+    /// The last confirmation round started (see [`Message::Ping`]).
+    round: u64,
+    /// The last round a quorum answered. Invariant: confirmed <= round.
+    confirmed: u64,
+    /// The voters that answered `round` so far.
+    heard: std::collections::BTreeSet<ServerId>,
+}
+
+/// A client's sync at the leader: answered once everything proposed before it arrived is
+/// committed and a quorum has confirmed this leadership after it arrived. Without the
+/// second condition a leader that a quorum has already left (and replaced) could answer
+/// from its own stale state until its sync limit passes — ZooKeeper's sync has that hole
+/// (ZOOKEEPER-2136); etcd's ReadIndex closes it the same way.
+#[derive(Debug, Clone, Copy)]
+struct PendingSync {
+    from: ServerId,
+    id: u64,
+    zxid: Zxid,
+    round: u64,
 }
 
 /// The leader steps down.
@@ -89,6 +109,9 @@ impl Leader {
             initial: Zxid::ZERO,
             established: false,
             syncs: Vec::new(),
+            round: 0,
+            confirmed: 0,
+            heard: std::collections::BTreeSet::new(),
         };
         l.check_discovery(ctx);
         l
@@ -175,9 +198,18 @@ impl Leader {
             Message::Sync { epoch, id } if epoch == self.epoch && self.established => {
                 let streaming = self.learners.get(&from).is_some_and(Learner::streaming);
                 if streaming {
-                    self.syncs.push((from, id, ctx.log.last()));
-                    self.release_syncs(ctx);
+                    self.add_sync(ctx, from, id);
                 }
+            }
+            Message::Heard { epoch, round }
+                if epoch == self.epoch
+                    && round == self.round
+                    && round > self.confirmed
+                    && ctx.cfg.is_voter(from)
+                    && self.learners.get(&from).is_some_and(Learner::streaming) =>
+            {
+                self.heard.insert(from);
+                self.check_round(ctx);
             }
             _ => {}
         }
@@ -314,15 +346,51 @@ impl Leader {
         if !self.established {
             return false;
         }
-        self.syncs.push((ctx.cfg.id, id, ctx.log.last()));
-        self.release_syncs(ctx);
+        self.add_sync(ctx, ctx.cfg.id, id);
         true
+    }
+
+    /// Queues a sync for the next confirmation round to start (one in flight started before
+    /// it arrived, so its answers may predate it).
+    fn add_sync(&mut self, ctx: &mut Context, from: ServerId, id: u64) {
+        let in_flight = self.round > self.confirmed;
+        let round = self.round + 1;
+        self.syncs.push(PendingSync { from, id, zxid: ctx.log.last(), round });
+        if !in_flight {
+            self.start_round(ctx);
+        }
+    }
+
+    /// Asks every voter following this leadership to confirm it.
+    fn start_round(&mut self, ctx: &mut Context) {
+        self.round += 1;
+        self.heard.clear();
+        let commit = ctx.log.committed();
+        let voters: Vec<ServerId> =
+            self.learners.iter().filter(|(_, l)| !l.observer && l.streaming()).map(|(id, _)| *id).collect();
+        for id in voters {
+            ctx.send(id, Message::Ping { epoch: self.epoch, commit, round: self.round });
+        }
+        self.check_round(ctx);
+    }
+
+    /// A quorum (this server included) answered the current round: the syncs waiting for
+    /// it may go, and a next round starts if syncs arrived meanwhile.
+    fn check_round(&mut self, ctx: &mut Context) {
+        if self.round == self.confirmed || 1 + self.heard.len() < ctx.cfg.quorum() {
+            return;
+        }
+        self.confirmed = self.round;
+        self.release_syncs(ctx);
+        if self.syncs.last().is_some_and(|s| s.round > self.confirmed) {
+            self.start_round(ctx);
+        }
     }
 
     fn release_syncs(&mut self, ctx: &mut Context) {
         let committed = ctx.log.committed();
-        let done = self.syncs.iter().take_while(|(_, _, z)| *z <= committed).count();
-        for (from, id, zxid) in self.syncs.drain(..done).collect::<Vec<_>>() {
+        let done = self.syncs.iter().take_while(|s| s.zxid <= committed && s.round <= self.confirmed).count();
+        for PendingSync { from, id, zxid, .. } in self.syncs.drain(..done).collect::<Vec<_>>() {
             if from == ctx.cfg.id {
                 ctx.out.push(Action::Synced { id, zxid });
             } else if self.learners.get(&from).is_some_and(Learner::streaming) {
@@ -364,7 +432,9 @@ impl Leader {
             assert!(self.epoch_quorum, "established without a quorum for the epoch");
             assert!(self.epoch > 0 && ctx.current_epoch == self.epoch, "established in an epoch not accepted here");
         }
-        assert!(self.syncs.windows(2).all(|w| w[0].2 <= w[1].2), "syncs out of zxid order");
+        assert!(self.syncs.windows(2).all(|w| w[0].zxid <= w[1].zxid), "syncs out of zxid order");
+        assert!(self.syncs.windows(2).all(|w| w[0].round <= w[1].round), "syncs out of round order");
+        assert!(self.confirmed <= self.round, "a round confirmed before it started");
         for (id, l) in &self.learners {
             assert!(*id != ctx.cfg.id && ctx.cfg.is_member(*id), "learner {id} is not another member");
             assert_eq!(l.observer, !ctx.cfg.is_voter(*id), "learner {id}: observer flag against the membership");
@@ -433,7 +503,7 @@ impl Leader {
         }
         let commit = ctx.log.committed();
         for id in self.streaming_ids(true) {
-            ctx.send(id, Message::Ping { epoch: self.epoch, commit });
+            ctx.send(id, Message::Ping { epoch: self.epoch, commit, round: 0 });
         }
         Ok(())
     }

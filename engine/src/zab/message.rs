@@ -171,12 +171,23 @@ pub enum Message {
         /// Session ids.
         sessions: Vec<SessionId>,
     },
-    /// Leader → follower heartbeat, carrying the commit point.
+    /// Leader → follower heartbeat, carrying the commit point. A `round` above 0 asks a
+    /// voter to confirm that it still follows this leadership ([`Message::Heard`]): a sync
+    /// is answered only once a quorum has, after it arrived (etcd's ReadIndex).
     Ping {
         /// The epoch.
         epoch: u32,
         /// The leader's commit point.
         commit: Zxid,
+        /// The confirmation round (0: a heartbeat only).
+        round: u64,
+    },
+    /// Follower → leader: it follows this leadership still, after the ping of `round`.
+    Heard {
+        /// The epoch.
+        epoch: u32,
+        /// The round it answers.
+        round: u64,
     },
     /// Between the drivers of two servers, on the same FIFO link, never seen by the core:
     /// client writes a follower forwards to its leader and the leader's answers (ZooKeeper's
@@ -205,7 +216,8 @@ impl Message {
             | Message::Sync { epoch, .. }
             | Message::SyncDone { epoch, .. }
             | Message::Touch { epoch, .. }
-            | Message::Ping { epoch, .. } => Some(*epoch),
+            | Message::Ping { epoch, .. }
+            | Message::Heard { epoch, .. } => Some(*epoch),
         }
     }
 }

@@ -55,6 +55,7 @@ impl Zab {
             log,
             out: Vec::new(),
             abstaining: cfg_resynchronising,
+            withdrawn: false,
         };
         let election = Election::new(ctx.own_vote());
         let mut zab = Zab { ctx, election, role: RoleState::Looking };
@@ -98,9 +99,37 @@ impl Zab {
         self.ctx.out.push(Action::RoleChanged(Role::Looking));
         self.broadcast_vote();
         // A lone voter is its own quorum (its observers, if any, join it once it leads).
-        if self.ctx.cfg.voters == [self.ctx.cfg.id] && !self.ctx.abstaining {
+        if self.lone_voter() && !self.ctx.abstaining {
             self.decide(own);
         }
+    }
+
+    fn lone_voter(&self) -> bool {
+        self.ctx.cfg.voters == [self.ctx.cfg.id]
+    }
+
+    /// Takes this server out of its ensemble (`true`) or back in (`false`). Its driver does
+    /// so while its disk has no room for the log: a leader or follower that could not log
+    /// what it is sent would hold back a quorum or lag without end. Withdrawn, it is looking,
+    /// votes for no one and joins no leadership; back in, it looks for a leader afresh (and
+    /// is synchronised like any server that rejoins). A lone voter never withdraws: it is
+    /// the whole ensemble, and still serves reads.
+    pub fn set_withdrawn(&mut self, withdrawn: bool) {
+        if withdrawn == self.ctx.withdrawn || (withdrawn && self.lone_voter()) {
+            return;
+        }
+        self.ctx.withdrawn = withdrawn;
+        if withdrawn {
+            tracing::warn!(id = self.ctx.cfg.id, role = ?self.role(), "leaving the ensemble until the disk has room for the log");
+        } else {
+            tracing::warn!(id = self.ctx.cfg.id, "the disk has room again: looking for the ensemble's leader");
+        }
+        self.look();
+    }
+
+    /// Whether this server is out of its ensemble (see [`Zab::set_withdrawn`]).
+    pub fn withdrawn(&self) -> bool {
+        self.ctx.withdrawn
     }
 
     /// This server's notification: its vote while looking; otherwise the leadership it is
@@ -178,6 +207,9 @@ impl Zab {
                 let reply = self.notification();
                 self.ctx.send(from, reply);
             }
+            return;
+        }
+        if self.ctx.withdrawn {
             return;
         }
         // An observer's vote never counts, and an observer only joins leaderships; so does

@@ -275,3 +275,94 @@ fn a_server_that_discarded_its_log_votes_for_no_one_until_a_leader_synchronised_
     assert!(!zabs[&2].abstaining(), "synchronised: it votes again");
     assert_eq!(zabs[&2].history().last(), zabs[&1].history().last(), "it holds the leader's log");
 }
+
+#[test]
+fn a_withdrawn_server_leaves_joins_no_one_and_looks_again_once_back() {
+    let mut zab = follower_of_2(Persisted::default());
+    zab.set_withdrawn(true);
+    assert_eq!(zab.role(), Role::Looking, "a follower with a full disk leaves its leader");
+    let notices = sends(&zab.take_actions());
+    assert!(!notices.is_empty(), "it tells the others it looks");
+    for (_, msg) in &notices {
+        assert!(matches!(msg, Message::Notification { vote, .. } if *vote == Vote::NONE), "votes for no one: {msg:?}");
+    }
+    // The leadership it left is reported again by both members: it does not rejoin.
+    let vote = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 2 };
+    zab.on_message(
+        3,
+        Message::Notification { round: 1, vote, state: Role::Following { leader: 2, epoch: 0, serving: true } },
+    );
+    zab.on_message(2, Message::Notification { round: 1, vote, state: Role::Leading { epoch: 0, established: true } });
+    for _ in 0..100 {
+        zab.on_tick();
+    }
+    assert_eq!(zab.role(), Role::Looking, "joins no leadership while withdrawn");
+    zab.take_actions();
+
+    zab.set_withdrawn(false);
+    let own = Vote { epoch: 0, zxid: Zxid::ZERO, leader: 1 };
+    assert!(
+        sends(&zab.take_actions()).iter().any(|(_, m)| matches!(m, Message::Notification { vote, .. } if *vote == own)),
+        "back in, it votes for itself again"
+    );
+    zab.on_message(
+        3,
+        Message::Notification { round: 1, vote, state: Role::Following { leader: 2, epoch: 0, serving: true } },
+    );
+    zab.on_message(2, Message::Notification { round: 1, vote, state: Role::Leading { epoch: 0, established: true } });
+    assert_eq!(zab.role(), Role::Following { leader: 2, epoch: 0, serving: false }, "and rejoins the leadership");
+}
+
+#[test]
+fn a_lone_voter_never_withdraws() {
+    let mut zab = Zab::new(ZabConfig::new(1, vec![1]), Persisted::default());
+    zab.set_withdrawn(true);
+    assert!(!zab.withdrawn());
+    assert_eq!(zab.role(), Role::Leading { epoch: 1, established: true }, "it is the whole ensemble; reads go on");
+}
+
+#[test]
+fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
+    let mut zabs: std::collections::BTreeMap<ServerId, Zab> =
+        (1..=3).map(|id| (id, Zab::new(ZabConfig::new(id, vec![1, 2, 3]), Persisted::default()))).collect();
+    run_up(&mut zabs, &[1, 2, 3], 10);
+    let leader = *zabs.iter().find(|(_, z)| z.role().is_leading()).expect("a leader").0;
+    let Role::Leading { epoch, established: true } = zabs[&leader].role() else { panic!("not established") };
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let l = zabs.get_mut(&leader).expect("leader");
+    let synced = |actions: &[Action]| -> Vec<u64> {
+        actions.iter().filter_map(|a| if let Action::Synced { id, .. } = a { Some(*id) } else { None }).collect()
+    };
+    let pings = |actions: &[Action]| -> Vec<u64> {
+        sends(actions)
+            .into_iter()
+            .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
+            .collect()
+    };
+
+    assert!(l.sync(7));
+    let actions = l.take_actions();
+    assert!(synced(&actions).is_empty(), "nothing in flight, yet no answer before a quorum confirms: {actions:?}");
+    let round = *pings(&actions).first().expect("a confirmation round");
+    assert!(round > 0);
+    // Another sync while that round is in flight needs the next round: the answers to this
+    // one may predate it.
+    assert!(l.sync(8));
+    assert!(l.take_actions().is_empty());
+    l.on_message(follower, Message::Heard { epoch, round: round - 1 });
+    assert!(synced(&l.take_actions()).is_empty(), "an answer to an earlier round does not count");
+    l.on_message(follower, Message::Heard { epoch, round });
+    let actions = l.take_actions();
+    assert_eq!(synced(&actions), vec![7], "a quorum (leader and one follower) confirmed");
+    assert_eq!(pings(&actions), vec![round + 1, round + 1], "the next round starts for the sync that waits");
+    l.on_message(follower, Message::Heard { epoch, round: round + 1 });
+    assert_eq!(synced(&l.take_actions()), vec![8]);
+
+    // A leader its followers have left (withdrawn, or cut off without a reset) never answers.
+    assert!(l.sync(9));
+    for _ in 0..50 {
+        l.on_tick();
+        assert!(synced(&l.take_actions()).is_empty());
+    }
+    assert_eq!(l.role(), Role::Looking, "and steps down at its sync limit");
+}

@@ -58,6 +58,7 @@ const SYNC_DONE: u8 = 13;
 const PING: u8 = 14;
 const TOUCH: u8 = 15;
 const FORWARD: u8 = 16;
+const HEARD: u8 = 17;
 
 struct Out<'a>(&'a mut Vec<u8>);
 
@@ -140,8 +141,11 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::SyncDone { epoch, id, zxid } => {
             o.u8(SYNC_DONE).u32(*epoch).u64(*id).zxid(*zxid);
         }
-        Message::Ping { epoch, commit } => {
-            o.u8(PING).u32(*epoch).zxid(*commit);
+        Message::Ping { epoch, commit, round } => {
+            o.u8(PING).u32(*epoch).zxid(*commit).u64(*round);
+        }
+        Message::Heard { epoch, round } => {
+            o.u8(HEARD).u32(*epoch).u64(*round);
         }
         Message::Touch { epoch, sessions } => {
             o.u8(TOUCH).u32(*epoch).u32(sessions.len() as u32);
@@ -241,7 +245,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
         COMMIT => Message::Commit { epoch: i.u32()?, zxid: i.zxid()? },
         SYNC => Message::Sync { epoch: i.u32()?, id: i.u64()? },
         SYNC_DONE => Message::SyncDone { epoch: i.u32()?, id: i.u64()?, zxid: i.zxid()? },
-        PING => Message::Ping { epoch: i.u32()?, commit: i.zxid()? },
+        PING => Message::Ping { epoch: i.u32()?, commit: i.zxid()?, round: i.u64()? },
+        HEARD => Message::Heard { epoch: i.u32()?, round: i.u64()? },
         TOUCH => {
             let epoch = i.u32()?;
             let count = i.u32()? as usize;
@@ -321,7 +326,12 @@ mod tests {
             (any::<u32>(), zxid()).prop_map(|(epoch, zxid)| Message::Commit { epoch, zxid }),
             (any::<u32>(), any::<u64>()).prop_map(|(epoch, id)| Message::Sync { epoch, id }),
             (any::<u32>(), any::<u64>(), zxid()).prop_map(|(epoch, id, zxid)| Message::SyncDone { epoch, id, zxid }),
-            (any::<u32>(), zxid()).prop_map(|(epoch, commit)| Message::Ping { epoch, commit }),
+            (any::<u32>(), zxid(), any::<u64>()).prop_map(|(epoch, commit, round)| Message::Ping {
+                epoch,
+                commit,
+                round
+            }),
+            (any::<u32>(), any::<u64>()).prop_map(|(epoch, round)| Message::Heard { epoch, round }),
             (any::<u32>(), proptest::collection::vec(any::<i64>().prop_map(SessionId), 0..6))
                 .prop_map(|(epoch, sessions)| Message::Touch { epoch, sessions }),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(|data| Message::Forward { data: data.into() }),

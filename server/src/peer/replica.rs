@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use baton_engine::replica::{
-    EpochFile, Input, Parts, Peers, Replica, ReplicaConfig as DriverConfig, SnapshotDir, StateMachine, StorageError,
-    WalLog,
+    EpochFile, Input, LogRoom, Parts, Peers, Replica, ReplicaConfig as DriverConfig, SnapshotDir, StateMachine,
+    StorageError, WalLog,
 };
 use baton_engine::snapshot::SnapshotStore;
 use baton_engine::wal::{Wal, WalConfig, WalError};
@@ -173,6 +173,9 @@ pub struct ReplicaHandle {
     status: Rc<Cell<Status>>,
     transport: Option<Rc<Transport>>,
     wal: Rc<Wal>,
+    room: LogRoom,
+    /// The only voter: a full disk makes it read-only rather than take it out of service.
+    alone: bool,
 }
 
 impl ReplicaHandle {
@@ -201,14 +204,19 @@ impl ReplicaHandle {
         }
     }
 
-    /// Whether the disk had no room for the WAL's next segment (see `Wal::out_of_space`).
-    pub fn out_of_space(&self) -> bool {
-        self.wal.out_of_space()
+    /// Whether this server takes reads only because the disk had no room for the WAL's next
+    /// segment (see `Wal::out_of_space`). Only a lone voter does: in an ensemble the server
+    /// leaves until there is room (`Zab::set_withdrawn`), and the writes it took meanwhile
+    /// fail with the leadership like any others in flight — a client retries them elsewhere,
+    /// where it could not retry a NotReadOnly.
+    pub fn read_only_for_space(&self) -> bool {
+        self.alone && self.wal.out_of_space()
     }
 
     /// Waits until the replica can take more proposals (its input queue and the WAL's).
     pub async fn ready(&self) {
         self.events.until_below(INPUTS_MAX).await;
+        self.room.wait().await;
         self.wal.ready().await;
     }
 
@@ -266,8 +274,11 @@ pub async fn run<M: StateMachine>(
     let events: Rc<LocalQueue<Event>> = Rc::new(LocalQueue::default());
     let log = {
         let events = events.clone();
-        WalLog::new(wal.clone(), move |zxid| events.push(Event::Input(Input::Durable(zxid))))
+        // Entries the WAL's queue cannot take yet wait beside it, up to as much again.
+        let backlog_max = config.wal.queued_bytes_max;
+        WalLog::new(wal.clone(), backlog_max, move |zxid| events.push(Event::Input(Input::Durable(zxid))))
     };
+    let room = log.room();
     let transport = match config.listen {
         Some(listen) => {
             let listener = crate::runtime::net::bind_listener_with_handle(listen)
@@ -310,11 +321,21 @@ pub async fn run<M: StateMachine>(
         "recovered"
     );
     let status = Rc::new(Cell::new(status_of(&replica)));
-    let handle = ReplicaHandle { events: events.clone(), status: status.clone(), transport: transport.clone(), wal };
+    let handle = ReplicaHandle {
+        events: events.clone(),
+        status: status.clone(),
+        transport: transport.clone(),
+        wal,
+        room: room.clone(),
+        alone: config.driver.zab.voters == [config.driver.zab.id],
+    };
     let pump = transport.clone().map(|transport| {
         let events = events.clone();
         glommio::spawn_local(async move {
             loop {
+                // A log that cannot keep up holds back what peers send (TCP pushes back on
+                // the leader, whose queue bound then drops this server) — never the loop.
+                room.wait().await;
                 let input = match transport.next_event().await {
                     PeerEvent::Message(from, msg) => Input::Message(from, msg),
                     PeerEvent::Disconnected(peer) => Input::Disconnected(peer),

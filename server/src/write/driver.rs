@@ -313,7 +313,7 @@ async fn serve_requests(driver: Rc<RefCell<Driver>>, inbox: Inbox<ToWritePath>) 
         let mut full = false;
         if let Some(r) = replica {
             r.ready().await;
-            full = r.out_of_space();
+            full = r.read_only_for_space();
         }
         let now = now();
         driver.borrow_mut().with_tree(|path, tree| {
@@ -335,7 +335,7 @@ async fn tick(driver: Rc<RefCell<Driver>>) {
         glommio::timer::sleep(half_tick).await;
         // The disk's state is refreshed here too, not only when a client of this server
         // writes: writes forwarded by followers are refused alike.
-        let full = driver.borrow().replica.as_ref().is_some_and(|r| r.out_of_space());
+        let full = driver.borrow().replica.as_ref().is_some_and(|r| r.read_only_for_space());
         driver.borrow_mut().with_tree(|path, tree| {
             path.set_out_of_space(full);
             path.tick(tree, now());

@@ -313,7 +313,8 @@ impl WritePath {
         self.answer_client(client, ToClient::Connected { conn: client.conn, session, timeout_ms, password });
     }
 
-    /// Tells whether the log has room for its next segment (see `Wal::out_of_space`).
+    /// Tells whether this server takes reads only for lack of disk (a lone voter whose log
+    /// has no room for its next segment; see `ReplicaHandle::read_only_for_space`).
     pub fn set_out_of_space(&mut self, full: bool) {
         if self.out_of_space != full {
             tracing::warn!(

@@ -30,6 +30,10 @@ pub struct Disk {
     /// The log and snapshots were discarded (`--resync`): the server votes for no one until
     /// a leader has synchronised it (the marker file in production).
     pub resync_pending: bool,
+    /// No room left since this virtual time: nothing appended becomes durable until it is
+    /// freed, and the log says it is out of space (the server withdraws from its ensemble
+    /// meanwhile).
+    pub full_since: Option<u64>,
 }
 
 impl Disk {
@@ -160,6 +164,10 @@ impl Log for SimLog {
 
     fn durable(&self) -> Zxid {
         self.disk.borrow().durable_zxid()
+    }
+
+    fn out_of_space(&self) -> bool {
+        self.disk.borrow().full_since.is_some()
     }
 }
 

@@ -147,6 +147,8 @@ pub struct Report {
     pub crashes: u64,
     /// Of those, servers whose log and snapshots were discarded (`--resync`).
     pub discards: u64,
+    /// Disks that filled up for a while (their server withdrew from the ensemble).
+    pub disks_full: u64,
     /// SNAPs installed.
     pub snapshots_installed: u64,
     /// Local snapshots written (each followed by log compaction).
@@ -198,6 +200,8 @@ enum Event {
     },
     Propose(Batch),
     Restart(usize),
+    /// Server `i`'s disk has room again.
+    DiskFreed(usize),
     Fault,
     Heal,
     Write,
@@ -216,6 +220,10 @@ struct Pending {
     /// Its operation in `operations`.
     op: usize,
 }
+
+/// A run handles a few hundred thousand events at most; far more means events that keep
+/// scheduling each other without time passing.
+const RUNAWAY_EVENTS: u64 = 2_000_000;
 
 struct Sim {
     opts: SimOptions,
@@ -249,6 +257,7 @@ struct Sim {
     fsync_at: Vec<u64>,
     crashes: u64,
     discards: u64,
+    disks_full: u64,
     snapshots_installed: u64,
     snapshots_written: u64,
     stale_proposals: u64,
@@ -318,6 +327,7 @@ impl Sim {
             fsync_at: vec![0; n],
             crashes: 0,
             discards: 0,
+            disks_full: 0,
             snapshots_installed: 0,
             snapshots_written: 0,
             stale_proposals: 0,
@@ -355,7 +365,14 @@ impl Sim {
         let fault_end = self.opts.fault_ms;
         let end = fault_end + self.opts.heal_ms;
         let mut healed = false;
+        let mut handled = 0u64;
         while let Some(Reverse((at, seq))) = self.queue.pop() {
+            handled += 1;
+            if handled > RUNAWAY_EVENTS {
+                return Err(format!(
+                    "a runaway: more than {RUNAWAY_EVENTS} events by {at} ms (a step that schedules itself?)"
+                ));
+            }
             if at > end {
                 break;
             }
@@ -377,11 +394,23 @@ impl Sim {
         self.faults = NetFaults::CALM;
         self.net.heal();
         for i in 0..self.nodes.len() {
+            self.free_disk(i);
             if self.nodes[i].replica.is_none() {
                 self.restart(i)?;
             }
         }
         Ok(())
+    }
+
+    /// Server `i`'s disk has room again: what waited is fsync'ed.
+    fn free_disk(&mut self, i: usize) {
+        if self.nodes[i].disk.borrow_mut().full_since.take().is_some() {
+            let id = self.nodes[i].id;
+            self.note(|| format!("server {id}: disk has room again"));
+            if self.nodes[i].replica.is_some() {
+                self.refsync(i);
+            }
+        }
     }
 
     /// Delivers `input` to server `i`'s replica (if it runs), then checks and acts on what
@@ -404,6 +433,14 @@ impl Sim {
                     return Ok(());
                 }
                 self.step(i, Input::Tick)?;
+                // A server that has ticked since its disk filled is out of the ensemble.
+                let full_since = self.nodes[i].disk.borrow().full_since;
+                let role = self.nodes[i].replica.as_ref().map(|r| r.zab().role());
+                if let (Some(since), Some(role)) = (full_since, role) {
+                    if role != Role::Looking {
+                        return Err(format!("server {}: its disk is full since {since} but it is {role:?}", i + 1));
+                    }
+                }
                 let next = self.now + self.opts.tick_ms;
                 self.schedule(next, Event::Tick(i, life));
             }
@@ -432,6 +469,10 @@ impl Sim {
                     if n.life != life || disk.generation != generation || n.replica.is_none() {
                         return Ok(());
                     }
+                    if disk.full_since.is_some() {
+                        // Waits for room (freeing the disk fsyncs the whole log again).
+                        return Ok(());
+                    }
                     disk.durable = disk.durable.max(upto.min(disk.log.len()));
                     disk.durable_zxid()
                 };
@@ -453,6 +494,7 @@ impl Sim {
                     self.restart(i)?;
                 }
             }
+            Event::DiskFreed(i) => self.free_disk(i),
             Event::Fault => self.fault(),
             Event::Heal => {
                 self.note(|| "heal partitions".into());
@@ -520,6 +562,21 @@ impl Sim {
                     }
                     let heal = self.now + self.rng.random_range(300..4000);
                     self.schedule(heal, Event::Heal);
+                }
+            }
+            7 => {
+                // One full disk at a time, on a server of an ensemble of three voters or
+                // more (a lone voter stays in and serves reads).
+                let i = self.rng.random_range(0..n);
+                let voters = self.configs.iter().filter(|c| c.zab.is_voter(c.zab.id)).count();
+                let any_full = self.nodes.iter().any(|node| node.disk.borrow().full_since.is_some());
+                if voters >= 3 && !any_full {
+                    self.nodes[i].disk.borrow_mut().full_since = Some(self.now);
+                    self.disks_full += 1;
+                    let id = self.nodes[i].id;
+                    self.note(|| format!("server {id}: disk full"));
+                    let freed = self.now + self.rng.random_range(200..4000);
+                    self.schedule(freed, Event::DiskFreed(i));
                 }
             }
             _ => {}
@@ -758,6 +815,7 @@ impl Sim {
         if let Some(v) = seen.violations.first() {
             return Err(format!("server {id}: {v}"));
         }
+
         for event in seen.events {
             match event {
                 Observed::Role(role) => {
@@ -971,6 +1029,7 @@ impl Sim {
             epochs: self.leaders.len(),
             crashes: self.crashes,
             discards: self.discards,
+            disks_full: self.disks_full,
             snapshots_installed: self.snapshots_installed,
             snapshots_written: self.snapshots_written,
             stale_proposals: self.stale_proposals,
