@@ -83,7 +83,7 @@ impl Driver {
             }
             Effect::Sync { id } => match &self.replica {
                 Some(r) => r.sync(id),
-                None => self.path.synced(id, None),
+                None => self.path.sync_failed(id),
             },
             Effect::ReportLiveness { sessions } => {
                 if let Some(r) = &self.replica {
@@ -204,9 +204,7 @@ impl StateMachine for Machine {
     }
 
     fn synced(&mut self, id: u64, zxid: Option<Zxid>) {
-        let mut d = self.0.borrow_mut();
-        d.path.synced(id, zxid);
-        d.carry_out();
+        self.0.borrow_mut().with_tree(|path, tree| path.synced(tree, now(), id, zxid));
     }
 
     fn touched(&mut self, sessions: Vec<SessionId>) {

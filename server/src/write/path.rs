@@ -141,11 +141,14 @@ impl Origin {
     }
 }
 
-/// A client's `sync` waiting for the ensemble.
+/// What waits for a sync with the ensemble.
 #[derive(Debug)]
-struct PendingSync {
-    client: ClientRef,
-    xid: i32,
+enum PendingSync {
+    /// A client's `sync`.
+    Client { client: ClientRef, xid: i32 },
+    /// A session to resume on this connection, checked once this server has applied
+    /// everything the ensemble committed before the request.
+    Resume { client: ClientRef, session: SessionId, timeout_ms: i32 },
 }
 
 /// A refusal waiting for this server's tree to reach the zxid it was decided at.
@@ -298,8 +301,32 @@ impl WritePath {
             self.submit(tree, now, req, Origin::Connect { client, timeout_ms });
             return;
         }
-        let alive = tree.sessions().contains_key(&session) && self.sessions.contains(session);
-        if !alive || req.password != password(session) {
+        if req.password != password(session) {
+            self.answer_client(client, ToClient::SessionExpired { conn: client.conn });
+            return;
+        }
+        // Whether the session lives is the ensemble's answer, not this server's: a server
+        // cut off with a deposed leader (until its sync limit passes) or behind the
+        // session's creation would answer from stale state — resume a session the others
+        // already expired (its ephemerals gone, a lock lost without its holder knowing), or
+        // expire one that lives. ZooKeeper revalidates at the leader; here the sync does it
+        // (a quorum confirms the leader; this server then has applied every close and
+        // create committed before).
+        let id = self.next_sync;
+        self.next_sync += 1;
+        self.syncs.insert(id, PendingSync::Resume { client, session, timeout_ms });
+        self.out.push(Effect::Sync { id });
+    }
+
+    /// The sync for a resume is done: the session lives if this server's tree, now up to
+    /// date with the ensemble, still has it.
+    fn resume(&mut self, tree: &DataTree, now: Now, client: ClientRef, session: SessionId, timeout_ms: i32) {
+        if !self.serving() {
+            self.answer_client(client, ToClient::Close { conn: client.conn });
+            return;
+        }
+        // The tracker drops a session the leader is expiring before its close commits.
+        if !tree.sessions().contains_key(&session) || !self.sessions.contains(session) {
             self.answer_client(client, ToClient::SessionExpired { conn: client.conn });
             return;
         }
@@ -430,14 +457,36 @@ impl WritePath {
     fn sync(&mut self, client: ClientRef, xid: i32) {
         let id = self.next_sync;
         self.next_sync += 1;
-        self.syncs.insert(id, PendingSync { client, xid });
+        self.syncs.insert(id, PendingSync::Client { client, xid });
         self.out.push(Effect::Sync { id });
     }
 
-    /// Sync `id` is done, at `zxid`, or failed (`None`: this server lost its leader).
-    pub fn synced(&mut self, id: u64, zxid: Option<Zxid>) {
-        let Some(s) = self.syncs.remove(&id) else { return };
-        self.answer_client(s.client, ToClient::Synced { conn: s.client.conn, xid: s.xid, zxid });
+    /// Sync `id` is done, at `zxid` (this server's tree has applied up to it), or failed
+    /// (`None`: this server lost its leader).
+    pub fn synced(&mut self, tree: &DataTree, now: Now, id: u64, zxid: Option<Zxid>) {
+        match self.syncs.remove(&id) {
+            Some(PendingSync::Client { client, xid }) => {
+                self.answer_client(client, ToClient::Synced { conn: client.conn, xid, zxid })
+            }
+            Some(PendingSync::Resume { client, session, timeout_ms }) => match zxid {
+                Some(_) => self.resume(tree, now, client, session, timeout_ms),
+                None => self.answer_client(client, ToClient::Close { conn: client.conn }),
+            },
+            None => {}
+        }
+    }
+
+    /// Sync `id` failed before reaching the ensemble (no replica to ask).
+    pub fn sync_failed(&mut self, id: u64) {
+        match self.syncs.remove(&id) {
+            Some(PendingSync::Client { client, xid }) => {
+                self.answer_client(client, ToClient::Synced { conn: client.conn, xid, zxid: None })
+            }
+            Some(PendingSync::Resume { client, .. }) => {
+                self.answer_client(client, ToClient::Close { conn: client.conn })
+            }
+            None => {}
+        }
     }
 
     /// Sessions heard from on this server's shards: renewed here, and reported to the

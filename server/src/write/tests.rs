@@ -170,31 +170,36 @@ fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
     let mut tree = DataTree::new();
     let mut path = leader(&tree);
     let session = open_session(&mut path, &mut tree, A, at(1));
-    // A wrong password, or a session that does not exist: expired.
-    for (id, password) in
-        [(session, vec![0; 16]), (SessionId(session.as_i64() + 1), password(SessionId(session.as_i64() + 1)))]
-    {
-        let req = SessionRequest { session_id: id, password, timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
-        path.handle(&tree, at(2), ToWritePath::Connect { client: B, req });
-        let effects = path.take_effects();
-        assert!(
-            matches!(
-                effects.as_slice(),
-                [Effect::Client { shard: 1, msg: ToClient::SessionExpired { conn: ConnId(9) } }]
-            ),
-            "{effects:?}"
-        );
-    }
-    // The right one: connected at once (nothing to log), and its old connection closed.
-    let req = SessionRequest {
-        session_id: session,
-        password: password(session),
-        timeout_ms: 6_000,
-        last_zxid_seen: tree.last_zxid(),
-    };
-    path.handle(&tree, at(3), ToWritePath::Connect { client: B, req });
+    // A wrong password: expired at once.
+    let req =
+        SessionRequest { session_id: session, password: vec![0; 16], timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
+    path.handle(&tree, at(2), ToWritePath::Connect { client: B, req });
     let effects = path.take_effects();
-    match effects.as_slice() {
+    assert!(
+        matches!(effects.as_slice(), [Effect::Client { shard: 1, msg: ToClient::SessionExpired { conn: ConnId(9) } }]),
+        "{effects:?}"
+    );
+    // Otherwise the ensemble decides: a sync first (a server cut off with a deposed leader,
+    // or behind, must not answer from its own state), then the tree, up to date, tells.
+    let resume = |path: &mut WritePath, id: SessionId, at_ms: u64| -> Vec<Effect> {
+        let req =
+            SessionRequest { session_id: id, password: password(id), timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
+        path.handle(&tree, at(at_ms), ToWritePath::Connect { client: B, req });
+        let sync = match path.take_effects().as_slice() {
+            [Effect::Sync { id }] => *id,
+            other => panic!("a resume asks the ensemble first: {other:?}"),
+        };
+        path.synced(&tree, at(at_ms), sync, Some(tree.last_zxid()));
+        path.take_effects()
+    };
+    let unknown = SessionId(session.as_i64() + 1);
+    let effects = resume(&mut path, unknown, 2);
+    assert!(
+        matches!(effects.as_slice(), [Effect::Client { shard: 1, msg: ToClient::SessionExpired { conn: ConnId(9) } }]),
+        "{effects:?}"
+    );
+    // The right one: connected (nothing to log), and its old connection closed.
+    match resume(&mut path, session, 3).as_slice() {
         [Effect::Client { shard: 0, msg: ToClient::Close { conn: ConnId(7) } }, Effect::Client {
             shard: 1,
             msg: ToClient::Connected { conn: ConnId(9), session: s, timeout_ms: 6_000, .. },
@@ -203,6 +208,18 @@ fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
         }
         other => panic!("{other:?}"),
     }
+    // A sync that fails (the leader lost meanwhile): the client tries again, here or
+    // elsewhere; its session is not declared expired.
+    let req = SessionRequest {
+        session_id: session,
+        password: password(session),
+        timeout_ms: 6_000,
+        last_zxid_seen: Zxid::ZERO,
+    };
+    path.handle(&tree, at(4), ToWritePath::Connect { client: B, req });
+    let Some(Effect::Sync { id }) = path.take_effects().pop() else { panic!("a sync") };
+    path.synced(&tree, at(4), id, None);
+    assert!(matches!(path.take_effects().as_slice(), [Effect::Client { msg: ToClient::Close { .. }, .. }]));
 }
 
 /// A leader on which A's create of /x is in flight when B's create of /x is refused
@@ -366,7 +383,7 @@ fn losing_the_leader_drops_what_waits_and_disconnects_every_client() {
     );
     assert!(!path.has_pending_writes());
     // A sync answered after the fact finds nothing waiting.
-    path.synced(1, Some(Zxid::new(1, 1)));
+    path.synced(&tree, at(2), 1, Some(Zxid::new(1, 1)));
     assert!(path.take_effects().is_empty());
     // Not serving: writes close their connection.
     path.handle(&tree, at(3), write(A, create(0x10, 3, "/y")));

@@ -38,6 +38,7 @@
 pub mod disk;
 mod net;
 mod node;
+pub mod zk;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
