@@ -1,6 +1,7 @@
 //! Server settings, from flags or a TOML file whose keys are the flag names. Every limit is
 //! explicit.
 
+use base64::Engine as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -68,11 +69,16 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 100_000)]
     pub max_watches_per_connection: usize,
     /// Four-letter words answered on the client port.
-    #[arg(long, value_delimiter = ',', default_value = "ruok,srvr,stat,mntr,conf,cons,wchs,envi,isro")]
+    #[arg(long, value_delimiter = ',', default_value = "ruok,srvr,stat,mntr,conf,cons,wchs,envi,isro,dump")]
     pub four_letter_words: Vec<String>,
     /// Refuse TTL nodes (ZooKeeper's extendedTypesEnabled=false).
     #[arg(long)]
     pub disable_ttl: bool,
+    /// ZooKeeper's superDigest, `user:BASE64(SHA1(user:password))` (what
+    /// `DigestAuthenticationProvider.generateDigest` prints): a client that runs `addauth digest
+    /// user:password` with it passes every ACL check.
+    #[arg(long, value_name = "USER:DIGEST")]
+    pub super_digest: Option<String>,
     /// Write a snapshot after this many entries (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
@@ -150,8 +156,12 @@ impl ServerConfig {
             max_frame_bytes: 1 << 20,
             max_connections: 1000,
             max_watches_per_connection: 100_000,
-            four_letter_words: "ruok,srvr,stat,mntr,conf,cons,wchs,envi,isro".split(',').map(String::from).collect(),
+            four_letter_words: "ruok,srvr,stat,mntr,conf,cons,wchs,envi,isro,dump"
+                .split(',')
+                .map(String::from)
+                .collect(),
             disable_ttl: false,
+            super_digest: None,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,
             wal_segment_bytes: 64 << 20,
@@ -176,6 +186,16 @@ impl ServerConfig {
 
     /// Checks the ensemble settings: this server is a member, ids are unique, voters exist.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(digest) = &self.super_digest {
+            let well_formed = digest.split_once(':').is_some_and(|(user, hash)| {
+                !user.is_empty() && base64::engine::general_purpose::STANDARD.decode(hash).is_ok_and(|h| h.len() == 20)
+            });
+            if !well_formed {
+                return Err(format!(
+                    "--super-digest {digest:?} is not user:BASE64(SHA1(user:password)) (for example super:D/InIHSb7yEEbrWz8b9l71RjZJU= for super:test)"
+                ));
+            }
+        }
         if self.peers.is_empty() {
             if self.resync {
                 return Err(

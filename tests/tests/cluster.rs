@@ -190,6 +190,10 @@ fn static_membership_from_toml_files_with_an_observer_feeding_another() {
         assert!(Instant::now() < end, "the ensemble did not form: {:?}", (mode(0), mode(1), mode(2)));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // `conf` names each server and the membership as a ZooKeeper ensemble's does.
+    let conf = baton_tests::raw::four_letter(nodes[2].addr, b"conf");
+    assert!(conf.contains("serverId=3\n") && conf.contains("peerType=1\n"), "{conf}");
+    assert!(conf.contains("membership: \nserver.1=127.0.0.1:29951:29951:participant\n"), "{conf}");
     let mut chained = RawClient::connect(nodes[2].addr, 4000, None).expect("connect to the chained observer");
     for i in 0..20 {
         assert_eq!(chained.create(&format!("/c{i}"), b"v", 0).expect("reply").err, 0, "relayed write");

@@ -46,3 +46,20 @@ fn kazoo_keeps_its_session_watch_and_lock_across_a_leader_change() {
     cluster.nodes[leader - 1].kill();
     assert!(status.success(), "kazoo across a leader change failed: {status}");
 }
+
+#[test]
+fn kazoo_sees_zookeepers_answers_at_the_edges_auth_failures_and_the_super_user() {
+    let dir = temp_dir();
+    let flags = ["--super-digest", "super:D/InIHSb7yEEbrWz8b9l71RjZJU="];
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &flags);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kazoo/compat.py");
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg("python3")
+        .arg(script)
+        .arg(server.connect_string())
+        .output()
+        .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.contains("compat: ok"), "kazoo compat checks failed:\n{said}");
+}

@@ -145,9 +145,11 @@ fn hostile_input_costs_only_the_offending_connection() {
     // An unknown opcode gets ZooKeeper's Unimplemented error; the connection stays usable.
     let reply = c.call(9999, &[]).expect("reply");
     assert_eq!(reply.err, -6);
-    // Invalid paths get BadArguments.
+    // Invalid paths get ZooKeeper's codes: BadArguments, or NoNode where it looks up the
+    // parent first (`/a//b`'s parent is `/a/`).
     assert_eq!(c.create("no-slash", b"", 0).expect("reply").err, -8);
-    assert_eq!(c.create("/a//b", b"", 0).expect("reply").err, -8);
+    assert_eq!(c.create("//", b"", 0).expect("reply").err, -8);
+    assert_eq!(c.create("/a//b", b"", 0).expect("reply").err, -101);
     // A bad version and a missing node get their codes.
     let mut w = Writer::new();
     w.string("/ok").buffer(b"x").int(42);
@@ -232,4 +234,61 @@ fn a_port_with_another_servers_connections_in_time_wait_can_be_served() {
     let mut c = RawClient::connect(server.addr, 10_000, None).expect("a client connects");
     assert_eq!(c.create("/up", b"", 0).expect("create").err, 0);
     server.kill();
+}
+
+#[test]
+fn a_failed_authentication_is_answered_auth_failed_then_the_connection_closes_and_the_session_lives() {
+    let dir = temp_dir();
+    let server = start(dir.path(), &[]);
+    let mut c = RawClient::connect(server.addr, 10_000, None).expect("connect");
+    let session = (c.session_id, c.passwd.clone());
+    // AuthPacket { type 0, scheme, auth } with an unknown scheme.
+    let mut w = baton_server::zk::jute::Writer::new();
+    w.int(0).string("nosuchscheme").buffer(b"x");
+    let reply = c.call(100, &w.into_bytes()).expect("an answer, not silence");
+    assert_eq!(reply.err, -115, "AuthFailed");
+    assert!(baton_tests::raw::closed_by_server(&mut c.stream, Duration::from_secs(5)), "then the connection closes");
+    // The session itself lives on (ZooKeeper closes the connection, not the session).
+    let again = RawClient::resume(server.addr, 10_000, session);
+    assert!(again.is_ok(), "the session resumes on a new connection");
+}
+
+#[test]
+fn four_letter_words_dump_sessions_and_report_real_latency_in_zookeepers_format() {
+    let dir = temp_dir();
+    let server = start(dir.path(), &[]);
+    let mut c = RawClient::connect(server.addr, 10_000, None).expect("connect");
+    assert_eq!(c.create("/eph", b"x", 1).expect("reply").err, 0);
+    for _ in 0..20 {
+        c.exists("/eph").expect("reply");
+    }
+    let dump = four_letter(server.addr, b"dump");
+    let session = format!("0x{:x}", c.session_id);
+    assert!(dump.starts_with("SessionTracker dump:\nGlobal Sessions(1):\n"), "{dump}");
+    assert!(dump.contains(&format!("{session}\t10000ms\n")), "{dump}");
+    assert!(dump.contains(&format!("Sessions with Ephemerals (1):\n{session}:\n\t/eph\n")), "{dump}");
+    let srvr = four_letter(server.addr, b"srvr");
+    let line = srvr.lines().find(|l| l.starts_with("Latency min/avg/max: ")).expect("a latency line");
+    let parts: Vec<&str> = line["Latency min/avg/max: ".len()..].split('/').collect();
+    assert_eq!(parts.len(), 3, "{line}");
+    assert!(parts[0].parse::<u64>().is_ok() && parts[2].parse::<u64>().is_ok(), "whole milliseconds: {line}");
+    assert!(parts[1].contains('.') && parts[1].replace(['.', 'E', '-'], "").parse::<u64>().is_ok(), "{line}");
+    let conf = four_letter(server.addr, b"conf");
+    let keys: Vec<&str> = conf.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    let zookeepers = [
+        "clientPort",
+        "secureClientPort",
+        "dataDir",
+        "dataDirSize",
+        "dataLogDir",
+        "dataLogSize",
+        "tickTime",
+        "maxClientCnxns",
+        "minSessionTimeout",
+        "maxSessionTimeout",
+        "clientPortListenBacklog",
+        "serverId",
+    ];
+    assert_eq!(&keys[..zookeepers.len()], &zookeepers, "ZooKeeper's keys in its order:\n{conf}");
+    assert!(conf.contains("serverId=0\n"), "standalone: {conf}");
 }

@@ -247,41 +247,39 @@ impl Sequencer {
         zxid: Zxid,
         time: i64,
     ) -> Result<Txn, ErrorCode> {
+        // ZooKeeper 3.8's order (`PrepRequestProcessor.pRequest2TxnCreate`): the TTL, the
+        // session, a path with a slash and no NUL, the ACL, the parent, CREATE on it, the
+        // sequence suffix, and only then the whole path's syntax, existence and an
+        // ephemeral parent. So `/a//b` is NoNode (its parent `/a/` does not exist) and `/`
+        // is NodeExists (its parent is the root, and it is valid and there).
+        if c.mode.is_ttl() && !self.config.ttl_enabled {
+            return Err(ErrorCode::Unimplemented);
+        }
+        // `ttl_ms` is the request's TTL for createTTL and -1 for the other opcodes (whose TTL
+        // mode therefore fails here, as in ZooKeeper); the front refuses createTTL with a
+        // mode without TTL.
+        let ttl_ok = !c.mode.is_ttl() || (c.ttl_ms > 0 && c.ttl_ms <= TTL_MAX_MS);
+        if !ttl_ok {
+            return Err(ErrorCode::BadArguments);
+        }
+        // createContainer makes a container whatever its flags say (a sequential one for the
+        // sequential flags); the container flag on create or create2 makes a plain node.
         let kind = match c.mode {
-            CreateMode::Container => NodeKind::Container,
-            m if m.is_ttl() => {
-                if !self.config.ttl_enabled {
-                    return Err(ErrorCode::Unimplemented);
-                }
-                if c.ttl_ms <= 0 || c.ttl_ms > TTL_MAX_MS {
-                    return Err(ErrorCode::BadArguments);
-                }
-                NodeKind::Ttl { ttl_ms: c.ttl_ms }
-            }
+            _ if c.container => NodeKind::Container,
+            m if m.is_ttl() => NodeKind::Ttl { ttl_ms: c.ttl_ms },
             CreateMode::Ephemeral | CreateMode::EphemeralSequential => NodeKind::Ephemeral,
             _ => NodeKind::Persistent,
         };
-        if c.container != (c.mode == CreateMode::Container) {
-            return Err(ErrorCode::BadArguments);
-        }
-        if matches!(kind, NodeKind::Ephemeral) && !self.session_alive(tree, req.session_id) {
+        let ephemeral_flag = matches!(c.mode, CreateMode::Ephemeral | CreateMode::EphemeralSequential);
+        if ephemeral_flag && !self.session_alive(tree, req.session_id) {
             return Err(ErrorCode::SessionExpired);
         }
-        validate_path(&c.path, c.mode.sequential())?;
-        if c.path == "/" && !c.mode.sequential() {
-            return Err(ErrorCode::NodeExists);
+        let Some(last_slash) = c.path.rfind('/') else { return Err(ErrorCode::BadArguments) };
+        if c.path.contains('\0') {
+            return Err(ErrorCode::BadArguments);
         }
-        let parent_path = if c.mode.sequential() && c.path.ends_with('/') {
-            // "/a/" + counter: the parent is "/a" (or the root for "/").
-            let trimmed = &c.path[..c.path.len() - 1];
-            if trimmed.is_empty() {
-                "/"
-            } else {
-                trimmed
-            }
-        } else {
-            parent(&c.path)
-        };
+        // `/x` → the root; `/a/` → `/a`; `/a//b` → `/a/` (which never exists).
+        let parent_path = if last_slash == 0 { "/" } else { &c.path[..last_slash] };
         let acl = fixup_acl(&c.acl, &req.auth)?;
         let mut parent_node = self.lookup(tree, parent_path).ok_or(ErrorCode::NoNode)?;
         check_acl(&parent_node.acl, perms::CREATE, &req.auth)?;

@@ -238,3 +238,89 @@ fn a_refusal_changes_nothing() {
         assert_eq!((n.seq.next_zxid(), n.seq.in_flight_paths(), n.tree.digest()), snapshot);
     }
 }
+
+/// ZooKeeper 3.8's answers to edge-case creates (`PrepRequestProcessor.pRequest2TxnCreate`,
+/// `PathUtils.validatePath`), checked against its order of checks.
+#[test]
+fn edge_case_creates_get_zookeepers_answers() {
+    use ErrorCode::*;
+    let mut n = Node::new();
+    let code = |n: &mut Node, path: &str, mode: CreateMode| match n.write(create(path, mode)) {
+        Ok(results) => Ok(created_path(&results)),
+        Err(Rejected::Op(code)) => Err(code),
+        Err(other) => panic!("{other:?}"),
+    };
+    // The root exists: NodeExists for every mode that does not add a suffix...
+    for mode in [CreateMode::Persistent, CreateMode::Ephemeral, CreateMode::Container] {
+        assert_eq!(code(&mut n, "/", mode), Err(NodeExists), "{mode:?}");
+    }
+    // ...and a sequential create of `/` makes a child of the root.
+    assert_eq!(code(&mut n, "/", CreateMode::PersistentSequential), Ok("/0000000000".into()));
+    // Nothing to find a parent in, or a NUL: BadArguments before anything else.
+    assert_eq!(code(&mut n, "", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "a", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/nope/x\0", CreateMode::Persistent), Err(BadArguments));
+    // The parent is looked up before the path's syntax is checked.
+    assert_eq!(code(&mut n, "a/b", CreateMode::Persistent), Err(NoNode));
+    assert_eq!(code(&mut n, "/a/", CreateMode::Persistent), Err(NoNode));
+    assert_eq!(code(&mut n, "/a//b", CreateMode::Persistent), Err(NoNode));
+    assert_eq!(code(&mut n, "/a/.", CreateMode::Persistent), Err(NoNode));
+    assert_eq!(code(&mut n, "//", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/.", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/..", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/\u{1}", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/a", CreateMode::Persistent), Ok("/a".into()));
+    assert_eq!(code(&mut n, "/a/", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/a//b", CreateMode::Persistent), Err(NoNode), "its parent is `/a/`");
+    assert_eq!(code(&mut n, "/a/..", CreateMode::Persistent), Err(BadArguments));
+    assert_eq!(code(&mut n, "/a/\u{1F600}", CreateMode::Persistent), Err(BadArguments), "Java sees surrogates");
+    // A sequential create of `/a/` names the child by the counter alone.
+    assert_eq!(code(&mut n, "/a/", CreateMode::PersistentSequential), Ok("/a/0000000000".into()));
+    assert_eq!(code(&mut n, "/a/s-", CreateMode::PersistentSequential), Ok("/a/s-0000000001".into()));
+    // Children of an ephemeral: NodeExists comes first, then NoChildrenForEphemerals.
+    assert_eq!(code(&mut n, "/e", CreateMode::Ephemeral), Ok("/e".into()));
+    assert_eq!(code(&mut n, "/e", CreateMode::Persistent), Err(NodeExists));
+    assert_eq!(code(&mut n, "/e/c", CreateMode::Persistent), Err(NoChildrenForEphemerals));
+    // TTL modes: Unimplemented while TTLs are off (the default here is on: see below).
+    let ttl = |path: &str, ttl_ms: i64| {
+        WriteOp::Create(CreateOp {
+            path: path.into(),
+            data: Vec::new(),
+            acl: open_acl(),
+            mode: CreateMode::PersistentWithTtl,
+            ttl_ms,
+            container: false,
+        })
+    };
+    // Through create/create2 a TTL mode comes with a TTL of -1: BadArguments.
+    assert_eq!(n.write(ttl("/t", -1)).err(), Some(Rejected::Op(BadArguments)));
+    assert!(n.write(ttl("/t", 1000)).is_ok());
+    let mut off = Node::new();
+    off.seq.config.ttl_enabled = false;
+    assert_eq!(off.write(ttl("/t", 1000)).err(), Some(Rejected::Op(Unimplemented)));
+    // createContainer makes a container whatever the flags; the container flag on create
+    // makes a plain node.
+    let container_op = |path: &str, mode: CreateMode| {
+        WriteOp::Create(CreateOp {
+            path: path.into(),
+            data: Vec::new(),
+            acl: open_acl(),
+            mode,
+            ttl_ms: -1,
+            container: true,
+        })
+    };
+    let made = n.write(container_op("/c-", CreateMode::PersistentSequential)).expect("a sequential container");
+    let path = created_path(&made);
+    assert_eq!(n.tree.get(&path).map(|z| z.stat().ephemeral_owner), Some(crate::tree::CONTAINER_OWNER));
+    let plain = WriteOp::Create(CreateOp {
+        path: "/p".into(),
+        data: Vec::new(),
+        acl: open_acl(),
+        mode: CreateMode::Container,
+        ttl_ms: -1,
+        container: false,
+    });
+    n.write(plain).expect("created");
+    assert_eq!(n.tree.get("/p").map(|z| z.stat().ephemeral_owner), Some(0), "a plain persistent node");
+}

@@ -350,3 +350,21 @@ fn many_siblings_keep_their_order_through_deletes_and_a_snapshot() {
     assert_eq!(relisted, expected, "a snapshot keeps the child order");
     assert_eq!(back.digest(), h.tree.digest());
 }
+
+/// getChildren's order is creation order (what a sequential recipe expects to read), the
+/// same on every server: entries apply in one order, and an image keeps it.
+#[test]
+fn children_come_in_creation_order_through_deletes_and_an_image() {
+    let mut h = Harness::new();
+    h.create("/p", NodeKind::Persistent, 0);
+    for name in ["zeta", "alpha", "mid", "beta"] {
+        h.create(&format!("/p/{name}"), NodeKind::Persistent, 0);
+    }
+    h.apply(0, Txn::Delete { path: "/p/mid".into() });
+    h.create("/p/mid", NodeKind::Persistent, 0);
+    let order = |t: &DataTree| t.get("/p").map(|n| n.children().map(str::to_string).collect::<Vec<_>>());
+    let expected: Vec<String> = ["zeta", "alpha", "beta", "mid"].map(String::from).to_vec();
+    assert_eq!(order(&h.tree), Some(expected.clone()));
+    let back = DataTree::from_image(&h.tree.to_image()).expect("valid image");
+    assert_eq!(order(&back), Some(expected));
+}

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use baton_engine::zab::{Role, ServerId};
 
-use crate::runtime::{ShardStats, Shared};
+use crate::runtime::{Latency, ShardStats, Shared};
 
 /// The words Baton knows.
-pub const KNOWN: [&str; 9] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro"];
+pub const KNOWN: [&str; 10] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro", "dump"];
 
 /// Version string reported where ZooKeeper reports its own.
 pub const VERSION: &str = concat!("3.8.0-baton-", env!("CARGO_PKG_VERSION"));
@@ -50,19 +50,8 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
             }
             out.push('\n');
         }
-        "conf" => {
-            let c = &node.config;
-            let _ = writeln!(out, "clientPort={}", c.client_addr.port());
-            let _ = writeln!(out, "clientPortAddress={}", c.client_addr.ip());
-            let _ = writeln!(out, "dataDir={}", c.data_dir.display());
-            let _ = writeln!(out, "tickTime={}", c.tick_ms);
-            let _ = writeln!(out, "maxClientCnxns={}", c.max_connections);
-            let _ = writeln!(out, "minSessionTimeout={}", c.min_session_timeout_ms());
-            let _ = writeln!(out, "maxSessionTimeout={}", c.max_session_timeout_ms());
-            let _ = writeln!(out, "jute.maxbuffer={}", c.max_frame_bytes);
-            out.push_str("serverId=0\n");
-            let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
-        }
+        "conf" => conf(node, &mut out),
+        "dump" => dump(node, &mut out),
         "wchs" => {
             let sum = |f: fn(&ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
             let conns = sum(|s| s.watching_conns.load(Relaxed));
@@ -93,7 +82,9 @@ fn srvr_header(node: &Shared, out: &mut String) {
 
 fn srvr_body(node: &Shared, out: &mut String) {
     let tree = node.tree();
-    out.push_str("Latency min/avg/max: 0/0.0/0\n");
+    let (min, max, total, count) = Latency::sum(node.shard_stats.iter().map(|s| &s.latency));
+    let avg = if count == 0 { 0.0 } else { total as f64 / count as f64 / 1000.0 };
+    let _ = writeln!(out, "Latency min/avg/max: {}/{}/{}", min / 1000, java_double(avg), max / 1000);
     let _ = writeln!(out, "Received: {}", node.received());
     let _ = writeln!(out, "Sent: {}", sent(node));
     let _ = writeln!(out, "Connections: {}", node.open_connections.load(Relaxed));
@@ -129,6 +120,11 @@ fn mntr(node: &Shared, out: &mut String) {
         let _ = writeln!(out, "{k}\t{v}");
     };
     kv("zk_version", VERSION.to_string());
+    let (min, max, total, count) = Latency::sum(node.shard_stats.iter().map(|s| &s.latency));
+    let avg = if count == 0 { 0.0 } else { total as f64 / count as f64 / 1000.0 };
+    kv("zk_avg_latency", java_double(avg));
+    kv("zk_max_latency", (max / 1000).to_string());
+    kv("zk_min_latency", (min / 1000).to_string());
     kv("zk_server_state", node.mode().into());
     kv("zk_znode_count", nodes.to_string());
     kv("zk_watch_count", watches.to_string());
@@ -156,6 +152,98 @@ fn mntr(node: &Shared, out: &mut String) {
     kv("baton_serving", u8::from(role.serving()).to_string());
 }
 
+/// `conf`, ZooKeeper's keys in its order (`ZooKeeperServer.dumpConf`, and
+/// `QuorumZooKeeperServer.dumpConf` in an ensemble), then Baton's own.
+fn conf(node: &Shared, out: &mut String) {
+    let c = &node.config;
+    let snapshots = c.data_dir.join("snapshots");
+    let wal = c.data_dir.join("wal");
+    let _ = writeln!(out, "clientPort={}", c.client_addr.port());
+    out.push_str("secureClientPort=-1\n");
+    let _ = writeln!(out, "dataDir={}", absolute(&snapshots).display());
+    let _ = writeln!(out, "dataDirSize={}", dir_size(&snapshots));
+    let _ = writeln!(out, "dataLogDir={}", absolute(&wal).display());
+    let _ = writeln!(out, "dataLogSize={}", dir_size(&wal));
+    let _ = writeln!(out, "tickTime={}", c.tick_ms);
+    let _ = writeln!(out, "maxClientCnxns={}", c.max_connections);
+    let _ = writeln!(out, "minSessionTimeout={}", c.min_session_timeout_ms());
+    let _ = writeln!(out, "maxSessionTimeout={}", c.max_session_timeout_ms());
+    out.push_str("clientPortListenBacklog=-1\n");
+    let standalone = node.standalone();
+    let _ = writeln!(out, "serverId={}", if standalone { 0 } else { c.server_id });
+    if !standalone {
+        let _ = writeln!(out, "initLimit={}", c.init_limit);
+        let _ = writeln!(out, "syncLimit={}", c.sync_limit);
+        out.push_str("electionAlg=3\n");
+        let own = c.peers.iter().find(|p| p.id == c.server_id);
+        let port = own.map_or(0, |p| p.addr.port());
+        // Baton elects and replicates on one peer port.
+        let _ = writeln!(out, "electionPort={port}");
+        let _ = writeln!(out, "quorumPort={port}");
+        let _ = writeln!(out, "peerType={}", u8::from(c.is_observer()));
+        out.push_str("membership: \n");
+        for p in &c.peers {
+            let kind = if p.observer { "observer" } else { "participant" };
+            let _ = writeln!(out, "server.{}={}:{}:{}:{kind}", p.id, p.addr.ip(), p.addr.port(), p.addr.port());
+        }
+        out.push_str("version=0\n");
+    }
+    let _ = writeln!(out, "baton.clientPortAddress={}", c.client_addr.ip());
+    let _ = writeln!(out, "baton.jute.maxbuffer={}", c.max_frame_bytes);
+    let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
+}
+
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Bytes of the files directly in `dir` (0 if it cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// `dump`: sessions and their ephemerals, in the format a ZooKeeper follower prints
+/// (`LearnerSessionTracker.dumpSessions`, `DataTree.dumpEphemerals`), from the replicated
+/// tree — the same on every server.
+fn dump(node: &Shared, out: &mut String) {
+    let tree = node.tree();
+    out.push_str("SessionTracker dump:\n");
+    let sessions = tree.sessions();
+    let _ = writeln!(out, "Global Sessions({}):", sessions.len());
+    for (id, info) in sessions {
+        let _ = writeln!(out, "0x{:x}\t{}ms", id.as_i64(), info.timeout_ms);
+    }
+    out.push_str("ephemeral nodes dump:\n");
+    let with: Vec<(baton_engine::SessionId, Vec<String>)> =
+        sessions.keys().map(|id| (*id, tree.ephemerals_of(*id))).filter(|(_, paths)| !paths.is_empty()).collect();
+    let _ = writeln!(out, "Sessions with Ephemerals ({}):", with.len());
+    for (id, paths) in with {
+        let _ = writeln!(out, "0x{:x}:", id.as_i64());
+        for p in paths {
+            let _ = writeln!(out, "\t{p}");
+        }
+    }
+    out.push_str("Connections dump:\n");
+}
+
+/// A double as Java's `Double.toString` prints ZooKeeper's average latency, rounded to four
+/// decimals first (`AvgMinMaxCounter`): `0.0`, `1.5`, `0.3333`, `5.0E-4`.
+pub fn java_double(v: f64) -> String {
+    let rounded = (v * 10_000.0).round() / 10_000.0;
+    if rounded != 0.0 && rounded.abs() < 1e-3 {
+        // Below 10^-3 Java switches to computerized scientific notation; after the rounding
+        // only 1..9 × 10^-4 are left.
+        return format!("{:.1}E-4", rounded * 10_000.0);
+    }
+    let mut s = format!("{rounded:.4}");
+    while s.ends_with('0') && !s.ends_with(".0") {
+        s.pop();
+    }
+    s
+}
+
 /// The leader this server follows, or its own id when leading (0 while it does not serve).
 fn leader_of(node: &Shared, role: Role) -> ServerId {
     match role {
@@ -163,5 +251,19 @@ fn leader_of(node: &Shared, role: Role) -> ServerId {
         Role::Leading { .. } => node.config.server_id,
         Role::Following { leader, .. } => leader,
         Role::Looking => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::java_double;
+
+    #[test]
+    fn averages_print_as_java_prints_zookeepers() {
+        for (v, s) in
+            [(0.0, "0.0"), (1.5, "1.5"), (1.0 / 3.0, "0.3333"), (12.0, "12.0"), (0.0005, "5.0E-4"), (2.34567, "2.3457")]
+        {
+            assert_eq!(java_double(v), s, "{v}");
+        }
     }
 }

@@ -21,6 +21,9 @@ use crate::config::ServerConfig;
 pub struct ShardStats {
     /// Requests received.
     pub received: AtomicU64,
+    /// How long its requests took, received to answered (every reply, pings included, as
+    /// ZooKeeper's `srvr` counts them).
+    pub latency: Latency,
     /// Open connections.
     pub connections: AtomicUsize,
     /// Watches held.
@@ -29,6 +32,49 @@ pub struct ShardStats {
     pub watched_paths: AtomicUsize,
     /// Connections holding a watch.
     pub watching_conns: AtomicUsize,
+}
+
+/// Request latencies: min, max, sum and count, in microseconds.
+#[derive(Debug)]
+pub struct Latency {
+    min_us: AtomicU64,
+    max_us: AtomicU64,
+    total_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency {
+            min_us: AtomicU64::new(u64::MAX),
+            max_us: AtomicU64::new(0),
+            total_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Latency {
+    /// Notes one request's latency.
+    pub fn record(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.min_us.fetch_min(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (min µs, max µs, total µs, count) of several; min is 0 when nothing was recorded.
+    pub fn sum<'a>(all: impl Iterator<Item = &'a Latency>) -> (u64, u64, u64, u64) {
+        let (mut min, mut max, mut total, mut count) = (u64::MAX, 0, 0, 0);
+        for l in all {
+            min = min.min(l.min_us.load(Ordering::Relaxed));
+            max = max.max(l.max_us.load(Ordering::Relaxed));
+            total += l.total_us.load(Ordering::Relaxed);
+            count += l.count.load(Ordering::Relaxed);
+        }
+        (if count == 0 { 0 } else { min }, max, total, count)
+    }
 }
 
 /// Counters of the write path, published by its driver.

@@ -29,6 +29,8 @@ pub enum Slot {
         xid: i32,
         /// What its reply looks like.
         shape: ReplyShape,
+        /// When it arrived (for `srvr`'s latency).
+        at: std::time::Instant,
     },
     /// A sync waiting for the ensemble.
     Sync {
@@ -36,6 +38,8 @@ pub enum Slot {
         xid: i32,
         /// The path the client named (echoed in the reply).
         path: String,
+        /// When it arrived.
+        at: std::time::Instant,
     },
     /// A read waiting for the writes ahead of it.
     Read {
@@ -43,6 +47,8 @@ pub enum Slot {
         xid: i32,
         /// The read.
         request: Request,
+        /// When it arrived.
+        at: std::time::Instant,
     },
 }
 
@@ -64,6 +70,8 @@ pub struct Conn {
     close_waker: RefCell<Option<Waker>>,
     connect_waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
+    /// Close once the next frame (an answer being made now) is queued.
+    close_after_send: Cell<bool>,
 }
 
 impl Conn {
@@ -86,6 +94,7 @@ impl Conn {
             close_waker: RefCell::new(None),
             connect_waker: RefCell::new(None),
             closing: Cell::new(false),
+            close_after_send: Cell::new(false),
         }
     }
 
@@ -127,6 +136,15 @@ impl Conn {
         if let Some(w) = self.out_waker.borrow_mut().take() {
             w.wake();
         }
+        if self.close_after_send.get() {
+            self.close();
+        }
+    }
+
+    /// Closes the connection once the answer being made now is sent (a failed
+    /// authentication: ZooKeeper replies AuthFailed, then closes; the session lives on).
+    pub fn close_after_reply(&self) {
+        self.close_after_send.set(true);
     }
 
     /// Closes after what is queued has been written.

@@ -19,6 +19,9 @@ pub struct Watches<'a> {
     pub manager: &'a mut WatchManager,
     /// Most watches one connection may hold.
     pub max_per_connection: usize,
+    /// The super user's digest id (`--super-digest`), if one is configured: authenticating
+    /// as it passes every ACL check.
+    pub super_digest: Option<&'a str>,
 }
 
 /// The reply frame for a read-side request, registering any watch it sets.
@@ -32,11 +35,13 @@ pub fn answer(watches: &mut Watches<'_>, tree: &DataTree, conn: &Rc<Conn>, xid: 
     }
 }
 
-/// ZooKeeper's digest id for `user:password`: `user:base64(sha1(user:password))`.
-pub fn digest_id(credentials: &str) -> Option<String> {
-    let (user, _) = credentials.split_once(':')?;
+/// ZooKeeper's digest id for `user:password`: `user:base64(sha1(user:password))`. Without a
+/// colon the whole string is the user (`DigestAuthenticationProvider.generateDigest` splits
+/// in at most two and never checks: `foo` authenticates as `foo:base64(sha1(foo))`).
+pub fn digest_id(credentials: &str) -> String {
+    let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
     let hash = Sha1::digest(credentials.as_bytes());
-    Some(format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash)))
+    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
 }
 
 fn valid(path: &str) -> Result<(), ErrorCode> {
@@ -148,15 +153,25 @@ fn session_request(
         // Shards send syncs to the write path (see `Shard::request`); never answered here.
         Request::Sync { path } => Ok(Some(Response::Path(path))),
         Request::Auth { scheme, auth } => {
-            if scheme != "digest" {
+            // ZooKeeper knows `digest` (and `ip`, which it grants from the address anyway);
+            // anything else is answered AuthFailed and the connection closed — the client
+            // sees AUTH_FAILED at once, and the session lives until it expires.
+            let credentials = (scheme == "digest").then(|| String::from_utf8(auth).ok()).flatten();
+            let Some(credentials) = credentials else {
+                conn.close_after_reply();
                 return Err(ErrorCode::AuthFailed);
-            }
-            let credentials = String::from_utf8(auth).map_err(|_| ErrorCode::AuthFailed)?;
-            let id = digest_id(&credentials).ok_or(ErrorCode::AuthFailed)?;
+            };
+            let id = digest_id(&credentials);
             let mut ids = conn.auth.borrow_mut();
-            let new = AuthId::new("digest", &id);
-            if !ids.contains(&new) {
-                ids.push(new);
+            let mut grant = vec![AuthId::new("digest", &id)];
+            if watches.super_digest == Some(id.as_str()) {
+                // ZooKeeper's DigestAuthenticationProvider adds `super:` beside the digest id.
+                grant.push(AuthId::new("super", ""));
+            }
+            for new in grant {
+                if !ids.contains(&new) {
+                    ids.push(new);
+                }
             }
             Ok(None)
         }
@@ -259,7 +274,8 @@ mod tests {
     #[test]
     fn digest_ids_match_zookeeper() {
         // `DigestAuthenticationProvider.generateDigest("super:test")` in ZooKeeper's docs.
-        assert_eq!(super::digest_id("super:test").as_deref(), Some("super:D/InIHSb7yEEbrWz8b9l71RjZJU="));
-        assert_eq!(super::digest_id("nocolon"), None);
+        assert_eq!(super::digest_id("super:test"), "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
+        // No colon: the whole string is the user, as ZooKeeper's generateDigest does.
+        assert_eq!(super::digest_id("foo"), "foo:C+7Hteo/D9vJXQ3UfzxbwnXaijM=");
     }
 }

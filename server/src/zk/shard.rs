@@ -127,6 +127,7 @@ impl Shard {
 
     /// A request arrived on a connected session.
     pub fn request(&mut self, conn: &Rc<Conn>, xid: i32, op_code: i32, request: Request) {
+        let at = std::time::Instant::now();
         self.stats().received.fetch_add(1, Ordering::Relaxed);
         conn.count_received();
         self.touched.insert(conn.session());
@@ -134,14 +135,15 @@ impl Shard {
             // Through the ensemble: answered once this server has applied every write the
             // leader had accepted before it; ordered after this session's earlier writes by
             // its slot.
-            conn.slots.borrow_mut().push_back(Slot::Sync { xid, path });
+            conn.slots.borrow_mut().push_back(Slot::Sync { xid, path, at });
             self.shared.to_write_path.send(ToWritePath::Sync { client: self.client(conn), xid });
             return;
         }
         if request.is_write() {
             match write_op(request) {
                 Ok((op, multi_ops)) => {
-                    conn.slots.borrow_mut().push_back(Slot::Write { xid, shape: ReplyShape { op_code, multi_ops } });
+                    let shape = ReplyShape { op_code, multi_ops };
+                    conn.slots.borrow_mut().push_back(Slot::Write { xid, shape, at });
                     let auth = conn.auth.borrow().clone();
                     let req = WriteRequest { session_id: conn.session(), cxid: xid, auth, op };
                     self.shared.to_write_path.send(ToWritePath::Write { client: self.client(conn), xid, req });
@@ -152,6 +154,7 @@ impl Shard {
                     if conn.has_pending() {
                         conn.slots.borrow_mut().push_back(Slot::Ready(frame));
                     } else {
+                        self.stats().latency.record(at.elapsed());
                         conn.send(frame);
                     }
                 }
@@ -162,9 +165,10 @@ impl Shard {
         let tree = shared.tree();
         self.drain(&tree);
         if conn.has_pending() {
-            conn.slots.borrow_mut().push_back(Slot::Read { xid, request });
+            conn.slots.borrow_mut().push_back(Slot::Read { xid, request, at });
         } else {
             let frame = self.read(&tree, conn, xid, request);
+            self.stats().latency.record(at.elapsed());
             conn.send(frame);
         }
     }
@@ -172,8 +176,10 @@ impl Shard {
     /// Answers a read (registering any watch it sets).
     fn read(&mut self, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
         let before = self.watches.count();
-        let max_per_connection = self.shared.config.max_watches_per_connection;
-        let mut watches = Watches { manager: &mut self.watches, max_per_connection };
+        let shared = self.shared.clone();
+        let max_per_connection = shared.config.max_watches_per_connection;
+        let super_digest = shared.config.super_digest.as_deref();
+        let mut watches = Watches { manager: &mut self.watches, max_per_connection, super_digest };
         let frame = super::reads::answer(&mut watches, tree, conn, xid, request);
         if self.watches.count() != before {
             self.publish_watches();
@@ -298,7 +304,12 @@ impl Shard {
                 tracing::debug!(conn = conn_id.0, xid, "an answer for no waiting request; dropped");
                 return;
             };
+            let at = match slot {
+                Slot::Write { at, .. } | Slot::Sync { at, .. } => *at,
+                _ => std::time::Instant::now(),
+            };
             let Some((frame, closes)) = reply(slot) else { return };
+            self.stats().latency.record(at.elapsed());
             *slot = Slot::Ready(frame);
             closes
         };
@@ -307,8 +318,9 @@ impl Shard {
             match front {
                 None => break,
                 Some(Slot::Ready(frame)) => conn.send(frame),
-                Some(Slot::Read { xid, request }) => {
+                Some(Slot::Read { xid, request, at }) => {
                     let frame = self.read(tree, &conn, xid, request);
+                    self.stats().latency.record(at.elapsed());
                     conn.send(frame);
                 }
                 Some(waiting @ (Slot::Write { .. } | Slot::Sync { .. })) => {
@@ -366,9 +378,10 @@ fn write_op(request: Request) -> Result<(WriteOp, Vec<i32>), ErrorCode> {
 fn create_op(c: proto::CreateRequest) -> Result<CreateOp, ErrorCode> {
     let mode = CreateMode::from_flags(c.flags).ok_or(ErrorCode::BadArguments)?;
     let container = c.op == op::CREATE_CONTAINER;
-    // A TTL mode needs the createTTL opcode and createTTL needs a TTL mode; the sequencer
-    // checks that createContainer and the container mode go together.
-    if (c.op == op::CREATE_TTL) != mode.is_ttl() {
+    // createTTL needs a TTL mode (ZooKeeper's `validateTTL`). A TTL mode on another opcode
+    // comes with a TTL of -1: the sequencer answers Unimplemented when TTLs are off and
+    // BadArguments otherwise, as ZooKeeper does.
+    if c.op == op::CREATE_TTL && !mode.is_ttl() {
         return Err(ErrorCode::BadArguments);
     }
     Ok(CreateOp { path: c.path, data: c.data, acl: c.acl, mode, ttl_ms: c.ttl_ms, container })
