@@ -43,3 +43,31 @@ fn zkcli_session_of_everyday_commands() {
         assert!(text.contains(expected), "zkCli output lacks {expected:?}:\n{text}");
     }
 }
+
+#[test]
+fn zkcli_add_watch_persistent_recursive_fires_for_every_descendant_and_stays() {
+    let dir = temp_dir();
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &[]);
+    let script = "create /p\naddWatch -m PERSISTENT_RECURSIVE /p\ncreate /p/x\ncreate /p/x/y\nset /p/x changed\n\
+                  delete /p/x/y\nls /p\nls /p/x\nget /p/x\nstat /p\nls /\nquit\n";
+    let mut child = Command::new("timeout")
+        .args(["60", ZKCLI, "-server", &server.connect_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
+    let out = child.wait_with_output().expect("zkCli output");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("ConnectionLoss"), "addWatch must not drop the connection:\n{text}");
+    for expected in [
+        "type:NodeCreated path:/p/x\n",
+        "type:NodeCreated path:/p/x/y\n",
+        "type:NodeDataChanged path:/p/x\n",
+        "type:NodeDeleted path:/p/x/y\n",
+    ] {
+        assert!(text.contains(expected), "zkCli output lacks {expected:?}:\n{text}");
+    }
+    assert!(!text.contains("type:NodeChildrenChanged"), "a recursive watch never sends NodeChildrenChanged:\n{text}");
+}

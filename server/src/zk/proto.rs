@@ -469,6 +469,9 @@ pub enum Response {
     Children2 { children: Vec<String>, stat: Stat },
     Path(String),
     Count(i32),
+    /// ZooKeeper's `ErrorResponse` record: addWatch's reply body (`ErrorResponse(0)`), which
+    /// the Java client reads; without it zkCli's `addWatch` loses the connection.
+    ErrorResponse(i32),
     Strings(Vec<String>),
     Multi(Vec<OpReply>),
     WhoAmI(Vec<(String, String)>),
@@ -547,7 +550,7 @@ fn write_response(w: &mut Writer, body: &Response) {
             w.strings(children.iter());
             write_stat(w, stat);
         }
-        Response::Count(n) => {
+        Response::Count(n) | Response::ErrorResponse(n) => {
             w.int(*n);
         }
         Response::Multi(results) => {

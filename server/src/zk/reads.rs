@@ -120,16 +120,17 @@ fn respond(
         }
         Request::MultiRead(ops) => Response::Multi(ops.into_iter().map(|op| read_op(tree, conn, op)).collect()),
         Request::AddWatch { path, mode } => {
-            valid(&path)?;
+            // ZooKeeper checks no path, existence or ACL here (the client validated the
+            // path); an unknown mode fails to convert: MarshallingError.
             let kind = match mode {
                 0 => WatchKind::Persistent,
                 1 => WatchKind::Recursive,
-                _ => return Err(ErrorCode::BadArguments),
+                _ => return Err(ErrorCode::MarshallingError),
             };
             if watch_room(watches, conn) {
                 watches.manager.add(kind, &path, conn.id);
             }
-            Response::Empty
+            Response::ErrorResponse(0)
         }
         Request::CheckWatches { path, kind } => return watch_management(watches, conn, &path, kind, false),
         Request::RemoveWatches { path, kind } => return watch_management(watches, conn, &path, kind, true),
