@@ -109,6 +109,7 @@ def main():
                 "--client-addr", "127.0.0.1:%d" % client_ports[i - 1],
                 "--data-dir", os.path.join(data, "server-%d" % i),
                 "--snapshot-every-entries", "100000", "--snapshots-to-keep", "3",
+                "--max-client-cnxns", "0",  # every load client comes from 127.0.0.1
             ], stdout=log, stderr=subprocess.STDOUT))
         deadline = time.time() + 60
         while time.time() < deadline:

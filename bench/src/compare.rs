@@ -220,7 +220,10 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                 Command::new(baton_binary(args)?)
                     .arg("--data-dir")
                     .arg(dir.join("data"))
-                    .args(["--client-addr", &format!("127.0.0.1:{base}")]),
+                    .args(["--client-addr", &format!("127.0.0.1:{base}")])
+                    // Every client of a benchmark comes from one address, as ZooKeeper's
+                    // maxClientCnxns=0 above.
+                    .args(["--max-client-cnxns", "0"]),
                 &log,
             )?;
             let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}"), ports: vec![base] };
@@ -248,6 +251,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                         .arg("--data-dir")
                         .arg(dir.join(format!("n{i}")))
                         .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
+                        .args(["--max-client-cnxns", "0"])
                         .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
                     &log,
                 )?;

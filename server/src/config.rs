@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// Most client connections at once; more are refused.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most connections from one client address (ZooKeeper's maxClientCnxns; 0: no limit);
+    /// more are refused at once.
+    #[arg(long, default_value_t = 60)]
+    pub max_client_cnxns: usize,
     /// Most watches one connection may hold.
     #[arg(long, default_value_t = 100_000)]
     pub max_watches_per_connection: usize,
@@ -162,6 +166,7 @@ impl ServerConfig {
                 .collect(),
             disable_ttl: false,
             super_digest: None,
+            max_client_cnxns: 60,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,
             wal_segment_bytes: 64 << 20,

@@ -292,3 +292,26 @@ fn four_letter_words_dump_sessions_and_report_real_latency_in_zookeepers_format(
     assert_eq!(&keys[..zookeepers.len()], &zookeepers, "ZooKeeper's keys in its order:\n{conf}");
     assert!(conf.contains("serverId=0\n"), "standalone: {conf}");
 }
+
+#[test]
+fn connections_beyond_max_client_cnxns_from_one_address_are_refused_and_others_carry_on() {
+    let dir = temp_dir();
+    let server = start(dir.path(), &["--max-client-cnxns", "3"]);
+    let three: Vec<RawClient> =
+        (0..3).map(|_| RawClient::connect(server.addr, 10_000, None).expect("within the limit")).collect();
+    let mut fourth = TcpStream::connect(server.addr).expect("tcp");
+    assert!(closed_by_server(&mut fourth, Duration::from_secs(5)), "the fourth from one address is refused");
+    assert!(server.log_tail(50).contains("Too many connections from /127.0.0.1 - max is 3"), "ZooKeeper's words");
+    // One closes: room for another.
+    drop(three);
+    let end = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        if let Some(c) = RawClient::connect(server.addr, 10_000, None) {
+            break c;
+        }
+        assert!(Instant::now() < end, "a connection is admitted once others closed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(again);
+    assert!(four_letter(server.addr, b"conf").contains("maxClientCnxns=3\n"));
+}

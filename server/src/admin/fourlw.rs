@@ -165,7 +165,7 @@ fn conf(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "dataLogDir={}", absolute(&wal).display());
     let _ = writeln!(out, "dataLogSize={}", dir_size(&wal));
     let _ = writeln!(out, "tickTime={}", c.tick_ms);
-    let _ = writeln!(out, "maxClientCnxns={}", c.max_connections);
+    let _ = writeln!(out, "maxClientCnxns={}", c.max_client_cnxns);
     let _ = writeln!(out, "minSessionTimeout={}", c.min_session_timeout_ms());
     let _ = writeln!(out, "maxSessionTimeout={}", c.max_session_timeout_ms());
     out.push_str("clientPortListenBacklog=-1\n");
@@ -191,6 +191,7 @@ fn conf(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "baton.clientPortAddress={}", c.client_addr.ip());
     let _ = writeln!(out, "baton.jute.maxbuffer={}", c.max_frame_bytes);
     let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
+    let _ = writeln!(out, "baton.maxConnections={}", c.max_connections);
 }
 
 fn absolute(path: &std::path::Path) -> std::path::PathBuf {

@@ -1,8 +1,8 @@
 //! The state every shard reaches: settings, the tree, counters, the queues and the stop
 //! events.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -75,6 +75,15 @@ impl Latency {
         }
         (if count == 0 { 0 } else { min }, max, total, count)
     }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its address already has this many (`max_client_cnxns`).
+    PerIp(usize),
+    /// The server already has this many (`max_connections`).
+    Total(usize),
 }
 
 /// Counters of the write path, published by its driver.
@@ -162,6 +171,8 @@ pub struct Shared {
     pub conns: Mutex<BTreeMap<(ShardId, ConnId), Arc<ConnInfo>>>,
     /// Connections open across all shards (for `max_connections`).
     pub open_connections: AtomicUsize,
+    /// Connections open per client address (for `max_client_cnxns`).
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Queue into the write path.
     pub to_write_path: Outbox<ToWritePath>,
     /// Queue into each shard.
@@ -184,6 +195,7 @@ impl Shared {
             role: RoleStatus::default(),
             conns: Mutex::new(BTreeMap::new()),
             open_connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
             to_write_path,
             to_shard,
             stopping: Event::default(),
@@ -205,12 +217,38 @@ impl Shared {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one more connection unless the limit is reached.
-    pub fn admit_connection(&self) -> bool {
+    /// Counts one more connection from `ip` unless a limit is reached: the address's own
+    /// (`max_client_cnxns`, ZooKeeper's maxClientCnxns; 0 is none) or the server's
+    /// (`max_connections`).
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let per_ip_limit = self.config.max_client_cnxns;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+        if per_ip_limit != 0 && from_ip >= per_ip_limit {
+            return Err(Refusal::PerIp(per_ip_limit));
+        }
         let limit = self.config.max_connections;
-        self.open_connections
+        let admitted = self
+            .open_connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .is_ok()
+            .is_ok();
+        if !admitted {
+            return Err(Refusal::Total(limit));
+        }
+        per_ip.insert(ip, from_ip + 1);
+        Ok(())
+    }
+
+    /// A connection from `ip` counted by [`Shared::admit_connection`] closed.
+    pub fn release_connection(&self, ip: IpAddr) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
     }
 
     /// Total requests received by every shard.

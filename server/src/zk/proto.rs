@@ -460,13 +460,27 @@ pub enum OpReply {
 #[allow(missing_docs)]
 pub enum Response {
     Empty,
-    Create { path: String },
-    Create2 { path: String, stat: Stat },
+    Create {
+        path: String,
+    },
+    Create2 {
+        path: String,
+        stat: Stat,
+    },
     Stat(Stat),
-    GetData { data: Vec<u8>, stat: Stat },
-    GetAcl { acl: Vec<Acl>, stat: Stat },
+    GetData {
+        data: Vec<u8>,
+        stat: Stat,
+    },
+    GetAcl {
+        acl: Vec<Acl>,
+        stat: Stat,
+    },
     Children(Vec<String>),
-    Children2 { children: Vec<String>, stat: Stat },
+    Children2 {
+        children: Vec<String>,
+        stat: Stat,
+    },
     Path(String),
     Count(i32),
     /// ZooKeeper's `ErrorResponse` record: addWatch's reply body (`ErrorResponse(0)`), which

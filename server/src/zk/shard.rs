@@ -71,11 +71,11 @@ impl Shard {
 
     /// Forgets a connection that closed (its session lives on until it expires or closes).
     pub fn remove_conn(&mut self, id: ConnId) {
-        if self.conns.remove(&id).is_some() {
+        if let Some(conn) = self.conns.remove(&id) {
             self.watches.remove_conn(id);
             self.publish_watches();
             self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&(self.id, id));
-            self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+            self.shared.release_connection(conn.peer.ip());
             self.stats().connections.store(self.conns.len(), Ordering::Relaxed);
             self.closed.notify();
         }

@@ -90,9 +90,17 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
             if s.shared.stopping.is_set() {
                 continue;
             }
-            if !s.shared.admit_connection() {
-                tracing::warn!(%peer, limit = s.shared.config.max_connections, "refusing a connection over max_connections");
-                continue;
+            match s.shared.admit_connection(peer.ip()) {
+                Ok(()) => {}
+                Err(crate::runtime::Refusal::PerIp(max)) => {
+                    // ZooKeeper's words (NIOServerCnxnFactory).
+                    tracing::warn!("Too many connections from /{} - max is {max}", peer.ip());
+                    continue;
+                }
+                Err(crate::runtime::Refusal::Total(limit)) => {
+                    tracing::warn!(%peer, limit, "refusing a connection over max_connections");
+                    continue;
+                }
             }
             s.add_conn(peer)
         };
