@@ -43,6 +43,14 @@ assert made.startswith("/compat/") and len(made) == len("/compat/") + 10, made
 # The parent is looked up before the path's syntax: "/nope/" is NoNode, "/compat/a/" is BadArguments.
 raises(NoNodeError, lambda: zk.create("/nope/x/"), "create under a missing parent")
 
+# Null data (length -1) stays null, apart from empty data: Python sees None, not b"".
+zk.create("/compat/null", None)
+assert zk.get("/compat/null")[0] is None, zk.get("/compat/null")
+zk.set("/compat/null", b"")
+assert zk.get("/compat/null")[0] == b"", "empty stays empty"
+zk.set("/compat/null", None)
+assert zk.get("/compat/null")[0] is None, "set to null"
+
 # A failed authentication: AuthFailed at once, not a timeout.
 bad = client()
 started = time.time()

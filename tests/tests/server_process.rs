@@ -186,7 +186,7 @@ fn sigterm_stops_the_server_cleanly_and_a_toml_config_file_is_honoured() {
     assert_eq!(c.create("/before-term", b"x", 0).expect("reply").err, 0);
     let conf = four_letter(server.addr, b"conf");
     assert!(conf.contains("tickTime=300"), "the file set the tick: {conf}");
-    assert!(conf.contains("maxClientCnxns=77"), "the flag set max connections: {conf}");
+    assert!(conf.contains("baton.maxConnections=77"), "the flag set max connections: {conf}");
     assert!(four_letter(server.addr, b"srvr").contains("not in the whitelist"), "the file set the whitelist");
     let status = server.terminate(Duration::from_secs(10)).expect("exited after SIGTERM");
     assert!(status.success(), "SIGTERM exit status {status}");

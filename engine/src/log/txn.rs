@@ -80,6 +80,17 @@ pub enum MultiOp {
         /// ZooKeeper error code (e.g. -101 NoNode).
         code: i32,
     },
+    /// A create whose data is null (length -1 on the wire, distinct from empty); its
+    /// `data` is empty. (Variants are only ever appended: logs written before keep their
+    /// meaning.)
+    CreateNull(CreateTxn),
+    /// A setData to null data.
+    SetNull {
+        /// Path to update.
+        path: String,
+        /// New data version.
+        version: i32,
+    },
 }
 
 /// A transaction body: the deterministic change an entry makes to the data tree.
@@ -131,5 +142,16 @@ pub enum Txn {
     Error {
         /// ZooKeeper error code.
         code: i32,
+    },
+    /// A create whose data is null (length -1 on the wire, distinct from empty); its
+    /// `data` is empty. (Variants are only ever appended: logs written before keep their
+    /// meaning.)
+    CreateNull(CreateTxn),
+    /// A setData to null data.
+    SetNull {
+        /// Path to update.
+        path: String,
+        /// New data version.
+        version: i32,
     },
 }

@@ -205,7 +205,10 @@ impl Sequencer {
                 node.stat.mzxid = zxid.0 as i64;
                 node.stat.mtime = time;
                 self.set(path, zxid, Some(node));
-                Ok(Txn::SetData { path: path.clone(), data: data.clone(), version: new_version })
+                Ok(match data {
+                    Some(data) => Txn::SetData { path: path.clone(), data: data.clone(), version: new_version },
+                    None => Txn::SetNull { path: path.clone(), version: new_version },
+                })
             }
             WriteOp::SetAcl { path, acl, version } => {
                 validate_path(path, false)?;
@@ -306,7 +309,10 @@ impl Sequencer {
         let node =
             NodeRecord { stat: StatPersisted::created(zxid, time, owner), child_count: 0, acl: acl.clone().into() };
         self.set(&path, zxid, Some(node));
-        Ok(Txn::Create(CreateTxn { path, data: c.data.clone(), acl, kind, parent_cversion }))
+        Ok(match &c.data {
+            Some(data) => Txn::Create(CreateTxn { path, data: data.clone(), acl, kind, parent_cversion }),
+            None => Txn::CreateNull(CreateTxn { path, data: Vec::new(), acl, kind, parent_cversion }),
+        })
     }
 
     fn delete(
@@ -375,7 +381,9 @@ fn multi_op(txn: Txn) -> MultiOp {
         Txn::Delete { path } => MultiOp::Delete { path },
         Txn::SetData { path, data, version } => MultiOp::SetData { path, data, version },
         Txn::Check { path, version } => MultiOp::Check { path, version },
-        // Only the four kinds above are prepared inside a multi.
+        Txn::CreateNull(c) => MultiOp::CreateNull(c),
+        Txn::SetNull { path, version } => MultiOp::SetNull { path, version },
+        // Only the kinds above are prepared inside a multi.
         _ => MultiOp::Error { code: ErrorCode::BadArguments.code() },
     }
 }

@@ -53,8 +53,9 @@ impl CreateMode {
 pub struct CreateOp {
     /// Path; a sequential create gets the parent's counter appended.
     pub path: String,
-    /// Data.
-    pub data: Vec<u8>,
+    /// Data; `None` is null data (length -1 on the wire), which ZooKeeper keeps apart from
+    /// empty data.
+    pub data: Option<Vec<u8>>,
     /// ACL (before fix-up).
     pub acl: Vec<Acl>,
     /// Mode.
@@ -87,8 +88,8 @@ pub enum WriteOp {
     SetData {
         /// The node.
         path: String,
-        /// New data.
-        data: Vec<u8>,
+        /// New data; `None` is null data.
+        data: Option<Vec<u8>>,
         /// Expected version (-1: any).
         version: i32,
     },

@@ -45,7 +45,7 @@ impl Node {
 fn create(path: &str, mode: CreateMode) -> WriteOp {
     WriteOp::Create(CreateOp {
         path: path.into(),
-        data: b"x".to_vec(),
+        data: Some(b"x".to_vec()),
         acl: open_acl(),
         mode,
         ttl_ms: 0,
@@ -80,9 +80,9 @@ fn in_flight_changes_are_seen_by_later_writes() {
     assert_eq!(n.prepare(create("/a", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::NodeExists)));
     // ...a child can be created under it, and its version is known.
     let child = n.prepare(create("/a/b", CreateMode::Persistent)).expect("child");
-    let set = n.prepare(WriteOp::SetData { path: "/a".into(), data: vec![], version: 0 }).expect("set");
+    let set = n.prepare(WriteOp::SetData { path: "/a".into(), data: Some(vec![]), version: 0 }).expect("set");
     assert_eq!(
-        n.prepare(WriteOp::SetData { path: "/a".into(), data: vec![], version: 0 }),
+        n.prepare(WriteOp::SetData { path: "/a".into(), data: Some(vec![]), version: 0 }),
         Err(Rejected::Op(ErrorCode::BadVersion))
     );
     assert_eq!(n.prepare(WriteOp::Delete { path: "/a".into(), version: -1 }), Err(Rejected::Op(ErrorCode::NotEmpty)));
@@ -122,7 +122,7 @@ fn errors_come_in_zookeepers_order() {
     // CREATE permission on the parent is checked before existence.
     assert_eq!(n.prepare(create("/locked/c", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::NoAuth)));
     assert_eq!(
-        n.prepare(WriteOp::SetData { path: "/locked".into(), data: vec![], version: -1 }),
+        n.prepare(WriteOp::SetData { path: "/locked".into(), data: Some(vec![]), version: -1 }),
         Err(Rejected::Op(ErrorCode::NoAuth))
     );
     assert_eq!(
@@ -140,7 +140,7 @@ fn errors_come_in_zookeepers_order() {
     );
     let bad_acl = WriteOp::Create(CreateOp {
         path: "/z".into(),
-        data: vec![],
+        data: Some(vec![]),
         acl: vec![],
         mode: CreateMode::Persistent,
         ttl_ms: 0,
@@ -172,7 +172,7 @@ fn a_failed_multi_reports_each_op_and_leaves_no_trace() {
     let mut n = Node::new();
     let ops = vec![
         create("/m", CreateMode::Persistent),
-        WriteOp::SetData { path: "/m".into(), data: vec![1], version: 0 },
+        WriteOp::SetData { path: "/m".into(), data: Some(vec![1]), version: 0 },
         WriteOp::Delete { path: "/absent".into(), version: -1 },
         create("/m2", CreateMode::Persistent),
     ];
@@ -189,7 +189,7 @@ fn a_multi_sees_its_own_earlier_ops() {
     let ops = vec![
         create("/m", CreateMode::Persistent),
         create("/m/c", CreateMode::Persistent),
-        WriteOp::SetData { path: "/m".into(), data: vec![1], version: 0 },
+        WriteOp::SetData { path: "/m".into(), data: Some(vec![1]), version: 0 },
         WriteOp::Check { path: "/m".into(), version: 1 },
         WriteOp::Delete { path: "/m/c".into(), version: 0 },
     ];
@@ -205,7 +205,7 @@ fn ttl_and_container_modes_are_validated() {
     let ttl = |ms| {
         WriteOp::Create(CreateOp {
             path: "/t".into(),
-            data: vec![],
+            data: Some(vec![]),
             acl: open_acl(),
             mode: CreateMode::PersistentWithTtl,
             ttl_ms: ms,
@@ -231,7 +231,7 @@ fn a_refusal_changes_nothing() {
     for op in [
         create("/a", CreateMode::Persistent),
         WriteOp::Delete { path: "/a".into(), version: 7 },
-        WriteOp::SetData { path: "/zz".into(), data: vec![], version: -1 },
+        WriteOp::SetData { path: "/zz".into(), data: Some(vec![]), version: -1 },
         WriteOp::Multi(vec![create("/c", CreateMode::Persistent), create("/c", CreateMode::Persistent)]),
     ] {
         assert!(n.prepare(op).is_err());
@@ -285,7 +285,7 @@ fn edge_case_creates_get_zookeepers_answers() {
     let ttl = |path: &str, ttl_ms: i64| {
         WriteOp::Create(CreateOp {
             path: path.into(),
-            data: Vec::new(),
+            data: Some(Vec::new()),
             acl: open_acl(),
             mode: CreateMode::PersistentWithTtl,
             ttl_ms,
@@ -303,7 +303,7 @@ fn edge_case_creates_get_zookeepers_answers() {
     let container_op = |path: &str, mode: CreateMode| {
         WriteOp::Create(CreateOp {
             path: path.into(),
-            data: Vec::new(),
+            data: Some(Vec::new()),
             acl: open_acl(),
             mode,
             ttl_ms: -1,
@@ -315,7 +315,7 @@ fn edge_case_creates_get_zookeepers_answers() {
     assert_eq!(n.tree.get(&path).map(|z| z.stat().ephemeral_owner), Some(crate::tree::CONTAINER_OWNER));
     let plain = WriteOp::Create(CreateOp {
         path: "/p".into(),
-        data: Vec::new(),
+        data: Some(Vec::new()),
         acl: open_acl(),
         mode: CreateMode::Container,
         ttl_ms: -1,

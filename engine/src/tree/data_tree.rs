@@ -36,6 +36,8 @@ const NONE: u32 = u32::MAX;
 const FREE: u32 = u32::MAX - 1;
 /// Flag in `name_len`: the znode has a non-zero `ephemeralOwner` (in `owners`).
 const HAS_OWNER: u32 = 1 << 31;
+/// Flag in `name_len`: the znode's data is null (ZooKeeper keeps null apart from empty).
+const NULL_DATA: u32 = 1 << 30;
 /// The root's index.
 const ROOT: u32 = 0;
 
@@ -44,7 +46,7 @@ const ROOT: u32 = 0;
 struct Node {
     /// Name, then data.
     bytes: Box<[u8]>,
-    /// Length of the name in `bytes`, with the `HAS_OWNER` flag.
+    /// Length of the name in `bytes`, with the `HAS_OWNER` and `NULL_DATA` flags.
     name_len: u32,
     acl: u32,
     parent: u32,
@@ -62,7 +64,19 @@ struct Node {
 
 impl Node {
     fn name_len(&self) -> usize {
-        (self.name_len & !HAS_OWNER) as usize
+        (self.name_len & !(HAS_OWNER | NULL_DATA)) as usize
+    }
+
+    fn is_null(&self) -> bool {
+        self.name_len & NULL_DATA != 0
+    }
+
+    fn set_null(&mut self, null: bool) {
+        if null {
+            self.name_len |= NULL_DATA;
+        } else {
+            self.name_len &= !NULL_DATA;
+        }
     }
 
     fn name(&self) -> &[u8] {
@@ -113,9 +127,14 @@ impl<'a> Znode<'a> {
         &self.tree.nodes[self.id as usize]
     }
 
-    /// Its data.
+    /// Its data (empty when null).
     pub fn data(&self) -> &'a [u8] {
         self.node().data()
+    }
+
+    /// Its data, `None` when null (a create or setData with data of length -1).
+    pub fn data_opt(&self) -> Option<&'a [u8]> {
+        (!self.node().is_null()).then(|| self.node().data())
     }
 
     /// Its ACL (interned: znodes with equal ACLs share one allocation).
@@ -470,7 +489,7 @@ impl DataTree {
         let owner = stat.ephemeral_owner;
         let node = Node {
             bytes: bytes.into_boxed_slice(),
-            name_len: (name.len() as u32 & !HAS_OWNER) | if owner != 0 { HAS_OWNER } else { 0 },
+            name_len: (name.len() as u32 & !(HAS_OWNER | NULL_DATA)) | if owner != 0 { HAS_OWNER } else { 0 },
             acl,
             parent,
             prev: NONE,
@@ -812,6 +831,10 @@ impl DataTree {
             ArchivedMultiOp::Error { code } => {
                 Err(ErrorCode::from_code(code.to_native()).unwrap_or(ErrorCode::SystemError))
             }
+            ArchivedMultiOp::CreateNull(c) => self.create_null(c, zxid, time, session, changes),
+            ArchivedMultiOp::SetNull { path, version } => {
+                self.set_data_opt(path.as_str(), None, version.to_native(), zxid, time, changes)
+            }
         };
         result.unwrap_or_else(OpResult::Error)
     }
@@ -846,11 +869,31 @@ impl DataTree {
             ArchivedTxn::Error { code } => {
                 Err(ErrorCode::from_code(code.to_native()).unwrap_or(ErrorCode::SystemError))
             }
+            ArchivedTxn::CreateNull(c) => self.create_null(c, zxid, time, session, changes),
+            ArchivedTxn::SetNull { path, version } => {
+                self.set_data_opt(path.as_str(), None, version.to_native(), zxid, time, changes)
+            }
         };
         result.unwrap_or_else(OpResult::Error)
     }
 
     // ---- apply ----
+
+    /// A create with null data.
+    fn create_null(
+        &mut self,
+        c: &ArchivedCreateTxn,
+        zxid: Zxid,
+        time: i64,
+        session: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<OpResult, ErrorCode> {
+        let created = self.create(c, zxid, time, session, changes)?;
+        if let Some(id) = self.resolve(c.path.as_str()) {
+            self.nodes[id as usize].set_null(true);
+        }
+        Ok(created)
+    }
 
     fn create(
         &mut self,
@@ -922,8 +965,24 @@ impl DataTree {
         time: i64,
         changes: &mut Vec<Change>,
     ) -> Result<OpResult, ErrorCode> {
+        self.set_data_opt(path, Some(data), version, zxid, time, changes)
+    }
+
+    /// setData with data, or null data (`None`).
+    fn set_data_opt(
+        &mut self,
+        path: &str,
+        data: Option<&[u8]>,
+        version: i32,
+        zxid: Zxid,
+        time: i64,
+        changes: &mut Vec<Change>,
+    ) -> Result<OpResult, ErrorCode> {
         let Some(id) = self.resolve(path) else { return Err(ErrorCode::NoNode) };
+        let null = data.is_none();
+        let data = data.unwrap_or_default();
         let node = &mut self.nodes[id as usize];
+        node.set_null(null);
         let old = node.data().len() as u64;
         let mut bytes = Vec::with_capacity(node.name_len() + data.len());
         bytes.extend_from_slice(node.name());
@@ -1058,7 +1117,8 @@ impl DataTree {
 pub(super) struct ImageNode<'a> {
     pub parent: u32,
     pub name: &'a [u8],
-    pub data: &'a [u8],
+    /// `None`: null data.
+    pub data: Option<&'a [u8]>,
     pub acl: u32,
     pub stat: StatPersisted,
 }
@@ -1089,7 +1149,7 @@ impl DataTree {
             visit(ImageNode {
                 parent,
                 name: n.name(),
-                data: n.data(),
+                data: (!n.is_null()).then(|| n.data()),
                 acl: acl_numbers[n.acl as usize],
                 stat: self.persisted(id),
             });
@@ -1119,7 +1179,9 @@ impl DataTree {
                 if node.parent != NONE || !name.is_empty() {
                     return Err("the first node is not the root".into());
                 }
-                ids.push(tree.alloc(b"", node.data, acl, NONE, node.stat));
+                let id = tree.alloc(b"", node.data.unwrap_or_default(), acl, NONE, node.stat);
+                tree.nodes[id as usize].set_null(node.data.is_none());
+                ids.push(id);
                 continue;
             }
             let parent = *ids.get(node.parent as usize).ok_or_else(|| format!("node {i} comes before its parent"))?;
@@ -1127,8 +1189,9 @@ impl DataTree {
                 return Err(format!("node {i} has an invalid name {name:?}"));
             }
             let id = tree
-                .try_insert_child(parent, name, node.data, acl, node.stat)
+                .try_insert_child(parent, name, node.data.unwrap_or_default(), acl, node.stat)
                 .ok_or_else(|| format!("node {i}: {name:?} appears twice under one parent"))?;
+            tree.nodes[id as usize].set_null(node.data.is_none());
             ids.push(id);
         }
         if ids.is_empty() {

@@ -10,7 +10,7 @@
 //! sessions:u32 { id:i64 timeout_ms:i32 }
 //! nodes:u64 { parent:u32 name_len:u32 data_len:u32 acl:u32
 //!             czxid mzxid pzxid ctime mtime:i64 version cversion aversion:i32 owner:i64
-//!             name data }
+//!             name data }            (data_len u32::MAX: null data, no bytes)
 //! str = len:u32 bytes
 //! ```
 //!
@@ -28,6 +28,9 @@ use crate::log::{Acl, SessionId, Zxid};
 
 const MAGIC: &[u8; 8] = b"BTREEIMG";
 const VERSION: u32 = 1;
+/// A node record's data length for null data.
+const NULL_LEN: u32 = u32::MAX;
+
 /// Fixed bytes of a node record before its name and data.
 const NODE_FIXED: usize = 4 * 4 + 5 * 8 + 3 * 4 + 8;
 
@@ -120,7 +123,9 @@ impl DataTree {
         out.extend_from_slice(&(self.node_count() as u64).to_le_bytes());
         self.for_each_image_node(&acl_numbers, |n| {
             let s = &n.stat;
-            for v in [n.parent, n.name.len() as u32, n.data.len() as u32, n.acl] {
+            // Null data is written as the length u32::MAX (no bytes follow).
+            let data_len = n.data.map_or(NULL_LEN, |d| d.len() as u32);
+            for v in [n.parent, n.name.len() as u32, data_len, n.acl] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             for v in [s.czxid, s.mzxid, s.pzxid, s.ctime, s.mtime] {
@@ -131,7 +136,7 @@ impl DataTree {
             }
             out.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
             out.extend_from_slice(n.name);
-            out.extend_from_slice(n.data);
+            out.extend_from_slice(n.data.unwrap_or_default());
         });
         out
     }
@@ -184,7 +189,7 @@ impl DataTree {
             Some((|| -> Result<ImageNode<'_>, String> {
                 let parent = c.u32("parent")?;
                 let name_len = c.u32("name length")? as usize;
-                let data_len = c.u32("data length")? as usize;
+                let data_len = c.u32("data length")?;
                 let acl = c.u32("acl")?;
                 let stat = StatPersisted {
                     czxid: c.i64("czxid")?,
@@ -198,7 +203,7 @@ impl DataTree {
                     ephemeral_owner: c.i64("owner")?,
                 };
                 let name = c.take(name_len, "name")?;
-                let data = c.take(data_len, "data")?;
+                let data = if data_len == NULL_LEN { None } else { Some(c.take(data_len as usize, "data")?) };
                 Ok(ImageNode { parent, name, data, acl, stat })
             })())
         });

@@ -368,3 +368,37 @@ fn children_come_in_creation_order_through_deletes_and_an_image() {
     let back = DataTree::from_image(&h.tree.to_image()).expect("valid image");
     assert_eq!(order(&back), Some(expected));
 }
+
+/// Null data (length -1 on the wire) stays apart from empty data through apply, setData,
+/// a multi and an image; both report dataLength 0, as ZooKeeper's.
+#[test]
+fn null_data_stays_null_and_empty_stays_empty() {
+    let mut h = Harness::new();
+    let null_create = |path: &str| Txn::CreateNull(create_txn(path, b"", NodeKind::Persistent, 1));
+    h.apply(0, null_create("/n"));
+    h.create("/e", NodeKind::Persistent, 0);
+    h.apply(0, Txn::SetData { path: "/e".into(), data: Vec::new(), version: 1 });
+    let data = |t: &DataTree, p: &str| t.get(p).map(|n| n.data_opt().map(<[u8]>::to_vec));
+    assert_eq!(data(&h.tree, "/n"), Some(None), "null");
+    assert_eq!(data(&h.tree, "/e"), Some(Some(Vec::new())), "empty");
+    assert_eq!(h.tree.stat("/n").map(|s| s.data_length), Some(0));
+    let digest_before = h.tree.digest();
+    let back = DataTree::from_image(&h.tree.to_image()).expect("valid image");
+    assert_eq!((data(&back, "/n"), data(&back, "/e")), (Some(None), Some(Some(Vec::new()))), "an image keeps both");
+    assert_eq!(back.digest(), digest_before);
+    // setData to null, then back to data; and inside a multi.
+    h.apply(0, Txn::SetNull { path: "/e".into(), version: 2 });
+    assert_eq!(data(&h.tree, "/e"), Some(None));
+    assert_ne!(h.tree.digest(), digest_before, "null and empty differ in the digest");
+    h.apply(0, Txn::SetData { path: "/e".into(), data: b"x".to_vec(), version: 3 });
+    assert_eq!(data(&h.tree, "/e"), Some(Some(b"x".to_vec())));
+    h.apply(
+        0,
+        Txn::Multi(vec![
+            MultiOp::CreateNull(create_txn("/m", b"", NodeKind::Persistent, 3)),
+            MultiOp::SetNull { path: "/e".into(), version: 4 },
+        ]),
+    );
+    assert_eq!((data(&h.tree, "/m"), data(&h.tree, "/e")), (Some(None), Some(None)));
+    h.tree.validate();
+}

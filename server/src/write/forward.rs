@@ -102,7 +102,7 @@ mod tests {
                 op: WriteOp::Multi(vec![
                     WriteOp::Create(CreateOp {
                         path: "/a".into(),
-                        data: b"x".to_vec(),
+                        data: Some(b"x".to_vec()),
                         acl: Vec::new(),
                         mode: CreateMode::EphemeralSequential,
                         ttl_ms: 0,

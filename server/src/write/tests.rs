@@ -48,7 +48,7 @@ fn follower(tree: &DataTree) -> WritePath {
 fn create(session: i64, cxid: i32, path: &str) -> WriteRequest {
     let op = CreateOp {
         path: path.into(),
-        data: b"x".to_vec(),
+        data: Some(b"x".to_vec()),
         acl: open_acl(),
         mode: CreateMode::Persistent,
         ttl_ms: 0,

@@ -142,8 +142,8 @@ pub struct CreateRequest {
     pub op: i32,
     /// Path (the sequence number not yet appended).
     pub path: String,
-    /// Data.
-    pub data: Vec<u8>,
+    /// Data; `None` for null (length -1), kept apart from empty as ZooKeeper does.
+    pub data: Option<Vec<u8>>,
     /// ACL.
     pub acl: Vec<Acl>,
     /// `CreateMode` flags.
@@ -158,7 +158,7 @@ pub struct CreateRequest {
 pub enum MultiOp {
     Create(CreateRequest),
     Delete { path: String, version: i32 },
-    SetData { path: String, data: Vec<u8>, version: i32 },
+    SetData { path: String, data: Option<Vec<u8>>, version: i32 },
     Check { path: String, version: i32 },
 }
 
@@ -202,7 +202,7 @@ pub enum Request {
     },
     SetData {
         path: String,
-        data: Vec<u8>,
+        data: Option<Vec<u8>>,
         version: i32,
     },
     GetAcl {
@@ -296,7 +296,7 @@ fn create(op: i32, r: &mut Reader<'_>) -> Result<CreateRequest, JuteError> {
     Ok(CreateRequest {
         op,
         path: path(r)?,
-        data: r.buffer("data")?.to_vec(),
+        data: r.buffer_opt("data")?.map(<[u8]>::to_vec),
         acl: acls(r)?,
         flags: r.int("flags")?,
         ttl_ms: if op == op::CREATE_TTL { r.long("ttl")? } else { -1 },
@@ -312,9 +312,11 @@ pub fn decode_request(op_code: i32, body: &[u8]) -> Result<Request, JuteError> {
         op::DELETE => Request::Delete { path: path(&mut r)?, version: r.int("version")? },
         op::EXISTS => Request::Exists { path: path(&mut r)?, watch: r.bool("watch")? },
         op::GET_DATA => Request::GetData { path: path(&mut r)?, watch: r.bool("watch")? },
-        op::SET_DATA => {
-            Request::SetData { path: path(&mut r)?, data: r.buffer("data")?.to_vec(), version: r.int("version")? }
-        }
+        op::SET_DATA => Request::SetData {
+            path: path(&mut r)?,
+            data: r.buffer_opt("data")?.map(<[u8]>::to_vec),
+            version: r.int("version")?,
+        },
         op::GET_ACL => Request::GetAcl { path: path(&mut r)? },
         op::SET_ACL => Request::SetAcl { path: path(&mut r)?, acl: acls(&mut r)?, version: r.int("version")? },
         op::GET_CHILDREN => Request::GetChildren { path: path(&mut r)?, watch: r.bool("watch")? },
@@ -388,9 +390,11 @@ fn multi(r: &mut Reader<'_>) -> Result<Vec<MultiOp>, JuteError> {
         Ok(match op_code {
             op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => MultiOp::Create(create(op_code, r)?),
             op::DELETE => MultiOp::Delete { path: path(r)?, version: r.int("version")? },
-            op::SET_DATA => {
-                MultiOp::SetData { path: path(r)?, data: r.buffer("data")?.to_vec(), version: r.int("version")? }
-            }
+            op::SET_DATA => MultiOp::SetData {
+                path: path(r)?,
+                data: r.buffer_opt("data")?.map(<[u8]>::to_vec),
+                version: r.int("version")?,
+            },
             op::CHECK => MultiOp::Check { path: path(r)?, version: r.int("version")? },
             _ => return Err(JuteError::BadLength { what: "multi op type", len: op_code }),
         })
@@ -451,7 +455,7 @@ pub enum OpReply {
     SetData(Stat),
     Check,
     GetChildren(Vec<String>),
-    GetData { data: Vec<u8>, stat: Stat },
+    GetData { data: Option<Vec<u8>>, stat: Stat },
     Error(i32),
 }
 
@@ -469,7 +473,7 @@ pub enum Response {
     },
     Stat(Stat),
     GetData {
-        data: Vec<u8>,
+        data: Option<Vec<u8>>,
         stat: Stat,
     },
     GetAcl {
@@ -516,7 +520,10 @@ fn write_op_reply(w: &mut Writer, reply: &OpReply) {
             w.strings(children.iter());
         }
         OpReply::GetData { data, stat } => {
-            w.buffer(data);
+            match data {
+                Some(data) => w.buffer(data),
+                None => w.null(),
+            };
             write_stat(w, stat);
         }
         OpReply::Error(e) => {
@@ -550,7 +557,10 @@ fn write_response(w: &mut Writer, body: &Response) {
         }
         Response::Stat(stat) => write_stat(w, stat),
         Response::GetData { data, stat } => {
-            w.buffer(data);
+            match data {
+                Some(data) => w.buffer(data),
+                None => w.null(),
+            };
             write_stat(w, stat);
         }
         Response::GetAcl { acl, stat } => {

@@ -87,7 +87,7 @@ fn respond(
             if watch && watch_room(watches, conn) {
                 watches.manager.add(WatchKind::Data, &path, conn.id);
             }
-            let data = tree.get(&path).map(|n| n.data().to_vec()).unwrap_or_default();
+            let data = tree.get(&path).and_then(|n| n.data_opt().map(<[u8]>::to_vec));
             Response::GetData { data, stat }
         }
         Request::GetChildren { path, watch } => {
@@ -191,7 +191,7 @@ fn read_op(tree: &DataTree, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
             Err(e) => OpReply::Error(e.code()),
         },
         ReadOp::GetData { path } => match readable(tree, conn, &path, perms::READ) {
-            Ok(stat) => OpReply::GetData { data: tree.get(&path).map(|n| n.data().to_vec()).unwrap_or_default(), stat },
+            Ok(stat) => OpReply::GetData { data: tree.get(&path).and_then(|n| n.data_opt().map(<[u8]>::to_vec)), stat },
             Err(e) => OpReply::Error(e.code()),
         },
     }

@@ -1000,7 +1000,7 @@ impl ZkSim {
                 // A compare-and-set at the version last read (or a create if never seen).
                 match self.clients[c].known.get(&key).copied() {
                     Some((Some(expected), version)) => (
-                        WriteOp::SetData { path: register(key), data: value.to_string().into_bytes(), version },
+                        WriteOp::SetData { path: register(key), data: Some(value.to_string().into_bytes()), version },
                         Some(RegisterOp::Cas { expected: Some(expected), new: value, ok: None }),
                         None,
                         false,
@@ -1015,7 +1015,7 @@ impl ZkSim {
                 }
             } else if roll < 70 && self.clients[c].known.get(&key).is_some_and(|(v, _)| v.is_some()) {
                 (
-                    WriteOp::SetData { path: register(key), data: value.to_string().into_bytes(), version: -1 },
+                    WriteOp::SetData { path: register(key), data: Some(value.to_string().into_bytes()), version: -1 },
                     Some(RegisterOp::Write(value)),
                     None,
                     false,
@@ -1104,7 +1104,14 @@ fn register(key: u64) -> String {
 }
 
 fn create(path: &str, data: Vec<u8>, mode: CreateMode) -> WriteOp {
-    WriteOp::Create(CreateOp { path: path.into(), data, acl: open_acl(), mode, ttl_ms: 0, container: false })
+    WriteOp::Create(CreateOp {
+        path: path.into(),
+        data: Some(data),
+        acl: open_acl(),
+        mode,
+        ttl_ms: 0,
+        container: false,
+    })
 }
 
 /// A register's value (its data, a number) and version; `None` before it exists.
