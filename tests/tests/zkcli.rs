@@ -9,13 +9,9 @@ use baton_tests::temp_dir;
 
 const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
 
-#[test]
-fn zkcli_session_of_everyday_commands() {
-    let dir = temp_dir();
-    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &[]);
-    let script = "create /hello world\nget /hello\nset /hello again\nstat /hello\ncreate -e /eph x\n\
-                  create -s /seq- a\nls /\naddauth digest alice:secret\ncreate /secure data auth:alice:cdrwa\n\
-                  getAcl /secure\ndelete /hello\nls /\nquit\n";
+/// Runs zkCli against `server` with `script` on its stdin; returns what it printed (query
+/// results go to stdout, "Created ..." lines and watch events to stderr).
+fn zkcli(server: &BatonProcess, script: &str) -> String {
     let mut child = Command::new("timeout")
         .args(["60", ZKCLI, "-server", &server.connect_string()])
         .stdin(Stdio::piped())
@@ -25,8 +21,17 @@ fn zkcli_session_of_everyday_commands() {
         .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
     child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
     let out = child.wait_with_output().expect("zkCli output");
-    // zkCli prints query results on stdout and "Created ..." lines on stderr.
-    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn zkcli_session_of_everyday_commands() {
+    let dir = temp_dir();
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &[]);
+    let script = "create /hello world\nget /hello\nset /hello again\nstat /hello\ncreate -e /eph x\n\
+                  create -s /seq- a\nls /\naddauth digest alice:secret\ncreate /secure data auth:alice:cdrwa\n\
+                  getAcl /secure\ndelete /hello\nls /\nquit\n";
+    let text = zkcli(&server, script);
     for expected in [
         "Created /hello",
         "world",
@@ -50,16 +55,7 @@ fn zkcli_add_watch_persistent_recursive_fires_for_every_descendant_and_stays() {
     let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &[]);
     let script = "create /p\naddWatch -m PERSISTENT_RECURSIVE /p\ncreate /p/x\ncreate /p/x/y\nset /p/x changed\n\
                   delete /p/x/y\nls /p\nls /p/x\nget /p/x\nstat /p\nls /\nquit\n";
-    let mut child = Command::new("timeout")
-        .args(["60", ZKCLI, "-server", &server.connect_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
-    let out = child.wait_with_output().expect("zkCli output");
-    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = zkcli(&server, script);
     assert!(!text.contains("ConnectionLoss"), "addWatch must not drop the connection:\n{text}");
     for expected in [
         "type:NodeCreated path:/p/x\n",

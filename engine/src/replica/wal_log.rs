@@ -70,7 +70,11 @@ impl Backlog {
             if done(self) || self.failed.borrow().is_some() {
                 return Poll::Ready(());
             }
-            self.waiters.borrow_mut().push(cx.waker().clone());
+            // A waiter polled again (or re-created) while the WAL is stuck is kept once.
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await

@@ -825,7 +825,7 @@ impl DataTree {
             ArchivedMultiOp::Create(c) => self.create(c, zxid, time, session, changes),
             ArchivedMultiOp::Delete { path } => self.delete(path.as_str(), zxid, changes).map(|_| OpResult::Deleted),
             ArchivedMultiOp::SetData { path, data, version } => {
-                self.set_data(path.as_str(), data.as_slice(), version.to_native(), zxid, time, changes)
+                self.set_data_opt(path.as_str(), Some(data.as_slice()), version.to_native(), zxid, time, changes)
             }
             ArchivedMultiOp::Check { path, .. } => self.check(path.as_str()),
             ArchivedMultiOp::Error { code } => {
@@ -851,7 +851,7 @@ impl DataTree {
             ArchivedTxn::Create(c) => self.create(c, zxid, time, session, changes),
             ArchivedTxn::Delete { path } => self.delete(path.as_str(), zxid, changes).map(|_| OpResult::Deleted),
             ArchivedTxn::SetData { path, data, version } => {
-                self.set_data(path.as_str(), data.as_slice(), version.to_native(), zxid, time, changes)
+                self.set_data_opt(path.as_str(), Some(data.as_slice()), version.to_native(), zxid, time, changes)
             }
             ArchivedTxn::SetAcl { path, acl, version } => {
                 self.set_acl(path.as_str(), acl.as_slice(), version.to_native())
@@ -954,18 +954,6 @@ impl DataTree {
         changes.push(Change { path: path.to_string(), kind: ChangeKind::Deleted });
         changes.push(Change { path: parent(path).to_string(), kind: ChangeKind::ChildrenChanged });
         Ok(())
-    }
-
-    fn set_data(
-        &mut self,
-        path: &str,
-        data: &[u8],
-        version: i32,
-        zxid: Zxid,
-        time: i64,
-        changes: &mut Vec<Change>,
-    ) -> Result<OpResult, ErrorCode> {
-        self.set_data_opt(path, Some(data), version, zxid, time, changes)
     }
 
     /// setData with data, or null data (`None`).

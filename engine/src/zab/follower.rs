@@ -127,6 +127,12 @@ impl Follower {
     }
 
     fn on_message_inner(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
+        if let Message::FollowerInfo { .. } = msg {
+            // The server this one follows is following this one: two servers that each
+            // decided the other leads. Hearing from it is no sign of a leader (kept as one,
+            // they would keep each other from ever timing out — simulator seed 1820).
+            return Err(LostLeader("the leader it follows follows it"));
+        }
         self.last_heard = ctx.now;
         if let Message::LeaderInfo { epoch } = msg {
             return self.on_leader_info(ctx, epoch);

@@ -502,8 +502,13 @@ impl Leader {
             return Err(StepDown("lost the quorum"));
         }
         let commit = ctx.log.committed();
+        // A round in flight is asked again at every heartbeat: its first ping may have been
+        // lost with a connection, or reached a follower not yet synchronised (which ignores
+        // it), or a voter may have become streaming since. An answer to the repeat comes
+        // after the round started, so it confirms the round's syncs as well.
+        let round = if self.round > self.confirmed { self.round } else { 0 };
         for id in self.streaming_ids(true) {
-            ctx.send(id, Message::Ping { epoch: self.epoch, commit, round: 0 });
+            ctx.send(id, Message::Ping { epoch: self.epoch, commit, round });
         }
         Ok(())
     }

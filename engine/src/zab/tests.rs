@@ -366,3 +366,33 @@ fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
     }
     assert_eq!(l.role(), Role::Looking, "and steps down at its sync limit");
 }
+
+#[test]
+fn a_confirmation_round_whose_ping_was_lost_is_asked_again_at_the_next_heartbeat() {
+    let mut zabs: std::collections::BTreeMap<ServerId, Zab> =
+        (1..=3).map(|id| (id, Zab::new(ZabConfig::new(id, vec![1, 2, 3]), Persisted::default()))).collect();
+    run_up(&mut zabs, &[1, 2, 3], 10);
+    let leader = *zabs.iter().find(|(_, z)| z.role().is_leading()).expect("a leader").0;
+    let Role::Leading { epoch, .. } = zabs[&leader].role() else { panic!("not leading") };
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let l = zabs.get_mut(&leader).expect("leader");
+    assert!(l.sync(1));
+    let first: Vec<u64> = sends(&l.take_actions())
+        .into_iter()
+        .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
+        .collect();
+    let round = first[0];
+    // Those pings are lost. The next heartbeat asks the same round again...
+    l.on_tick();
+    let again: Vec<u64> = sends(&l.take_actions())
+        .into_iter()
+        .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
+        .collect();
+    assert!(!again.is_empty() && again.iter().all(|r| *r == round), "{again:?}");
+    // ...and one answer to it confirms the sync.
+    l.on_message(follower, Message::Heard { epoch, round });
+    assert!(l.take_actions().iter().any(|a| matches!(a, Action::Synced { id: 1, .. })));
+    // Once confirmed, heartbeats ask nothing.
+    l.on_tick();
+    assert!(sends(&l.take_actions()).iter().all(|(_, m)| !matches!(m, Message::Ping { round: r, .. } if *r > 0)));
+}

@@ -49,6 +49,18 @@ impl Disk {
         self.snapshots.insert(at, (zxid, data));
     }
 
+    /// A crash: of what was appended but not fsync'ed, any prefix may have reached the
+    /// disk. Returns (durable, appended, kept) entry counts.
+    pub fn crash(&mut self, rng: &mut rand::rngs::StdRng) -> (usize, usize, usize) {
+        use rand::Rng;
+        let (durable, len) = (self.durable, self.log.len());
+        let keep = rng.random_range(durable..=len);
+        self.log.truncate(keep);
+        self.durable = keep;
+        self.generation += 1;
+        (durable, len, keep)
+    }
+
     /// The last durable zxid.
     pub fn durable_zxid(&self) -> Zxid {
         match self.durable.checked_sub(1).and_then(|i| self.log.get(i)) {

@@ -76,6 +76,41 @@ fn parse_write(payload: &[u8]) -> Option<(u64, u64, Zxid)> {
 }
 
 /// Runs a replica step to its end: the simulator's stores never wait, so one poll must do.
+/// Steps a replica with `input`, turning a store failure or a panic (a broken invariant)
+/// into the run's error for server `id`.
+fn step_replica<L, E, S, P, M>(
+    replica: &mut baton_engine::replica::Replica<L, E, S, P, M>,
+    input: Input,
+    id: ServerId,
+) -> Result<(), String>
+where
+    L: baton_engine::replica::Log,
+    E: baton_engine::replica::Epochs,
+    S: baton_engine::replica::Snapshots,
+    P: baton_engine::replica::Peers,
+    M: baton_engine::replica::StateMachine,
+{
+    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_now(replica.step(input))));
+    match stepped {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("server {id}: a store failed: {e}")),
+        Err(_) => Err(format!("server {id}: the replica panicked (an invariant?)")),
+    }
+}
+
+/// A random split of servers `1..=n` into two groups, `None` if one came out empty.
+fn random_split(rng: &mut StdRng, n: usize) -> Option<(Vec<ServerId>, Vec<ServerId>)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for id in 1..=n as u64 {
+        if rng.random_bool(0.5) {
+            a.push(id)
+        } else {
+            b.push(id)
+        }
+    }
+    (!a.is_empty() && !b.is_empty()).then_some((a, b))
+}
+
 fn run_now<T>(future: impl Future<Output = T>) -> T {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(future).poll(&mut cx) {
@@ -418,12 +453,7 @@ impl Sim {
     /// the step did.
     fn step(&mut self, i: usize, input: Input) -> Result<(), String> {
         let Some(replica) = self.nodes[i].replica.as_mut() else { return Ok(()) };
-        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_now(replica.step(input))));
-        match stepped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("server {}: a store failed: {e}", i + 1)),
-            Err(_) => return Err(format!("server {}: the replica panicked (an invariant?)", i + 1)),
-        }
+        step_replica(replica, input, i as ServerId + 1)?;
         self.settle(i)
     }
 
@@ -547,16 +577,7 @@ impl Sim {
                 }
             }
             3..=5 if !self.net.partitioned() => {
-                let mut a = Vec::new();
-                let mut b = Vec::new();
-                for id in 1..=n as u64 {
-                    if self.rng.random_bool(0.5) {
-                        a.push(id)
-                    } else {
-                        b.push(id)
-                    }
-                }
-                if !a.is_empty() && !b.is_empty() {
+                if let Some((a, b)) = random_split(&mut self.rng, n) {
                     self.note(|| format!("partition {a:?} | {b:?}"));
                     for (x, y) in self.net.partition(self.now, &a, &b) {
                         self.tell_reset(x, y);
@@ -593,16 +614,7 @@ impl Sim {
         }
         node.replica = None;
         node.life += 1;
-        // Appended but not fsync'ed: any prefix of it may have reached the disk.
-        let (durable, len, keep) = {
-            let mut disk = node.disk.borrow_mut();
-            let (durable, len) = (disk.durable, disk.log.len());
-            let keep = self.rng.random_range(durable..=len);
-            disk.log.truncate(keep);
-            disk.durable = keep;
-            disk.generation += 1;
-            (durable, len, keep)
-        };
+        let (durable, len, keep) = node.disk.borrow_mut().crash(&mut self.rng);
         let id = node.id;
         for peer in 1..=self.nodes.len() as u64 {
             if peer != id {

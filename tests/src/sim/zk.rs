@@ -487,13 +487,7 @@ impl ZkSim {
         s.replica = None;
         s.state = None;
         s.life += 1;
-        {
-            let mut disk = s.disk.borrow_mut();
-            let keep = self.rng.random_range(disk.durable..=disk.log.len());
-            disk.log.truncate(keep);
-            disk.durable = keep;
-            disk.generation += 1;
-        }
+        s.disk.borrow_mut().crash(&mut self.rng);
         let id = s.id;
         for peer in 1..=self.servers.len() as u64 {
             if peer != id {
@@ -549,15 +543,7 @@ impl ZkSim {
                 }
             }
             2 | 3 if !self.net.partitioned() => {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                for id in 1..=n as u64 {
-                    if self.rng.random_bool(0.5) {
-                        a.push(id)
-                    } else {
-                        b.push(id)
-                    }
-                }
-                if !a.is_empty() && !b.is_empty() {
+                if let Some((a, b)) = super::random_split(&mut self.rng, n) {
                     self.note(|| format!("partition {a:?} | {b:?}"));
                     for (x, y) in self.net.partition(self.now, &a, &b) {
                         self.tell_reset(x, y);
@@ -680,12 +666,7 @@ impl ZkSim {
             state.borrow_mut().now = now;
         }
         let Some(replica) = self.servers[i].replica.as_mut() else { return Ok(()) };
-        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_now(replica.step(input))));
-        match stepped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("server {}: a store failed: {e}", i + 1)),
-            Err(_) => return Err(format!("server {}: panicked (an invariant?)", i + 1)),
-        }
+        super::step_replica(replica, input, i as ServerId + 1)?;
         self.settle(i)
     }
 
