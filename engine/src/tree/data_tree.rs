@@ -822,7 +822,7 @@ impl DataTree {
         changes: &mut Vec<Change>,
     ) -> OpResult {
         let result = match op {
-            ArchivedMultiOp::Create(c) => self.create(c, zxid, time, session, changes),
+            ArchivedMultiOp::Create(c) => self.create(c, false, zxid, time, session, changes),
             ArchivedMultiOp::Delete { path } => self.delete(path.as_str(), zxid, changes).map(|_| OpResult::Deleted),
             ArchivedMultiOp::SetData { path, data, version } => {
                 self.set_data_opt(path.as_str(), Some(data.as_slice()), version.to_native(), zxid, time, changes)
@@ -831,7 +831,7 @@ impl DataTree {
             ArchivedMultiOp::Error { code } => {
                 Err(ErrorCode::from_code(code.to_native()).unwrap_or(ErrorCode::SystemError))
             }
-            ArchivedMultiOp::CreateNull(c) => self.create_null(c, zxid, time, session, changes),
+            ArchivedMultiOp::CreateNull(c) => self.create(c, true, zxid, time, session, changes),
             ArchivedMultiOp::SetNull { path, version } => {
                 self.set_data_opt(path.as_str(), None, version.to_native(), zxid, time, changes)
             }
@@ -848,7 +848,7 @@ impl DataTree {
         changes: &mut Vec<Change>,
     ) -> OpResult {
         let result = match txn {
-            ArchivedTxn::Create(c) => self.create(c, zxid, time, session, changes),
+            ArchivedTxn::Create(c) => self.create(c, false, zxid, time, session, changes),
             ArchivedTxn::Delete { path } => self.delete(path.as_str(), zxid, changes).map(|_| OpResult::Deleted),
             ArchivedTxn::SetData { path, data, version } => {
                 self.set_data_opt(path.as_str(), Some(data.as_slice()), version.to_native(), zxid, time, changes)
@@ -869,7 +869,7 @@ impl DataTree {
             ArchivedTxn::Error { code } => {
                 Err(ErrorCode::from_code(code.to_native()).unwrap_or(ErrorCode::SystemError))
             }
-            ArchivedTxn::CreateNull(c) => self.create_null(c, zxid, time, session, changes),
+            ArchivedTxn::CreateNull(c) => self.create(c, true, zxid, time, session, changes),
             ArchivedTxn::SetNull { path, version } => {
                 self.set_data_opt(path.as_str(), None, version.to_native(), zxid, time, changes)
             }
@@ -879,25 +879,11 @@ impl DataTree {
 
     // ---- apply ----
 
-    /// A create with null data.
-    fn create_null(
-        &mut self,
-        c: &ArchivedCreateTxn,
-        zxid: Zxid,
-        time: i64,
-        session: i64,
-        changes: &mut Vec<Change>,
-    ) -> Result<OpResult, ErrorCode> {
-        let created = self.create(c, zxid, time, session, changes)?;
-        if let Some(id) = self.resolve(c.path.as_str()) {
-            self.nodes[id as usize].set_null(true);
-        }
-        Ok(created)
-    }
-
+    /// A create; `null` for null data (its `data` is then empty).
     fn create(
         &mut self,
         c: &ArchivedCreateTxn,
+        null: bool,
         zxid: Zxid,
         time: i64,
         session: i64,
@@ -925,6 +911,7 @@ impl DataTree {
         };
         let acl = self.intern(c.acl.iter().map(acl_of).collect());
         let id = self.insert_child(pid, child_name, c.data.as_slice(), acl, StatPersisted::created(zxid, time, owner));
+        self.nodes[id as usize].set_null(null);
         let stat = Znode { tree: self, id }.full_stat();
         let f = self.family_mut(pid);
         // As ZooKeeper: only a create that advances the parent's cversion moves pzxid.

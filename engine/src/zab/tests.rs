@@ -321,29 +321,37 @@ fn a_lone_voter_never_withdraws() {
     assert_eq!(zab.role(), Role::Leading { epoch: 1, established: true }, "it is the whole ensemble; reads go on");
 }
 
-#[test]
-fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
+/// Three fresh servers run until one of them leads; returns them and the leader's id.
+fn three_with_a_leader() -> (std::collections::BTreeMap<ServerId, Zab>, ServerId) {
     let mut zabs: std::collections::BTreeMap<ServerId, Zab> =
         (1..=3).map(|id| (id, Zab::new(ZabConfig::new(id, vec![1, 2, 3]), Persisted::default()))).collect();
     run_up(&mut zabs, &[1, 2, 3], 10);
     let leader = *zabs.iter().find(|(_, z)| z.role().is_leading()).expect("a leader").0;
+    (zabs, leader)
+}
+
+/// The confirmation rounds asked by the pings among `actions` (0: a heartbeat only).
+fn ping_rounds(actions: &[Action]) -> Vec<u64> {
+    sends(actions)
+        .into_iter()
+        .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
+    let (mut zabs, leader) = three_with_a_leader();
     let Role::Leading { epoch, established: true } = zabs[&leader].role() else { panic!("not established") };
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let l = zabs.get_mut(&leader).expect("leader");
     let synced = |actions: &[Action]| -> Vec<u64> {
         actions.iter().filter_map(|a| if let Action::Synced { id, .. } = a { Some(*id) } else { None }).collect()
     };
-    let pings = |actions: &[Action]| -> Vec<u64> {
-        sends(actions)
-            .into_iter()
-            .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
-            .collect()
-    };
 
     assert!(l.sync(7));
     let actions = l.take_actions();
     assert!(synced(&actions).is_empty(), "nothing in flight, yet no answer before a quorum confirms: {actions:?}");
-    let round = *pings(&actions).first().expect("a confirmation round");
+    let round = *ping_rounds(&actions).first().expect("a confirmation round");
     assert!(round > 0);
     // Another sync while that round is in flight needs the next round: the answers to this
     // one may predate it.
@@ -354,7 +362,7 @@ fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
     l.on_message(follower, Message::Heard { epoch, round });
     let actions = l.take_actions();
     assert_eq!(synced(&actions), vec![7], "a quorum (leader and one follower) confirmed");
-    assert_eq!(pings(&actions), vec![round + 1, round + 1], "the next round starts for the sync that waits");
+    assert_eq!(ping_rounds(&actions), vec![round + 1, round + 1], "the next round starts for the sync that waits");
     l.on_message(follower, Message::Heard { epoch, round: round + 1 });
     assert_eq!(synced(&l.take_actions()), vec![8]);
 
@@ -369,25 +377,16 @@ fn a_leader_answers_a_sync_only_after_a_quorum_confirmed_it_leads_since() {
 
 #[test]
 fn a_confirmation_round_whose_ping_was_lost_is_asked_again_at_the_next_heartbeat() {
-    let mut zabs: std::collections::BTreeMap<ServerId, Zab> =
-        (1..=3).map(|id| (id, Zab::new(ZabConfig::new(id, vec![1, 2, 3]), Persisted::default()))).collect();
-    run_up(&mut zabs, &[1, 2, 3], 10);
-    let leader = *zabs.iter().find(|(_, z)| z.role().is_leading()).expect("a leader").0;
+    let (mut zabs, leader) = three_with_a_leader();
     let Role::Leading { epoch, .. } = zabs[&leader].role() else { panic!("not leading") };
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let l = zabs.get_mut(&leader).expect("leader");
     assert!(l.sync(1));
-    let first: Vec<u64> = sends(&l.take_actions())
-        .into_iter()
-        .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
-        .collect();
+    let first = ping_rounds(&l.take_actions());
     let round = first[0];
     // Those pings are lost. The next heartbeat asks the same round again...
     l.on_tick();
-    let again: Vec<u64> = sends(&l.take_actions())
-        .into_iter()
-        .filter_map(|(_, m)| if let Message::Ping { round, .. } = m { Some(round) } else { None })
-        .collect();
+    let again = ping_rounds(&l.take_actions());
     assert!(!again.is_empty() && again.iter().all(|r| *r == round), "{again:?}");
     // ...and one answer to it confirms the sync.
     l.on_message(follower, Message::Heard { epoch, round });
