@@ -124,9 +124,11 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
             toml::Value::String(s) => flags.extend([flag, s]),
             toml::Value::Integer(n) => flags.extend([flag, n.to_string()]),
             toml::Value::Array(items) => {
-                let parts: Vec<String> =
-                    items.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect();
-                flags.extend([flag, parts.join(",")]);
+                // The flag once per item (list flags take repeats), so that an item may hold
+                // a comma (a SASL password).
+                for item in items {
+                    flags.extend([flag.clone(), item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string())]);
+                }
             }
             other => anyhow::bail!("config key {key}: unsupported value {other}"),
         }

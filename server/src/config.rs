@@ -83,6 +83,11 @@ pub struct ServerConfig {
     /// user:password` with it passes every ACL check.
     #[arg(long, value_name = "USER:DIGEST")]
     pub super_digest: Option<String>,
+    /// A SASL DIGEST-MD5 user, NAME:PASSWORD, as `user_NAME="PASSWORD"` in ZooKeeper's JAAS
+    /// `Server` section; repeat for each user (TOML: `sasl_users = ["bob:secret", …]`). A
+    /// client that logs in as NAME holds the id `sasl:NAME`.
+    #[arg(long = "sasl-user", visible_alias = "sasl-users", value_name = "NAME:PASSWORD")]
+    pub sasl_users: Vec<String>,
     /// Write a snapshot after this many entries (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
@@ -166,6 +171,7 @@ impl ServerConfig {
                 .collect(),
             disable_ttl: false,
             super_digest: None,
+            sasl_users: Vec::new(),
             max_client_cnxns: 60,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,
@@ -200,6 +206,9 @@ impl ServerConfig {
                     "--super-digest {digest:?} is not user:BASE64(SHA1(user:password)) (for example super:D/InIHSb7yEEbrWz8b9l71RjZJU= for super:test)"
                 ));
             }
+        }
+        if let Some(bad) = self.sasl_users.iter().find(|u| u.split_once(':').is_none_or(|(n, _)| n.is_empty())) {
+            return Err(format!("--sasl-user {bad:?} is not NAME:PASSWORD"));
         }
         if self.peers.is_empty() {
             if self.resync {

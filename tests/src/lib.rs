@@ -5,6 +5,7 @@ pub mod linearizability;
 
 /// Entries behind the durable end that the WAL crash child never releases for reuse.
 pub const CRASH_KEEP_ENTRIES: u64 = 4000;
+pub mod clients;
 pub mod cluster;
 pub mod load;
 pub mod nemesis;

@@ -1,27 +1,12 @@
 //! Debian's zkCli (ZooKeeper 3.8's own Java client) against a real `baton` process.
 //! `tests/run-all.sh` installs the `zookeeper` package; without zkCli this test fails.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use baton_tests::server::BatonProcess;
 use baton_tests::temp_dir;
 
-const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
-
-/// Runs zkCli against `server` with `script` on its stdin; returns what it printed (query
-/// results go to stdout, "Created ..." lines and watch events to stderr).
+/// Runs zkCli against `server` with `script` on its stdin; returns what it printed.
 fn zkcli(server: &BatonProcess, script: &str) -> String {
-    let mut child = Command::new("timeout")
-        .args(["60", ZKCLI, "-server", &server.connect_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
-    let out = child.wait_with_output().expect("zkCli output");
-    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    baton_tests::clients::zkcli(&server.connect_string(), script, &[])
 }
 
 #[test]

@@ -95,8 +95,17 @@ fn valid_id(scheme: &str, id: &str) -> bool {
             net.parse::<IpAddr>().is_ok() && bits.is_none_or(|b| b.parse::<u8>().is_ok())
         }
         "super" => true,
+        "sasl" => kerberos_name(id),
         _ => false,
     }
+}
+
+/// ZooKeeper's `SASLAuthenticationProvider.isValid`: a Kerberos name, `name[/host]@REALM` with
+/// no further `/` or `@`, or any name without `@` (a DIGEST-MD5 user).
+fn kerberos_name(id: &str) -> bool {
+    let Some((principal, realm)) = id.split_once('@') else { return true };
+    let (service, host) = principal.split_once('/').unwrap_or((principal, ""));
+    !realm.contains(['/', '@']) && !service.contains('/') && !host.contains('/')
 }
 
 /// Checks and expands the ACL of a create or setACL: refuses an empty list and unknown or
@@ -113,9 +122,9 @@ pub fn fixup(acl: &[Acl], auth: &[AuthId]) -> Result<Vec<Acl>, ErrorCode> {
     }
     for a in acl {
         if a.scheme == "auth" {
-            // Only providers that authenticate count (digest; not ip), as ZooKeeper.
+            // Only providers that authenticate count (digest, sasl; not ip), as ZooKeeper.
             let mut any = false;
-            for who in auth.iter().filter(|w| w.scheme == "digest" || w.scheme == "super") {
+            for who in auth.iter().filter(|w| matches!(w.scheme.as_str(), "digest" | "sasl" | "super")) {
                 any = true;
                 push(Acl { perms: a.perms, scheme: who.scheme.clone(), id: who.id.clone() });
             }
@@ -176,6 +185,14 @@ mod tests {
         assert_eq!(fixup(&[acl(31, "nope", "x")], &me), Err(ErrorCode::InvalidAcl));
         assert_eq!(fixup(&[acl(31, "world", "someone")], &me), Err(ErrorCode::InvalidAcl));
         assert_eq!(fixup(&[acl(31, "ip", "10.0.0.0/8")], &me).map(|v| v.len()), Ok(1));
+        let sasl = [AuthId::new("ip", "127.0.0.1"), AuthId::new("sasl", "bob")];
+        assert_eq!(fixup(&[acl(31, "auth", "")], &sasl), Ok(vec![acl(31, "sasl", "bob")]));
+        for good in ["bob", "zk/host@EXAMPLE.COM", "bob@EXAMPLE.COM", "a/b/c"] {
+            assert_eq!(fixup(&[acl(31, "sasl", good)], &me).map(|v| v.len()), Ok(1), "{good}");
+        }
+        for bad in ["a@b@c", "a/b/c@R", "a@R/x"] {
+            assert_eq!(fixup(&[acl(31, "sasl", bad)], &me), Err(ErrorCode::InvalidAcl), "{bad}");
+        }
         let dup = [acl(31, "world", "anyone"), acl(31, "world", "anyone")];
         assert_eq!(fixup(&dup, &me).map(|v| v.len()), Ok(1));
     }

@@ -61,8 +61,10 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Session, counters and address as the four-letter words see them.
     pub info: Arc<ConnInfo>,
-    /// Identities proven on this connection (ip, digest).
+    /// Identities proven on this connection (ip, digest, sasl).
     pub auth: RefCell<Vec<AuthId>>,
+    /// Where this connection's SASL exchange stands.
+    pub sasl: RefCell<super::sasl::SaslState>,
     /// Replies in request order.
     pub slots: RefCell<VecDeque<Slot>>,
     out: RefCell<VecDeque<Vec<u8>>>,
@@ -88,6 +90,7 @@ impl Conn {
                 sent: 0.into(),
             }),
             auth: RefCell::new(vec![AuthId::new("ip", &peer.ip().to_string())]),
+            sasl: RefCell::default(),
             slots: RefCell::new(VecDeque::new()),
             out: RefCell::new(VecDeque::new()),
             out_waker: RefCell::new(None),

@@ -11,6 +11,7 @@ pub mod jute;
 pub mod proto;
 pub mod reads;
 pub mod replies;
+pub mod sasl;
 pub mod shard;
 pub mod tasks;
 pub mod watch;

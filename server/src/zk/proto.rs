@@ -254,8 +254,12 @@ pub enum Request {
         auth: Vec<u8>,
     },
     WhoAmI,
+    /// One step of a SASL exchange (`GetSASLRequest`): the client's token.
+    Sasl {
+        token: Vec<u8>,
+    },
     CloseSession,
-    /// An opcode Baton does not serve (reconfig, sasl, ...): answered with Unimplemented.
+    /// An opcode Baton does not serve (reconfig, ...): answered with Unimplemented.
     Unsupported(i32),
 }
 
@@ -348,6 +352,7 @@ pub fn decode_request(op_code: i32, body: &[u8]) -> Result<Request, JuteError> {
             Request::Auth { scheme: r.string("scheme")?.to_string(), auth: r.buffer("auth")?.to_vec() }
         }
         op::WHO_AM_I => Request::WhoAmI,
+        op::SASL => Request::Sasl { token: r.buffer_opt("token")?.map(<[u8]>::to_vec).unwrap_or_default() },
         op::CLOSE_SESSION => Request::CloseSession,
         other => return Ok(Request::Unsupported(other)),
     };
@@ -493,6 +498,8 @@ pub enum Response {
     Strings(Vec<String>),
     Multi(Vec<OpReply>),
     WhoAmI(Vec<(String, String)>),
+    /// `SetSASLResponse`: the server's token (null after a failure).
+    Sasl(Option<Vec<u8>>),
 }
 
 fn write_op_reply(w: &mut Writer, reply: &OpReply) {
@@ -545,6 +552,15 @@ pub fn encode_reply(xid: i32, zxid: i64, err: i32, body: Option<&Response>) -> V
     w.into_frame()
 }
 
+/// A reply frame whose body follows the header whatever `err` is: ZooKeeper's answer to a
+/// failed SASL step carries a null `SetSASLResponse`.
+pub fn encode_reply_with_body(xid: i32, zxid: i64, err: i32, body: &Response) -> Vec<u8> {
+    let mut w = Writer::frame();
+    w.int(xid).long(zxid).int(err);
+    write_response(&mut w, body);
+    w.into_frame()
+}
+
 fn write_response(w: &mut Writer, body: &Response) {
     match body {
         Response::Empty => {}
@@ -588,6 +604,12 @@ fn write_response(w: &mut Writer, body: &Response) {
             for (scheme, user) in infos {
                 w.string(scheme).string(user);
             }
+        }
+        Response::Sasl(token) => {
+            match token {
+                Some(token) => w.buffer(token),
+                None => w.null(),
+            };
         }
     }
 }

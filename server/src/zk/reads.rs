@@ -10,8 +10,12 @@ use baton_engine::tree::{DataTree, ErrorCode, Stat};
 use sha1::{Digest, Sha1};
 
 use super::conn::Conn;
-use super::proto::{encode_reply, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches};
+use super::proto::{
+    encode_reply, encode_reply_with_body, event, xid as special, OpReply, ReadOp, Request, Response, SetWatches,
+};
+use super::sasl::SaslStep;
 use super::watch::{WatchKind, WatchManager};
+use crate::runtime::rate_limit::RateLimit;
 
 /// The watches of a shard, as a read may add to them.
 pub struct Watches<'a> {
@@ -22,16 +26,57 @@ pub struct Watches<'a> {
     /// The super user's digest id (`--super-digest`), if one is configured: authenticating
     /// as it passes every ACL check.
     pub super_digest: Option<&'a str>,
+    /// SASL DIGEST-MD5 users, `NAME:PASSWORD` (`--sasl-user`).
+    pub sasl_users: &'a [String],
 }
 
 /// The reply frame for a read-side request, registering any watch it sets.
 pub fn answer(watches: &mut Watches<'_>, tree: &DataTree, conn: &Rc<Conn>, xid: i32, request: Request) -> Vec<u8> {
+    if let Request::Sasl { token } = request {
+        return sasl(watches.sasl_users, conn, xid, &token);
+    }
     let zxid = tree.last_zxid().0 as i64;
     let answered = respond(watches, tree, conn, request);
     match answered {
         Ok(Some(body)) => encode_reply(xid, zxid, 0, Some(&body)),
         Ok(None) => encode_reply(xid, zxid, 0, None),
         Err(code) => encode_reply(xid, zxid, code.code(), None),
+    }
+}
+
+thread_local! {
+    /// One log line a second per shard for refused SASL logins.
+    static SASL_REFUSALS: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+}
+
+/// One SASL step (`ZooKeeperServer.processSasl`): the reply carries zxid 0; once the exchange
+/// completes the connection holds `sasl:NAME`; a refused login is answered AuthFailed with a
+/// null token and the connection closes (the session lives until it expires), as ZooKeeper.
+fn sasl(users: &[String], conn: &Rc<Conn>, xid: i32, token: &[u8]) -> Vec<u8> {
+    let password = |name: &str| {
+        users.iter().find_map(|u| u.split_once(':').filter(|(n, _)| *n == name).map(|(_, p)| p.to_string()))
+    };
+    let step = super::sasl::step(&mut conn.sasl.borrow_mut(), token, password, !users.is_empty());
+    match step {
+        Ok(SaslStep::Continue(token)) => encode_reply(xid, 0, 0, Some(&Response::Sasl(Some(token)))),
+        Ok(SaslStep::Authenticated { user, token }) => {
+            tracing::info!(peer = %conn.peer, session = %conn.session(), user, "SASL DIGEST-MD5 login");
+            let id = AuthId::new("sasl", &user);
+            let mut ids = conn.auth.borrow_mut();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+            encode_reply(xid, 0, 0, Some(&Response::Sasl(Some(token))))
+        }
+        Err(error) => {
+            SASL_REFUSALS.with(|limit| {
+                if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
+                    tracing::warn!(peer = %conn.peer, %error, suppressed, "Client failed to SASL authenticate; closing the connection");
+                }
+            });
+            conn.close_after_reply();
+            encode_reply_with_body(xid, 0, ErrorCode::AuthFailed.code(), &Response::Sasl(None))
+        }
     }
 }
 

@@ -179,7 +179,8 @@ impl Shard {
         let shared = self.shared.clone();
         let max_per_connection = shared.config.max_watches_per_connection;
         let super_digest = shared.config.super_digest.as_deref();
-        let mut watches = Watches { manager: &mut self.watches, max_per_connection, super_digest };
+        let sasl_users = &shared.config.sasl_users;
+        let mut watches = Watches { manager: &mut self.watches, max_per_connection, super_digest, sasl_users };
         let frame = super::reads::answer(&mut watches, tree, conn, xid, request);
         if self.watches.count() != before {
             self.publish_watches();

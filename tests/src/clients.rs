@@ -1,0 +1,41 @@
+//! The third-party clients the compatibility tests drive: Debian's zkCli (ZooKeeper 3.8's
+//! own Java client) and kazoo scripts. `tests/run-all.sh` installs both; without them the
+//! tests fail, they do not skip.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Debian's zkCli.
+pub const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
+
+/// Runs zkCli against `connect` with `script` on its stdin and `env` set (e.g.
+/// `CLIENT_JVMFLAGS` for a JAAS file); returns what it printed, stdout then stderr (query
+/// results go to stdout, "Created ..." lines and watch events to stderr).
+pub fn zkcli(connect: &str, script: &str, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new("timeout")
+        .args(["60", ZKCLI, "-server", connect])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run zkCli.sh (tests/run-all.sh installs Debian's zookeeper package)");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write script");
+    let out = child.wait_with_output().expect("zkCli output");
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs the kazoo script `tests/kazoo/<name>` with `args` (at most two minutes); returns
+/// whether it succeeded and what it printed.
+pub fn kazoo(name: &str, args: &[&str]) -> (bool, String) {
+    let script = format!("{}/kazoo/{name}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
