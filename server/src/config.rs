@@ -88,6 +88,13 @@ pub struct ServerConfig {
     /// client that logs in as NAME holds the id `sasl:NAME`.
     #[arg(long = "sasl-user", visible_alias = "sasl-users", value_name = "NAME:PASSWORD")]
     pub sasl_users: Vec<String>,
+    /// ZooKeeper's read-only mode (`readonlymode.enabled`): a member of an ensemble that has
+    /// been without a quorum for max(2 s, a tick) serves clients that ask for read-only
+    /// sessions (reads succeed, writes get NotReadOnly, `isro` says `ro`) until it rejoins
+    /// one; then it closes them and they reconnect as read-write clients. No effect on a
+    /// standalone server.
+    #[arg(long)]
+    pub read_only_mode: bool,
     /// Write a snapshot after this many entries (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
@@ -172,6 +179,7 @@ impl ServerConfig {
             disable_ttl: false,
             super_digest: None,
             sasl_users: Vec::new(),
+            read_only_mode: false,
             max_client_cnxns: 60,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,

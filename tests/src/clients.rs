@@ -12,8 +12,14 @@ pub const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
 /// `CLIENT_JVMFLAGS` for a JAAS file); returns what it printed, stdout then stderr (query
 /// results go to stdout, "Created ..." lines and watch events to stderr).
 pub fn zkcli(connect: &str, script: &str, env: &[(&str, &str)]) -> String {
+    zkcli_args(&["-server", connect], script, env)
+}
+
+/// As [`zkcli`], with zkCli's own arguments (`-r` for a read-only client, `-server HOSTS`).
+pub fn zkcli_args(args: &[&str], script: &str, env: &[(&str, &str)]) -> String {
     let mut child = Command::new("timeout")
-        .args(["60", ZKCLI, "-server", connect])
+        .args(["60", ZKCLI])
+        .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

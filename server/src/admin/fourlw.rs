@@ -19,7 +19,7 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
     let mut out = String::new();
     match word {
         "ruok" => out.push_str("imok"),
-        "isro" => out.push_str("rw"),
+        "isro" => out.push_str(if node.read_only.load(Relaxed) { "ro" } else { "rw" }),
         "srvr" => srvr(node, &mut out),
         "stat" => {
             srvr_header(node, &mut out);
@@ -77,7 +77,9 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
 
 fn srvr_header(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "Zookeeper version: {VERSION}, built by Baton");
-    let _ = node;
+    if node.read_only.load(Relaxed) {
+        out.push_str("READ-ONLY mode; serving only read-only clients\n");
+    }
 }
 
 fn srvr_body(node: &Shared, out: &mut String) {

@@ -42,6 +42,8 @@ pub struct SessionRequest {
     pub timeout_ms: i32,
     /// The last zxid the client saw: a server behind it must not serve it.
     pub last_zxid_seen: Zxid,
+    /// The client accepts a read-only session (from a server cut off from its quorum).
+    pub read_only: bool,
 }
 
 /// What a shard asks of the write path.
@@ -135,6 +137,8 @@ pub enum ToClient {
         timeout_ms: i32,
         /// The session's password (for resuming it elsewhere).
         password: Vec<u8>,
+        /// A read-only session (read-only mode): reads only, writes get NotReadOnly.
+        read_only: bool,
     },
     /// The session the client asked to resume is gone (expired, closed, or the password is
     /// wrong): say so, then close.

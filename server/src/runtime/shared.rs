@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
@@ -167,6 +167,8 @@ pub struct Shared {
     pub write_stats: WriteStats,
     /// The role operators see.
     pub role: RoleStatus,
+    /// In read-only mode (no quorum; read-only sessions served).
+    pub read_only: AtomicBool,
     /// Open connections, for `cons` and `stat`.
     pub conns: Mutex<BTreeMap<(ShardId, ConnId), Arc<ConnInfo>>>,
     /// Connections open across all shards (for `max_connections`).
@@ -193,6 +195,7 @@ impl Shared {
             shard_stats: to_shard.iter().map(|_| CachePadded::new(ShardStats::default())).collect(),
             write_stats: WriteStats::default(),
             role: RoleStatus::default(),
+            read_only: AtomicBool::new(false),
             conns: Mutex::new(BTreeMap::new()),
             open_connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -263,6 +266,9 @@ impl Shared {
 
     /// ZooKeeper's name for what this server does now.
     pub fn mode(&self) -> &'static str {
+        if self.read_only.load(Ordering::Relaxed) {
+            return "read-only";
+        }
         mode_name(self.role.get(), self.standalone(), self.config.is_observer())
     }
 }

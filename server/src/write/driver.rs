@@ -90,6 +90,7 @@ impl Driver {
                     r.touch(sessions);
                 }
             }
+            Effect::ReadOnly(on) => shared.read_only.store(on, std::sync::atomic::Ordering::Relaxed),
             Effect::DisconnectAll => {
                 for outbox in &shared.to_shard {
                     outbox.send(ToShard::Disconnect);
@@ -235,6 +236,8 @@ pub async fn run(
         shards: shared.to_shard.len(),
         session_timeout_ms: (shared.config.min_session_timeout_ms(), shared.config.max_session_timeout_ms()),
         sequencer: baton_engine::sequencer::SequencerConfig { ttl_enabled: !shared.config.disable_ttl },
+        read_only_after: (shared.config.read_only_mode && !shared.standalone())
+            .then(|| Duration::from_millis(shared.config.tick_ms.max(2_000))),
     };
     let progress = Rc::new(LocalNotify::default());
     let driver = Rc::new(RefCell::new(Driver {

@@ -58,6 +58,9 @@ pub struct WritePathConfig {
     pub session_timeout_ms: (i32, i32),
     /// What the sequencer accepts (TTL nodes or not).
     pub sequencer: SequencerConfig,
+    /// Read-only mode (a member of an ensemble with `--read-only-mode`): how long without
+    /// serving before read-only sessions are granted.
+    pub read_only_after: Option<std::time::Duration>,
 }
 
 /// What the write path asks its driver to do, in order. Each says what must hold when it
@@ -107,6 +110,8 @@ pub enum Effect {
     },
     /// Stop serving: every shard closes every connection.
     DisconnectAll,
+    /// Read-only mode began (true) or ended (false): for the four-letter words.
+    ReadOnly(bool),
     /// The role changed: publish it for the four-letter words (which show a server that does
     /// not serve as looking), and print it for the operator when what they see of it — the
     /// mode or the epoch — changed.
@@ -204,6 +209,10 @@ pub struct WritePath {
     /// The log has no room for its next segment (a full disk): client writes are refused,
     /// and what is left of the current segment serves session bookkeeping.
     out_of_space: bool,
+    /// Since when this server has not served clients (None while it serves).
+    not_serving_since: Option<Instant>,
+    /// In read-only mode: read-only sessions are granted (see `WritePathConfig::read_only_after`).
+    read_only: bool,
     stats: WritePathStats,
     out: Vec<Effect>,
 }
@@ -229,6 +238,8 @@ impl WritePath {
             deferred: VecDeque::new(),
             shown: (true, false, 0),
             out_of_space: false,
+            not_serving_since: Some(now.instant),
+            read_only: false,
             stats: WritePathStats::default(),
             out: Vec::new(),
         }
@@ -280,6 +291,10 @@ impl WritePath {
     /// seen a newer state than this server's; a resumed session is answered at once, a new
     /// one once its creation commits.
     fn connect(&mut self, tree: &DataTree, now: Now, client: ClientRef, req: SessionRequest) {
+        if self.read_only {
+            self.connect_read_only(client, req);
+            return;
+        }
         if !self.serving() {
             // As ZooKeeper: a server without a leader closes new connections; the client
             // tries the next server.
@@ -318,6 +333,39 @@ impl WritePath {
         self.out.push(Effect::Sync { id });
     }
 
+    /// Read-only mode (ZooKeeper's `ReadOnlyZooKeeperServer`): a client that asked for a
+    /// read-only session gets a new one, local to this server (nothing is logged: there is no
+    /// quorum to log it); one that did not, or that resumes a session, is closed and tries
+    /// another server.
+    fn connect_read_only(&mut self, client: ClientRef, req: SessionRequest) {
+        if !req.read_only || req.session_id != SessionId::NONE {
+            tracing::info!(
+                resume = req.session_id != SessionId::NONE,
+                "read-only mode: refusing a client that did not ask for a new read-only session"
+            );
+            self.answer_client(client, ToClient::Close { conn: client.conn });
+            return;
+        }
+        let (min, max) = self.config.session_timeout_ms;
+        let timeout_ms = req.timeout_ms.clamp(min, max);
+        let session = self.sessions.next_id();
+        let password = password(session);
+        self.answer_client(
+            client,
+            ToClient::Connected { conn: client.conn, session, timeout_ms, password, read_only: true },
+        );
+    }
+
+    /// Enters read-only mode once this server has gone without serving for long enough.
+    fn maybe_enter_read_only(&mut self, now: Now) {
+        let (Some(after), Some(since)) = (self.config.read_only_after, self.not_serving_since) else { return };
+        if !self.read_only && now.instant.duration_since(since) >= after {
+            tracing::warn!("read-only mode: no quorum for {after:?}; serving read-only clients");
+            self.read_only = true;
+            self.out.push(Effect::ReadOnly(true));
+        }
+    }
+
     /// The sync for a resume is done: the session lives if this server's tree, now up to
     /// date with the ensemble, still has it.
     fn resume(&mut self, tree: &DataTree, now: Now, client: ClientRef, session: SessionId, timeout_ms: i32) {
@@ -337,7 +385,10 @@ impl WritePath {
             }
         }
         let password = password(session);
-        self.answer_client(client, ToClient::Connected { conn: client.conn, session, timeout_ms, password });
+        self.answer_client(
+            client,
+            ToClient::Connected { conn: client.conn, session, timeout_ms, password, read_only: false },
+        );
     }
 
     /// Tells whether this server takes reads only for lack of disk (a lone voter whose log
@@ -510,6 +561,7 @@ impl WritePath {
     /// Half a tick passed: the leader closes sessions past their deadline and deletes
     /// containers that lost their last child and TTL nodes past their TTL, then proposes.
     pub fn tick(&mut self, tree: &DataTree, now: Now) {
+        self.maybe_enter_read_only(now);
         self.expire_sessions(tree, now);
         self.reap(tree, now);
         self.flush();
@@ -627,7 +679,13 @@ impl WritePath {
                 self.owners.insert(session, client);
                 answer(
                     client,
-                    ToClient::Connected { conn: client.conn, session, timeout_ms, password: password(session) },
+                    ToClient::Connected {
+                        conn: client.conn,
+                        session,
+                        timeout_ms,
+                        password: password(session),
+                        read_only: false,
+                    },
                 );
             }
         }
@@ -661,6 +719,19 @@ impl WritePath {
         if was_serving && !(self.serving() && same_leadership(before, role)) {
             tracing::warn!(?role, "no longer serving: closing client connections");
             self.stop_serving();
+        }
+        if self.serving() {
+            self.not_serving_since = None;
+            if self.read_only {
+                // ZooKeeper shuts its read-only server down: read-only clients reconnect and
+                // get read-write sessions.
+                tracing::info!("leaving read-only mode: closing read-only clients");
+                self.read_only = false;
+                self.out.push(Effect::ReadOnly(false));
+                self.out.push(Effect::DisconnectAll);
+            }
+        } else if self.not_serving_since.is_none() {
+            self.not_serving_since = Some(now.instant);
         }
         if let Role::Leading { established: true, .. } = role {
             if self.leading_from.is_none() {

@@ -23,7 +23,13 @@ fn at(ms: u64) -> Now {
 }
 
 fn config() -> WritePathConfig {
-    WritePathConfig { id: 1, shards: 2, session_timeout_ms: (4_000, 40_000), sequencer: SequencerConfig::default() }
+    WritePathConfig {
+        id: 1,
+        shards: 2,
+        session_timeout_ms: (4_000, 40_000),
+        sequencer: SequencerConfig::default(),
+        read_only_after: None,
+    }
 }
 
 const A: ClientRef = ClientRef { shard: 0, conn: ConnId(7) };
@@ -93,6 +99,7 @@ fn open_session(path: &mut WritePath, tree: &mut DataTree, client: ClientRef, no
         password: Vec::new(),
         timeout_ms: 6_000,
         last_zxid_seen: Zxid::ZERO,
+        read_only: false,
     };
     path.handle(tree, now, ToWritePath::Connect { client, req });
     path.flush();
@@ -114,6 +121,7 @@ fn a_server_that_does_not_serve_closes_new_connections() {
         password: Vec::new(),
         timeout_ms: 6_000,
         last_zxid_seen: Zxid::ZERO,
+        read_only: false,
     };
     path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
     let effects = path.take_effects();
@@ -132,6 +140,7 @@ fn a_client_ahead_of_this_server_is_sent_elsewhere() {
         password: Vec::new(),
         timeout_ms: 6_000,
         last_zxid_seen: Zxid::new(1, 5),
+        read_only: false,
     };
     path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
     let effects = path.take_effects();
@@ -145,8 +154,13 @@ fn a_client_ahead_of_this_server_is_sent_elsewhere() {
 fn a_new_session_is_answered_once_its_creation_commits_with_a_timeout_within_bounds() {
     let mut tree = DataTree::new();
     let mut path = leader(&tree);
-    let req =
-        SessionRequest { session_id: SessionId::NONE, password: Vec::new(), timeout_ms: 1, last_zxid_seen: Zxid::ZERO };
+    let req = SessionRequest {
+        session_id: SessionId::NONE,
+        password: Vec::new(),
+        timeout_ms: 1,
+        last_zxid_seen: Zxid::ZERO,
+        read_only: false,
+    };
     path.handle(&tree, at(1), ToWritePath::Connect { client: A, req });
     assert!(path.take_effects().is_empty(), "nothing until proposed");
     path.flush();
@@ -157,7 +171,7 @@ fn a_new_session_is_answered_once_its_creation_commits_with_a_timeout_within_bou
     path.apply(&mut tree, at(2), &entries);
     let effects = path.take_effects();
     match published(&effects, 0).as_slice() {
-        [ToClient::Connected { conn: ConnId(7), session, timeout_ms: 4_000, password: p }] => {
+        [ToClient::Connected { conn: ConnId(7), session, timeout_ms: 4_000, password: p, .. }] => {
             assert_eq!(*p, password(*session));
             assert!(tree.sessions().contains_key(session));
         }
@@ -171,8 +185,13 @@ fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
     let mut path = leader(&tree);
     let session = open_session(&mut path, &mut tree, A, at(1));
     // A wrong password: expired at once.
-    let req =
-        SessionRequest { session_id: session, password: vec![0; 16], timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
+    let req = SessionRequest {
+        session_id: session,
+        password: vec![0; 16],
+        timeout_ms: 6_000,
+        last_zxid_seen: Zxid::ZERO,
+        read_only: false,
+    };
     path.handle(&tree, at(2), ToWritePath::Connect { client: B, req });
     let effects = path.take_effects();
     assert!(
@@ -182,8 +201,13 @@ fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
     // Otherwise the ensemble decides: a sync first (a server cut off with a deposed leader,
     // or behind, must not answer from its own state), then the tree, up to date, tells.
     let resume = |path: &mut WritePath, id: SessionId, at_ms: u64| -> Vec<Effect> {
-        let req =
-            SessionRequest { session_id: id, password: password(id), timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO };
+        let req = SessionRequest {
+            session_id: id,
+            password: password(id),
+            timeout_ms: 6_000,
+            last_zxid_seen: Zxid::ZERO,
+            read_only: false,
+        };
         path.handle(&tree, at(at_ms), ToWritePath::Connect { client: B, req });
         let sync = match path.take_effects().as_slice() {
             [Effect::Sync { id }] => *id,
@@ -215,6 +239,7 @@ fn a_session_resumes_with_its_password_and_moves_from_its_old_connection() {
         password: password(session),
         timeout_ms: 6_000,
         last_zxid_seen: Zxid::ZERO,
+        read_only: false,
     };
     path.handle(&tree, at(4), ToWritePath::Connect { client: B, req });
     let Some(Effect::Sync { id }) = path.take_effects().pop() else { panic!("a sync") };
@@ -490,4 +515,72 @@ fn a_leader_whose_disk_is_full_refuses_writes_but_opens_sessions_and_takes_write
     path.handle(&tree, at(3), write(A, create(session.0, 2, "/x")));
     path.flush();
     assert_eq!(proposed(&path.take_effects()).len(), 1, "the write is proposed");
+}
+
+fn session_request(session_id: SessionId, read_only: bool) -> SessionRequest {
+    let password = if session_id == SessionId::NONE { Vec::new() } else { password(session_id) };
+    SessionRequest { session_id, password, timeout_ms: 6_000, last_zxid_seen: Zxid::ZERO, read_only }
+}
+
+/// What a connect is answered with: `Some(read_only)` for a session, `None` for a close.
+fn connect_answer(path: &mut WritePath, tree: &DataTree, now: Now, req: SessionRequest) -> Option<bool> {
+    path.handle(tree, now, ToWritePath::Connect { client: A, req });
+    match path.take_effects().as_slice() {
+        [Effect::Client { msg: ToClient::Connected { read_only, .. }, .. }] => Some(*read_only),
+        [Effect::Client { msg: ToClient::Close { .. }, .. }] => None,
+        other => panic!("unexpected answer to a connect: {other:?}"),
+    }
+}
+
+#[test]
+fn read_only_mode_grants_read_only_sessions_after_a_while_without_quorum_and_ends_with_it() {
+    let mut tree = DataTree::new();
+    let config = WritePathConfig { read_only_after: Some(Duration::from_millis(2_000)), ..config() };
+    let mut path = WritePath::new(config, at(0));
+    // Not yet: a server that just lost its quorum closes every new connection, as without the mode.
+    path.tick(&tree, at(1_999));
+    assert!(path.take_effects().is_empty());
+    assert_eq!(connect_answer(&mut path, &tree, at(1_999), session_request(SessionId::NONE, true)), None);
+
+    path.tick(&tree, at(2_000));
+    assert!(matches!(path.take_effects().as_slice(), [Effect::ReadOnly(true)]));
+    // A client that asks for read-only gets a new, local session; nothing is proposed.
+    assert_eq!(connect_answer(&mut path, &tree, at(2_001), session_request(SessionId::NONE, true)), Some(true));
+    // One that does not, or that resumes a session, is closed (it tries another server).
+    assert_eq!(connect_answer(&mut path, &tree, at(2_002), session_request(SessionId::NONE, false)), None);
+    assert_eq!(connect_answer(&mut path, &tree, at(2_003), session_request(SessionId(0x55), true)), None);
+    path.tick(&tree, at(5_000));
+    assert!(path.take_effects().is_empty(), "entered once");
+
+    // Looking again while still without quorum keeps the mode.
+    path.role_changed(&tree, at(5_001), Role::Looking, tree.last_zxid());
+    assert!(!path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(_) | Effect::DisconnectAll)));
+
+    // A quorum again: read-only clients are closed and reconnect as read-write ones.
+    let leading = Role::Leading { epoch: 2, established: true };
+    path.role_changed(&tree, at(6_000), leading, tree.last_zxid());
+    let effects = path.take_effects();
+    assert!(
+        matches!(effects.as_slice(), [Effect::ReadOnly(false), Effect::DisconnectAll, Effect::RoleReported { .. }]),
+        "{effects:?}"
+    );
+    let session = open_session(&mut path, &mut tree, A, at(6_001));
+    assert_ne!(session, SessionId::NONE);
+
+    // Losing the quorum again starts the clock again.
+    path.role_changed(&tree, at(7_000), Role::Looking, tree.last_zxid());
+    path.take_effects();
+    path.tick(&tree, at(8_999));
+    assert!(!path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(_))));
+    path.tick(&tree, at(9_000));
+    assert!(path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(true))));
+}
+
+#[test]
+fn without_read_only_mode_a_server_without_quorum_never_grants_read_only_sessions() {
+    let tree = DataTree::new();
+    let mut path = WritePath::new(config(), at(0));
+    path.tick(&tree, at(60_000));
+    assert!(path.take_effects().is_empty());
+    assert_eq!(connect_answer(&mut path, &tree, at(60_001), session_request(SessionId::NONE, true)), None);
 }

@@ -63,6 +63,8 @@ pub struct Conn {
     pub info: Arc<ConnInfo>,
     /// Identities proven on this connection (ip, digest, sasl).
     pub auth: RefCell<Vec<AuthId>>,
+    /// Its session is read-only (granted by a server in read-only mode).
+    pub read_only: Cell<bool>,
     /// Where this connection's SASL exchange stands.
     pub sasl: RefCell<super::sasl::SaslState>,
     /// Replies in request order.
@@ -91,6 +93,7 @@ impl Conn {
             }),
             auth: RefCell::new(vec![AuthId::new("ip", &peer.ip().to_string())]),
             sasl: RefCell::default(),
+            read_only: Cell::new(false),
             slots: RefCell::new(VecDeque::new()),
             out: RefCell::new(VecDeque::new()),
             out_waker: RefCell::new(None),

@@ -42,16 +42,11 @@ pub fn synced(xid: i32, zxid: Zxid, path: String, ok: bool) -> Vec<u8> {
     }
 }
 
-/// The connect response for an open session.
-pub fn connected(session: SessionId, timeout_ms: i32, password: Vec<u8>) -> Vec<u8> {
-    ConnectResponse {
-        protocol_version: 0,
-        timeout_ms,
-        session_id: session.as_i64(),
-        passwd: password,
-        read_only: false,
-    }
-    .encode()
+/// The connect response for an open session (`read_only`: granted by a server in read-only
+/// mode, the response's trailing byte).
+pub fn connected(session: SessionId, timeout_ms: i32, password: Vec<u8>, read_only: bool) -> Vec<u8> {
+    ConnectResponse { protocol_version: 0, timeout_ms, session_id: session.as_i64(), passwd: password, read_only }
+        .encode()
 }
 
 /// The connect response that tells a client its session expired (timeout 0, session 0).

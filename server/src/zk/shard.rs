@@ -116,6 +116,7 @@ impl Shard {
             password: req.passwd,
             timeout_ms: req.timeout_ms,
             last_zxid_seen: Zxid(req.last_zxid_seen.max(0) as u64),
+            read_only: req.read_only,
         };
         self.shared.to_write_path.send(ToWritePath::Connect { client: self.client(conn), req });
     }
@@ -131,6 +132,23 @@ impl Shard {
         self.stats().received.fetch_add(1, Ordering::Relaxed);
         conn.count_received();
         self.touched.insert(conn.session());
+        if conn.read_only.get() && (request.is_write() || matches!(request, Request::Sync { .. })) {
+            // A read-only session (read-only mode): ZooKeeper's ReadOnlyRequestProcessor
+            // answers every write and sync NotReadOnly; closing the session (local to this
+            // server) is done here.
+            let closes = matches!(request, Request::CloseSession);
+            let code = if closes { 0 } else { ErrorCode::NotReadOnly.code() };
+            let frame = encode_reply(xid, replies::zxid_field(self.shared.tree().last_zxid()), code, None);
+            if closes {
+                conn.close_after_reply();
+            }
+            if conn.has_pending() {
+                conn.slots.borrow_mut().push_back(Slot::Ready(frame));
+            } else {
+                conn.send(frame);
+            }
+            return;
+        }
         if let Request::Sync { path } = request {
             // Through the ensemble: answered once this server has applied every write the
             // leader had accepted before it; ordered after this session's earlier writes by
@@ -245,10 +263,11 @@ impl Shard {
                     _ => None,
                 });
             }
-            ToClient::Connected { conn, session, timeout_ms, password } => {
+            ToClient::Connected { conn, session, timeout_ms, password, read_only } => {
                 if let Some(c) = self.conns.get(&conn) {
                     c.bind(session, timeout_ms);
-                    c.send(replies::connected(session, timeout_ms, password));
+                    c.read_only.set(read_only);
+                    c.send(replies::connected(session, timeout_ms, password, read_only));
                 }
             }
             ToClient::SessionExpired { conn } => {

@@ -442,6 +442,7 @@ impl ZkSim {
             shards: 1,
             session_timeout_ms: (1_000, 20_000),
             sequencer: SequencerConfig::default(),
+            read_only_after: None,
         };
         let state = Rc::new(RefCell::new(MachineState {
             tree: DataTree::new(),
@@ -750,6 +751,7 @@ impl ZkSim {
                     }
                 }
                 Effect::RoleReported { role, .. } => self.note(|| format!("server {}: {role:?}", i + 1)),
+                Effect::ReadOnly(on) => self.note(|| format!("server {}: read-only {on}", i + 1)),
                 Effect::Fatal { why } => return Err(format!("server {}: fatal: {why}", i + 1)),
             }
         }
@@ -958,6 +960,7 @@ impl ZkSim {
                 password,
                 timeout_ms: self.opts.session_timeout_ms,
                 last_zxid_seen: Zxid::ZERO,
+                read_only: false,
             };
             let client = ClientRef { shard: 0, conn };
             return self.with_path(i, |path, tree, now| {
