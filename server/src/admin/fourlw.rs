@@ -19,7 +19,13 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
     let mut out = String::new();
     match word {
         "ruok" => out.push_str("imok"),
-        "isro" => out.push_str(if node.read_only.load(Relaxed) { "ro" } else { "rw" }),
+        // ZooKeeper: `ro` from a read-only server, `rw` from one that serves, `null` from one
+        // that does not serve at all (a client in read-only mode looks for `rw` to move to).
+        "isro" => out.push_str(match (node.read_only.load(Relaxed), node.role.get().serving()) {
+            (true, _) => "ro",
+            (false, true) => "rw",
+            (false, false) => "null",
+        }),
         "srvr" => srvr(node, &mut out),
         "stat" => {
             srvr_header(node, &mut out);
@@ -259,7 +265,9 @@ fn leader_of(node: &Shared, role: Role) -> ServerId {
 
 #[cfg(test)]
 mod tests {
-    use super::java_double;
+    use super::*;
+    use crate::config::ServerConfig;
+    use crate::runtime::inbox::inbox;
 
     #[test]
     fn averages_print_as_java_prints_zookeepers() {
@@ -268,5 +276,24 @@ mod tests {
         {
             assert_eq!(java_double(v), s, "{v}");
         }
+    }
+
+    #[test]
+    fn isro_and_srvr_tell_read_write_read_only_and_not_serving_apart() {
+        let config = ServerConfig::for_test("127.0.0.1:2181".parse().expect("addr"), "d".into());
+        let (to_write_path, _inbox) = inbox();
+        let (to_shard, _shard_inbox) = inbox();
+        let node = Shared::new(config, to_write_path, vec![to_shard]);
+        assert_eq!(answer(&node, "isro").as_deref(), Some("null"), "looking, not read-only");
+        node.read_only.store(true, Relaxed);
+        assert_eq!(answer(&node, "isro").as_deref(), Some("ro"));
+        let srvr = answer(&node, "srvr").expect("srvr");
+        let lines: Vec<&str> = srvr.lines().collect();
+        assert_eq!(lines[1], "READ-ONLY mode; serving only read-only clients", "{srvr}");
+        assert!(lines.contains(&"Mode: read-only"), "{srvr}");
+        node.read_only.store(false, Relaxed);
+        node.role.set(Role::Leading { epoch: 1, established: true });
+        assert_eq!(answer(&node, "isro").as_deref(), Some("rw"));
+        assert!(!answer(&node, "srvr").expect("srvr").contains("READ-ONLY"));
     }
 }
