@@ -30,6 +30,10 @@ use super::path::{name, parent};
 use super::stat::{owner_kind, ttl_owner, OwnerKind, Stat, StatPersisted, CONTAINER_OWNER};
 use super::ErrorCode;
 
+mod quota;
+
+pub use quota::{limit_path, QuotaLimits, QuotaUsage, LIMIT_NODE, QUOTA_PATH, STAT_NODE};
+
 /// "No node" in links.
 const NONE: u32 = u32::MAX;
 /// `parent` of a free slab slot.
@@ -357,6 +361,8 @@ pub struct DataTree {
     last_zxid: Zxid,
     data_bytes: u64,
     count: usize,
+    /// Quota roots and their usage: derived from the tree (never in an image).
+    quotas: quota::Quotas,
 }
 
 impl Default for DataTree {
@@ -395,6 +401,7 @@ impl DataTree {
             last_zxid: Zxid::ZERO,
             data_bytes: 0,
             count: 0,
+            quotas: quota::Quotas::default(),
         }
     }
 
@@ -913,6 +920,7 @@ impl DataTree {
         let id = self.insert_child(pid, child_name, c.data.as_slice(), acl, StatPersisted::created(zxid, time, owner));
         self.nodes[id as usize].set_null(null);
         let stat = Znode { tree: self, id }.full_stat();
+        self.quota_created(path, c.data.len());
         let f = self.family_mut(pid);
         // As ZooKeeper: only a create that advances the parent's cversion moves pzxid.
         if parent_cversion > f.cversion {
@@ -933,7 +941,9 @@ impl DataTree {
             return Err(ErrorCode::NotEmpty);
         }
         let pid = self.nodes[id as usize].parent;
+        let len = self.nodes[id as usize].data().len();
         self.remove(id);
+        self.quota_deleted(path, len);
         let f = self.family_mut(pid);
         if zxid.0 as i64 > f.pzxid {
             f.pzxid = zxid.0 as i64;
@@ -954,22 +964,29 @@ impl DataTree {
         changes: &mut Vec<Change>,
     ) -> Result<OpResult, ErrorCode> {
         let Some(id) = self.resolve(path) else { return Err(ErrorCode::NoNode) };
-        let null = data.is_none();
-        let data = data.unwrap_or_default();
+        let old = self.replace_data(id, data);
         let node = &mut self.nodes[id as usize];
-        node.set_null(null);
-        let old = node.data().len() as u64;
+        node.mtime = time;
+        node.mzxid = zxid.0 as i64;
+        node.version = version;
+        let stat = Znode { tree: self, id }.full_stat();
+        self.quota_set(path, old, data.map_or(0, <[u8]>::len));
+        changes.push(Change { path: path.to_string(), kind: ChangeKind::DataChanged });
+        Ok(OpResult::DataSet(stat))
+    }
+
+    /// Replaces a znode's data (`None`: null) and nothing else of it; returns the old length.
+    fn replace_data(&mut self, id: u32, data: Option<&[u8]>) -> usize {
+        let node = &mut self.nodes[id as usize];
+        node.set_null(data.is_none());
+        let data = data.unwrap_or_default();
+        let old = node.data().len();
         let mut bytes = Vec::with_capacity(node.name_len() + data.len());
         bytes.extend_from_slice(node.name());
         bytes.extend_from_slice(data);
         node.bytes = bytes.into_boxed_slice();
-        node.mtime = time;
-        node.mzxid = zxid.0 as i64;
-        node.version = version;
-        self.data_bytes = self.data_bytes - old + data.len() as u64;
-        let stat = Znode { tree: self, id }.full_stat();
-        changes.push(Change { path: path.to_string(), kind: ChangeKind::DataChanged });
-        Ok(OpResult::DataSet(stat))
+        self.data_bytes = self.data_bytes - old as u64 + data.len() as u64;
+        old
     }
 
     fn set_acl(&mut self, path: &str, acl: &[ArchivedAcl], version: i32) -> Result<OpResult, ErrorCode> {
@@ -1063,6 +1080,7 @@ impl DataTree {
                 assert_eq!(self.owner(id), *session, "stale ephemeral");
             }
         }
+        self.validate_quotas();
     }
 
     /// Every znode path, sorted (for tests).
@@ -1184,6 +1202,7 @@ impl DataTree {
         }
         tree.sessions = sessions;
         tree.last_zxid = last_zxid;
+        tree.rebuild_quotas();
         Ok(tree)
     }
 }

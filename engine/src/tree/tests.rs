@@ -402,3 +402,181 @@ fn null_data_stays_null_and_empty_stays_empty() {
     assert_eq!((data(&h.tree, "/m"), data(&h.tree, "/e")), (Some(None), Some(None)));
     h.tree.validate();
 }
+
+// ---- quotas ----
+
+/// What zkCli's `setquota -n 3 /p` writes: the namespace nodes with null data, then the
+/// limits and the stats as the client sends them.
+fn setquota_txns(root: &str, limits: &str) -> Vec<Txn> {
+    let mut txns = Vec::new();
+    let mut at = String::from(QUOTA_PATH);
+    for part in root.split('/').filter(|p| !p.is_empty()) {
+        at = format!("{at}/{part}");
+        txns.push(Txn::CreateNull(create_txn(&at, b"", NodeKind::Persistent, i32::MAX)));
+    }
+    txns.push(Txn::Create(create_txn(&limit_path(root), limits.as_bytes(), NodeKind::Persistent, i32::MAX)));
+    txns.push(Txn::Create(create_txn(&format!("{at}/{STAT_NODE}"), b"count=0,bytes=0", NodeKind::Persistent, i32::MAX)));
+    txns
+}
+
+fn stats(tree: &DataTree, root: &str) -> Option<String> {
+    tree.get(&format!("{QUOTA_PATH}{root}/{STAT_NODE}")).map(|z| String::from_utf8_lossy(z.data()).into_owned())
+}
+
+#[test]
+fn stats_follow_creates_deletes_and_set_data_without_versions_or_watches() {
+    let mut h = Harness::new();
+    h.apply(0, Txn::Create(create_txn("/p", b"", NodeKind::Persistent, 1)));
+    h.apply(0, Txn::Create(create_txn("/p/a", b"hello", NodeKind::Persistent, 1)));
+    assert!(!h.tree.has_quotas());
+    for txn in setquota_txns("/p", "count=3,bytes=-1=;byteHardLimit=-1;countHardLimit=-1") {
+        h.apply(0, txn);
+    }
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=2,bytes=5"), "the server rewrites the client's stats");
+    let stat_before = h.tree.stat("/zookeeper/quota/p/zookeeper_stats").expect("stats");
+    let applied = h.apply(0, Txn::Create(create_txn("/p/b", b"12345", NodeKind::Persistent, 2)));
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=3,bytes=10"));
+    assert!(applied.changes.iter().all(|c| !c.path.starts_with("/zookeeper")), "no watch on the stats");
+    let stat_after = h.tree.stat("/zookeeper/quota/p/zookeeper_stats").expect("stats");
+    assert_eq!((stat_after.version, stat_after.mzxid), (stat_before.version, stat_before.mzxid));
+    assert_eq!(stat_after.data_length, 16);
+    h.apply(0, Txn::SetNull { path: "/p/a".into(), version: 1 });
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=3,bytes=5"), "null data counts 0");
+    h.apply(0, Txn::Delete { path: "/p/b".into() });
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=2,bytes=0"));
+    assert_eq!(h.tree.quota_roots_of("/p/a/x").map(|(r, u)| (r.to_string(), u)).collect::<Vec<_>>(), vec![(
+        "/p".to_string(),
+        QuotaUsage { count: 2, bytes: 0 }
+    )]);
+    assert_eq!(h.tree.quota_roots_of("/pp").count(), 0, "roots are whole components");
+    let limits = h.tree.quota_limits("/p").expect("limits");
+    assert_eq!((limits.count, limits.count_hard), (3, -1));
+    // A client's setData on the stats is overridden by the recount.
+    h.apply(0, Txn::SetData { path: "/zookeeper/quota/p/zookeeper_stats".into(), data: b"junk".to_vec(), version: 1 });
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=2,bytes=0"));
+    // Deleting the limits ends the tracking; the stats keep their last data.
+    h.apply(0, Txn::Delete { path: limit_path("/p") });
+    assert!(!h.tree.has_quotas());
+    h.apply(0, Txn::Create(create_txn("/p/c", b"xyz", NodeKind::Persistent, 3)));
+    assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=2,bytes=0"));
+    h.tree.validate();
+}
+
+#[test]
+fn a_loaded_image_finds_the_quota_roots_again() {
+    let mut h = Harness::new();
+    h.apply(0, Txn::Create(create_txn("/q", b"abc", NodeKind::Persistent, 1)));
+    for txn in setquota_txns("/q", "count=-1,bytes=-1=;byteHardLimit=-1;countHardLimit=2") {
+        h.apply(0, txn);
+    }
+    let back = DataTree::from_image(&h.tree.to_image()).expect("image");
+    assert_eq!(back.quota_usage("/q"), Some(QuotaUsage { count: 1, bytes: 3 }));
+    assert_eq!(back.digest(), h.tree.digest());
+    back.validate();
+}
+
+#[derive(Debug, Clone)]
+enum QuotaOp {
+    /// A znode at `node_path(a, b)` with `len` bytes (or null).
+    Create(u8, u8, u8, bool),
+    Delete(u8, u8),
+    Set(u8, u8, u8, bool),
+    /// setquota on root `r` (its namespace, limits and stats).
+    SetQuota(u8),
+    /// Delete root `r`'s limits (true) or stats (false).
+    DelQuotaNode(u8, bool),
+    /// Create root `r`'s stats alone.
+    CreateStats(u8),
+    /// A client's setData on root `r`'s stats.
+    SetStats(u8),
+}
+
+/// Roots, nested and not: `/p0`, `/p1`, `/p1/c1`, `/p2/c3` (and `/p3`, never a node's parent).
+fn quota_root(r: u8) -> &'static str {
+    ["/p0", "/p1", "/p1/c1", "/p2/c3", "/p3"][r as usize % 5]
+}
+
+fn quota_op() -> impl Strategy<Value = QuotaOp> {
+    prop_oneof![
+        5 => (0u8..4, 0u8..4, 0u8..6, any::<bool>()).prop_map(|(a, b, l, n)| QuotaOp::Create(a, b, l, n)),
+        2 => (0u8..4, 0u8..4).prop_map(|(a, b)| QuotaOp::Delete(a, b)),
+        3 => (0u8..4, 0u8..4, 0u8..6, any::<bool>()).prop_map(|(a, b, l, n)| QuotaOp::Set(a, b, l, n)),
+        2 => (0u8..5).prop_map(QuotaOp::SetQuota),
+        1 => (0u8..5, any::<bool>()).prop_map(|(r, l)| QuotaOp::DelQuotaNode(r, l)),
+        1 => (0u8..5).prop_map(QuotaOp::CreateStats),
+        1 => (0u8..5).prop_map(QuotaOp::SetStats),
+    ]
+}
+
+/// The stats a root with limits must show, counted path by path from scratch.
+fn naive_usage(tree: &DataTree, root: &str) -> String {
+    let inside = |p: &String| p == root || p.starts_with(&format!("{root}/"));
+    let paths: Vec<String> = tree.sorted_paths().into_iter().filter(inside).collect();
+    let bytes: usize = paths.iter().map(|p| tree.get(p).map_or(0, |z| z.data().len())).sum();
+    format!("count={},bytes={bytes}", paths.len())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever the writes, every root with limits has stats equal to a naive recount after
+    /// every entry; and a snapshot at any point plus the rest of the log gives the same tree.
+    #[test]
+    fn quota_stats_always_equal_a_naive_recount(ops in proptest::collection::vec(quota_op(), 1..60), cut in 0usize..80) {
+        let mut h = Harness::new();
+        let mut entries = Vec::new();
+        for op in ops {
+            let data = |len: u8, null: bool| if null { None } else { Some(vec![b'x'; len as usize]) };
+            let txns = match op {
+                QuotaOp::Create(a, b, len, null) => {
+                    let txn = create_txn(&node_path(a, b), &data(len, null).unwrap_or_default(), NodeKind::Persistent, i32::MAX);
+                    vec![if null { Txn::CreateNull(txn) } else { Txn::Create(txn) }]
+                }
+                QuotaOp::Delete(a, b) => vec![Txn::Delete { path: node_path(a, b) }],
+                QuotaOp::Set(a, b, len, null) => vec![match data(len, null) {
+                    Some(data) => Txn::SetData { path: node_path(a, b), data, version: 1 },
+                    None => Txn::SetNull { path: node_path(a, b), version: 1 },
+                }],
+                QuotaOp::SetQuota(r) => setquota_txns(quota_root(r), "count=5,bytes=-1=;byteHardLimit=-1;countHardLimit=-1"),
+                QuotaOp::DelQuotaNode(r, limits) => {
+                    let node = if limits { LIMIT_NODE } else { STAT_NODE };
+                    vec![Txn::Delete { path: format!("{QUOTA_PATH}{}/{node}", quota_root(r)) }]
+                }
+                QuotaOp::CreateStats(r) => {
+                    let path = format!("{QUOTA_PATH}{}/{STAT_NODE}", quota_root(r));
+                    vec![Txn::Create(create_txn(&path, b"count=0,bytes=0", NodeKind::Persistent, i32::MAX))]
+                }
+                QuotaOp::SetStats(r) => {
+                    let path = format!("{QUOTA_PATH}{}/{STAT_NODE}", quota_root(r));
+                    vec![Txn::SetData { path, data: b"count=99".to_vec(), version: 1 }]
+                }
+            };
+            for txn in txns {
+                let entry = h.entry(0, txn);
+                let bytes = entry.encode();
+                h.tree.apply(Transaction::access(&bytes).expect("valid"));
+                entries.push(bytes);
+                for r in 0..5 {
+                    let root = quota_root(r);
+                    if h.tree.get(&limit_path(root)).is_some() {
+                        if let Some(shown) = stats(&h.tree, root) {
+                            prop_assert_eq!(shown, naive_usage(&h.tree, root), "root {}", root);
+                        }
+                    }
+                }
+            }
+        }
+        h.tree.validate();
+        let cut = cut.min(entries.len());
+        let mut prefix = DataTree::new();
+        for bytes in &entries[..cut] {
+            prefix.apply(Transaction::access(bytes).expect("valid"));
+        }
+        let mut restored = DataTree::from_image(&prefix.to_image()).expect("image");
+        for bytes in &entries[cut..] {
+            restored.apply(Transaction::access(bytes).expect("valid"));
+        }
+        restored.validate();
+        prop_assert_eq!(restored.digest(), h.tree.digest());
+    }
+}
