@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// standalone server.
     #[arg(long)]
     pub read_only_mode: bool,
+    /// Refuse a create or setData past a quota's hard limit (zkCli's `setquota -N`/`-B`) with
+    /// QuotaExceeded, and log one past a soft limit (ZooKeeper's zookeeper.enforceQuota).
+    /// Off: quotas are only counted, in `/zookeeper/quota`.
+    #[arg(long)]
+    pub enforce_quota: bool,
     /// Write a snapshot after this many entries (0: never).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
@@ -180,6 +185,7 @@ impl ServerConfig {
             super_digest: None,
             sasl_users: Vec::new(),
             read_only_mode: false,
+            enforce_quota: false,
             max_client_cnxns: 60,
             snapshot_every_entries: 100_000,
             snapshots_to_keep: 3,

@@ -15,8 +15,12 @@
 //! Checks run in ZooKeeper's order, so clients see the same error codes: e.g. a create checks
 //! CREATE permission on the parent before NodeExists, a delete checks DELETE on the parent,
 //! then the version, then NotEmpty.
+//!
+//! With [`SequencerConfig::enforce_quota`], creates and setData are also checked against the
+//! quota of the longest quota root holding their path (see `quota.rs`).
 
 mod acl;
+mod quota;
 // rkyv's derive emits undocumented items for the archived forms of these types.
 #[allow(missing_docs)]
 mod request;
@@ -31,7 +35,9 @@ pub use request::{CreateMode, CreateOp, WriteOp, WriteRequest};
 
 use crate::log::{Acl, CreateTxn, MultiOp, NodeKind, SessionId, Transaction, Txn, Zxid};
 use crate::tree::path::{parent, validate_path};
-use crate::tree::{owner_kind, DataTree, ErrorCode, OwnerKind, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};
+use crate::tree::{
+    owner_kind, DataTree, ErrorCode, OwnerKind, QuotaUsage, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS,
+};
 
 /// Why a write was refused before reaching the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +54,15 @@ pub enum Rejected {
 pub struct SequencerConfig {
     /// Allow TTL nodes (ZooKeeper's `zookeeper.extendedTypesEnabled`); Unimplemented when off.
     pub ttl_enabled: bool,
+    /// Refuse a create or setData past a quota's hard limit with QuotaExceeded, and log one
+    /// past a soft limit (ZooKeeper's `zookeeper.enforceQuota`); when off, quotas are only
+    /// counted.
+    pub enforce_quota: bool,
 }
 
 impl Default for SequencerConfig {
     fn default() -> Self {
-        SequencerConfig { ttl_enabled: true }
+        SequencerConfig { ttl_enabled: true, enforce_quota: false }
     }
 }
 
@@ -61,6 +71,8 @@ struct NodeRecord {
     stat: StatPersisted,
     child_count: i32,
     acl: Arc<[Acl]>,
+    /// Its data's length (null: 0), for quotas.
+    data_len: i64,
 }
 
 /// The in-flight state of one path.
@@ -81,6 +93,9 @@ pub struct Sequencer {
     pending: HashMap<String, Record>,
     /// Sessions opened (`true`) or closed (`false`) by in-flight entries.
     pending_sessions: HashMap<SessionId, (Zxid, bool)>,
+    /// How in-flight entries change quota roots' usage (kept only when enforcing).
+    quota_in_flight: quota::InFlightUsage,
+    quota_log: quota::LogPace,
 }
 
 impl Sequencer {
@@ -92,7 +107,14 @@ impl Sequencer {
         } else {
             Zxid::new(epoch, 1)
         };
-        Sequencer { config, next_zxid, pending: HashMap::new(), pending_sessions: HashMap::new() }
+        Sequencer {
+            config,
+            next_zxid,
+            pending: HashMap::new(),
+            pending_sessions: HashMap::new(),
+            quota_in_flight: quota::InFlightUsage::default(),
+            quota_log: quota::LogPace::default(),
+        }
     }
 
     /// The zxid the next entry will get.
@@ -126,6 +148,9 @@ impl Sequencer {
     pub fn committed(&mut self, zxid: Zxid) {
         self.pending.retain(|_, r| r.zxid > zxid);
         self.pending_sessions.retain(|_, (z, _)| *z > zxid);
+        if !self.quota_in_flight.is_empty() {
+            self.quota_in_flight.committed(zxid);
+        }
     }
 
     fn prepare_multi(
@@ -136,7 +161,7 @@ impl Sequencer {
         zxid: Zxid,
         time: i64,
     ) -> Result<Txn, Rejected> {
-        let saved = (self.pending.clone(), self.pending_sessions.clone());
+        let saved = (self.pending.clone(), self.pending_sessions.clone(), self.quota_in_flight.clone());
         let mut out = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             let prepared = match op {
@@ -148,7 +173,7 @@ impl Sequencer {
             match prepared {
                 Ok(txn) => out.push(multi_op(txn)),
                 Err(code) => {
-                    (self.pending, self.pending_sessions) = saved;
+                    (self.pending, self.pending_sessions, self.quota_in_flight) = saved;
                     let codes = (0..ops.len())
                         .map(|j| match j.cmp(&i) {
                             std::cmp::Ordering::Less => 0,
@@ -170,6 +195,7 @@ impl Sequencer {
                 stat: z.stat(),
                 child_count: z.child_count() as i32,
                 acl: z.acl().clone(),
+                data_len: z.data().len() as i64,
             }),
         }
     }
@@ -200,7 +226,11 @@ impl Sequencer {
                 validate_path(path, false)?;
                 let mut node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&node.acl, perms::WRITE, &req.auth)?;
+                let bytes = data.as_ref().map_or(0, |d| d.len() as i64) - node.data_len;
+                self.check_quota(tree, path, (0, bytes), time)?;
                 let new_version = next_version(node.stat.version, *version)?;
+                self.count_quota(tree, path, (0, bytes), zxid);
+                node.data_len += bytes;
                 node.stat.version = new_version;
                 node.stat.mzxid = zxid.0 as i64;
                 node.stat.mtime = time;
@@ -295,6 +325,9 @@ impl Sequencer {
         if matches!(owner_kind(parent_node.stat.ephemeral_owner), OwnerKind::Ephemeral(_)) {
             return Err(ErrorCode::NoChildrenForEphemerals);
         }
+        let data_len = c.data.as_ref().map_or(0, |d| d.len() as i64);
+        self.check_quota(tree, &path, (1, data_len), time)?;
+        self.count_quota(tree, &path, (1, data_len), zxid);
         let parent_cversion = parent_node.stat.cversion.wrapping_add(1);
         parent_node.stat.cversion = parent_cversion;
         parent_node.stat.pzxid = zxid.0 as i64;
@@ -306,8 +339,12 @@ impl Sequencer {
             NodeKind::Container => CONTAINER_OWNER,
             NodeKind::Ttl { ttl_ms } => crate::tree::ttl_owner(ttl_ms),
         };
-        let node =
-            NodeRecord { stat: StatPersisted::created(zxid, time, owner), child_count: 0, acl: acl.clone().into() };
+        let node = NodeRecord {
+            stat: StatPersisted::created(zxid, time, owner),
+            child_count: 0,
+            acl: acl.clone().into(),
+            data_len,
+        };
         self.set(&path, zxid, Some(node));
         Ok(match &c.data {
             Some(data) => Txn::Create(CreateTxn { path, data: data.clone(), acl, kind, parent_cversion }),
@@ -335,6 +372,7 @@ impl Sequencer {
         if node.child_count > 0 {
             return Err(ErrorCode::NotEmpty);
         }
+        self.count_quota(tree, path, (-1, -node.data_len), zxid);
         parent_node.child_count -= 1;
         parent_node.stat.pzxid = zxid.0 as i64;
         self.set(parent_path, zxid, Some(parent_node));
@@ -356,6 +394,9 @@ impl Sequencer {
         paths.retain(|p| self.lookup(tree, p).is_some_and(|n| n.stat.ephemeral_owner == session.as_i64()));
         paths.sort();
         for path in paths {
+            if let Some(node) = self.lookup(tree, &path) {
+                self.count_quota(tree, &path, (-1, -node.data_len), zxid);
+            }
             let parent_path = parent(&path).to_string();
             if let Some(mut p) = self.lookup(tree, &parent_path) {
                 p.child_count -= 1;
@@ -363,6 +404,31 @@ impl Sequencer {
                 self.set(&parent_path, zxid, Some(p));
             }
             self.set(&path, zxid, None);
+        }
+    }
+}
+
+impl Sequencer {
+    /// ZooKeeper's `checkQuota` for a write at `path` that changes (znodes, bytes): the
+    /// longest quota root's limits against its committed plus in-flight usage.
+    fn check_quota(&mut self, tree: &DataTree, path: &str, change: (i64, i64), time: i64) -> Result<(), ErrorCode> {
+        if !self.config.enforce_quota || !tree.has_quotas() {
+            return Ok(());
+        }
+        let Some((root, committed)) = tree.quota_roots_of(path).last() else { return Ok(()) };
+        let Some(limits) = tree.quota_limits(root) else { return Ok(()) };
+        let in_flight = self.quota_in_flight.of(root);
+        let usage = QuotaUsage { count: committed.count + in_flight.count, bytes: committed.bytes + in_flight.bytes };
+        quota::enforce(&mut self.quota_log, root, limits, usage, change, time)
+    }
+
+    /// Records an accepted write's change to the usage of every quota root holding `path`.
+    fn count_quota(&mut self, tree: &DataTree, path: &str, change: (i64, i64), zxid: Zxid) {
+        if !self.config.enforce_quota || !tree.has_quotas() {
+            return;
+        }
+        for (root, _) in tree.quota_roots_of(path) {
+            self.quota_in_flight.add(zxid, root, change.0, change.1);
         }
     }
 }

@@ -216,7 +216,7 @@ fn ttl_and_container_modes_are_validated() {
     assert_eq!(n.prepare(ttl(TTL_MAX_MS + 1)), Err(Rejected::Op(ErrorCode::BadArguments)));
     n.write(ttl(1000)).expect("ttl");
     let mut off = Node::new();
-    off.seq = Sequencer::new(SequencerConfig { ttl_enabled: false }, 1, off.tree.last_zxid());
+    off.seq = Sequencer::new(SequencerConfig { ttl_enabled: false, ..SequencerConfig::default() }, 1, off.tree.last_zxid());
     assert_eq!(off.prepare(ttl(1000)), Err(Rejected::Op(ErrorCode::Unimplemented)));
     n.write(create("/c", CreateMode::Container)).expect("container");
     assert_eq!(n.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
@@ -323,4 +323,86 @@ fn edge_case_creates_get_zookeepers_answers() {
     });
     n.write(plain).expect("created");
     assert_eq!(n.tree.get("/p").map(|z| z.stat().ephemeral_owner), Some(0), "a plain persistent node");
+}
+
+/// A node whose `/p` has a quota with `limits` (as zkCli's setquota writes it).
+fn quota_node(enforce: bool, limits: &str) -> Node {
+    let mut n = Node::new();
+    n.seq = Sequencer::new(SequencerConfig { enforce_quota: enforce, ..SequencerConfig::default() }, 1, n.tree.last_zxid());
+    for (path, data) in [
+        ("/p", "x"),
+        ("/zookeeper/quota/p", ""),
+        ("/zookeeper/quota/p/zookeeper_limits", limits),
+        ("/zookeeper/quota/p/zookeeper_stats", "count=0,bytes=0"),
+    ] {
+        let op = WriteOp::Create(CreateOp {
+            path: path.into(),
+            data: Some(data.as_bytes().to_vec()),
+            acl: open_acl(),
+            mode: CreateMode::Persistent,
+            ttl_ms: 0,
+            container: false,
+        });
+        n.write(op).expect("setquota");
+    }
+    n
+}
+
+fn set(path: &str, data: &[u8], version: i32) -> WriteOp {
+    WriteOp::SetData { path: path.into(), data: Some(data.to_vec()), version }
+}
+
+#[test]
+fn a_hard_count_limit_refuses_creates_past_it_counting_writes_in_flight() {
+    // countHardLimit=3: /p and two more.
+    let mut n = quota_node(true, "count=-1,bytes=-1=;byteHardLimit=-1;countHardLimit=3");
+    let a = n.prepare(create("/p/a", CreateMode::Persistent)).expect("2 of 3");
+    let b = n.prepare(create("/p/b", CreateMode::Persistent)).expect("3 of 3, a still in flight");
+    assert_eq!(
+        n.prepare(create("/p/c", CreateMode::Persistent)),
+        Err(Rejected::Op(ErrorCode::QuotaExceeded)),
+        "the in-flight creates count"
+    );
+    n.apply(&a);
+    n.apply(&b);
+    assert_eq!(n.prepare(create("/p/c", CreateMode::Persistent)), Err(Rejected::Op(ErrorCode::QuotaExceeded)));
+    // Outside the root, and in a root-less sibling, nothing is checked.
+    n.write(create("/q", CreateMode::Persistent)).expect("outside");
+    // A delete in flight makes room.
+    let d = n.prepare(WriteOp::Delete { path: "/p/a".into(), version: -1 }).expect("delete");
+    n.prepare(create("/p/c", CreateMode::Persistent)).expect("room made by the delete in flight");
+    n.apply(&d);
+    // Inside a multi the refused op carries the code.
+    assert_eq!(
+        n.prepare(WriteOp::Multi(vec![set("/p", b"y", -1), create("/p/d", CreateMode::Persistent)])),
+        Err(Rejected::Multi(vec![0, ErrorCode::QuotaExceeded.code()]))
+    );
+}
+
+#[test]
+fn a_hard_byte_limit_checks_set_data_before_the_version() {
+    // /p holds 1 byte; byteHardLimit=4.
+    let mut n = quota_node(true, "count=-1,bytes=-1=;byteHardLimit=4;countHardLimit=-1");
+    n.write(set("/p", b"abcd", -1)).expect("4 bytes fit");
+    // Quota comes before the version check (ZooKeeper's order).
+    assert_eq!(n.prepare(set("/p", b"abcde", 7)), Err(Rejected::Op(ErrorCode::QuotaExceeded)));
+    assert_eq!(n.prepare(set("/p", b"ab", 7)), Err(Rejected::Op(ErrorCode::BadVersion)));
+    n.write(set("/p", b"", -1)).expect("shrinks");
+    let mut empty = create("/p/e", CreateMode::Persistent);
+    if let WriteOp::Create(c) = &mut empty {
+        c.data = None;
+    }
+    n.write(empty).expect("null data adds no bytes");
+    assert_eq!(n.prepare(create("/p/f", CreateMode::Persistent)).map(|_| ()), Ok(()), "1 byte of 4");
+}
+
+#[test]
+fn soft_limits_and_enforcement_off_never_refuse() {
+    let mut soft = quota_node(true, "count=1,bytes=1=;byteHardLimit=-1;countHardLimit=-1");
+    soft.write(create("/p/a", CreateMode::Persistent)).expect("a soft limit only logs");
+    soft.write(set("/p/a", b"much longer", -1)).expect("a soft limit only logs");
+    let mut off = quota_node(false, "count=-1,bytes=-1=;byteHardLimit=1;countHardLimit=1");
+    off.write(create("/p/a", CreateMode::Persistent)).expect("not enforced");
+    assert!(off.seq.quota_in_flight.is_empty(), "nothing is tracked when off");
+    assert_eq!(off.tree.quota_usage("/p"), Some(QuotaUsage { count: 2, bytes: 2 }), "but usage is counted");
 }

@@ -235,7 +235,10 @@ pub async fn run(
         id: shared.config.server_id,
         shards: shared.to_shard.len(),
         session_timeout_ms: (shared.config.min_session_timeout_ms(), shared.config.max_session_timeout_ms()),
-        sequencer: baton_engine::sequencer::SequencerConfig { ttl_enabled: !shared.config.disable_ttl },
+        sequencer: baton_engine::sequencer::SequencerConfig {
+            ttl_enabled: !shared.config.disable_ttl,
+            enforce_quota: shared.config.enforce_quota,
+        },
         read_only_after: (shared.config.read_only_mode && !shared.standalone())
             .then(|| Duration::from_millis(shared.config.tick_ms.max(2_000))),
     };
