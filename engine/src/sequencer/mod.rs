@@ -35,9 +35,7 @@ pub use request::{CreateMode, CreateOp, WriteOp, WriteRequest};
 
 use crate::log::{Acl, CreateTxn, MultiOp, NodeKind, SessionId, Transaction, Txn, Zxid};
 use crate::tree::path::{parent, validate_path};
-use crate::tree::{
-    owner_kind, DataTree, ErrorCode, OwnerKind, QuotaUsage, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS,
-};
+use crate::tree::{owner_kind, DataTree, ErrorCode, OwnerKind, QuotaUsage, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};
 
 /// Why a write was refused before reaching the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,8 +392,10 @@ impl Sequencer {
         paths.retain(|p| self.lookup(tree, p).is_some_and(|n| n.stat.ephemeral_owner == session.as_i64()));
         paths.sort();
         for path in paths {
-            if let Some(node) = self.lookup(tree, &path) {
-                self.count_quota(tree, &path, (-1, -node.data_len), zxid);
+            if self.tracks_quotas(tree) {
+                if let Some(node) = self.lookup(tree, &path) {
+                    self.count_quota(tree, &path, (-1, -node.data_len), zxid);
+                }
             }
             let parent_path = parent(&path).to_string();
             if let Some(mut p) = self.lookup(tree, &parent_path) {
@@ -409,10 +409,15 @@ impl Sequencer {
 }
 
 impl Sequencer {
+    /// Whether writes are checked against quotas (enforcement is on and a quota root exists).
+    fn tracks_quotas(&self, tree: &DataTree) -> bool {
+        self.config.enforce_quota && tree.has_quotas()
+    }
+
     /// ZooKeeper's `checkQuota` for a write at `path` that changes (znodes, bytes): the
     /// longest quota root's limits against its committed plus in-flight usage.
     fn check_quota(&mut self, tree: &DataTree, path: &str, change: (i64, i64), time: i64) -> Result<(), ErrorCode> {
-        if !self.config.enforce_quota || !tree.has_quotas() {
+        if !self.tracks_quotas(tree) {
             return Ok(());
         }
         let Some((root, committed)) = tree.quota_roots_of(path).last() else { return Ok(()) };
@@ -424,7 +429,7 @@ impl Sequencer {
 
     /// Records an accepted write's change to the usage of every quota root holding `path`.
     fn count_quota(&mut self, tree: &DataTree, path: &str, change: (i64, i64), zxid: Zxid) {
-        if !self.config.enforce_quota || !tree.has_quotas() {
+        if !self.tracks_quotas(tree) {
             return;
         }
         for (root, _) in tree.quota_roots_of(path) {

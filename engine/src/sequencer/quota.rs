@@ -153,20 +153,20 @@ mod tests {
     fn soft_limits_log_hard_limits_refuse_as_zookeeper_words_them() {
         let used = QuotaUsage { count: 10, bytes: 100 };
         let soft = check("/p", limits(10, -1, -1, -1), used, 1, 5);
-        assert_eq!(soft, vec![Exceeded {
-            message: "Quota exceeded: /p [current count=11, softCountLimit=10]".into(),
-            hard: false
-        }]);
+        assert_eq!(
+            soft,
+            vec![Exceeded { message: "Quota exceeded: /p [current count=11, softCountLimit=10]".into(), hard: false }]
+        );
         let hard = check("/p", limits(10, 50, 10, 50), used, 1, 5);
-        assert_eq!(hard, vec![Exceeded {
-            message: "Quota exceeded: /p [current count=11, hardCountLimit=10]".into(),
-            hard: true
-        }]);
+        assert_eq!(
+            hard,
+            vec![Exceeded { message: "Quota exceeded: /p [current count=11, hardCountLimit=10]".into(), hard: true }]
+        );
         let bytes = check("/p", limits(-1, -1, -1, 104), used, 0, 5);
-        assert_eq!(bytes, vec![Exceeded {
-            message: "Quota exceeded: /p [current bytes=105, hardByteLimit=104]".into(),
-            hard: true
-        }]);
+        assert_eq!(
+            bytes,
+            vec![Exceeded { message: "Quota exceeded: /p [current bytes=105, hardByteLimit=104]".into(), hard: true }]
+        );
         assert!(check("/p", limits(-1, -1, 11, 105), used, 1, 5).is_empty(), "reaching a limit is allowed");
         assert!(check("/p", limits(-1, -1, 5, -1), used, 0, 5).is_empty(), "a setData adds no znode");
         assert_eq!(check("/p", limits(-1, 1, -1, -1), used, 0, -5).len(), 1, "a shrink past the limit still logs");

@@ -216,7 +216,8 @@ fn ttl_and_container_modes_are_validated() {
     assert_eq!(n.prepare(ttl(TTL_MAX_MS + 1)), Err(Rejected::Op(ErrorCode::BadArguments)));
     n.write(ttl(1000)).expect("ttl");
     let mut off = Node::new();
-    off.seq = Sequencer::new(SequencerConfig { ttl_enabled: false, ..SequencerConfig::default() }, 1, off.tree.last_zxid());
+    off.seq =
+        Sequencer::new(SequencerConfig { ttl_enabled: false, ..SequencerConfig::default() }, 1, off.tree.last_zxid());
     assert_eq!(off.prepare(ttl(1000)), Err(Rejected::Op(ErrorCode::Unimplemented)));
     n.write(create("/c", CreateMode::Container)).expect("container");
     assert_eq!(n.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
@@ -328,7 +329,8 @@ fn edge_case_creates_get_zookeepers_answers() {
 /// A node whose `/p` has a quota with `limits` (as zkCli's setquota writes it).
 fn quota_node(enforce: bool, limits: &str) -> Node {
     let mut n = Node::new();
-    n.seq = Sequencer::new(SequencerConfig { enforce_quota: enforce, ..SequencerConfig::default() }, 1, n.tree.last_zxid());
+    n.seq =
+        Sequencer::new(SequencerConfig { enforce_quota: enforce, ..SequencerConfig::default() }, 1, n.tree.last_zxid());
     for (path, data) in [
         ("/p", "x"),
         ("/zookeeper/quota/p", ""),

@@ -920,7 +920,7 @@ impl DataTree {
         let id = self.insert_child(pid, child_name, c.data.as_slice(), acl, StatPersisted::created(zxid, time, owner));
         self.nodes[id as usize].set_null(null);
         let stat = Znode { tree: self, id }.full_stat();
-        self.quota_created(path, c.data.len());
+        self.quota_created(path, id, c.data.len());
         let f = self.family_mut(pid);
         // As ZooKeeper: only a create that advances the parent's cversion moves pzxid.
         if parent_cversion > f.cversion {

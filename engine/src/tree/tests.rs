@@ -415,7 +415,12 @@ fn setquota_txns(root: &str, limits: &str) -> Vec<Txn> {
         txns.push(Txn::CreateNull(create_txn(&at, b"", NodeKind::Persistent, i32::MAX)));
     }
     txns.push(Txn::Create(create_txn(&limit_path(root), limits.as_bytes(), NodeKind::Persistent, i32::MAX)));
-    txns.push(Txn::Create(create_txn(&format!("{at}/{STAT_NODE}"), b"count=0,bytes=0", NodeKind::Persistent, i32::MAX)));
+    txns.push(Txn::Create(create_txn(
+        &format!("{at}/{STAT_NODE}"),
+        b"count=0,bytes=0",
+        NodeKind::Persistent,
+        i32::MAX,
+    )));
     txns
 }
 
@@ -444,10 +449,10 @@ fn stats_follow_creates_deletes_and_set_data_without_versions_or_watches() {
     assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=3,bytes=5"), "null data counts 0");
     h.apply(0, Txn::Delete { path: "/p/b".into() });
     assert_eq!(stats(&h.tree, "/p").as_deref(), Some("count=2,bytes=0"));
-    assert_eq!(h.tree.quota_roots_of("/p/a/x").map(|(r, u)| (r.to_string(), u)).collect::<Vec<_>>(), vec![(
-        "/p".to_string(),
-        QuotaUsage { count: 2, bytes: 0 }
-    )]);
+    assert_eq!(
+        h.tree.quota_roots_of("/p/a/x").map(|(r, u)| (r.to_string(), u)).collect::<Vec<_>>(),
+        vec![("/p".to_string(), QuotaUsage { count: 2, bytes: 0 })]
+    );
     assert_eq!(h.tree.quota_roots_of("/pp").count(), 0, "roots are whole components");
     let limits = h.tree.quota_limits("/p").expect("limits");
     assert_eq!((limits.count, limits.count_hard), (3, -1));

@@ -47,6 +47,17 @@ impl QuotaUsage {
     pub fn render(&self) -> String {
         format!("count={},bytes={}", self.count, self.bytes)
     }
+
+    /// [`QuotaUsage::render`] into `buf`, without allocating (two i64s take at most 53 bytes).
+    fn render_into<'b>(&self, buf: &'b mut [u8; 64]) -> &'b [u8] {
+        use std::io::Write as _;
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "count={},bytes={}", self.count, self.bytes);
+            cursor.position() as usize
+        };
+        &buf[..len]
+    }
 }
 
 /// A root's limits as `StatsTrack` reads `zookeeper_limits`; -1 where none is set.
@@ -96,7 +107,14 @@ impl QuotaLimits {
 /// and each root's `zookeeper_stats`, where it exists, holds the usage rendered.
 #[derive(Debug, Clone, Default)]
 pub(in crate::tree) struct Quotas {
-    roots: HashMap<String, QuotaUsage>,
+    roots: HashMap<String, Root>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Root {
+    usage: QuotaUsage,
+    /// Its `zookeeper_stats` znode, or NONE. Invariant: the znode at its stats path.
+    stats: u32,
 }
 
 /// For a `zookeeper_limits` or `zookeeper_stats` path, the quota root it belongs to and
@@ -141,13 +159,14 @@ impl DataTree {
     /// committed usage.
     pub fn quota_roots_of<'a>(&'a self, path: &'a str) -> impl Iterator<Item = (&'a str, QuotaUsage)> + 'a {
         let roots = &self.quotas.roots;
-        let any = !roots.is_empty();
-        prefixes(path).filter(move |_| any).filter_map(move |p| roots.get(p).map(|u| (p, *u)))
+        // No root: one lookup of "" in an empty map, no walk along the path.
+        let path = if roots.is_empty() { "" } else { path };
+        prefixes(path).filter_map(move |p| roots.get(p).map(|r| (p, r.usage)))
     }
 
     /// The usage of a quota root, if it is one.
     pub fn quota_usage(&self, root: &str) -> Option<QuotaUsage> {
-        self.quotas.roots.get(root).copied()
+        self.quotas.roots.get(root).map(|r| r.usage)
     }
 
     /// The limits of a quota root, read from its `zookeeper_limits` now.
@@ -155,18 +174,23 @@ impl DataTree {
         self.get(&limit_path(root)).map(|z| QuotaLimits::parse(z.data()))
     }
 
-    /// After a create of `path` with `len` bytes of data.
-    pub(super) fn quota_created(&mut self, path: &str, len: usize) {
+    /// After a create of `path` (znode `id`) with `len` bytes of data.
+    pub(super) fn quota_created(&mut self, path: &str, id: u32, len: usize) {
         if let Some((root, limit)) = special(path) {
             if limit {
                 let usage = self.recount(root);
-                self.quotas.roots.insert(root.to_string(), usage);
-                self.write_stats(root, usage);
+                let stats = self.resolve(&stat_path(root)).unwrap_or(NONE);
+                self.quotas.roots.insert(root.to_string(), Root { usage, stats });
+                self.write_stats(stats, usage);
+            } else if let Some(r) = self.quotas.roots.get_mut(root) {
+                r.stats = id;
+                let usage = r.usage;
+                self.write_stats(id, usage);
             } else {
                 // ZooKeeper's `updateQuotaForPath`: a stats znode gets the recount at creation,
-                // and keeps it unless its root is tracked.
-                let usage = self.quota_usage(root).unwrap_or_else(|| self.recount(root));
-                self.write_stats(root, usage);
+                // and keeps it while its root is not tracked.
+                let usage = self.recount(root);
+                self.write_stats(id, usage);
             }
         }
         self.quota_add(path, 1, len as i64);
@@ -174,9 +198,15 @@ impl DataTree {
 
     /// After a delete of `path`, which held `len` bytes.
     pub(super) fn quota_deleted(&mut self, path: &str, len: usize) {
-        if let Some((root, true)) = special(path) {
+        match special(path) {
             // Its stats znode keeps its last data (as ZooKeeper).
-            self.quotas.roots.remove(root);
+            Some((root, true)) => _ = self.quotas.roots.remove(root),
+            Some((root, false)) => {
+                if let Some(r) = self.quotas.roots.get_mut(root) {
+                    r.stats = NONE;
+                }
+            }
+            None => {}
         }
         self.quota_add(path, -1, -(len as i64));
     }
@@ -187,8 +217,8 @@ impl DataTree {
             return;
         }
         if let Some((root, false)) = special(path) {
-            if let Some(usage) = self.quota_usage(root) {
-                self.write_stats(root, usage);
+            if let Some(r) = self.quotas.roots.get(root).copied() {
+                self.write_stats(r.stats, r.usage);
             }
         }
         self.quota_add(path, 0, new as i64 - old as i64);
@@ -199,20 +229,21 @@ impl DataTree {
             return;
         }
         for p in prefixes(path) {
-            if let Some(usage) = self.quotas.roots.get_mut(p) {
-                usage.count += count;
-                usage.bytes += bytes;
-                let usage = *usage;
-                self.write_stats(p, usage);
+            if let Some(r) = self.quotas.roots.get_mut(p) {
+                r.usage.count += count;
+                r.usage.bytes += bytes;
+                let r = *r;
+                self.write_stats(r.stats, r.usage);
             }
         }
     }
 
-    /// Puts the usage in the root's stats znode, if there is one (data only: no version, no
-    /// mzxid, no watch).
-    fn write_stats(&mut self, root: &str, usage: QuotaUsage) {
-        if let Some(id) = self.resolve(&stat_path(root)) {
-            self.replace_data(id, Some(usage.render().as_bytes()));
+    /// Puts the usage in a stats znode (NONE: none) — data only: no version, no mzxid, no
+    /// watch.
+    fn write_stats(&mut self, stats: u32, usage: QuotaUsage) {
+        if stats != NONE {
+            let mut buf = [0u8; 64];
+            self.replace_data(stats, Some(usage.render_into(&mut buf)));
         }
     }
 
@@ -260,8 +291,9 @@ impl DataTree {
         self.quotas.roots.clear();
         for root in self.limit_roots() {
             let usage = self.recount(&root);
-            self.write_stats(&root, usage);
-            self.quotas.roots.insert(root, usage);
+            let stats = self.resolve(&stat_path(&root)).unwrap_or(NONE);
+            self.write_stats(stats, usage);
+            self.quotas.roots.insert(root, Root { usage, stats });
         }
     }
 
@@ -272,10 +304,11 @@ impl DataTree {
         let mut known: Vec<&String> = self.quotas.roots.keys().collect();
         known.sort_unstable();
         assert_eq!(roots.iter().collect::<Vec<_>>(), known, "quota roots drifted from the limits znodes");
-        for (root, usage) in &self.quotas.roots {
-            assert_eq!(*usage, self.recount(root), "usage of quota root {root} drifted");
+        for (root, r) in &self.quotas.roots {
+            assert_eq!(r.usage, self.recount(root), "usage of quota root {root} drifted");
+            assert_eq!(self.resolve(&stat_path(root)).unwrap_or(NONE), r.stats, "stats znode of {root} moved");
             if let Some(stats) = self.get(&stat_path(root)) {
-                assert_eq!(stats.data_opt(), Some(usage.render().as_bytes()), "stats znode of {root}");
+                assert_eq!(stats.data_opt(), Some(r.usage.render().as_bytes()), "stats znode of {root}");
             }
         }
     }
