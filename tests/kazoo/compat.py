@@ -75,6 +75,11 @@ assert data == b"mine", data
 root.set("/compat/private", b"super was here")
 root.set_acls("/compat/private", acl)
 root.delete("/compat/private")
+
+# reconfig: ZooKeeper 3.8 with reconfigEnabled=false (its default) answers ReconfigDisabled.
+from kazoo.exceptions import ReconfigDisabledError  # noqa: E402
+
+raises(ReconfigDisabledError, lambda: root.reconfig(joining=None, leaving="3", new_members=None), "reconfig")
 for c in (zk, owner, stranger, root):
     c.stop()
 print("compat: ok")

@@ -183,6 +183,9 @@ fn respond(
             let infos = conn.auth.borrow().iter().map(|a| (a.scheme.clone(), a.id.clone())).collect();
             Response::WhoAmI(infos)
         }
+        // ZooKeeper 3.8 with reconfigEnabled=false (its default; Baton has no dynamic
+        // membership yet) refuses reconfig with ReconfigDisabled.
+        Request::Unsupported(super::proto::op::RECONFIG) => return Err(ErrorCode::ReconfigDisabled),
         Request::Unsupported(_) => return Err(ErrorCode::Unimplemented),
         _ => return Err(ErrorCode::Unimplemented),
     }))
