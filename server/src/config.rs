@@ -58,9 +58,9 @@ pub struct ServerConfig {
     /// ZooKeeper's tick: session timeouts are negotiated within [2, 20] ticks.
     #[arg(long, default_value_t = 2000)]
     pub tick_ms: u64,
-    /// Largest request frame accepted (ZooKeeper's jute.maxbuffer); a larger one closes the
-    /// connection.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest request frame accepted (ZooKeeper's jute.maxbuffer, whose default is 0xfffff,
+    /// one byte under 1 MiB); a larger one closes the connection.
+    #[arg(long, default_value_t = 0xfffff)]
     pub max_frame_bytes: usize,
     /// Most client connections at once; more are refused.
     #[arg(long, default_value_t = 10_000)]
@@ -174,7 +174,7 @@ impl ServerConfig {
             data_dir,
             cores: 2,
             tick_ms: 500,
-            max_frame_bytes: 1 << 20,
+            max_frame_bytes: 0xfffff,
             max_connections: 1000,
             max_watches_per_connection: 100_000,
             four_letter_words: "ruok,srvr,stat,mntr,conf,cons,wchs,envi,isro,dump"

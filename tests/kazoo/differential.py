@@ -52,52 +52,6 @@ from kazoo.security import ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Id, Permission
 # passes while they are reported. Each entry names the case it avoids; remove an entry once
 # Baton matches ZooKeeper there (the generator then draws the case again).
 KNOWN_DIFFERENCES = {
-    # Baton's Stat shows a container's ephemeralOwner as 0x8000000000000000 and a TTL node's as
-    # 0xFF00000000000000 | ttl (its internal encodings); ZooKeeper shows 0 for both
-    # (DataNode.copyStat -> getClientEphemeralOwner). While listed, Baton's container and TTL
-    # encodings are read as 0.
-    "stat_shows_container_and_ttl_owner",
-    # getData, exists, getChildren, getACL, getAllChildrenNumber and delete of a path that
-    # ZooKeeper's PathUtils would reject ("//", "/a/", "/a/.", "/a/\ue000", "noslash", ...):
-    # ZooKeeper looks it up and answers NoNode (exists: null, and a watch is set); Baton answers
-    # BadArguments. While listed, these requests are not drawn for such paths.
-    "invalid_path_reads_answer_bad_arguments",
-    # delete of /zookeeper, /zookeeper/quota or /zookeeper/config: ZooKeeper answers
-    # BadArguments whatever the version; Baton checks the version and, with the right one (or
-    # -1), deletes the node. While listed, no delete of these paths is drawn.
-    "zookeeper_subtree_deletable",
-    # /zookeeper/config: ZooKeeper's ACL is world:anyone READ (so setData/setACL there are NoAuth
-    # without the super user) and its aversion -1; Baton's ACL is world:anyone ALL, aversion 0.
-    # While listed, /zookeeper/config is not drawn.
-    "config_node_differs",
-    # A delete does not bump the parent's cversion in Baton (ZooKeeper: +1 for every child
-    # deleted, by delete, multi, session close or the container/TTL reaper), so cversion and the
-    # next sequential name under that parent differ. While listed, cversion is not compared and
-    # no sequential create is drawn under a parent that may have lost a child.
-    "delete_keeps_parent_cversion",
-    # A request frame of exactly 1048576 bytes: ZooKeeper's limit is jute.maxbuffer = 0xfffff
-    # (1048575; larger closes the connection), Baton's default --max-frame-bytes is 1 MiB. While
-    # listed, the frame-size probe does not draw the 1048576-byte frame.
-    "frame_limit_one_byte_larger",
-    # setACL with an invalid ACL (bad digest id, unknown scheme, bad ip, empty list) on a missing
-    # node or one the session may not administer: ZooKeeper runs fixupACL first (InvalidACL),
-    # Baton looks up the node and its ACL first (NoNode, NoAuth). While listed, setACL draws only
-    # valid ACLs.
-    "set_acl_checks_acl_last",
-    # Watch events for a node the receiving session may not READ (CVE-2024-23944, fixed in
-    # Debian's 3.8.0-11+deb12u2 and in 3.8.4): ZooKeeper drops them, Baton delivers them (a
-    # persistent recursive watch shows the names of nodes it may not read). While listed, only
-    # ACLs that let every session READ are drawn for creates and setACL.
-    "watch_events_skip_read_acl",
-    # removeWatches with type Data (2), Children (1) or Any (3) on a path where the session has a
-    # persistent or recursive watch: ZooKeeper 3.8 removes that watch (it has no other way: its
-    # WatcherType has no persistent kinds) and answers OK; Baton answers NoWatcher and keeps it.
-    # While listed, removeWatches is not drawn on such paths.
-    "remove_watches_ignores_persistent",
-    # addauth with the "ip" scheme: ZooKeeper's IPAuthenticationProvider accepts it (adds
-    # ip:<client address>); Baton answers AuthFailed and closes the connection. While listed,
-    # addauth ip is not drawn.
-    "addauth_ip_fails",
     # A request whose path is null (length -1): ZooKeeper answers MarshallingError (setData:
     # BadArguments) and keeps the connection; Baton closes the connection. While listed, no
     # raw request with a null path is drawn.

@@ -240,9 +240,10 @@ impl Sequencer {
             }
             WriteOp::SetAcl { path, acl, version } => {
                 validate_path(path, false)?;
+                // ZooKeeper fixes the ACL up (InvalidACL) before it looks the znode up.
+                let acl = fixup_acl(acl, &req.auth)?;
                 let mut node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&node.acl, perms::ADMIN, &req.auth)?;
-                let acl = fixup_acl(acl, &req.auth)?;
                 let new_version = next_version(node.stat.aversion, *version)?;
                 node.stat.aversion = new_version;
                 node.acl = acl.clone().into();
@@ -358,14 +359,19 @@ impl Sequencer {
         version: i32,
         zxid: Zxid,
     ) -> Result<Txn, ErrorCode> {
-        validate_path(path, false)?;
-        if path == "/" {
+        // ZooKeeper's `getParentPathAndValidate`: a path without a slash, with a NUL, or one
+        // of the tree's own (`/`, `/zookeeper`, its quota and config nodes) is BadArguments;
+        // nothing else is checked, so any other malformed path names no znode (NoNode).
+        let Some(last_slash) = path.rfind('/') else { return Err(ErrorCode::BadArguments) };
+        if path.contains('\0') || matches!(path, "/" | "/zookeeper" | "/zookeeper/quota" | "/zookeeper/config") {
             return Err(ErrorCode::BadArguments);
         }
-        let parent_path = parent(path);
-        let mut parent_node = self.lookup(tree, parent_path).ok_or(ErrorCode::NoNode)?;
+        let parent_path = if last_slash == 0 { "/" } else { &path[..last_slash] };
+        let exact = |p: &str| validate_path(p, false).is_ok();
+        let parent_found = exact(parent_path).then(|| self.lookup(tree, parent_path)).flatten();
+        let mut parent_node = parent_found.ok_or(ErrorCode::NoNode)?;
         check_acl(&parent_node.acl, perms::DELETE, &req.auth)?;
-        let node = self.lookup(tree, path).ok_or(ErrorCode::NoNode)?;
+        let node = exact(path).then(|| self.lookup(tree, path)).flatten().ok_or(ErrorCode::NoNode)?;
         next_version(node.stat.version, version)?;
         if node.child_count > 0 {
             return Err(ErrorCode::NotEmpty);

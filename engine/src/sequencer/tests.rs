@@ -152,6 +152,30 @@ fn errors_come_in_zookeepers_order() {
 }
 
 #[test]
+fn delete_refuses_the_trees_own_nodes_and_finds_no_malformed_path() {
+    let mut n = Node::new();
+    n.write(create("/p", CreateMode::Persistent)).expect("p");
+    let delete = |path: &str| WriteOp::Delete { path: path.into(), version: -1 };
+    // ZooKeeper's getParentPathAndValidate: no slash, a NUL or a special path.
+    for path in ["/", "/zookeeper", "/zookeeper/quota", "/zookeeper/config", "noslash", "/p\0"] {
+        assert_eq!(n.prepare(delete(path)), Err(Rejected::Op(ErrorCode::BadArguments)), "{path}");
+    }
+    // Anything else malformed names no znode.
+    for path in ["/p/", "//p", "/p/.", "/p/..", "/p//x"] {
+        assert_eq!(n.prepare(delete(path)), Err(Rejected::Op(ErrorCode::NoNode)), "{path}");
+    }
+    n.write(delete("/p")).expect("a well-formed delete");
+}
+
+#[test]
+fn set_acl_checks_the_acl_before_the_znode() {
+    let mut n = Node::new();
+    let bad = vec![Acl { perms: perms::ALL, scheme: "ip".into(), id: "999.1.2.3".into() }];
+    let op = WriteOp::SetAcl { path: "/missing".into(), acl: bad, version: -1 };
+    assert_eq!(n.prepare(op), Err(Rejected::Op(ErrorCode::InvalidAcl)));
+}
+
+#[test]
 fn ephemerals_need_a_live_session_and_cannot_have_children() {
     let mut n = Node::new();
     n.write(create("/e", CreateMode::Ephemeral)).expect("e");
@@ -220,7 +244,7 @@ fn ttl_and_container_modes_are_validated() {
         Sequencer::new(SequencerConfig { ttl_enabled: false, ..SequencerConfig::default() }, 1, off.tree.last_zxid());
     assert_eq!(off.prepare(ttl(1000)), Err(Rejected::Op(ErrorCode::Unimplemented)));
     n.write(create("/c", CreateMode::Container)).expect("container");
-    assert_eq!(n.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
+    assert_eq!(n.tree.get("/c").expect("c").stat().ephemeral_owner, CONTAINER_OWNER);
 }
 
 #[test]

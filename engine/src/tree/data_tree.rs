@@ -197,6 +197,9 @@ pub struct Change {
     pub path: String,
     /// How.
     pub kind: ChangeKind,
+    /// The znode's ACL (before a delete): a watcher without READ on it is not told
+    /// (ZooKeeper's `ServerCnxn.process` since CVE-2024-23944).
+    pub acl: Arc<[Acl]>,
 }
 
 /// The outcome of one operation.
@@ -406,7 +409,7 @@ impl DataTree {
     }
 
     /// A tree with ZooKeeper's built-in nodes: `/`, `/zookeeper`, `/zookeeper/quota` and
-    /// `/zookeeper/config`.
+    /// `/zookeeper/config` (world-readable only, as ZooKeeper's).
     pub fn new() -> DataTree {
         let mut tree = DataTree::empty();
         let acl = tree.intern(open_acl());
@@ -414,7 +417,10 @@ impl DataTree {
         debug_assert_eq!(root, ROOT);
         let zk = tree.insert_child(ROOT, "zookeeper", b"", acl, StatPersisted::default());
         tree.insert_child(zk, "quota", b"", acl, StatPersisted::default());
-        tree.insert_child(zk, "config", b"", acl, StatPersisted::default());
+        // ZooKeeper's `addConfigNode`: readable by anyone, changed by no one (ZOOKEEPER-2014);
+        // its ACL set with version -1 leaves aversion at -1.
+        let read_only = tree.intern(vec![Acl { perms: 1, scheme: "world".into(), id: "anyone".into() }]);
+        tree.insert_child(zk, "config", b"", read_only, StatPersisted { aversion: -1, ..StatPersisted::default() });
         tree
     }
 
@@ -656,6 +662,11 @@ impl DataTree {
         self.data_bytes -= node.data().len() as u64;
         self.count -= 1;
         self.free_nodes.push(id);
+    }
+
+    /// A znode's ACL (shared, not copied).
+    fn acl_of(&self, id: u32) -> Arc<[Acl]> {
+        self.acls[self.nodes[id as usize].acl as usize].acl.clone()
     }
 
     fn intern(&mut self, acl: Vec<Acl>) -> u32 {
@@ -927,8 +938,9 @@ impl DataTree {
             f.cversion = parent_cversion;
             f.pzxid = zxid.0 as i64;
         }
-        changes.push(Change { path: path.to_string(), kind: ChangeKind::Created });
-        changes.push(Change { path: parent_path.to_string(), kind: ChangeKind::ChildrenChanged });
+        changes.push(Change { path: path.to_string(), kind: ChangeKind::Created, acl: self.acl_of(id) });
+        let acl = self.acl_of(pid);
+        changes.push(Change { path: parent_path.to_string(), kind: ChangeKind::ChildrenChanged, acl });
         Ok(OpResult::Created { path: path.to_string(), stat })
     }
 
@@ -942,14 +954,16 @@ impl DataTree {
         }
         let pid = self.nodes[id as usize].parent;
         let len = self.nodes[id as usize].data().len();
+        let acl = self.acl_of(id);
         self.remove(id);
         self.quota_deleted(path, len);
         let f = self.family_mut(pid);
         if zxid.0 as i64 > f.pzxid {
             f.pzxid = zxid.0 as i64;
         }
-        changes.push(Change { path: path.to_string(), kind: ChangeKind::Deleted });
-        changes.push(Change { path: parent(path).to_string(), kind: ChangeKind::ChildrenChanged });
+        changes.push(Change { path: path.to_string(), kind: ChangeKind::Deleted, acl });
+        let acl = self.acl_of(pid);
+        changes.push(Change { path: parent(path).to_string(), kind: ChangeKind::ChildrenChanged, acl });
         Ok(())
     }
 
@@ -971,7 +985,7 @@ impl DataTree {
         node.version = version;
         let stat = Znode { tree: self, id }.full_stat();
         self.quota_set(path, old, data.map_or(0, <[u8]>::len));
-        changes.push(Change { path: path.to_string(), kind: ChangeKind::DataChanged });
+        changes.push(Change { path: path.to_string(), kind: ChangeKind::DataChanged, acl: self.acl_of(id) });
         Ok(OpResult::DataSet(stat))
     }
 

@@ -111,19 +111,25 @@ pub struct Stat {
 }
 
 impl Stat {
-    /// The full Stat from the stored part and the derived counts.
+    /// The full Stat clients see, from the stored part and the derived counts, as
+    /// ZooKeeper's `DataNode.copyStat`: the stored cversion counts child creates (it numbers
+    /// sequential children), the reported one creates and deletes (`2 × creates − children`);
+    /// `ephemeralOwner` is 0 for containers and TTL znodes (their encodings stay internal).
     pub fn new(p: &StatPersisted, data_length: usize, num_children: usize) -> Stat {
+        let num_children = num_children.min(i32::MAX as usize) as i32;
+        let ephemeral_owner =
+            if matches!(owner_kind(p.ephemeral_owner), OwnerKind::Ephemeral(_)) { p.ephemeral_owner } else { 0 };
         Stat {
             czxid: p.czxid,
             mzxid: p.mzxid,
             ctime: p.ctime,
             mtime: p.mtime,
             version: p.version,
-            cversion: p.cversion,
+            cversion: p.cversion.wrapping_mul(2).wrapping_sub(num_children),
             aversion: p.aversion,
-            ephemeral_owner: p.ephemeral_owner,
+            ephemeral_owner,
             data_length: data_length.min(i32::MAX as usize) as i32,
-            num_children: num_children.min(i32::MAX as usize) as i32,
+            num_children,
             pzxid: p.pzxid,
         }
     }

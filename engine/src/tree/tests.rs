@@ -62,19 +62,22 @@ fn create_sets_stat_and_parent_cversion_pzxid_as_zookeeper() {
     assert_eq!((stat.ctime, stat.mtime), (1001, 1001));
     assert_eq!((stat.version, stat.cversion, stat.aversion, stat.ephemeral_owner), (0, 0, 0, 0));
     assert_eq!((stat.data_length, stat.num_children), (1, 0));
+    // ZooKeeper reports cversion as creates + deletes, `2 × creates − children`: the root
+    // got `/zookeeper` at birth without a create (a fresh ZooKeeper's `stat /` says -1).
     let root = h.tree.stat("/").expect("root");
-    assert_eq!((root.cversion, root.pzxid, root.num_children), (1, z, 2));
+    assert_eq!((root.cversion, root.pzxid, root.num_children), (0, z, 2));
+    assert_eq!(h.tree.get("/").expect("root").stat().cversion, 1, "stored: creates only");
     assert_eq!(
         applied.changes,
         vec![
-            Change { path: "/a".into(), kind: ChangeKind::Created },
-            Change { path: "/".into(), kind: ChangeKind::ChildrenChanged }
+            Change { path: "/a".into(), kind: ChangeKind::Created, acl: open_acl().into() },
+            Change { path: "/".into(), kind: ChangeKind::ChildrenChanged, acl: open_acl().into() }
         ]
     );
 }
 
 #[test]
-fn delete_moves_parent_pzxid_but_not_cversion() {
+fn delete_moves_parent_pzxid_and_reported_cversion_but_not_the_stored_one() {
     let mut h = Harness::new();
     h.create("/a", NodeKind::Persistent, 0);
     h.create("/a/b", NodeKind::Persistent, 0);
@@ -82,7 +85,8 @@ fn delete_moves_parent_pzxid_but_not_cversion() {
     let applied = h.apply(0, Txn::Delete { path: "/a/b".into() });
     assert_eq!(applied.results, vec![OpResult::Deleted]);
     let after = h.tree.stat("/a").expect("a");
-    assert_eq!(after.cversion, before.cversion, "ZooKeeper counts creates only in cversion");
+    assert_eq!(after.cversion, before.cversion + 1, "reported: creates and deletes, as ZooKeeper's copyStat");
+    assert_eq!(h.tree.get("/a").expect("a").stat().cversion, 1, "stored: creates only (sequence numbers)");
     assert_eq!(after.pzxid, Zxid::new(1, 3).0 as i64);
     assert_eq!(after.num_children, 0);
 }
@@ -168,8 +172,11 @@ fn containers_and_ttl_nodes_become_reapable() {
     let mut h = Harness::new();
     h.create("/c", NodeKind::Container, 0);
     h.create("/t", NodeKind::Ttl { ttl_ms: 100 }, 0);
-    assert_eq!(h.tree.stat("/c").expect("c").ephemeral_owner, CONTAINER_OWNER);
-    assert_eq!(ttl_of_owner(h.tree.stat("/t").expect("t").ephemeral_owner), Some(100));
+    assert_eq!(h.tree.get("/c").expect("c").stat().ephemeral_owner, CONTAINER_OWNER);
+    assert_eq!(ttl_of_owner(h.tree.get("/t").expect("t").stat().ephemeral_owner), Some(100));
+    // Clients see 0 for both, as ZooKeeper's getClientEphemeralOwner.
+    assert_eq!(h.tree.stat("/c").expect("c").ephemeral_owner, 0);
+    assert_eq!(h.tree.stat("/t").expect("t").ephemeral_owner, 0);
     // A container that never had a child is not reaped; a TTL node is once its TTL passed.
     assert_eq!(h.tree.reapable(1002 + 50), Vec::<String>::new());
     assert_eq!(h.tree.reapable(1002 + 101), vec!["/t".to_string()]);

@@ -89,8 +89,10 @@ pub fn digest_id(credentials: &str) -> String {
     format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
 }
 
+/// A read names a znode by its exact path: ZooKeeper looks the string up and finds nothing
+/// for a malformed one (NoNode), where a write would say BadArguments.
 fn valid(path: &str) -> Result<(), ErrorCode> {
-    validate_path(path, false)
+    validate_path(path, false).map_err(|_| ErrorCode::NoNode)
 }
 
 fn readable(tree: &DataTree, conn: &Conn, path: &str, perm: i32) -> Result<Stat, ErrorCode> {
@@ -119,8 +121,8 @@ fn respond(
             return session_request(watches, tree, conn, request);
         }
         Request::Exists { path, watch } => {
-            valid(&path)?;
-            let stat = tree.stat(&path);
+            // A malformed path exists nowhere; the watch is set on it all the same, as ZooKeeper.
+            let stat = valid(&path).ok().and_then(|()| tree.stat(&path));
             if watch && watch_room(watches, conn) {
                 // An exists watch on a missing node fires when it is created.
                 watches.manager.add(WatchKind::Data, &path, conn.id);
@@ -202,9 +204,13 @@ fn session_request(
         // Shards send syncs to the write path (see `Shard::request`); never answered here.
         Request::Sync { path } => Ok(Some(Response::Path(path))),
         Request::Auth { scheme, auth } => {
-            // ZooKeeper knows `digest` (and `ip`, which it grants from the address anyway);
-            // anything else is answered AuthFailed and the connection closed — the client
-            // sees AUTH_FAILED at once, and the session lives until it expires.
+            // ZooKeeper knows `digest`, and `ip`, which grants the connection's own address
+            // whatever was sent (held from the start here); anything else is answered
+            // AuthFailed and the connection closed — the client sees AUTH_FAILED at once, and
+            // the session lives until it expires.
+            if scheme == "ip" {
+                return Ok(None);
+            }
             let credentials = (scheme == "digest").then(|| String::from_utf8(auth).ok()).flatten();
             let Some(credentials) = credentials else {
                 conn.close_after_reply();
@@ -246,7 +252,9 @@ fn read_op(tree: &DataTree, conn: &Rc<Conn>, op: ReadOp) -> OpReply {
 }
 
 /// checkWatches / removeWatches: `kind` 1 children, 2 data, 3 any, 4 persistent,
-/// 5 persistent recursive (ZooKeeper's `WatcherType`).
+/// 5 persistent recursive (ZooKeeper's `WatcherType`; 4 and 5 are 3.9's). ZooKeeper 3.8 keeps
+/// a persistent watch in its data and child tables and a recursive one in its data table, so
+/// Data removes both and Children a persistent one; the path is looked up as given.
 fn watch_management(
     watches: &mut Watches<'_>,
     conn: &Rc<Conn>,
@@ -254,10 +262,9 @@ fn watch_management(
     kind: i32,
     remove: bool,
 ) -> Result<Option<Response>, ErrorCode> {
-    valid(path)?;
     let kinds: &[WatchKind] = match kind {
-        1 => &[WatchKind::Child],
-        2 => &[WatchKind::Data],
+        1 => &[WatchKind::Child, WatchKind::Persistent],
+        2 => &[WatchKind::Data, WatchKind::Persistent, WatchKind::Recursive],
         3 => &[WatchKind::Child, WatchKind::Data, WatchKind::Persistent, WatchKind::Recursive],
         4 => &[WatchKind::Persistent],
         5 => &[WatchKind::Recursive],

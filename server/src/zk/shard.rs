@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use baton_engine::sequencer::{CreateMode, CreateOp, WriteOp, WriteRequest};
+use baton_engine::sequencer::{check_acl, perms, CreateMode, CreateOp, WriteOp, WriteRequest};
 use baton_engine::tree::{DataTree, ErrorCode};
 use baton_engine::{SessionId, Zxid};
 
@@ -290,18 +290,23 @@ impl Shard {
             return;
         }
         let mut fired = Vec::new();
+        let mut any = false;
         for change in &entry.changes {
             self.watches.trigger(change, &mut fired);
-        }
-        if fired.is_empty() {
-            return;
-        }
-        for (conn, event_type, path) in fired {
-            if let Some(c) = self.conns.get(&conn) {
-                c.send(proto::encode_notification(event_type, &path, entry.zxid.0 as i64));
+            any |= !fired.is_empty();
+            for (conn, event_type, path) in fired.drain(..) {
+                let Some(c) = self.conns.get(&conn) else { continue };
+                // A watcher that may not read the znode is not told of it (ZooKeeper checks
+                // READ on the znode's ACL at delivery since CVE-2024-23944); the watch is
+                // used up all the same.
+                if check_acl(&change.acl, perms::READ, &c.auth.borrow()).is_ok() {
+                    c.send(proto::encode_notification(event_type, &path, entry.zxid.0 as i64));
+                }
             }
         }
-        self.publish_watches();
+        if any {
+            self.publish_watches();
+        }
     }
 
     /// Fills the slot of request `xid` with the frame `reply` makes of it (and whether the

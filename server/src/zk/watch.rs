@@ -186,7 +186,7 @@ mod tests {
     use super::*;
 
     fn change(path: &str, kind: ChangeKind) -> Change {
-        Change { path: path.into(), kind }
+        Change { path: path.into(), kind, acl: baton_engine::tree::open_acl().into() }
     }
 
     fn fire(w: &mut WatchManager, c: Change) -> Vec<(ConnId, i32, String)> {
