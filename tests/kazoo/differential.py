@@ -503,7 +503,13 @@ def run_op(side, op, step):
         return r
     if kind == "get_acls":
         _, _, path = op
-        return outcome(lambda: zk.get_acls_async(path).get(timeout=WAIT))
+        r = outcome(lambda: zk.get_acls_async(path).get(timeout=WAIT))
+        if r[0] == "ok":
+            # An `auth` ACL expands to the session's ids in ZooKeeper's hash-set order (its
+            # authInfo is a ConcurrentHashMap's key set), in the order they were added in
+            # Baton; order means nothing to an ACL check, so the lists compare sorted.
+            r = ("ok", (sorted(r[1][0]), r[1][1]))
+        return r
     if kind == "set_acls":
         _, _, path, acl, version = op
         return outcome(lambda: zk.set_acls_async(path, ACLS[acl], version).get(timeout=WAIT))

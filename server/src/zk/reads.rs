@@ -121,7 +121,11 @@ fn respond(
             return session_request(watches, tree, conn, request);
         }
         Request::Exists { path, watch } => {
-            // A malformed path exists nowhere; the watch is set on it all the same, as ZooKeeper.
+            // A malformed path exists nowhere; the watch is set on it all the same, as ZooKeeper
+            // (which refuses a NUL in an exists path alone, BadArguments).
+            if path.contains('\0') {
+                return Err(ErrorCode::BadArguments);
+            }
             let stat = valid(&path).ok().and_then(|()| tree.stat(&path));
             if watch && watch_room(watches, conn) {
                 // An exists watch on a missing node fires when it is created.
