@@ -305,9 +305,10 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         let every = self.config.snapshot_every_entries;
         if every > 0 && self.since_snapshot >= every && !self.snapshots.busy() {
             self.since_snapshot = 0;
-            // Between two steps: exactly the state at `applied`.
-            let data = self.state.snapshot();
-            self.snapshots.start(self.applied, data);
+            // Between two steps: exactly the state at `applied`, frozen; the store writes it
+            // out in the background while entries go on being applied.
+            let image = self.state.freeze();
+            self.snapshots.start_image(self.applied, image);
         }
     }
 

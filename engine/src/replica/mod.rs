@@ -29,7 +29,7 @@ mod wal_log;
 pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
-pub use storage::{Epochs, Log, Peers, Snapshots, StateMachine};
+pub use storage::{Epochs, Log, Peers, SnapshotImage, Snapshots, StateMachine};
 pub use wal_log::{LogRoom, WalLog};
 
 use crate::log::{SessionId, Zxid};

@@ -3,7 +3,7 @@
 
 use std::thread::JoinHandle;
 
-use super::storage::Snapshots;
+use super::storage::{SnapshotImage, Snapshots};
 use super::StorageError;
 use crate::log::Zxid;
 use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore};
@@ -46,6 +46,23 @@ impl Snapshots for SnapshotDir {
         let thread = std::thread::spawn(move || {
             store.write(zxid, &data)?;
             drop(data);
+            store.purge(keep)
+        });
+        self.running = Some(Job { zxid, thread });
+    }
+
+    fn start_image(&mut self, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        if self.running.is_some() {
+            return;
+        }
+        tracing::info!(%zxid, "writing a snapshot in the background as it is made");
+        let (store, keep) = (self.store.clone(), self.keep);
+        let thread = std::thread::spawn(move || {
+            let info = store.write_with(zxid, |w| image.write_to(w))?;
+            // The image's memory (pages the tree has since copied) goes back now.
+            drop(image);
+            let bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len());
+            tracing::info!(%zxid, bytes, "snapshot streamed to disk");
             store.purge(keep)
         });
         self.running = Some(Job { zxid, thread });

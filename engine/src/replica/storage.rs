@@ -63,6 +63,19 @@ pub trait Epochs {
     fn save(&mut self, accepted: u32, current: u32) -> Result<(), StorageError>;
 }
 
+/// A state machine's image frozen at one point and written out later, on another thread,
+/// while entries go on being applied ([`StateMachine::freeze`]).
+pub trait SnapshotImage: Send {
+    /// Writes the image: the bytes [`StateMachine::install`] takes back.
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+}
+
+impl SnapshotImage for Vec<u8> {
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(self)
+    }
+}
+
 /// Point-in-time images of the state machine.
 pub trait Snapshots {
     /// A loaded snapshot's bytes.
@@ -75,6 +88,17 @@ pub trait Snapshots {
     /// Starts writing `data` as the snapshot at `zxid` in the background, then deleting the
     /// snapshots beyond the number kept. At most one runs at a time ([`Snapshots::busy`]).
     fn start(&mut self, zxid: Zxid, data: Vec<u8>);
+
+    /// As [`Snapshots::start`], for an image written as it is produced; a store that can
+    /// stream it (the snapshot directory) holds only a buffer of it at a time. By default,
+    /// its bytes through `start`.
+    fn start_image(&mut self, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        let mut data = Vec::new();
+        match image.write_to(&mut data) {
+            Ok(()) => self.start(zxid, data),
+            Err(e) => tracing::error!(error = %e, %zxid, "a snapshot image could not be made"),
+        }
+    }
 
     /// Whether a background write is running.
     fn busy(&self) -> bool;
@@ -112,6 +136,14 @@ pub trait StateMachine {
 
     /// The whole applied state, as bytes [`StateMachine::install`] takes back.
     fn snapshot(&self) -> Vec<u8>;
+
+    /// The applied state frozen now, for a background snapshot written while entries go on
+    /// being applied. A state machine that can freeze itself cheaply (the data tree's
+    /// copy-on-write view) keeps the pause this costs the replica constant; by default it is
+    /// [`StateMachine::snapshot`]'s bytes, made now.
+    fn freeze(&self) -> Box<dyn SnapshotImage> {
+        Box::new(self.snapshot())
+    }
 
     /// Replaces the whole state with a snapshot covering everything up to `zxid`.
     fn install(&mut self, zxid: Zxid, data: &[u8]);

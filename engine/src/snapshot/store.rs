@@ -121,9 +121,19 @@ impl SnapshotStore {
 
     /// Writes a snapshot covering `zxid` with this payload, atomically and durably.
     pub fn write(&self, zxid: Zxid, payload: &[u8]) -> Result<SnapshotInfo, SnapshotError> {
+        self.write_with(zxid, |w| w.write_all(payload))
+    }
+
+    /// As [`SnapshotStore::write`], the payload written by `produce` as it makes it (through
+    /// the writer's buffer: no copy of the whole payload is held).
+    pub fn write_with(
+        &self,
+        zxid: Zxid,
+        produce: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
+    ) -> Result<SnapshotInfo, SnapshotError> {
         let mut writer = self.writer(zxid)?;
         let tmp = writer.tmp.clone();
-        let result = match writer.write_all(payload) {
+        let result = match produce(&mut writer) {
             Ok(()) => writer.finish(),
             Err(e) => Err(io_err(&tmp)(e)),
         };

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::data_tree::{DataTree, ImageNode, SessionInfo};
+use std::io::Write;
+
+use super::data_tree::{DataTree, ImageNode, SessionInfo, TreeView};
 use super::stat::StatPersisted;
 use crate::le::array_at;
 use crate::log::{Acl, SessionId, Zxid};
@@ -94,50 +96,72 @@ impl<'a> Cursor<'a> {
     }
 }
 
-impl DataTree {
-    /// Serializes the whole tree (znodes, ACLs, sessions, last zxid) for a snapshot.
-    pub fn to_image(&self) -> Vec<u8> {
+impl TreeView {
+    /// Writes the image of the view (znodes, ACLs, sessions, last zxid) to `out` as it goes:
+    /// no copy of the whole image is made, and the memory beyond the view is a stack as deep
+    /// as the tree and the ACL numbering. Two passes over the znodes: ACLs are numbered by
+    /// first use before the znodes that name them.
+    pub fn write_image<W: Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
         let (acls, acl_numbers) = self.image_acls();
-        // Names are at most a few dozen bytes; a close estimate avoids regrowing a buffer the
-        // size of the whole tree.
-        let size = 64 + self.node_count() * (NODE_FIXED + 16) + self.data_bytes() as usize;
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&self.last_zxid().0.to_le_bytes());
-        out.extend_from_slice(&(acls.len() as u32).to_le_bytes());
+        let mut head = Vec::new();
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&self.last_zxid().0.to_le_bytes());
+        head.extend_from_slice(&(acls.len() as u32).to_le_bytes());
         for list in &acls {
-            out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            head.extend_from_slice(&(list.len() as u32).to_le_bytes());
             for a in list.iter() {
-                out.extend_from_slice(&a.perms.to_le_bytes());
-                put_str(&mut out, &a.scheme);
-                put_str(&mut out, &a.id);
+                head.extend_from_slice(&a.perms.to_le_bytes());
+                put_str(&mut head, &a.scheme);
+                put_str(&mut head, &a.id);
             }
         }
-        out.extend_from_slice(&(self.sessions().len() as u32).to_le_bytes());
+        head.extend_from_slice(&(self.sessions().len() as u32).to_le_bytes());
         for (&id, s) in self.sessions() {
-            out.extend_from_slice(&id.as_i64().to_le_bytes());
-            out.extend_from_slice(&s.timeout_ms.to_le_bytes());
+            head.extend_from_slice(&id.as_i64().to_le_bytes());
+            head.extend_from_slice(&s.timeout_ms.to_le_bytes());
         }
-        out.extend_from_slice(&(self.node_count() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.node_count() as u64).to_le_bytes());
+        out.write_all(&head)?;
+        let mut failed = Ok(());
+        let mut record = Vec::with_capacity(NODE_FIXED + 64);
         self.for_each_image_node(&acl_numbers, |n| {
+            if failed.is_err() {
+                return;
+            }
+            record.clear();
             let s = &n.stat;
             // Null data is written as the length u32::MAX (no bytes follow).
             let data_len = n.data.map_or(NULL_LEN, |d| d.len() as u32);
             for v in [n.parent, n.name.len() as u32, data_len, n.acl] {
-                out.extend_from_slice(&v.to_le_bytes());
+                record.extend_from_slice(&v.to_le_bytes());
             }
             for v in [s.czxid, s.mzxid, s.pzxid, s.ctime, s.mtime] {
-                out.extend_from_slice(&v.to_le_bytes());
+                record.extend_from_slice(&v.to_le_bytes());
             }
             for v in [s.version, s.cversion, s.aversion] {
-                out.extend_from_slice(&v.to_le_bytes());
+                record.extend_from_slice(&v.to_le_bytes());
             }
-            out.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
-            out.extend_from_slice(n.name);
-            out.extend_from_slice(n.data.unwrap_or_default());
+            record.extend_from_slice(&s.ephemeral_owner.to_le_bytes());
+            record.extend_from_slice(n.name);
+            failed = out.write_all(&record).and_then(|()| out.write_all(n.data.unwrap_or_default()));
         });
+        failed
+    }
+}
+
+impl DataTree {
+    /// Serializes the whole tree (znodes, ACLs, sessions, last zxid) for a snapshot, in
+    /// memory: [`TreeView::write_image`] of a view taken now.
+    pub fn to_image(&self) -> Vec<u8> {
+        // Names are at most a few dozen bytes; a close estimate avoids regrowing a buffer the
+        // size of the whole tree.
+        let size = 64 + self.node_count() * (NODE_FIXED + 16) + self.data_bytes() as usize;
+        let mut out = Vec::with_capacity(size);
+        // Writing into a Vec cannot fail (short of memory, which aborts).
+        let written = self.view().write_image(&mut out);
+        debug_assert!(written.is_ok());
         out
     }
 

@@ -592,3 +592,99 @@ proptest! {
         prop_assert_eq!(restored.digest(), h.tree.digest());
     }
 }
+
+/// A deterministic pseudo-random stream for the view tests (no dependence on proptest's
+/// shrinking: the trees are large).
+fn lcg(state: &mut u64) -> u64 {
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+/// Applies `n` random creates, sets, deletes, ACL changes and session opens/closes to `h`,
+/// over enough znodes to span many copy-on-write pages.
+fn churn(h: &mut Harness, seed: u64, n: usize) {
+    let mut rng = seed;
+    let acls = [open_acl(), vec![Acl { perms: 1, scheme: "world".into(), id: "anyone".into() }]];
+    for _ in 0..n {
+        let dir = format!("/v{}", lcg(&mut rng) % 16);
+        if h.tree.get(&dir).is_none() {
+            h.create(&dir, NodeKind::Persistent, 0);
+        }
+        let path = format!("{dir}/n{}", lcg(&mut rng) % 500);
+        let session = 0x100 + (lcg(&mut rng) % 4) as i64;
+        match lcg(&mut rng) % 10 {
+            0..=3 if h.tree.get(&path).is_none() => {
+                let kind = if lcg(&mut rng) % 4 == 0 { NodeKind::Ephemeral } else { NodeKind::Persistent };
+                if kind == NodeKind::Ephemeral && !h.tree.sessions().contains_key(&SessionId(session)) {
+                    h.apply(session, Txn::CreateSession { timeout_ms: 4000 });
+                }
+                h.create(&path, kind, session);
+            }
+            4..=5 if h.tree.get(&path).is_some() => {
+                let data = vec![b'x'; (lcg(&mut rng) % 200) as usize];
+                h.apply(0, Txn::SetData { path, data, version: 1 });
+            }
+            6 if h.tree.get(&path).is_some() => {
+                h.apply(0, Txn::Delete { path });
+            }
+            7 if h.tree.get(&path).is_some() => {
+                let acl = acls[(lcg(&mut rng) % 2) as usize].clone();
+                h.apply(0, Txn::SetAcl { path, acl, version: 1 });
+            }
+            8 if h.tree.sessions().contains_key(&SessionId(session)) => {
+                h.apply(session, Txn::CloseSession);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_view_keeps_the_tree_as_it_was_while_the_tree_goes_on_applying() {
+    let mut h = Harness::new();
+    churn(&mut h, 7, 12_000);
+    assert!(h.tree.node_count() > 2 * PAGE_FOR_TESTS, "spans pages: {}", h.tree.node_count());
+    let before = h.tree.to_image();
+    let view = h.tree.view();
+    assert_eq!((view.last_zxid(), view.node_count()), (h.tree.last_zxid(), h.tree.node_count()));
+    churn(&mut h, 8, 6_000);
+    h.tree.validate();
+    let after = h.tree.to_image();
+    assert_ne!(before, after, "the tree moved on");
+    // The view still writes the image of the point it was taken at, byte for byte.
+    let mut streamed = Vec::new();
+    view.write_image(&mut streamed).expect("write to a Vec");
+    assert_eq!(streamed, before);
+    // And a tree loaded from it is that tree.
+    DataTree::from_image(&streamed).expect("loads").validate();
+    // A second view of the moved tree is independent of the first.
+    let second = h.tree.view();
+    drop(view);
+    churn(&mut h, 9, 2_000);
+    let mut again = Vec::new();
+    second.write_image(&mut again).expect("write");
+    assert_eq!(again, after);
+}
+
+#[test]
+fn a_view_crosses_threads_and_a_deep_tree_streams_without_recursion() {
+    let mut h = Harness::new();
+    let mut path = String::new();
+    for i in 0..2_000 {
+        path.push_str(&format!("/d{i}"));
+        h.create(&path, NodeKind::Persistent, 0);
+    }
+    let image = h.tree.to_image();
+    let view = h.tree.view();
+    let written = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        view.write_image(&mut out).map(|()| out)
+    })
+    .join()
+    .expect("the writer thread");
+    assert_eq!(written.expect("written"), image);
+    assert_eq!(DataTree::from_image(&image).expect("loads").node_count(), h.tree.node_count());
+}
+
+/// Znodes per copy-on-write page (`data_tree::PAGE`), as the tests see it.
+const PAGE_FOR_TESTS: usize = 1024;

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use baton_engine::replica::{Epochs, Log, Snapshots, StorageError};
+use baton_engine::replica::{Epochs, Log, SnapshotImage, Snapshots, StorageError};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId};
 use baton_engine::Zxid;
 
@@ -201,14 +201,28 @@ impl Epochs for SimEpochs {
 }
 
 /// A background snapshot: what it covers, and whether the simulator has written it.
-#[derive(Debug)]
 pub struct SnapshotJob {
     /// The zxid it covers.
     pub zxid: Zxid,
     /// The encoded state.
     pub data: Payload,
+    /// A frozen image still to be written (`start_image`): made into `data` when the job is
+    /// written, later in simulated time, after the state machine applied more — as the
+    /// snapshot thread writes a view of the tree while the write path goes on.
+    pub image: Option<Box<dyn SnapshotImage>>,
     /// Written (and older ones purged): the oldest snapshot kept.
     pub written: Option<Zxid>,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("zxid", &self.zxid)
+            .field("bytes", &self.data.len())
+            .field("image pending", &self.image.is_some())
+            .field("written", &self.written)
+            .finish()
+    }
 }
 
 /// A running background snapshot, shared with the simulator (which ends it).
@@ -227,6 +241,11 @@ pub struct SimSnapshots {
 /// Writes the job's snapshot to the disk and deletes all but the newest `keep`: what a
 /// background snapshot does when it is done.
 pub fn finish_job(disk: &mut Disk, job: &mut SnapshotJob, keep: usize) {
+    if let Some(image) = job.image.take() {
+        let mut data = Vec::new();
+        image.write_to(&mut data).expect("an image writes into memory");
+        job.data = data.into();
+    }
     disk.add_snapshot(job.zxid, job.data.clone());
     let cut = disk.snapshots.len().saturating_sub(keep.max(1));
     disk.snapshots.drain(..cut);
@@ -243,7 +262,15 @@ impl Snapshots for SimSnapshots {
     fn start(&mut self, zxid: Zxid, data: Vec<u8>) {
         let mut job = self.job.borrow_mut();
         if job.is_none() {
-            *job = Some(SnapshotJob { zxid, data: data.into(), written: None });
+            *job = Some(SnapshotJob { zxid, data: data.into(), image: None, written: None });
+            self.seen.borrow_mut().snapshot_started = true;
+        }
+    }
+
+    fn start_image(&mut self, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        let mut job = self.job.borrow_mut();
+        if job.is_none() {
+            *job = Some(SnapshotJob { zxid, data: Vec::new().into(), image: Some(image), written: None });
             self.seen.borrow_mut().snapshot_started = true;
         }
     }

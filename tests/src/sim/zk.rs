@@ -28,9 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use baton_engine::replica::{Input, Parts, Replica, ReplicaConfig, StateMachine};
+use baton_engine::replica::{Input, Parts, Replica, ReplicaConfig, SnapshotImage, StateMachine};
 use baton_engine::sequencer::{CreateMode, CreateOp, SequencerConfig, WriteOp, WriteRequest};
-use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult};
+use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult, TreeView};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId, ZabConfig};
 use baton_engine::{SessionId, Zxid};
 use baton_server::runtime::{ClientRef, ConnId, SessionRequest, ToClient, ToWritePath, WriteOutcome};
@@ -133,6 +133,15 @@ impl MachineState {
     }
 }
 
+/// The tree frozen for a snapshot job (the server's `TreeImage`).
+struct View(TreeView);
+
+impl SnapshotImage for View {
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.0.write_image(out)
+    }
+}
+
 impl StateMachine for Machine {
     fn apply(&mut self, entries: &[LogEntry]) {
         let mut s = self.inner.borrow_mut();
@@ -156,6 +165,11 @@ impl StateMachine for Machine {
 
     fn snapshot(&self) -> Vec<u8> {
         self.inner.borrow().tree.to_image()
+    }
+
+    fn freeze(&self) -> Box<dyn SnapshotImage> {
+        // As the server: a copy-on-write view, written when the simulated snapshot job is.
+        Box::new(View(self.inner.borrow().tree.view()))
     }
 
     fn install(&mut self, _zxid: Zxid, data: &[u8]) {
