@@ -125,7 +125,11 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
             toml::Value::Integer(n) => flags.extend([flag, n.to_string()]),
             toml::Value::Array(items) => {
                 // The flag once per item (list flags take repeats), so that an item may hold
-                // a comma (a SASL password).
+                // a comma (a SASL password); an empty list is the flag with an empty value
+                // (`four_letter_words = []` turns every word off).
+                if items.is_empty() {
+                    flags.extend([flag.clone(), String::new()]);
+                }
                 for item in items {
                     flags.extend([flag.clone(), item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string())]);
                 }
@@ -205,5 +209,29 @@ where
             write!(writer, "[{tag}] ")?;
         }
         self.inner.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_becomes_flags_before_the_command_lines_own() {
+        let path = std::env::temp_dir().join(format!("baton-config-{}.toml", std::process::id()));
+        let text =
+            "tick_ms = 2000\nfour_letter_words = []\nsasl_users = [\"bob:pa,ss\", \"eve:x\"]\nread_only_mode = true\n";
+        std::fs::write(&path, text).expect("write the file");
+        let args =
+            vec!["baton".to_string(), "--config".into(), path.display().to_string(), "--tick-ms".into(), "500".into()];
+        let flags = with_config_file(args).expect("expands");
+        let _ = std::fs::remove_file(&path);
+        let joined = flags.join(" ");
+        for expected in
+            ["--four-letter-words  ", "--sasl-users bob:pa,ss --sasl-users eve:x", "--read-only-mode", "--tick-ms 2000"]
+        {
+            assert!(joined.contains(expected), "{expected:?} in {joined:?}");
+        }
+        assert!(joined.ends_with("--tick-ms 500"), "the command line comes last and wins: {joined}");
     }
 }

@@ -100,9 +100,15 @@ pub struct ServerConfig {
     /// Off: quotas are only counted, in `/zookeeper/quota`.
     #[arg(long)]
     pub enforce_quota: bool,
-    /// Write a snapshot after this many entries (0: never).
+    /// Write a snapshot about every this many entries (0: never): each server draws each
+    /// snapshot point between half and all of it, as ZooKeeper's snapCount, so that the
+    /// servers of an ensemble do not all snapshot at once.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
+    /// Also write a snapshot once this many bytes of log entries were applied since the last
+    /// one (0: never), however few they are (ZooKeeper's snapSizeLimitInKb).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub snapshot_every_bytes: u64,
     /// Snapshots to keep (WAL segments they cover are released).
     #[arg(long, default_value_t = 3)]
     pub snapshots_to_keep: usize,
@@ -188,6 +194,7 @@ impl ServerConfig {
             enforce_quota: false,
             max_client_cnxns: 60,
             snapshot_every_entries: 100_000,
+            snapshot_every_bytes: 1 << 30,
             snapshots_to_keep: 3,
             wal_segment_bytes: 64 << 20,
             wal_recycle_segments: 2,

@@ -12,6 +12,14 @@ pub struct ReplicaConfig {
     pub zab: ZabConfig,
     /// Snapshot the state and compact the log after this many applied entries (0: never).
     pub snapshot_every_entries: u64,
+    /// Also snapshot once this many bytes of entries were applied since the last one (0:
+    /// never): a log of large entries is compacted as soon as one of small ones.
+    pub snapshot_every_bytes: u64,
+    /// Spread snapshots: with a seed, each snapshot comes after a number of entries drawn
+    /// between half and all of `snapshot_every_entries` (ZooKeeper's `snapCount/2 +
+    /// random(snapCount/2)`), so that the servers of an ensemble, seeded apart, do not all
+    /// snapshot at the same moment. `None`: exactly every `snapshot_every_entries`.
+    pub snapshot_spread_seed: Option<u64>,
     /// Drop committed entries from memory as soon as they are applied and durable. The core
     /// keeps the log since the last snapshot to bring followers up to date with a DIFF; a
     /// server alone in its ensemble has no one to send it to (and keeps 30 bytes per znode
@@ -23,7 +31,13 @@ pub struct ReplicaConfig {
 impl ReplicaConfig {
     /// A replica of `zab`'s ensemble that never snapshots by itself.
     pub fn new(zab: ZabConfig) -> ReplicaConfig {
-        ReplicaConfig { zab, snapshot_every_entries: 0, compact_on_commit: false }
+        ReplicaConfig {
+            zab,
+            snapshot_every_entries: 0,
+            snapshot_every_bytes: 0,
+            snapshot_spread_seed: None,
+            compact_on_commit: false,
+        }
     }
 }
 
@@ -82,6 +96,12 @@ pub struct Replica<L, E, S, P, M> {
     applied: Zxid,
     /// Entries applied since the last snapshot was started.
     since_snapshot: u64,
+    /// Bytes of entries applied since then.
+    since_snapshot_bytes: u64,
+    /// Entries after which the next snapshot starts (see `ReplicaConfig::snapshot_spread_seed`).
+    snapshot_due: u64,
+    /// The spread's generator state.
+    spread: u64,
 }
 
 impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S, P, M> {
@@ -126,9 +146,12 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         let recovered =
             Recovered { applied: base, replayed, logged: entries.len(), epochs: (accepted_epoch, current_epoch) };
         let persisted = Persisted { accepted_epoch, current_epoch, snapshot_zxid: base, entries };
-        let replica = Replica {
+        let mut replica = Replica {
             zab: Zab::new(config.zab.clone(), persisted),
             since_snapshot: replayed,
+            since_snapshot_bytes: 0,
+            snapshot_due: config.snapshot_every_entries,
+            spread: config.snapshot_spread_seed.unwrap_or(0),
             config,
             log: parts.log,
             epochs: parts.epochs,
@@ -137,6 +160,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             state: parts.state,
             applied: base,
         };
+        replica.snapshot_due = replica.next_snapshot_due();
         Ok((replica, recovered))
     }
 
@@ -284,6 +308,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
                 self.log.truncate_after(Zxid::ZERO).await?;
                 self.applied = zxid;
                 self.since_snapshot = 0;
+                self.since_snapshot_bytes = 0;
             }
         }
         Ok(())
@@ -302,14 +327,35 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             self.zab.compact(last.min(self.log.durable()));
         }
         self.since_snapshot += entries.len() as u64;
-        let every = self.config.snapshot_every_entries;
-        if every > 0 && self.since_snapshot >= every && !self.snapshots.busy() {
+        self.since_snapshot_bytes += entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+        let (every, every_bytes) = (self.config.snapshot_every_entries, self.config.snapshot_every_bytes);
+        let due = (every > 0 && self.since_snapshot >= self.snapshot_due)
+            || (every_bytes > 0 && self.since_snapshot_bytes >= every_bytes);
+        if due && !self.snapshots.busy() {
             self.since_snapshot = 0;
+            self.since_snapshot_bytes = 0;
+            self.snapshot_due = self.next_snapshot_due();
             // Between two steps: exactly the state at `applied`, frozen; the store writes it
             // out in the background while entries go on being applied.
             let image = self.state.freeze();
             self.snapshots.start_image(self.applied, image);
         }
+    }
+
+    /// Entries until the next snapshot: `snapshot_every_entries`, or with a spread seed a
+    /// number drawn in [every/2, every] (xorshift64*: deterministic for the simulator).
+    pub(super) fn next_snapshot_due(&mut self) -> u64 {
+        let every = self.config.snapshot_every_entries;
+        if self.config.snapshot_spread_seed.is_none() || every < 2 {
+            return every;
+        }
+        let mut x = self.spread | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.spread = x;
+        let draw = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        every / 2 + draw % (every - every / 2 + 1)
     }
 
     /// Once a background snapshot is written: the core forgets the log it covers and the

@@ -281,3 +281,34 @@ fn a_failed_snapshot_keeps_the_log() {
     assert_eq!(replica.zab().history().base(), Zxid::ZERO, "nothing compacted");
     assert_eq!(replica.into_parts().log.entries.len(), 1);
 }
+
+#[test]
+fn snapshots_come_by_bytes_too_and_spread_between_half_and_all_of_the_count() {
+    // By bytes: 1,000 entries between snapshots, but a byte limit that two entries reach.
+    let config = ReplicaConfig {
+        snapshot_every_entries: 1_000,
+        snapshot_every_bytes: 2,
+        ..ReplicaConfig::new(ZabConfig::new(1, vec![1]))
+    };
+    let mut replica = lone(config, fresh_parts());
+    now(replica.propose(None, payloads(2))).expect("proposes");
+    now(replica.step(Input::Durable(Zxid::new(1, 2)))).expect("commits");
+    assert!(replica.snapshots_mut().busy(), "two entries of at least a byte each: a snapshot by bytes");
+
+    // Spread: with a seed, each point falls in [every/2, every], and not always the same.
+    let config = ReplicaConfig {
+        snapshot_every_entries: 100,
+        snapshot_spread_seed: Some(7),
+        ..ReplicaConfig::new(ZabConfig::new(1, vec![1]))
+    };
+    let mut replica = lone(config, fresh_parts());
+    let draws: Vec<u64> = (0..50).map(|_| replica.next_snapshot_due()).collect();
+    assert!(draws.iter().all(|d| (50..=100).contains(d)), "{draws:?}");
+    assert!(draws.iter().any(|&d| d != draws[0]), "spread: {draws:?}");
+    // Without a seed: exactly every N.
+    let mut exact = lone(
+        ReplicaConfig { snapshot_every_entries: 100, ..ReplicaConfig::new(ZabConfig::new(1, vec![1])) },
+        fresh_parts(),
+    );
+    assert_eq!(exact.next_snapshot_due(), 100);
+}

@@ -102,6 +102,9 @@ impl ReplicaConfig {
         };
         let driver = DriverConfig {
             snapshot_every_entries: server.snapshot_every_entries,
+            snapshot_every_bytes: server.snapshot_every_bytes,
+            // Servers of an ensemble draw their snapshot points apart (seeded by their ids).
+            snapshot_spread_seed: Some(0x9e37_79b9_7f4a_7c15 ^ id),
             compact_on_commit: server.peers.iter().all(|p| p.id == id),
             ..DriverConfig::new(zab)
         };

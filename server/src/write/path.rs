@@ -209,7 +209,8 @@ pub struct WritePath {
     /// The log has no room for its next segment (a full disk): client writes are refused,
     /// and what is left of the current segment serves session bookkeeping.
     out_of_space: bool,
-    /// Since when this server has not served clients (None while it serves).
+    /// Since when this server has been looking for a leader (None while it has one, even
+    /// one it is still synchronising with).
     not_serving_since: Option<Instant>,
     /// In read-only mode: read-only sessions are granted (see `WritePathConfig::read_only_after`).
     read_only: bool,
@@ -292,7 +293,7 @@ impl WritePath {
     /// one once its creation commits.
     fn connect(&mut self, tree: &DataTree, now: Now, client: ClientRef, req: SessionRequest) {
         if self.read_only {
-            self.connect_read_only(client, req);
+            self.connect_read_only(tree, client, req);
             return;
         }
         if !self.serving() {
@@ -334,21 +335,29 @@ impl WritePath {
     }
 
     /// Read-only mode (ZooKeeper's `ReadOnlyZooKeeperServer`): a client that asked for a
-    /// read-only session gets a new one, local to this server (nothing is logged: there is no
-    /// quorum to log it); one that did not, or that resumes a session, is closed and tries
-    /// another server.
-    fn connect_read_only(&mut self, client: ClientRef, req: SessionRequest) {
-        if !req.read_only || req.session_id != SessionId::NONE {
+    /// read-only session gets one, local to this server (nothing is logged: there is no quorum
+    /// to log it) — a new one, or the session it resumes if this server's tree has it and the
+    /// password matches (as ZooKeeper's read-only server revalidates against its database).
+    /// One that did not ask, resumes a session this server does not know, or has seen a newer
+    /// state than this server's, is closed and tries another server.
+    fn connect_read_only(&mut self, tree: &DataTree, client: ClientRef, req: SessionRequest) {
+        let resume = req.session_id != SessionId::NONE;
+        let known =
+            !resume || (tree.sessions().contains_key(&req.session_id) && req.password == password(req.session_id));
+        if !req.read_only || !known || req.last_zxid_seen > tree.last_zxid() {
             tracing::info!(
-                resume = req.session_id != SessionId::NONE,
-                "read-only mode: refusing a client that did not ask for a new read-only session"
+                read_only = req.read_only,
+                resume,
+                client_zxid = %req.last_zxid_seen,
+                ours = %tree.last_zxid(),
+                "read-only mode: refusing a client (it did not ask for read-only, resumes a session unknown here, or saw a newer state)"
             );
             self.answer_client(client, ToClient::Close { conn: client.conn });
             return;
         }
         let (min, max) = self.config.session_timeout_ms;
         let timeout_ms = req.timeout_ms.clamp(min, max);
-        let session = self.sessions.next_id();
+        let session = if resume { req.session_id } else { self.sessions.next_id() };
         let password = password(session);
         self.answer_client(
             client,
@@ -720,18 +729,23 @@ impl WritePath {
             tracing::warn!(?role, "no longer serving: closing client connections");
             self.stop_serving();
         }
-        if self.serving() {
+        // Read-only mode is for a server looking for a quorum, as ZooKeeper runs its
+        // read-only server while LOOKING only: a follower synchronising with a leader (however
+        // long a large SNAP takes) is not cut off.
+        if role == Role::Looking {
+            if self.not_serving_since.is_none() {
+                self.not_serving_since = Some(now.instant);
+            }
+        } else {
             self.not_serving_since = None;
             if self.read_only {
-                // ZooKeeper shuts its read-only server down: read-only clients reconnect and
-                // get read-write sessions.
-                tracing::info!("leaving read-only mode: closing read-only clients");
+                // ZooKeeper shuts its read-only server down as soon as it leaves LOOKING:
+                // read-only clients reconnect, and get read-write sessions once it serves.
+                tracing::info!(?role, "leaving read-only mode: closing read-only clients");
                 self.read_only = false;
                 self.out.push(Effect::ReadOnly(false));
                 self.out.push(Effect::DisconnectAll);
             }
-        } else if self.not_serving_since.is_none() {
-            self.not_serving_since = Some(now.instant);
         }
         if let Role::Leading { established: true, .. } = role {
             if self.leading_from.is_none() {

@@ -584,3 +584,34 @@ fn without_read_only_mode_a_server_without_quorum_never_grants_read_only_session
     assert!(path.take_effects().is_empty());
     assert_eq!(connect_answer(&mut path, &tree, at(60_001), session_request(SessionId::NONE, true)), None);
 }
+
+#[test]
+fn read_only_mode_is_for_looking_only_resumes_known_sessions_and_refuses_clients_ahead() {
+    let mut tree = DataTree::new();
+    let config = WritePathConfig { read_only_after: Some(Duration::from_millis(2_000)), ..config() };
+    let mut path = WritePath::new(config, at(0));
+    // A session the ensemble created before this server was cut off.
+    path.role_changed(&tree, at(0), Role::Leading { epoch: 1, established: true }, tree.last_zxid());
+    let known = open_session(&mut path, &mut tree, A, at(1));
+    path.role_changed(&tree, at(10), Role::Looking, tree.last_zxid());
+    path.take_effects();
+    path.tick(&tree, at(2_010));
+    assert!(path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(true))));
+    // It resumes, read-only; an unknown one or a wrong password does not.
+    assert_eq!(connect_answer(&mut path, &tree, at(2_011), session_request(known, true)), Some(true));
+    assert_eq!(connect_answer(&mut path, &tree, at(2_012), session_request(SessionId(0x77), true)), None);
+    let wrong = SessionRequest { password: vec![9; 16], ..session_request(known, true) };
+    assert_eq!(connect_answer(&mut path, &tree, at(2_013), wrong), None);
+    // A client that saw a newer state than this server's is sent elsewhere.
+    let ahead = SessionRequest { last_zxid_seen: Zxid::new(9, 9), ..session_request(SessionId::NONE, true) };
+    assert_eq!(connect_answer(&mut path, &tree, at(2_014), ahead), None);
+
+    // Following a leader again, even before it is synchronised, ends the mode at once.
+    path.role_changed(&tree, at(3_000), Role::Following { leader: 2, epoch: 2, serving: false }, tree.last_zxid());
+    let effects = path.take_effects();
+    assert!(matches!(effects.as_slice(), [Effect::ReadOnly(false), Effect::DisconnectAll, ..]), "{effects:?}");
+    // And a follower that takes long to synchronise never enters it.
+    path.tick(&tree, at(60_000));
+    assert!(!path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(_))));
+    assert_eq!(connect_answer(&mut path, &tree, at(60_001), session_request(SessionId::NONE, true)), None);
+}

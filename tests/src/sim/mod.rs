@@ -330,7 +330,15 @@ impl Sim {
                     upstream: relayed.filter(|(down, _)| *down == id).map(|(_, up)| up),
                     ..ZabConfig::new(id, voters.clone())
                 };
-                ReplicaConfig { snapshot_every_entries: opts.snapshot_every_entries, ..ReplicaConfig::new(zab) }
+                ReplicaConfig {
+                    snapshot_every_entries: opts.snapshot_every_entries,
+                    // As the server: each draws its snapshot points apart (odd seeds: spread;
+                    // even: exactly every N, the other path).
+                    snapshot_spread_seed: (opts.seed % 2 == 1).then_some(opts.seed ^ id),
+                    // Large enough to matter only for runs with big payloads.
+                    snapshot_every_bytes: 64 << 10,
+                    ..ReplicaConfig::new(zab)
+                }
             })
             .collect();
         let nodes = configs.iter().map(|c| Node::new(c.zab.id)).collect();
