@@ -3,8 +3,7 @@
 //! transactions, and ephemeral cleanup. `tests/run-all.sh` installs kazoo; without it this
 //! test fails, it does not skip.
 
-use std::process::Command;
-
+use baton_tests::clients::kazoo;
 use baton_tests::cluster::Cluster;
 use baton_tests::server::BatonProcess;
 use baton_tests::temp_dir;
@@ -13,16 +12,8 @@ use baton_tests::temp_dir;
 fn kazoo_recipes_work_against_baton() {
     let dir = temp_dir();
     let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &["--tick-ms", "500"]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kazoo/recipes.py");
-    let mut child = Command::new("timeout")
-        .arg("120")
-        .arg("python3")
-        .arg(script)
-        .arg(server.connect_string())
-        .spawn()
-        .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "kazoo recipes failed: {status}");
+    let (ok, said) = kazoo("recipes.py", &[&server.connect_string()]);
+    assert!(ok, "kazoo recipes failed:\n{said}");
 }
 
 #[test]
@@ -33,18 +24,10 @@ fn kazoo_keeps_its_session_watch_and_lock_across_a_leader_change() {
     // The client starts on a follower (kazoo tries hosts in order) and stays there or moves on.
     let hosts = cluster.connect_string_avoiding(leader);
     let pid = cluster.nodes[leader - 1].pid().expect("the leader runs");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kazoo/failover.py");
-    let status = Command::new("timeout")
-        .arg("120")
-        .arg("python3")
-        .arg(script)
-        .arg(hosts)
-        .arg(pid.to_string())
-        .status()
-        .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
+    let (ok, said) = kazoo("failover.py", &[&hosts, &pid.to_string()]);
     // The script killed the leader by its pid; reap it.
     cluster.nodes[leader - 1].kill();
-    assert!(status.success(), "kazoo across a leader change failed: {status}");
+    assert!(ok, "kazoo across a leader change failed:\n{said}");
 }
 
 #[test]
@@ -52,14 +35,6 @@ fn kazoo_sees_zookeepers_answers_at_the_edges_auth_failures_and_the_super_user()
     let dir = temp_dir();
     let flags = ["--super-digest", "super:D/InIHSb7yEEbrWz8b9l71RjZJU="];
     let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &flags);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kazoo/compat.py");
-    let output = Command::new("timeout")
-        .arg("120")
-        .arg("python3")
-        .arg(script)
-        .arg(server.connect_string())
-        .output()
-        .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && said.contains("compat: ok"), "kazoo compat checks failed:\n{said}");
+    let (ok, said) = kazoo("compat.py", &[&server.connect_string()]);
+    assert!(ok && said.contains("compat: ok"), "kazoo compat checks failed:\n{said}");
 }

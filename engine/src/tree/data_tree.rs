@@ -298,6 +298,42 @@ impl<T: Clone> std::ops::IndexMut<usize> for Paged<T> {
     }
 }
 
+/// Buckets of the non-zero `ephemeralOwner`s, by znode: shared with views like pages, so the
+/// first ephemeral (or container, or TTL node) created or deleted after a view is taken
+/// copies one bucket, not every owner.
+const OWNER_BUCKETS: usize = 64;
+
+/// The non-zero `ephemeralOwner`s by znode, in [`OWNER_BUCKETS`] copy-on-write buckets.
+#[derive(Debug, Clone)]
+struct Owners {
+    buckets: Vec<Arc<HashMap<u32, i64>>>,
+}
+
+impl Default for Owners {
+    fn default() -> Owners {
+        Owners { buckets: (0..OWNER_BUCKETS).map(|_| Arc::default()).collect() }
+    }
+}
+
+impl Owners {
+    fn bucket(id: u32) -> usize {
+        id as usize % OWNER_BUCKETS
+    }
+
+    /// The owner of `id`, or 0.
+    fn get(&self, id: u32) -> i64 {
+        self.buckets[Self::bucket(id)].get(&id).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, id: u32, owner: i64) {
+        Arc::make_mut(&mut self.buckets[Self::bucket(id)]).insert(id, owner);
+    }
+
+    fn remove(&mut self, id: u32) {
+        Arc::make_mut(&mut self.buckets[Self::bucket(id)]).remove(&id);
+    }
+}
+
 /// Storage with reusable slots.
 trait Slots<T>: std::ops::IndexMut<usize, Output = T> {
     fn push_slot(&mut self, item: T);
@@ -345,7 +381,7 @@ pub struct DataTree {
     index: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     /// Non-zero `ephemeralOwner`s.
-    owners: Arc<HashMap<u32, i64>>,
+    owners: Owners,
     acls: Paged<AclSlot>,
     acl_ids: HashMap<Arc<[Acl]>, u32>,
     free_acls: Vec<u32>,
@@ -387,7 +423,7 @@ impl DataTree {
             free_families: Vec::new(),
             index: HashTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
-            owners: Arc::default(),
+            owners: Owners::default(),
             acls: Paged::new(),
             acl_ids: HashMap::new(),
             free_acls: Vec::new(),
@@ -506,7 +542,7 @@ impl DataTree {
         self.data_bytes += data.len() as u64;
         self.count += 1;
         if owner != 0 {
-            Arc::make_mut(&mut self.owners).insert(id, owner);
+            self.owners.insert(id, owner);
             self.index_owner(id, owner, true);
         }
         id
@@ -615,7 +651,7 @@ impl DataTree {
         }
         let owner = self.owner(id);
         if owner != 0 {
-            Arc::make_mut(&mut self.owners).remove(&id);
+            self.owners.remove(id);
             self.index_owner(id, owner, false);
         }
         let node = std::mem::replace(
@@ -1111,7 +1147,7 @@ impl DataTree {
 struct Parts<'a> {
     nodes: &'a Paged<Node>,
     families: &'a Paged<Family>,
-    owners: &'a HashMap<u32, i64>,
+    owners: &'a Owners,
 }
 
 impl<'a> Parts<'a> {
@@ -1122,7 +1158,7 @@ impl<'a> Parts<'a> {
 
     fn owner(self, id: u32) -> i64 {
         if self.nodes[id as usize].has_owner() {
-            self.owners.get(&id).copied().unwrap_or(0)
+            self.owners.get(id)
         } else {
             0
         }
@@ -1190,7 +1226,7 @@ pub struct TreeView {
     nodes: Paged<Node>,
     families: Paged<Family>,
     acls: Paged<AclSlot>,
-    owners: Arc<HashMap<u32, i64>>,
+    owners: Owners,
     sessions: Arc<BTreeMap<SessionId, SessionInfo>>,
     last_zxid: Zxid,
     count: usize,
