@@ -137,16 +137,10 @@ impl Shard {
             // answers every write and sync NotReadOnly; closing the session (local to this
             // server) is done here.
             let closes = matches!(request, Request::CloseSession);
-            let code = if closes { 0 } else { ErrorCode::NotReadOnly.code() };
-            let frame = encode_reply(xid, replies::zxid_field(self.shared.tree().last_zxid()), code, None);
             if closes {
                 conn.close_after_reply();
             }
-            if conn.has_pending() {
-                conn.slots.borrow_mut().push_back(Slot::Ready(frame));
-            } else {
-                conn.send(frame);
-            }
+            self.answer_at_once(conn, xid, if closes { 0 } else { ErrorCode::NotReadOnly.code() }, at);
             return;
         }
         if let Request::Sync { path } = request {
@@ -166,16 +160,7 @@ impl Shard {
                     let req = WriteRequest { session_id: conn.session(), cxid: xid, auth, op };
                     self.shared.to_write_path.send(ToWritePath::Write { client: self.client(conn), xid, req });
                 }
-                Err(code) => {
-                    let zxid = replies::zxid_field(self.shared.tree().last_zxid());
-                    let frame = encode_reply(xid, zxid, code.code(), None);
-                    if conn.has_pending() {
-                        conn.slots.borrow_mut().push_back(Slot::Ready(frame));
-                    } else {
-                        self.stats().latency.record(at.elapsed());
-                        conn.send(frame);
-                    }
-                }
+                Err(code) => self.answer_at_once(conn, xid, code.code(), at),
             }
             return;
         }
@@ -186,6 +171,18 @@ impl Shard {
             conn.slots.borrow_mut().push_back(Slot::Read { xid, request, at });
         } else {
             let frame = self.read(&tree, conn, xid, request);
+            self.stats().latency.record(at.elapsed());
+            conn.send(frame);
+        }
+    }
+
+    /// Answers request `xid` with a bodiless reply (`err`) decided here, in its turn: at once,
+    /// or after the replies still owed ahead of it.
+    fn answer_at_once(&self, conn: &Rc<Conn>, xid: i32, err: i32, at: std::time::Instant) {
+        let frame = encode_reply(xid, replies::zxid_field(self.shared.tree().last_zxid()), err, None);
+        if conn.has_pending() {
+            conn.slots.borrow_mut().push_back(Slot::Ready(frame));
+        } else {
             self.stats().latency.record(at.elapsed());
             conn.send(frame);
         }
