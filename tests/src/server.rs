@@ -60,7 +60,9 @@ impl BatonProcess {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(&self.extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            // Warnings, and the replica's own news (roles, snapshots, SNAPs: a handful of
+            // lines per event, which some tests wait for).
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,baton_engine::replica=info".into()))
             .env("BATON_FAILPOINTS_FILE", self.failpoints_path())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(self.open_log()))

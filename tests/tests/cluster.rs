@@ -283,3 +283,76 @@ fn a_follower_too_slow_to_read_is_dropped_without_holding_the_leader_back_and_ca
     let mut f = RawClient::connect(cluster.nodes[slow - 1].addr, 10_000, None).expect("connect to the follower");
     assert_eq!(f.children("/slow").expect("children").len(), 6000);
 }
+
+/// How many times `line` appears in server `i`'s log.
+fn logged(cluster: &Cluster, i: usize, line: &str) -> usize {
+    std::fs::read_to_string(cluster.nodes[i - 1].log_path()).unwrap_or_default().matches(line).count()
+}
+
+fn wait_logged(cluster: &Cluster, i: usize, line: &str, count: usize, what: &str) {
+    let end = Instant::now() + LIMIT;
+    while logged(cluster, i, line) < count {
+        assert!(Instant::now() < end, "{what}: server {i} never logged {line:?} {count} times");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_follower_brought_back_by_a_streamed_snap_under_load_survives_the_snap_being_cut_off_and_a_crash_inside_it() {
+    let _one = one_cluster_at_a_time();
+    let dir = temp_dir();
+    // Frequent snapshots: the leader's log soon starts after anything the stopped follower has.
+    let flags = ["--snapshot-every-entries", "500"];
+    let mut cluster = Cluster::start(bin(), dir.path(), 3, 29_300, &flags);
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all, LIMIT).expect("a leader");
+    let f = all.into_iter().find(|&i| i != leader).expect("a follower");
+    let mut c = RawClient::connect(cluster.nodes[leader - 1].addr, 10_000, None).expect("connect to the leader");
+    assert_eq!(c.create("/load", b"", 0).expect("reply").err, 0);
+    assert_eq!(c.create("/big", b"", 0).expect("reply").err, 0);
+    // A tree of 12 MB: a SNAP of a dozen 1 MiB chunks.
+    let value = vec![5u8; 4096];
+    for i in 0..3000 {
+        assert_eq!(c.create(&format!("/big/n{i:04}"), &value, 0).expect("reply").err, 0);
+    }
+    cluster.nodes[f - 1].kill();
+    let load = Load::start(cluster.addrs(), 2);
+    load.progress(&cluster, 1500, LIMIT, "with the follower down");
+
+    // Every read from a peer slowed: the SNAP takes seconds to arrive.
+    cluster.nodes[f - 1].set_failpoints("peer-recv=return(delay:20)");
+    let (begun, cut, installed) =
+        ("receiving a snapshot from the leader", "a SNAP cut off before its end", "snapshot from the leader installed");
+    // 1. The link breaks in the middle of the SNAP: the follower drops what arrived and
+    //    synchronises again.
+    cluster.nodes[f - 1].start_again();
+    wait_logged(&cluster, f, begun, 1, "first SNAP");
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.link(leader, f).cut();
+    wait_logged(&cluster, f, cut, 1, "the cut");
+    assert_eq!(logged(&cluster, f, installed), 0, "the SNAP was cut off before its end");
+    cluster.link(leader, f).heal();
+    // 2. The follower dies in the middle of the next one.
+    wait_logged(&cluster, f, begun, 2, "second SNAP");
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.nodes[f - 1].kill();
+    assert_eq!(logged(&cluster, f, installed), 0, "killed before the SNAP's end");
+    // 3. Restarted at full speed, it is brought back while the load goes on.
+    cluster.nodes[f - 1].set_failpoints("");
+    cluster.nodes[f - 1].start_again();
+    wait_logged(&cluster, f, installed, 1, "third SNAP");
+    assert!(cluster.wait_for_leader(&all, LIMIT).is_some(), "the follower rejoins");
+    load.progress(&cluster, 500, LIMIT, "after the follower rejoined");
+    let acked = load.stop();
+    assert_converged(&cluster, &all, &acked, LIMIT);
+    let mut r = RawClient::connect(cluster.nodes[f - 1].addr, 10_000, None).expect("connect to the follower");
+    assert_eq!(r.children("/big").expect("children").len(), 3000);
+    // Neither interrupted SNAP left a file behind.
+    let snapshots = dir.path().join(format!("n{f}")).join("snapshots");
+    let leftovers: Vec<_> = std::fs::read_dir(&snapshots)
+        .expect("the follower's snapshot directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary snapshot files left: {leftovers:?}");
+}

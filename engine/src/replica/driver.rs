@@ -1,9 +1,9 @@
 //! [`Replica`]: the one driver of a server's Zab core, in production and in the simulator.
 
-use super::storage::{Epochs, Log, Peers, Snapshots, StateMachine};
+use super::storage::{Epochs, ImageSink, Log, Peers, SnapshotImage, Snapshots, StateMachine};
 use super::{Input, StorageError};
 use crate::log::Zxid;
-use crate::zab::{Action, LogEntry, Message, Payload, Persisted, Zab, ZabConfig};
+use crate::zab::{Action, LogEntry, Message, Payload, Persisted, ServerId, Zab, ZabConfig};
 
 /// Settings of a replica's driver.
 #[derive(Debug, Clone)]
@@ -102,6 +102,20 @@ pub struct Replica<L, E, S, P, M> {
     snapshot_due: u64,
     /// The spread's generator state.
     spread: u64,
+    /// States frozen for learners by `TakeSnapshot`, until `SendSnapshot` streams them (or
+    /// the core turned them down: dropped once its actions are carried out, as a frozen
+    /// view holds every page the state changes after it).
+    frozen: Vec<(ServerId, Zxid, Box<dyn SnapshotImage>)>,
+    /// A SNAP being received from the leader, installed as it arrives.
+    receiving: Option<Receiving>,
+}
+
+/// A SNAP being received: the state machine and the snapshot store take each piece as it
+/// comes (neither holds the whole image as one buffer).
+struct Receiving {
+    zxid: Zxid,
+    state: Box<dyn ImageSink>,
+    file: Box<dyn ImageSink>,
 }
 
 impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S, P, M> {
@@ -159,6 +173,8 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             peers: parts.peers,
             state: parts.state,
             applied: base,
+            frozen: Vec::new(),
+            receiving: None,
         };
         replica.snapshot_due = replica.next_snapshot_due();
         Ok((replica, recovered))
@@ -275,6 +291,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
                 self.act(action).await?;
             }
         }
+        self.frozen.clear();
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
@@ -289,6 +306,13 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             Action::Truncate { after } => self.log.truncate_after(after).await?,
             Action::Commit { through } => self.commit(through),
             Action::RoleChanged(role) => {
+                if !matches!(role, crate::zab::Role::Following { .. }) {
+                    // A SNAP not installed by now never will be (the core left that sync):
+                    // what arrived of it goes, state and temporary file.
+                    if let Some(r) = self.receiving.take() {
+                        tracing::info!(zxid = %r.zxid, "a SNAP cut off before its end; what arrived of it is dropped");
+                    }
+                }
                 let (accepted, current) = self.zab.epochs();
                 let last = self.zab.history().last();
                 tracing::info!(id = self.zab.id(), ?role, accepted_epoch = accepted, current_epoch = current, last_logged = %last, "role");
@@ -297,18 +321,52 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             Action::Synced { id, zxid } => self.state.synced(id, Some(zxid)),
             Action::Touched { sessions } => self.state.touched(sessions),
             Action::TakeSnapshot { peer } => {
-                let data = self.state.snapshot();
-                self.zab.on_snapshot(peer, self.applied, data.into());
+                // Between two steps: exactly the state at `applied`, frozen in constant time.
+                self.frozen.retain(|(id, ..)| *id != peer);
+                self.frozen.push((peer, self.applied, self.state.freeze()));
+                self.zab.on_snapshot(peer, self.applied);
             }
-            Action::InstallSnapshot { zxid, data } => {
+            Action::SendSnapshot { to, epoch, zxid } => {
+                let at = self.frozen.iter().position(|(id, frozen, _)| *id == to && *frozen == zxid);
+                // The core asks only for a state it was just told of, in the same carry-out.
+                let Some(at) = at else { unreachable!("SendSnapshot for {to} at {zxid} with no state frozen there") };
+                let (_, _, image) = self.frozen.swap_remove(at);
+                tracing::info!(peer = to, %zxid, "streaming a snapshot to a learner");
+                self.peers.send_snapshot(to, epoch, zxid, image);
+            }
+            Action::SnapshotBegin { zxid } => {
+                tracing::info!(%zxid, "receiving a snapshot from the leader");
+                // Another SNAP begun before this one (a sync restarted) is dropped first.
+                self.receiving = None;
+                let file = self.snapshots.receive(zxid)?;
+                self.receiving = Some(Receiving { zxid, state: self.state.receive(zxid), file });
+            }
+            Action::SnapshotChunk { data } => {
+                // The core sends chunks only between a SnapshotBegin and its install, and
+                // leaves following (dropping the SNAP) before any other role change.
+                let Some(r) = self.receiving.as_mut() else {
+                    return Err(StorageError::Received {
+                        zxid: Zxid::ZERO,
+                        reason: "a piece of a SNAP never begun".into(),
+                    });
+                };
+                let zxid = r.zxid;
+                r.file.push(&data).map_err(|reason| StorageError::Received { zxid, reason })?;
+                r.state.push(&data).map_err(|reason| StorageError::Received { zxid, reason })?;
+            }
+            Action::InstallSnapshot { zxid } => {
+                let Some(r) = self.receiving.take().filter(|r| r.zxid == zxid) else {
+                    return Err(StorageError::Received { zxid, reason: "not the SNAP begun".into() });
+                };
                 // Durable before anything after it: the snapshot, then a log emptied of
                 // everything it replaces.
-                self.state.install(zxid, &data);
-                self.snapshots.write(zxid, &data)?;
+                self.snapshots.received(zxid, r.file)?;
+                self.state.install_received(zxid, r.state).map_err(|reason| StorageError::Received { zxid, reason })?;
                 self.log.truncate_after(Zxid::ZERO).await?;
                 self.applied = zxid;
                 self.since_snapshot = 0;
                 self.since_snapshot_bytes = 0;
+                tracing::info!(%zxid, "snapshot from the leader installed");
             }
         }
         Ok(())

@@ -29,7 +29,10 @@ mod wal_log;
 pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
-pub use storage::{Epochs, Log, Peers, SnapshotImage, Snapshots, StateMachine};
+pub use storage::{
+    snapshot_messages, Epochs, ImageSink, Log, Peers, SnapChunker, SnapshotImage, Snapshots, StateMachine,
+    SNAP_CHUNK_BYTES,
+};
 pub use wal_log::{LogRoom, WalLog};
 
 use crate::log::{SessionId, Zxid};
@@ -74,4 +77,13 @@ pub enum StorageError {
     /// A snapshot could not be written or read.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A snapshot received from the leader (whole, its checksum right) that the state
+    /// machine or the store could not take.
+    #[error("the snapshot received at {zxid} could not be installed: {reason}")]
+    Received {
+        /// The zxid it covers.
+        zxid: Zxid,
+        /// Why.
+        reason: String,
+    },
 }

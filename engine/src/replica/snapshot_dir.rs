@@ -3,10 +3,12 @@
 
 use std::thread::JoinHandle;
 
-use super::storage::{SnapshotImage, Snapshots};
+use std::io::Write;
+
+use super::storage::{ImageSink, SnapshotImage, Snapshots};
 use super::StorageError;
 use crate::log::Zxid;
-use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore};
+use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore, SnapshotWriter};
 
 /// A background write: the zxid it covers and, once written and old ones purged, the
 /// oldest snapshot kept.
@@ -90,5 +92,40 @@ impl Snapshots for SnapshotDir {
     fn write(&mut self, zxid: Zxid, data: &[u8]) -> Result<(), StorageError> {
         self.store.write(zxid, data)?;
         Ok(())
+    }
+
+    fn receive(&mut self, zxid: Zxid) -> Result<Box<dyn ImageSink>, StorageError> {
+        Ok(Box::new(Receiving(Some(self.store.writer(zxid)?))))
+    }
+
+    fn received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), StorageError> {
+        let sink: Box<dyn std::any::Any> = sink;
+        let writer = sink.downcast::<Receiving>().ok().and_then(|mut r| r.0.take());
+        let Some(writer) = writer else {
+            return Err(StorageError::Received { zxid, reason: "not a snapshot this store began".into() });
+        };
+        writer.finish()?;
+        Ok(())
+    }
+}
+
+/// A SNAP written to its snapshot file as it arrives. Abandoned (dropped unfinished), its
+/// temporary file goes at once.
+struct Receiving(Option<SnapshotWriter>);
+
+impl ImageSink for Receiving {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let Some(writer) = self.0.as_mut() else { return Err("the snapshot file was already finished".into()) };
+        writer.write_all(bytes).map_err(|e| format!("writing {}: {e}", writer.temp_path().display()))
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            let tmp = writer.temp_path().to_path_buf();
+            drop(writer);
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }

@@ -76,6 +76,114 @@ impl SnapshotImage for Vec<u8> {
     }
 }
 
+/// Where a snapshot arriving in pieces (a SNAP from the leader) goes as it arrives: a state
+/// machine rebuilding its state, a store writing its file. `Vec<u8>` collects the pieces (what
+/// both do by default).
+pub trait ImageSink: std::any::Any {
+    /// The next piece, in order. An error: what arrived is not (a prefix of) an image this
+    /// sink can take.
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+impl ImageSink for Vec<u8> {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The data tree rebuilt as its image arrives.
+impl ImageSink for crate::tree::TreeLoader {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        crate::tree::TreeLoader::push(self, bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// The bytes a default [`ImageSink`] collected.
+fn collected(sink: Box<dyn ImageSink>) -> Result<Vec<u8>, String> {
+    let sink: Box<dyn std::any::Any> = sink;
+    sink.downcast::<Vec<u8>>().map(|bytes| *bytes).map_err(|_| "not the sink this store made".to_string())
+}
+
+/// Bytes of one [`Message::SnapChunk`].
+pub const SNAP_CHUNK_BYTES: usize = 1 << 20;
+
+/// An image cut into a SNAP's messages as it is written: [`Message::Snap`] first, a
+/// [`Message::SnapChunk`] per `chunk` bytes, and [`SnapChunker::finish`]'s
+/// [`Message::SnapEnd`] with the length and xxh3 of everything. `emit` gets each message; an
+/// error from it (the link is gone) ends the writing.
+pub struct SnapChunker<F: FnMut(Message) -> std::io::Result<()>> {
+    epoch: u32,
+    chunk: usize,
+    buf: Vec<u8>,
+    bytes: u64,
+    hash: Box<xxhash_rust::xxh3::Xxh3>,
+    emit: F,
+}
+
+impl<F: FnMut(Message) -> std::io::Result<()>> SnapChunker<F> {
+    /// Starts the SNAP of the state at `zxid` for `epoch`, in pieces of `chunk` bytes.
+    pub fn new(epoch: u32, zxid: Zxid, chunk: usize, mut emit: F) -> std::io::Result<Self> {
+        emit(Message::Snap { epoch, zxid })?;
+        let chunk = chunk.max(1);
+        Ok(SnapChunker { epoch, chunk, buf: Vec::with_capacity(chunk), bytes: 0, hash: Box::default(), emit })
+    }
+
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data: Payload = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk)).into();
+        self.hash.update(&data);
+        self.bytes += data.len() as u64;
+        (self.emit)(Message::SnapChunk { epoch: self.epoch, data })
+    }
+
+    /// Sends what is buffered, then the SNAP's end.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.flush_chunk()?;
+        let end = Message::SnapEnd { epoch: self.epoch, bytes: self.bytes, checksum: self.hash.digest() };
+        (self.emit)(end)
+    }
+}
+
+impl<F: FnMut(Message) -> std::io::Result<()>> std::io::Write for SnapChunker<F> {
+    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len();
+        while !bytes.is_empty() {
+            let room = self.chunk - self.buf.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buf.extend_from_slice(now);
+            bytes = rest;
+            if self.buf.len() == self.chunk {
+                self.flush_chunk()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The SNAP of `image` (the state at `zxid`) for `epoch` as messages of `chunk` bytes: what
+/// [`Peers::send_snapshot`] sends by default.
+pub fn snapshot_messages(epoch: u32, zxid: Zxid, image: &dyn SnapshotImage, chunk: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    let push = |m: Message| {
+        out.push(m);
+        Ok(())
+    };
+    // Writing into memory cannot fail (short of memory, which aborts).
+    let written = SnapChunker::new(epoch, zxid, chunk, push).and_then(|mut w| {
+        image.write_to(&mut w)?;
+        w.finish()
+    });
+    debug_assert!(written.is_ok());
+    out
+}
+
 /// Point-in-time images of the state machine.
 pub trait Snapshots {
     /// A loaded snapshot's bytes.
@@ -107,9 +215,22 @@ pub trait Snapshots {
     /// once written and the old ones deleted, the zxid of the oldest snapshot kept.
     fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)>;
 
-    /// Writes the snapshot at `zxid` durably before returning (a SNAP from the leader,
-    /// which must be on disk before anything logged after it).
+    /// Writes the snapshot at `zxid` durably before returning.
     fn write(&mut self, zxid: Zxid, data: &[u8]) -> Result<(), StorageError>;
+
+    /// Starts writing a snapshot at `zxid` that arrives in pieces (a SNAP from the leader);
+    /// [`Snapshots::received`] gets the sink back once all have arrived. A store that can
+    /// (the snapshot directory) writes each piece as it comes; by default they are collected.
+    fn receive(&mut self, _zxid: Zxid) -> Result<Box<dyn ImageSink>, StorageError> {
+        Ok(Box::new(Vec::new()))
+    }
+
+    /// Makes the snapshot received through `sink` durable before returning (it must be on
+    /// disk before anything logged after it).
+    fn received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), StorageError> {
+        let bytes = collected(sink).map_err(|reason| StorageError::Received { zxid, reason })?;
+        self.write(zxid, &bytes)
+    }
 }
 
 /// The FIFO links to the other servers.
@@ -118,6 +239,16 @@ pub trait Peers {
     /// [`super::Input::Disconnected`] for that peer, and nothing after it on the link is
     /// delivered (the receiver never sees a gap).
     fn send(&mut self, to: ServerId, msg: Message);
+
+    /// Queues the SNAP of `image`, the state at `zxid`, for `to`: its messages (see
+    /// [`SnapChunker`]) ahead of anything sent to `to` after this call. A transport that can
+    /// (the server's) makes the image as the link drains, holding a bounded part of it; by
+    /// default it is made now and sent in [`SNAP_CHUNK_BYTES`] pieces.
+    fn send_snapshot(&mut self, to: ServerId, epoch: u32, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        for msg in snapshot_messages(epoch, zxid, &*image, SNAP_CHUNK_BYTES) {
+            self.send(to, msg);
+        }
+    }
 }
 
 /// What a replica applies committed entries to, and hears the protocol's other news on.
@@ -147,6 +278,21 @@ pub trait StateMachine {
 
     /// Replaces the whole state with a snapshot covering everything up to `zxid`.
     fn install(&mut self, zxid: Zxid, data: &[u8]);
+
+    /// Starts receiving a snapshot covering `zxid` in pieces (a SNAP from the leader);
+    /// [`StateMachine::install_received`] gets the sink back once all have arrived. A state
+    /// machine that can (the data tree) rebuilds its state as the pieces come; by default
+    /// they are collected for [`StateMachine::install`].
+    fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
+        Box::new(Vec::new())
+    }
+
+    /// Replaces the whole state with the snapshot received through `sink`.
+    fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
+        let bytes = collected(sink)?;
+        self.install(zxid, &bytes);
+        Ok(())
+    }
 
     /// Sync `id` is done: the entries applied so far include every write proposed before
     /// it. `None`: this server has no leader to sync with.

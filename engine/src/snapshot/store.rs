@@ -291,6 +291,11 @@ impl Write for SnapshotWriter {
 }
 
 impl SnapshotWriter {
+    /// The temporary file being written (renamed into place by [`SnapshotWriter::finish`]).
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Writes the header, fsyncs, renames into place and fsyncs the directory.
     pub fn finish(self) -> Result<SnapshotInfo, SnapshotError> {
         let tmp = self.tmp.clone();

@@ -1301,46 +1301,66 @@ impl TreeView {
     }
 }
 
-impl DataTree {
-    /// Rebuilds a tree from image parts: `nodes` in pre-order, each parent before its
-    /// children, the root first.
-    pub(super) fn from_image_parts<'a>(
-        acls: Vec<Vec<Acl>>,
-        nodes: impl Iterator<Item = Result<ImageNode<'a>, String>>,
-        sessions: BTreeMap<SessionId, SessionInfo>,
-        last_zxid: Zxid,
-        expected: usize,
-    ) -> Result<DataTree, String> {
+/// A tree rebuilt from an image's parts, one znode at a time in the image's order (see
+/// `image.rs`): the ACL table first, then the znodes, then the sessions and the last zxid.
+pub(super) struct ImageBuilder {
+    tree: DataTree,
+    /// The interned id of each of the image's ACLs.
+    acl_ids: Vec<u32>,
+    /// The node id of each znode read so far, by position.
+    ids: Vec<u32>,
+}
+
+impl ImageBuilder {
+    /// Starts a tree with the image's ACL table, with room for `expected` znodes.
+    pub(super) fn new(acls: Vec<Vec<Acl>>, expected: usize) -> ImageBuilder {
         let mut tree = DataTree::empty();
         // Room for the log replayed after the snapshot too: growing the index later rehashes
         // every entry.
         tree.index.reserve(expected + expected / 2, |_| 0);
         let acl_ids: Vec<u32> = acls.into_iter().map(|a| tree.intern(a)).collect();
-        let mut ids: Vec<u32> = Vec::with_capacity(expected);
-        for (i, node) in nodes.enumerate() {
-            let node = node?;
-            let acl = *acl_ids.get(node.acl as usize).ok_or_else(|| format!("node {i} names ACL {}", node.acl))?;
-            let name = std::str::from_utf8(node.name).map_err(|_| format!("node {i} has a name that is not UTF-8"))?;
-            if i == 0 {
-                if node.parent != NONE || !name.is_empty() {
-                    return Err("the first node is not the root".into());
-                }
-                let id = tree.alloc(b"", node.data.unwrap_or_default(), acl, NONE, node.stat);
-                tree.nodes[id as usize].set_null(node.data.is_none());
-                ids.push(id);
-                continue;
+        ImageBuilder { tree, acl_ids, ids: Vec::with_capacity(expected) }
+    }
+
+    /// Znodes added so far.
+    pub(super) fn count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Adds the next znode of the image.
+    pub(super) fn push(&mut self, node: ImageNode<'_>) -> Result<(), String> {
+        let (tree, i) = (&mut self.tree, self.ids.len());
+        let acl = *self.acl_ids.get(node.acl as usize).ok_or_else(|| format!("node {i} names ACL {}", node.acl))?;
+        let name = std::str::from_utf8(node.name).map_err(|_| format!("node {i} has a name that is not UTF-8"))?;
+        if i == 0 {
+            if node.parent != NONE || !name.is_empty() {
+                return Err("the first node is not the root".into());
             }
-            let parent = *ids.get(node.parent as usize).ok_or_else(|| format!("node {i} comes before its parent"))?;
-            if super::path::validate_name(name).is_err() {
-                return Err(format!("node {i} has an invalid name {name:?}"));
-            }
-            let id = tree
-                .try_insert_child(parent, name, node.data.unwrap_or_default(), acl, node.stat)
-                .ok_or_else(|| format!("node {i}: {name:?} appears twice under one parent"))?;
+            let id = tree.alloc(b"", node.data.unwrap_or_default(), acl, NONE, node.stat);
             tree.nodes[id as usize].set_null(node.data.is_none());
-            ids.push(id);
+            self.ids.push(id);
+            return Ok(());
         }
-        if ids.is_empty() {
+        let parent = *self.ids.get(node.parent as usize).ok_or_else(|| format!("node {i} comes before its parent"))?;
+        if super::path::validate_name(name).is_err() {
+            return Err(format!("node {i} has an invalid name {name:?}"));
+        }
+        let id = tree
+            .try_insert_child(parent, name, node.data.unwrap_or_default(), acl, node.stat)
+            .ok_or_else(|| format!("node {i}: {name:?} appears twice under one parent"))?;
+        tree.nodes[id as usize].set_null(node.data.is_none());
+        self.ids.push(id);
+        Ok(())
+    }
+
+    /// The tree, once every znode was added.
+    pub(super) fn finish(
+        self,
+        sessions: BTreeMap<SessionId, SessionInfo>,
+        last_zxid: Zxid,
+    ) -> Result<DataTree, String> {
+        let mut tree = self.tree;
+        if self.ids.is_empty() {
             return Err("snapshot has no root".into());
         }
         // The interner may hold ACLs no node uses.

@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use std::io::Write;
 
-use super::data_tree::{DataTree, ImageNode, SessionInfo, TreeView};
+use super::data_tree::{DataTree, ImageBuilder, ImageNode, SessionInfo, TreeView};
 use super::stat::StatPersisted;
 use crate::le::array_at;
 use crate::log::{Acl, SessionId, Zxid};
@@ -49,6 +49,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// A read ran past the end of the bytes (more may be on their way: see [`TreeLoader`]).
+    short: bool,
 }
 
 #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
@@ -56,6 +58,7 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n);
         let Some(out) = end.and_then(|end| self.bytes.get(self.at..end)) else {
+            self.short = true;
             return Err(format!("truncated at byte {} reading {what}", self.at));
         };
         self.at += n;
@@ -64,6 +67,7 @@ impl<'a> Cursor<'a> {
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
         let Some(a) = array_at(self.bytes, self.at) else {
+            self.short = true;
             return Err(format!("truncated at byte {} reading {what}", self.at));
         };
         self.at += N;
@@ -93,6 +97,166 @@ impl<'a> Cursor<'a> {
 
     fn remaining(&self) -> usize {
         self.bytes.len() - self.at
+    }
+}
+
+/// An image's header: everything before the znodes.
+struct Header {
+    last_zxid: Zxid,
+    acls: Vec<Vec<Acl>>,
+    sessions: BTreeMap<SessionId, SessionInfo>,
+    nodes: u64,
+}
+
+impl Header {
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
+    fn read(c: &mut Cursor<'_>) -> Result<Header, String> {
+        if c.take(8, "magic")? != MAGIC {
+            return Err("not a Baton tree image (bad magic)".into());
+        }
+        let version = c.u32("version")?;
+        if version != VERSION {
+            return Err(format!("image format {version}; this build reads {VERSION}"));
+        }
+        let _flags = c.u32("flags")?;
+        let last_zxid = Zxid(c.u64("last zxid")?);
+        let acl_count = c.u32("ACL count")? as usize;
+        let mut acls = Vec::with_capacity(acl_count.min(c.remaining() / 4));
+        for _ in 0..acl_count {
+            let entries = c.u32("ACL size")? as usize;
+            let mut list = Vec::with_capacity(entries.min(c.remaining() / 12));
+            for _ in 0..entries {
+                let perms = c.i32("perms")?;
+                let scheme = c.str("scheme")?.to_string();
+                let id = c.str("id")?.to_string();
+                list.push(Acl { perms, scheme, id });
+            }
+            acls.push(list);
+        }
+        let session_count = c.u32("session count")? as usize;
+        let mut sessions = BTreeMap::new();
+        for _ in 0..session_count {
+            let id = c.i64("session id")?;
+            let timeout_ms = c.i32("session timeout")?;
+            sessions.insert(SessionId(id), SessionInfo { timeout_ms });
+        }
+        let nodes = c.u64("node count")?;
+        Ok(Header { last_zxid, acls, sessions, nodes })
+    }
+}
+
+/// The next znode record.
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
+fn read_node<'a>(c: &mut Cursor<'a>) -> Result<ImageNode<'a>, String> {
+    let parent = c.u32("parent")?;
+    let name_len = c.u32("name length")? as usize;
+    let data_len = c.u32("data length")?;
+    let acl = c.u32("acl")?;
+    let stat = StatPersisted {
+        czxid: c.i64("czxid")?,
+        mzxid: c.i64("mzxid")?,
+        pzxid: c.i64("pzxid")?,
+        ctime: c.i64("ctime")?,
+        mtime: c.i64("mtime")?,
+        version: c.i32("version")?,
+        cversion: c.i32("cversion")?,
+        aversion: c.i32("aversion")?,
+        ephemeral_owner: c.i64("owner")?,
+    };
+    let name = c.take(name_len, "name")?;
+    let data = if data_len == NULL_LEN { None } else { Some(c.take(data_len as usize, "data")?) };
+    Ok(ImageNode { parent, name, data, acl, stat })
+}
+
+/// A tree rebuilt from its image as the image arrives in pieces of any size (a SNAP from
+/// the leader): each complete znode record is added at once, so the memory beyond the tree
+/// being built is one record and the piece being read.
+pub struct TreeLoader {
+    /// Bytes received and not yet read: less than one record (or the header) after a push.
+    pending: Vec<u8>,
+    state: LoaderState,
+}
+
+enum LoaderState {
+    Header,
+    Nodes { builder: Box<ImageBuilder>, sessions: BTreeMap<SessionId, SessionInfo>, last_zxid: Zxid, nodes: u64 },
+    Failed(String),
+}
+
+impl Default for TreeLoader {
+    fn default() -> Self {
+        TreeLoader::new()
+    }
+}
+
+impl TreeLoader {
+    /// A loader waiting for an image's first bytes.
+    pub fn new() -> TreeLoader {
+        TreeLoader { pending: Vec::new(), state: LoaderState::Header }
+    }
+
+    /// Takes the next piece of the image. An error is final: the image is not valid.
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from a leader")]
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        if let LoaderState::Failed(why) = &self.state {
+            return Err(ImageError(why.clone()));
+        }
+        self.pending.extend_from_slice(bytes);
+        let result = self.read_pending();
+        if let Err(why) = &result {
+            self.state = LoaderState::Failed(why.clone());
+            self.pending = Vec::new();
+        }
+        result.map_err(ImageError)
+    }
+
+    fn read_pending(&mut self) -> Result<(), String> {
+        let mut c = Cursor { bytes: &self.pending, at: 0, short: false };
+        if let LoaderState::Header = self.state {
+            let header = match Header::read(&mut c) {
+                Ok(header) => header,
+                Err(_) if c.short => return Ok(()), // the rest of the header is on its way
+                Err(why) => return Err(why),
+            };
+            // The node count sizes the index; a lying count costs no more than the nodes sent.
+            let expected = (header.nodes as usize).min(1 << 24);
+            let builder = Box::new(ImageBuilder::new(header.acls, expected));
+            let (sessions, last_zxid, nodes) = (header.sessions, header.last_zxid, header.nodes);
+            self.state = LoaderState::Nodes { builder, sessions, last_zxid, nodes };
+        }
+        if let LoaderState::Nodes { builder, nodes, .. } = &mut self.state {
+            while (builder.count() as u64) < *nodes {
+                let start = c.at;
+                match read_node(&mut c) {
+                    Ok(node) => builder.push(node)?,
+                    Err(_) if c.short => {
+                        c.at = start; // the rest of this record is on its way
+                        break;
+                    }
+                    Err(why) => return Err(why),
+                }
+            }
+            if builder.count() as u64 == *nodes && c.at < self.pending.len() {
+                return Err(format!("{} bytes after the last znode", self.pending.len() - c.at));
+            }
+        }
+        let read = c.at;
+        self.pending.drain(..read);
+        Ok(())
+    }
+
+    /// The tree, once the whole image has been pushed.
+    pub fn finish(self) -> Result<DataTree, ImageError> {
+        match self.state {
+            LoaderState::Failed(why) => Err(ImageError(why)),
+            LoaderState::Header => Err(ImageError("the image ended inside its header".into())),
+            LoaderState::Nodes { builder, nodes, .. } if (builder.count() as u64) < nodes => {
+                Err(ImageError(format!("the image ended after {} of its {nodes} znodes", builder.count())))
+            }
+            LoaderState::Nodes { builder, sessions, last_zxid, .. } => {
+                (*builder).finish(sessions, last_zxid).map_err(ImageError)
+            }
+        }
     }
 }
 
@@ -166,76 +330,15 @@ impl DataTree {
     }
 
     /// Rebuilds a tree from [`DataTree::to_image`] bytes, validating them as it goes.
-    #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
     pub fn from_image(bytes: &[u8]) -> Result<DataTree, ImageError> {
-        let mut c = Cursor { bytes, at: 0 };
-        if c.take(8, "magic").map_err(ImageError)? != MAGIC {
-            return Err(ImageError("not a Baton tree image (bad magic)".into()));
+        let mut c = Cursor { bytes, at: 0, short: false };
+        let header = Header::read(&mut c).map_err(ImageError)?;
+        let expected = (header.nodes as usize).min(c.remaining() / NODE_FIXED);
+        let mut builder = ImageBuilder::new(header.acls, expected);
+        for _ in 0..header.nodes {
+            builder.push(read_node(&mut c).map_err(ImageError)?).map_err(ImageError)?;
         }
-        let version = c.u32("version").map_err(ImageError)?;
-        if version != VERSION {
-            return Err(ImageError(format!("image format {version}; this build reads {VERSION}")));
-        }
-        let header = (|| -> Result<_, String> {
-            let _flags = c.u32("flags")?;
-            let last_zxid = Zxid(c.u64("last zxid")?);
-            let acl_count = c.u32("ACL count")? as usize;
-            let mut acls = Vec::with_capacity(acl_count.min(c.remaining() / 4));
-            for _ in 0..acl_count {
-                let entries = c.u32("ACL size")? as usize;
-                let mut list = Vec::with_capacity(entries.min(c.remaining() / 12));
-                for _ in 0..entries {
-                    let perms = c.i32("perms")?;
-                    let scheme = c.str("scheme")?.to_string();
-                    let id = c.str("id")?.to_string();
-                    list.push(Acl { perms, scheme, id });
-                }
-                acls.push(list);
-            }
-            let session_count = c.u32("session count")? as usize;
-            let mut sessions = BTreeMap::new();
-            for _ in 0..session_count {
-                let id = c.i64("session id")?;
-                let timeout_ms = c.i32("session timeout")?;
-                sessions.insert(SessionId(id), SessionInfo { timeout_ms });
-            }
-            let node_count = c.u64("node count")?;
-            Ok((last_zxid, acls, sessions, node_count))
-        })();
-        let (last_zxid, acls, sessions, node_count) = header.map_err(ImageError)?;
-        let expected = (node_count as usize).min(c.remaining() / NODE_FIXED);
-        let mut read = 0u64;
-        let nodes = std::iter::from_fn(|| {
-            if read == node_count {
-                return None;
-            }
-            read += 1;
-            Some((|| -> Result<ImageNode<'_>, String> {
-                let parent = c.u32("parent")?;
-                let name_len = c.u32("name length")? as usize;
-                let data_len = c.u32("data length")?;
-                let acl = c.u32("acl")?;
-                let stat = StatPersisted {
-                    czxid: c.i64("czxid")?,
-                    mzxid: c.i64("mzxid")?,
-                    pzxid: c.i64("pzxid")?,
-                    ctime: c.i64("ctime")?,
-                    mtime: c.i64("mtime")?,
-                    version: c.i32("version")?,
-                    cversion: c.i32("cversion")?,
-                    aversion: c.i32("aversion")?,
-                    ephemeral_owner: c.i64("owner")?,
-                };
-                let name = c.take(name_len, "name")?;
-                let data = if data_len == NULL_LEN { None } else { Some(c.take(data_len as usize, "data")?) };
-                Ok(ImageNode { parent, name, data, acl, stat })
-            })())
-        });
-        let tree = DataTree::from_image_parts(acls, nodes, sessions, last_zxid, expected).map_err(ImageError)?;
-        if tree.node_count() as u64 != node_count {
-            return Err(ImageError(format!("{} znodes where the header says {node_count}", tree.node_count())));
-        }
-        Ok(tree)
+        builder.finish(header.sessions, header.last_zxid).map_err(ImageError)
     }
 
     /// A hash of the whole tree: equal on two servers exactly when their trees are equal.

@@ -22,5 +22,5 @@ pub use data_tree::{
     TreeView, Znode, LIMIT_NODE, QUOTA_PATH, STAT_NODE,
 };
 pub use error::ErrorCode;
-pub use image::ImageError;
+pub use image::{ImageError, TreeLoader};
 pub use stat::{owner_kind, ttl_of_owner, ttl_owner, OwnerKind, Stat, StatPersisted, CONTAINER_OWNER, TTL_MAX_MS};

@@ -688,3 +688,58 @@ fn a_view_crosses_threads_and_a_deep_tree_streams_without_recursion() {
 
 /// Znodes per copy-on-write page (`data_tree::PAGE`), as the tests see it.
 const PAGE_FOR_TESTS: usize = 1024;
+
+/// Pushes `image` into a loader in pieces of the sizes `cuts` cycles through.
+fn load_in_pieces(image: &[u8], cuts: &[usize]) -> Result<DataTree, String> {
+    let mut loader = TreeLoader::new();
+    let (mut at, mut i) = (0, 0);
+    while at < image.len() {
+        let n = cuts[i % cuts.len()].max(1).min(image.len() - at);
+        loader.push(&image[at..at + n]).map_err(|e| e.to_string())?;
+        at += n;
+        i += 1;
+    }
+    loader.finish().map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_tree_loaded_piece_by_piece_is_the_tree_whatever_the_pieces() {
+    let mut h = Harness::new();
+    churn(&mut h, 11, 6_000);
+    let image = h.tree.to_image();
+    for cuts in [vec![1], vec![7, 1, 300], vec![4096], vec![image.len()], vec![13, 65_536, 2]] {
+        let back = load_in_pieces(&image, &cuts).expect("loads");
+        back.validate();
+        assert_eq!(back.to_image(), image, "pieces {cuts:?}");
+        assert_eq!(back.sessions(), h.tree.sessions());
+    }
+}
+
+#[test]
+fn a_damaged_or_cut_image_loaded_piece_by_piece_is_an_error_not_a_panic() {
+    let mut h = Harness::new();
+    churn(&mut h, 12, 400);
+    let image = h.tree.to_image();
+    // Cut anywhere: finish says the image ended early.
+    for end in (0..image.len()).step_by(7) {
+        let mut loader = TreeLoader::new();
+        loader.push(&image[..end]).expect("a prefix is no error yet");
+        assert!(loader.finish().is_err(), "an image cut at {end} of {} loaded", image.len());
+    }
+    // Trailing bytes are refused.
+    let mut long = image.clone();
+    long.extend_from_slice(b"x");
+    assert!(load_in_pieces(&long, &[100]).is_err());
+    // Damaged anywhere: an error or (where the damage hits data bytes) a tree, never a panic;
+    // the same answer as the whole-image loader.
+    for i in (0..image.len()).step_by(5) {
+        let mut bad = image.clone();
+        bad[i] ^= 0xA5;
+        let whole = DataTree::from_image(&bad).map(|t| t.to_image()).map_err(|e| e.to_string());
+        let pieces = load_in_pieces(&bad, &[33]).map(|t| t.to_image());
+        assert_eq!(whole.is_ok(), pieces.is_ok(), "byte {i}");
+        if let (Ok(a), Ok(b)) = (whole, pieces) {
+            assert_eq!(a, b);
+        }
+    }
+}

@@ -38,13 +38,23 @@ pub enum Action {
         /// The last zxid kept.
         after: Zxid,
     },
-    /// Replace the state and the log with this snapshot of the leader's committed state,
-    /// durably, before the next action. Entries above `zxid` follow as appends.
+    /// The leader's committed state at `zxid` starts arriving, in the [`Action::SnapshotChunk`]s
+    /// that follow. A snapshot begun and not yet installed is abandoned by the next
+    /// `SnapshotBegin` or a [`Action::RoleChanged`] to a role other than following.
+    SnapshotBegin {
+        /// The last zxid the snapshot covers.
+        zxid: Zxid,
+    },
+    /// The next piece of the snapshot begun, in order.
+    SnapshotChunk {
+        /// Bytes of the image, opaque to the protocol.
+        data: Payload,
+    },
+    /// The snapshot begun arrived whole and checked out: replace the state and the log with
+    /// it, durably, before the next action. Entries above `zxid` follow as appends.
     InstallSnapshot {
         /// The last zxid the snapshot covers; the log continues after it.
         zxid: Zxid,
-        /// The snapshot, as the leader's driver produced it.
-        data: Payload,
     },
     /// Everything up to `through` is committed: apply the logged entries up to it, in zxid
     /// order. Commit points only grow.
@@ -52,11 +62,22 @@ pub enum Action {
         /// The new commit point.
         through: Zxid,
     },
-    /// Produce a snapshot of the committed state and hand it to
-    /// [`super::Zab::on_snapshot`] for `peer` (a follower too far behind for a DIFF).
+    /// Freeze the applied state and report its zxid with [`super::Zab::on_snapshot`] for
+    /// `peer` (a learner too far behind for a DIFF).
     TakeSnapshot {
-        /// The follower that needs it.
+        /// The learner that needs it.
         peer: ServerId,
+    },
+    /// Stream the state frozen for `to` (at the zxid reported to `on_snapshot`) on the link
+    /// to `to`: [`Message::Snap`], its chunks, [`Message::SnapEnd`] — ahead of every message
+    /// sent to `to` after this action.
+    SendSnapshot {
+        /// The learner.
+        to: ServerId,
+        /// The epoch it is being synchronised to.
+        epoch: u32,
+        /// The zxid the frozen state covers.
+        zxid: Zxid,
     },
     /// The sync `id` (see [`super::Zab::sync`]) is done: every write proposed before it is
     /// committed here up to `zxid`, and the `Commit` actions before this one applied them.

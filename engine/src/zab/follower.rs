@@ -11,7 +11,7 @@
 
 use super::action::Action;
 use super::context::Context;
-use super::message::{LogEntry, Message, Payload, ServerId};
+use super::message::{LogEntry, Message, ServerId};
 use super::relay::Relay;
 use super::role::Role;
 use crate::log::{SessionId, Zxid};
@@ -46,6 +46,21 @@ pub struct Follower {
     syncs: Vec<(u64, Zxid)>,
     /// Downstream observers (when this server is an observer).
     relay: Relay,
+    /// A SNAP being received: nothing else comes from the leader until its end.
+    incoming: Option<Incoming>,
+}
+
+/// A SNAP being received: the zxid it covers, and the length and hash of the bytes so far.
+struct Incoming {
+    zxid: Zxid,
+    bytes: u64,
+    hash: Box<xxhash_rust::xxh3::Xxh3>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("zxid", &self.zxid).field("bytes", &self.bytes).finish_non_exhaustive()
+    }
 }
 
 /// The follower gives up on its leader.
@@ -65,6 +80,7 @@ impl Follower {
             requested: std::collections::BTreeSet::new(),
             syncs: Vec::new(),
             relay: Relay::default(),
+            incoming: None,
         };
         f.send_info(ctx);
         f
@@ -122,8 +138,8 @@ impl Follower {
     }
 
     /// The driver's snapshot for a downstream observer.
-    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid, data: Payload) {
-        self.relay.on_snapshot(ctx, self.epoch, id, zxid, data);
+    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid) {
+        self.relay.on_snapshot(ctx, self.epoch, id, zxid);
     }
 
     fn on_message_inner(&mut self, ctx: &mut Context, msg: Message) -> Result<(), LostLeader> {
@@ -140,6 +156,10 @@ impl Follower {
         if self.epoch == 0 || msg.epoch() != Some(self.epoch) {
             return Ok(()); // another epoch's message (a previous leadership): not ours
         }
+        // A SNAP's pieces come together on the FIFO link: nothing else between them.
+        if self.incoming.is_some() && !matches!(msg, Message::SnapChunk { .. } | Message::SnapEnd { .. }) {
+            return Err(LostLeader("a SNAP interleaved with other messages"));
+        }
         match msg {
             Message::Trunc { zxid, .. } if self.phase == Phase::Sync => {
                 if !ctx.log.truncate_after(zxid) {
@@ -147,9 +167,27 @@ impl Follower {
                 }
                 ctx.out.push(Action::Truncate { after: zxid });
             }
-            Message::Snap { zxid, data, .. } if self.phase == Phase::Sync => {
-                ctx.log.reset(zxid);
-                ctx.out.push(Action::InstallSnapshot { zxid, data });
+            Message::Snap { zxid, .. } if self.phase == Phase::Sync => {
+                self.incoming = Some(Incoming { zxid, bytes: 0, hash: Box::default() });
+                ctx.out.push(Action::SnapshotBegin { zxid });
+            }
+            Message::SnapChunk { data, .. } => {
+                let Some(incoming) = self.incoming.as_mut() else {
+                    return Err(LostLeader("a SNAP chunk outside a SNAP"));
+                };
+                incoming.bytes += data.len() as u64;
+                incoming.hash.update(&data);
+                ctx.out.push(Action::SnapshotChunk { data });
+            }
+            Message::SnapEnd { bytes, checksum, .. } => {
+                let Some(incoming) = self.incoming.take() else {
+                    return Err(LostLeader("a SNAP end outside a SNAP"));
+                };
+                if incoming.bytes != bytes || incoming.hash.digest() != checksum {
+                    return Err(LostLeader("a SNAP whose bytes do not match its length and checksum"));
+                }
+                ctx.log.reset(incoming.zxid);
+                ctx.out.push(Action::InstallSnapshot { zxid: incoming.zxid });
             }
             Message::Append { entries, .. } => self.append(ctx, entries)?,
             Message::NewLeader { zxid, .. } if self.phase == Phase::Sync => {

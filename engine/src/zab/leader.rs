@@ -279,8 +279,8 @@ impl Leader {
         self.learners.remove(&id);
     }
 
-    /// The driver's snapshot for a follower that needed one.
-    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid, data: Payload) {
+    /// The driver froze its state at `zxid` for a learner that needed a snapshot.
+    pub fn on_snapshot(&mut self, ctx: &mut Context, id: ServerId, zxid: Zxid) {
         let waiting = self.learners.get(&id).is_some_and(|l| l.phase == LearnerPhase::AwaitingSnapshot);
         if !waiting {
             return;
@@ -290,7 +290,7 @@ impl Leader {
             ctx.out.push(Action::TakeSnapshot { peer: id });
             return;
         }
-        ctx.send(id, Message::Snap { epoch: self.epoch, zxid, data });
+        ctx.out.push(Action::SendSnapshot { to: id, epoch: self.epoch, zxid });
         self.send_history(ctx, id, zxid);
     }
 

@@ -99,15 +99,32 @@ pub enum Message {
         /// The last zxid to keep.
         zxid: Zxid,
     },
-    /// Synchronisation: replace the whole state with this snapshot of the leader's committed
-    /// state at `zxid`.
+    /// Synchronisation: replace the whole state with the leader's committed state at `zxid`,
+    /// which follows as [`Message::SnapChunk`]s closed by a [`Message::SnapEnd`] (streamed:
+    /// neither side holds the whole image as one message).
     Snap {
         /// The epoch being synchronised to.
         epoch: u32,
         /// The last zxid the snapshot covers.
         zxid: Zxid,
-        /// The snapshot, opaque to the protocol.
+    },
+    /// The next piece of the snapshot that a [`Message::Snap`] announced, opaque to the
+    /// protocol.
+    SnapChunk {
+        /// The epoch being synchronised to.
+        epoch: u32,
+        /// The bytes, in order after the previous chunk's.
         data: Payload,
+    },
+    /// The snapshot's end: how many bytes it had and their xxh3, checked before it replaces
+    /// anything.
+    SnapEnd {
+        /// The epoch being synchronised to.
+        epoch: u32,
+        /// The image's length.
+        bytes: u64,
+        /// xxh3-64 of the whole image.
+        checksum: u64,
     },
     /// Entries to append in order: the DIFF of synchronisation, then PROPOSALs, batched.
     Append {
@@ -208,6 +225,8 @@ impl Message {
             | Message::AckEpoch { epoch, .. }
             | Message::Trunc { epoch, .. }
             | Message::Snap { epoch, .. }
+            | Message::SnapChunk { epoch, .. }
+            | Message::SnapEnd { epoch, .. }
             | Message::Append { epoch, .. }
             | Message::NewLeader { epoch, .. }
             | Message::Ack { epoch, .. }

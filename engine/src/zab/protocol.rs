@@ -343,11 +343,12 @@ impl Zab {
         }
     }
 
-    /// The snapshot asked for with [`Action::TakeSnapshot`]: the committed state at `zxid`.
-    pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid, data: Payload) {
+    /// The answer to [`Action::TakeSnapshot`]: the driver froze its state at `zxid` (to
+    /// stream when [`Action::SendSnapshot`] asks for it).
+    pub fn on_snapshot(&mut self, peer: ServerId, zxid: Zxid) {
         match &mut self.role {
-            RoleState::Leading(l) => l.on_snapshot(&mut self.ctx, peer, zxid, data),
-            RoleState::Following(f) => f.on_snapshot(&mut self.ctx, peer, zxid, data),
+            RoleState::Leading(l) => l.on_snapshot(&mut self.ctx, peer, zxid),
+            RoleState::Following(f) => f.on_snapshot(&mut self.ctx, peer, zxid),
             RoleState::Looking => {}
         }
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::action::Action;
 use super::context::Context;
-use super::message::{Message, Payload, ServerId};
+use super::message::{Message, ServerId};
 use crate::log::Zxid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +93,8 @@ impl Relay {
         self.downstream.insert(id, Phase::Synced(upto));
     }
 
-    /// The driver's snapshot for a downstream observer that needed one.
-    pub fn on_snapshot(&mut self, ctx: &mut Context, epoch: u32, id: ServerId, zxid: Zxid, data: Payload) {
+    /// The driver froze its state at `zxid` for a downstream observer that needed a snapshot.
+    pub fn on_snapshot(&mut self, ctx: &mut Context, epoch: u32, id: ServerId, zxid: Zxid) {
         if self.downstream.get(&id) != Some(&Phase::AwaitingSnapshot) {
             return;
         }
@@ -102,7 +102,7 @@ impl Relay {
             ctx.out.push(Action::TakeSnapshot { peer: id });
             return;
         }
-        ctx.send(id, Message::Snap { epoch, zxid, data });
+        ctx.out.push(Action::SendSnapshot { to: id, epoch, zxid });
         self.send_history(ctx, epoch, id, zxid);
     }
 

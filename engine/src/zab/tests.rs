@@ -97,6 +97,73 @@ fn a_follower_acknowledges_newleader_only_once_the_history_is_durable() {
     );
 }
 
+/// A follower of 2 in epoch 1, synchronising, sent the SNAP `chunks` announce at `zxid`.
+fn snap_messages(zxid: Zxid, chunks: &[&[u8]]) -> Vec<Message> {
+    let whole: Vec<u8> = chunks.concat();
+    let mut msgs = vec![Message::Snap { epoch: 1, zxid }];
+    msgs.extend(chunks.iter().map(|c| Message::SnapChunk { epoch: 1, data: c.to_vec().into() }));
+    let checksum = xxhash_rust::xxh3::xxh3_64(&whole);
+    msgs.push(Message::SnapEnd { epoch: 1, bytes: whole.len() as u64, checksum });
+    msgs
+}
+
+#[test]
+fn a_follower_installs_a_snap_chunk_by_chunk_once_it_checks_out() {
+    let mut zab = follower_of_2(Persisted::default());
+    zab.on_message(2, Message::LeaderInfo { epoch: 1 });
+    zab.take_actions();
+    let at = Zxid::new(1, 9);
+    for msg in snap_messages(at, &[b"abc", b"", b"defg"]) {
+        zab.on_message(2, msg);
+    }
+    assert_eq!(
+        zab.take_actions(),
+        vec![
+            Action::SnapshotBegin { zxid: at },
+            Action::SnapshotChunk { data: b"abc".to_vec().into() },
+            Action::SnapshotChunk { data: b"".to_vec().into() },
+            Action::SnapshotChunk { data: b"defg".to_vec().into() },
+            Action::InstallSnapshot { zxid: at },
+        ]
+    );
+    // The log continues after the snapshot.
+    zab.on_message(2, Message::Append { epoch: 1, entries: vec![entry(1, 10)] });
+    assert_eq!(zab.take_actions(), vec![Action::Append { entries: vec![entry(1, 10)] }]);
+}
+
+#[test]
+fn a_snap_that_does_not_check_out_or_comes_apart_is_never_installed() {
+    let at = Zxid::new(1, 9);
+    let whole = snap_messages(at, &[b"abc", b"defg"]);
+    let damaged = {
+        let mut m = whole.clone();
+        m[2] = Message::SnapChunk { epoch: 1, data: b"defh".to_vec().into() };
+        m
+    };
+    let short = {
+        let mut m = whole.clone();
+        m.remove(2);
+        m
+    };
+    let interleaved = {
+        let mut m = whole.clone();
+        m.insert(2, Message::Append { epoch: 1, entries: vec![entry(1, 10)] });
+        m
+    };
+    let stray = vec![Message::SnapChunk { epoch: 1, data: b"abc".to_vec().into() }];
+    for (what, msgs) in [("damaged", damaged), ("short", short), ("interleaved", interleaved), ("stray", stray)] {
+        let mut zab = follower_of_2(Persisted::default());
+        zab.on_message(2, Message::LeaderInfo { epoch: 1 });
+        zab.take_actions();
+        for msg in msgs {
+            zab.on_message(2, msg);
+        }
+        let actions = zab.take_actions();
+        assert!(!actions.iter().any(|a| matches!(a, Action::InstallSnapshot { .. })), "{what}: {actions:?}");
+        assert_eq!(zab.role(), Role::Looking, "{what}: the follower gives up on its leader");
+    }
+}
+
 #[test]
 fn a_follower_treats_a_gap_in_the_stream_as_a_lost_leader() {
     let mut zab = follower_of_2(Persisted::default());

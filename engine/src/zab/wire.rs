@@ -59,6 +59,8 @@ const PING: u8 = 14;
 const TOUCH: u8 = 15;
 const FORWARD: u8 = 16;
 const HEARD: u8 = 17;
+const SNAP_CHUNK: u8 = 18;
+const SNAP_END: u8 = 19;
 
 struct Out<'a>(&'a mut Vec<u8>);
 
@@ -114,8 +116,14 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Trunc { epoch, zxid } => {
             o.u8(TRUNC).u32(*epoch).zxid(*zxid);
         }
-        Message::Snap { epoch, zxid, data } => {
-            o.u8(SNAP).u32(*epoch).zxid(*zxid).bytes(data);
+        Message::Snap { epoch, zxid } => {
+            o.u8(SNAP).u32(*epoch).zxid(*zxid);
+        }
+        Message::SnapChunk { epoch, data } => {
+            o.u8(SNAP_CHUNK).u32(*epoch).bytes(data);
+        }
+        Message::SnapEnd { epoch, bytes, checksum } => {
+            o.u8(SNAP_END).u32(*epoch).u64(*bytes).u64(*checksum);
         }
         Message::Append { epoch, entries } => {
             o.u8(APPEND).u32(*epoch).u32(entries.len() as u32);
@@ -224,7 +232,9 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             Message::AckEpoch { epoch: i.u32()?, current_epoch: i.u32()?, last_zxid: i.zxid()?, fresh: i.bool()? }
         }
         TRUNC => Message::Trunc { epoch: i.u32()?, zxid: i.zxid()? },
-        SNAP => Message::Snap { epoch: i.u32()?, zxid: i.zxid()?, data: i.bytes()?.into() },
+        SNAP => Message::Snap { epoch: i.u32()?, zxid: i.zxid()? },
+        SNAP_CHUNK => Message::SnapChunk { epoch: i.u32()?, data: i.bytes()?.into() },
+        SNAP_END => Message::SnapEnd { epoch: i.u32()?, bytes: i.u64()?, checksum: i.u64()? },
         APPEND => {
             let epoch = i.u32()?;
             let count = i.u32()? as usize;
@@ -317,8 +327,14 @@ mod tests {
                 Message::AckEpoch { epoch, current_epoch, last_zxid, fresh }
             }),
             (any::<u32>(), zxid()).prop_map(|(epoch, zxid)| Message::Trunc { epoch, zxid }),
-            (any::<u32>(), zxid(), proptest::collection::vec(any::<u8>(), 0..64))
-                .prop_map(|(epoch, zxid, data)| Message::Snap { epoch, zxid, data: data.into() }),
+            (any::<u32>(), zxid()).prop_map(|(epoch, zxid)| Message::Snap { epoch, zxid }),
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(epoch, data)| Message::SnapChunk { epoch, data: data.into() }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, bytes, checksum)| Message::SnapEnd {
+                epoch,
+                bytes,
+                checksum
+            }),
             (any::<u32>(), entries).prop_map(|(epoch, entries)| Message::Append { epoch, entries }),
             (any::<u32>(), zxid()).prop_map(|(epoch, zxid)| Message::NewLeader { epoch, zxid }),
             (any::<u32>(), zxid()).prop_map(|(epoch, zxid)| Message::Ack { epoch, zxid }),
@@ -381,7 +397,7 @@ mod tests {
     #[test]
     fn an_oversized_frame_is_refused_from_its_header() {
         let mut buf = Vec::new();
-        encode(&Message::Snap { epoch: 1, zxid: Zxid(1), data: vec![0; 100].into() }, &mut buf);
+        encode(&Message::SnapChunk { epoch: 1, data: vec![0; 100].into() }, &mut buf);
         assert!(matches!(split_frame(&buf[..FRAME_HEADER_BYTES], 50), Err(WireError::TooLarge { .. })));
     }
 }

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use baton_engine::replica::{
-    EpochFile, Input, LogRoom, Parts, Peers, Replica, ReplicaConfig as DriverConfig, SnapshotDir, StateMachine,
-    StorageError, WalLog,
+    EpochFile, Input, LogRoom, Parts, Peers, Replica, ReplicaConfig as DriverConfig, SnapshotDir, SnapshotImage,
+    StateMachine, StorageError, WalLog,
 };
 use baton_engine::snapshot::SnapshotStore;
 use baton_engine::wal::{Wal, WalConfig, WalError};
@@ -246,6 +246,12 @@ impl Peers for Links {
     fn send(&mut self, to: ServerId, msg: Message) {
         if let Some(t) = &self.0 {
             t.send(to, &msg);
+        }
+    }
+
+    fn send_snapshot(&mut self, to: ServerId, epoch: u32, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        if let Some(t) = &self.0 {
+            t.send_snapshot(to, epoch, zxid, image);
         }
     }
 }

@@ -33,17 +33,22 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use baton_engine::replica::{SnapChunker, SnapshotImage, SNAP_CHUNK_BYTES};
 use baton_engine::zab::wire::{self, WireError};
 use baton_engine::zab::{Message, ServerId};
+use baton_engine::Zxid;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::hello::{Hello, HELLO_BYTES};
+use crate::runtime::inbox::{bounded_inbox, Inbox};
 use crate::runtime::local_queue::LocalQueue;
 use crate::runtime::rate_limit::RateLimit;
 
 /// Two different incarnations of one id alternating within this long: two servers have it.
 const SAME_ID_WINDOW: Duration = Duration::from_secs(30);
+/// Chunks of a SNAP made ahead of its link's socket (each [`SNAP_CHUNK_BYTES`]).
+pub const SNAP_FRAMES_QUEUED: usize = 4;
 /// Bytes written to a peer's connection at a time.
 const WRITE_PIECE: usize = 1 << 20;
 /// A link whose queue is over its bound and whose writer got nothing into the connection for
@@ -82,6 +87,19 @@ struct Outbound {
     reset: bool,
     /// The writer waiting (possibly inside a write) for `reset`.
     resetter: Option<Waker>,
+    /// A SNAP being streamed: its frames, made by a thread of its own as the link drains
+    /// (after everything in `queue`). Invariant: `None` while not connected.
+    snapshot: Option<Inbox<Streamed>>,
+    /// Frames queued while a SNAP streams: they follow its end.
+    after: Vec<u8>,
+}
+
+/// What a SNAP's producer thread hands the link's writer.
+enum Streamed {
+    /// The next frames.
+    Frames(Vec<u8>),
+    /// The SNAP's end frame was among the frames before.
+    Done,
 }
 
 impl Outbound {
@@ -90,6 +108,9 @@ impl Outbound {
     fn reset(&mut self) {
         self.reset = true;
         self.queue.clear();
+        // Its producer finds the link gone at its next frame and stops.
+        self.snapshot = None;
+        self.after = Vec::new();
         if let Some(w) = self.writer.take() {
             w.wake();
         }
@@ -165,26 +186,94 @@ impl Transport {
     pub fn send(&self, to: ServerId, msg: &Message) {
         let mut outbound = self.outbound.borrow_mut();
         let Some(link) = outbound.get_mut(&to) else { return };
-        let stalled = link.queue.len() > self.queue_bytes_max && link.progress.is_some_and(|at| at.elapsed() > STALLED);
-        if !link.connected || link.reset || stalled {
-            if link.connected && !link.reset {
-                tracing::warn!(
-                    me = self.me,
-                    peer = to,
-                    queued = link.queue.len(),
-                    "a peer fell too far behind; dropping its link"
-                );
-            }
-            link.reset();
-            if !link.loss_reported {
-                link.loss_reported = true;
-                self.events.push(PeerEvent::Disconnected(to));
-            }
+        if !self.usable(to, link) {
             return;
         }
-        wire::encode(msg, &mut link.queue);
+        // Behind a SNAP being streamed, or in the writer's queue.
+        let queue = if link.snapshot.is_some() { &mut link.after } else { &mut link.queue };
+        wire::encode(msg, queue);
         if let Some(w) = link.writer.take() {
             w.wake();
+        }
+    }
+
+    /// Queues the SNAP of `image` (the state at `zxid`) for `to`, ahead of what is sent to it
+    /// later. A thread makes its frames while the link drains, at most
+    /// [`SNAP_FRAMES_QUEUED`] chunks ahead of the socket: a slow learner costs this server
+    /// that, the frozen image, and the messages queued behind it (bounded as any link's).
+    pub fn send_snapshot(&self, to: ServerId, epoch: u32, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        let mut outbound = self.outbound.borrow_mut();
+        let Some(link) = outbound.get_mut(&to) else { return };
+        if !self.usable(to, link) {
+            return;
+        }
+        if link.snapshot.is_some() {
+            // The core sends one SNAP per synchronisation, and a new one only after the link
+            // broke (which ended the first). Two would interleave: drop the link instead.
+            tracing::warn!(me = self.me, peer = to, "a second SNAP while one streams; dropping the link");
+            self.lose(to, link);
+            return;
+        }
+        let (frames, stream) = bounded_inbox(SNAP_FRAMES_QUEUED);
+        let me = self.me;
+        let produce = move || {
+            let started = std::time::Instant::now();
+            let emit = |msg: Message| {
+                let mut frame = Vec::with_capacity(SNAP_CHUNK_BYTES + 64);
+                wire::encode(&msg, &mut frame);
+                if frames.send(Streamed::Frames(frame)) {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("the link to the learner is gone"))
+                }
+            };
+            let sent = SnapChunker::new(epoch, zxid, SNAP_CHUNK_BYTES, emit).and_then(|mut out| {
+                image.write_to(&mut out)?;
+                out.finish()
+            });
+            // The frozen image's memory goes back now, not when the link next changes.
+            drop(image);
+            match sent {
+                Ok(()) => {
+                    frames.send(Streamed::Done);
+                    tracing::info!(me, peer = to, %zxid, ms = started.elapsed().as_millis() as u64, "SNAP streamed");
+                }
+                Err(e) => tracing::info!(me, peer = to, %zxid, error = %e, "SNAP abandoned"),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name(format!("snap-to-{to}")).spawn(produce) {
+            tracing::error!(me = self.me, peer = to, error = %e, "no thread to stream a SNAP; dropping the link");
+            self.lose(to, link);
+            return;
+        }
+        link.snapshot = Some(stream);
+        if let Some(w) = link.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether `link` can take another message: connected, and not over its bound while the
+    /// peer stopped reading. If not, the link is dropped and the loss reported once.
+    fn usable(&self, to: ServerId, link: &mut Outbound) -> bool {
+        let queued = link.queue.len() + link.after.len();
+        let stalled = queued > self.queue_bytes_max && link.progress.is_some_and(|at| at.elapsed() > STALLED);
+        if !link.connected || link.reset || stalled {
+            if link.connected && !link.reset {
+                tracing::warn!(me = self.me, peer = to, queued, "a peer fell too far behind; dropping its link");
+            }
+            self.lose(to, link);
+            return false;
+        }
+        true
+    }
+
+    /// Drops `link` (the peer sees a broken stream rather than a gap) and reports the loss
+    /// once.
+    fn lose(&self, to: ServerId, link: &mut Outbound) {
+        link.reset();
+        if !link.loss_reported {
+            link.loss_reported = true;
+            self.events.push(PeerEvent::Disconnected(to));
         }
     }
 
@@ -299,6 +388,8 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
             link.peer_incarnation = Some(incarnation);
             link.progress = Some(std::time::Instant::now());
             link.queue.clear();
+            link.snapshot = None;
+            link.after = Vec::new();
         }
         tracing::debug!(me, peer, %addr, incarnation, "peer link up");
         let (mut reader, mut writer) = futures_lite::io::split(stream);
@@ -307,14 +398,36 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                 let batch = poll_fn(|cx| {
                     let mut outbound = outbound.borrow_mut();
                     let Some(link) = outbound.get_mut(&peer) else { return Poll::Ready(None) };
-                    if stop.get() || link.reset {
-                        return Poll::Ready(None);
+                    loop {
+                        if stop.get() || link.reset {
+                            return Poll::Ready(None);
+                        }
+                        if !link.queue.is_empty() {
+                            return Poll::Ready(Some(std::mem::take(&mut link.queue)));
+                        }
+                        let Some(snapshot) = link.snapshot.as_ref() else {
+                            link.writer = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        };
+                        match snapshot.poll_recv(cx) {
+                            Poll::Ready(Some(Streamed::Frames(frames))) => return Poll::Ready(Some(frames)),
+                            Poll::Ready(Some(Streamed::Done)) => {
+                                // What was queued behind the SNAP goes next.
+                                link.snapshot = None;
+                                link.queue = std::mem::take(&mut link.after);
+                            }
+                            Poll::Ready(None) => {
+                                // The producer stopped short of the SNAP's end: nothing may
+                                // follow on this connection.
+                                link.reset = true;
+                                return Poll::Ready(None);
+                            }
+                            Poll::Pending => {
+                                link.writer = Some(cx.waker().clone());
+                                return Poll::Pending;
+                            }
+                        }
                     }
-                    if link.queue.is_empty() {
-                        link.writer = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Some(std::mem::take(&mut link.queue)))
                 })
                 .await;
                 let Some(batch) = batch else { break };
@@ -357,6 +470,8 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                 link.connected = false;
                 link.peer_incarnation = None;
                 link.queue.clear();
+                link.snapshot = None;
+                link.after = Vec::new();
                 std::mem::replace(&mut link.loss_reported, true)
             }
             None => true,

@@ -36,6 +36,28 @@ pub fn inbox<T>() -> (Outbox<T>, Inbox<T>) {
     (Outbox { tx, waker: waker.clone() }, Inbox { rx, waker })
 }
 
+/// A queue of at most `cap` items, whose senders block while it is full: for a thread the
+/// receiving task paces (a snapshot made as a peer link drains), never for an executor.
+pub fn bounded_inbox<T>(cap: usize) -> (Outbox<T>, Inbox<T>) {
+    let (tx, rx) = channel::bounded(cap);
+    let waker = Arc::new(Mutex::new(None));
+    (Outbox { tx, waker: waker.clone() }, Inbox { rx, waker })
+}
+
+impl<T> Drop for Outbox<T> {
+    /// The last sender gone is news to a receiver waiting: `recv` answers `None` then.
+    fn drop(&mut self) {
+        // Disconnect first (a sender that goes with no other left), then wake: woken
+        // before, the receiver could look, find the channel still open, and park for good.
+        let (unconnected, _) = channel::bounded(0);
+        drop(std::mem::replace(&mut self.tx, unconnected));
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
 impl<T> Outbox<T> {
     /// Queues `item` and wakes the receiver; `false` if the receiver is gone.
     pub fn send(&self, item: T) -> bool {
@@ -59,21 +81,25 @@ impl<T> Inbox<T> {
 
     /// The next item, waiting for one; `None` once every sender is gone.
     pub async fn recv(&self) -> Option<T> {
-        poll_fn(|cx| {
-            match self.rx.try_recv() {
-                Ok(item) => return Poll::Ready(Some(item)),
-                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                Err(TryRecvError::Empty) => {}
-            }
-            *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
-            // An item sent between the check and parking the waker found no waker to wake.
-            match self.rx.try_recv() {
-                Ok(item) => Poll::Ready(Some(item)),
-                Err(TryRecvError::Disconnected) => Poll::Ready(None),
-                Err(TryRecvError::Empty) => Poll::Pending,
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Inbox::recv`] as a poll: the task is woken when an item arrives or the last sender
+    /// goes.
+    pub fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+        match self.rx.try_recv() {
+            Ok(item) => return Poll::Ready(Some(item)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        // An item sent (or the last sender dropped) between the check and parking the waker
+        // found no waker to wake.
+        match self.rx.try_recv() {
+            Ok(item) => Poll::Ready(Some(item)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
     }
 }
 

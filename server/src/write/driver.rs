@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_engine::replica::{SnapshotImage, StateMachine};
-use baton_engine::tree::{DataTree, TreeView};
+use baton_engine::replica::{ImageSink, SnapshotImage, StateMachine};
+use baton_engine::tree::{DataTree, TreeLoader, TreeView};
 use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
 use baton_engine::{SessionId, Zxid};
 
@@ -154,6 +154,20 @@ impl Driver {
     }
 }
 
+impl Machine {
+    /// Puts a tree rebuilt from a snapshot in place of the state.
+    fn replace_tree(&mut self, zxid: Zxid, tree: DataTree, started: Instant) {
+        let mut d = self.0.borrow_mut();
+        let nodes = tree.node_count();
+        tracing::info!(%zxid, nodes, ms = started.elapsed().as_millis() as u64, "installed snapshot");
+        // The old tree goes after the lock is released (freeing millions of znodes takes a
+        // while; nobody needs to wait for it).
+        let old = std::mem::replace(&mut *d.shared.tree_mut(), tree);
+        d.with_tree(|path, tree| path.installed(tree, now()));
+        drop(old);
+    }
+}
+
 /// The tree frozen for a background snapshot: written out on the snapshot thread.
 struct TreeImage(TreeView);
 
@@ -209,20 +223,27 @@ impl StateMachine for Machine {
     }
 
     fn install(&mut self, zxid: Zxid, data: &[u8]) {
-        let mut d = self.0.borrow_mut();
         let started = Instant::now();
         match DataTree::from_image(data) {
-            Ok(tree) => {
-                let nodes = tree.node_count();
-                tracing::info!(%zxid, nodes, ms = started.elapsed().as_millis() as u64, "installed snapshot");
-                *d.shared.tree_mut() = tree;
-                d.with_tree(|path, tree| path.installed(tree, now()));
-            }
+            Ok(tree) => self.replace_tree(zxid, tree, started),
             Err(e) => {
                 tracing::error!(%zxid, error = %e, "a snapshot does not decode; stopping");
-                d.shared.stopping.set();
+                self.0.borrow().shared.stopping.set();
             }
         }
+    }
+
+    fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
+        Box::new(TreeLoader::new())
+    }
+
+    fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
+        let started = Instant::now();
+        let sink: Box<dyn std::any::Any> = sink;
+        let loader = sink.downcast::<TreeLoader>().map_err(|_| "not the tree's loader".to_string())?;
+        let tree = loader.finish().map_err(|e| e.to_string())?;
+        self.replace_tree(zxid, tree, started);
+        Ok(())
     }
 
     fn synced(&mut self, id: u64, zxid: Option<Zxid>) {

@@ -187,6 +187,9 @@ pub struct Report {
     pub disks_full: u64,
     /// SNAPs installed.
     pub snapshots_installed: u64,
+    /// SNAPs a leader (or relaying observer) began sending; those not installed were cut
+    /// off by a broken link or a crash in the middle, and the learner synchronised again.
+    pub snapshots_sent: u64,
     /// Local snapshots written (each followed by log compaction).
     pub snapshots_written: u64,
     /// Client batches a leader's replica dropped because they were prepared for another of
@@ -295,6 +298,7 @@ struct Sim {
     discards: u64,
     disks_full: u64,
     snapshots_installed: u64,
+    snapshots_sent: u64,
     snapshots_written: u64,
     stale_proposals: u64,
     fingerprint: u64,
@@ -373,6 +377,7 @@ impl Sim {
             discards: 0,
             disks_full: 0,
             snapshots_installed: 0,
+            snapshots_sent: 0,
             snapshots_written: 0,
             stale_proposals: 0,
             fingerprint: 0xcbf2_9ce4_8422_2325,
@@ -868,6 +873,9 @@ impl Sim {
             }
         }
         for (to, msg) in seen.sent {
+            if matches!(msg, baton_engine::zab::Message::Snap { .. }) {
+                self.snapshots_sent += 1;
+            }
             let now = self.now;
             let faults = self.faults;
             match self.net.send(&mut self.rng, &faults, now, id, to, msg) {
@@ -1052,6 +1060,7 @@ impl Sim {
             discards: self.discards,
             disks_full: self.disks_full,
             snapshots_installed: self.snapshots_installed,
+            snapshots_sent: self.snapshots_sent,
             snapshots_written: self.snapshots_written,
             stale_proposals: self.stale_proposals,
             synced_reads: self.synced_reads,
@@ -1071,7 +1080,9 @@ fn brief(msg: &baton_engine::zab::Message) -> String {
             entries.last().map_or(Zxid::ZERO, |e| e.zxid),
             entries.len()
         ),
-        M::Snap { epoch, zxid, data } => format!("Snap e{epoch} {zxid} ({} bytes)", data.len()),
+        M::Snap { epoch, zxid } => format!("Snap e{epoch} {zxid}"),
+        M::SnapChunk { epoch, data } => format!("SnapChunk e{epoch} ({} bytes)", data.len()),
+        M::SnapEnd { epoch, bytes, .. } => format!("SnapEnd e{epoch} ({bytes} bytes)"),
         other => format!("{other:?}"),
     }
 }

@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use baton_engine::replica::{Parts, Peers, Replica, ReplicaConfig, StateMachine, StorageError};
+use baton_engine::replica::{
+    snapshot_messages, Parts, Peers, Replica, ReplicaConfig, SnapshotImage, StateMachine, StorageError,
+};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId};
 use baton_engine::{SessionId, Zxid};
 
@@ -23,7 +25,18 @@ impl Peers for SimPeers {
     fn send(&mut self, to: ServerId, msg: Message) {
         self.0.borrow_mut().sent.push((to, msg));
     }
+
+    fn send_snapshot(&mut self, to: ServerId, epoch: u32, zxid: Zxid, image: Box<dyn SnapshotImage>) {
+        // In small chunks, so that a SNAP spans many messages: links break in the middle
+        // of one, and chunk boundaries fall inside records.
+        for msg in snapshot_messages(epoch, zxid, &*image, SIM_SNAP_CHUNK_BYTES) {
+            self.send(to, msg);
+        }
+    }
 }
+
+/// Bytes of one simulated SNAP chunk.
+const SIM_SNAP_CHUNK_BYTES: usize = 97;
 
 /// The state machine: the committed entries applied, in order (its snapshot is that list).
 pub struct SimState {

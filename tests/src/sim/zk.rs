@@ -28,9 +28,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use baton_engine::replica::{Input, Parts, Replica, ReplicaConfig, SnapshotImage, StateMachine};
+use baton_engine::replica::{ImageSink, Input, Parts, Replica, ReplicaConfig, SnapshotImage, StateMachine};
 use baton_engine::sequencer::{CreateMode, CreateOp, SequencerConfig, WriteOp, WriteRequest};
-use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult, TreeView};
+use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult, TreeLoader, TreeView};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId, ZabConfig};
 use baton_engine::{SessionId, Zxid};
 use baton_server::runtime::{ClientRef, ConnId, SessionRequest, ToClient, ToWritePath, WriteOutcome};
@@ -142,6 +142,22 @@ impl SnapshotImage for View {
     }
 }
 
+impl Machine {
+    /// Puts a tree rebuilt from a snapshot in place of the state.
+    fn replace_tree(&mut self, _zxid: Zxid, tree: DataTree) {
+        let mut s = self.inner.borrow_mut();
+        let s = &mut *s;
+        let before: BTreeSet<SessionId> = s.tree.sessions().keys().copied().collect();
+        for gone in before.iter().filter(|id| !tree.sessions().contains_key(id)) {
+            s.closed.push(*gone);
+        }
+        s.tree = tree;
+        s.applied.borrow_mut().clear();
+        s.path.installed(&s.tree, s.now);
+        s.drain();
+    }
+}
+
 impl StateMachine for Machine {
     fn apply(&mut self, entries: &[LogEntry]) {
         let mut s = self.inner.borrow_mut();
@@ -172,18 +188,22 @@ impl StateMachine for Machine {
         Box::new(View(self.inner.borrow().tree.view()))
     }
 
-    fn install(&mut self, _zxid: Zxid, data: &[u8]) {
-        let mut s = self.inner.borrow_mut();
-        let s = &mut *s;
+    fn install(&mut self, zxid: Zxid, data: &[u8]) {
         let tree = DataTree::from_image(data).expect("a snapshot this simulation took decodes");
-        let before: BTreeSet<SessionId> = s.tree.sessions().keys().copied().collect();
-        for gone in before.iter().filter(|id| !tree.sessions().contains_key(id)) {
-            s.closed.push(*gone);
-        }
-        s.tree = tree;
-        s.applied.borrow_mut().clear();
-        s.path.installed(&s.tree, s.now);
-        s.drain();
+        self.replace_tree(zxid, tree);
+    }
+
+    fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
+        // As the server: the tree rebuilt as the SNAP's chunks arrive.
+        Box::new(TreeLoader::new())
+    }
+
+    fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
+        let sink: Box<dyn std::any::Any> = sink;
+        let loader = sink.downcast::<TreeLoader>().map_err(|_| "not the tree's loader".to_string())?;
+        let tree = loader.finish().map_err(|e| e.to_string())?;
+        self.replace_tree(zxid, tree);
+        Ok(())
     }
 
     fn synced(&mut self, id: u64, zxid: Option<Zxid>) {
