@@ -49,6 +49,12 @@ pub struct Load {
     /// Append the result as one JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// `write` (wire driver): each setData goes to a znode of an earlier `fill` drawn at
+    /// random among the first N (`/fill/n000000000`…) instead of the session's own key, so
+    /// that writes land all over a large tree (what a snapshot's copy-on-write pays for).
+    /// 0: the session's own key.
+    #[arg(long, default_value_t = 0)]
+    pub spread: u64,
 }
 
 /// How a ZooKeeper-protocol workload reaches the server (see [`Load::driver`]).

@@ -124,6 +124,10 @@ struct Sent {
 struct Session {
     stream: TcpStream,
     key: Vec<u8>,
+    /// setData on `/fill/n…` below this, drawn at random (see `Load::spread`); 0: on `key`.
+    spread: u64,
+    /// The draw's xorshift state.
+    draw: u64,
     value: Vec<u8>,
     workload: Workload,
     mix: Mix,
@@ -162,7 +166,9 @@ impl Session {
         ensure!(err == 0 || err == NODE_EXISTS, "creating {key} failed with ZooKeeper error {err}");
         Ok(Session {
             stream,
+            draw: 0x9e37_79b9_7f4a_7c15 ^ seed_of(key.as_bytes()),
             key: key.into_bytes(),
+            spread: 0,
             value,
             workload,
             mix,
@@ -188,6 +194,13 @@ impl Session {
         match step {
             Step::Get => {
                 self.out.int(xid).int(OP_GET_DATA).bytes(&self.key).boolean(false);
+            }
+            Step::Set if self.spread > 0 => {
+                self.draw ^= self.draw << 13;
+                self.draw ^= self.draw >> 7;
+                self.draw ^= self.draw << 17;
+                let path = format!("/fill/n{:09}", self.draw % self.spread);
+                self.out.int(xid).int(OP_SET_DATA).bytes(path.as_bytes()).bytes(&self.value).int(-1);
             }
             Step::Set => {
                 self.out.int(xid).int(OP_SET_DATA).bytes(&self.key).bytes(&self.value).int(-1);
@@ -303,6 +316,11 @@ impl Session {
     }
 }
 
+/// A seed from a key (FNV-1a), so that sessions draw different znodes.
+fn seed_of(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) | 1
+}
+
 /// Checks one reply frame (without its length) against the oldest request in flight.
 fn check(frame: &[u8], sent: &Sent, value_len: usize) -> anyhow::Result<()> {
     ensure!(frame.len() >= REPLY_HEADER, "a reply of {} bytes", frame.len());
@@ -337,7 +355,9 @@ pub async fn run(
     let mut tasks = Vec::new();
     for c in 0..load.clients {
         let server = servers[c % servers.len()];
-        let session = Session::connect(server, format!("{root}/k{c}"), value.clone(), workload, load.mix(c)).await?;
+        let mut session =
+            Session::connect(server, format!("{root}/k{c}"), value.clone(), workload, load.mix(c)).await?;
+        session.spread = load.spread;
         let (window, depth) = (window.clone(), load.depth.max(1));
         tasks.push(tokio::spawn(async move {
             let (n, local) = session.run(depth, window.clone()).await?;

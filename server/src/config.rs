@@ -145,8 +145,9 @@ pub struct ServerConfig {
     /// (ZooKeeper's syncLimit).
     #[arg(long, default_value_t = 10)]
     pub sync_limit: u64,
-    /// Largest frame accepted from a peer; a SNAP carries a whole snapshot in one frame, so
-    /// this bounds the tree an ensemble can synchronise. A larger frame closes that link.
+    /// Largest frame accepted from a peer: a batch of log entries (a DIFF piece or proposals,
+    /// up to 1,024 entries each) must fit; a SNAP travels in 1 MiB chunks whatever the tree's
+    /// size. A larger frame closes that link.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_peer_frame_bytes: usize,
     /// If this server's log fails verification, set it and the snapshots aside (to

@@ -10,7 +10,9 @@ use crate::zab::{Action, LogEntry, Message, Payload, Persisted, ServerId, Zab, Z
 pub struct ReplicaConfig {
     /// Protocol settings (id, voters, observers, limits in ticks).
     pub zab: ZabConfig,
-    /// Snapshot the state and compact the log after this many applied entries (0: never).
+    /// Snapshot the state and compact the log after this many applied entries (0: never),
+    /// and never before the log has grown by half the newest snapshot's size since the last
+    /// one (see `commit`).
     pub snapshot_every_entries: u64,
     /// Also snapshot once this many bytes of entries were applied since the last one (0:
     /// never): a log of large entries is compacted as soon as one of small ones.
@@ -387,8 +389,14 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         self.since_snapshot += entries.len() as u64;
         self.since_snapshot_bytes += entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
         let (every, every_bytes) = (self.config.snapshot_every_entries, self.config.snapshot_every_bytes);
-        let due = (every > 0 && self.since_snapshot >= self.snapshot_due)
-            || (every_bytes > 0 && self.since_snapshot_bytes >= every_bytes);
+        // Never before the log has grown by half the newest snapshot: a snapshot costs what
+        // its image does (CPU, disk, the pages the tree copies meanwhile), so the writes pay
+        // for it at most twice over whatever the tree's size. Counted alone, a fast server
+        // with a large tree would snapshot back to back.
+        let paid = self.since_snapshot_bytes >= self.snapshots.newest_bytes() / 2;
+        let due = paid
+            && ((every > 0 && self.since_snapshot >= self.snapshot_due)
+                || (every_bytes > 0 && self.since_snapshot_bytes >= every_bytes));
         if due && !self.snapshots.busy() {
             self.since_snapshot = 0;
             self.since_snapshot_bytes = 0;

@@ -22,12 +22,14 @@ pub struct SnapshotDir {
     store: SnapshotStore,
     keep: usize,
     running: Option<Job>,
+    /// Bytes of the newest snapshot written or loaded.
+    newest_bytes: u64,
 }
 
 impl SnapshotDir {
     /// The snapshots in `store`, of which the newest `keep` (at least one) are kept.
     pub fn new(store: SnapshotStore, keep: usize) -> SnapshotDir {
-        SnapshotDir { store, keep: keep.max(1), running: None }
+        SnapshotDir { store, keep: keep.max(1), running: None, newest_bytes: 0 }
     }
 }
 
@@ -36,6 +38,9 @@ impl Snapshots for SnapshotDir {
 
     fn load_newest(&mut self) -> Result<Option<(Zxid, LoadedSnapshot)>, StorageError> {
         let loaded = self.store.load_newest()?;
+        if let Some(s) = &loaded.snapshot {
+            self.newest_bytes = s.payload().len() as u64;
+        }
         Ok(loaded.snapshot.map(|s| (s.info.zxid, s)))
     }
 
@@ -60,6 +65,7 @@ impl Snapshots for SnapshotDir {
         tracing::info!(%zxid, "writing a snapshot in the background as it is made");
         let (store, keep) = (self.store.clone(), self.keep);
         let thread = std::thread::spawn(move || {
+            crate::sys::background_thread();
             let info = store.write_with(zxid, |w| image.write_to(w))?;
             // The image's memory (pages the tree has since copied) goes back now.
             drop(image);
@@ -74,13 +80,22 @@ impl Snapshots for SnapshotDir {
         self.running.is_some()
     }
 
+    fn newest_bytes(&self) -> u64 {
+        self.newest_bytes
+    }
+
     fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)> {
         if !self.running.as_ref().is_some_and(|j| j.thread.is_finished()) {
             return None;
         }
         let job = self.running.take()?;
         let written = match job.thread.join() {
-            Ok(result) => result.map_err(StorageError::from),
+            Ok(Ok(oldest)) => {
+                let path = self.store.path_of(job.zxid);
+                self.newest_bytes = std::fs::metadata(path).map_or(self.newest_bytes, |m| m.len());
+                Ok(oldest)
+            }
+            Ok(Err(e)) => Err(StorageError::from(e)),
             Err(_) => Err(StorageError::Snapshot(SnapshotError::Io {
                 path: self.store.dir().to_path_buf(),
                 source: std::io::Error::other("the snapshot thread panicked"),

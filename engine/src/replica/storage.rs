@@ -211,6 +211,12 @@ pub trait Snapshots {
     /// Whether a background write is running.
     fn busy(&self) -> bool;
 
+    /// The size in bytes of the newest snapshot written or loaded (0: none, or a store that
+    /// does not say). The driver waits for the log to grow by half of it between snapshots.
+    fn newest_bytes(&self) -> u64 {
+        0
+    }
+
     /// The background write that finished since the last call: the zxid it covers and,
     /// once written and the old ones deleted, the zxid of the oldest snapshot kept.
     fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)>;

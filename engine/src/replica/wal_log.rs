@@ -331,21 +331,16 @@ fn janitor() -> std::sync::mpsc::Sender<Vec<PathBuf>> {
     janitor
 }
 
-/// Deletes a file by cutting it down 1 MiB at a time, 20 ms apart, then unlinking it. On
-/// ext4 freeing a 64 MiB segment in one unlink is one large journal transaction, and the
-/// WAL's next fdatasync waits for it: measured p99.9 write latency 31-46 ms with plain
-/// unlinks, 11-14 ms with none. Small steps keep each transaction short.
-fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
-    const STEP: u64 = 1 << 20;
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    let mut len = file.metadata()?.len();
-    while len > STEP {
-        len -= STEP;
-        file.set_len(len)?;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(file);
-    std::fs::remove_file(path)
+/// Deletes a released segment 1 MiB at a time, 20 ms apart (see
+/// [`crate::sys::shrink_then_remove`]). The segment is first renamed out of the log
+/// (durably): killed part-way, the server would otherwise find a cut segment inside its log at
+/// the next start and refuse it as corrupt.
+fn shrink_then_remove(segment: &Path) -> std::io::Result<()> {
+    let dir = segment.parent().unwrap_or(Path::new("."));
+    let path = crate::wal::released_path(dir, segment);
+    std::fs::rename(segment, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    crate::sys::shrink_then_remove(&path, 1 << 20, Duration::from_millis(20))
 }
 
 #[cfg(test)]

@@ -17,13 +17,11 @@
 //! The snapshot file around it carries the checksum; this layer still checks every length
 //! and reference, so a damaged image is an error, never a panic.
 
-use std::collections::BTreeMap;
-
 use xxhash_rust::xxh3::xxh3_64;
 
 use std::io::Write;
 
-use super::data_tree::{DataTree, ImageBuilder, ImageNode, SessionInfo, TreeView};
+use super::data_tree::{DataTree, ImageBuilder, ImageNode, SessionInfo, Sessions, TreeView};
 use super::stat::StatPersisted;
 use crate::le::array_at;
 use crate::log::{Acl, SessionId, Zxid};
@@ -104,7 +102,7 @@ impl<'a> Cursor<'a> {
 struct Header {
     last_zxid: Zxid,
     acls: Vec<Vec<Acl>>,
-    sessions: BTreeMap<SessionId, SessionInfo>,
+    sessions: Sessions,
     nodes: u64,
 }
 
@@ -134,7 +132,7 @@ impl Header {
             acls.push(list);
         }
         let session_count = c.u32("session count")? as usize;
-        let mut sessions = BTreeMap::new();
+        let mut sessions = Sessions::new();
         for _ in 0..session_count {
             let id = c.i64("session id")?;
             let timeout_ms = c.i32("session timeout")?;
@@ -179,7 +177,7 @@ pub struct TreeLoader {
 
 enum LoaderState {
     Header,
-    Nodes { builder: Box<ImageBuilder>, sessions: BTreeMap<SessionId, SessionInfo>, last_zxid: Zxid, nodes: u64 },
+    Nodes { builder: Box<ImageBuilder>, sessions: Sessions, last_zxid: Zxid, nodes: u64 },
     Failed(String),
 }
 

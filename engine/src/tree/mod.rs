@@ -19,7 +19,7 @@ mod tests;
 
 pub use data_tree::{
     limit_path, open_acl, Applied, Change, ChangeKind, DataTree, OpResult, QuotaLimits, QuotaUsage, SessionInfo,
-    TreeView, Znode, LIMIT_NODE, QUOTA_PATH, STAT_NODE,
+    Sessions, TreeView, Znode, LIMIT_NODE, QUOTA_PATH, STAT_NODE,
 };
 pub use error::ErrorCode;
 pub use image::{ImageError, TreeLoader};

@@ -687,7 +687,7 @@ fn a_view_crosses_threads_and_a_deep_tree_streams_without_recursion() {
 }
 
 /// Znodes per copy-on-write page (`data_tree::PAGE`), as the tests see it.
-const PAGE_FOR_TESTS: usize = 1024;
+const PAGE_FOR_TESTS: usize = 128;
 
 /// Pushes `image` into a loader in pieces of the sizes `cuts` cycles through.
 fn load_in_pieces(image: &[u8], cuts: &[usize]) -> Result<DataTree, String> {
@@ -742,4 +742,39 @@ fn a_damaged_or_cut_image_loaded_piece_by_piece_is_an_error_not_a_panic() {
             assert_eq!(a, b);
         }
     }
+}
+
+#[test]
+fn a_view_of_a_tree_over_several_page_directories_keeps_every_one_as_it_was() {
+    let mut h = Harness::new();
+    // More than two directories of pages (32,768 znodes each), under 70 parents.
+    let path = |i: usize| format!("/p{:02}/n{:03}", i / 1000, i % 1000);
+    // A parent and its thousand children per multi (a debug build checks the whole tree
+    // after every entry).
+    for p in 0..71 {
+        let root_cversion = h.tree.get("/").map_or(0, |n| n.stat().cversion);
+        let mut ops =
+            vec![MultiOp::Create(create_txn(&format!("/p{p:02}"), b"", NodeKind::Persistent, root_cversion + 1))];
+        let children = if p < 70 { 1000 } else { 0 };
+        ops.extend(
+            (0..children)
+                .map(|c| MultiOp::Create(create_txn(&path(p * 1000 + c), b"d", NodeKind::Persistent, c as i32 + 1))),
+        );
+        h.apply(0, Txn::Multi(ops));
+    }
+    assert_eq!(h.tree.get(&path(69_999)).map(|n| n.data().to_vec()), Some(b"d".to_vec()));
+    let before = h.tree.to_image();
+    let view = h.tree.view();
+    // Writes in the first, second and last directories, and new znodes in a new one.
+    for i in [5, 40_000, 69_999] {
+        h.apply(0, Txn::SetData { path: path(i), data: b"changed".to_vec(), version: -1 });
+    }
+    for i in 70_000..71_000 {
+        h.create(&path(i), NodeKind::Persistent, 0);
+    }
+    h.tree.validate();
+    let mut streamed = Vec::new();
+    view.write_image(&mut streamed).expect("write to a Vec");
+    assert_eq!(streamed, before, "the view still holds the tree it was taken of");
+    assert_eq!(h.tree.get(&path(40_000)).map(|n| n.data().to_vec()), Some(b"changed".to_vec()));
 }

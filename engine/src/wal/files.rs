@@ -137,6 +137,30 @@ pub fn list_recycled(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, WalError> 
     Ok(found)
 }
 
+/// Prefix and suffix of released segment files being deleted (see [`released_path`]).
+const RELEASED_PREFIX: &str = "wal-released-";
+
+/// The name a released segment takes before it is shrunk and deleted: out of the log at
+/// once (the rename is atomic), so that a crash part-way through leaves a file recovery
+/// ignores and [`remove_released`] deletes — never a cut segment in the middle of the log.
+pub fn released_path(dir: &Path, segment: &Path) -> PathBuf {
+    let stem = segment.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
+    dir.join(format!("{RELEASED_PREFIX}{stem}{RECYCLED_SUFFIX}"))
+}
+
+/// Deletes released segments a crash left half-deleted.
+pub fn remove_released(dir: &Path) -> Result<(), WalError> {
+    for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
+        let entry = entry.map_err(|e| WalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(RELEASED_PREFIX) && name.ends_with(RECYCLED_SUFFIX) {
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes a file, treating "already gone" as success.
 pub fn remove_if_exists(path: &PathBuf) -> Result<(), WalError> {
     match fs::remove_file(path) {

@@ -314,6 +314,7 @@ impl Wal {
 
         let mut shared = WalState::recovered(config, &reader).await?;
         shared.pool = files::list_recycled(&dir, shared.config.recycle_segments)?.into();
+        files::remove_released(&dir)?;
         let shared = Rc::new(RefCell::new(shared));
         start_spare(&shared);
         // The writer gets a task queue of its own, with ten times the default shares: glommio

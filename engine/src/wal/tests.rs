@@ -501,6 +501,40 @@ fn recycled_log(dir: &Path) -> u64 {
 }
 
 #[test]
+fn a_released_segment_half_deleted_when_the_server_died_is_not_a_cut_in_the_log() {
+    let dir = temp_dir();
+    let d = dir.path().to_path_buf();
+    let doomed = run(async move {
+        let config = WalConfig { recycle_segments: 0, ..small_config(&d) };
+        let (wal, _) = Wal::open(config).await.expect("open");
+        let wal = Rc::new(wal);
+        append_range(&wal, 1, 600, &[1000, 40], 3).await;
+        // As a server does after a snapshot at zxid 550, with no pool to keep them in.
+        let doomed = wal.recycle_through(Zxid(550)).expect("release");
+        close(wal).await;
+        doomed
+    });
+    assert!(doomed.len() >= 2, "segments were released: {doomed:?}");
+    // The janitor renamed the first out of the log and had cut it down part-way when the
+    // process died; the others it never reached.
+    let released = super::released_path(dir.path(), &doomed[0]);
+    std::fs::rename(&doomed[0], &released).expect("rename");
+    let file = std::fs::OpenOptions::new().write(true).open(&released).expect("open");
+    file.set_len(file.metadata().expect("metadata").len() / 2).expect("cut");
+    drop(file);
+    let d = dir.path().to_path_buf();
+    run(async move {
+        let (wal, reader) = Wal::open(small_config(&d)).await.expect("the log opens");
+        assert_eq!(reader.last_zxid(), Zxid(600));
+        drop(reader);
+        wal.close().await.expect("close");
+    });
+    assert!(!released.exists(), "the half-deleted file is gone");
+    let first = read_all(dir.path()).first().map(|r| r.0).expect("records");
+    assert!(first <= 551, "everything after the release point is there (first {first})");
+}
+
+#[test]
 fn recycled_segments_are_reused_and_read_back_exactly() {
     let dir = temp_dir();
     recycled_log(dir.path());

@@ -9,9 +9,11 @@
 //!   on_tick()               ─┤  ┌──────────┐  ├─▶ Append { entries }     group commit; durability
 //!   on_durable(zxid)        ─┼─▶│   Zab    │──┤                          comes back as on_durable
 //!   propose(payloads)       ─┤  │ LOOKING  │  ├─▶ Truncate { after }     before the next action
-//!   sync(id)                ─┤  │ FOLLOWING│  ├─▶ InstallSnapshot        state + log replaced
+//!   sync(id)                ─┤  │ FOLLOWING│  ├─▶ SnapshotBegin/Chunk    a SNAP arriving, in pieces
+//!                            │  │          │  ├─▶ InstallSnapshot        state + log replaced
 //!   touch(sessions)         ─┤  │ LEADING  │  ├─▶ Commit { through }     apply up to it
-//!   on_snapshot(peer, ...)  ─┤  └──────────┘  ├─▶ TakeSnapshot { peer }  answer with on_snapshot
+//!   on_snapshot(peer, zxid) ─┤  └──────────┘  ├─▶ TakeSnapshot { peer }  freeze; answer on_snapshot
+//!                            │                ├─▶ SendSnapshot { to }    stream the frozen state
 //!   compact(through)        ─┘                ├─▶ Synced { id, zxid }    a client's sync is done
 //!                                             ├─▶ Touched { sessions }   (leader) renew sessions
 //!                                             └─▶ RoleChanged(role)

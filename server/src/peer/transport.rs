@@ -217,6 +217,7 @@ impl Transport {
         let (frames, stream) = bounded_inbox(SNAP_FRAMES_QUEUED);
         let me = self.me;
         let produce = move || {
+            baton_engine::sys::background_thread();
             let started = std::time::Instant::now();
             let emit = |msg: Message| {
                 let mut frame = Vec::with_capacity(SNAP_CHUNK_BYTES + 64);
