@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -310,14 +310,24 @@ impl Log for WalLog {
     }
 }
 
-/// A thread that deletes released WAL segments, oldest first: the files left after a crash
-/// are always a contiguous run of the log, which recovery skips (a snapshot covers them).
+/// A thread that deletes released WAL segments. [`Wal::recycle_through`] has renamed them out
+/// of the log already (it must: were they left named as segments until this thread reached
+/// them, a newer segment taken into the recycling pool meanwhile would leave a hole in the
+/// log at a crash), so a crash leaves only files that the next open deletes.
 fn janitor() -> std::sync::mpsc::Sender<Vec<PathBuf>> {
     let (janitor, doomed) = std::sync::mpsc::channel::<Vec<PathBuf>>();
     let spawned = std::thread::Builder::new().name("baton-wal-janitor".into()).spawn(move || {
         for paths in doomed {
+            // Their new names must be durable before any is cut: after a power loss a cut
+            // file must not reappear under its segment name.
+            let synced = paths.first().and_then(|p| p.parent()).map(|dir| std::fs::File::open(dir)?.sync_all());
+            if let Some(Err(e)) = synced {
+                tracing::warn!(error = %e, "could not sync the WAL directory; released segments stay until the next start");
+                continue;
+            }
             for path in paths {
-                if let Err(e) = shrink_then_remove(&path) {
+                // 1 MiB at a time, 20 ms apart (see `crate::sys::shrink_then_remove`).
+                if let Err(e) = crate::sys::shrink_then_remove(&path, 1 << 20, Duration::from_millis(20)) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(path = %path.display(), error = %e, "could not delete a released WAL segment");
                     }
@@ -331,20 +341,10 @@ fn janitor() -> std::sync::mpsc::Sender<Vec<PathBuf>> {
     janitor
 }
 
-/// Deletes a released segment 1 MiB at a time, 20 ms apart (see
-/// [`crate::sys::shrink_then_remove`]). The segment is first renamed out of the log
-/// (durably): killed part-way, the server would otherwise find a cut segment inside its log at
-/// the next start and refuse it as corrupt.
-fn shrink_then_remove(segment: &Path) -> std::io::Result<()> {
-    let dir = segment.parent().unwrap_or(Path::new("."));
-    let path = crate::wal::released_path(dir, segment);
-    std::fs::rename(segment, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    crate::sys::shrink_then_remove(&path, 1 << 20, Duration::from_millis(20))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::test_support::{run, temp_dir};
     use crate::wal::record::encoded_len;

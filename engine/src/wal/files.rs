@@ -140,9 +140,10 @@ pub fn list_recycled(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, WalError> 
 /// Prefix and suffix of released segment files being deleted (see [`released_path`]).
 const RELEASED_PREFIX: &str = "wal-released-";
 
-/// The name a released segment takes before it is shrunk and deleted: out of the log at
-/// once (the rename is atomic), so that a crash part-way through leaves a file recovery
-/// ignores and [`remove_released`] deletes — never a cut segment in the middle of the log.
+/// The name a released segment takes when it is released (see `Wal::recycle_through`), before
+/// it is shrunk and deleted: out of the log at once (the rename is atomic), so that a crash
+/// before or part-way through the deletion leaves a file recovery ignores and
+/// [`remove_released`] deletes — never a cut segment, nor a hole, in the log.
 pub fn released_path(dir: &Path, segment: &Path) -> PathBuf {
     let stem = segment.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
     dir.join(format!("{RELEASED_PREFIX}{stem}{RECYCLED_SUFFIX}"))

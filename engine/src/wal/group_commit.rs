@@ -176,6 +176,21 @@ impl WalState {
         self.open.is_none() && self.sealed.is_empty() && self.durable_seq == self.next_seq
     }
 
+    /// Takes the segments wholly at or below `zxid` (never the one being written) out of the
+    /// list, oldest first.
+    fn detach(&mut self, zxid: Zxid) -> Result<Vec<SegmentMeta>, WalError> {
+        self.usable()?;
+        let current = self.tail_segment;
+        let covered = self
+            .segments
+            .iter()
+            .take_while(|segment| {
+                Some(segment.first_zxid) != current && segment.last_zxid.is_some_and(|last| last <= zxid)
+            })
+            .count();
+        Ok(self.segments.drain(..covered).collect())
+    }
+
     /// Moves the open batch to the sealed queue, remembering its partial last block.
     fn seal_open(&mut self) {
         let Some(mut batch) = self.open.take() else { return };
@@ -507,48 +522,58 @@ impl Wal {
     /// Releases the segments wholly at or below `zxid` (never the one being written), as
     /// [`Wal::detach_through`] does, but keeps up to `config.recycle_segments` of the files to
     /// be reused as future segments: their blocks are already allocated and written, so a
-    /// recycled segment needs neither zero-filling nor unwritten-extent conversion. Returns
-    /// the paths of the others for the caller to delete. Renames only (no directory sync: a
-    /// file is reused only after its new name is durable, see `spare.rs`).
+    /// recycled segment needs neither zero-filling nor unwritten-extent conversion.
+    ///
+    /// Every released file leaves the log here, oldest first: the kept ones are renamed
+    /// `wal-recycled-*.tmp`, the others `wal-released-*.tmp`, whose paths are returned for the
+    /// caller to delete when it likes (a crash leaves them to the next [`Wal::open`], which
+    /// deletes them). None may keep its segment name while the caller gets round to it: a
+    /// later release could then take a newer segment into the pool while older released ones
+    /// were still named as segments, and a crash would leave a log with a hole in it, which
+    /// recovery refuses as corruption. A file that cannot be renamed stays in the log, and so
+    /// does every later one (the next release tries again).
+    ///
+    /// Renames only (no directory sync): a file is changed (reused or cut) only after a
+    /// directory sync has made its new name durable, and with it every rename before it (see
+    /// `spare.rs`, and the server's janitor).
     pub fn recycle_through(&self, zxid: Zxid) -> Result<Vec<PathBuf>, WalError> {
-        let released = self.detach_through(zxid)?;
         let mut s = self.shared.borrow_mut();
-        let mut rest = Vec::new();
-        for path in released {
-            if s.pool.len() >= s.config.recycle_segments {
-                rest.push(path);
-                continue;
-            }
-            let to = files::recycled_path(&s.config.dir, &path);
-            match std::fs::rename(&path, &to) {
-                Ok(()) => s.pool.push_back(to),
+        let mut released = s.detach(zxid)?;
+        let mut doomed = Vec::new();
+        let mut index = 0;
+        while let Some(segment) = released.get(index) {
+            let keep = s.pool.len() < s.config.recycle_segments;
+            let to = if keep {
+                files::recycled_path(&s.config.dir, &segment.path)
+            } else {
+                files::released_path(&s.config.dir, &segment.path)
+            };
+            match std::fs::rename(&segment.path, &to) {
+                Ok(()) if keep => s.pool.push_back(to),
+                Ok(()) => doomed.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %segment.path.display(), "a released WAL segment is gone already");
+                }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not keep a WAL segment for reuse");
-                    rest.push(path);
+                    tracing::warn!(path = %segment.path.display(), error = %e,
+                        "could not release a WAL segment; it and the later ones stay in the log");
+                    let back: Vec<SegmentMeta> = released.drain(index..).collect();
+                    s.segments.splice(0..0, back);
+                    break;
                 }
             }
+            index += 1;
         }
-        Ok(rest)
+        Ok(doomed)
     }
 
     /// Forgets the segments wholly at or below `zxid` (never the one being written) and
-    /// returns their paths for the caller to delete. Until they are deleted, a recovery
-    /// finds them and skips their records (a snapshot covers them).
+    /// returns their paths, oldest first, for the caller to delete in that order. Until they
+    /// are deleted, a recovery finds them and skips their records (a snapshot covers them);
+    /// deleted in another order, a crash could leave a hole in the log.
     pub fn detach_through(&self, zxid: Zxid) -> Result<Vec<std::path::PathBuf>, WalError> {
-        let mut s = self.shared.borrow_mut();
-        s.usable()?;
-        let current = s.tail_segment;
-        let mut detached = Vec::new();
-        while s.segments.len() > 1 || (s.segments.len() == 1 && current != Some(s.segments[0].first_zxid)) {
-            let first = &s.segments[0];
-            let covered = first.last_zxid.is_some_and(|last| last <= zxid);
-            if !covered || Some(first.first_zxid) == current {
-                break;
-            }
-            detached.push(first.path.clone());
-            s.segments.remove(0);
-        }
-        Ok(detached)
+        let detached = self.shared.borrow_mut().detach(zxid)?;
+        Ok(detached.into_iter().map(|segment| segment.path).collect())
     }
 
     /// Number of segment files.

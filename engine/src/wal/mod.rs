@@ -22,7 +22,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use error::WalError;
-pub use files::{released_path, DirLock, LOCK_FILE, SPARE_FILE, TRUNCATE_INTENT_FILE};
+pub use files::{DirLock, LOCK_FILE, SPARE_FILE, TRUNCATE_INTENT_FILE};
 pub use group_commit::{Durable, Idle, Ready, Wal, WalStats};
 pub use reader::{ReadSegment, TornTail, WalReader};
 pub use record::LogEntryRef;

@@ -17,8 +17,11 @@ enum Op {
     Truncate { per_mille: u64 },
     /// Purge segments covered through this fraction of the model.
     Purge { per_mille: u64 },
-    /// Release them for reuse instead (deleting what the pool cannot hold).
+    /// Release them for reuse instead; what the pool cannot hold waits for the janitor.
     Recycle { per_mille: u64 },
+    /// The janitor deletes the released files waiting for it (a server's janitor thread
+    /// lags behind: files may still wait at a reopen, like at a crash).
+    Janitor,
     /// Close and reopen, checking the recovered log.
     Reopen,
 }
@@ -29,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..1100).prop_map(|per_mille| Op::Truncate { per_mille }),
         1 => (0u64..1000).prop_map(|per_mille| Op::Purge { per_mille }),
         2 => (0u64..1000).prop_map(|per_mille| Op::Recycle { per_mille }),
+        1 => Just(Op::Janitor),
         2 => Just(Op::Reopen),
     ]
 }
@@ -44,6 +48,8 @@ struct Model {
     next_zxid: u64,
     /// Appends so far; salts payloads so that zxids reused after a truncation differ.
     appends: u64,
+    /// Released files waiting for the janitor.
+    doomed: Vec<std::path::PathBuf>,
 }
 
 impl Model {
@@ -86,7 +92,7 @@ fn read(dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
 fn execute(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
-    let mut model = Model { entries: Vec::new(), purged_through: 0, next_zxid: 1, appends: 0 };
+    let mut model = Model { entries: Vec::new(), purged_through: 0, next_zxid: 1, appends: 0, doomed: Vec::new() };
     let mut salt = 0u64;
     let mut pending = ops.into_iter().peekable();
     while pending.peek().is_some() {
@@ -101,8 +107,8 @@ fn execute(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         salt += 1;
         let p = path.clone();
-        let mut m =
-            std::mem::replace(&mut model, Model { entries: Vec::new(), purged_through: 0, next_zxid: 0, appends: 0 });
+        let empty = Model { entries: Vec::new(), purged_through: 0, next_zxid: 0, appends: 0, doomed: Vec::new() };
+        let mut m = std::mem::replace(&mut model, empty);
         model = run(async move {
             let (wal, reader) = Wal::open(config(&p)).await.expect("open");
             let recovered: Vec<_> = reader.records().map(|r| (r.zxid.0, r.payload.to_vec())).collect();
@@ -158,10 +164,17 @@ async fn apply(wal: &Rc<Wal>, m: &mut Model, op: Op, salt: u64) {
         }
         Op::Recycle { per_mille } => {
             let through = m.pick(per_mille);
-            for path in wal.recycle_through(Zxid(through)).expect("recycle") {
-                std::fs::remove_file(path).expect("delete");
-            }
+            m.doomed.extend(wal.recycle_through(Zxid(through)).expect("recycle"));
             m.purged_through = m.purged_through.max(through);
+        }
+        Op::Janitor => {
+            for path in m.doomed.drain(..) {
+                match std::fs::remove_file(&path) {
+                    // A reopen deletes what was left.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("delete {}: {e}", path.display()),
+                    _ => {}
+                }
+            }
         }
         Op::Reopen => {}
     }

@@ -270,15 +270,24 @@ fn scan_sealed(
         Some((end, last_zxid)) if found == (end, Some(last_zxid)) => {
             Ok(Scan { end: walk.end, last_zxid: walk.last_zxid, records: walk.records, torn_tail: None })
         }
-        Some((end, last_zxid)) => Err(WalError::corrupt(
-            path,
-            walk.end as u64,
-            format!(
-                "{} in a segment that is not the last: its log stops here, but it ended at offset {end} \
-                 (zxid {last_zxid}) when the next segment was started",
-                walk.stop.unwrap_or("zeros")
-            ),
-        )),
+        Some((end, last_zxid)) => {
+            // The same bytes are seen when a whole segment between the two is gone.
+            let missing = if walk.last_zxid.is_some_and(|found| found < last_zxid) {
+                ", or a segment between the two is missing"
+            } else {
+                ""
+            };
+            Err(WalError::corrupt(
+                path,
+                walk.end as u64,
+                format!(
+                    "{} in a segment that is not the last: its log stops here, but it ended at offset {end} \
+                     (zxid {last_zxid}) when the next segment (first zxid {}) was started{missing}",
+                    walk.stop.unwrap_or("zeros"),
+                    next.first_zxid
+                ),
+            ))
+        }
         None => Err(WalError::corrupt(path, walk.end as u64, "the next segment does not record where this one ended")),
     }
 }
