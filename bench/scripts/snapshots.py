@@ -444,8 +444,9 @@ def main():
     try:
         if "memory" in phases:
             print(f"== memory over a fill of {a.count} znodes of 100 B", flush=True)
-            results["memory"] = {k: memory_over_fill(k, out, a.count) for k in servers}
-            curves = {k: per_znode_curve(v["samples"], a.count // 20) for k, v in results["memory"].items()}
+            memory = results.setdefault("memory", {})
+            memory.update({k: memory_over_fill(k, out, a.count) for k in servers})
+            curves = {k: per_znode_curve(v["samples"], a.count // 20) for k, v in memory.items() if isinstance(v, dict)}
             if "zookeeper" in curves and "baton" in curves:
                 curves["0.5x zookeeper"] = [(n, b / 2) for n, b in curves["zookeeper"]]
                 worst = max(b / interpolate(curves["zookeeper"], n) for n, b in curves["baton"])
@@ -459,7 +460,7 @@ def main():
                 print(f"  Baton / ZooKeeper, worst moment of the fill: {results['memory']['worst_ratio']:.2f}x (target <= 0.5)")
         if "latency" in phases:
             print(f"== write latency at {a.count} znodes, snapshots on and off", flush=True)
-            results["latency"] = {k: latency_runs(k, out, a.count, a.reps, a.seconds) for k in servers}
+            results.setdefault("latency", {}).update({k: latency_runs(k, out, a.count, a.reps, a.seconds) for k in servers})
             save()
             for k, v in results["latency"].items():
                 print(f"  {k}: p99.9 {v['p999_on']:.2f} ms on / {v['p999_off']:.2f} ms off "
@@ -467,7 +468,7 @@ def main():
                       f"({v['max_on'] / v['max_off']:.2f}x) (target <= 2x)")
         if "snap" in phases:
             print(f"== a new follower brought up by SNAP at {a.count} znodes", flush=True)
-            results["snap"] = {k: snap_newcomer(k, out, a.count) for k in servers}
+            results.setdefault("snap", {}).update({k: snap_newcomer(k, out, a.count) for k in servers})
             save()
             for k, v in results["snap"].items():
                 print(f"  {k}: {v['newcomer_s']} s to hold {v['znodes']} znodes; leader memory "

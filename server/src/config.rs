@@ -102,7 +102,8 @@ pub struct ServerConfig {
     pub enforce_quota: bool,
     /// Write a snapshot about every this many entries (0: never): each server draws each
     /// snapshot point between half and all of it, as ZooKeeper's snapCount, so that the
-    /// servers of an ensemble do not all snapshot at once.
+    /// servers of an ensemble do not all snapshot at once. Either way, never before the log
+    /// has grown by half the last snapshot's size (a snapshot costs what its image does).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_entries: u64,
     /// Also write a snapshot once this many bytes of log entries were applied since the last

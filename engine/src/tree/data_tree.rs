@@ -314,6 +314,54 @@ impl<T: Clone> std::ops::IndexMut<usize> for Paged<T> {
     }
 }
 
+/// Hash tables the (parent, name) index is split into, by bits of the hash that neither
+/// hashbrown's control bytes (the top 7) nor its bucket index (the low bits) use. A table
+/// grows by rehashing its own entries alone: one table of 7.3 million znodes took over a
+/// second to grow, during which a follower's write path (and its replica) stood still and it
+/// took its leader for dead. Split 256 ways, growing costs a 256th of that.
+const INDEX_SHARDS: usize = 256;
+
+/// (parent, name) → znode, in [`INDEX_SHARDS`] tables.
+#[derive(Clone)]
+struct Index {
+    shards: Vec<HashTable<u32>>,
+}
+
+impl Index {
+    fn new() -> Index {
+        Index { shards: (0..INDEX_SHARDS).map(|_| HashTable::new()).collect() }
+    }
+
+    fn slot(h: u64) -> usize {
+        (h >> 40) as usize % INDEX_SHARDS
+    }
+
+    fn shard(&self, h: u64) -> &HashTable<u32> {
+        &self.shards[Self::slot(h)]
+    }
+
+    fn shard_mut(&mut self, h: u64) -> &mut HashTable<u32> {
+        &mut self.shards[Self::slot(h)]
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(HashTable::len).sum()
+    }
+
+    /// Room for `n` entries in all, spread evenly (tables are empty when this is called).
+    fn reserve(&mut self, n: usize) {
+        for t in &mut self.shards {
+            t.reserve(n / INDEX_SHARDS + 1, |_| 0);
+        }
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("len", &self.len()).finish()
+    }
+}
+
 /// Buckets of the non-zero `ephemeralOwner`s, by znode: shared with views like pages, so the
 /// first ephemeral (or container, or TTL node) created or deleted after a view is taken
 /// copies one bucket, not every owner.
@@ -397,7 +445,7 @@ pub struct DataTree {
     families: Paged<Family>,
     free_families: Vec<u32>,
     /// (parent, name) → znode.
-    index: HashTable<u32>,
+    index: Index,
     hasher: hashbrown::DefaultHashBuilder,
     /// Non-zero `ephemeralOwner`s.
     owners: Owners,
@@ -442,7 +490,7 @@ impl DataTree {
             free_nodes: Vec::new(),
             families: Paged::new(),
             free_families: Vec::new(),
-            index: HashTable::new(),
+            index: Index::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             owners: Owners::default(),
             acls: Paged::new(),
@@ -485,6 +533,7 @@ impl DataTree {
         let h = self.hash(parent, name);
         let nodes = &self.nodes;
         self.index
+            .shard(h)
             .find(h, |&id| {
                 let n = &nodes[id as usize];
                 n.parent == parent && n.name() == name
@@ -610,7 +659,7 @@ impl DataTree {
         let h = self.hash(parent, name.as_bytes());
         let id = self.alloc(name.as_bytes(), data, acl, parent, stat);
         let (nodes, hasher) = (&self.nodes, &self.hasher);
-        let entry = self.index.entry(
+        let entry = self.index.shard_mut(h).entry(
             h,
             |&i| {
                 let n = &nodes[i as usize];
@@ -651,7 +700,7 @@ impl DataTree {
             (n.parent, n.prev, n.next)
         };
         let h = self.hash(parent, self.nodes[id as usize].name());
-        if let Ok(entry) = self.index.find_entry(h, |&i| i == id) {
+        if let Ok(entry) = self.index.shard_mut(h).find_entry(h, |&i| i == id) {
             entry.remove();
         }
         if prev != NONE {
@@ -1337,7 +1386,7 @@ impl ImageBuilder {
         let mut tree = DataTree::empty();
         // Room for the log replayed after the snapshot too: growing the index later rehashes
         // every entry.
-        tree.index.reserve(expected + expected / 2, |_| 0);
+        tree.index.reserve(expected + expected / 2);
         let acl_ids: Vec<u32> = acls.into_iter().map(|a| tree.intern(a)).collect();
         ImageBuilder { tree, acl_ids, ids: Vec::with_capacity(expected) }
     }
