@@ -360,10 +360,11 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
                 let Some(r) = self.receiving.take().filter(|r| r.zxid == zxid) else {
                     return Err(StorageError::Received { zxid, reason: "not the SNAP begun".into() });
                 };
-                // Durable before anything after it: the snapshot, then a log emptied of
-                // everything it replaces.
-                self.snapshots.received(zxid, r.file)?;
+                // The state first: a snapshot that does not load never becomes the newest on
+                // disk (every restart would load it). Then durable before anything after it:
+                // the snapshot, then a log emptied of everything it replaces.
                 self.state.install_received(zxid, r.state).map_err(|reason| StorageError::Received { zxid, reason })?;
+                self.snapshots.received(zxid, r.file)?;
                 self.log.truncate_after(Zxid::ZERO).await?;
                 self.applied = zxid;
                 self.since_snapshot = 0;

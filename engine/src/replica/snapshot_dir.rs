@@ -119,13 +119,15 @@ impl Snapshots for SnapshotDir {
         let Some(writer) = writer else {
             return Err(StorageError::Received { zxid, reason: "not a snapshot this store began".into() });
         };
-        writer.finish()?;
+        let info = writer.finish()?;
+        self.newest_bytes = std::fs::metadata(&info.path).map_or(self.newest_bytes, |m| m.len());
         Ok(())
     }
 }
 
 /// A SNAP written to its snapshot file as it arrives. Abandoned (dropped unfinished), its
-/// temporary file goes at once.
+/// temporary file is deleted in steps on a thread of its own (one unlink of gigabytes would
+/// stall the WAL behind ext4's journal).
 struct Receiving(Option<SnapshotWriter>);
 
 impl ImageSink for Receiving {
@@ -140,7 +142,13 @@ impl Drop for Receiving {
         if let Some(writer) = self.0.take() {
             let tmp = writer.temp_path().to_path_buf();
             drop(writer);
-            let _ = std::fs::remove_file(tmp);
+            let removing = std::thread::Builder::new().name("snap-abandoned".into()).spawn(move || {
+                crate::sys::background_thread();
+                crate::sys::shrink_then_remove(&tmp, 1 << 20, std::time::Duration::from_millis(5))
+            });
+            if let Err(e) = removing {
+                tracing::warn!(error = %e, "no thread to delete an abandoned SNAP's file; it goes at the next start");
+            }
         }
     }
 }

@@ -336,6 +336,9 @@ impl DataTree {
         for _ in 0..header.nodes {
             builder.push(read_node(&mut c).map_err(ImageError)?).map_err(ImageError)?;
         }
+        if c.remaining() != 0 {
+            return Err(ImageError(format!("{} bytes after the last znode", c.remaining())));
+        }
         builder.finish(header.sessions, header.last_zxid).map_err(ImageError)
     }
 

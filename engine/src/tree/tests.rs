@@ -765,13 +765,24 @@ fn a_view_of_a_tree_over_several_page_directories_keeps_every_one_as_it_was() {
     assert_eq!(h.tree.get(&path(69_999)).map(|n| n.data().to_vec()), Some(b"d".to_vec()));
     let before = h.tree.to_image();
     let view = h.tree.view();
-    // Writes in the first, second and last directories, and new znodes in a new one.
+    // Writes in the first, second and last directories, and new znodes up into a new one
+    // (past 98,304).
     for i in [5, 40_000, 69_999] {
         h.apply(0, Txn::SetData { path: path(i), data: b"changed".to_vec(), version: -1 });
     }
-    for i in 70_000..71_000 {
-        h.create(&path(i), NodeKind::Persistent, 0);
+    let ops = (70_000..100_000)
+        .map(|i| MultiOp::Create(create_txn(&path(i), b"d", NodeKind::Persistent, (i % 1000) as i32 + 1)));
+    for p in 70..100 {
+        let root_cversion = h.tree.get("/").map_or(0, |n| n.stat().cversion);
+        let parent = MultiOp::Create(create_txn(&format!("/p{p:02}"), b"", NodeKind::Persistent, root_cversion + 1));
+        let children: Vec<MultiOp> = ops.clone().skip((p - 70) * 1000).take(1000).collect();
+        if p == 70 {
+            h.apply(0, Txn::Multi(children));
+        } else {
+            h.apply(0, Txn::Multi(std::iter::once(parent).chain(children).collect()));
+        }
     }
+    assert!(h.tree.node_count() > 3 * 32_768, "a fourth directory: {}", h.tree.node_count());
     h.tree.validate();
     let mut streamed = Vec::new();
     view.write_image(&mut streamed).expect("write to a Vec");

@@ -291,6 +291,11 @@ impl Transport {
     /// Closes every link and the listener.
     pub fn stop(&self) {
         self.stop.set(true);
+        // SNAP producers find their links gone and stop (and their frozen views go).
+        for link in self.outbound.borrow_mut().values_mut() {
+            link.snapshot = None;
+            link.after = Vec::new();
+        }
         // Stop listening now, not when the executor gets round to dropping the accept loop
         // (a replica stopped inside a process that goes on, as in tests, may never): the
         // connections waiting in the backlog are reset, so peers dialling in redial
@@ -411,7 +416,11 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                             return Poll::Pending;
                         };
                         match snapshot.poll_recv(cx) {
-                            Poll::Ready(Some(Streamed::Frames(frames))) => return Poll::Ready(Some(frames)),
+                            Poll::Ready(Some(Streamed::Frames(frames))) => {
+                                // Waiting on the producer is not the peer failing to read.
+                                link.progress = Some(std::time::Instant::now());
+                                return Poll::Ready(Some(frames));
+                            }
                             Poll::Ready(Some(Streamed::Done)) => {
                                 // What was queued behind the SNAP goes next.
                                 link.snapshot = None;
