@@ -68,6 +68,8 @@ struct MemSnapshots {
     written: Vec<(Zxid, Vec<u8>)>,
     running: Option<(Zxid, Vec<u8>)>,
     done: bool,
+    /// What the store says the newest snapshot weighs.
+    newest: u64,
 }
 
 impl Snapshots for MemSnapshots {
@@ -83,6 +85,10 @@ impl Snapshots for MemSnapshots {
 
     fn busy(&self) -> bool {
         self.running.is_some()
+    }
+
+    fn newest_bytes(&self) -> u64 {
+        self.newest
     }
 
     fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)> {
@@ -280,6 +286,22 @@ fn a_failed_snapshot_keeps_the_log() {
     now(replica.step(Input::Tick)).expect("a failed snapshot is not a failed replica");
     assert_eq!(replica.zab().history().base(), Zxid::ZERO, "nothing compacted");
     assert_eq!(replica.into_parts().log.entries.len(), 1);
+}
+
+#[test]
+fn no_snapshot_before_the_log_has_grown_by_half_the_newest_one() {
+    // Every 2 entries, but the newest snapshot weighs 8 bytes: entries of a byte each must
+    // add up to 4 first.
+    let config = ReplicaConfig { snapshot_every_entries: 2, ..ReplicaConfig::new(ZabConfig::new(1, vec![1])) };
+    let mut parts = fresh_parts();
+    parts.snapshots.newest = 8;
+    let mut replica = lone(config, parts);
+    now(replica.propose(None, payloads(3))).expect("proposes");
+    now(replica.step(Input::Durable(Zxid::new(1, 3)))).expect("commits");
+    assert!(!replica.snapshots_mut().busy(), "3 entries, 3 bytes: not yet half of 8");
+    now(replica.propose(None, payloads(1))).expect("proposes");
+    now(replica.step(Input::Durable(Zxid::new(1, 4)))).expect("commits");
+    assert_eq!(replica.snapshots_mut().running.as_ref().map(|r| r.0), Some(Zxid::new(1, 4)), "4 bytes: due");
 }
 
 #[test]
