@@ -30,7 +30,7 @@ pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
 pub use storage::{
-    snapshot_messages, Epochs, ImageSink, Log, Peers, SnapChunker, SnapshotImage, Snapshots, StateMachine,
+    loaded_tree, snapshot_messages, Epochs, ImageSink, Log, Peers, SnapChunker, SnapshotImage, Snapshots, StateMachine,
     SNAP_CHUNK_BYTES,
 };
 pub use wal_log::{LogRoom, WalLog};

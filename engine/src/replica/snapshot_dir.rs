@@ -110,12 +110,12 @@ impl Snapshots for SnapshotDir {
     }
 
     fn receive(&mut self, zxid: Zxid) -> Result<Box<dyn ImageSink>, StorageError> {
-        Ok(Box::new(Receiving(Some(self.store.writer(zxid)?))))
+        Ok(Box::new(IncomingFile(Some(self.store.writer(zxid)?))))
     }
 
     fn received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), StorageError> {
         let sink: Box<dyn std::any::Any> = sink;
-        let writer = sink.downcast::<Receiving>().ok().and_then(|mut r| r.0.take());
+        let writer = sink.downcast::<IncomingFile>().ok().and_then(|mut r| r.0.take());
         let Some(writer) = writer else {
             return Err(StorageError::Received { zxid, reason: "not a snapshot this store began".into() });
         };
@@ -128,16 +128,16 @@ impl Snapshots for SnapshotDir {
 /// A SNAP written to its snapshot file as it arrives. Abandoned (dropped unfinished), its
 /// temporary file is deleted in steps on a thread of its own (one unlink of gigabytes would
 /// stall the WAL behind ext4's journal).
-struct Receiving(Option<SnapshotWriter>);
+struct IncomingFile(Option<SnapshotWriter>);
 
-impl ImageSink for Receiving {
+impl ImageSink for IncomingFile {
     fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
         let Some(writer) = self.0.as_mut() else { return Err("the snapshot file was already finished".into()) };
         writer.write_all(bytes).map_err(|e| format!("writing {}: {e}", writer.temp_path().display()))
     }
 }
 
-impl Drop for Receiving {
+impl Drop for IncomingFile {
     fn drop(&mut self) {
         if let Some(writer) = self.0.take() {
             let tmp = writer.temp_path().to_path_buf();

@@ -99,6 +99,14 @@ impl ImageSink for crate::tree::TreeLoader {
     }
 }
 
+/// The tree a [`crate::tree::TreeLoader`] sink rebuilt (what a state machine on the data tree
+/// returns from [`StateMachine::receive`] gets back in [`StateMachine::install_received`]).
+pub fn loaded_tree(sink: Box<dyn ImageSink>) -> Result<crate::tree::DataTree, String> {
+    let sink: Box<dyn std::any::Any> = sink;
+    let loader = sink.downcast::<crate::tree::TreeLoader>().map_err(|_| "not the tree's loader".to_string())?;
+    loader.finish().map_err(|e| e.to_string())
+}
+
 /// The bytes a default [`ImageSink`] collected.
 fn collected(sink: Box<dyn ImageSink>) -> Result<Vec<u8>, String> {
     let sink: Box<dyn std::any::Any> = sink;

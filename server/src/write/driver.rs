@@ -239,9 +239,7 @@ impl StateMachine for Machine {
 
     fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
         let started = Instant::now();
-        let sink: Box<dyn std::any::Any> = sink;
-        let loader = sink.downcast::<TreeLoader>().map_err(|_| "not the tree's loader".to_string())?;
-        let tree = loader.finish().map_err(|e| e.to_string())?;
+        let tree = baton_engine::replica::loaded_tree(sink)?;
         self.replace_tree(zxid, tree, started);
         Ok(())
     }
