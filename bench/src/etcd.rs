@@ -60,7 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     let root = crate::load::run_root("bench");
     let mut admin = connect(&args.target).await?;
     let value = vec![b'v'; load.value_bytes];
-    let window = Window::new()?;
+    let window = Window::new()?.slow_log(load.slow_ms);
     let mut tasks = Vec::new();
     for c in 0..load.clients {
         let client = connect(&args.target).await?;
@@ -157,7 +157,7 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let key = crate::load::run_root("bench-watched");
     let mut writer = connect(&args.target).await?;
     writer.put(key.as_str(), "0", None).await?;
-    let window = Window::new()?;
+    let window = Window::new()?.slow_log(load.slow_ms);
     let epoch = Instant::now();
     let seen = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();

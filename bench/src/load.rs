@@ -55,6 +55,10 @@ pub struct Load {
     /// 0: the session's own key.
     #[arg(long, default_value_t = 0)]
     pub spread: u64,
+    /// Print every measured operation slower than this many milliseconds to stderr, with
+    /// the Unix time it completed, to line stalls up with the server's log.
+    #[arg(long)]
+    pub slow_ms: Option<f64>,
 }
 
 /// How a ZooKeeper-protocol workload reaches the server (see [`Load::driver`]).
@@ -169,6 +173,7 @@ pub struct Window {
     ops: Arc<AtomicU64>,
     live_ops: Arc<AtomicU64>,
     hist: Arc<Mutex<Histogram<u64>>>,
+    slow: Option<Duration>,
 }
 
 /// A histogram for one worker (1 ns to 60 s, 3 significant digits).
@@ -185,13 +190,25 @@ impl Window {
             ops: Arc::new(AtomicU64::new(0)),
             live_ops: Arc::new(AtomicU64::new(0)),
             hist: Arc::new(Mutex::new(histogram()?)),
+            slow: None,
         })
+    }
+
+    /// Prints operations slower than `ms` (see [`Load::slow_ms`]).
+    pub fn slow_log(mut self, ms: Option<f64>) -> Window {
+        self.slow = ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+        self
     }
 
     /// Records one operation that started (or was meant to start) at `start`.
     pub fn record(&self, local: &mut Histogram<u64>, n: &mut u64, start: Instant) -> anyhow::Result<()> {
         if self.measuring.load(Ordering::Relaxed) {
-            local.record(start.elapsed().as_nanos().max(1) as u64)?;
+            let took = start.elapsed();
+            local.record(took.as_nanos().max(1) as u64)?;
+            if self.slow.is_some_and(|slow| took > slow) {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                eprintln!("slow: {:.3} ms, done at {:.3}", took.as_secs_f64() * 1000.0, at.as_secs_f64());
+            }
             *n += 1;
             self.live_ops.fetch_add(1, Ordering::Relaxed);
         }

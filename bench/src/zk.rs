@@ -46,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     let admin = connect(&args.target).await?;
     admin.create(&root, b"", &open()).await.context("creating the bench root")?;
     let value = vec![b'v'; load.value_bytes];
-    let window = Window::new()?;
+    let window = Window::new()?.slow_log(load.slow_ms);
     let mut tasks = Vec::new();
     let wire = load.driver == Driver::Wire && crate::wire::supports(args.workload) && load.rate.is_none();
     // The wire driver's sessions, or the crate's clients below (none when the wire runs).
@@ -142,7 +142,7 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let key = crate::load::run_root("bench-watched");
     let writer = connect(&args.target).await?;
     writer.create(&key, b"0", &open()).await.context("creating the watched key")?;
-    let window = Window::new()?;
+    let window = Window::new()?.slow_log(load.slow_ms);
     let epoch = Instant::now();
     // Nanoseconds since `epoch` of the write being delivered, and how many saw it.
     let sent_at = Arc::new(AtomicU64::new(0));
