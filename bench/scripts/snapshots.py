@@ -91,6 +91,51 @@ def rss_kb(pid):
     return 0
 
 
+GC_LINE = re.compile(r"Pause .*?(\d+)([KMG])->(\d+)([KMG])\((\d+)([KMG])\)")
+UNIT_KB = {"K": 1, "M": 1024, "G": 1024 * 1024}
+
+
+def zk_gc_events(gc_log):
+    """(JVM uptime in s, heap in use after the collection in KB) for each collection in
+    ZooKeeper's GC log."""
+    events = []
+    try:
+        with open(gc_log, errors="replace") as f:
+            for line in f:
+                m = GC_LINE.search(line)
+                t = re.match(r"\[([\d.]+)s\]", line)
+                if m and t:
+                    events.append((float(t.group(1)), int(m.group(3)) * UNIT_KB[m.group(4)]))
+    except OSError:
+        pass
+    return events
+
+
+def zk_samples_from_gc(events, counted):
+    """ZooKeeper's memory over a fill read from its GC log, as (uptime, znodes, heap KB)
+    samples: each collection's heap after it, at the znodes the server held then
+    (interpolated between `counted`, its (uptime, znodes) samples), lowered to the least heap
+    seen after it. The tree only grows during a fill, so each value still bounds the live data
+    at its moment from above, as tightly as the log allows; between concurrent cycles G1
+    keeps old garbage, and the latest collection alone would charge ZooKeeper gigabytes that
+    it frees later. No collection is forced: at 10M znodes a forced full GC outlasts the
+    fill's sessions."""
+    counted = sorted(counted)
+
+    def znodes_at(t):
+        for (t0, n0), (t1, n1) in zip(counted, counted[1:]):
+            if t0 <= t <= t1:
+                return n0 + (n1 - n0) * (t - t0) / max(1e-9, t1 - t0)
+        return None
+
+    out = []
+    for i, (t, kb) in enumerate(events):
+        n = znodes_at(t)
+        if n is not None and n > 0:
+            out.append((t, int(n), min(k for _, k in events[i:])))
+    return out
+
+
 def zk_heap_kb(pid, gc=True):
     """ZooKeeper's heap in use, after a full GC (its live data) unless gc is False."""
     if gc:
@@ -123,6 +168,9 @@ class Server:
     def memory_kb(self, gc=True):
         return zk_heap_kb(self.pid, gc) if self.kind == "zookeeper" else rss_kb(self.pid)
 
+    def gc_log(self):
+        return os.path.join(self.data, "gc.log")
+
     def log_count(self, pattern):
         """Lines of its output matching `pattern`."""
         try:
@@ -146,6 +194,42 @@ class Server:
 RUNNING = []
 
 
+def zk_purge(data, keep=3):
+    """What ZooKeeper's PurgeTxnLog (zkCleanup.sh) does: keep the newest `keep` snapshots and
+    the transaction logs they need. ZooKeeper purges nothing by default, and its autopurge
+    runs at most hourly: a fill of 10M znodes leaves about a hundred snapshots, 50 GB."""
+    d = os.path.join(data, "version-2")
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    zxid = lambda n: int(n.split(".", 1)[1], 16)
+    snaps = sorted((n for n in names if n.startswith("snapshot.")), key=zxid)
+    if len(snaps) <= keep:
+        return
+    oldest_kept = zxid(snaps[-keep])
+    logs = sorted((n for n in names if n.startswith("log.")), key=zxid)
+    # The log holding the oldest kept snapshot's zxid starts at or before it: keep it.
+    needed = [n for n in logs if zxid(n) <= oldest_kept][-1:]
+    for n in snaps[:-keep] + [n for n in logs if zxid(n) < oldest_kept and n not in needed]:
+        try:
+            os.unlink(os.path.join(d, n))
+        except OSError:
+            pass
+
+
+def zk_janitor():
+    """Purges every running ZooKeeper's old snapshots every 5 s (see `zk_purge`)."""
+    while True:
+        for s in list(RUNNING):
+            if s.kind == "zookeeper":
+                zk_purge(s.data)
+        time.sleep(5)
+
+
+threading.Thread(target=zk_janitor, daemon=True).start()
+
+
 def start_baton(data, port, extra=(), ensemble=None):
     cmd = [BATON, "--data-dir", data, "--client-addr", f"127.0.0.1:{port}", "--max-client-cnxns", "0", *extra]
     if ensemble:
@@ -161,7 +245,7 @@ def start_baton(data, port, extra=(), ensemble=None):
 ZK_SNAPSHOTS_OFF = {"snapCount": "2000000000", "snapSizeLimitInKb": "-1"}
 
 
-def start_zk(data, port, extra=None, ensemble=None, heap="4g"):
+def start_zk(data, port, extra=None, ensemble=None, heap="4g", fixed_heap=True):
     os.makedirs(data, exist_ok=True)
     cfg = os.path.join(data, "zoo.cfg")
     lines = [
@@ -184,7 +268,8 @@ def start_zk(data, port, extra=None, ensemble=None, heap="4g"):
             f.write(f"{sid}\n")
     with open(cfg, "w") as f:
         f.write("\n".join(lines) + "\n")
-    env = dict(os.environ, ZOO_LOG_DIR=data, SERVER_JVMFLAGS=f"-Xmx{heap} -Xms{heap}")
+    flags = f"-Xmx{heap} -Xms{heap if fixed_heap else '1g'} -Xlog:gc:file={os.path.join(data, 'gc.log')}"
+    env = dict(os.environ, ZOO_LOG_DIR=data, SERVER_JVMFLAGS=flags)
     s = Server("zookeeper", port, data, [ZK_SERVER, "start-foreground", cfg], env=env, jvm_match=f"java.*{cfg}")
     RUNNING.append(s)
     wait_port(port)
@@ -219,6 +304,11 @@ def wait_nodes(port, at_least, limit):
 # ---- phase 1: memory over a fill ----
 
 
+# Above this many znodes ZooKeeper's heap is read from its GC log instead of after a forced
+# full GC: a forced collection of a multi-GB heap stalls the server past the fill's sessions.
+FORCED_GC_UP_TO = 2_000_000
+
+
 def memory_over_fill(kind, out, count):
     data = os.path.join(out, f"{kind}-single")
     shutil.rmtree(data, ignore_errors=True)
@@ -234,7 +324,9 @@ def memory_over_fill(kind, out, count):
         while not done.is_set():
             t0 = time.time()
             n = node_count(port)
-            mem = s.memory_kb()
+            # ZooKeeper above FORCED_GC_UP_TO: filled in from its GC log after the fill.
+            gc_log = kind == "zookeeper" and count > FORCED_GC_UP_TO
+            mem = 0 if gc_log else s.memory_kb()
             if n is not None:
                 samples.append((round(t0 - s.started, 2), n - base_nodes, mem - base))
             done.wait(max(0.0, interval - (time.time() - t0)))
@@ -255,16 +347,26 @@ def memory_over_fill(kind, out, count):
             prev = cur
     done.set()
     sampler.join()
+    if kind == "zookeeper" and count > FORCED_GC_UP_TO:
+        samples = [(t, n, kb - base) for t, n, kb in
+                   zk_samples_from_gc(zk_gc_events(s.gc_log()), [(t, n) for t, n, _ in samples])]
     n = (node_count(port) or 0) - base_nodes
-    final = s.memory_kb() - base
+    final = s.memory_kb() - base  # ZooKeeper: a forced full GC, with no client left to time out
     samples.append((round(time.time() - s.started, 2), n, final))
     s.stop()
     RUNNING.remove(s)
-    return {"fill_s": round(fill_s, 2), "base_kb": base, "final_kb": final, "znodes": n, "samples": samples}
+    method = "rss" if kind == "baton" else ("gc-log" if count > FORCED_GC_UP_TO else "forced-gc")
+    return {"fill_s": round(fill_s, 2), "base_kb": base, "final_kb": final, "znodes": n, "samples": samples,
+            "method": method}
 
 
 def zk_heap_for(count):
     return f"{max(2, (count * 700) // 10**9 + 2)}g"
+
+
+def zk_ensemble_heap_for(count):
+    """Three of them share the machine: 550 B a znode and 1.5 GB of room (7g at 10M)."""
+    return f"{(count * 550 + 1_500_000_000 + 10**9 - 1) // 10**9}g"
 
 
 def per_znode_curve(samples, min_nodes):
@@ -368,8 +470,10 @@ def snap_newcomer(kind, out, count):
     if kind == "zookeeper":
         ports = [22391, 22392, 22393]
         servers = [f"server.{i}=127.0.0.1:{22400 + i}:{22410 + i}" for i in (1, 2, 3)]
+        # Three JVMs on one machine: each grows its heap as it needs (-Xms 1g), so that
+        # their maximum together may exceed the machine without ever being committed.
         start = lambda i: start_zk(os.path.join(base, f"n{i}"), ports[i - 1], ensemble=(i, servers),
-                                   heap=zk_heap_for(count))
+                                   heap=zk_ensemble_heap_for(count), fixed_heap=False)
     else:
         ports = [22394, 22395, 22396]
         peers = ",".join(f"{i}=127.0.0.1:{22420 + i}" for i in (1, 2, 3))
