@@ -384,6 +384,8 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         assert_eq!(last, through, "commit through {through} but the log stops at {last}");
         self.state.apply(&entries);
         self.applied = last;
+        // The last snapshot's image, freed a part per batch on this thread.
+        self.snapshots.release_step();
         if self.config.compact_on_commit {
             self.zab.compact(last.min(self.log.durable()));
         }

@@ -10,11 +10,15 @@ use super::StorageError;
 use crate::log::Zxid;
 use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore, SnapshotWriter};
 
-/// A background write: the zxid it covers and, once written and old ones purged, the
-/// oldest snapshot kept.
+/// What a background write's thread hands back: once written and old ones purged, the
+/// oldest snapshot kept; and the image when there was one, to be freed on the applying
+/// thread (see `SnapshotImage::release_step`).
+type Outcome = (Result<Option<Zxid>, SnapshotError>, Option<Box<dyn SnapshotImage>>);
+
+/// A background write: the zxid it covers, and its thread.
 struct Job {
     zxid: Zxid,
-    thread: JoinHandle<Result<Option<Zxid>, SnapshotError>>,
+    thread: JoinHandle<Outcome>,
 }
 
 /// Snapshots in a directory, keeping the newest `keep`.
@@ -22,6 +26,8 @@ pub struct SnapshotDir {
     store: SnapshotStore,
     keep: usize,
     running: Option<Job>,
+    /// The image of the last background write, freed a part per step.
+    releasing: Option<Box<dyn SnapshotImage>>,
     /// Bytes of the newest snapshot written or loaded.
     newest_bytes: u64,
 }
@@ -29,7 +35,7 @@ pub struct SnapshotDir {
 impl SnapshotDir {
     /// The snapshots in `store`, of which the newest `keep` (at least one) are kept.
     pub fn new(store: SnapshotStore, keep: usize) -> SnapshotDir {
-        SnapshotDir { store, keep: keep.max(1), running: None, newest_bytes: 0 }
+        SnapshotDir { store, keep: keep.max(1), running: None, releasing: None, newest_bytes: 0 }
     }
 }
 
@@ -51,9 +57,9 @@ impl Snapshots for SnapshotDir {
         tracing::info!(%zxid, bytes = data.len(), "writing a snapshot in the background");
         let (store, keep) = (self.store.clone(), self.keep);
         let thread = std::thread::spawn(move || {
-            store.write(zxid, &data)?;
+            let written = store.write(zxid, &data).map(|_| ());
             drop(data);
-            store.purge(keep)
+            (written.and_then(|()| store.purge(keep)), None)
         });
         self.running = Some(Job { zxid, thread });
     }
@@ -66,18 +72,26 @@ impl Snapshots for SnapshotDir {
         let (store, keep) = (self.store.clone(), self.keep);
         let thread = std::thread::spawn(move || {
             crate::sys::background_thread();
-            let info = store.write_with(zxid, |w| image.write_to(w))?;
-            // The image's memory (pages the tree has since copied) goes back now.
-            drop(image);
-            let bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len());
-            tracing::info!(%zxid, bytes, "snapshot streamed to disk");
-            store.purge(keep)
+            let written = store.write_with(zxid, |w| image.write_to(w)).and_then(|info| {
+                let bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len());
+                tracing::info!(%zxid, bytes, "snapshot streamed to disk");
+                store.purge(keep)
+            });
+            (written, Some(image))
         });
         self.running = Some(Job { zxid, thread });
     }
 
     fn busy(&self) -> bool {
-        self.running.is_some()
+        self.running.is_some() || self.releasing.is_some()
+    }
+
+    fn release_step(&mut self) {
+        if let Some(image) = self.releasing.as_mut() {
+            if !image.release_step() {
+                self.releasing = None;
+            }
+        }
     }
 
     fn newest_bytes(&self) -> u64 {
@@ -90,16 +104,22 @@ impl Snapshots for SnapshotDir {
         }
         let job = self.running.take()?;
         let written = match job.thread.join() {
-            Ok(Ok(oldest)) => {
+            Ok((written, image)) => {
+                self.releasing = image;
+                written
+            }
+            Err(_) => Err(SnapshotError::Io {
+                path: self.store.dir().to_path_buf(),
+                source: std::io::Error::other("the snapshot thread panicked"),
+            }),
+        };
+        let written = match written {
+            Ok(oldest) => {
                 let path = self.store.path_of(job.zxid);
                 self.newest_bytes = std::fs::metadata(path).map_or(self.newest_bytes, |m| m.len());
                 Ok(oldest)
             }
-            Ok(Err(e)) => Err(StorageError::from(e)),
-            Err(_) => Err(StorageError::Snapshot(SnapshotError::Io {
-                path: self.store.dir().to_path_buf(),
-                source: std::io::Error::other("the snapshot thread panicked"),
-            })),
+            Err(e) => Err(StorageError::from(e)),
         };
         Some((job.zxid, written))
     }

@@ -1303,6 +1303,15 @@ pub struct TreeView {
 }
 
 impl TreeView {
+    /// Frees one page directory of the view (32,768 znodes); false once none is left. What
+    /// only the view still holds (pages the tree has copied since) is freed: called on the
+    /// tree's thread a directory per step, the allocator's work comes in slices (see
+    /// `replica::SnapshotImage::release_step`).
+    pub fn release_step(&mut self) -> bool {
+        self.nodes.dirs.pop();
+        !self.nodes.dirs.is_empty()
+    }
+
     fn parts(&self) -> Parts<'_> {
         Parts { nodes: &self.nodes, families: &self.families, owners: &self.owners }
     }

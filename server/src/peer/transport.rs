@@ -232,7 +232,13 @@ impl Transport {
                 image.write_to(&mut out)?;
                 out.finish()
             });
-            // The frozen image's memory goes back now, not when the link next changes.
+            // The frozen image's memory goes back now, not when the link next changes, and in
+            // steps with pauses, so that the allocator hands it back to the applying thread in
+            // slices (see `SnapshotImage::release_step`).
+            let mut image = image;
+            while image.release_step() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             drop(image);
             match sent {
                 Ok(()) => {

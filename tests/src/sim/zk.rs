@@ -140,6 +140,10 @@ impl SnapshotImage for View {
     fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         self.0.write_image(out)
     }
+
+    fn release_step(&mut self) -> bool {
+        self.0.release_step()
+    }
 }
 
 impl Machine {
