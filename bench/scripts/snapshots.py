@@ -194,6 +194,9 @@ class Server:
 RUNNING = []
 
 
+SEEN_SNAPSHOTS = {}  # data directory -> every ZooKeeper snapshot file seen there (purged or not)
+
+
 def zk_purge(data, keep=3):
     """What ZooKeeper's PurgeTxnLog (zkCleanup.sh) does: keep the newest `keep` snapshots and
     the transaction logs they need. ZooKeeper purges nothing by default, and its autopurge
@@ -205,6 +208,7 @@ def zk_purge(data, keep=3):
         return
     zxid = lambda n: int(n.split(".", 1)[1], 16)
     snaps = sorted((n for n in names if n.startswith("snapshot.")), key=zxid)
+    SEEN_SNAPSHOTS.setdefault(data, set()).update(snaps)
     if len(snaps) <= keep:
         return
     oldest_kept = zxid(snaps[-keep])
@@ -276,11 +280,11 @@ def start_zk(data, port, extra=None, ensemble=None, heap="4g", fixed_heap=True):
     return s
 
 
-def bench(port, label, workload, *args):
+def bench(port, label, workload, *args, stderr=None):
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     cmd = [BENCH, "zk", "--target", f"127.0.0.1:{port}", "--label", label, "--workload", workload, "--json", path, *args]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=stderr)
     with open(path) as f:
         lines = [line for line in f if line.strip()]
     os.unlink(path)
@@ -426,8 +430,8 @@ def snapshots_taken(s):
     ZooKeeper logs nothing: it has no SLF4J binding, and it purges no snapshot by default)."""
     if s.kind == "baton":
         return s.log_count(r"snapshot view taken")
-    snaps = os.path.join(s.data, "version-2")
-    return len([n for n in os.listdir(snaps) if n.startswith("snapshot.")]) if os.path.isdir(snaps) else 0
+    zk_purge(s.data)  # records the files there now (see SEEN_SNAPSHOTS)
+    return len(SEEN_SNAPSHOTS.get(s.data, ()))
 
 
 def latency_runs(kind, out, count, reps, seconds):
@@ -445,8 +449,10 @@ def latency_runs(kind, out, count, reps, seconds):
             wait_nodes(port, count, 600)
             restart_s = time.time() - s.started
             before = snapshots_taken(s)
-            r = bench(port, kind, "write", "--spread", str(count), "--value-bytes", "100", "--clients", "16",
-                      "--depth", "8", "--seconds", str(seconds))
+            # Operations over 20 ms, with when they completed, to line stalls up with the log.
+            with open(os.path.join(out, f"{kind}-slow-{mode}-{rep}.txt"), "w") as slow:
+                r = bench(port, kind, "write", "--spread", str(count), "--value-bytes", "100", "--clients", "16",
+                          "--depth", "8", "--seconds", str(seconds), "--slow-ms", "20", stderr=slow)
             snaps = snapshots_taken(s) - before
             s.stop()
             RUNNING.remove(s)
