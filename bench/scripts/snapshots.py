@@ -207,6 +207,9 @@ def zk_purge(data, keep=3):
     except OSError:
         return
     zxid = lambda n: int(n.split(".", 1)[1], 16)
+    # Only finished files, named by a zxid (not ZooKeeper's `snapshot.<zxid>.tmp` being
+    # written, say).
+    names = [n for n in names if re.fullmatch(r"(snapshot|log)\.[0-9a-f]+", n)]
     snaps = sorted((n for n in names if n.startswith("snapshot.")), key=zxid)
     SEEN_SNAPSHOTS.setdefault(data, set()).update(snaps)
     if len(snaps) <= keep:
@@ -461,6 +464,8 @@ def latency_runs(kind, out, count, reps, seconds):
                                "snapshots": snaps, "restart_s": round(restart_s, 2)})
             print(f"  {kind} snapshots {mode}: p99.9 {r['p999_ms']:.2f} ms, max {r['max_ms']:.2f} ms, "
                   f"{snaps} snapshots during the run, restart {restart_s:.1f} s", flush=True)
+            if mode == "on" and snaps == 0:
+                print(f"  (no snapshot during this run: a longer --seconds is needed at {count} znodes)", flush=True)
     med = lambda mode, key: statistics.median(x[key] for x in runs[mode])
     return {"runs": runs,
             "p999_on": med("on", "p999_ms"), "p999_off": med("off", "p999_ms"),

@@ -69,7 +69,7 @@ pub trait SnapshotImage: Send {
     /// Writes the image: the bytes [`StateMachine::install`] takes back.
     fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
 
-    /// Frees a part of the image (in the tree's, a page directory: 32,768 znodes); false
+    /// Frees a part of the image (in the tree's, a page directory: 8,192 znodes); false
     /// once nothing is left that is worth freeing in parts. The default frees nothing.
     ///
     /// An image's memory was allocated by the thread that applies entries. Freed on another

@@ -248,16 +248,19 @@ pub struct Applied {
 }
 
 /// Items per copy-on-write page. A [`TreeView`] shares the pages of the tree it was taken
-/// from; the tree's first write to a shared page copies that page alone (10 KiB of znodes and
+/// from; the tree's first write to a shared page copies that page alone (2.5 KiB of znodes and
 /// their name/data allocations), so a snapshot costs a write at most one small copy, never a
 /// pause proportional to the tree. Small pages keep that copy short: with pages of 1,024
 /// znodes, the batches applied just after a view (each touching ~100 pages at random) took
-/// 5-14 ms each for a quarter of a second, at a million znodes.
-const PAGE: usize = 128;
+/// 5-14 ms each for a quarter of a second, at a million znodes; with 128, the slowest write
+/// of a 20 s run with snapshots was 29-43 ms, with 32, 13-21 ms (setData at random over 1M
+/// znodes, three runs each). A page costs its slot in a directory and a reference count:
+/// about 1 byte per znode at 32.
+pub(super) const PAGE: usize = 32;
 
-/// Pages per directory: a view copies one reference per directory (a million znodes: 31), and
+/// Pages per directory: a view copies one reference per directory (a million znodes: 123), and
 /// the first write under a shared directory copies its 256 page references.
-const DIR: usize = 256;
+pub(super) const DIR: usize = 256;
 
 type Page<T> = Arc<Vec<T>>;
 
@@ -1303,7 +1306,7 @@ pub struct TreeView {
 }
 
 impl TreeView {
-    /// Frees one page directory of the view (32,768 znodes); false once none is left. What
+    /// Frees one page directory of the view (8,192 znodes); false once none is left. What
     /// only the view still holds (pages the tree has copied since) is freed: called on the
     /// tree's thread a directory per step, the allocator's work comes in slices (see
     /// `replica::SnapshotImage::release_step`).
