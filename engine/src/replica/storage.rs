@@ -74,7 +74,7 @@ pub trait SnapshotImage: Send {
     ///
     /// An image's memory was allocated by the thread that applies entries. Freed on another
     /// thread, the allocator hands every block back to that thread at once, in its next
-    /// collection: a million blocks cost the write path a 30-70 ms stall at the end of each
+    /// collection: a million blocks cost the write path a 30-75 ms stall at the end of each
     /// snapshot of a 1M-znode tree. So a snapshot's image comes back to the applying thread
     /// ([`Snapshots::release_step`]), which frees it a part per step.
     fn release_step(&mut self) -> bool {

@@ -766,8 +766,9 @@ fn a_view_of_a_tree_over_several_page_directories_keeps_every_one_as_it_was() {
     assert_eq!(h.tree.get(&path(69_999)).map(|n| n.data().to_vec()), Some(b"d".to_vec()));
     let before = h.tree.to_image();
     let view = h.tree.view();
-    let viewed = h.tree.node_count(); // no znode deleted: the slab holds this many slots
-                                      // Writes in the first, second and last directories, and new znodes up into new ones.
+    // No znode deleted: the view's slab holds this many slots.
+    let viewed = h.tree.node_count();
+    // Writes in the first, second and last directories, and new znodes up into new ones.
     for i in [5, 40_000, 69_999] {
         h.apply(0, Txn::SetData { path: path(i), data: b"changed".to_vec(), version: -1 });
     }

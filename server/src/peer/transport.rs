@@ -232,9 +232,11 @@ impl Transport {
                 image.write_to(&mut out)?;
                 out.finish()
             });
-            // The frozen image's memory goes back now, not when the link next changes, and in
-            // steps with pauses, so that the allocator hands it back to the applying thread in
-            // slices (see `SnapshotImage::release_step`).
+            // The frozen image's memory goes back now, not when the link next changes, a page
+            // directory at a time. Freed on this thread, the allocator still hands it back to
+            // the applying thread at that thread's next collection, mostly at once (see
+            // `SnapshotImage::release_step`); a snapshot's image goes back to be freed there,
+            // a SNAP's (rarer) not yet.
             let mut image = image;
             while image.release_step() {
                 std::thread::sleep(Duration::from_millis(5));
