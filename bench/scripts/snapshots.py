@@ -9,16 +9,23 @@ Each server starts on 127.0.0.1 with fresh data directories (under --out), and i
 
 memory   Fill one server with COUNT znodes of 100 B (baton-bench, 16 sessions x 16 in
          flight), sampling its memory all along: Baton's RSS every 0.5 s; ZooKeeper's live
-         heap (`jcmd GC.run` then `GC.heap_info`) every 3 s, each with the node count the
-         server reports (`srvr`). Plotted as bytes per znode against znodes (memory.svg).
+         heap (`jcmd GC.run` then `GC.heap_info`) every 3 s up to 2M znodes, above that its
+         GC log (see `zk_samples_from_gc`), each with the node count the server reports
+         (`srvr`); the end of the fill is a full GC either way. Plotted as bytes per znode
+         against znodes (memory.svg).
 latency  On the filled data directory, restart each server with snapshots on (its default:
          every 100,000 entries, drawn apart) and off, alternating, --reps times each, and
          run 16 sessions x 8 setData of 100 B on znodes drawn at random over the whole tree
-         (`--spread COUNT`) for --seconds. Medians of p99.9 and max, on and off.
+         (`--spread COUNT`) for --seconds. Medians of p99.9 and max, on and off; each run's
+         operations over 20 ms, with when they completed, in KIND-slow-MODE-REP.txt. At 10M
+         a Baton snapshot comes about every 35 s: use --seconds 90.
 snap     A three-server ensemble of each with server 3 down; fill COUNT znodes (the leader
          snapshots and compacts its log on the way, so a newcomer needs a SNAP); start server
          3 with an empty data directory and time until it holds as many znodes as the
          leader; the leader's RSS (Baton) or heap (ZooKeeper) before and at most during it.
+
+ZooKeeper's old snapshots are purged as zkCleanup.sh would (`zk_purge`): it purges none by
+default, and a 10M fill leaves ~50 GB of them.
 
 Needs release builds of baton and baton-bench, Debian's zookeeper package (and its JDK's
 jcmd). Writes results.json and memory.svg in --out, and prints a summary.
