@@ -70,6 +70,9 @@ struct MemSnapshots {
     done: bool,
     /// What the store says the newest snapshot weighs.
     newest: u64,
+    /// Parts of a written image still to free, and the steps taken.
+    releasing: usize,
+    release_steps: usize,
 }
 
 impl Snapshots for MemSnapshots {
@@ -84,7 +87,14 @@ impl Snapshots for MemSnapshots {
     }
 
     fn busy(&self) -> bool {
-        self.running.is_some()
+        self.running.is_some() || self.releasing > 0
+    }
+
+    fn release_step(&mut self) {
+        if self.releasing > 0 {
+            self.releasing -= 1;
+            self.release_steps += 1;
+        }
     }
 
     fn newest_bytes(&self) -> u64 {
@@ -245,6 +255,36 @@ fn a_snapshot_every_n_entries_then_compaction_once_it_is_written() {
     assert_eq!(parts.log.released_through, Zxid::new(1, 4));
     assert!(parts.log.entries.is_empty());
     assert_eq!(parts.snapshots.written, vec![(Zxid::new(1, 4), vec![1, 2, 3, 4])]);
+}
+
+#[test]
+fn a_written_snapshots_image_is_freed_a_part_per_batch_and_per_tick_and_no_snapshot_starts_before() {
+    let config = ReplicaConfig { snapshot_every_entries: 2, ..ReplicaConfig::new(ZabConfig::new(1, vec![1])) };
+    let mut replica = lone(config, fresh_parts());
+    now(replica.propose(None, payloads(2))).expect("proposes");
+    now(replica.step(Input::Durable(Zxid::new(1, 2)))).expect("commits");
+    replica.snapshots_mut().done = true;
+    now(replica.step(Input::Tick)).expect("ticks");
+    assert_eq!(replica.snapshots_mut().written.len(), 1, "the snapshot was written");
+    // Its image, in 9 parts, comes back to be freed here.
+    replica.snapshots_mut().releasing = 9;
+    // Under load: a part per batch applied, and no new snapshot while parts are left.
+    for counter in [3, 5] {
+        now(replica.propose(None, payloads(2))).expect("proposes");
+        now(replica.step(Input::Durable(Zxid::new(1, counter + 1)))).expect("commits");
+    }
+    assert_eq!(replica.snapshots_mut().release_steps, 2, "one part per batch");
+    assert!(replica.snapshots_mut().running.is_none(), "no snapshot while the last one's image is being freed");
+    // Idle: ticks free the rest.
+    now(replica.step(Input::Tick)).expect("ticks");
+    assert_eq!(replica.snapshots_mut().release_steps, 2 + driver::RELEASE_STEPS_PER_TICK);
+    now(replica.step(Input::Tick)).expect("ticks");
+    assert_eq!(replica.snapshots_mut().release_steps, 9, "all freed, and no step past the last part");
+    assert!(!replica.snapshots_mut().busy());
+    // Then the next snapshot comes with the next batch past the count.
+    now(replica.propose(None, payloads(2))).expect("proposes");
+    now(replica.step(Input::Durable(Zxid::new(1, 8)))).expect("commits");
+    assert_eq!(replica.snapshots_mut().running.as_ref().map(|r| r.0), Some(Zxid::new(1, 8)));
 }
 
 #[test]
