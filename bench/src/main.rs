@@ -21,7 +21,7 @@ mod workload;
 mod zk;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: baton_engine::alloc::Mimalloc = baton_engine::alloc::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "baton-bench", about = "Load generator for Baton, Apache ZooKeeper and etcd")]

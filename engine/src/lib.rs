@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
+pub mod alloc;
 pub mod faults;
 mod le;
 pub mod log;

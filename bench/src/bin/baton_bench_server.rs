@@ -2,7 +2,7 @@
 //! ensembles with `compare --baton` (same code as the real binary).
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: baton_engine::alloc::Mimalloc = baton_engine::alloc::Mimalloc;
 
 fn main() -> anyhow::Result<()> {
     baton_server::cli::main()

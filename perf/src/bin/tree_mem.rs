@@ -18,6 +18,13 @@ struct Counting;
 
 static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
 static LIVE_BLOCKS: AtomicU64 = AtomicU64::new(0);
+/// What the allocator actually set aside for the live blocks (its size classes).
+static LIVE_USABLE: AtomicU64 = AtomicU64::new(0);
+
+fn usable(ptr: *const u8) -> u64 {
+    // SAFETY: `ptr` is a live block from mimalloc (or null, which it accepts).
+    unsafe { libmimalloc_sys::mi_usable_size(ptr.cast()) as u64 }
+}
 
 // SAFETY: forwards every call to mimalloc unchanged; the counters are only statistics.
 unsafe impl GlobalAlloc for Counting {
@@ -25,21 +32,27 @@ unsafe impl GlobalAlloc for Counting {
         LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract, passed on.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        let p = unsafe { baton_engine::alloc::Mimalloc.alloc(layout) };
+        LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
+        p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
+        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
         // SAFETY: the caller's contract, passed on.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { baton_engine::alloc::Mimalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
         // SAFETY: the caller's contract, passed on.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        let p = unsafe { baton_engine::alloc::Mimalloc.realloc(ptr, layout, new_size) };
+        LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
+        p
     }
 }
 
@@ -89,10 +102,14 @@ fn main() -> anyhow::Result<()> {
     };
     apply(&mut tree, Txn::Multi(vec![create("/fill".into(), Vec::new(), 2)]))?;
     let base = rss_kb();
-    let (base_bytes, base_blocks) = (LIVE_BYTES.load(Ordering::Relaxed), LIVE_BLOCKS.load(Ordering::Relaxed));
+    let (base_bytes, base_blocks, base_usable) =
+        (LIVE_BYTES.load(Ordering::Relaxed), LIVE_BLOCKS.load(Ordering::Relaxed), LIVE_USABLE.load(Ordering::Relaxed));
     let value = vec![b'v'; args.value_bytes];
     let mut made = 0u32;
-    println!("{:>12} {:>12} {:>10} {:>14} {:>14}", "znodes", "RSS delta", "B/znode", "asked B/znode", "blocks/znode");
+    println!(
+        "{:>12} {:>12} {:>10} {:>14} {:>15} {:>14}",
+        "znodes", "RSS delta", "B/znode", "asked B/znode", "usable B/znode", "blocks/znode"
+    );
     while made < args.count {
         let n = args.batch.min(args.count - made);
         let ops = (made..made + n).map(|i| create(format!("/fill/n{i:09}"), value.clone(), i as i32 + 1)).collect();
@@ -102,12 +119,14 @@ fn main() -> anyhow::Result<()> {
             let delta = rss_kb().saturating_sub(base) * 1024;
             let asked = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(base_bytes);
             let blocks = LIVE_BLOCKS.load(Ordering::Relaxed).saturating_sub(base_blocks);
+            let usable = LIVE_USABLE.load(Ordering::Relaxed).saturating_sub(base_usable);
             let per = |x: u64| x as f64 / f64::from(made);
             println!(
-                "{made:>12} {:>10} MB {:>10.1} {:>14.1} {:>14.2}",
+                "{made:>12} {:>10} MB {:>10.1} {:>14.1} {:>15.1} {:>14.2}",
                 delta >> 20,
                 per(delta),
                 per(asked),
+                per(usable),
                 per(blocks)
             );
         }

@@ -17,7 +17,7 @@ use clap::Parser;
 use glommio::io::{DmaFile, OpenOptions};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: baton_engine::alloc::Mimalloc = baton_engine::alloc::Mimalloc;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "wal-bench", about = "Baton WAL throughput, latency and recovery, against the disk's own limits")]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: baton_engine::alloc::Mimalloc = baton_engine::alloc::Mimalloc;
 
 fn main() -> anyhow::Result<()> {
     let _failpoints = fail::FailScenario::setup();

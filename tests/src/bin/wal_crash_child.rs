@@ -17,7 +17,7 @@ use baton_tests::crash_payload;
 pub const KEEP: u64 = baton_tests::CRASH_KEEP_ENTRIES;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: baton_engine::alloc::Mimalloc = baton_engine::alloc::Mimalloc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
