@@ -30,6 +30,7 @@ pub mod alloc;
 pub mod faults;
 mod le;
 pub mod log;
+pub mod mvcc;
 pub mod replica;
 pub mod sequencer;
 pub mod snapshot;

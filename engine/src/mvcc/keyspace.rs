@@ -1,0 +1,643 @@
+//! etcd's MVCC keyspace as a deterministic state machine: every key's history until
+//! compaction, a revision that each write transaction raises once, leases and the keys
+//! attached to them. The semantics are etcd 3.5's, case by case (`engine/ETCD-MVCC.md`; its
+//! section numbers are cited below).
+//!
+//! ## Layout
+//!
+//! - `keys`: key → its history, the records (revision, create revision, version, lease,
+//!   value or tombstone) in revision order. A read at revision r takes the last record at or
+//!   before r; a tombstone there means "no key".
+//! - `by_rev`: (main, sub) revision → key, for the events of a revision range (a watch that
+//!   starts in the past).
+//! - `leases`: lease → granted TTL and attached keys.
+//!
+//! All three are persistent maps (`imbl`): cloning the keyspace for a snapshot costs a
+//! reference, and the first change after it copies one path, as the data tree's pages do.
+//!
+//! ## Compaction
+//!
+//! `compact(R)` takes effect at once (reads before R fail with `Compacted`); the records no
+//! read at R or later can reach are dropped afterwards, a bounded number per
+//! [`KeySpace::prune_step`], so that a compaction of a large history never stalls the write
+//! path (etcd compacts in the background too, and then needs a defragmentation that stops
+//! the world; nothing here needs one). A key's own superseded records also go whenever it is
+//! written.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+
+use super::types::{
+    Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
+    LeaseInfo, MvccError, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder,
+    SortTarget, TxnRequest, TxnResponse,
+};
+
+/// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// One change of a key.
+#[derive(Debug, Clone)]
+struct Record {
+    main: i64,
+    sub: i64,
+    create: i64,
+    version: i64,
+    lease: i64,
+    /// None: a tombstone.
+    value: Option<Bytes>,
+}
+
+impl Record {
+    fn kv(&self, key: &Bytes) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: self.create,
+            mod_revision: self.main,
+            version: self.version,
+            value: self.value.clone().unwrap_or_else(empty),
+            lease: self.lease,
+        }
+    }
+}
+
+fn empty() -> Bytes {
+    Arc::from(&[][..])
+}
+
+/// A key's records, in (main, sub) order.
+#[derive(Debug, Clone, Default)]
+struct History {
+    records: Vec<Record>,
+}
+
+impl History {
+    /// The key as of revision `rev`, if it was live then.
+    fn at(&self, rev: i64) -> Option<&Record> {
+        let i = self.records.partition_point(|r| r.main <= rev);
+        let r = self.records.get(i.checked_sub(1)?)?;
+        r.value.as_ref().map(|_| r)
+    }
+
+    /// The key now, if live.
+    fn latest(&self) -> Option<&Record> {
+        self.records.last().filter(|r| r.value.is_some())
+    }
+
+    /// Drops what no read at `compact` or later, and no event at `compact` or later, needs;
+    /// true if nothing is left.
+    fn prune(&mut self, compact: i64) -> bool {
+        let j = self.records.partition_point(|r| r.main < compact);
+        if j > 0 {
+            let at_compact = self.records.get(j).is_some_and(|r| r.main == compact);
+            let cut = if at_compact || self.records[j - 1].value.is_none() { j } else { j - 1 };
+            self.records.drain(..cut);
+        }
+        self.records.is_empty()
+    }
+}
+
+/// A lease as every server knows it.
+#[derive(Debug, Clone)]
+struct Lease {
+    ttl: i64,
+    keys: OrdSet<Bytes>,
+}
+
+/// The etcd keyspace. Cloning it is cheap (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    rev: i64,
+    compact_rev: i64,
+    keys: OrdMap<Bytes, Arc<History>>,
+    by_rev: OrdMap<(i64, i64), Bytes>,
+    leases: OrdMap<i64, Lease>,
+}
+
+impl Default for KeySpace {
+    fn default() -> KeySpace {
+        KeySpace::new()
+    }
+}
+
+/// Which keys a request names: `key` alone, `[key, end)`, or every key from `key`.
+#[derive(Debug, Clone, Copy)]
+enum Span<'a> {
+    One(&'a [u8]),
+    From(&'a [u8]),
+    Between(&'a [u8], &'a [u8]),
+}
+
+impl<'a> Span<'a> {
+    fn new(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
+        match range_end {
+            [] => Span::One(key),
+            [0] => Span::From(key),
+            end => Span::Between(key, end),
+        }
+    }
+
+    fn contains(self, k: &[u8]) -> bool {
+        match self {
+            Span::One(key) => k == key,
+            Span::From(key) => k >= key,
+            Span::Between(key, end) => k >= key && k < end,
+        }
+    }
+}
+
+/// The state of one write transaction: changes get (begin + 1, sub), sub counting up.
+struct Write {
+    begin: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl Write {
+    fn main(&self) -> i64 {
+        self.begin + 1
+    }
+
+    /// The revision reads inside the transaction see (etcd's `storeTxnWrite.Rev` + changes).
+    fn read_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+}
+
+impl KeySpace {
+    /// An empty keyspace at revision 1, never compacted (etcd's `NewStore`).
+    pub fn new() -> KeySpace {
+        KeySpace { rev: 1, compact_rev: -1, keys: OrdMap::new(), by_rev: OrdMap::new(), leases: OrdMap::new() }
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// The revision of the last compaction (-1 if none).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// Keys live now.
+    pub fn key_count(&self) -> usize {
+        self.keys.values().filter(|h| h.latest().is_some()).count()
+    }
+
+    fn span(&self, span: Span<'_>) -> Box<dyn Iterator<Item = (&Bytes, &Arc<History>)> + '_> {
+        match span {
+            Span::One(key) => Box::new(self.keys.get_key_value(key).into_iter()),
+            Span::From(key) => Box::new(self.keys.range::<_, [u8]>((Bound::Included(key), Bound::Unbounded))),
+            Span::Between(key, end) if end > key => {
+                Box::new(self.keys.range::<_, [u8]>((Bound::Included(key), Bound::Excluded(end))))
+            }
+            Span::Between(..) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// KV.Range (§3), at the current revision `cur` (inside a write transaction: what it
+    /// has written so far).
+    fn range_at(&self, r: &RangeRequest, cur: i64) -> Result<RangeResponse, MvccError> {
+        if r.revision > cur {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if r.revision <= 0 { cur } else { r.revision };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        // As etcd: a sort order or a filter fetches every key, then sorts and cuts; a sort
+        // target alone (sorted ascending, below) sorts only the first `limit + 1` keys.
+        let filtered = r.sort_order != SortOrder::None
+            || r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        let fetch = if r.limit > 0 && !filtered { r.limit.saturating_add(1) as usize } else { usize::MAX };
+        let mut count = 0i64;
+        let mut kvs = Vec::new();
+        for (key, h) in self.span(Span::new(&r.key, &r.range_end)) {
+            if let Some(rec) = h.at(rev) {
+                count += 1;
+                if !r.count_only && kvs.len() < fetch {
+                    kvs.push(rec.kv(key));
+                }
+            }
+        }
+        kvs.retain(|kv| {
+            !((r.max_mod_revision != 0 && kv.mod_revision > r.max_mod_revision)
+                || (r.min_mod_revision != 0 && kv.mod_revision < r.min_mod_revision)
+                || (r.max_create_revision != 0 && kv.create_revision > r.max_create_revision)
+                || (r.min_create_revision != 0 && kv.create_revision < r.min_create_revision))
+        });
+        let order = match (r.sort_order, r.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        if order != SortOrder::None {
+            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+                match r.sort_target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                }
+            };
+            // Stable, ties in key order either way (what etcd's sort gives small answers).
+            if order == SortOrder::Descend {
+                kvs.sort_by(|a, b| by(b, a));
+            } else {
+                kvs.sort_by(by);
+            }
+        }
+        let mut more = false;
+        if r.limit > 0 && kvs.len() > r.limit as usize {
+            kvs.truncate(r.limit as usize);
+            more = true;
+        }
+        if r.keys_only {
+            for kv in &mut kvs {
+                kv.value = empty();
+            }
+        }
+        Ok(RangeResponse { revision: cur, kvs, more, count })
+    }
+
+    /// KV.Range on its own (a read: no change).
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.range_at(r, self.rev)
+    }
+
+    fn begin(&self) -> Write {
+        Write { begin: self.rev, sub: 0, events: Vec::new() }
+    }
+
+    /// Ends a write transaction: the revision rises once if anything changed.
+    fn end(&mut self, w: Write) -> Vec<Event> {
+        if w.sub > 0 {
+            self.rev = w.begin + 1;
+        }
+        w.events
+    }
+
+    fn history_mut(&mut self, key: &Bytes) -> &mut History {
+        let compact = self.compact_rev;
+        let h = Arc::make_mut(self.keys.entry(key.clone()).or_default());
+        if compact > 0 {
+            h.prune(compact);
+        }
+        h
+    }
+
+    fn detach(&mut self, lease: i64, key: &Bytes) {
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.remove(key);
+            }
+        }
+    }
+
+    /// Writes `key` (the lease is known to exist, or 0).
+    fn put_key(&mut self, w: &mut Write, key: &[u8], value: Option<Vec<u8>>, lease: Option<i64>) -> Option<KeyValue> {
+        let key: Bytes = Arc::from(key);
+        let prev = self.keys.get(&key).and_then(|h| h.latest().cloned());
+        let value = match (value, &prev) {
+            (Some(v), _) => Arc::from(v),
+            (None, Some(p)) => p.value.clone().unwrap_or_else(empty),
+            // ignore_value on a key deleted earlier in the same transaction (etcd panics).
+            (None, None) => empty(),
+        };
+        let lease = match (lease, &prev) {
+            (Some(l), _) => l,
+            (None, Some(p)) => p.lease,
+            (None, None) => 0,
+        };
+        let main = w.main();
+        let rec = Record {
+            main,
+            sub: w.sub,
+            create: prev.as_ref().map_or(main, |p| p.create),
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+            value: Some(value),
+        };
+        let prev_kv = prev.as_ref().map(|p| p.kv(&key));
+        if let Some(p) = &prev {
+            self.detach(p.lease, &key);
+        }
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(key.clone());
+            }
+        }
+        let kv = rec.kv(&key);
+        self.history_mut(&key).records.push(rec);
+        self.by_rev.insert((main, w.sub), key);
+        w.sub += 1;
+        w.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
+        prev_kv
+    }
+
+    /// Deletes the live keys in `span`, in key order; returns them as they were.
+    fn delete_keys(&mut self, w: &mut Write, span: Span<'_>) -> Vec<KeyValue> {
+        let live: Vec<(Bytes, Record)> =
+            self.span(span).filter_map(|(k, h)| h.latest().map(|r| (k.clone(), r.clone()))).collect();
+        let mut prevs = Vec::with_capacity(live.len());
+        for (key, prev) in live {
+            let main = w.main();
+            self.detach(prev.lease, &key);
+            let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: None };
+            self.history_mut(&key).records.push(tomb);
+            self.by_rev.insert((main, w.sub), key.clone());
+            w.sub += 1;
+            let prev_kv = prev.kv(&key);
+            let kv = KeyValue { key: key.clone(), mod_revision: main, value: empty(), ..KeyValue::default() };
+            w.events.push(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev_kv.clone()) });
+            prevs.push(prev_kv);
+        }
+        prevs
+    }
+
+    /// KV.Put (§4). Requests are checked first with [`super::check_put`].
+    pub fn put(&mut self, p: &PutRequest) -> Result<(PutResponse, Vec<Event>), MvccError> {
+        if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        self.check_ignores(p)?;
+        let mut w = self.begin();
+        let resp = self.put_op(&mut w, p);
+        Ok((resp, self.end(w)))
+    }
+
+    fn check_ignores(&self, p: &PutRequest) -> Result<(), MvccError> {
+        if (p.ignore_value || p.ignore_lease) && self.keys.get(p.key.as_slice()).and_then(|h| h.latest()).is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        Ok(())
+    }
+
+    fn put_op(&mut self, w: &mut Write, p: &PutRequest) -> PutResponse {
+        let value = (!p.ignore_value).then(|| p.value.clone());
+        let lease = (!p.ignore_lease).then_some(p.lease);
+        let prev = self.put_key(w, &p.key, value, lease);
+        PutResponse { revision: w.main(), prev_kv: if p.prev_kv { prev } else { None } }
+    }
+
+    fn delete_op(&mut self, w: &mut Write, d: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let prevs = self.delete_keys(w, Span::new(&d.key, &d.range_end));
+        DeleteRangeResponse {
+            revision: w.read_rev(),
+            deleted: prevs.len() as i64,
+            prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
+        }
+    }
+
+    /// KV.DeleteRange (§5).
+    pub fn delete_range(&mut self, d: &DeleteRangeRequest) -> (DeleteRangeResponse, Vec<Event>) {
+        let mut w = self.begin();
+        let resp = self.delete_op(&mut w, d);
+        (resp, self.end(w))
+    }
+
+    /// One compare against the keyspace as it is (§6.2).
+    fn compare(&self, c: &Compare) -> bool {
+        let live: Vec<KeyValue> =
+            self.span(Span::new(&c.key, &c.range_end)).filter_map(|(k, h)| h.latest().map(|r| r.kv(k))).collect();
+        if live.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            return compare_kv(c, &KeyValue::default());
+        }
+        live.iter().all(|kv| compare_kv(c, kv))
+    }
+
+    /// The branch each transaction on the chosen path takes, depth first, all decided
+    /// against the state before the transaction (etcd's `compareToPath`).
+    fn choose(&self, t: &TxnRequest, path: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c));
+        path.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            if let RequestOp::Txn(n) = op {
+                self.choose(n, path);
+            }
+        }
+    }
+
+    /// etcd's `checkRequests` on the chosen path: puts first, then ranges.
+    fn check_path(&self, t: &TxnRequest, path: &[bool]) -> Result<(), MvccError> {
+        let mut puts = Vec::new();
+        let mut ranges = Vec::new();
+        let mut i = 0;
+        collect_path(t, path, &mut i, &mut puts, &mut ranges);
+        for p in puts {
+            self.check_ignores(p)?;
+            if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                return Err(MvccError::LeaseNotFound);
+            }
+        }
+        for r in ranges {
+            if r.revision != 0 {
+                if r.revision > self.rev {
+                    return Err(MvccError::FutureRev);
+                }
+                if r.revision < self.compact_rev {
+                    return Err(MvccError::Compacted);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// KV.Txn (§6). Requests are checked first with [`super::check_txn`]. An error leaves
+    /// the keyspace unchanged.
+    pub fn txn(&mut self, t: &TxnRequest) -> Result<(TxnResponse, Vec<Event>), MvccError> {
+        let mut path = Vec::new();
+        self.choose(t, &mut path);
+        self.check_path(t, &path)?;
+        let mut w = self.begin();
+        let mut at = 0;
+        let mut resp = self.run(&mut w, t, &path, &mut at);
+        resp.revision = w.read_rev();
+        Ok((resp, self.end(w)))
+    }
+
+    fn run(&mut self, w: &mut Write, t: &TxnRequest, path: &[bool], at: &mut usize) -> TxnResponse {
+        let ok = path.get(*at).copied().unwrap_or(false);
+        *at += 1;
+        let mut responses = Vec::new();
+        for op in if ok { &t.success } else { &t.failure } {
+            responses.push(match op {
+                RequestOp::Range(r) => {
+                    // Checked against the state before the transaction (check_path), so
+                    // only an impossible revision could fail here; answer empty then.
+                    let cur = w.read_rev();
+                    ResponseOp::Range(
+                        self.range_at(r, cur).unwrap_or(RangeResponse { revision: cur, ..RangeResponse::default() }),
+                    )
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put_op(w, p)),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_op(w, d)),
+                RequestOp::Txn(n) => ResponseOp::Txn(self.run(w, n, path, at)),
+            });
+        }
+        TxnResponse { revision: 0, succeeded: ok, responses }
+    }
+
+    /// KV.Compact (§7): reads before `rev` fail from now on; the records only they could
+    /// reach go in [`KeySpace::prune_step`]s.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(MvccError::FutureRev);
+        }
+        self.compact_rev = rev;
+        Ok(())
+    }
+
+    /// Drops up to `budget` records (revisions) that the last compaction made unreachable;
+    /// true when none are left (etcd's `physical` compaction is then done).
+    pub fn prune_step(&mut self, budget: usize) -> bool {
+        for _ in 0..budget {
+            let Some(((main, sub), key)) = self.by_rev.get_min().map(|(r, k)| (*r, k.clone())) else {
+                return true;
+            };
+            if main >= self.compact_rev {
+                return true;
+            }
+            self.by_rev.remove(&(main, sub));
+            let compact = self.compact_rev;
+            let gone = match self.keys.get_mut(&key) {
+                Some(h) => Arc::make_mut(h).prune(compact),
+                None => false,
+            };
+            if gone {
+                self.keys.remove(&key);
+            }
+        }
+        self.by_rev.get_min().is_none_or(|((main, _), _)| *main >= self.compact_rev)
+    }
+
+    /// Whether the last compaction's records are all dropped.
+    pub fn pruned(&self) -> bool {
+        self.by_rev.get_min().is_none_or(|((main, _), _)| *main >= self.compact_rev)
+    }
+
+    /// Every change at revisions `from..=to` to keys in `key`/`range_end` (as a Range names
+    /// them), in revision order, each with the key before it when that is still held. Err
+    /// with the compaction's revision when `from` is before it (a watch is then canceled).
+    pub fn events(&self, from: i64, to: i64, key: &[u8], range_end: &[u8]) -> Result<Vec<Event>, i64> {
+        if from < self.compact_rev {
+            return Err(self.compact_rev);
+        }
+        let span = Span::new(key, range_end);
+        let mut out = Vec::new();
+        for (&(main, sub), k) in self.by_rev.range((from, 0)..) {
+            if main > to {
+                break;
+            }
+            if !span.contains(k) {
+                continue;
+            }
+            let Some(h) = self.keys.get(k) else { continue };
+            let Ok(i) = h.records.binary_search_by(|r| (r.main, r.sub).cmp(&(main, sub))) else { continue };
+            let rec = &h.records[i];
+            let prev_kv =
+                i.checked_sub(1).and_then(|j| h.records.get(j)).filter(|p| p.value.is_some()).map(|p| p.kv(k));
+            let (kind, kv) = match rec.value {
+                Some(_) => (EventKind::Put, rec.kv(k)),
+                None => (
+                    EventKind::Delete,
+                    KeyValue { key: k.clone(), mod_revision: main, value: empty(), ..KeyValue::default() },
+                ),
+            };
+            out.push(Event { kind, kv, prev_kv });
+        }
+        Ok(out)
+    }
+
+    /// LeaseGrant (§8.1): `id` is not 0 (the leader chose one before proposing); the TTL is
+    /// raised to `min_ttl`. Returns the TTL granted.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64, min_ttl: i64) -> Result<i64, MvccError> {
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(MvccError::LeaseExists);
+        }
+        let ttl = ttl.max(min_ttl);
+        self.leases.insert(id, Lease { ttl, keys: OrdSet::new() });
+        Ok(ttl)
+    }
+
+    /// LeaseRevoke (§8.2): deletes the lease's keys in one revision, in key order.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(i64, Vec<Event>), MvccError> {
+        let lease = self.leases.remove(&id).ok_or(MvccError::LeaseNotFound)?;
+        let mut w = self.begin();
+        for key in lease.keys.iter() {
+            self.delete_keys(&mut w, Span::One(key));
+        }
+        let events = self.end(w);
+        Ok((self.rev, events))
+    }
+
+    /// A lease's TTL and keys, if it exists.
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.leases.get(&id).map(|l| LeaseInfo { id, ttl: l.ttl, keys: l.keys.iter().cloned().collect() })
+    }
+
+    /// Every lease, in ID order, with its granted TTL.
+    pub fn leases(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.leases.iter().map(|(id, l)| (*id, l.ttl))
+    }
+}
+
+/// The puts and ranges of the chosen path, depth first.
+fn collect_path<'a>(
+    t: &'a TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+    puts: &mut Vec<&'a PutRequest>,
+    ranges: &mut Vec<&'a RangeRequest>,
+) {
+    let ok = path.get(*at).copied().unwrap_or(false);
+    *at += 1;
+    for op in if ok { &t.success } else { &t.failure } {
+        match op {
+            RequestOp::Put(p) => puts.push(p),
+            RequestOp::Range(r) => ranges.push(r),
+            RequestOp::DeleteRange(_) => {}
+            RequestOp::Txn(n) => collect_path(n, path, at, puts, ranges),
+        }
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ord = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_ref().cmp(v.as_slice()),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}

@@ -1,0 +1,500 @@
+//! The keyspace against etcd's behaviour (`engine/ETCD-MVCC.md`: its appendix's vectors and
+//! the cases of each section), and against a naive model that keeps every revision whole.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn put(k: &str, v: &str) -> PutRequest {
+    PutRequest { key: k.into(), value: v.into(), ..PutRequest::default() }
+}
+
+fn get(k: &str) -> RangeRequest {
+    RangeRequest { key: k.into(), ..RangeRequest::default() }
+}
+
+fn all() -> RangeRequest {
+    RangeRequest { key: vec![0], range_end: vec![0], ..RangeRequest::default() }
+}
+
+fn del(k: &str, end: &str) -> DeleteRangeRequest {
+    DeleteRangeRequest { key: k.into(), range_end: end.into(), prev_kv: false }
+}
+
+fn cmp(k: &str, result: CompareResult, target: CompareTarget) -> Compare {
+    Compare { result, target, key: k.into(), range_end: Vec::new() }
+}
+
+fn b(s: &str) -> Bytes {
+    Arc::from(s.as_bytes())
+}
+
+fn one(ks: &KeySpace, k: &str) -> Option<KeyValue> {
+    ks.range(&get(k)).expect("a current read").kvs.into_iter().next()
+}
+
+fn kv(k: &str, v: &str, create: i64, m: i64, version: i64, lease: i64) -> KeyValue {
+    KeyValue { key: b(k), create_revision: create, mod_revision: m, version, value: b(v), lease }
+}
+
+#[test]
+fn the_appendix_vectors_give_etcds_revisions_and_fields() {
+    let mut ks = KeySpace::new();
+    assert_eq!(ks.revision(), 1, "a fresh store is at revision 1");
+    // 1, 2.
+    let (r, ev) = ks.put(&put("a", "1")).expect("put");
+    assert_eq!((r.revision, ev.len()), (2, 1));
+    assert_eq!(one(&ks, "a"), Some(kv("a", "1", 2, 2, 1, 0)));
+    let (r, _) = ks.put(&PutRequest { prev_kv: true, ..put("a", "2") }).expect("put");
+    assert_eq!(r.revision, 3);
+    assert_eq!(r.prev_kv, Some(kv("a", "1", 2, 2, 1, 0)));
+    assert_eq!(one(&ks, "a"), Some(kv("a", "2", 2, 3, 2, 0)));
+    // 3: deleting nothing keeps the revision.
+    let (r, ev) = ks.delete_range(&del("b", ""));
+    assert_eq!((r.revision, r.deleted, ev.len(), ks.revision()), (3, 0, 0, 3));
+    // 4.
+    let t = TxnRequest {
+        compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Version(2))],
+        success: vec![RequestOp::Put(put("b", "x")), RequestOp::Put(put("c", "y")), RequestOp::Range(get("a"))],
+        failure: vec![],
+    };
+    let (r, ev) = ks.txn(&t).expect("txn");
+    assert!(r.succeeded);
+    assert_eq!((r.revision, ev.len()), (4, 2));
+    assert_eq!(one(&ks, "b"), Some(kv("b", "x", 4, 4, 1, 0)));
+    let ResponseOp::Range(inner) = &r.responses[2] else { panic!("a range answer") };
+    assert_eq!(inner.revision, 4);
+    assert_eq!(inner.kvs[0].mod_revision, 3);
+    // 5: VALUE on a missing key is false, even NOT_EQUAL.
+    let t = TxnRequest {
+        compare: vec![cmp("zz", CompareResult::NotEqual, CompareTarget::Value(b"x".to_vec()))],
+        ..TxnRequest::default()
+    };
+    let (r, _) = ks.txn(&t).expect("txn");
+    assert_eq!((r.succeeded, r.revision), (false, 4));
+    // 6: tombstones in key order, one revision.
+    let (r, ev) = ks.delete_range(&del("a", "d"));
+    assert_eq!((r.deleted, r.revision), (3, 5));
+    let order: Vec<_> = ev.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
+    assert_eq!(
+        order,
+        vec![(EventKind::Delete, b("a"), 5), (EventKind::Delete, b("b"), 5), (EventKind::Delete, b("c"), 5)]
+    );
+    // 7: a new generation; reads in the past.
+    ks.put(&put("a", "3")).expect("put");
+    assert_eq!(one(&ks, "a"), Some(kv("a", "3", 6, 6, 1, 0)));
+    let at = |ks: &KeySpace, rev| ks.range(&RangeRequest { revision: rev, ..get("a") });
+    assert_eq!(at(&ks, 3).expect("rev 3").kvs, vec![kv("a", "2", 2, 3, 2, 0)]);
+    assert!(at(&ks, 5).expect("rev 5").kvs.is_empty());
+    assert_eq!(at(&ks, 5).expect("rev 5").revision, 6, "the header has the current revision");
+    // 8: compaction.
+    ks.compact(5).expect("compact");
+    assert_eq!(at(&ks, 4), Err(MvccError::Compacted));
+    assert!(at(&ks, 5).expect("rev 5").kvs.is_empty());
+    assert_eq!(ks.compact(5), Err(MvccError::Compacted));
+    assert_eq!(ks.compact(7), Err(MvccError::FutureRev));
+    assert_eq!(at(&ks, 7), Err(MvccError::FutureRev));
+    while !ks.prune_step(1) {}
+    assert_eq!(at(&ks, 3), Err(MvccError::Compacted));
+    assert!(at(&ks, 5).expect("rev 5").kvs.is_empty());
+    assert_eq!(at(&ks, 6).expect("rev 6").kvs, vec![kv("a", "3", 6, 6, 1, 0)]);
+}
+
+#[test]
+fn a_range_counts_every_live_key_and_more_is_about_what_passed_the_filters() {
+    let mut ks = KeySpace::new();
+    for (i, k) in ["a", "b", "c", "d"].iter().enumerate() {
+        ks.put(&put(k, &i.to_string())).expect("put");
+    }
+    // Vector 9: count ignores the filters; more only if more than `limit` passed them.
+    let r = ks.range(&RangeRequest { limit: 1, max_mod_revision: 3, ..all() }).expect("range");
+    assert_eq!((r.count, r.kvs.len(), r.more), (4, 1, true));
+    let r = ks.range(&RangeRequest { limit: 1, max_mod_revision: 2, ..all() }).expect("range");
+    assert_eq!((r.count, r.kvs.len(), r.more), (4, 1, false));
+    let r = ks.range(&RangeRequest { limit: 2, ..all() }).expect("range");
+    assert_eq!((r.count, r.kvs.len(), r.more), (4, 2, true));
+    // Vector 10: a sort target alone sorts ascending.
+    ks.put(&put("a", "9")).expect("put");
+    let r = ks.range(&RangeRequest { sort_target: SortTarget::Mod, ..all() }).expect("range");
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b("b"), b("c"), b("d"), b("a")]);
+    // DESCEND by KEY with limit 1 is the largest key.
+    let r = ks.range(&RangeRequest { sort_order: SortOrder::Descend, limit: 1, ..all() }).expect("range");
+    assert_eq!((r.kvs[0].key.clone(), r.more), (b("d"), true));
+    // Ties stay in key order, descending too.
+    let r = ks
+        .range(&RangeRequest { sort_order: SortOrder::Descend, sort_target: SortTarget::Version, ..all() })
+        .expect("range");
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b("a"), b("b"), b("c"), b("d")]);
+    // keys_only, count_only, from-key, an empty range.
+    let r = ks.range(&RangeRequest { keys_only: true, ..get("a") }).expect("range");
+    assert!(r.kvs[0].value.is_empty());
+    let r = ks.range(&RangeRequest { count_only: true, ..all() }).expect("range");
+    assert_eq!((r.count, r.kvs.len(), r.more), (4, 0, false));
+    let r = ks.range(&RangeRequest { key: b"b".to_vec(), range_end: vec![0], ..RangeRequest::default() });
+    assert_eq!(r.expect("range").count, 3);
+    let r = ks.range(&RangeRequest { key: b"c".to_vec(), range_end: b"b".to_vec(), ..RangeRequest::default() });
+    assert_eq!(r.expect("range").count, 0, "range_end before key: empty, not an error");
+}
+
+#[test]
+fn puts_check_their_lease_before_their_key_and_a_txn_the_other_way_round() {
+    let mut ks = KeySpace::new();
+    let p = PutRequest { ignore_value: true, lease: 7, ..put("k", "") };
+    assert_eq!(ks.put(&p), Err(MvccError::LeaseNotFound));
+    let t = TxnRequest { success: vec![RequestOp::Put(p.clone())], ..TxnRequest::default() };
+    assert_eq!(ks.txn(&t), Err(MvccError::KeyNotFound));
+    assert_eq!(ks.revision(), 1, "a failed request changes nothing");
+    ks.lease_grant(7, 10, 2).expect("grant");
+    assert_eq!(ks.put(&p), Err(MvccError::KeyNotFound));
+    ks.put(&put("k", "v")).expect("put");
+    let (r, _) = ks.put(&PutRequest { prev_kv: true, ..p }).expect("ignore_value on an existing key");
+    assert_eq!(r.prev_kv.map(|kv| kv.value), Some(b("v")));
+    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease, kv.version)), Some((b("v"), 7, 2)));
+    // ignore_lease keeps the lease.
+    ks.put(&PutRequest { ignore_lease: true, ..put("k", "w") }).expect("put");
+    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease)), Some((b("w"), 7)));
+}
+
+#[test]
+fn a_txn_decides_every_branch_before_it_writes_and_a_failed_check_applies_nothing() {
+    let mut ks = KeySpace::new();
+    ks.put(&put("a", "1")).expect("put");
+    // The nested compare sees "b" missing although the outer branch put it first.
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::Put(put("b", "1")),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![cmp("b", CompareResult::Equal, CompareTarget::Version(0))],
+                success: vec![RequestOp::Put(put("c", "then")), RequestOp::Range(get("b"))],
+                failure: vec![RequestOp::Put(put("c", "else"))],
+            }),
+            RequestOp::DeleteRange(del("zz", "")),
+        ],
+        failure: vec![],
+    };
+    let (r, ev) = ks.txn(&t).expect("txn");
+    assert_eq!((r.revision, ev.len()), (3, 2));
+    assert_eq!(one(&ks, "c").map(|kv| kv.value), Some(b("then")));
+    let ResponseOp::Txn(inner) = &r.responses[1] else { panic!("a txn answer") };
+    assert_eq!((inner.revision, inner.succeeded), (0, true), "a nested txn's header is all zeros");
+    let ResponseOp::Range(rr) = &inner.responses[1] else { panic!("a range answer") };
+    assert_eq!((rr.revision, rr.kvs.len()), (3, 1), "reads inside see the txn's own writes");
+    let ResponseOp::DeleteRange(d) = &r.responses[2] else { panic!("a delete answer") };
+    assert_eq!((d.deleted, d.revision), (0, 3), "after a change, even an empty delete reports the new revision");
+    // A range at a future revision on the chosen path fails the whole txn.
+    let t = TxnRequest {
+        success: vec![RequestOp::Put(put("d", "1")), RequestOp::Range(RangeRequest { revision: 9, ..get("a") })],
+        ..TxnRequest::default()
+    };
+    assert_eq!(ks.txn(&t), Err(MvccError::FutureRev));
+    assert_eq!((ks.revision(), one(&ks, "d")), (3, None));
+    // ... but not on the branch not taken.
+    let t = TxnRequest {
+        compare: vec![cmp("a", CompareResult::Greater, CompareTarget::Version(5))],
+        success: vec![RequestOp::Range(RangeRequest { revision: 9, ..get("a") })],
+        failure: vec![RequestOp::Put(put("d", "1"))],
+    };
+    let (r, _) = ks.txn(&t).expect("txn");
+    assert_eq!((r.succeeded, r.revision), (false, 4));
+    // A read-only txn reports the current revision.
+    let t = TxnRequest { success: vec![RequestOp::Range(get("a"))], ..TxnRequest::default() };
+    assert_eq!(ks.txn(&t).expect("txn").0.revision, 4);
+}
+
+#[test]
+fn compares_over_ranges_need_every_key_and_missing_keys_compare_as_zeros() {
+    let mut ks = KeySpace::new();
+    ks.put(&put("a1", "x")).expect("put");
+    ks.put(&put("a2", "x")).expect("put");
+    ks.put(&put("a2", "y")).expect("put");
+    let range = |result, target| Compare { result, target, key: b"a".to_vec(), range_end: b"b".to_vec() };
+    assert!(ks.compare_for_test(&range(CompareResult::Greater, CompareTarget::Version(0))));
+    assert!(!ks.compare_for_test(&range(CompareResult::Equal, CompareTarget::Value(b"x".to_vec()))));
+    assert!(ks.compare_for_test(&cmp("zz", CompareResult::Equal, CompareTarget::Create(0))));
+    assert!(ks.compare_for_test(&cmp("zz", CompareResult::Equal, CompareTarget::Lease(0))));
+    assert!(!ks.compare_for_test(&cmp("zz", CompareResult::Greater, CompareTarget::Version(0))));
+    assert!(ks.compare_for_test(&cmp("a2", CompareResult::Less, CompareTarget::Value(b"z".to_vec()))));
+}
+
+impl KeySpace {
+    fn compare_for_test(&self, c: &Compare) -> bool {
+        let t = TxnRequest { compare: vec![c.clone()], ..TxnRequest::default() };
+        self.clone().txn(&t).expect("a compare-only txn").0.succeeded
+    }
+}
+
+#[test]
+fn leases_follow_each_keys_latest_put_and_a_revoke_deletes_them_in_one_revision() {
+    let mut ks = KeySpace::new();
+    // Vector 11.
+    assert_eq!(ks.lease_grant(7, 1, 2), Ok(2), "raised to the minimum TTL");
+    assert_eq!(ks.lease_grant(7, 5, 2), Err(MvccError::LeaseExists));
+    assert_eq!(ks.lease_grant(9, MAX_LEASE_TTL + 1, 2), Err(MvccError::LeaseTtlTooLarge));
+    ks.put(&PutRequest { lease: 7, ..put("k", "v") }).expect("put");
+    ks.put(&put("k", "v")).expect("put without a lease detaches");
+    let rev = ks.revision();
+    assert_eq!(ks.lease_revoke(7).map(|(r, ev)| (r, ev.len())), Ok((rev, 0)));
+    assert_eq!(ks.lease_revoke(7), Err(MvccError::LeaseNotFound));
+    ks.lease_grant(8, 10, 2).expect("grant");
+    ks.put(&PutRequest { lease: 8, ..put("j", "1") }).expect("put");
+    ks.put(&PutRequest { lease: 8, ..put("i", "1") }).expect("put");
+    ks.lease_grant(10, 10, 2).expect("grant");
+    ks.put(&PutRequest { lease: 10, ..put("m", "1") }).expect("put");
+    ks.put(&PutRequest { lease: 8, ..put("m", "2") }).expect("moved to lease 8");
+    ks.put(&PutRequest { lease: 10, ..put("n", "1") }).expect("put");
+    assert_eq!(ks.lease(8).map(|l| l.keys), Some(vec![b("i"), b("j"), b("m")]));
+    assert_eq!(ks.lease(10).map(|l| l.keys), Some(vec![b("n")]));
+    let before = ks.revision();
+    let (rev, ev) = ks.lease_revoke(8).expect("revoke");
+    assert_eq!(rev, before + 1);
+    let keys: Vec<_> = ev.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
+    assert_eq!(
+        keys,
+        vec![(EventKind::Delete, b("i"), rev), (EventKind::Delete, b("j"), rev), (EventKind::Delete, b("m"), rev)]
+    );
+    assert_eq!(one(&ks, "n").map(|kv| kv.lease), Some(10));
+    assert!(ks.lease(8).is_none());
+    let leases: Vec<_> = ks.leases().collect();
+    assert_eq!(leases, vec![(10, 10)]);
+}
+
+#[test]
+fn etcds_grpc_layer_checks_are_made_before_the_log() {
+    assert_eq!(check_put(&put("", "v")), Err(MvccError::EmptyKey));
+    assert_eq!(check_put(&PutRequest { ignore_value: true, ..put("k", "v") }), Err(MvccError::ValueProvided));
+    assert_eq!(check_put(&PutRequest { ignore_lease: true, lease: 3, ..put("k", "") }), Err(MvccError::LeaseProvided));
+    let puts = |n: usize| (0..n).map(|i| RequestOp::Put(put(&format!("k{i}"), ""))).collect::<Vec<_>>();
+    let t = TxnRequest { success: puts(128), failure: puts(128), ..TxnRequest::default() };
+    assert_eq!(check_txn(&t, DEFAULT_MAX_TXN_OPS), Ok(()), "the limit is on the longest list");
+    let t = TxnRequest { success: puts(129), ..TxnRequest::default() };
+    assert_eq!(check_txn(&t, DEFAULT_MAX_TXN_OPS), Err(MvccError::TooManyOps));
+    // A nested txn's budget is its parent's less the parent's own count.
+    let nested = TxnRequest { success: puts(3), ..TxnRequest::default() };
+    let t = TxnRequest {
+        success: vec![RequestOp::Txn(nested.clone()), RequestOp::Range(get("z"))],
+        ..TxnRequest::default()
+    };
+    assert_eq!(check_txn(&t, 4), Err(MvccError::TooManyOps));
+    assert_eq!(check_txn(&t, 5), Ok(()));
+    assert_eq!(MvccError::TooManyOps.code(), GrpcCode::InvalidArgument);
+    assert_eq!(MvccError::Compacted.to_string(), "etcdserver: mvcc: required revision has been compacted");
+}
+
+#[test]
+fn the_duplicate_key_rule_rejects_and_lets_through_what_etcd_does() {
+    let p = |k: &str| RequestOp::Put(put(k, ""));
+    let d = |k: &str, e: &str| RequestOp::DeleteRange(del(k, e));
+    let t = |then: Vec<RequestOp>, otherwise: Vec<RequestOp>| {
+        RequestOp::Txn(TxnRequest { compare: vec![], success: then, failure: otherwise })
+    };
+    let check = |ops: Vec<RequestOp>| check_txn(&TxnRequest { success: ops, ..TxnRequest::default() }, 128);
+    let dup = Err(MvccError::DuplicateKey);
+    assert_eq!(check(vec![p("a"), p("a")]), dup);
+    assert_eq!(check(vec![p("b"), d("a", "c")]), dup);
+    assert_eq!(check(vec![p("a"), d("a", "")]), dup);
+    assert_eq!(check(vec![d("a", "c"), t(vec![p("b")], vec![])]), dup);
+    assert_eq!(check(vec![t(vec![d("a", "c")], vec![]), p("b")]), dup);
+    assert_eq!(check(vec![t(vec![p("a")], vec![p("a")])]), Ok(()), "then and else exclude each other");
+    assert_eq!(check(vec![t(vec![p("a")], vec![]), t(vec![p("a")], vec![])]), dup);
+    assert_eq!(check(vec![t(vec![p("a")], vec![d("a", "")])]), Ok(()));
+    assert_eq!(check(vec![t(vec![p("a")], vec![]), t(vec![d("a", "")], vec![])]), Ok(()), "etcd #16380");
+    assert_eq!(check(vec![t(vec![d("a", "")], vec![]), t(vec![p("a")], vec![])]), dup);
+    assert_eq!(check(vec![d("a", "c"), d("b", "")]), Ok(()));
+    assert_eq!(check(vec![d("a", "\0"), p("b")]), Ok(()), "etcd #22445 (vector 12)");
+    assert_eq!(check(vec![d("a", "c"), p("b")]), dup);
+    // The top-level branches are checked apart.
+    let both = TxnRequest { success: vec![p("a")], failure: vec![p("a")], ..TxnRequest::default() };
+    assert_eq!(check_txn(&both, 128), Ok(()));
+}
+
+#[test]
+fn a_key_deleted_and_put_again_in_one_revision_survives_compaction_at_that_revision() {
+    let mut ks = KeySpace::new();
+    ks.put(&put("b", "old")).expect("put");
+    let t = TxnRequest {
+        success: vec![RequestOp::DeleteRange(del("a", "\0")), RequestOp::Put(put("b", "new"))],
+        ..TxnRequest::default()
+    };
+    let (r, ev) = ks.txn(&t).expect("txn");
+    assert_eq!((r.revision, ev.len()), (3, 2));
+    assert_eq!(one(&ks, "b"), Some(kv("b", "new", 3, 3, 1, 0)));
+    ks.compact(3).expect("compact");
+    while !ks.prune_step(7) {}
+    assert_eq!(one(&ks, "b"), Some(kv("b", "new", 3, 3, 1, 0)), "etcd loses this put (#22376); Baton keeps it");
+    let events = ks.events(3, 3, b"b", b"").expect("events from the compaction");
+    assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Delete, EventKind::Put]);
+}
+
+/// What the model and the keyspace are driven with.
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u8, u8),
+    Delete(u8, u8),
+    Txn(u8, i64, u8, u8),
+    Grant(u8),
+    Revoke(u8),
+    Compact(u8),
+    Prune(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..6u8, any::<u8>(), 0..3u8).prop_map(|(k, v, l)| Op::Put(k, v, l)),
+        2 => (0..6u8, 0..7u8).prop_map(|(k, e)| Op::Delete(k, e)),
+        2 => (0..6u8, 0..3i64, 0..6u8, any::<u8>()).prop_map(|(k, ver, k2, v)| Op::Txn(k, ver, k2, v)),
+        1 => (1..3u8).prop_map(Op::Grant),
+        1 => (1..3u8).prop_map(Op::Revoke),
+        1 => any::<u8>().prop_map(Op::Compact),
+        1 => any::<u8>().prop_map(Op::Prune),
+    ]
+}
+
+fn key(k: u8) -> Vec<u8> {
+    vec![b'k', b'0' + k]
+}
+
+/// A key and its new value and lease, or None for a delete.
+type Change = (Vec<u8>, Option<(Vec<u8>, i64)>);
+
+/// Every revision's whole state, and each revision's events: nothing shared, nothing pruned.
+struct Model {
+    states: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+    events: Vec<Vec<(EventKind, Vec<u8>)>>,
+    leases: BTreeMap<i64, ()>,
+}
+
+impl Model {
+    fn write(&mut self, changes: Vec<Change>) {
+        let rev = self.states.len() as i64;
+        let mut next = self.states.last().cloned().unwrap_or_default();
+        let mut events = Vec::new();
+        for (k, change) in changes {
+            match change {
+                Some((v, lease)) => {
+                    let prev = next.get(&k).cloned();
+                    let kv = KeyValue {
+                        key: Arc::from(k.as_slice()),
+                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                        mod_revision: rev,
+                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                        value: Arc::from(v.as_slice()),
+                        lease,
+                    };
+                    next.insert(k.clone(), kv);
+                    events.push((EventKind::Put, k));
+                }
+                None => {
+                    if next.remove(&k).is_some() {
+                        events.push((EventKind::Delete, k));
+                    }
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.states.push(next);
+            self.events.push(events);
+        }
+    }
+
+    fn current(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+        self.states.last().expect("revision 1 is there from the start")
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_read_and_event_at_or_after_the_compaction_matches_a_model_that_keeps_everything(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        let mut ks = KeySpace::new();
+        // Index 0 stands for revision 0, before the store's first revision 1.
+        let mut m = Model { states: vec![BTreeMap::new(), BTreeMap::new()], events: vec![vec![], vec![]], leases: BTreeMap::new() };
+        for op in ops {
+            match op {
+                Op::Put(k, v, l) => {
+                    let lease = i64::from(l);
+                    let r = ks.put(&PutRequest { lease, ..PutRequest { key: key(k), value: vec![v], ..PutRequest::default() } });
+                    if lease != 0 && !m.leases.contains_key(&lease) {
+                        prop_assert_eq!(r, Err(MvccError::LeaseNotFound));
+                    } else {
+                        prop_assert!(r.is_ok());
+                        m.write(vec![(key(k), Some((vec![v], lease)))]);
+                    }
+                }
+                Op::Delete(k, e) => {
+                    let end = if e > k { key(e) } else { Vec::new() };
+                    ks.delete_range(&DeleteRangeRequest { key: key(k), range_end: end.clone(), prev_kv: false });
+                    let doomed: Vec<_> = m.current().keys()
+                        .filter(|x| if end.is_empty() { **x == key(k) } else { **x >= key(k) && **x < end })
+                        .cloned().collect();
+                    m.write(doomed.into_iter().map(|x| (x, None)).collect());
+                }
+                Op::Txn(k, ver, k2, v) => {
+                    let t = TxnRequest {
+                        compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(ver), key: key(k), range_end: vec![] }],
+                        success: vec![RequestOp::Put(PutRequest { key: key(k2), value: vec![v], ..PutRequest::default() })],
+                        failure: vec![RequestOp::DeleteRange(DeleteRangeRequest { key: key(k2), range_end: vec![], prev_kv: false })],
+                    };
+                    let (r, _) = ks.txn(&t).expect("no check can fail");
+                    let version = m.current().get(&key(k)).map_or(0, |kv| kv.version);
+                    prop_assert_eq!(r.succeeded, version == ver);
+                    if version == ver {
+                        m.write(vec![(key(k2), Some((vec![v], 0)))]);
+                    } else {
+                        m.write(vec![(key(k2), None)]);
+                    }
+                }
+                Op::Grant(id) => {
+                    let r = ks.lease_grant(i64::from(id), 10, 2);
+                    prop_assert_eq!(r.is_ok(), m.leases.insert(i64::from(id), ()).is_none());
+                }
+                Op::Revoke(id) => {
+                    let id = i64::from(id);
+                    let r = ks.lease_revoke(id);
+                    prop_assert_eq!(r.is_ok(), m.leases.remove(&id).is_some());
+                    let doomed: Vec<_> = m.current().values().filter(|kv| kv.lease == id).map(|kv| kv.key.to_vec()).collect();
+                    m.write(doomed.into_iter().map(|x| (x, None)).collect());
+                }
+                Op::Compact(r) => {
+                    let rev = i64::from(r) % (ks.revision() + 1);
+                    let expect = if rev <= ks.compact_revision() { Err(MvccError::Compacted) } else { Ok(()) };
+                    prop_assert_eq!(ks.compact(rev), expect);
+                }
+                Op::Prune(n) => {
+                    ks.prune_step(usize::from(n % 5));
+                }
+            }
+            let cur = ks.revision();
+            prop_assert_eq!(cur, m.states.len() as i64 - 1);
+            let first = ks.compact_revision().max(1);
+            for rev in first..=cur {
+                let got = ks.range(&RangeRequest { revision: rev, ..all() }).expect("a read at or after the compaction");
+                let want: Vec<KeyValue> = m.states[rev as usize].values().cloned().collect();
+                prop_assert_eq!(&got.kvs, &want, "revision {}", rev);
+                prop_assert_eq!(got.count, want.len() as i64);
+            }
+            if first > 1 {
+                prop_assert_eq!(ks.range(&RangeRequest { revision: first - 1, ..all() }), Err(MvccError::Compacted));
+            }
+            let events = ks.events(first, cur, &[0], &[0]).expect("events from the compaction");
+            let got: Vec<_> = events.iter().map(|e| (e.kind, e.kv.key.to_vec(), e.kv.mod_revision)).collect();
+            let want: Vec<_> = (first..=cur)
+                .flat_map(|r| m.events[r as usize].iter().map(move |(kind, k)| (*kind, k.clone(), r)))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+        // Everything the last compaction made unreachable can go, and reads stay the same.
+        while !ks.prune_step(3) {}
+        prop_assert!(ks.pruned());
+        let got = ks.range(&all()).expect("a current read");
+        prop_assert_eq!(got.kvs, m.current().values().cloned().collect::<Vec<_>>());
+    }
+}

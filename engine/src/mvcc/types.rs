@@ -1,0 +1,334 @@
+//! The requests, answers and errors of etcd's keyspace, in engine terms: what the etcd front
+//! decodes from protobuf and hands to the write path, and what [`super::KeySpace`] answers.
+//! Field names and meanings are etcd's `rpc.proto` and `kv.proto` (see `engine/ETCD-MVCC.md`).
+
+use std::sync::Arc;
+
+/// Keys and values: shared, so that a read, a watch event and the history hold one copy.
+pub type Bytes = Arc<[u8]>;
+
+/// One key at one revision (etcd's `mvccpb.KeyValue`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Bytes,
+    /// The revision of the put that created this generation of the key.
+    pub create_revision: i64,
+    /// The revision of the key's latest change.
+    pub mod_revision: i64,
+    /// Puts since the key was created (1 on create).
+    pub version: i64,
+    /// The value (empty for a tombstone).
+    pub value: Bytes,
+    /// The lease the key is attached to, or 0.
+    pub lease: i64,
+}
+
+/// What happened to a key at a revision (etcd's `mvccpb.Event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// A put or a delete.
+    pub kind: EventKind,
+    /// The key after the change; for a delete only `key` and `mod_revision` are set.
+    pub kv: KeyValue,
+    /// The key before the change, when it existed and is still held (not compacted).
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// etcd's `Event.EventType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// PUT (0).
+    Put,
+    /// DELETE (1).
+    Delete,
+}
+
+/// `RangeRequest.SortOrder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    /// NONE (0).
+    #[default]
+    None,
+    /// ASCEND (1).
+    Ascend,
+    /// DESCEND (2).
+    Descend,
+}
+
+/// `RangeRequest.SortTarget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortTarget {
+    /// KEY (0).
+    #[default]
+    Key,
+    /// VERSION (1).
+    Version,
+    /// CREATE (2).
+    Create,
+    /// MOD (3).
+    Mod,
+    /// VALUE (4).
+    Value,
+}
+
+/// `RangeRequest` (without `serializable`, which only decides where the read is served).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeRequest {
+    /// First key (not empty).
+    pub key: Vec<u8>,
+    /// End of the range: empty for `key` alone, `[0]` for every key from `key`.
+    pub range_end: Vec<u8>,
+    /// At most this many keys; 0 or less for no limit.
+    pub limit: i64,
+    /// Read at this revision; 0 or less for the current one.
+    pub revision: i64,
+    /// Order of the answer.
+    pub sort_order: SortOrder,
+    /// What it is sorted by.
+    pub sort_target: SortTarget,
+    /// Values left out.
+    pub keys_only: bool,
+    /// Only the count.
+    pub count_only: bool,
+    /// Keys with a smaller mod revision left out (0: no filter).
+    pub min_mod_revision: i64,
+    /// Keys with a greater mod revision left out (0: no filter).
+    pub max_mod_revision: i64,
+    /// Keys with a smaller create revision left out (0: no filter).
+    pub min_create_revision: i64,
+    /// Keys with a greater create revision left out (0: no filter).
+    pub max_create_revision: i64,
+}
+
+/// `RangeResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeResponse {
+    /// The header's revision.
+    pub revision: i64,
+    /// The keys.
+    pub kvs: Vec<KeyValue>,
+    /// More keys passed the filters than `limit`.
+    pub more: bool,
+    /// Keys live in the range at the read revision (filters and limit aside).
+    pub count: i64,
+}
+
+/// `PutRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PutRequest {
+    /// The key (not empty).
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Attach to this lease (0: none).
+    pub lease: i64,
+    /// Answer with the key before the put.
+    pub prev_kv: bool,
+    /// Keep the current value (the key must exist).
+    pub ignore_value: bool,
+    /// Keep the current lease (the key must exist).
+    pub ignore_lease: bool,
+}
+
+/// `PutResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PutResponse {
+    /// The header's revision.
+    pub revision: i64,
+    /// The key before the put, if asked for and it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// `DeleteRangeRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteRangeRequest {
+    /// First key (not empty).
+    pub key: Vec<u8>,
+    /// End of the range, as in [`RangeRequest::range_end`].
+    pub range_end: Vec<u8>,
+    /// Answer with the deleted keys.
+    pub prev_kv: bool,
+}
+
+/// `DeleteRangeResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteRangeResponse {
+    /// The header's revision.
+    pub revision: i64,
+    /// Keys deleted.
+    pub deleted: i64,
+    /// The deleted keys, if asked for, in key order.
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// `Compare.CompareResult`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareResult {
+    /// EQUAL (0).
+    Equal,
+    /// GREATER (1): the key's field is greater than the given value.
+    Greater,
+    /// LESS (2).
+    Less,
+    /// NOT_EQUAL (3).
+    NotEqual,
+}
+
+/// `Compare.target` with its value. The front resolves etcd's quirk of a `target_union` that
+/// does not match `target` (the value is then 0, or empty for VALUE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompareTarget {
+    /// VERSION.
+    Version(i64),
+    /// CREATE.
+    Create(i64),
+    /// MOD.
+    Mod(i64),
+    /// VALUE.
+    Value(Vec<u8>),
+    /// LEASE.
+    Lease(i64),
+}
+
+/// `Compare`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    /// How the key's field must relate to the value.
+    pub result: CompareResult,
+    /// The field and the value.
+    pub target: CompareTarget,
+    /// The key (not empty).
+    pub key: Vec<u8>,
+    /// A range of keys, every one of which must pass (as [`RangeRequest::range_end`]).
+    pub range_end: Vec<u8>,
+}
+
+/// `RequestOp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOp {
+    /// A read.
+    Range(RangeRequest),
+    /// A put.
+    Put(PutRequest),
+    /// A delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A nested transaction.
+    Txn(TxnRequest),
+}
+
+/// `TxnRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TxnRequest {
+    /// All must hold for `success` to run; else `failure` runs.
+    pub compare: Vec<Compare>,
+    /// Operations run when the compares hold.
+    pub success: Vec<RequestOp>,
+    /// Operations run otherwise.
+    pub failure: Vec<RequestOp>,
+}
+
+/// `ResponseOp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseOp {
+    /// A read's answer.
+    Range(RangeResponse),
+    /// A put's answer.
+    Put(PutResponse),
+    /// A delete's answer.
+    DeleteRange(DeleteRangeResponse),
+    /// A nested transaction's answer (its header revision is 0, as etcd's).
+    Txn(TxnResponse),
+}
+
+/// `TxnResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TxnResponse {
+    /// The header's revision.
+    pub revision: i64,
+    /// The compares held.
+    pub succeeded: bool,
+    /// One answer per operation of the branch that ran.
+    pub responses: Vec<ResponseOp>,
+}
+
+/// `LeaseTimeToLiveResponse`'s deterministic part: what every server knows of a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The lease.
+    pub id: i64,
+    /// Its granted TTL in seconds (after the minimum is applied).
+    pub ttl: i64,
+    /// The keys attached to it, in key order.
+    pub keys: Vec<Bytes>,
+}
+
+/// The errors of the keyspace and of request validation, with etcd's messages word for word
+/// (clients match on them); [`MvccError::code`] gives the gRPC status code etcd sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MvccError {
+    /// ErrGRPCCompacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// ErrGRPCFutureRev.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// ErrGRPCLeaseNotFound.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// ErrGRPCLeaseExist.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// ErrGRPCLeaseTTLTooLarge.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// ErrGRPCKeyNotFound.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// ErrGRPCEmptyKey.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// ErrGRPCValueProvided.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// ErrGRPCLeaseProvided.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// ErrGRPCTooManyOps.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// ErrGRPCDuplicateKey.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+}
+
+/// gRPC status codes the keyspace's errors carry (the numbers of `google.rpc.Code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcCode {
+    /// INVALID_ARGUMENT (3).
+    InvalidArgument = 3,
+    /// NOT_FOUND (5).
+    NotFound = 5,
+    /// FAILED_PRECONDITION (9).
+    FailedPrecondition = 9,
+    /// OUT_OF_RANGE (11).
+    OutOfRange = 11,
+}
+
+impl MvccError {
+    /// The gRPC status code etcd answers this error with.
+    pub fn code(self) -> GrpcCode {
+        match self {
+            MvccError::Compacted | MvccError::FutureRev | MvccError::LeaseTtlTooLarge => GrpcCode::OutOfRange,
+            MvccError::LeaseNotFound => GrpcCode::NotFound,
+            MvccError::LeaseExists => GrpcCode::FailedPrecondition,
+            MvccError::KeyNotFound
+            | MvccError::EmptyKey
+            | MvccError::ValueProvided
+            | MvccError::LeaseProvided
+            | MvccError::TooManyOps
+            | MvccError::DuplicateKey => GrpcCode::InvalidArgument,
+        }
+    }
+}
