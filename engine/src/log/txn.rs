@@ -154,4 +154,6 @@ pub enum Txn {
         /// New data version.
         version: i32,
     },
+    /// A write to etcd's keyspace (`crate::mvcc`); the data tree only counts its zxid.
+    Etcd(crate::mvcc::EtcdTxn),
 }

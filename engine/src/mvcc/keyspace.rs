@@ -31,9 +31,9 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 
 use super::types::{
-    Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
-    LeaseInfo, MvccError, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder,
-    SortTarget, TxnRequest, TxnResponse,
+    ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
+    EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
@@ -593,6 +593,48 @@ impl KeySpace {
         }
         let events = self.end(w);
         Ok((self.rev, events))
+    }
+
+    /// Applies a write from the log: the one entry point of the replicated state machine.
+    pub fn apply(&mut self, txn: &EtcdTxn) -> EtcdApplied {
+        let (result, events) = match txn {
+            EtcdTxn::Put(p) => match self.put(p) {
+                Ok((r, ev)) => (Ok(EtcdResponse::Put(r)), ev),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            EtcdTxn::DeleteRange(d) => {
+                let (r, ev) = self.delete_range(d);
+                (Ok(EtcdResponse::DeleteRange(r)), ev)
+            }
+            EtcdTxn::Txn(t) => match self.txn(t) {
+                Ok((r, ev)) => (Ok(EtcdResponse::Txn(r)), ev),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            EtcdTxn::Compact { revision } => {
+                (self.compact(*revision).map(|()| EtcdResponse::Compact { revision: self.rev }), Vec::new())
+            }
+            EtcdTxn::LeaseGrant { id, ttl, min_ttl } => (
+                self.lease_grant(*id, *ttl, *min_ttl).map(|ttl| EtcdResponse::LeaseGrant {
+                    id: *id,
+                    ttl,
+                    revision: self.rev,
+                }),
+                Vec::new(),
+            ),
+            EtcdTxn::LeaseRevoke { id } => match self.lease_revoke(*id) {
+                Ok((revision, ev)) => (Ok(EtcdResponse::LeaseRevoke { revision }), ev),
+                Err(e) => (Err(e), Vec::new()),
+            },
+        };
+        EtcdApplied { result, events }
+    }
+
+    /// Applies a write as the log holds it (validated in place by `Transaction::access`).
+    /// Copying it out of the archive cannot fail for a validated one; if it ever did, every
+    /// server would fail alike, and the error says why.
+    pub fn apply_archived(&mut self, txn: &ArchivedEtcdTxn) -> Result<EtcdApplied, String> {
+        let owned = rkyv::deserialize::<EtcdTxn, rkyv::rancor::Error>(txn).map_err(|e| e.to_string())?;
+        Ok(self.apply(&owned))
     }
 
     /// A lease's TTL and keys, if it exists.

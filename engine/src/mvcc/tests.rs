@@ -331,6 +331,52 @@ fn a_key_deleted_and_put_again_in_one_revision_survives_compaction_at_that_revis
     assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Delete, EventKind::Put]);
 }
 
+#[test]
+fn an_etcd_write_goes_through_the_log_and_applies_from_its_archive_as_it_would_owned() {
+    use crate::log::{ArchivedTxn, Transaction, Txn};
+    use crate::{SessionId, Zxid};
+    let nested = TxnRequest {
+        compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b"1".to_vec()))],
+        success: vec![
+            RequestOp::Put(PutRequest { prev_kv: true, ..put("b", "2") }),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp::DeleteRange(del("a", "")), RequestOp::Range(all())],
+                failure: vec![],
+            }),
+        ],
+        failure: vec![RequestOp::Put(put("c", "3"))],
+    };
+    let writes = vec![
+        EtcdTxn::LeaseGrant { id: 5, ttl: 1, min_ttl: 2 },
+        EtcdTxn::Put(PutRequest { lease: 5, ..put("a", "1") }),
+        EtcdTxn::Txn(nested),
+        EtcdTxn::Compact { revision: 3 },
+        EtcdTxn::Compact { revision: 2 },
+        EtcdTxn::LeaseRevoke { id: 5 },
+        EtcdTxn::LeaseRevoke { id: 5 },
+    ];
+    let (mut owned, mut archived) = (KeySpace::new(), KeySpace::new());
+    for (i, w) in writes.into_iter().enumerate() {
+        let t = Transaction {
+            zxid: Zxid::new(1, i as u32 + 1),
+            session_id: SessionId(0),
+            cxid: 0,
+            time_ms: 0,
+            txn: Txn::Etcd(w.clone()),
+        };
+        let bytes = t.encode();
+        let entry = Transaction::access(&bytes).expect("a valid archive");
+        let ArchivedTxn::Etcd(a) = &entry.txn else { panic!("an etcd entry") };
+        let from_log = archived.apply_archived(a).expect("copied out of a valid archive");
+        assert_eq!(from_log, owned.apply(&w), "entry {i}");
+        assert_eq!(Transaction::decode(&bytes).expect("decodes").txn, Txn::Etcd(w));
+    }
+    assert_eq!(owned.revision(), 3, "the revoke found no key left: a was deleted in the txn");
+    assert_eq!(archived.range(&all()), owned.range(&all()));
+    assert_eq!(archived.compact_revision(), 3);
+}
+
 /// What the model and the keyspace are driven with.
 #[derive(Debug, Clone)]
 enum Op {

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use rkyv::{Archive, Deserialize, Serialize};
+
 /// Keys and values: shared, so that a read, a watch event and the history hold one copy.
 pub type Bytes = Arc<[u8]>;
 
@@ -45,7 +47,8 @@ pub enum EventKind {
 }
 
 /// `RangeRequest.SortOrder`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum SortOrder {
     /// NONE (0).
     #[default]
@@ -57,7 +60,8 @@ pub enum SortOrder {
 }
 
 /// `RangeRequest.SortTarget`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum SortTarget {
     /// KEY (0).
     #[default]
@@ -73,7 +77,8 @@ pub enum SortTarget {
 }
 
 /// `RangeRequest` (without `serializable`, which only decides where the read is served).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub struct RangeRequest {
     /// First key (not empty).
     pub key: Vec<u8>,
@@ -115,7 +120,8 @@ pub struct RangeResponse {
 }
 
 /// `PutRequest`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub struct PutRequest {
     /// The key (not empty).
     pub key: Vec<u8>,
@@ -141,7 +147,8 @@ pub struct PutResponse {
 }
 
 /// `DeleteRangeRequest`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub struct DeleteRangeRequest {
     /// First key (not empty).
     pub key: Vec<u8>,
@@ -163,7 +170,8 @@ pub struct DeleteRangeResponse {
 }
 
 /// `Compare.CompareResult`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum CompareResult {
     /// EQUAL (0).
     Equal,
@@ -177,7 +185,8 @@ pub enum CompareResult {
 
 /// `Compare.target` with its value. The front resolves etcd's quirk of a `target_union` that
 /// does not match `target` (the value is then 0, or empty for VALUE).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum CompareTarget {
     /// VERSION.
     Version(i64),
@@ -192,7 +201,8 @@ pub enum CompareTarget {
 }
 
 /// `Compare`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub struct Compare {
     /// How the key's field must relate to the value.
     pub result: CompareResult,
@@ -205,7 +215,8 @@ pub struct Compare {
 }
 
 /// `RequestOp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
 pub enum RequestOp {
     /// A read.
     Range(RangeRequest),
@@ -217,14 +228,21 @@ pub enum RequestOp {
     Txn(TxnRequest),
 }
 
-/// `TxnRequest`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// `TxnRequest`. It nests through [`RequestOp::Txn`], so its archive's bounds are spelled
+/// out (rkyv's way for recursive types) and the recursive fields omit the derived ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+#[rkyv(serialize_bounds(__S: rkyv::ser::Writer + rkyv::ser::Allocator, __S::Error: rkyv::rancor::Source))]
+#[rkyv(deserialize_bounds(__D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(__C: rkyv::validation::ArchiveContext, __C::Error: rkyv::rancor::Source)))]
+#[rkyv(derive(Debug))]
 pub struct TxnRequest {
     /// All must hold for `success` to run; else `failure` runs.
     pub compare: Vec<Compare>,
     /// Operations run when the compares hold.
+    #[rkyv(omit_bounds)]
     pub success: Vec<RequestOp>,
     /// Operations run otherwise.
+    #[rkyv(omit_bounds)]
     pub failure: Vec<RequestOp>,
 }
 
@@ -331,4 +349,75 @@ impl MvccError {
             | MvccError::DuplicateKey => GrpcCode::InvalidArgument,
         }
     }
+}
+
+/// An etcd write as the log carries it (`log::Txn::Etcd`): what every server applies to its
+/// keyspace, in the same order, with the same result. Reads never reach the log.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum EtcdTxn {
+    /// KV.Put.
+    Put(PutRequest),
+    /// KV.DeleteRange.
+    DeleteRange(DeleteRangeRequest),
+    /// KV.Txn.
+    Txn(TxnRequest),
+    /// KV.Compact.
+    Compact {
+        /// Compact the history before this revision.
+        revision: i64,
+    },
+    /// Lease.LeaseGrant, its ID chosen by the leader when the client left it 0.
+    LeaseGrant {
+        /// The lease.
+        id: i64,
+        /// The TTL asked for, in seconds.
+        ttl: i64,
+        /// The server's minimum TTL (etcd: 1.5 election timeouts), decided with the entry.
+        min_ttl: i64,
+    },
+    /// Lease.LeaseRevoke, asked by a client or decided by the leader at expiry.
+    LeaseRevoke {
+        /// The lease.
+        id: i64,
+    },
+}
+
+/// What an [`EtcdTxn`] answers, on every server alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdResponse {
+    /// KV.Put's answer.
+    Put(PutResponse),
+    /// KV.DeleteRange's answer.
+    DeleteRange(DeleteRangeResponse),
+    /// KV.Txn's answer.
+    Txn(TxnResponse),
+    /// KV.Compact's answer.
+    Compact {
+        /// The header's revision (the current one).
+        revision: i64,
+    },
+    /// Lease.LeaseGrant's answer.
+    LeaseGrant {
+        /// The lease.
+        id: i64,
+        /// The TTL granted.
+        ttl: i64,
+        /// The header's revision.
+        revision: i64,
+    },
+    /// Lease.LeaseRevoke's answer.
+    LeaseRevoke {
+        /// The header's revision (after the keys' deletion).
+        revision: i64,
+    },
+}
+
+/// One applied [`EtcdTxn`]: its answer (or etcd's error) and the events it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdApplied {
+    /// The answer for the client that asked (if it is connected to this server).
+    pub result: Result<EtcdResponse, MvccError>,
+    /// The changes, in order, for watchers.
+    pub events: Vec<Event>,
 }

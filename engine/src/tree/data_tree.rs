@@ -915,6 +915,8 @@ impl DataTree {
                         .collect()
                 }
             }
+            // etcd's keyspace applies these (`crate::mvcc`); the tree only takes the zxid.
+            ArchivedTxn::Etcd(_) => Vec::new(),
             txn => vec![self.apply_txn(txn, zxid, time, session_id.as_i64(), &mut changes)],
         };
         self.check_invariants();
@@ -981,6 +983,8 @@ impl DataTree {
             ArchivedTxn::SetNull { path, version } => {
                 self.set_data_opt(path.as_str(), None, version.to_native(), zxid, time, changes)
             }
+            // Taken apart in `apply`; never a tree operation.
+            ArchivedTxn::Etcd(_) => Err(ErrorCode::RuntimeInconsistency),
         };
         result.unwrap_or_else(OpResult::Error)
     }
