@@ -11,6 +11,10 @@
 //! - [`snapshot`]: point-in-time images written atomically (temp file, fsync, rename,
 //!   directory fsync), loaded newest-valid-first.
 //!
+//! - [`mvcc`]: etcd's keyspace (revisions, history, transactions, leases) and its apply.
+//!
+//! - [`state`]: both state machines in one snapshot image.
+//!
 //! - [`tree`]: the data tree (znodes, Stat, ACLs, sessions, ephemerals) and its
 //!   deterministic `apply` of committed entries.
 //!
@@ -34,6 +38,7 @@ pub mod mvcc;
 pub mod replica;
 pub mod sequencer;
 pub mod snapshot;
+pub mod state;
 pub mod sys;
 pub mod tree;
 pub mod wal;

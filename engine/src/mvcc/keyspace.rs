@@ -41,14 +41,14 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// One change of a key.
 #[derive(Debug, Clone)]
-struct Record {
-    main: i64,
-    sub: i64,
-    create: i64,
-    version: i64,
-    lease: i64,
+pub(super) struct Record {
+    pub(super) main: i64,
+    pub(super) sub: i64,
+    pub(super) create: i64,
+    pub(super) version: i64,
+    pub(super) lease: i64,
     /// None: a tombstone.
-    value: Option<Bytes>,
+    pub(super) value: Option<Bytes>,
 }
 
 impl Record {
@@ -70,8 +70,8 @@ fn empty() -> Bytes {
 
 /// A key's records, in (main, sub) order.
 #[derive(Debug, Clone, Default)]
-struct History {
-    records: Vec<Record>,
+pub(super) struct History {
+    pub(super) records: Vec<Record>,
 }
 
 impl History {
@@ -83,7 +83,7 @@ impl History {
     }
 
     /// The key now, if live.
-    fn latest(&self) -> Option<&Record> {
+    pub(super) fn latest(&self) -> Option<&Record> {
         self.records.last().filter(|r| r.value.is_some())
     }
 
@@ -102,19 +102,19 @@ impl History {
 
 /// A lease as every server knows it.
 #[derive(Debug, Clone)]
-struct Lease {
-    ttl: i64,
-    keys: OrdSet<Bytes>,
+pub(super) struct Lease {
+    pub(super) ttl: i64,
+    pub(super) keys: OrdSet<Bytes>,
 }
 
 /// The etcd keyspace. Cloning it is cheap (see the module's documentation).
 #[derive(Debug, Clone)]
 pub struct KeySpace {
-    rev: i64,
-    compact_rev: i64,
-    keys: OrdMap<Bytes, Arc<History>>,
-    by_rev: OrdMap<(i64, i64), Bytes>,
-    leases: OrdMap<i64, Lease>,
+    pub(super) rev: i64,
+    pub(super) compact_rev: i64,
+    pub(super) keys: OrdMap<Bytes, Arc<History>>,
+    pub(super) by_rev: OrdMap<(i64, i64), Bytes>,
+    pub(super) leases: OrdMap<i64, Lease>,
 }
 
 impl Default for KeySpace {
@@ -185,6 +185,12 @@ impl KeySpace {
     /// The revision of the last compaction (-1 if none).
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev
+    }
+
+    /// Whether nothing was ever written (revision 1, no compaction, no key, no lease): such a
+    /// keyspace is left out of snapshots.
+    pub fn is_pristine(&self) -> bool {
+        self.rev == 1 && self.compact_rev == -1 && self.keys.is_empty() && self.leases.is_empty()
     }
 
     /// Keys live now.

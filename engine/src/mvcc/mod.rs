@@ -6,6 +6,7 @@
 //! The semantics are etcd 3.5's, case by case, as `engine/ETCD-MVCC.md` records them from
 //! its source.
 
+mod image;
 mod keyspace;
 mod types;
 mod validate;
@@ -13,6 +14,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use image::{KeySpaceImageError, KeySpaceLoader, MAGIC as IMAGE_MAGIC};
 pub use keyspace::{KeySpace, MAX_LEASE_TTL};
 pub use types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,

@@ -1,0 +1,321 @@
+//! The keyspace's snapshot image: a flat little-endian format written record by record from
+//! a frozen keyspace, and read back by a push loader as it arrives (a SNAP), like the data
+//! tree's (`tree/image.rs`). Two servers with the same keyspace write the same bytes.
+//!
+//! ```text
+//! "BETCDIMG" version:u32 revision:i64 compact_revision:i64
+//! leases:u64 { id:i64 ttl:i64 }
+//! keys:u64   { key_len:u32 key records:u32
+//!              { main:i64 sub:i64 create:i64 version:i64 lease:i64 value_len:u32 value } }
+//!            (value_len u32::MAX: a tombstone, no bytes)
+//! ```
+//!
+//! Every length, order and reference is checked: a damaged image is an error, never a panic.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use imbl::OrdSet;
+
+use super::keyspace::{History, KeySpace, Lease, Record};
+use crate::le::array_at;
+
+/// The image's first bytes.
+pub const MAGIC: &[u8; 8] = b"BETCDIMG";
+const VERSION: u32 = 1;
+const TOMBSTONE: u32 = u32::MAX;
+
+/// Bytes that are not a valid keyspace image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid etcd keyspace image: {0}")]
+pub struct KeySpaceImageError(String);
+
+impl KeySpace {
+    /// Writes the keyspace's image to `out` as it goes (the keyspace is a cheap clone, so a
+    /// snapshot writes a frozen one while the live one moves on).
+    pub fn write_image<W: Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&self.rev.to_le_bytes());
+        buf.extend_from_slice(&self.compact_rev.to_le_bytes());
+        buf.extend_from_slice(&(self.leases.len() as u64).to_le_bytes());
+        for (id, l) in self.leases.iter() {
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&l.ttl.to_le_bytes());
+        }
+        buf.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for (key, h) in self.keys.iter() {
+            if buf.len() >= 1 << 16 {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(&(h.records.len() as u32).to_le_bytes());
+            for r in &h.records {
+                for v in [r.main, r.sub, r.create, r.version, r.lease] {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+                match &r.value {
+                    Some(v) => {
+                        buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        buf.extend_from_slice(v);
+                    }
+                    None => buf.extend_from_slice(&TOMBSTONE.to_le_bytes()),
+                }
+            }
+        }
+        out.write_all(&buf)
+    }
+
+    /// The image of the keyspace in memory.
+    pub fn to_image(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail (short of memory, which aborts).
+        let written = self.write_image(&mut out);
+        debug_assert!(written.is_ok());
+        out
+    }
+
+    /// Rebuilds a keyspace from a whole image.
+    pub fn from_image(bytes: &[u8]) -> Result<KeySpace, KeySpaceImageError> {
+        let mut loader = KeySpaceLoader::new();
+        let used = loader.push(bytes)?;
+        if used != bytes.len() {
+            return Err(KeySpaceImageError(format!("{} bytes after the image", bytes.len() - used)));
+        }
+        loader.finish()
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    short: bool,
+}
+
+#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let Some(out) = self.at.checked_add(n).and_then(|end| self.bytes.get(self.at..end)) else {
+            self.short = true;
+            return Err(format!("truncated at byte {} reading {what}", self.at));
+        };
+        self.at += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        let Some(a) = array_at(self.bytes, self.at) else {
+            self.short = true;
+            return Err(format!("truncated at byte {} reading {what}", self.at));
+        };
+        self.at += N;
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+}
+
+enum Stage {
+    Header,
+    Leases { left: u64 },
+    KeyCount,
+    Keys { left: u64 },
+    Done,
+    Failed(String),
+}
+
+/// A keyspace rebuilt from its image as the image arrives in pieces of any size: each whole
+/// record is taken at once, so what is held beyond the keyspace being built is one key's
+/// records and the piece being read.
+pub struct KeySpaceLoader {
+    pending: Vec<u8>,
+    stage: Stage,
+    ks: KeySpace,
+    last_key: Option<Arc<[u8]>>,
+}
+
+impl Default for KeySpaceLoader {
+    fn default() -> KeySpaceLoader {
+        KeySpaceLoader::new()
+    }
+}
+
+impl KeySpaceLoader {
+    /// A loader waiting for an image's first bytes.
+    pub fn new() -> KeySpaceLoader {
+        KeySpaceLoader { pending: Vec::new(), stage: Stage::Header, ks: KeySpace::new(), last_key: None }
+    }
+
+    /// Whether the whole image has been read.
+    pub fn done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Takes the next piece; returns how many of its bytes belong to the image (all of them
+    /// until the image ends: the rest is what follows it). An error is final.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<usize, KeySpaceImageError> {
+        match &self.stage {
+            Stage::Failed(why) => return Err(KeySpaceImageError(why.clone())),
+            Stage::Done => return Ok(0),
+            _ => {}
+        }
+        self.pending.extend_from_slice(bytes);
+        match self.read_pending() {
+            Ok(()) if self.done() => {
+                // `pending` now holds only what follows the image, all of it from this piece
+                // (the image's end is found in the piece that completes its last record).
+                let after = std::mem::take(&mut self.pending).len();
+                Ok(bytes.len().saturating_sub(after))
+            }
+            Ok(()) => Ok(bytes.len()),
+            Err(why) => {
+                self.stage = Stage::Failed(why.clone());
+                self.pending = Vec::new();
+                Err(KeySpaceImageError(why))
+            }
+        }
+    }
+
+    #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
+    fn read_pending(&mut self) -> Result<(), String> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut c = Cursor { bytes: &pending, at: 0, short: false };
+        let result = self.read(&mut c);
+        let read = c.at;
+        let short = c.short;
+        self.pending = pending;
+        match result {
+            Err(_) if short => {}
+            Err(why) => return Err(why),
+            Ok(()) => {}
+        }
+        self.pending.drain(..read);
+        Ok(())
+    }
+
+    /// Reads whole records from `c`, leaving `c.at` after the last one read.
+    fn read(&mut self, c: &mut Cursor<'_>) -> Result<(), String> {
+        loop {
+            let start = c.at;
+            let step = self.step(c);
+            if step.is_err() {
+                c.at = start;
+            }
+            match step {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(why) => return Err(why),
+            }
+        }
+    }
+
+    /// Reads one record; Ok(false) when the image is complete.
+    fn step(&mut self, c: &mut Cursor<'_>) -> Result<bool, String> {
+        match self.stage {
+            Stage::Header => {
+                if c.take(8, "magic")? != MAGIC {
+                    return Err("not a Baton etcd keyspace image (bad magic)".into());
+                }
+                let version = c.u32("version")?;
+                if version != VERSION {
+                    return Err(format!("keyspace image format {version}; this build reads {VERSION}"));
+                }
+                let rev = c.i64("revision")?;
+                let compact_rev = c.i64("compact revision")?;
+                if rev < 1 || compact_rev < -1 || compact_rev > rev {
+                    return Err(format!("revision {rev} with compaction at {compact_rev}"));
+                }
+                let left = c.u64("lease count")?;
+                self.ks.rev = rev;
+                self.ks.compact_rev = compact_rev;
+                self.stage = Stage::Leases { left };
+            }
+            Stage::Leases { left: 0 } => self.stage = Stage::KeyCount,
+            Stage::Leases { left } => {
+                let id = c.i64("lease id")?;
+                let ttl = c.i64("lease ttl")?;
+                if self.ks.leases.get_max().is_some_and(|(last, _)| *last >= id) {
+                    return Err(format!("lease {id} out of order"));
+                }
+                self.ks.leases.insert(id, Lease { ttl, keys: OrdSet::new() });
+                self.stage = Stage::Leases { left: left - 1 };
+            }
+            Stage::KeyCount => {
+                let left = c.u64("key count")?;
+                self.stage = Stage::Keys { left };
+            }
+            Stage::Keys { left: 0 } => {
+                self.stage = Stage::Done;
+                return Ok(false);
+            }
+            Stage::Keys { left } => {
+                let len = c.u32("key length")? as usize;
+                let key: Arc<[u8]> = Arc::from(c.take(len, "key")?);
+                if key.is_empty() || self.last_key.as_ref().is_some_and(|last| *last >= key) {
+                    return Err("keys empty or out of order".into());
+                }
+                let count = c.u32("record count")? as usize;
+                if count == 0 {
+                    return Err("a key with no record".into());
+                }
+                let mut records: Vec<Record> = Vec::with_capacity(count.min(1 << 16));
+                for _ in 0..count {
+                    let main = c.i64("main revision")?;
+                    let sub = c.i64("sub revision")?;
+                    let create = c.i64("create revision")?;
+                    let version = c.i64("version")?;
+                    let lease = c.i64("lease")?;
+                    let value_len = c.u32("value length")?;
+                    let value = if value_len == TOMBSTONE {
+                        None
+                    } else {
+                        Some(Arc::from(c.take(value_len as usize, "value")?))
+                    };
+                    if main > self.ks.rev || records.last().is_some_and(|p| (p.main, p.sub) >= (main, sub)) {
+                        return Err(format!("record ({main}, {sub}) out of order"));
+                    }
+                    records.push(Record { main, sub, create, version, lease, value });
+                }
+                let h = History { records };
+                if let Some(live) = h.latest() {
+                    if live.lease != 0 {
+                        if let Some(l) = self.ks.leases.get_mut(&live.lease) {
+                            l.keys.insert(key.clone());
+                        }
+                    }
+                }
+                for r in &h.records {
+                    self.ks.by_rev.insert((r.main, r.sub), key.clone());
+                }
+                self.ks.keys.insert(key.clone(), Arc::new(h));
+                self.last_key = Some(key);
+                self.stage = Stage::Keys { left: left - 1 };
+            }
+            Stage::Done => return Ok(false),
+            Stage::Failed(ref why) => return Err(why.clone()),
+        }
+        Ok(true)
+    }
+
+    /// The keyspace, once its whole image has been pushed.
+    pub fn finish(self) -> Result<KeySpace, KeySpaceImageError> {
+        match self.stage {
+            Stage::Done => Ok(self.ks),
+            Stage::Failed(why) => Err(KeySpaceImageError(why)),
+            _ => Err(KeySpaceImageError("the image ended early".into())),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The replicated state as one snapshot: the data tree and etcd's keyspace, both fed by the
+//! same log, written into one image and loaded back from it (DESIGN.md: "one snapshot per
+//! server that holds both").
+//!
+//! ```text
+//! [ keyspace image ("BETCDIMG" …, see mvcc) ]   only when the keyspace holds anything
+//!   tree image ("BTREEIMG" …, see tree)
+//! ```
+//!
+//! The keyspace comes first because both images are written as they are produced and
+//! neither knows its length in advance; each ends itself (counts of records), so the loader
+//! hands the tree's loader whatever follows the keyspace's end. An image with no keyspace is
+//! exactly a tree image, as written before the keyspace existed: old snapshots load, and a
+//! server that never served etcd writes the same bytes as before.
+
+use crate::mvcc::{KeySpace, KeySpaceLoader, IMAGE_MAGIC};
+use crate::tree::{DataTree, TreeLoader, TreeView};
+
+/// A frozen state, written in the background while the live one moves on.
+pub struct StateImage {
+    /// The tree's copy-on-write view.
+    pub tree: TreeView,
+    /// The keyspace's clone (persistent maps: a clone costs a reference).
+    pub etcd: KeySpace,
+}
+
+impl StateImage {
+    /// Writes the image to `out` as it goes.
+    pub fn write_image<W: std::io::Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
+        if !self.etcd.is_pristine() {
+            self.etcd.write_image(out)?;
+        }
+        self.tree.write_image(out)
+    }
+
+    /// Frees a part of the image on the calling thread (see `TreeView::release_step`); true
+    /// when nothing is left. The keyspace's clone goes with the first step.
+    pub fn release_step(&mut self) -> bool {
+        if !self.etcd.is_pristine() {
+            self.etcd = KeySpace::new();
+        }
+        self.tree.release_step()
+    }
+}
+
+/// Writes the image of a whole state in memory.
+pub fn to_image(tree: &DataTree, etcd: &KeySpace) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail (short of memory, which aborts).
+    let written = StateImage { tree: tree.view(), etcd: etcd.clone() }.write_image(&mut out);
+    debug_assert!(written.is_ok());
+    out
+}
+
+/// Loads a whole image.
+pub fn from_image(bytes: &[u8]) -> Result<(DataTree, KeySpace), String> {
+    let mut loader = StateLoader::new();
+    loader.push(bytes)?;
+    loader.finish()
+}
+
+enum Phase {
+    /// Fewer than 8 bytes seen: which image comes first is not known yet.
+    Sniff(Vec<u8>),
+    Etcd(KeySpaceLoader),
+    Tree(KeySpace),
+    Failed(String),
+}
+
+/// The state rebuilt as its image arrives in pieces of any size (a SNAP, a file).
+pub struct StateLoader {
+    phase: Phase,
+    tree: TreeLoader,
+}
+
+impl Default for StateLoader {
+    fn default() -> StateLoader {
+        StateLoader::new()
+    }
+}
+
+impl StateLoader {
+    /// A loader waiting for an image's first bytes.
+    pub fn new() -> StateLoader {
+        StateLoader { phase: Phase::Sniff(Vec::new()), tree: TreeLoader::new() }
+    }
+
+    /// Takes the next piece. An error is final: the image is not valid.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let result = self.push_inner(bytes);
+        if let Err(why) = &result {
+            self.phase = Phase::Failed(why.clone());
+        }
+        result
+    }
+
+    fn push_inner(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let sniffed;
+        let mut bytes = bytes;
+        if let Phase::Sniff(seen) = &mut self.phase {
+            seen.extend_from_slice(bytes);
+            if seen.len() < IMAGE_MAGIC.len() {
+                return Ok(());
+            }
+            sniffed = std::mem::take(seen);
+            bytes = &sniffed;
+            self.phase = if sniffed.starts_with(IMAGE_MAGIC) {
+                Phase::Etcd(KeySpaceLoader::new())
+            } else {
+                Phase::Tree(KeySpace::new())
+            };
+        }
+        match &mut self.phase {
+            Phase::Failed(why) => Err(why.clone()),
+            Phase::Sniff(_) => Ok(()),
+            Phase::Etcd(loader) => {
+                let used = loader.push(bytes).map_err(|e| e.to_string())?;
+                if loader.done() {
+                    let Phase::Etcd(loader) = std::mem::replace(&mut self.phase, Phase::Tree(KeySpace::new())) else {
+                        return Err("loader state changed under it".into());
+                    };
+                    self.phase = Phase::Tree(loader.finish().map_err(|e| e.to_string())?);
+                    let rest = bytes.get(used..).unwrap_or_default();
+                    self.tree.push(rest).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Phase::Tree(_) => self.tree.push(bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The tree and the keyspace, once the whole image has been pushed.
+    pub fn finish(self) -> Result<(DataTree, KeySpace), String> {
+        match self.phase {
+            Phase::Tree(etcd) => Ok((self.tree.finish().map_err(|e| e.to_string())?, etcd)),
+            Phase::Failed(why) => Err(why),
+            Phase::Sniff(_) => Err("the image ended before its first 8 bytes".into()),
+            Phase::Etcd(_) => Err("the image ended inside the etcd keyspace".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{CreateTxn, NodeKind, Transaction, Txn};
+    use crate::mvcc::{PutRequest, RangeRequest};
+    use crate::tree::open_acl;
+    use crate::{SessionId, Zxid};
+
+    fn tree_with(n: u32) -> DataTree {
+        let mut tree = DataTree::new();
+        for i in 1..=n {
+            let txn = Txn::Create(CreateTxn {
+                path: format!("/n{i}"),
+                data: vec![i as u8; 3],
+                acl: open_acl(),
+                kind: NodeKind::Persistent,
+                parent_cversion: i as i32,
+            });
+            let t = Transaction { zxid: Zxid::new(1, i), session_id: SessionId(0), cxid: 0, time_ms: 5, txn };
+            let bytes = t.encode();
+            tree.apply(Transaction::access(&bytes).expect("valid"));
+        }
+        tree
+    }
+
+    fn all() -> RangeRequest {
+        RangeRequest { key: vec![0], range_end: vec![0], ..RangeRequest::default() }
+    }
+
+    #[test]
+    fn a_state_without_etcd_writes_is_exactly_the_trees_image_and_old_images_load() {
+        let tree = tree_with(5);
+        let image = to_image(&tree, &KeySpace::new());
+        assert_eq!(image, tree.to_image());
+        let (back, etcd) = from_image(&image).expect("loads");
+        assert_eq!(back.to_image(), tree.to_image());
+        assert!(etcd.is_pristine());
+    }
+
+    #[test]
+    fn both_state_machines_come_back_from_one_image_cut_anywhere() {
+        let tree = tree_with(20);
+        let mut etcd = KeySpace::new();
+        for i in 0..30u8 {
+            let p = PutRequest { key: vec![b'k', i % 7], value: vec![i; 5], ..PutRequest::default() };
+            etcd.put(&p).expect("put");
+        }
+        let image = to_image(&tree, &etcd);
+        assert!(image.starts_with(IMAGE_MAGIC));
+        for cut in [1, 3, 8, 9, 64, 333, image.len()] {
+            let mut loader = StateLoader::new();
+            for piece in image.chunks(cut) {
+                loader.push(piece).expect("a valid image");
+            }
+            let (t, e) = loader.finish().expect("complete");
+            assert_eq!(t.to_image(), tree.to_image(), "cut {cut}");
+            assert_eq!(e.range(&all()), etcd.range(&all()), "cut {cut}");
+            assert_eq!(e.revision(), 31);
+        }
+        for len in [0, 5, 20, image.len() / 2, image.len() - 1] {
+            assert!(from_image(&image[..len]).is_err(), "cut short at {len}");
+        }
+        let mut long = image.clone();
+        long.push(7);
+        assert!(from_image(&long).is_err(), "a byte after the tree");
+    }
+}
