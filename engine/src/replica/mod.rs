@@ -30,8 +30,8 @@ pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
 pub use storage::{
-    loaded_tree, snapshot_messages, Epochs, ImageSink, Log, Peers, SnapChunker, SnapshotImage, Snapshots, StateMachine,
-    SNAP_CHUNK_BYTES,
+    loaded_state, loaded_tree, snapshot_messages, Epochs, ImageSink, Log, Peers, SnapChunker, SnapshotImage, Snapshots,
+    StateMachine, SNAP_CHUNK_BYTES,
 };
 pub use wal_log::{LogRoom, WalLog};
 

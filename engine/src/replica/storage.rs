@@ -88,6 +88,18 @@ impl SnapshotImage for Vec<u8> {
     }
 }
 
+/// Both state machines' image (`crate::state`): written by the snapshot thread, freed a
+/// part at a time on the applying thread.
+impl SnapshotImage for crate::state::StateImage {
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.write_image(out)
+    }
+
+    fn release_step(&mut self) -> bool {
+        crate::state::StateImage::release_step(self)
+    }
+}
+
 /// Where a snapshot arriving in pieces (a SNAP from the leader) goes as it arrives: a state
 /// machine rebuilding its state, a store writing its file. `Vec<u8>` collects the pieces (what
 /// both do by default).
@@ -117,6 +129,20 @@ pub fn loaded_tree(sink: Box<dyn ImageSink>) -> Result<crate::tree::DataTree, St
     let sink: Box<dyn std::any::Any> = sink;
     let loader = sink.downcast::<crate::tree::TreeLoader>().map_err(|_| "not the tree's loader".to_string())?;
     loader.finish().map_err(|e| e.to_string())
+}
+
+/// Both state machines rebuilt as their image arrives.
+impl ImageSink for crate::state::StateLoader {
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        crate::state::StateLoader::push(self, bytes)
+    }
+}
+
+/// The tree and the keyspace a [`crate::state::StateLoader`] sink rebuilt.
+pub fn loaded_state(sink: Box<dyn ImageSink>) -> Result<(crate::tree::DataTree, crate::mvcc::KeySpace), String> {
+    let sink: Box<dyn std::any::Any> = sink;
+    let loader = sink.downcast::<crate::state::StateLoader>().map_err(|_| "not the state's loader".to_string())?;
+    loader.finish()
 }
 
 /// The bytes a default [`ImageSink`] collected.

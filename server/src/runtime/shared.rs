@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use baton_engine::mvcc::KeySpace;
 use baton_engine::tree::DataTree;
 use baton_engine::zab::Role;
 use crossbeam::utils::CachePadded;
@@ -159,6 +160,9 @@ pub struct Shared {
     /// Settings.
     pub config: ServerConfig,
     tree: RwLock<DataTree>,
+    /// etcd's keyspace, the second state machine on the same log. Locked after `tree` when
+    /// both are (the write path applying a batch).
+    etcd: RwLock<KeySpace>,
     /// When the server started.
     pub started: Instant,
     /// Per-shard counters.
@@ -191,6 +195,7 @@ impl Shared {
         Shared {
             config,
             tree: RwLock::new(DataTree::new()),
+            etcd: RwLock::new(KeySpace::new()),
             started: Instant::now(),
             shard_stats: to_shard.iter().map(|_| CachePadded::new(ShardStats::default())).collect(),
             write_stats: WriteStats::default(),
@@ -218,6 +223,16 @@ impl Shared {
     /// Write access (the write path only).
     pub fn tree_mut(&self) -> RwLockWriteGuard<'_, DataTree> {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read access to etcd's keyspace (as [`Shared::tree`]).
+    pub fn etcd(&self) -> RwLockReadGuard<'_, KeySpace> {
+        self.etcd.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write access (the write path only; after `tree_mut` when both are held).
+    pub fn etcd_mut(&self) -> RwLockWriteGuard<'_, KeySpace> {
+        self.etcd.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts one more connection from `ip` unless a limit is reached: the address's own

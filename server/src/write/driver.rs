@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use baton_engine::mvcc::KeySpace;
 use baton_engine::replica::{ImageSink, SnapshotImage, StateMachine};
-use baton_engine::tree::{DataTree, TreeLoader, TreeView};
+use baton_engine::state::{StateImage, StateLoader};
+use baton_engine::tree::DataTree;
 use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
 use baton_engine::{SessionId, Zxid};
 
@@ -155,29 +157,19 @@ impl Driver {
 }
 
 impl Machine {
-    /// Puts a tree rebuilt from a snapshot in place of the state.
-    fn replace_tree(&mut self, zxid: Zxid, tree: DataTree, started: Instant) {
+    /// Puts a state rebuilt from a snapshot (the tree and etcd's keyspace) in place.
+    fn replace_state(&mut self, zxid: Zxid, tree: DataTree, etcd: KeySpace, started: Instant) {
         let mut d = self.0.borrow_mut();
         let nodes = tree.node_count();
-        tracing::info!(%zxid, nodes, ms = started.elapsed().as_millis() as u64, "installed snapshot");
-        // The old tree goes after the lock is released (freeing millions of znodes takes a
-        // while; nobody needs to wait for it).
-        let old = std::mem::replace(&mut *d.shared.tree_mut(), tree);
+        let revision = etcd.revision();
+        tracing::info!(%zxid, nodes, etcd_revision = revision, ms = started.elapsed().as_millis() as u64, "installed snapshot");
+        // The old state goes after the locks are released (freeing millions of znodes takes
+        // a while; nobody needs to wait for it).
+        let old_tree = std::mem::replace(&mut *d.shared.tree_mut(), tree);
+        let old_etcd = std::mem::replace(&mut *d.shared.etcd_mut(), etcd);
         d.with_tree(|path, tree| path.installed(tree, now()));
-        drop(old);
-    }
-}
-
-/// The tree frozen for a background snapshot: written out on the snapshot thread.
-struct TreeImage(TreeView);
-
-impl SnapshotImage for TreeImage {
-    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        self.0.write_image(out)
-    }
-
-    fn release_step(&mut self) -> bool {
-        self.0.release_step()
+        drop(old_tree);
+        drop(old_etcd);
     }
 }
 
@@ -188,10 +180,12 @@ impl StateMachine for Machine {
         let mut d = self.0.borrow_mut();
         let shared = d.shared.clone();
         let mut tree = shared.tree_mut();
-        d.path.apply(&mut tree, now(), entries);
+        let mut etcd = shared.etcd_mut();
+        d.path.apply(&mut tree, &mut etcd, now(), entries);
         // With the write lock still held: the batch reaches every shard before any of them
         // can read the state it produced (see `crate::runtime`).
         d.carry_out();
+        drop(etcd);
         drop(tree);
     }
 
@@ -199,7 +193,9 @@ impl StateMachine for Machine {
         let mut d = self.0.borrow_mut();
         let shared = d.shared.clone();
         let mut tree = shared.tree_mut();
-        d.path.replay(&mut tree, now(), entries);
+        let mut etcd = shared.etcd_mut();
+        d.path.replay(&mut tree, &mut etcd, now(), entries);
+        drop(etcd);
         drop(tree);
         d.carry_out();
     }
@@ -207,7 +203,7 @@ impl StateMachine for Machine {
     fn snapshot(&self) -> Vec<u8> {
         let d = self.0.borrow();
         let started = Instant::now();
-        let image = d.shared.tree().to_image();
+        let image = baton_engine::state::to_image(&d.shared.tree(), &d.shared.etcd());
         // Taken between two protocol steps (so exactly the applied state): this is how long
         // the write path paused for it.
         tracing::info!(bytes = image.len(), ms = started.elapsed().as_millis() as u64, "snapshot image taken");
@@ -216,20 +212,24 @@ impl StateMachine for Machine {
 
     fn freeze(&self) -> Box<dyn SnapshotImage> {
         let started = Instant::now();
-        let view = self.0.borrow().shared.tree().view();
-        // The write path's whole pause for a snapshot: a reference per page of the tree.
+        let d = self.0.borrow();
+        let view = d.shared.tree().view();
+        let etcd = d.shared.etcd().clone();
+        // The write path's whole pause for a snapshot: a reference per page of the tree and
+        // one for the keyspace's maps.
         tracing::info!(
             znodes = view.node_count(),
+            etcd_revision = etcd.revision(),
             us = started.elapsed().as_micros() as u64,
             "snapshot view taken; writing it in the background"
         );
-        Box::new(TreeImage(view))
+        Box::new(StateImage { tree: view, etcd })
     }
 
     fn install(&mut self, zxid: Zxid, data: &[u8]) {
         let started = Instant::now();
-        match DataTree::from_image(data) {
-            Ok(tree) => self.replace_tree(zxid, tree, started),
+        match baton_engine::state::from_image(data) {
+            Ok((tree, etcd)) => self.replace_state(zxid, tree, etcd, started),
             Err(e) => {
                 tracing::error!(%zxid, error = %e, "a snapshot does not decode; stopping");
                 self.0.borrow().shared.stopping.set();
@@ -238,13 +238,13 @@ impl StateMachine for Machine {
     }
 
     fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
-        Box::new(TreeLoader::new())
+        Box::new(StateLoader::new())
     }
 
     fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
         let started = Instant::now();
-        let tree = baton_engine::replica::loaded_tree(sink)?;
-        self.replace_tree(zxid, tree, started);
+        let (tree, etcd) = baton_engine::replica::loaded_state(sink)?;
+        self.replace_state(zxid, tree, etcd, started);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use baton_engine::log::{ArchivedTxn, Transaction};
+use baton_engine::mvcc::KeySpace;
 use baton_engine::sequencer::{AuthId, Rejected, Sequencer, SequencerConfig, WriteOp, WriteRequest};
 use baton_engine::tree::{DataTree, ErrorCode};
 use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
@@ -33,6 +34,10 @@ use baton_engine::{SessionId, Zxid};
 use rkyv::util::AlignedVec;
 
 use super::forward::Forwarded;
+
+/// Revisions of etcd history made unreachable by a compaction that are dropped per applied
+/// batch: a compaction of any size costs no batch more than this.
+const PRUNE_PER_BATCH: usize = 1024;
 use super::session::{password, SessionTracker};
 use crate::runtime::{ClientRef, CommittedChanges, SessionRequest, ShardId, ToClient, ToWritePath, WriteOutcome};
 
@@ -607,11 +612,11 @@ impl WritePath {
 
     /// Applies committed entries to the tree; answers the clients waiting for them (in the
     /// batch every shard gets), then the refusals the tree has now reached.
-    pub fn apply(&mut self, tree: &mut DataTree, now: Now, entries: &[LogEntry]) {
+    pub fn apply(&mut self, tree: &mut DataTree, etcd: &mut KeySpace, now: Now, entries: &[LogEntry]) {
         let mut batch = Vec::with_capacity(entries.len());
         let mut answers: Vec<Vec<(usize, ToClient)>> = (0..self.config.shards).map(|_| Vec::new()).collect();
         for entry in entries {
-            match self.apply_one(tree, now, entry, batch.len(), &mut answers) {
+            match self.apply_one(tree, etcd, now, entry, batch.len(), &mut answers) {
                 Ok(changes) => batch.push(changes),
                 Err(why) => {
                     // Entries are checksummed on the wire and on disk and were encoded by a
@@ -626,6 +631,8 @@ impl WritePath {
         if let Some(seq) = self.seq.as_mut() {
             seq.committed(tree.last_zxid());
         }
+        // A compaction's unreachable history goes a bounded part per batch.
+        etcd.prune_step(PRUNE_PER_BATCH);
         self.out.push(Effect::Publish { batch: Arc::new(batch), answers });
         // After the batch: a refusal's answer follows the writes it rests on.
         self.release_refusals(tree.last_zxid());
@@ -634,10 +641,10 @@ impl WritePath {
 
     /// Replays entries of a lone server's own log at start: nothing waits for them and no
     /// watch exists, so nothing is published.
-    pub fn replay(&mut self, tree: &mut DataTree, now: Now, entries: &[LogEntry]) {
+    pub fn replay(&mut self, tree: &mut DataTree, etcd: &mut KeySpace, now: Now, entries: &[LogEntry]) {
         let mut no_answers = Vec::new();
         for entry in entries {
-            if let Err(why) = self.apply_one(tree, now, entry, 0, &mut no_answers) {
+            if let Err(why) = self.apply_one(tree, etcd, now, entry, 0, &mut no_answers) {
                 self.out.push(Effect::Fatal { why });
                 return;
             }
@@ -651,6 +658,7 @@ impl WritePath {
     fn apply_one(
         &mut self,
         tree: &mut DataTree,
+        etcd: &mut KeySpace,
         now: Now,
         entry: &LogEntry,
         index: usize,
@@ -667,6 +675,11 @@ impl WritePath {
         let key = (txn.session_id.to_native(), txn.cxid.to_native());
         let applied = tree.apply(txn);
         self.stats.committed += 1;
+        if let ArchivedTxn::Etcd(write) = &txn.txn {
+            // The keyspace's answer and events reach no one yet: the etcd front is to come.
+            etcd.apply_archived(write).map_err(|e| format!("etcd entry {}: {e}", entry.zxid))?;
+            return Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes });
+        }
         let mut answer = |client: ClientRef, msg: ToClient| {
             if let Some(list) = answers.get_mut(client.shard) {
                 list.push((index, msg));

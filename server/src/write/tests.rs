@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use baton_engine::mvcc::KeySpace;
 use baton_engine::sequencer::{CreateMode, CreateOp, Rejected, SequencerConfig, WriteOp, WriteRequest};
 use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult};
 use baton_engine::zab::{LogEntry, Role};
@@ -104,7 +105,7 @@ fn open_session(path: &mut WritePath, tree: &mut DataTree, client: ClientRef, no
     path.handle(tree, now, ToWritePath::Connect { client, req });
     path.flush();
     let entries = proposed(&path.take_effects());
-    path.apply(tree, now, &entries);
+    path.apply(tree, &mut KeySpace::new(), now, &entries);
     let effects = path.take_effects();
     match published(&effects, client.shard).as_slice() {
         [ToClient::Connected { session, timeout_ms: 6_000, .. }] => *session,
@@ -168,7 +169,7 @@ fn a_new_session_is_answered_once_its_creation_commits_with_a_timeout_within_bou
     let entries = proposed(&effects);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].zxid, Zxid::new(1, 1));
-    path.apply(&mut tree, at(2), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(2), &entries);
     let effects = path.take_effects();
     match published(&effects, 0).as_slice() {
         [ToClient::Connected { conn: ConnId(7), session, timeout_ms: 4_000, password: p, .. }] => {
@@ -266,7 +267,7 @@ fn a_refusal_that_rests_on_a_write_in_flight_waits_for_it_to_apply() {
     let entries = proposed(&effects);
     assert_eq!(entries.len(), 1);
     // Once /x is applied: the batch (with A's answer) first, then B's refusal, decided at it.
-    path.apply(&mut tree, at(2), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(2), &entries);
     let effects = path.take_effects();
     match effects.as_slice() {
         [Effect::Publish { batch, answers }, Effect::Client { shard: 1, msg: ToClient::Written { conn: ConnId(9), xid: 1, outcome } }] =>
@@ -294,7 +295,7 @@ fn refusals_are_answered_in_the_order_they_were_decided() {
     path.handle(&tree, at(1), write(B, create(0x20, 2, "no-slash")));
     path.flush();
     let entries = proposed(&path.take_effects());
-    path.apply(&mut tree, at(2), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(2), &entries);
     let xids: Vec<i32> = path
         .take_effects()
         .iter()
@@ -325,7 +326,7 @@ fn the_leader_expires_a_session_it_has_not_heard_from_through_the_log() {
     let entries = proposed(&effects);
     assert_eq!(entries.len(), 1, "{effects:?}");
     // The close, applied, closes its connection and ends the session everywhere.
-    path.apply(&mut tree, at(11_002), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(11_002), &entries);
     let effects = path.take_effects();
     assert_eq!(published(&effects, 0), vec![ToClient::Close { conn: ConnId(7) }]);
     assert!(!tree.sessions().contains_key(&session));
@@ -355,8 +356,8 @@ fn a_follower_forwards_writes_and_reports_liveness_to_its_leader() {
     leader.handle(&leader_tree, at(2), write(B, create(0x20, 1, "/x")));
     leader.flush();
     let entries = proposed(&leader.take_effects());
-    leader.apply(&mut leader_tree, at(3), &entries);
-    path.apply(&mut tree, at(3), &entries);
+    leader.apply(&mut leader_tree, &mut KeySpace::new(), at(3), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(3), &entries);
     let effects = path.take_effects();
     assert!(
         matches!(
@@ -454,13 +455,13 @@ fn an_established_leader_sequences_only_once_its_tree_holds_its_history() {
         matches!(path.take_effects().as_slice(), [Effect::Client { msg: ToClient::Close { conn: ConnId(9) }, .. }]),
         "not sequencing yet"
     );
-    path.apply(&mut tree, at(2), &history);
+    path.apply(&mut tree, &mut KeySpace::new(), at(2), &history);
     path.take_effects();
     path.handle(&tree, at(3), write(B, create(0x20, 2, "/y")));
     path.flush();
     let entries = proposed(&path.take_effects());
     assert_eq!(entries.first().map(|e| e.zxid), Some(Zxid::new(2, 1)), "the new epoch's first zxid");
-    path.apply(&mut tree, at(4), &entries);
+    path.apply(&mut tree, &mut KeySpace::new(), at(4), &entries);
     match published(&path.take_effects(), 1).as_slice() {
         [ToClient::Written { xid: 2, outcome: WriteOutcome::Applied { results, .. }, .. }] => {
             assert!(matches!(results.as_slice(), [OpResult::Created { .. }]))
@@ -473,7 +474,7 @@ fn an_established_leader_sequences_only_once_its_tree_holds_its_history() {
 fn a_committed_entry_that_does_not_decode_stops_the_server() {
     let mut tree = DataTree::new();
     let mut path = follower(&tree);
-    path.apply(&mut tree, at(1), &[LogEntry::new(Zxid::new(1, 1), vec![0xff; 40].into())]);
+    path.apply(&mut tree, &mut KeySpace::new(), at(1), &[LogEntry::new(Zxid::new(1, 1), vec![0xff; 40].into())]);
     let effects = path.take_effects();
     assert!(matches!(effects.first(), Some(Effect::Fatal { .. })), "{effects:?}");
 }
@@ -614,4 +615,37 @@ fn read_only_mode_is_for_looking_only_resumes_known_sessions_and_refuses_clients
     path.tick(&tree, at(60_000));
     assert!(!path.take_effects().iter().any(|e| matches!(e, Effect::ReadOnly(_))));
     assert_eq!(connect_answer(&mut path, &tree, at(60_001), session_request(SessionId::NONE, true)), None);
+}
+
+#[test]
+fn etcd_writes_in_the_log_reach_the_keyspace_and_the_tree_counts_their_zxids() {
+    use baton_engine::log::{Transaction, Txn};
+    use baton_engine::mvcc::{EtcdTxn, PutRequest, RangeRequest};
+    let mut tree = DataTree::new();
+    let mut etcd = KeySpace::new();
+    let mut path = follower(&tree);
+    let entries: Vec<LogEntry> = (1..=3u32)
+        .map(|i| {
+            let put = PutRequest { key: b"k".to_vec(), value: vec![i as u8], ..PutRequest::default() };
+            let t = Transaction {
+                zxid: Zxid::new(1, i),
+                session_id: SessionId(0),
+                cxid: 0,
+                time_ms: 0,
+                txn: Txn::Etcd(EtcdTxn::Put(put)),
+            };
+            LogEntry::new(t.zxid, t.encode().to_vec().into())
+        })
+        .collect();
+    path.apply(&mut tree, &mut etcd, at(1), &entries);
+    assert!(!path.take_effects().iter().any(|e| matches!(e, Effect::Fatal { .. })));
+    assert_eq!(tree.last_zxid(), Zxid::new(1, 3));
+    assert_eq!(tree.node_count(), DataTree::new().node_count(), "no znode made");
+    let kv = etcd.range(&RangeRequest { key: b"k".to_vec(), ..RangeRequest::default() }).expect("a read");
+    assert_eq!((kv.revision, kv.kvs[0].version, kv.kvs[0].value.to_vec()), (4, 3, vec![3]));
+    // A snapshot of both comes back whole.
+    let (back_tree, back_etcd) =
+        baton_engine::state::from_image(&baton_engine::state::to_image(&tree, &etcd)).expect("loads");
+    assert_eq!(back_tree.last_zxid(), tree.last_zxid());
+    assert_eq!(back_etcd.to_image(), etcd.to_image());
 }

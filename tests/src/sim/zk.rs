@@ -28,9 +28,11 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use baton_engine::mvcc::KeySpace;
 use baton_engine::replica::{ImageSink, Input, Parts, Replica, ReplicaConfig, SnapshotImage, StateMachine};
 use baton_engine::sequencer::{CreateMode, CreateOp, SequencerConfig, WriteOp, WriteRequest};
-use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult, TreeLoader, TreeView};
+use baton_engine::state::{StateImage, StateLoader};
+use baton_engine::tree::{open_acl, DataTree, ErrorCode, OpResult};
 use baton_engine::zab::{LogEntry, Message, Payload, Role, ServerId, ZabConfig};
 use baton_engine::{SessionId, Zxid};
 use baton_server::runtime::{ClientRef, ConnId, SessionRequest, ToClient, ToWritePath, WriteOutcome};
@@ -118,6 +120,8 @@ struct Machine {
 
 struct MachineState {
     tree: DataTree,
+    /// etcd's keyspace (no etcd writes in these histories yet: it rides along in snapshots).
+    etcd: KeySpace,
     path: WritePath,
     effects: Vec<Effect>,
     now: Now,
@@ -133,22 +137,9 @@ impl MachineState {
     }
 }
 
-/// The tree frozen for a snapshot job (the server's `TreeImage`).
-struct View(TreeView);
-
-impl SnapshotImage for View {
-    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        self.0.write_image(out)
-    }
-
-    fn release_step(&mut self) -> bool {
-        self.0.release_step()
-    }
-}
-
 impl Machine {
-    /// Puts a tree rebuilt from a snapshot in place of the state.
-    fn replace_tree(&mut self, _zxid: Zxid, tree: DataTree) {
+    /// Puts a state rebuilt from a snapshot in place.
+    fn replace_state(&mut self, _zxid: Zxid, tree: DataTree, etcd: KeySpace) {
         let mut s = self.inner.borrow_mut();
         let s = &mut *s;
         let before: BTreeSet<SessionId> = s.tree.sessions().keys().copied().collect();
@@ -156,6 +147,7 @@ impl Machine {
             s.closed.push(*gone);
         }
         s.tree = tree;
+        s.etcd = etcd;
         s.applied.borrow_mut().clear();
         s.path.installed(&s.tree, s.now);
         s.drain();
@@ -167,7 +159,7 @@ impl StateMachine for Machine {
         let mut s = self.inner.borrow_mut();
         let s = &mut *s;
         let before: BTreeSet<SessionId> = s.tree.sessions().keys().copied().collect();
-        s.path.apply(&mut s.tree, s.now, entries);
+        s.path.apply(&mut s.tree, &mut s.etcd, s.now, entries);
         s.applied.borrow_mut().extend_from_slice(entries);
         for gone in before.iter().filter(|id| !s.tree.sessions().contains_key(id)) {
             s.closed.push(*gone);
@@ -178,33 +170,35 @@ impl StateMachine for Machine {
     fn replay(&mut self, entries: &[LogEntry]) {
         let mut s = self.inner.borrow_mut();
         let s = &mut *s;
-        s.path.replay(&mut s.tree, s.now, entries);
+        s.path.replay(&mut s.tree, &mut s.etcd, s.now, entries);
         s.applied.borrow_mut().extend_from_slice(entries);
         s.drain();
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        self.inner.borrow().tree.to_image()
+        let s = self.inner.borrow();
+        baton_engine::state::to_image(&s.tree, &s.etcd)
     }
 
     fn freeze(&self) -> Box<dyn SnapshotImage> {
         // As the server: a copy-on-write view, written when the simulated snapshot job is.
-        Box::new(View(self.inner.borrow().tree.view()))
+        let s = self.inner.borrow();
+        Box::new(StateImage { tree: s.tree.view(), etcd: s.etcd.clone() })
     }
 
     fn install(&mut self, zxid: Zxid, data: &[u8]) {
-        let tree = DataTree::from_image(data).expect("a snapshot this simulation took decodes");
-        self.replace_tree(zxid, tree);
+        let (tree, etcd) = baton_engine::state::from_image(data).expect("a snapshot this simulation took decodes");
+        self.replace_state(zxid, tree, etcd);
     }
 
     fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
-        // As the server: the tree rebuilt as the SNAP's chunks arrive.
-        Box::new(TreeLoader::new())
+        // As the server: the state rebuilt as the SNAP's chunks arrive.
+        Box::new(StateLoader::new())
     }
 
     fn install_received(&mut self, zxid: Zxid, sink: Box<dyn ImageSink>) -> Result<(), String> {
-        let tree = baton_engine::replica::loaded_tree(sink)?;
-        self.replace_tree(zxid, tree);
+        let (tree, etcd) = baton_engine::replica::loaded_state(sink)?;
+        self.replace_state(zxid, tree, etcd);
         Ok(())
     }
 
@@ -482,6 +476,7 @@ impl ZkSim {
         };
         let state = Rc::new(RefCell::new(MachineState {
             tree: DataTree::new(),
+            etcd: KeySpace::new(),
             path: WritePath::new(path_config, now),
             effects: Vec::new(),
             now,
