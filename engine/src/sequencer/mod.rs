@@ -268,6 +268,7 @@ impl Sequencer {
                 Ok(Txn::CloseSession)
             }
             WriteOp::Multi(_) => Err(ErrorCode::BadArguments),
+            WriteOp::Etcd(t) => Ok(Txn::Etcd(t.clone())),
         }
     }
 

@@ -122,6 +122,12 @@ pub enum WriteOp {
     },
     /// closeSession, or expiry.
     CloseSession,
+    /// A write to etcd's keyspace. It is checked where it applies, deterministically on
+    /// every server (as etcd checks at apply): sequencing only gives it its zxid.
+    Etcd(
+        /// The write.
+        crate::mvcc::EtcdTxn,
+    ),
 }
 
 /// A write with who sent it.

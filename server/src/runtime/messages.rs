@@ -84,6 +84,8 @@ pub struct CommittedChanges {
     pub zxid: Zxid,
     /// The changes, in order.
     pub changes: Vec<Change>,
+    /// What an etcd entry changed in etcd's keyspace, in order (for etcd's watchers).
+    pub etcd_events: Vec<baton_engine::mvcc::Event>,
 }
 
 /// How a write ended.
@@ -95,6 +97,14 @@ pub enum WriteOutcome {
         zxid: Zxid,
         /// The results.
         results: Vec<OpResult>,
+    },
+    /// An etcd write applied at `zxid`: etcd's answer, or its error (the same on every
+    /// server: etcd checks writes where they apply).
+    Etcd {
+        /// Its zxid.
+        zxid: Zxid,
+        /// The answer.
+        result: Result<baton_engine::mvcc::EtcdResponse, baton_engine::mvcc::MvccError>,
     },
     /// Refused before the log, decided against the state at `zxid`.
     Refused {

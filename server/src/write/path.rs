@@ -676,9 +676,14 @@ impl WritePath {
         let applied = tree.apply(txn);
         self.stats.committed += 1;
         if let ArchivedTxn::Etcd(write) = &txn.txn {
-            // The keyspace's answer and events reach no one yet: the etcd front is to come.
-            etcd.apply_archived(write).map_err(|e| format!("etcd entry {}: {e}", entry.zxid))?;
-            return Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes });
+            let done = etcd.apply_archived(write).map_err(|e| format!("etcd entry {}: {e}", entry.zxid))?;
+            if let Some(Origin::Request { client, xid }) = self.pending.remove(&key) {
+                let outcome = WriteOutcome::Etcd { zxid: applied.zxid, result: done.result };
+                if let Some(list) = answers.get_mut(client.shard) {
+                    list.push((index, ToClient::Written { conn: client.conn, xid, outcome }));
+                }
+            }
+            return Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes, etcd_events: done.events });
         }
         let mut answer = |client: ClientRef, msg: ToClient| {
             if let Some(list) = answers.get_mut(client.shard) {
@@ -717,7 +722,7 @@ impl WritePath {
                 answer(owner, ToClient::Close { conn: owner.conn });
             }
         }
-        Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes })
+        Ok(CommittedChanges { zxid: applied.zxid, changes: applied.changes, etcd_events: Vec::new() })
     }
 
     /// The tree was replaced by a snapshot: every session in it gets a full timeout, and the

@@ -30,6 +30,8 @@ pub fn written(xid: i32, shape: &ReplyShape, outcome: &WriteOutcome) -> Vec<u8> 
             let results = codes.iter().map(|&c| OpReply::Error(c)).collect();
             encode_reply(xid, zxid_field(*zxid), 0, Some(&Response::Multi(results)))
         }
+        // A ZooKeeper connection never sends an etcd write (the etcd front answers its own).
+        WriteOutcome::Etcd { zxid, .. } => encode_reply(xid, zxid_field(*zxid), ErrorCode::SystemError.code(), None),
     }
 }
 

@@ -886,6 +886,9 @@ impl ZkSim {
                     return Err(format!("client {c}: an answer to a write it did not send"));
                 };
                 match outcome {
+                    WriteOutcome::Etcd { .. } => {
+                        return Err(format!("client {c}: an etcd answer to a ZooKeeper write"));
+                    }
                     WriteOutcome::Applied { results, .. } => {
                         self.report.applied += 1;
                         if let Some(op) = op {
