@@ -144,9 +144,9 @@ impl StateLoader {
 mod tests {
     use super::*;
     use crate::log::{CreateTxn, NodeKind, Transaction, Txn};
+    use crate::log::{SessionId, Zxid};
     use crate::mvcc::{PutRequest, RangeRequest};
     use crate::tree::open_acl;
-    use crate::{SessionId, Zxid};
 
     fn tree_with(n: u32) -> DataTree {
         let mut tree = DataTree::new();

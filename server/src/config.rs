@@ -42,12 +42,48 @@ impl std::str::FromStr for Peer {
     }
 }
 
+/// Where the etcd v3 front listens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for EtcdAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EtcdAddr, String> {
+        if s == "off" {
+            return Ok(EtcdAddr(None));
+        }
+        s.parse().map(|a| EtcdAddr(Some(a))).map_err(|e| format!("{s:?} is neither HOST:PORT nor off: {e}"))
+    }
+}
+
+impl std::fmt::Display for EtcdAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
 /// Settings of one Baton server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
     /// Address for ZooKeeper clients (and four-letter words).
     #[arg(long, default_value = "127.0.0.1:2181")]
     pub client_addr: SocketAddr,
+    /// Address for etcd v3 clients (gRPC), or `off`. Off by default while the etcd front is
+    /// being built: KV (Range, Put, DeleteRange, Txn, Compact) is served; Watch, Lease,
+    /// Cluster and Maintenance are not yet.
+    #[arg(long, default_value = "off")]
+    pub etcd_addr: EtcdAddr,
+    /// Most operations in one etcd Txn's compare, success or failure list (etcd's
+    /// --max-txn-ops).
+    #[arg(long, default_value_t = 128)]
+    pub etcd_max_txn_ops: usize,
+    /// Largest etcd request, in bytes (etcd's --max-request-bytes); gRPC messages over this
+    /// plus 512 KiB are refused before they are decoded.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub etcd_max_request_bytes: usize,
     /// Directory for the WAL (`wal/`) and snapshots (`snapshots/`).
     #[arg(long, default_value = "baton-data")]
     pub data_dir: PathBuf,
@@ -179,6 +215,9 @@ impl ServerConfig {
     pub fn for_test(client_addr: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             client_addr,
+            etcd_addr: EtcdAddr(None),
+            etcd_max_txn_ops: 128,
+            etcd_max_request_bytes: 1_572_864,
             data_dir,
             cores: 2,
             tick_ms: 500,

@@ -53,7 +53,14 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     let shards = shard_count(config.cores);
     let (to_write_path, write_inbox) = inbox::inbox::<ToWritePath>();
     let (outboxes, inboxes): (Vec<_>, Vec<_>) = (0..shards).map(|_| inbox::inbox::<ToShard>()).unzip();
-    let shared = Arc::new(Shared::new(config, to_write_path, outboxes));
+    let etcd_addr = config.etcd_addr.0;
+    let mut shared = Shared::new(config, to_write_path, outboxes);
+    let etcd_inbox = etcd_addr.map(|_| {
+        let (outbox, inbox) = inbox::inbox::<ToShard>();
+        shared.etcd_front = Some(outbox);
+        inbox
+    });
+    let shared = Arc::new(shared);
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
@@ -111,6 +118,21 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         shared.stopping.set();
         return Err(e);
     }
+    // The etcd port opens once recovery is done too.
+    let etcd = match (etcd_addr, etcd_inbox) {
+        (Some(addr), Some(inbox)) => match crate::etcd::start(shared.clone(), addr, inbox) {
+            Ok((local, thread)) => {
+                tracing::info!(addr = %local, "serving etcd v3 clients");
+                println!("baton: serving etcd v3 clients on {local}");
+                Some(thread)
+            }
+            Err(e) => {
+                shared.stopping.set();
+                return Err(ServeError::Listen(std::io::Error::new(e.kind(), format!("etcd port {addr}: {e}"))));
+            }
+        },
+        _ => None,
+    };
     ready(bound);
     tracing::info!(shards, "every shard accepts clients");
     let mut outcome = match shard0.join() {
@@ -118,6 +140,11 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         Err(e) => Err(ServeError::Executor(format!("shard 0: {e}"))),
     };
     shared.stopping.set();
+    if let Some(thread) = etcd {
+        if thread.join().is_err() && outcome.is_ok() {
+            outcome = Err(ServeError::Executor("the etcd front panicked".into()));
+        }
+    }
     for (i, h) in others.into_iter().enumerate() {
         if let Err(e) = h.join().map_err(|e| ServeError::Executor(format!("shard {}: {e}", i + 1))).and_then(|r| r) {
             if outcome.is_ok() {

@@ -19,6 +19,8 @@ pub struct Cluster {
     base: u16,
     /// (from, to) → the proxy `from` reaches `to` through.
     proxies: BTreeMap<(usize, usize), Proxy>,
+    /// Server i serves etcd clients on this port + i, when set.
+    etcd_base: Option<u16>,
 }
 
 fn peer_addr(base: u16, id: usize) -> SocketAddr {
@@ -47,6 +49,29 @@ impl Cluster {
         base: u16,
         extra: &[&str],
     ) -> Cluster {
+        Cluster::build(bin, dir, voters, observers, base, None, extra)
+    }
+
+    /// As [`Cluster::start`], each server also serving etcd clients, server i on
+    /// 127.0.0.1:`etcd_base + i` (a range no other test uses).
+    pub fn start_with_etcd(bin: &str, dir: &Path, n: usize, base: u16, etcd_base: u16, extra: &[&str]) -> Cluster {
+        Cluster::build(bin, dir, n, 0, base, Some(etcd_base), extra)
+    }
+
+    /// Server `i`'s etcd endpoint (`http://HOST:PORT`), if it serves etcd clients.
+    pub fn etcd_endpoint(&self, i: usize) -> Option<String> {
+        self.etcd_base.map(|b| format!("http://127.0.0.1:{}", b + i as u16))
+    }
+
+    fn build(
+        bin: &str,
+        dir: &Path,
+        voters: usize,
+        observers: usize,
+        base: u16,
+        etcd_base: Option<u16>,
+        extra: &[&str],
+    ) -> Cluster {
         let n = voters + observers;
         assert!(n <= 9, "at most 9 servers");
         let mut proxies = BTreeMap::new();
@@ -67,11 +92,14 @@ impl Cluster {
                 .collect();
             let mut flags: Vec<String> = vec!["--server-id".into(), id.to_string(), "--peer".into(), peers.join(",")];
             flags.extend(["--cores", "1", "--peer-tick-ms", "50", "--tick-ms", "500"].map(String::from));
+            if let Some(b) = etcd_base {
+                flags.extend(["--etcd-addr".to_string(), format!("127.0.0.1:{}", b + id as u16)]);
+            }
             flags.extend(extra.iter().map(|s| s.to_string()));
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             nodes.push(BatonProcess::start(bin, &dir.join(format!("n{id}")), &flags));
         }
-        Cluster { nodes, base, proxies }
+        Cluster { nodes, base, proxies, etcd_base }
     }
 
     /// Server `i`'s own peer port (not through a proxy).

@@ -334,7 +334,7 @@ fn a_key_deleted_and_put_again_in_one_revision_survives_compaction_at_that_revis
 #[test]
 fn an_etcd_write_goes_through_the_log_and_applies_from_its_archive_as_it_would_owned() {
     use crate::log::{ArchivedTxn, Transaction, Txn};
-    use crate::{SessionId, Zxid};
+    use crate::log::{SessionId, Zxid};
     let nested = TxnRequest {
         compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b"1".to_vec()))],
         success: vec![

@@ -183,6 +183,9 @@ pub struct Shared {
     pub to_write_path: Outbox<ToWritePath>,
     /// Queue into each shard.
     pub to_shard: Vec<Outbox<ToShard>>,
+    /// Queue into the etcd front, when it runs: it takes answers and committed batches as a
+    /// shard does, as the one after the last shard ([`Shared::etcd_slot`]).
+    pub etcd_front: Option<Outbox<ToShard>>,
     /// Set when the server stops (a signal or a fatal error): every shard winds down.
     pub stopping: Event,
     /// Set once the write path has let its in-flight writes commit (or given up on them).
@@ -206,6 +209,7 @@ impl Shared {
             per_ip: Mutex::new(HashMap::new()),
             to_write_path,
             to_shard,
+            etcd_front: None,
             stopping: Event::default(),
             write_path_done: Event::default(),
         }
@@ -223,6 +227,16 @@ impl Shared {
     /// Write access (the write path only).
     pub fn tree_mut(&self) -> RwLockWriteGuard<'_, DataTree> {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of the etcd front among the places answers go (after the shards).
+    pub fn etcd_slot(&self) -> ShardId {
+        self.to_shard.len()
+    }
+
+    /// Where answers for `slot` go: a shard, or the etcd front ([`Shared::etcd_slot`]).
+    pub fn answers_to(&self, slot: ShardId) -> Option<&Outbox<ToShard>> {
+        self.to_shard.get(slot).or(if slot == self.etcd_slot() { self.etcd_front.as_ref() } else { None })
     }
 
     /// Read access to etcd's keyspace (as [`Shared::tree`]).

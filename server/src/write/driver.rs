@@ -64,13 +64,15 @@ impl Driver {
         let shared = &self.shared;
         match effect {
             Effect::Client { shard, msg } => {
-                if let Some(outbox) = shared.to_shard.get(shard) {
+                if let Some(outbox) = shared.answers_to(shard) {
                     outbox.send(ToShard::Client(msg));
                 }
             }
             Effect::Publish { batch, answers } => {
-                for (outbox, answers) in shared.to_shard.iter().zip(answers) {
-                    outbox.send(ToShard::Committed { batch: batch.clone(), answers });
+                for (slot, answers) in answers.into_iter().enumerate() {
+                    if let Some(outbox) = shared.answers_to(slot) {
+                        outbox.send(ToShard::Committed { batch: batch.clone(), answers });
+                    }
                 }
             }
             Effect::Propose { first, payloads } => {
@@ -94,7 +96,7 @@ impl Driver {
             }
             Effect::ReadOnly(on) => shared.read_only.store(on, std::sync::atomic::Ordering::Relaxed),
             Effect::DisconnectAll => {
-                for outbox in &shared.to_shard {
+                for outbox in shared.to_shard.iter().chain(&shared.etcd_front) {
                     outbox.send(ToShard::Disconnect);
                 }
             }
@@ -277,7 +279,8 @@ pub async fn run(
 ) -> Result<(), ReplicaError> {
     let config = WritePathConfig {
         id: shared.config.server_id,
-        shards: shared.to_shard.len(),
+        // An answer list per shard, and one for the etcd front.
+        shards: shared.to_shard.len() + 1,
         session_timeout_ms: (shared.config.min_session_timeout_ms(), shared.config.max_session_timeout_ms()),
         sequencer: baton_engine::sequencer::SequencerConfig {
             ttl_enabled: !shared.config.disable_ttl,
@@ -388,5 +391,14 @@ async fn tick(driver: Rc<RefCell<Driver>>) {
             path.set_out_of_space(full);
             path.tick(tree, now());
         });
+        // A compaction's unreachable history also goes when no batch is applied (a
+        // `physical` compaction waits for it), a bounded part per half tick.
+        let shared = driver.borrow().shared.clone();
+        if !shared.etcd().pruned() {
+            shared.etcd_mut().prune_step(PRUNE_PER_TICK);
+        }
     }
 }
+
+/// Revisions of compacted etcd history dropped per half tick when idle.
+const PRUNE_PER_TICK: usize = 8192;

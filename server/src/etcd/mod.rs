@@ -1,0 +1,101 @@
+//! The etcd v3 front: etcd's gRPC API over the same log as the ZooKeeper front (DESIGN.md,
+//! "Two fronts, one log"). etcd clients speak HTTP/2, so this front runs tonic on a tokio
+//! runtime of its own thread beside the glommio shards; it reaches the write path through
+//! the same messages as a shard (`crate::runtime::messages`) and reads etcd's keyspace from
+//! [`crate::runtime::Shared::etcd`].
+//!
+//! Served so far: KV (Range, Put, DeleteRange, Txn, Compact). Watch, Lease, Cluster and
+//! Maintenance are still to come (the keyspace already keeps what they need: events,
+//! leases, history).
+//!
+//! `pb` is generated from etcd's protos in `server/proto` by `server/proto/generate.sh`
+//! (checked in, so that building Baton needs no protobuf compiler).
+#![allow(clippy::result_large_err, reason = "tonic::Status is the error every gRPC handler returns")]
+
+pub mod convert;
+pub mod front;
+pub mod kv;
+
+/// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
+#[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod pb {
+    /// `authpb`.
+    pub mod authpb {
+        include!("pb/authpb.rs");
+    }
+    /// `mvccpb`.
+    pub mod mvccpb {
+        include!("pb/mvccpb.rs");
+    }
+    /// `etcdserverpb`.
+    pub mod etcdserverpb {
+        include!("pb/etcdserverpb.rs");
+    }
+}
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::runtime::inbox::Inbox;
+use crate::runtime::{Shared, ToShard};
+
+/// What etcd's gRPC server takes beyond `--max-request-bytes` (grpc-go refuses larger
+/// messages with its own error; the handlers say so in its words, see `kv::KvService::limit`).
+const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
+
+/// tonic refuses messages past this many times etcd's gRPC limit before decoding them (its
+/// own error, OutOfRange): the bound on what one request can make this server hold.
+const DECODE_LIMIT_FACTOR: usize = 4;
+
+/// Binds `addr` and serves etcd clients on a thread of its own until the server stops.
+/// Returns the bound address (for port 0) and the thread.
+pub fn start(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    inbox: Inbox<ToShard>,
+) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let thread = std::thread::Builder::new().name("baton-etcd".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the etcd front's runtime did not start; stopping");
+                shared.stopping.set();
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "the etcd port could not be served; stopping");
+                    shared.stopping.set();
+                    return;
+                }
+            };
+            let front = Arc::new(front::Front::new(shared.clone()));
+            let pump = tokio::spawn(front::pump(front.clone(), inbox));
+            let max = shared
+                .config
+                .etcd_max_request_bytes
+                .saturating_add(GRPC_OVERHEAD_BYTES)
+                .saturating_mul(DECODE_LIMIT_FACTOR);
+            let kv = pb::etcdserverpb::kv_server::KvServer::new(kv::KvService { front: front.clone() })
+                .max_decoding_message_size(max);
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let stopping = shared.clone();
+            let served = tonic::transport::Server::builder()
+                .add_service(kv)
+                .serve_with_incoming_shutdown(incoming, async move { stopping.stopping.wait().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the etcd front stopped; stopping");
+                shared.stopping.set();
+            }
+            pump.abort();
+        });
+    })?;
+    Ok((local, thread))
+}

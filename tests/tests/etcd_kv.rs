@@ -1,0 +1,235 @@
+//! etcd's KV API on a real `baton` process, through an unmodified third-party client (the
+//! `etcd-client` crate): revisions and per-key fields as etcd gives them, ranges, txns,
+//! compaction, and etcd's errors word for word; across a restart (the keyspace comes back
+//! from the WAL and from a snapshot).
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use baton_tests::server::BatonProcess;
+use baton_tests::temp_dir;
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("addr").port()
+}
+
+fn start(dir: &std::path::Path, etcd_port: u16, extra: &[&str]) -> BatonProcess {
+    let addr = format!("127.0.0.1:{etcd_port}");
+    let mut args = vec!["--tick-ms", "500", "--etcd-addr", addr.as_str()];
+    args.extend_from_slice(extra);
+    BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir, &args)
+}
+
+async fn connect(port: u16) -> Client {
+    tokio::time::timeout(Duration::from_secs(10), Client::connect([format!("http://127.0.0.1:{port}")], None))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+fn run<F: std::future::Future<Output = ()>>(f: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), f).await.expect("test finished within 60 s") });
+}
+
+/// The gRPC status of a failed call.
+fn grpc<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> (tonic::Code, String) {
+    match r {
+        Err(etcd_client::Error::GRpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+#[test]
+fn puts_gets_deletes_and_txns_give_etcds_revisions_fields_and_errors() {
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &[]);
+    run(async {
+        let mut c = connect(port).await;
+        // Appendix vectors 1-2 of engine/ETCD-MVCC.md: a fresh store is at revision 1.
+        let r = c.put("a", "1", None).await.expect("put");
+        assert_eq!(r.header().expect("header").revision(), 2);
+        let r = c.put("a", "2", Some(PutOptions::new().with_prev_key())).await.expect("put");
+        let prev = r.prev_key().expect("prev_kv");
+        assert_eq!((prev.value(), prev.mod_revision(), prev.version()), (&b"1"[..], 2, 1));
+        let got = c.get("a", None).await.expect("get");
+        let kv = &got.kvs()[0];
+        assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version(), kv.value()), (2, 3, 2, &b"2"[..]));
+        assert_eq!(got.header().expect("header").member_id(), 1);
+        // Deleting nothing keeps the revision.
+        let d = c.delete("b", None).await.expect("delete");
+        assert_eq!((d.deleted(), d.header().expect("header").revision()), (0, 3));
+        // A txn: compares, puts, a range inside; one revision.
+        let t = Txn::new().when([Compare::version("a", CompareOp::Equal, 2)]).and_then([
+            TxnOp::put("b", "x", None),
+            TxnOp::put("c", "y", None),
+            TxnOp::get("a", None),
+        ]);
+        let r = c.txn(t).await.expect("txn");
+        assert!(r.succeeded());
+        assert_eq!(r.header().expect("header").revision(), 4);
+        match &r.op_responses()[2] {
+            TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].mod_revision(), 3),
+            other => panic!("{other:?}"),
+        }
+        // VALUE on a missing key is false, even NOT_EQUAL.
+        let t = Txn::new().when([Compare::value("zz", CompareOp::NotEqual, "x")]);
+        assert!(!c.txn(t).await.expect("txn").succeeded());
+        // Prefix, sort, limit, count.
+        let got = c
+            .get(
+                "",
+                Some(GetOptions::new().with_from_key().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(2)),
+            )
+            .await
+            .expect("range");
+        let keys: Vec<&[u8]> = got.kvs().iter().map(|kv| kv.key()).collect();
+        assert_eq!((keys, got.count(), got.more()), (vec![&b"c"[..], &b"b"[..]], 3, true));
+        // A range delete: tombstones in one revision; reads in the past.
+        let d = c.delete("a", Some(DeleteOptions::new().with_range("d").with_prev_key())).await.expect("delete");
+        assert_eq!((d.deleted(), d.header().expect("header").revision(), d.prev_kvs().len()), (3, 5, 3));
+        c.put("a", "3", None).await.expect("put");
+        let old = c.get("a", Some(GetOptions::new().with_revision(3))).await.expect("read at 3");
+        assert_eq!(old.kvs()[0].value(), b"2");
+        assert_eq!(old.header().expect("header").revision(), 6, "the header holds the current revision");
+        // Compaction, and etcd's errors word for word.
+        c.compact(5, None).await.expect("compact");
+        assert_eq!(
+            grpc(c.get("a", Some(GetOptions::new().with_revision(4))).await),
+            (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into())
+        );
+        assert_eq!(
+            grpc(c.get("a", Some(GetOptions::new().with_revision(99))).await),
+            (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+        );
+        assert_eq!(
+            grpc(c.compact(5, None).await),
+            (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into())
+        );
+        assert_eq!(
+            grpc(c.put("", "v", None).await),
+            (tonic::Code::InvalidArgument, "etcdserver: key is not provided".into())
+        );
+        let dup = Txn::new().and_then([TxnOp::put("k", "1", None), TxnOp::put("k", "2", None)]);
+        assert_eq!(
+            grpc(c.txn(dup).await),
+            (tonic::Code::InvalidArgument, "etcdserver: duplicate key given in txn request".into())
+        );
+        let many = Txn::new().and_then((0..129).map(|i| TxnOp::put(format!("k{i}"), "", None)).collect::<Vec<_>>());
+        assert_eq!(
+            grpc(c.txn(many).await),
+            (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request".into())
+        );
+        assert_eq!(
+            grpc(c.put("k", "v", Some(PutOptions::new().with_lease(77))).await),
+            (tonic::Code::NotFound, "etcdserver: requested lease not found".into())
+        );
+        // Over --max-request-bytes (1.5 MiB): etcd's refusal; over it plus 512 KiB: grpc-go's.
+        let (code, msg) = grpc(c.put("big", vec![b'x'; 1_600_000], None).await);
+        assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: request is too large"));
+        let (code, msg) = grpc(c.put("big", vec![b'x'; 2 << 20], None).await);
+        assert_eq!(code, tonic::Code::ResourceExhausted, "{msg}");
+        // The server is fine after all that.
+        assert_eq!(c.get("a", None).await.expect("get").kvs()[0].value(), b"3");
+    });
+}
+
+#[test]
+fn the_keyspace_survives_restarts_from_the_log_and_from_a_snapshot() {
+    let dir = temp_dir();
+    let port = free_port();
+    // Snapshots often (every ~200 entries): the second restart loads one.
+    let extra = ["--snapshot-every-entries", "200"];
+    let mut server = start(dir.path(), port, &extra);
+    run(async {
+        let mut c = connect(port).await;
+        for i in 0..50 {
+            c.put(format!("k{:02}", i % 10), format!("v{i}"), None).await.expect("put");
+        }
+    });
+    server.kill();
+    server.restart();
+    run(async {
+        let mut c = connect(port).await;
+        let got = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
+        assert_eq!((got.count(), got.header().expect("header").revision()), (10, 51));
+        assert_eq!(got.kvs()[3].version(), 5);
+        for i in 50..600 {
+            c.put(format!("k{:02}", i % 10), format!("v{i}"), None).await.expect("put");
+        }
+        c.compact(300, None).await.expect("compact");
+    });
+    let snapshots = std::fs::read_dir(dir.path().join("snapshots")).expect("a snapshot directory");
+    let snapshot = snapshots.filter_map(Result::ok).find(|e| e.file_name().to_string_lossy().ends_with(".snap"));
+    let image = std::fs::read(snapshot.expect("a snapshot was written").path()).expect("read it");
+    assert!(image.windows(8).any(|w| w == b"BETCDIMG"), "the snapshot holds the etcd keyspace beside the tree");
+    server.kill();
+    server.restart();
+    run(async {
+        let mut c = connect(port).await;
+        let got = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
+        assert_eq!((got.count(), got.header().expect("header").revision()), (10, 601));
+        assert_eq!(got.kvs()[9].value(), b"v599");
+        assert_eq!(
+            grpc(c.get("k00", Some(GetOptions::new().with_revision(299))).await).1,
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let at = c.get("k00", Some(GetOptions::new().with_revision(300))).await.expect("read at the compaction");
+        assert_eq!(at.kvs()[0].value(), b"v290");
+    });
+}
+
+#[test]
+fn an_ensemble_serves_etcd_on_every_member_and_carries_on_after_its_leader_dies() {
+    use baton_tests::cluster::Cluster;
+    let dir = temp_dir();
+    let mut cluster =
+        Cluster::start_with_etcd(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 26_300, 26_400, &[]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).expect("a leader");
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let other = (1..=3).find(|&i| i != leader && i != follower).expect("another follower");
+    let endpoint = |i: usize| cluster.etcd_endpoint(i).expect("etcd served");
+    let (at_follower, at_other) = (endpoint(follower), endpoint(other));
+    run(async {
+        let mut c = Client::connect([at_follower.clone()], None).await.expect("connect to a follower");
+        // Written through a follower (forwarded to the leader), read back linearizably there
+        // and on the other follower.
+        for i in 0..20 {
+            c.put(format!("k{i}"), format!("v{i}"), None).await.expect("put through a follower");
+        }
+        let mut d = Client::connect([at_other.clone()], None).await.expect("connect");
+        let got = d.get("k", Some(GetOptions::new().with_prefix())).await.expect("linearizable read");
+        assert_eq!((got.count(), got.header().expect("header").revision()), (20, 21));
+        let t = Txn::new()
+            .when([Compare::value("k3", CompareOp::Equal, "v3")])
+            .and_then([TxnOp::put("k3", "w3", None), TxnOp::delete("k4", None)]);
+        assert!(d.txn(t).await.expect("txn").succeeded());
+    });
+    cluster.nodes[leader - 1].kill();
+    assert!(cluster.wait_for_leader(&[follower, other], Duration::from_secs(20)).is_some(), "a new leader");
+    run(async {
+        let mut c = Client::connect([at_follower.clone()], None).await.expect("connect");
+        // The next write after the failover: the revision goes on from where it was.
+        let mut put = None;
+        for _ in 0..50 {
+            match c.put("after", "failover", None).await {
+                Ok(r) => {
+                    put = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        assert_eq!(put.expect("a write after the failover").header().expect("header").revision(), 23);
+        let mut d = Client::connect([at_other.clone()], None).await.expect("connect");
+        let got = d.get("", Some(GetOptions::new().with_from_key())).await.expect("read");
+        assert_eq!(got.count(), 20, "19 of k0..k19 and after");
+        let k3 = d.get("k3", Some(GetOptions::new().with_serializable())).await.expect("read");
+        assert_eq!((k3.kvs()[0].value(), k3.kvs()[0].version()), (&b"w3"[..], 2));
+    });
+}
