@@ -233,3 +233,64 @@ fn an_ensemble_serves_etcd_on_every_member_and_carries_on_after_its_leader_dies(
         assert_eq!((k3.kvs()[0].value(), k3.kvs()[0].version()), (&b"w3"[..], 2));
     });
 }
+
+#[test]
+fn leases_are_granted_kept_alive_and_revoked_through_the_log_and_expire_on_the_leader() {
+    use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions};
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &[]);
+    run(async {
+        let mut c = connect(port).await;
+        // etcd's minimum TTL, a chosen ID, and a lease that exists already.
+        let g = c.lease_grant(1, Some(LeaseGrantOptions::new().with_id(7))).await.expect("grant");
+        assert_eq!((g.id(), g.ttl()), (7, 2));
+        assert_eq!(
+            grpc(c.lease_grant(5, Some(LeaseGrantOptions::new().with_id(7))).await),
+            (tonic::Code::FailedPrecondition, "etcdserver: lease already exists".into())
+        );
+        let server_chosen = c.lease_grant(60, None).await.expect("grant").id();
+        assert!(server_chosen > 0);
+        c.put("x", "1", Some(PutOptions::new().with_lease(server_chosen))).await.expect("put");
+        c.put("y", "1", Some(PutOptions::new().with_lease(server_chosen))).await.expect("put");
+        let t =
+            c.lease_time_to_live(server_chosen, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
+        assert_eq!((t.granted_ttl(), t.keys().len()), (60, 2));
+        assert!(t.ttl() > 50 && t.ttl() <= 60, "{}", t.ttl());
+        let leases: Vec<i64> = c.leases().await.expect("leases").leases().iter().map(|l| l.id()).collect();
+        assert_eq!(leases.len(), 2);
+        let unknown = c.lease_time_to_live(12345, None).await.expect("ttl of an unknown lease");
+        assert_eq!(unknown.ttl(), -1);
+        // A revoke deletes its keys in one revision.
+        let before = c.get("x", None).await.expect("get").header().expect("header").revision();
+        let r = c.lease_revoke(server_chosen).await.expect("revoke");
+        assert_eq!(r.header().expect("header").revision(), before + 1);
+        assert_eq!(c.get("", Some(GetOptions::new().with_from_key())).await.expect("get").count(), 0);
+        assert_eq!(
+            grpc(c.lease_revoke(server_chosen).await),
+            (tonic::Code::NotFound, "etcdserver: requested lease not found".into())
+        );
+        // Lease 7 (2 s) kept alive for 4 s outlives its TTL; then left alone, it expires and
+        // the leader revokes it: its key goes.
+        c.put("kept", "1", Some(PutOptions::new().with_lease(7))).await.expect("put");
+        let (mut keeper, mut answers) = c.lease_keep_alive(7).await.expect("keep-alive stream");
+        for _ in 0..8 {
+            keeper.keep_alive().await.expect("keep alive");
+            let a = answers.message().await.expect("an answer").expect("not closed");
+            assert_eq!((a.id(), a.ttl()), (7, 2));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(c.get("kept", None).await.expect("get").count(), 1, "kept alive past its TTL");
+        drop(keeper);
+        let mut gone = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if c.get("kept", None).await.expect("get").count() == 0 {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "an expired lease's key is deleted");
+        assert_eq!(c.lease_time_to_live(7, None).await.expect("ttl").ttl(), -1, "the lease is gone too");
+    });
+}

@@ -46,7 +46,7 @@ impl KvService {
 }
 
 /// A write's answer that is not of the kind asked for (a bug; never a client's doing).
-fn mismatch(got: &EtcdResponse) -> Status {
+pub(super) fn mismatch(got: &EtcdResponse) -> Status {
     tracing::error!(?got, "an etcd write answered with another kind of answer");
     Status::internal("etcdserver: unexpected answer")
 }

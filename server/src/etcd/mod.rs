@@ -4,9 +4,10 @@
 //! the same messages as a shard (`crate::runtime::messages`) and reads etcd's keyspace from
 //! [`crate::runtime::Shared::etcd`].
 //!
-//! Served so far: KV (Range, Put, DeleteRange, Txn, Compact). Watch, Lease, Cluster and
-//! Maintenance are still to come (the keyspace already keeps what they need: events,
-//! leases, history).
+//! Served so far: KV (Range, Put, DeleteRange, Txn, Compact) and Lease (Grant, Revoke,
+//! KeepAlive, TimeToLive, Leases; expiry decided by the leader). Watch, Cluster and
+//! Maintenance are still to come (the keyspace already keeps the events and history Watch
+//! needs).
 //!
 //! `pb` is generated from etcd's protos in `server/proto` by `server/proto/generate.sh`
 //! (checked in, so that building Baton needs no protobuf compiler).
@@ -15,6 +16,7 @@
 pub mod convert;
 pub mod front;
 pub mod kv;
+pub mod lease;
 
 /// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
@@ -84,10 +86,13 @@ pub fn start(
                 .saturating_mul(DECODE_LIMIT_FACTOR);
             let kv = pb::etcdserverpb::kv_server::KvServer::new(kv::KvService { front: front.clone() })
                 .max_decoding_message_size(max);
+            let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
+                .max_decoding_message_size(max);
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let stopping = shared.clone();
             let served = tonic::transport::Server::builder()
                 .add_service(kv)
+                .add_service(lease)
                 .serve_with_incoming_shutdown(incoming, async move { stopping.stopping.wait().await })
                 .await;
             if let Err(e) = served {

@@ -75,6 +75,8 @@ pub enum ToWritePath {
     },
     /// Sessions heard from since the last report (ZooKeeper's learner pings carry the same).
     Touch(Vec<SessionId>),
+    /// etcd leases kept alive by their clients here (LeaseKeepAlive).
+    KeepAlive(Vec<i64>),
 }
 
 /// What one committed entry changed, as every shard sees it (for watches).

@@ -170,6 +170,8 @@ impl Machine {
         let old_tree = std::mem::replace(&mut *d.shared.tree_mut(), tree);
         let old_etcd = std::mem::replace(&mut *d.shared.etcd_mut(), etcd);
         d.with_tree(|path, tree| path.installed(tree, now()));
+        let shared = d.shared.clone();
+        d.path.installed_etcd(&shared.etcd(), now());
         drop(old_tree);
         drop(old_etcd);
     }

@@ -42,6 +42,12 @@ mod message {
             /// For a multi: one code per operation (then `code` is 0).
             multi: Option<Vec<i32>>,
         },
+        /// etcd leases kept alive by clients of a follower (or of observers below it), for
+        /// the leader, which alone expires leases.
+        KeepAlive {
+            /// The leases.
+            leases: Vec<i64>,
+        },
     }
 }
 

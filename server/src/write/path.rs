@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use baton_engine::log::{ArchivedTxn, Transaction};
-use baton_engine::mvcc::KeySpace;
+use baton_engine::mvcc::{ArchivedEtcdTxn, EtcdResponse, EtcdTxn, KeySpace};
 use baton_engine::sequencer::{AuthId, Rejected, Sequencer, SequencerConfig, WriteOp, WriteRequest};
 use baton_engine::tree::{DataTree, ErrorCode};
 use baton_engine::zab::{LogEntry, Payload, Role, ServerId};
@@ -34,6 +34,11 @@ use baton_engine::{SessionId, Zxid};
 use rkyv::util::AlignedVec;
 
 use super::forward::Forwarded;
+
+/// An etcd lease's TTL (seconds) as a deadline's distance.
+fn lease_ttl(ttl_s: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(ttl_s.max(0) as u64)
+}
 
 /// Revisions of etcd history made unreachable by a compaction that are dropped per applied
 /// batch: a compaction of any size costs no batch more than this.
@@ -200,6 +205,11 @@ pub struct WritePath {
     proposals: Vec<Payload>,
     first_proposal: Option<Zxid>,
     sessions: SessionTracker,
+    /// etcd's leases, by ID, and when each expires unless kept alive; tracked on every
+    /// server (from the log), expired by the leader alone, as sessions are.
+    leases: SessionTracker,
+    /// Leases kept alive here since the last report to the leader (a follower's).
+    kept_alive: Vec<i64>,
     /// The connection each live session is bound to.
     owners: HashMap<SessionId, ClientRef>,
     /// Reused to give payloads the alignment archived entries need.
@@ -229,6 +239,8 @@ impl WritePath {
     pub fn new(config: WritePathConfig, now: Now) -> WritePath {
         WritePath {
             sessions: SessionTracker::new(config.id as u8, now.wall_ms.max(0) as u64),
+            leases: SessionTracker::default(),
+            kept_alive: Vec::new(),
             config,
             seq: None,
             role: Role::Looking,
@@ -290,6 +302,33 @@ impl WritePath {
             ToWritePath::Write { client, xid, req } => self.submit(tree, now, req, Origin::Request { client, xid }),
             ToWritePath::Sync { client, xid } => self.sync(client, xid),
             ToWritePath::Touch(sessions) => self.touch(now, sessions),
+            ToWritePath::KeepAlive(leases) => self.keep_alive(now, leases),
+        }
+    }
+
+    /// etcd leases kept alive by clients here: renewed here, and (a follower's) reported to
+    /// the leader with the next tick.
+    fn keep_alive(&mut self, now: Now, leases: Vec<i64>) {
+        for &id in &leases {
+            self.leases.touch(SessionId(id), now.instant);
+        }
+        if !self.role.is_leading() {
+            self.kept_alive.extend(leases);
+        }
+    }
+
+    /// (Leader.) etcd leases the ensemble reports kept alive.
+    fn leases_kept_alive(&mut self, now: Now, leases: Vec<i64>) {
+        for id in leases {
+            self.leases.touch(SessionId(id), now.instant);
+        }
+    }
+
+    /// The keyspace was replaced by a snapshot: every lease in it gets its whole TTL.
+    pub fn installed_etcd(&mut self, etcd: &KeySpace, now: Now) {
+        self.leases = SessionTracker::default();
+        for (id, ttl) in etcd.leases() {
+            self.leases.track_for(SessionId(id), lease_ttl(ttl), now.instant);
         }
     }
 
@@ -577,8 +616,38 @@ impl WritePath {
     pub fn tick(&mut self, tree: &DataTree, now: Now) {
         self.maybe_enter_read_only(now);
         self.expire_sessions(tree, now);
+        self.expire_leases(tree, now);
         self.reap(tree, now);
+        self.report_kept_alive();
         self.flush();
+    }
+
+    /// Revokes etcd leases past their deadline (leader only), through the log, as etcd's
+    /// primary lessor does: their keys go on every server in one revision.
+    fn expire_leases(&mut self, tree: &DataTree, now: Now) {
+        if self.seq.is_none() {
+            return;
+        }
+        for lease in self.leases.expired(now.instant) {
+            self.leases.remove(lease);
+            tracing::info!(lease = lease.as_i64(), "etcd lease expired");
+            let op = WriteOp::Etcd(EtcdTxn::LeaseRevoke { id: lease.as_i64() });
+            let req = WriteRequest { session_id: SessionId::NONE, cxid: 0, auth: Vec::new(), op };
+            let _ = self.prepare(tree, now, &req);
+        }
+    }
+
+    /// A follower's leases kept alive since the last tick, to its leader.
+    fn report_kept_alive(&mut self) {
+        if self.kept_alive.is_empty() {
+            return;
+        }
+        let mut leases = std::mem::take(&mut self.kept_alive);
+        leases.sort_unstable();
+        leases.dedup();
+        if let Some(to) = self.upstream() {
+            self.out.push(Effect::Forward { to, data: Forwarded::KeepAlive { leases }.encode().into() });
+        }
     }
 
     /// Submits closes for sessions past their deadline (leader only), through the log, so
@@ -677,6 +746,17 @@ impl WritePath {
         self.stats.committed += 1;
         if let ArchivedTxn::Etcd(write) = &txn.txn {
             let done = etcd.apply_archived(write).map_err(|e| format!("etcd entry {}: {e}", entry.zxid))?;
+            match &done.result {
+                Ok(EtcdResponse::LeaseGrant { id, ttl, .. }) => {
+                    self.leases.track_for(SessionId(*id), lease_ttl(*ttl), now.instant)
+                }
+                Ok(EtcdResponse::LeaseRevoke { .. }) => {
+                    if let ArchivedEtcdTxn::LeaseRevoke { id } = write {
+                        self.leases.remove(SessionId(id.to_native()));
+                    }
+                }
+                _ => {}
+            }
             if let Some(Origin::Request { client, xid }) = self.pending.remove(&key) {
                 let outcome = WriteOutcome::Etcd { zxid: applied.zxid, result: done.result };
                 if let Some(list) = answers.get_mut(client.shard) {
@@ -768,6 +848,9 @@ impl WritePath {
         if let Role::Leading { established: true, .. } = role {
             if self.leading_from.is_none() {
                 self.leading_from = Some(last_logged);
+                // A new leader gives every lease its whole TTL (etcd's Promote): it has not
+                // heard the keep-alives that went to the old one.
+                self.leases.touch_all(now.instant);
             }
             self.maybe_start_sequencer(tree, now);
         } else {
@@ -821,6 +904,14 @@ impl WritePath {
             Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
                 if let Some(origin) = self.pending.remove(&(session, cxid)) {
                     self.refused(tree, origin, zxid, Forwarded::rejected(code, multi));
+                }
+            }
+            Ok(Forwarded::KeepAlive { leases }) => {
+                if self.role.is_leading() {
+                    self.leases_kept_alive(now, leases);
+                } else if let Some(up) = self.upstream() {
+                    // An observer passes its downstream's keep-alives on towards the leader.
+                    self.out.push(Effect::Forward { to: up, data: Forwarded::KeepAlive { leases }.encode().into() });
                 }
             }
             Err(e) => tracing::warn!(peer = from, error = %e, "dropping a malformed forwarded message"),

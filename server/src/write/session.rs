@@ -43,11 +43,26 @@ impl SessionTracker {
         self.deadlines.insert(id, (timeout, now + timeout));
     }
 
+    /// Starts (or restarts) tracking `id` with a timeout of any length (etcd leases: up to
+    /// 9e9 s).
+    pub fn track_for(&mut self, id: SessionId, timeout: Duration, now: Instant) {
+        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        self.deadlines.insert(id, (timeout, deadline));
+    }
+
+    /// Gives every tracked id its whole timeout from `now` (a new leader, as etcd's
+    /// `Promote`: nobody is expired for what an old leader heard and this one did not).
+    pub fn touch_all(&mut self, now: Instant) {
+        for (timeout, deadline) in self.deadlines.values_mut() {
+            *deadline = now.checked_add(*timeout).unwrap_or(*deadline);
+        }
+    }
+
     /// The client was heard from.
     pub fn touch(&mut self, id: SessionId, now: Instant) -> bool {
         match self.deadlines.get_mut(&id) {
             Some((timeout, deadline)) => {
-                *deadline = now + *timeout;
+                *deadline = now.checked_add(*timeout).unwrap_or(*deadline);
                 true
             }
             None => false,

@@ -649,3 +649,59 @@ fn etcd_writes_in_the_log_reach_the_keyspace_and_the_tree_counts_their_zxids() {
     assert_eq!(back_tree.last_zxid(), tree.last_zxid());
     assert_eq!(back_etcd.to_image(), etcd.to_image());
 }
+
+#[test]
+fn an_etcd_lease_expires_on_the_leader_alone_and_a_followers_keep_alives_go_to_it() {
+    use baton_engine::log::{ArchivedTxn, Transaction};
+    use baton_engine::mvcc::{ArchivedEtcdTxn, EtcdTxn};
+    let grant = |path: &mut WritePath, tree: &mut DataTree| {
+        let op = WriteOp::Etcd(EtcdTxn::LeaseGrant { id: 9, ttl: 2, min_ttl: 2 });
+        let client = ClientRef { shard: 2, conn: ConnId(1) };
+        path.handle(
+            tree,
+            at(0),
+            write(client, WriteRequest { session_id: SessionId(1 << 40), cxid: 1, auth: Vec::new(), op }),
+        );
+        path.flush();
+        proposed(&path.take_effects())
+    };
+    // The leader grants, and with no keep-alive revokes the lease through the log after 2 s.
+    let (mut tree, mut etcd) = (DataTree::new(), KeySpace::new());
+    let mut path = leader(&tree);
+    let entries = grant(&mut path, &mut tree);
+    path.apply(&mut tree, &mut etcd, at(1), &entries);
+    assert!(etcd.lease(9).is_some());
+    path.take_effects();
+    path.tick(&tree, at(1_500));
+    assert!(proposed(&path.take_effects()).is_empty(), "not yet");
+    path.handle(&tree, at(1_500), ToWritePath::KeepAlive(vec![9]));
+    path.tick(&tree, at(3_000));
+    assert!(proposed(&path.take_effects()).is_empty(), "kept alive at 1.5 s: due at 3.5 s");
+    path.tick(&tree, at(3_600));
+    let revokes = proposed(&path.take_effects());
+    let revoked: Vec<i64> = revokes
+        .iter()
+        .filter_map(|e| match &Transaction::access(&e.payload).expect("an entry").txn {
+            ArchivedTxn::Etcd(ArchivedEtcdTxn::LeaseRevoke { id }) => Some(id.to_native()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revoked, vec![9]);
+    path.apply(&mut tree, &mut etcd, at(3_700), &revokes);
+    assert!(etcd.lease(9).is_none());
+    path.tick(&tree, at(10_000));
+    assert!(proposed(&path.take_effects()).is_empty(), "revoked once");
+    // A follower tracks the lease from the log but never expires it; it reports keep-alives.
+    let (mut ftree, mut fetcd) = (DataTree::new(), KeySpace::new());
+    let mut f = follower(&ftree);
+    f.apply(&mut ftree, &mut fetcd, at(1), &entries);
+    f.take_effects();
+    f.handle(&ftree, at(100), ToWritePath::KeepAlive(vec![9]));
+    f.tick(&ftree, at(60_000));
+    let effects = f.take_effects();
+    assert!(proposed(&effects).is_empty(), "a follower expires nothing");
+    let reported = effects.iter().any(|e| {
+        matches!(e, Effect::Forward { to: 2, data } if matches!(Forwarded::decode(data), Ok(Forwarded::KeepAlive { leases }) if leases == vec![9]))
+    });
+    assert!(reported, "{effects:?}");
+}
