@@ -294,3 +294,77 @@ fn leases_are_granted_kept_alive_and_revoked_through_the_log_and_expire_on_the_l
         assert_eq!(c.lease_time_to_live(7, None).await.expect("ttl").ttl(), -1, "the lease is gone too");
     });
 }
+
+/// The (kind, key, revision) of every event in the next `n` events of `stream`.
+async fn next_events(stream: &mut etcd_client::WatchStream, n: usize) -> Vec<(bool, Vec<u8>, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events in time")
+            .expect("a watch answer")
+            .expect("the stream is open");
+        assert!(!r.canceled(), "cancelled: {}", r.cancel_reason());
+        for e in r.events() {
+            let kv = e.kv().expect("an event's key");
+            out.push((e.event_type() == etcd_client::EventType::Put, kv.key().to_vec(), kv.mod_revision()));
+        }
+    }
+    out
+}
+
+#[test]
+fn watches_see_every_change_in_order_from_now_or_from_history_and_end_at_a_compaction() {
+    use etcd_client::WatchOptions;
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &[]);
+    run(async {
+        let mut c = connect(port).await;
+        let mut w = connect(port).await;
+        // From now: puts and deletes on a prefix, with their previous values; a NOPUT watcher
+        // sees only the deletes.
+        let (_w1, mut all) =
+            w.watch("p/", Some(WatchOptions::new().with_prefix().with_prev_key())).await.expect("watch");
+        let (_w2, mut deletes) = w
+            .watch("p/", Some(WatchOptions::new().with_prefix().with_filters([etcd_client::WatchFilterType::NoPut])))
+            .await
+            .expect("watch");
+        c.put("p/a", "1", None).await.expect("put"); // 2
+        c.put("other", "x", None).await.expect("put"); // 3, not watched
+        c.put("p/a", "2", None).await.expect("put"); // 4
+        c.delete("p/", Some(DeleteOptions::new().with_prefix())).await.expect("delete"); // 5
+        let got = next_events(&mut all, 3).await;
+        assert_eq!(got, vec![(true, b"p/a".to_vec(), 2), (true, b"p/a".to_vec(), 4), (false, b"p/a".to_vec(), 5)]);
+        assert_eq!(next_events(&mut deletes, 1).await, vec![(false, b"p/a".to_vec(), 5)]);
+        // From history: 1,500 puts, then a watcher from revision 2 replays all of them (more
+        // than one catch-up pass and than a stream's queue) and goes on live, with no gap and
+        // no duplicate.
+        for i in 0..1500 {
+            c.put(format!("h/{:04}", i % 100), format!("{i}"), None).await.expect("put");
+        }
+        let (_w3, mut replay) =
+            w.watch("", Some(WatchOptions::new().with_all_keys().with_start_revision(2))).await.expect("watch");
+        c.put("h/live", "1", None).await.expect("put");
+        let got = next_events(&mut replay, 1505).await;
+        let revisions: Vec<i64> = got.iter().map(|e| e.2).collect();
+        assert_eq!(revisions, (2..=1506).collect::<Vec<_>>(), "every revision once, in order");
+        assert_eq!(got.last().map(|e| e.1.clone()), Some(b"h/live".to_vec()));
+        // From a compacted revision: cancelled, with the compaction's revision.
+        c.compact(1000, None).await.expect("compact");
+        let (_w4, mut old) =
+            w.watch("h/", Some(WatchOptions::new().with_prefix().with_start_revision(10))).await.expect("watch");
+        let mut cancelled = None;
+        while cancelled.is_none() {
+            let r = tokio::time::timeout(Duration::from_secs(10), old.message())
+                .await
+                .expect("an answer in time")
+                .expect("an answer")
+                .expect("open");
+            if r.canceled() {
+                cancelled = Some(r.compact_revision());
+            }
+        }
+        assert_eq!(cancelled, Some(1000));
+    });
+}

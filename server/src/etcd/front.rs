@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
 use super::pb::etcdserverpb as pb;
+use super::watch::Hub;
 use crate::runtime::inbox::Inbox;
 use crate::runtime::{ClientRef, ConnId, Shared, ToClient, ToShard, ToWritePath, WriteOutcome};
 
@@ -159,11 +160,15 @@ impl Front {
 }
 
 /// Takes what the write path sends the etcd front (answers, and the committed batches whose
-/// events etcd's watchers will follow) until the server stops.
-pub async fn pump(front: Arc<Front>, inbox: Inbox<ToShard>) {
+/// events etcd's watchers follow) until the server stops.
+pub async fn pump(front: Arc<Front>, hub: Arc<Mutex<Hub>>, inbox: Inbox<ToShard>) {
     while let Some(msg) = inbox.recv().await {
         match msg {
-            ToShard::Committed { answers, .. } => {
+            ToShard::Committed { batch, answers } => {
+                let events: Vec<_> = batch.iter().flat_map(|c| c.etcd_events.iter().cloned()).collect();
+                if let Some(current) = events.last().map(|e| e.kv.mod_revision) {
+                    hub.lock().unwrap_or_else(|p| p.into_inner()).publish(&front, &events, current);
+                }
                 for (_, a) in answers {
                     front.answer(a);
                 }

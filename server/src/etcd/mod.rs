@@ -4,10 +4,10 @@
 //! the same messages as a shard (`crate::runtime::messages`) and reads etcd's keyspace from
 //! [`crate::runtime::Shared::etcd`].
 //!
-//! Served so far: KV (Range, Put, DeleteRange, Txn, Compact) and Lease (Grant, Revoke,
-//! KeepAlive, TimeToLive, Leases; expiry decided by the leader). Watch, Cluster and
-//! Maintenance are still to come (the keyspace already keeps the events and history Watch
-//! needs).
+//! Served so far: KV (Range, Put, DeleteRange, Txn, Compact), Watch (streams of watchers,
+//! history replay, slow watchers caught up from history) and Lease (Grant, Revoke,
+//! KeepAlive, TimeToLive, Leases; expiry decided by the leader). Cluster and Maintenance
+//! are still to come.
 //!
 //! `pb` is generated from etcd's protos in `server/proto` by `server/proto/generate.sh`
 //! (checked in, so that building Baton needs no protobuf compiler).
@@ -17,6 +17,7 @@ pub mod convert;
 pub mod front;
 pub mod kv;
 pub mod lease;
+pub mod watch;
 
 /// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
@@ -78,7 +79,9 @@ pub fn start(
                 }
             };
             let front = Arc::new(front::Front::new(shared.clone()));
-            let pump = tokio::spawn(front::pump(front.clone(), inbox));
+            let hub = Arc::new(std::sync::Mutex::new(watch::Hub::default()));
+            let pump = tokio::spawn(front::pump(front.clone(), hub.clone(), inbox));
+            let catch_up = tokio::spawn(watch::catch_up(front.clone(), hub.clone()));
             let max = shared
                 .config
                 .etcd_max_request_bytes
@@ -88,11 +91,15 @@ pub fn start(
                 .max_decoding_message_size(max);
             let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
                 .max_decoding_message_size(max);
+            let watch =
+                pb::etcdserverpb::watch_server::WatchServer::new(watch::WatchService { front: front.clone(), hub })
+                    .max_decoding_message_size(max);
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let stopping = shared.clone();
             let served = tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(lease)
+                .add_service(watch)
                 .serve_with_incoming_shutdown(incoming, async move { stopping.stopping.wait().await })
                 .await;
             if let Err(e) = served {
@@ -100,6 +107,7 @@ pub fn start(
                 shared.stopping.set();
             }
             pump.abort();
+            catch_up.abort();
         });
     })?;
     Ok((local, thread))

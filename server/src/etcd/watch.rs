@@ -1,0 +1,310 @@
+//! etcd's Watch service: bidirectional streams carrying many watchers each.
+//!
+//! Every committed batch reaches the etcd front in order (it is a slot of the write path's
+//! answers, `front::pump`), with the events each etcd entry made. A watcher is *synced* when
+//! the batches alone keep it up to date, and *unsynced* while it still has history to catch
+//! up on: one that starts in the past, or one whose client read too slowly and whose stream's
+//! bounded queue filled up (as etcd's unsynced watchers: a slow watcher never holds up writes
+//! or other watchers). A catch-up task reads unsynced watchers' events from the keyspace's
+//! history, a bounded number per pass, and cancels a watcher whose history was compacted
+//! away, with the compaction's revision, as etcd does.
+//!
+//! Each watcher holds the first revision it has not been sent yet, and events below it are
+//! never sent again: events arrive in revision order, with no gap and no duplicate, whether
+//! they come from a batch or from history.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_engine::mvcc::{Event, EventKind, MvccError};
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::front::Front;
+use super::pb::etcdserverpb as pb;
+use super::pb::mvccpb;
+
+/// Answers queued per stream before its watchers fall back to catching up from history.
+const STREAM_QUEUE: usize = 256;
+
+/// How often unsynced watchers are caught up.
+const CATCH_UP_EVERY: Duration = Duration::from_millis(20);
+
+/// Events read from history per watcher per catch-up pass.
+const CATCH_UP_EVENTS: usize = 1000;
+
+/// One watcher.
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    /// The first revision not sent yet.
+    next: i64,
+    synced: bool,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        let k: &[u8] = &e.kv.key;
+        let in_range = match self.range_end.as_slice() {
+            [] => k == self.key.as_slice(),
+            [0] => k >= self.key.as_slice(),
+            end => k >= self.key.as_slice() && k < end,
+        };
+        in_range
+            && !(self.no_put && e.kind == EventKind::Put)
+            && !(self.no_delete && e.kind == EventKind::Delete)
+            && e.kv.mod_revision >= self.next
+    }
+
+    fn event(&self, e: &Event) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: if e.kind == EventKind::Put { 0 } else { 1 },
+            kv: Some(convert::kv(e.kv.clone())),
+            prev_kv: if self.prev_kv { e.prev_kv.clone().map(convert::kv) } else { None },
+        }
+    }
+}
+
+/// One client stream and its watchers.
+struct Stream {
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watchers: HashMap<i64, Watcher>,
+    next_id: i64,
+}
+
+/// Every watch stream of this server's etcd front.
+#[derive(Default)]
+pub struct Hub {
+    streams: HashMap<u64, Stream>,
+    next_stream: u64,
+}
+
+impl Hub {
+    /// A committed batch's events (revision order), up to revision `current`: sent to each
+    /// synced watcher that wants them; a stream whose queue is full has its watchers fall back
+    /// to catching up.
+    pub fn publish(&mut self, front: &Front, events: &[Event], current: i64) {
+        self.streams.retain(|_, s| !s.tx.is_closed());
+        for stream in self.streams.values_mut() {
+            for (&id, w) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
+                let mine: Vec<mvccpb::Event> = events.iter().filter(|e| w.wants(e)).map(|e| w.event(e)).collect();
+                if !mine.is_empty() {
+                    let answer = pb::WatchResponse {
+                        header: Some(front.header(current)),
+                        watch_id: id,
+                        events: mine,
+                        ..pb::WatchResponse::default()
+                    };
+                    if stream.tx.try_send(Ok(answer)).is_err() {
+                        w.synced = false;
+                        continue;
+                    }
+                }
+                w.next = w.next.max(current + 1);
+            }
+        }
+    }
+}
+
+/// The Watch service of this server's etcd front.
+pub struct WatchService {
+    pub(super) front: Arc<Front>,
+    pub(super) hub: Arc<Mutex<Hub>>,
+}
+
+fn lock(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
+    hub.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WatchService {
+    fn create(&self, stream: u64, c: pb::WatchCreateRequest) {
+        // The hub first, then the revision: a batch published after this reading (the
+        // pump takes the hub too) is one this watcher gets.
+        let mut hub = lock(&self.hub);
+        let current = self.front.shared.etcd().revision();
+        let Some(s) = hub.streams.get_mut(&stream) else { return };
+        let header = Some(self.front.header(current));
+        if c.start_revision < 0 {
+            // etcd's answer to a negative start revision.
+            let answer = pb::WatchResponse {
+                header,
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: MvccError::Compacted.to_string(),
+                ..pb::WatchResponse::default()
+            };
+            let _ = s.tx.try_send(Ok(answer));
+            return;
+        }
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while s.watchers.contains_key(&s.next_id) {
+                s.next_id += 1;
+            }
+            s.next_id
+        };
+        if s.watchers.contains_key(&id) {
+            let answer = pb::WatchResponse {
+                header,
+                watch_id: id,
+                created: true,
+                canceled: true,
+                cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                ..pb::WatchResponse::default()
+            };
+            let _ = s.tx.try_send(Ok(answer));
+            return;
+        }
+        let past = c.start_revision != 0 && c.start_revision <= current;
+        let next = if c.start_revision == 0 { current + 1 } else { c.start_revision };
+        let watcher = Watcher {
+            key: c.key,
+            range_end: c.range_end,
+            prev_kv: c.prev_kv,
+            no_put: c.filters.contains(&0),
+            no_delete: c.filters.contains(&1),
+            next,
+            synced: !past,
+        };
+        s.watchers.insert(id, watcher);
+        let created = pb::WatchResponse { header, watch_id: id, created: true, ..pb::WatchResponse::default() };
+        let _ = s.tx.try_send(Ok(created));
+    }
+
+    fn cancel(&self, stream: u64, watch_id: i64) {
+        let mut hub = lock(&self.hub);
+        let current = self.front.shared.etcd().revision();
+        let Some(s) = hub.streams.get_mut(&stream) else { return };
+        if s.watchers.remove(&watch_id).is_some() {
+            let answer = pb::WatchResponse {
+                header: Some(self.front.header(current)),
+                watch_id,
+                canceled: true,
+                ..pb::WatchResponse::default()
+            };
+            let _ = s.tx.try_send(Ok(answer));
+        }
+    }
+
+    fn progress(&self, stream: u64) {
+        let hub = lock(&self.hub);
+        let current = self.front.shared.etcd().revision();
+        let Some(s) = hub.streams.get(&stream) else { return };
+        // As etcd: a progress notification (watch ID -1) once every watcher is synced.
+        if s.watchers.values().all(|w| w.synced) {
+            let answer = pb::WatchResponse {
+                header: Some(self.front.header(current)),
+                watch_id: -1,
+                ..pb::WatchResponse::default()
+            };
+            let _ = s.tx.try_send(Ok(answer));
+        }
+    }
+}
+
+/// Catches unsynced watchers up from the keyspace's history until the server stops.
+pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
+    loop {
+        tokio::time::sleep(CATCH_UP_EVERY).await;
+        // The hub, then the keyspace, everywhere.
+        let mut hub = lock(&hub);
+        if hub.streams.values().all(|s| s.watchers.values().all(|w| w.synced)) {
+            continue;
+        }
+        let ks = front.shared.etcd();
+        let current = ks.revision();
+        hub.streams.retain(|_, s| !s.tx.is_closed());
+        for s in hub.streams.values_mut() {
+            let mut cancelled = Vec::new();
+            for (&id, w) in s.watchers.iter_mut().filter(|(_, w)| !w.synced) {
+                if s.tx.capacity() == 0 {
+                    break;
+                }
+                let events = match ks.events(w.next, current, &w.key, &w.range_end) {
+                    Ok(events) => events,
+                    Err(compacted) => {
+                        let answer = pb::WatchResponse {
+                            header: Some(front.header(current)),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: compacted,
+                            ..pb::WatchResponse::default()
+                        };
+                        let _ = s.tx.try_send(Ok(answer));
+                        cancelled.push(id);
+                        continue;
+                    }
+                };
+                let mut chunk: Vec<&Event> = events.iter().filter(|e| w.wants(e)).take(CATCH_UP_EVENTS).collect();
+                // Never split a revision between two answers.
+                let complete = chunk.len() < CATCH_UP_EVENTS;
+                if !complete {
+                    if let Some(last) = chunk.last().map(|e| e.kv.mod_revision) {
+                        if chunk.iter().any(|e| e.kv.mod_revision != last) {
+                            chunk.retain(|e| e.kv.mod_revision != last);
+                        }
+                    }
+                }
+                let reached = if complete { current } else { chunk.last().map_or(current, |e| e.kv.mod_revision) };
+                if !chunk.is_empty() {
+                    let answer = pb::WatchResponse {
+                        header: Some(front.header(current)),
+                        watch_id: id,
+                        events: chunk.iter().map(|e| w.event(e)).collect(),
+                        ..pb::WatchResponse::default()
+                    };
+                    if s.tx.try_send(Ok(answer)).is_err() {
+                        continue;
+                    }
+                }
+                w.next = reached + 1;
+                w.synced = complete;
+            }
+            for id in cancelled {
+                s.watchers.remove(&id);
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        use pb::watch_request::RequestUnion as R;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let stream = {
+            let mut hub = lock(&self.hub);
+            let id = hub.next_stream;
+            hub.next_stream += 1;
+            hub.streams.insert(id, Stream { tx, watchers: HashMap::new(), next_id: 0 });
+            id
+        };
+        let service = WatchService { front: self.front.clone(), hub: self.hub.clone() };
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = inbound.next().await {
+                match req.request_union {
+                    Some(R::CreateRequest(c)) => service.create(stream, c),
+                    Some(R::CancelRequest(c)) => service.cancel(stream, c.watch_id),
+                    Some(R::ProgressRequest(_)) => service.progress(stream),
+                    None => {}
+                }
+            }
+            lock(&service.hub).streams.remove(&stream);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
