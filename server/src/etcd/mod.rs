@@ -6,8 +6,9 @@
 //!
 //! Served so far: KV (Range, Put, DeleteRange, Txn, Compact), Watch (streams of watchers,
 //! history replay, slow watchers caught up from history) and Lease (Grant, Revoke,
-//! KeepAlive, TimeToLive, Leases; expiry decided by the leader). Cluster and Maintenance
-//! are still to come.
+//! KeepAlive, TimeToLive, Leases; expiry decided by the leader), Maintenance (Status,
+//! Alarm, Defragment, Hash, HashKV, Snapshot) and Cluster (MemberList; membership changes
+//! answer "not supported yet").
 //!
 //! `pb` is generated from etcd's protos in `server/proto` by `server/proto/generate.sh`
 //! (checked in, so that building Baton needs no protobuf compiler).
@@ -17,6 +18,7 @@ pub mod convert;
 pub mod front;
 pub mod kv;
 pub mod lease;
+pub mod maintenance;
 pub mod watch;
 
 /// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
@@ -94,12 +96,21 @@ pub fn start(
             let watch =
                 pb::etcdserverpb::watch_server::WatchServer::new(watch::WatchService { front: front.clone(), hub })
                     .max_decoding_message_size(max);
+            let maintenance =
+                pb::etcdserverpb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
+                    front: front.clone(),
+                });
+            let cluster = pb::etcdserverpb::cluster_server::ClusterServer::new(maintenance::MaintenanceService {
+                front: front.clone(),
+            });
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let stopping = shared.clone();
             let served = tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(lease)
                 .add_service(watch)
+                .add_service(maintenance)
+                .add_service(cluster)
                 .serve_with_incoming_shutdown(incoming, async move { stopping.stopping.wait().await })
                 .await;
             if let Err(e) = served {

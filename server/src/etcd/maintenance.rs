@@ -1,0 +1,226 @@
+//! etcd's Maintenance and Cluster services.
+//!
+//! - Status: etcd's version string (3.5, which 3.4 and 3.5 clients accept), the keyspace's
+//!   size, the leader's member id, and the Zab zxid and epoch as raft index and term.
+//! - Alarm: no alarm is ever raised yet (a full disk refuses writes as etcd's NOSPACE does,
+//!   with its error); listing answers none and disarming succeeds.
+//! - Defragment: succeeds at once (Baton compacts in place and has nothing to defragment).
+//! - Hash, HashKV: a hash of the keys live at a revision (HashKV) or now (Hash), equal on
+//!   every member at the same revision.
+//! - Snapshot: the server's state image (both state machines, as its snapshot files hold
+//!   them), streamed. It is Baton's format, not etcd's bbolt file: `etcdctl snapshot save`
+//!   stores it, `etcdctl snapshot status/restore` cannot read it.
+//! - MoveLeader, and Cluster's MemberAdd/Remove/Update/Promote: membership is static for now,
+//!   so these answer with a clear error. MemberList lists the configured members.
+
+use std::sync::Arc;
+
+use baton_engine::mvcc::RangeRequest;
+use baton_engine::state::StateImage;
+use baton_engine::zab::Role;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::front::{status, Front};
+use super::pb::etcdserverpb as pb;
+
+/// The version Status reports (etcd's API level this front follows).
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// Bytes of a Snapshot response.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The Maintenance and Cluster services of this server's etcd front.
+pub struct MaintenanceService {
+    pub(super) front: Arc<Front>,
+}
+
+fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "baton: {what} is not supported yet: membership is static (set it with --peer on every server)"
+    ))
+}
+
+impl MaintenanceService {
+    fn leader(&self) -> u64 {
+        match self.front.shared.role.get() {
+            Role::Leading { .. } => self.front.shared.config.server_id,
+            Role::Following { leader, .. } => leader,
+            Role::Looking => 0,
+        }
+    }
+
+    /// A hash of the keys live at `revision` (0: now), with the compaction revision.
+    fn hash_at(&self, revision: i64) -> Result<(u32, i64, i64), Status> {
+        let ks = self.front.shared.etcd().clone();
+        let all = RangeRequest { key: vec![0], range_end: vec![0], revision, ..RangeRequest::default() };
+        let answer = ks.range(&all).map_err(status)?;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for kv in &answer.kvs {
+            for field in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                h.update(&field.to_le_bytes());
+            }
+            h.update(&(kv.key.len() as u64).to_le_bytes());
+            h.update(&kv.key);
+            h.update(&(kv.value.len() as u64).to_le_bytes());
+            h.update(&kv.value);
+        }
+        Ok((h.digest() as u32, ks.compact_revision(), answer.revision))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(&self, _request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        let revision = self.front.shared.etcd().revision();
+        Ok(Response::new(pb::AlarmResponse { header: Some(self.front.header(revision)), alarms: Vec::new() }))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let ks = self.front.shared.etcd().clone();
+        let applied = self.front.shared.tree().last_zxid().0;
+        let size = ks.to_image().len() as i64;
+        let role = self.front.shared.role.get();
+        let mut errors = Vec::new();
+        if !role.serving() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.front.header(ks.revision())),
+            version: ETCD_VERSION.into(),
+            db_size: size,
+            leader: self.leader(),
+            raft_index: applied,
+            raft_term: u64::from(role.epoch()),
+            raft_applied_index: applied,
+            errors,
+            db_size_in_use: size,
+            is_learner: self.front.shared.config.is_observer(),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let revision = self.front.shared.etcd().revision();
+        Ok(Response::new(pb::DefragmentResponse { header: Some(self.front.header(revision)) }))
+    }
+
+    async fn hash(&self, _request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, _, revision) = self.hash_at(0)?;
+        Ok(Response::new(pb::HashResponse { header: Some(self.front.header(revision)), hash }))
+    }
+
+    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let (hash, compact_revision, revision) = self.hash_at(request.into_inner().revision)?;
+        Ok(Response::new(pb::HashKvResponse { header: Some(self.front.header(revision)), hash, compact_revision }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
+
+    async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // A consistent point: the tree's view and the keyspace's clone, taken together under
+        // the tree's read lock (the write path applies under both write locks).
+        let image = {
+            let tree = self.front.shared.tree();
+            StateImage { tree: tree.view(), etcd: self.front.shared.etcd().clone() }
+        };
+        let revision = image.etcd.revision();
+        let header = self.front.header(revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Written on a thread of its own (the image is as large as the state), then streamed.
+        std::thread::Builder::new()
+            .name("baton-etcd-snapshot".into())
+            .spawn(move || {
+                let mut bytes = Vec::new();
+                if let Err(e) = image.write_image(&mut bytes) {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
+                    return;
+                }
+                drop(image);
+                let total = bytes.len();
+                let mut sent = 0;
+                for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
+                    sent += chunk.len();
+                    let answer = pb::SnapshotResponse {
+                        header: Some(header),
+                        remaining_bytes: (total - sent) as u64,
+                        blob: chunk.to_vec(),
+                    };
+                    if tx.blocking_send(Ok(answer)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Status::internal(format!("snapshot: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unsupported("MoveLeader"))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for MaintenanceService {
+    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(unsupported("MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _r: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(unsupported("MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _r: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(unsupported("MemberUpdate"))
+    }
+
+    async fn member_list(
+        &self,
+        _r: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let c = &self.front.shared.config;
+        let me = c.server_id;
+        let own_client_url = c.etcd_addr.0.map(|a| format!("http://{a}"));
+        let mut members: Vec<pb::Member> = c
+            .peers
+            .iter()
+            .map(|p| pb::Member {
+                id: p.id,
+                name: format!("baton-{}", p.id),
+                peer_ur_ls: vec![format!("http://{}", p.addr)],
+                client_ur_ls: if p.id == me { own_client_url.clone().into_iter().collect() } else { Vec::new() },
+                is_learner: p.observer,
+            })
+            .collect();
+        if members.is_empty() {
+            // A standalone server is its own one member.
+            members.push(pb::Member {
+                id: me,
+                name: format!("baton-{me}"),
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: own_client_url.into_iter().collect(),
+                is_learner: false,
+            });
+        }
+        let revision = self.front.shared.etcd().revision();
+        Ok(Response::new(pb::MemberListResponse { header: Some(self.front.header(revision)), members }))
+    }
+
+    async fn member_promote(
+        &self,
+        _r: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(unsupported("MemberPromote"))
+    }
+}
