@@ -12,11 +12,12 @@ ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null || tr
 echo "RLIMIT_MEMLOCK: $(ulimit -l)"
 
 # Debian packages: zookeeper (zkCli for compatibility tests, ZooKeeper for baton-bench's
-# tests and comparisons), etcd-server (baton-bench's etcd target), and protoc, which the
-# etcd-client crate's build needs.
+# tests and comparisons), etcd-server (baton-bench's etcd target), etcd-client (etcdctl, for
+# the etcd front's compatibility tests), and protoc, which the etcd-client crate's build needs.
 missing=()
 [ -x /usr/share/zookeeper/bin/zkCli.sh ] || missing+=(zookeeper)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq

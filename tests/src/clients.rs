@@ -1,6 +1,6 @@
 //! The third-party clients the compatibility tests drive: Debian's zkCli (ZooKeeper 3.8's
-//! own Java client) and kazoo scripts. `tests/run-all.sh` installs both; without them the
-//! tests fail, they do not skip.
+//! own Java client), kazoo scripts and Debian's etcdctl (etcd 3.4's). `tests/run-all.sh`
+//! installs them; without them the tests fail, they do not skip.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -44,4 +44,22 @@ pub fn kazoo(name: &str, args: &[&str]) -> (bool, String) {
         .expect("run python3 (is kazoo installed? tests/run-all.sh installs it)");
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), said)
+}
+
+/// Runs Debian's `etcdctl` (API v3) against `endpoint` with `args` and `stdin` (at most a
+/// minute); returns whether it succeeded and what it printed, stdout then stderr.
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new("timeout")
+        .args(["60", "etcdctl", "--endpoints", endpoint])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl (tests/run-all.sh installs Debian's etcd-client package)");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("etcdctl output");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), said)
 }

@@ -8,8 +8,10 @@
 //! - Hash, HashKV: a hash of the keys live at a revision (HashKV) or now (Hash), equal on
 //!   every member at the same revision.
 //! - Snapshot: the server's state image (both state machines, as its snapshot files hold
-//!   them), streamed. It is Baton's format, not etcd's bbolt file: `etcdctl snapshot save`
-//!   stores it, `etcdctl snapshot status/restore` cannot read it.
+//!   them), streamed, padded with zeros to a multiple of 512 bytes and followed by its
+//!   SHA-256, the shape etcd's stream has (a bbolt file of 512-byte pages, then its hash),
+//!   which `etcdctl snapshot save` checks. It is Baton's format, not bbolt: `etcdctl snapshot
+//!   status/restore` cannot read it.
 //! - MoveLeader, and Cluster's MemberAdd/Remove/Update/Promote: membership is static for now,
 //!   so these answer with a clear error. MemberList lists the configured members.
 
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use baton_engine::mvcc::RangeRequest;
 use baton_engine::state::StateImage;
 use baton_engine::zab::Role;
+use sha2::Digest;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -29,6 +32,9 @@ pub const ETCD_VERSION: &str = "3.5.0";
 
 /// Bytes of a Snapshot response.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The page size a snapshot stream is padded to (etcd's clients expect bbolt's).
+const SNAPSHOT_PAGE: usize = 512;
 
 /// The Maintenance and Cluster services of this server's etcd front.
 pub struct MaintenanceService {
@@ -139,6 +145,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                     return;
                 }
                 drop(image);
+                // etcd's shape: 512-byte pages, then the SHA-256 of all of them.
+                bytes.resize(bytes.len().div_ceil(SNAPSHOT_PAGE) * SNAPSHOT_PAGE, 0);
+                let digest = sha2::Sha256::digest(&bytes);
+                bytes.extend_from_slice(&digest);
                 let total = bytes.len();
                 let mut sent = 0;
                 for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
