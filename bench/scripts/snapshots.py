@@ -245,7 +245,8 @@ threading.Thread(target=zk_janitor, daemon=True).start()
 
 
 def start_baton(data, port, extra=(), ensemble=None):
-    cmd = [BATON, "--data-dir", data, "--client-addr", f"127.0.0.1:{port}", "--max-client-cnxns", "0", *extra]
+    cmd = [BATON, "--data-dir", data, "--client-addr", f"127.0.0.1:{port}", "--etcd-addr", "off",
+           "--max-client-cnxns", "0", *extra]
     if ensemble:
         sid, peers = ensemble
         cmd += ["--server-id", str(sid), "--peer", peers]

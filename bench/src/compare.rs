@@ -221,6 +221,8 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                     .arg("--data-dir")
                     .arg(dir.join("data"))
                     .args(["--client-addr", &format!("127.0.0.1:{base}")])
+                    // Driven through the ZooKeeper protocol here; etcd's port stays closed.
+                    .args(["--etcd-addr", "off"])
                     // Every client of a benchmark comes from one address, as ZooKeeper's
                     // maxClientCnxns=0 above.
                     .args(["--max-client-cnxns", "0"]),
@@ -251,6 +253,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                         .arg("--data-dir")
                         .arg(dir.join(format!("n{i}")))
                         .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
+                        .args(["--etcd-addr", "off"])
                         .args(["--max-client-cnxns", "0"])
                         .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
                     &log,

@@ -71,10 +71,8 @@ pub struct ServerConfig {
     /// Address for ZooKeeper clients (and four-letter words).
     #[arg(long, default_value = "127.0.0.1:2181")]
     pub client_addr: SocketAddr,
-    /// Address for etcd v3 clients (gRPC), or `off`. Off by default while the etcd front is
-    /// being built: KV (Range, Put, DeleteRange, Txn, Compact) is served; Watch, Lease,
-    /// Cluster and Maintenance are not yet.
-    #[arg(long, default_value = "off")]
+    /// Address for etcd v3 clients (gRPC: KV, Watch, Lease, Maintenance, Cluster), or `off`.
+    #[arg(long, default_value = "127.0.0.1:2379")]
     pub etcd_addr: EtcdAddr,
     /// Most operations in one etcd Txn's compare, success or failure list (etcd's
     /// --max-txn-ops).

@@ -92,9 +92,8 @@ impl Cluster {
                 .collect();
             let mut flags: Vec<String> = vec!["--server-id".into(), id.to_string(), "--peer".into(), peers.join(",")];
             flags.extend(["--cores", "1", "--peer-tick-ms", "50", "--tick-ms", "500"].map(String::from));
-            if let Some(b) = etcd_base {
-                flags.extend(["--etcd-addr".to_string(), format!("127.0.0.1:{}", b + id as u16)]);
-            }
+            let etcd = etcd_base.map_or("off".to_string(), |b| format!("127.0.0.1:{}", b + id as u16));
+            flags.extend(["--etcd-addr".to_string(), etcd]);
             flags.extend(extra.iter().map(|s| s.to_string()));
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             nodes.push(BatonProcess::start(bin, &dir.join(format!("n{id}")), &flags));

@@ -54,11 +54,15 @@ impl BatonProcess {
 
     /// Starts the process and waits until it serves; on failure, why, with its log.
     fn try_launch(&mut self) -> Result<(), String> {
+        // etcd's port only for the tests that ask for one: servers run side by side here.
+        let etcd_off: &[&str] =
+            if self.extra.iter().any(|a| a == "--etcd-addr") { &[] } else { &["--etcd-addr", "off"] };
         let mut child = Command::new(&self.bin)
             .arg("--client-addr")
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(&self.dir)
+            .args(etcd_off)
             .args(&self.extra)
             // Warnings, and the replica's own news (roles, snapshots, SNAPs: a handful of
             // lines per event, which some tests wait for).

@@ -81,7 +81,8 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     use std::io::{BufRead, BufReader};
     let dir = temp_dir();
     let mut dev = std::process::Command::new(bin())
-        .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--data-dir"])
+        .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--etcd-port", "29821"])
+        .arg("--data-dir")
         .arg(dir.path())
         .args(["--", "--cores", "1", "--peer-tick-ms", "50"])
         .env("RUST_LOG", "warn")
@@ -92,6 +93,7 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     let mut lines = BufReader::new(stdout).lines();
     let banner = lines.find_map(|l| l.ok().filter(|l| l.contains("connect string"))).expect("the banner");
     assert!(banner.contains("127.0.0.1:29801,127.0.0.1:29802,127.0.0.1:29803"), "{banner}");
+    assert!(banner.contains("etcd endpoints 127.0.0.1:29821,127.0.0.1:29822,127.0.0.1:29823"), "{banner}");
     let addrs: Vec<SocketAddr> = (29801..=29803).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
     // Servers refuse clients until they have a leader: retry.
     let connect = |addr: SocketAddr| {
@@ -110,6 +112,12 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     assert_eq!(third.sync("/from-1"), Some(0));
     assert_eq!(third.get_data("/from-1", false).expect("data").1, b"hello");
     drop((first, third));
+    // The same ensemble serves etcd clients: a key written through server 1's etcd port is
+    // read back linearizably through server 3's.
+    let (put, said) = baton_tests::clients::etcdctl("127.0.0.1:29821", &["put", "from-etcd", "1"], "");
+    assert!(put, "{said}");
+    let (got, said) = baton_tests::clients::etcdctl("127.0.0.1:29823", &["get", "from-etcd", "--print-value-only"], "");
+    assert!(got && said == "1\n", "{said}");
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
     let end = Instant::now() + LIMIT;

@@ -202,6 +202,7 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
         .arg("--client-addr")
         .arg(first.addr.to_string())
+        .args(["--etcd-addr", "off"])
         .arg("--data-dir")
         .arg(dir.path().join("two"))
         .stdout(std::process::Stdio::null())

@@ -27,6 +27,9 @@ pub struct DevConfig {
     /// Server i's peer port is this port + i - 1 (on 127.0.0.1).
     #[arg(long, default_value_t = 2888)]
     pub peer_port: u16,
+    /// Server i serves etcd v3 clients on this port + i - 1 (on 127.0.0.1); 0: no etcd port.
+    #[arg(long, default_value_t = 2379)]
+    pub etcd_port: u16,
     /// Flags passed to every server (after `--`), e.g. `-- --cores 1 --tick-ms 500`.
     #[arg(last = true)]
     pub server_flags: Vec<String>,
@@ -56,8 +59,14 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
     });
     let mut running: BTreeMap<usize, Child> = BTreeMap::new();
     let mut clients = Vec::with_capacity(total);
+    let mut etcd_endpoints = Vec::with_capacity(total);
     for id in 1..=total {
         let client = format!("127.0.0.1:{}", config.client_port as usize + id - 1);
+        let etcd = if config.etcd_port == 0 {
+            "off".to_string()
+        } else {
+            format!("127.0.0.1:{}", config.etcd_port as usize + id - 1)
+        };
         let child = Command::new(&exe)
             .arg("--server-id")
             .arg(id.to_string())
@@ -65,6 +74,8 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
             .arg(peers.join(","))
             .arg("--client-addr")
             .arg(&client)
+            .arg("--etcd-addr")
+            .arg(&etcd)
             .arg("--data-dir")
             .arg(config.data_dir.join(format!("n{id}")))
             .args(&config.server_flags)
@@ -81,9 +92,17 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
             }
         }
         clients.push(client);
+        if config.etcd_port != 0 {
+            etcd_endpoints.push(etcd);
+        }
     }
+    let etcd = if etcd_endpoints.is_empty() {
+        String::new()
+    } else {
+        format!("; etcd endpoints {}", etcd_endpoints.join(","))
+    };
     println!(
-        "baton dev: {} voters and {} observers; connect string {}; data under {}; Ctrl-C stops them all",
+        "baton dev: {} voters and {} observers; connect string {}{etcd}; data under {}; Ctrl-C stops them all",
         config.nodes,
         config.observers,
         clients.join(","),
