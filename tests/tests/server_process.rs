@@ -316,3 +316,47 @@ fn connections_beyond_max_client_cnxns_from_one_address_are_refused_and_others_c
     drop(again);
     assert!(four_letter(server.addr, b"conf").contains("maxClientCnxns=3\n"));
 }
+
+#[test]
+fn the_readme_command_serves_zookeeper_on_2181_and_etcd_on_2379_with_data_in_baton_data() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir();
+    // `cargo run --release -p baton-server` with no arguments, in a fresh directory.
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn baton with no arguments");
+    let stdout = server.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("serving ZooKeeper clients")) {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let _ = server.kill();
+                let _ = server.wait();
+                panic!("baton did not start (are ports 2181 and 2379 free?): {said:?}");
+            }
+        }
+    }
+    assert!(said.iter().any(|l| l.contains("serving etcd v3 clients on 127.0.0.1:2379")), "{said:?}");
+    let zk = "127.0.0.1:2181".parse().expect("an address");
+    assert_eq!(four_letter(zk, b"ruok"), "imok");
+    let (put, out) = baton_tests::clients::etcdctl("127.0.0.1:2379", &["put", "readme", "yes"], "");
+    assert!(put, "{out}");
+    let (got, out) = baton_tests::clients::etcdctl("127.0.0.1:2379", &["get", "readme", "--print-value-only"], "");
+    assert!(got && out == "yes\n", "{out}");
+    assert!(dir.path().join("baton-data").join("wal").is_dir(), "data in ./baton-data");
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(20), || matches!(server.try_wait(), Ok(Some(_)))), "SIGTERM stops it");
+    let _ = server.wait();
+}
