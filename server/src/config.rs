@@ -82,6 +82,10 @@ pub struct ServerConfig {
     /// plus 512 KiB are refused before they are decoded.
     #[arg(long, default_value_t = 1_572_864)]
     pub etcd_max_request_bytes: usize,
+    /// How often etcd watchers that asked for progress notifications get one (etcd's
+    /// --experimental-watch-progress-notify-interval, 10 minutes).
+    #[arg(long, default_value_t = 600_000)]
+    pub etcd_watch_progress_notify_ms: u64,
     /// Directory for the WAL (`wal/`) and snapshots (`snapshots/`).
     #[arg(long, default_value = "baton-data")]
     pub data_dir: PathBuf,
@@ -216,6 +220,7 @@ impl ServerConfig {
             etcd_addr: EtcdAddr(None),
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
+            etcd_watch_progress_notify_ms: 600_000,
             data_dir,
             cores: 2,
             tick_ms: 500,

@@ -415,3 +415,30 @@ fn maintenance_and_cluster_answer_as_etcds_do_and_hashes_agree_across_an_ensembl
         assert!(bytes.starts_with(b"BETCDIMG"), "the keyspace's image comes first");
     });
 }
+
+#[test]
+fn a_watcher_that_asks_for_progress_notifications_gets_the_revision_it_has_seen_up_to() {
+    use etcd_client::WatchOptions;
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &["--etcd-watch-progress-notify-ms", "300"]);
+    run(async {
+        let mut c = connect(port).await;
+        let mut w = connect(port).await;
+        let (_watcher, mut stream) =
+            w.watch("q", Some(WatchOptions::new().with_progress_notify())).await.expect("watch");
+        c.put("elsewhere", "1", None).await.expect("put"); // revision 2, not watched
+        let mut progress = None;
+        while progress.is_none() {
+            let r = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .expect("a progress notification in time")
+                .expect("an answer")
+                .expect("open");
+            if r.events().is_empty() && !r.created() && r.header().is_some_and(|h| h.revision() == 2) {
+                progress = Some(r.watch_id());
+            }
+        }
+        assert!(progress.is_some());
+    });
+}

@@ -43,6 +43,9 @@ struct Watcher {
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
+    /// Sent a progress notification (no events, the current revision) every
+    /// `--etcd-watch-progress-notify-ms` while synced.
+    progress_notify: bool,
     /// The first revision not sent yet.
     next: i64,
     synced: bool,
@@ -83,6 +86,8 @@ struct Stream {
 pub struct Hub {
     streams: HashMap<u64, Stream>,
     next_stream: u64,
+    /// When progress notifications were last sent.
+    last_progress: Option<std::time::Instant>,
 }
 
 impl Hub {
@@ -171,6 +176,7 @@ impl WatchService {
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&0),
             no_delete: c.filters.contains(&1),
+            progress_notify: c.progress_notify,
             next,
             synced: !past,
         };
@@ -210,12 +216,39 @@ impl WatchService {
     }
 }
 
-/// Catches unsynced watchers up from the keyspace's history until the server stops.
+impl Hub {
+    /// etcd's progress notifications: every `every`, each synced watcher that asked for them
+    /// gets the current revision with no events (it has seen everything up to it).
+    fn notify_progress(&mut self, front: &Front, every: Duration) {
+        let now = std::time::Instant::now();
+        let last = *self.last_progress.get_or_insert(now);
+        if now.duration_since(last) < every {
+            return;
+        }
+        self.last_progress = Some(now);
+        let current = front.shared.etcd().revision();
+        for s in self.streams.values() {
+            for (&id, _) in s.watchers.iter().filter(|(_, w)| w.synced && w.progress_notify) {
+                let answer = pb::WatchResponse {
+                    header: Some(front.header(current)),
+                    watch_id: id,
+                    ..pb::WatchResponse::default()
+                };
+                let _ = s.tx.try_send(Ok(answer));
+            }
+        }
+    }
+}
+
+/// Catches unsynced watchers up from the keyspace's history, and sends progress
+/// notifications, until the server stops.
 pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
+    let every = Duration::from_millis(front.shared.config.etcd_watch_progress_notify_ms.max(1));
     loop {
         tokio::time::sleep(CATCH_UP_EVERY).await;
         // The hub, then the keyspace, everywhere.
         let mut hub = lock(&hub);
+        hub.notify_progress(&front, every);
         if hub.streams.values().all(|s| s.watchers.values().all(|w| w.synced)) {
             continue;
         }
