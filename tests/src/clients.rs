@@ -1,5 +1,6 @@
 //! The third-party clients the compatibility tests drive: Debian's zkCli (ZooKeeper 3.8's
-//! own Java client), kazoo scripts and Debian's etcdctl (etcd 3.4's). `tests/run-all.sh`
+//! own Java client), kazoo scripts, Debian's etcdctl (etcd 3.4's) and python-etcd3 scripts.
+//! `tests/run-all.sh`
 //! installs them; without them the tests fail, they do not skip.
 
 use std::io::Write;
@@ -62,4 +63,21 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> (bool, String) {
     let out = child.wait_with_output().expect("etcdctl output");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), said)
+}
+
+/// Runs the python-etcd3 script `tests/etcd3/<name>` with `args` (at most two minutes);
+/// returns whether it succeeded and what it printed. (python-etcd3's generated modules
+/// predate protobuf 4, hence the pure-Python protobuf.)
+pub fn python_etcd3(name: &str, args: &[&str]) -> (bool, String) {
+    let script = format!("{}/etcd3/{name}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg("python3")
+        .arg(script)
+        .args(args)
+        .env("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+        .output()
+        .expect("run python3 (is etcd3 installed? tests/run-all.sh installs it)");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
 }

@@ -1,5 +1,5 @@
-//! etcd's own command-line client (Debian's etcdctl, etcd 3.4) against a real `baton`
-//! process: the commands people type, and what they print.
+//! etcd's own command-line client (Debian's etcdctl, etcd 3.4) and python-etcd3 against a
+//! real `baton` process: the commands people type, and what they print.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -82,4 +82,19 @@ fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
     assert!(said.contains("Snapshot saved at"), "{said}");
     let saved = std::fs::read(&file).expect("the saved snapshot");
     assert!(saved.starts_with(b"BETCDIMG") && (saved.len() - 32) % 512 == 0);
+}
+
+#[test]
+fn python_etcd3_reads_writes_transacts_leases_watches_and_locks() {
+    let dir = temp_dir();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        dir.path(),
+        &["--tick-ms", "500", "--etcd-addr", addr.as_str()],
+    );
+    let (ok, said) = baton_tests::clients::python_etcd3("compat.py", &["127.0.0.1", &port.to_string()]);
+    assert!(ok, "{said}");
+    assert!(said.contains("python-etcd3 compatibility: ok"), "{said}");
 }
