@@ -30,6 +30,10 @@ pub enum Target {
     Etcd,
     /// A three-member etcd 3.4 cluster.
     Etcd3,
+    /// One Baton server driven through its etcd v3 port (the etcd driver).
+    BatonEtcd,
+    /// A three-server Baton ensemble driven through its etcd v3 ports.
+    BatonEtcd3,
 }
 
 impl Target {
@@ -42,15 +46,21 @@ impl Target {
             Target::Zookeeper3 => "zookeeper x3",
             Target::Etcd => "etcd",
             Target::Etcd3 => "etcd x3",
+            Target::BatonEtcd => "baton-etcd",
+            Target::BatonEtcd3 => "baton-etcd x3",
         }
     }
 
     fn is_baton(self) -> bool {
-        matches!(self, Target::Baton | Target::Baton3 | Target::Baton3Observers)
+        matches!(
+            self,
+            Target::Baton | Target::Baton3 | Target::Baton3Observers | Target::BatonEtcd | Target::BatonEtcd3
+        )
     }
 
+    /// Driven through etcd's API (etcd itself, or Baton's etcd front).
     fn is_etcd(self) -> bool {
-        matches!(self, Target::Etcd | Target::Etcd3)
+        matches!(self, Target::Etcd | Target::Etcd3 | Target::BatonEtcd | Target::BatonEtcd3)
     }
 }
 
@@ -214,6 +224,52 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
         anyhow::bail!("port {busy} on 127.0.0.1 is taken; pick another --base-port");
     }
     match target {
+        Target::BatonEtcd => {
+            let log = dir.join("baton.log");
+            let etcd = format!("127.0.0.1:{}", base + 1);
+            let child = spawn(
+                Command::new(baton_binary(args)?)
+                    .arg("--data-dir")
+                    .arg(dir.join("data"))
+                    .args(["--client-addr", &format!("127.0.0.1:{base}"), "--etcd-addr", &etcd])
+                    .args(["--max-client-cnxns", "0"]),
+                &log,
+            )?;
+            let mut running = Running { children: vec![child], target: etcd, ports: vec![base] };
+            // The etcd port opens before the ZooKeeper one.
+            wait_port(base, "baton", &log, &mut running.children)?;
+            Ok(running)
+        }
+        Target::BatonEtcd3 => {
+            // ZooKeeper clients on base..base+2 (unused), peers on base+5..base+7, etcd
+            // clients on base+8..base+10.
+            let peers: Vec<String> = (1..=3).map(|i| format!("{i}=127.0.0.1:{}", base + 4 + i as u16)).collect();
+            let mut running = Running { children: Vec::new(), target: String::new(), ports: Vec::new() };
+            let mut clients = Vec::new();
+            let mut endpoints = Vec::new();
+            for i in 1..=3u16 {
+                let port = base + i - 1;
+                let etcd = format!("127.0.0.1:{}", base + 7 + i);
+                let log = dir.join(format!("baton{i}.log"));
+                let child = spawn(
+                    Command::new(baton_binary(args)?)
+                        .arg("--data-dir")
+                        .arg(dir.join(format!("n{i}")))
+                        .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
+                        .args(["--etcd-addr", &etcd, "--max-client-cnxns", "0"])
+                        .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
+                    &log,
+                )?;
+                running.children.push(child);
+                clients.push((port, log));
+                endpoints.push(etcd);
+            }
+            running.serving(&clients, "baton")?;
+            wait_baton_ensemble(&clients)?;
+            running.target = endpoints.join(",");
+            running.ports = clients.iter().map(|(p, _)| *p).collect();
+            Ok(running)
+        }
         Target::Baton => {
             let log = dir.join("baton.log");
             let child = spawn(
@@ -500,7 +556,13 @@ fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
             let (single, three) = if t.is_baton() {
                 (String::new(), String::new())
             } else {
-                (ratio(of(Target::Baton, w), o), ratio(of(Target::Baton3, w), o))
+                // etcd is compared with Baton's etcd front when it ran, else with Baton.
+                let (one, three) = if t.is_etcd() && of(Target::BatonEtcd, w).is_some() {
+                    (Target::BatonEtcd, Target::BatonEtcd3)
+                } else {
+                    (Target::Baton, Target::Baton3)
+                };
+                (ratio(of(one, w), o), ratio(of(three, w), o))
             };
             println!(
                 "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {single} | {three} |",

@@ -442,3 +442,26 @@ fn a_watcher_that_asks_for_progress_notifications_gets_the_revision_it_has_seen_
         assert!(progress.is_some());
     });
 }
+
+#[test]
+fn watchers_on_many_connections_each_see_a_single_keys_changes() {
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &[]);
+    run(async {
+        let mut writer = connect(port).await;
+        writer.put("/bench/watched", "0", None).await.expect("put");
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let mut c = connect(port).await;
+            // The watcher handle is dropped at once (etcd-client then closes its half of the
+            // stream): etcd keeps sending the watch's events, and so must Baton.
+            let (_, s) = c.watch("/bench/watched", None).await.expect("watch");
+            streams.push((c, s));
+        }
+        writer.put("/bench/watched", "1", None).await.expect("put");
+        for (_, s) in &mut streams {
+            assert_eq!(next_events(s, 1).await, vec![(true, b"/bench/watched".to_vec(), 3)]);
+        }
+    });
+}

@@ -336,7 +336,9 @@ impl pb::watch_server::Watch for WatchService {
                     None => {}
                 }
             }
-            lock(&service.hub).streams.remove(&stream);
+            // A client that closes its half of the stream still gets its watchers' events,
+            // as from etcd: the stream goes when its answers can no longer be sent (its
+            // receiver is dropped with the connection; see `Hub::publish`).
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
