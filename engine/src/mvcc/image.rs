@@ -53,7 +53,7 @@ impl KeySpace {
             buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
             buf.extend_from_slice(key);
             buf.extend_from_slice(&(h.records.len() as u32).to_le_bytes());
-            for r in &h.records {
+            for r in h.records.iter() {
                 for v in [r.main, r.sub, r.create, r.version, r.lease] {
                     buf.extend_from_slice(&v.to_le_bytes());
                 }
@@ -271,7 +271,7 @@ impl KeySpaceLoader {
                 if count == 0 {
                     return Err("a key with no record".into());
                 }
-                let mut records: Vec<Record> = Vec::with_capacity(count.min(1 << 16));
+                let mut records: imbl::Vector<Record> = imbl::Vector::new();
                 for _ in 0..count {
                     let main = c.i64("main revision")?;
                     let sub = c.i64("sub revision")?;
@@ -287,7 +287,7 @@ impl KeySpaceLoader {
                     if main > self.ks.rev || records.last().is_some_and(|p| (p.main, p.sub) >= (main, sub)) {
                         return Err(format!("record ({main}, {sub}) out of order"));
                     }
-                    records.push(Record { main, sub, create, version, lease, value });
+                    records.push_back(Record { main, sub, create, version, lease, value });
                 }
                 let h = History { records };
                 if let Some(live) = h.latest() {
@@ -297,7 +297,7 @@ impl KeySpaceLoader {
                         }
                     }
                 }
-                for r in &h.records {
+                for r in h.records.iter() {
                     self.ks.by_rev.insert((r.main, r.sub), key.clone());
                 }
                 self.ks.keys.insert(key.clone(), Arc::new(h));

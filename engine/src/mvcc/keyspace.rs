@@ -68,16 +68,25 @@ fn empty() -> Bytes {
     Arc::from(&[][..])
 }
 
-/// A key's records, in (main, sub) order.
+/// A key's records, in (main, sub) order: a persistent vector, so that the first write to a
+/// key after a snapshot copies a chunk of its history, not all of it (with a `Vec`, a key
+/// written 10,000 times since its last compaction copied 10,000 records: a 50-120 ms stall
+/// after each snapshot under a put load).
 #[derive(Debug, Clone, Default)]
 pub(super) struct History {
-    pub(super) records: Vec<Record>,
+    pub(super) records: imbl::Vector<Record>,
+}
+
+/// The number of leading `records` for which `pred` holds (they are ordered so that it holds
+/// for a prefix), as `slice::partition_point`.
+fn partition_point(records: &imbl::Vector<Record>, pred: impl Fn(&Record) -> bool) -> usize {
+    records.binary_search_by(|r| if pred(r) { Ordering::Less } else { Ordering::Greater }).unwrap_or_else(|i| i)
 }
 
 impl History {
     /// The key as of revision `rev`, if it was live then.
     fn at(&self, rev: i64) -> Option<&Record> {
-        let i = self.records.partition_point(|r| r.main <= rev);
+        let i = partition_point(&self.records, |r| r.main <= rev);
         let r = self.records.get(i.checked_sub(1)?)?;
         r.value.as_ref().map(|_| r)
     }
@@ -90,11 +99,12 @@ impl History {
     /// Drops what no read at `compact` or later, and no event at `compact` or later, needs;
     /// true if nothing is left.
     fn prune(&mut self, compact: i64) -> bool {
-        let j = self.records.partition_point(|r| r.main < compact);
+        let j = partition_point(&self.records, |r| r.main < compact);
         if j > 0 {
             let at_compact = self.records.get(j).is_some_and(|r| r.main == compact);
-            let cut = if at_compact || self.records[j - 1].value.is_none() { j } else { j - 1 };
-            self.records.drain(..cut);
+            let tomb = self.records.get(j - 1).is_some_and(|r| r.value.is_none());
+            let cut = if at_compact || tomb { j } else { j - 1 };
+            self.records = self.records.skip(cut);
         }
         self.records.is_empty()
     }
@@ -346,7 +356,7 @@ impl KeySpace {
             }
         }
         let kv = rec.kv(&key);
-        self.history_mut(&key).records.push(rec);
+        self.history_mut(&key).records.push_back(rec);
         self.by_rev.insert((main, w.sub), key);
         w.sub += 1;
         w.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
@@ -362,7 +372,7 @@ impl KeySpace {
             let main = w.main();
             self.detach(prev.lease, &key);
             let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: None };
-            self.history_mut(&key).records.push(tomb);
+            self.history_mut(&key).records.push_back(tomb);
             self.by_rev.insert((main, w.sub), key.clone());
             w.sub += 1;
             let prev_kv = prev.kv(&key);
@@ -558,7 +568,7 @@ impl KeySpace {
             }
             let Some(h) = self.keys.get(k) else { continue };
             let Ok(i) = h.records.binary_search_by(|r| (r.main, r.sub).cmp(&(main, sub))) else { continue };
-            let rec = &h.records[i];
+            let Some(rec) = h.records.get(i) else { continue };
             let prev_kv =
                 i.checked_sub(1).and_then(|j| h.records.get(j)).filter(|p| p.value.is_some()).map(|p| p.kv(k));
             let (kind, kv) = match rec.value {
