@@ -18,7 +18,7 @@ use std::sync::Arc;
 use imbl::OrdSet;
 
 use super::keyspace::{History, KeySpace, Lease, Record};
-use crate::le::array_at;
+use crate::le::Cursor;
 
 /// The image's first bytes.
 pub const MAGIC: &[u8; 8] = b"BETCDIMG";
@@ -89,45 +89,6 @@ impl KeySpace {
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    short: bool,
-}
-
-#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        let Some(out) = self.at.checked_add(n).and_then(|end| self.bytes.get(self.at..end)) else {
-            self.short = true;
-            return Err(format!("truncated at byte {} reading {what}", self.at));
-        };
-        self.at += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        let Some(a) = array_at(self.bytes, self.at) else {
-            self.short = true;
-            return Err(format!("truncated at byte {} reading {what}", self.at));
-        };
-        self.at += N;
-        Ok(a)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn i64(&mut self, what: &str) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.array(what)?))
-    }
-}
-
 enum Stage {
     Header,
     Leases { left: u64 },
@@ -192,7 +153,7 @@ impl KeySpaceLoader {
     #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
     fn read_pending(&mut self) -> Result<(), String> {
         let pending = std::mem::take(&mut self.pending);
-        let mut c = Cursor { bytes: &pending, at: 0, short: false };
+        let mut c = Cursor::new(&pending);
         let result = self.read(&mut c);
         let read = c.at;
         let short = c.short;

@@ -23,7 +23,7 @@ use std::io::Write;
 
 use super::data_tree::{DataTree, ImageBuilder, ImageNode, SessionInfo, Sessions, TreeView};
 use super::stat::StatPersisted;
-use crate::le::array_at;
+use crate::le::Cursor;
 use crate::log::{Acl, SessionId, Zxid};
 
 const MAGIC: &[u8; 8] = b"BTREEIMG";
@@ -42,60 +42,6 @@ pub struct ImageError(String);
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
-}
-
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    /// A read ran past the end of the bytes (more may be on their way: see [`TreeLoader`]).
-    short: bool,
-}
-
-#[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk")]
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n);
-        let Some(out) = end.and_then(|end| self.bytes.get(self.at..end)) else {
-            self.short = true;
-            return Err(format!("truncated at byte {} reading {what}", self.at));
-        };
-        self.at += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        let Some(a) = array_at(self.bytes, self.at) else {
-            self.short = true;
-            return Err(format!("truncated at byte {} reading {what}", self.at));
-        };
-        self.at += N;
-        Ok(a)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn i32(&mut self, what: &str) -> Result<i32, String> {
-        Ok(i32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn i64(&mut self, what: &str) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.array(what)?))
-    }
-
-    fn str(&mut self, what: &str) -> Result<&'a str, String> {
-        let len = self.u32(what)? as usize;
-        std::str::from_utf8(self.take(len, what)?).map_err(|_| format!("{what} is not UTF-8"))
-    }
-
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.at
-    }
 }
 
 /// An image's header: everything before the znodes.
@@ -209,7 +155,7 @@ impl TreeLoader {
     }
 
     fn read_pending(&mut self) -> Result<(), String> {
-        let mut c = Cursor { bytes: &self.pending, at: 0, short: false };
+        let mut c = Cursor::new(&self.pending);
         if let LoaderState::Header = self.state {
             let header = match Header::read(&mut c) {
                 Ok(header) => header,
@@ -329,7 +275,7 @@ impl DataTree {
 
     /// Rebuilds a tree from [`DataTree::to_image`] bytes, validating them as it goes.
     pub fn from_image(bytes: &[u8]) -> Result<DataTree, ImageError> {
-        let mut c = Cursor { bytes, at: 0, short: false };
+        let mut c = Cursor::new(bytes);
         let header = Header::read(&mut c).map_err(ImageError)?;
         let expected = (header.nodes as usize).min(c.remaining() / NODE_FIXED);
         let mut builder = ImageBuilder::new(header.acls, expected);
