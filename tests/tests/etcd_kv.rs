@@ -465,3 +465,83 @@ fn watchers_on_many_connections_each_see_a_single_keys_changes() {
         }
     });
 }
+
+#[test]
+fn through_a_leader_sigkill_no_acknowledged_put_is_lost_watchers_resume_exactly_and_leases_survive() {
+    use baton_tests::cluster::Cluster;
+    use etcd_client::WatchOptions;
+    let dir = temp_dir();
+    let mut cluster =
+        Cluster::start_with_etcd(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 26_700, 26_800, &[]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).expect("a leader");
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let other = (1..=3).find(|&i| i != leader && i != follower).expect("another follower");
+    let endpoint = |i: usize| cluster.etcd_endpoint(i).expect("etcd served");
+    let (at_leader, at_follower, at_other) = (endpoint(leader), endpoint(follower), endpoint(other));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // Before the kill: a lease kept alive through a follower, a prefix watch on the leader,
+    // and puts through the other follower.
+    let (lease, mut keeper, mut keep_answers, mut watch_stream, mut acked, _leader_client) = rt.block_on(async {
+        let mut f = Client::connect([at_follower.clone()], None).await.expect("connect");
+        let lease = f.lease_grant(4, None).await.expect("grant").id();
+        f.put("leased", "1", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+        let (keeper, keep_answers) = f.lease_keep_alive(lease).await.expect("keep-alive");
+        let mut l = Client::connect([at_leader.clone()], None).await.expect("connect");
+        let (_, stream) = l.watch("p/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        let mut o = Client::connect([at_other.clone()], None).await.expect("connect");
+        let mut acked = Vec::new();
+        for i in 0..100 {
+            let r = o.put(format!("p/{i:04}"), "x", None).await.expect("put before the kill");
+            acked.push(r.header().expect("header").revision());
+        }
+        (lease, keeper, keep_answers, stream, acked, l)
+    });
+    cluster.nodes[leader - 1].kill();
+    rt.block_on(async {
+        // The watch on the dead leader ends; what it delivered is the start of the history.
+        let mut seen: Vec<i64> = Vec::new();
+        while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(5), watch_stream.message()).await {
+            seen.extend(r.events().iter().filter_map(|e| e.kv().map(|kv| kv.mod_revision())));
+        }
+        // Puts through the other follower go on once there is a new leader.
+        let mut o = Client::connect([at_other.clone()], None).await.expect("connect");
+        let mut i = 100;
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while i < 200 {
+            assert!(std::time::Instant::now() < end, "writes resumed after the failover");
+            // Keep the lease alive meanwhile (its 4 s TTL passes during the failover).
+            let _ = keeper.keep_alive().await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), keep_answers.message()).await;
+            match o.put(format!("p/{i:04}"), "x", None).await {
+                Ok(r) => {
+                    acked.push(r.header().expect("header").revision());
+                    i += 1;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        // The watcher resumes on a live server from the revision after the last it saw.
+        let from = seen.last().map_or(2, |r| r + 1);
+        let mut f = Client::connect([at_follower.clone()], None).await.expect("connect");
+        let (_, mut resumed) =
+            f.watch("p/", Some(WatchOptions::new().with_prefix().with_start_revision(from))).await.expect("watch");
+        let last_acked = *acked.last().expect("puts");
+        while seen.last().is_none_or(|r| *r < last_acked) {
+            let r = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+                .await
+                .expect("events in time")
+                .expect("an answer")
+                .expect("open");
+            seen.extend(r.events().iter().filter_map(|e| e.kv().map(|kv| kv.mod_revision())));
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "no event twice, in order");
+        for r in &acked {
+            assert!(seen.contains(r), "the acknowledged put at revision {r} was seen");
+        }
+        let got = f.get("p/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count");
+        assert!(got.count() >= 200, "no acknowledged put lost: {}", got.count());
+        // The lease lived through the failover, kept alive through a follower.
+        assert_eq!(f.get("leased", None).await.expect("get").count(), 1, "the leased key survived");
+        assert!(f.lease_time_to_live(lease, None).await.expect("ttl").ttl() > 0);
+    });
+}
