@@ -19,7 +19,8 @@ pub struct BatonProcess {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 free at the moment of asking.
+pub fn free_port() -> u16 {
     // Bind port 0 and release it; the server binds it right after (tests run on loopback).
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("addr").port()

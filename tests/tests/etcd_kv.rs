@@ -3,19 +3,13 @@
 //! compaction, and etcd's errors word for word; across a restart (the keyspace comes back
 //! from the WAL and from a snapshot).
 
-use std::net::TcpListener;
 use std::time::Duration;
 
-use baton_tests::server::BatonProcess;
+use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("addr").port()
-}
 
 fn start(dir: &std::path::Path, etcd_port: u16, extra: &[&str]) -> BatonProcess {
     let addr = format!("127.0.0.1:{etcd_port}");

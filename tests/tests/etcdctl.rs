@@ -1,17 +1,23 @@
 //! etcd's own command-line client (Debian's etcdctl, etcd 3.4) and python-etcd3 against a
 //! real `baton` process: the commands people type, and what they print.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use baton_tests::clients::etcdctl;
-use baton_tests::server::BatonProcess;
+use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("addr").port()
+/// A server in `dir` serving etcd clients on a free port; the server and the port.
+fn start(dir: &std::path::Path) -> (BatonProcess, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        dir,
+        &["--tick-ms", "500", "--etcd-addr", addr.as_str()],
+    );
+    (server, port)
 }
 
 /// Runs etcdctl and expects success; returns its output.
@@ -24,13 +30,8 @@ fn ok(endpoint: &str, args: &[&str], stdin: &str) -> String {
 #[test]
 fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
     let dir = temp_dir();
-    let port = free_port();
+    let (_server, port) = start(dir.path());
     let addr = format!("127.0.0.1:{port}");
-    let _server = BatonProcess::start(
-        env!("CARGO_BIN_EXE_baton_test_server"),
-        dir.path(),
-        &["--tick-ms", "500", "--etcd-addr", addr.as_str()],
-    );
     let e = addr.as_str();
     assert_eq!(ok(e, &["put", "foo", "bar"], ""), "OK\n");
     assert_eq!(ok(e, &["get", "foo"], ""), "foo\nbar\n");
@@ -87,13 +88,7 @@ fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
 #[test]
 fn python_etcd3_reads_writes_transacts_leases_watches_and_locks() {
     let dir = temp_dir();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _server = BatonProcess::start(
-        env!("CARGO_BIN_EXE_baton_test_server"),
-        dir.path(),
-        &["--tick-ms", "500", "--etcd-addr", addr.as_str()],
-    );
+    let (_server, port) = start(dir.path());
     let (ok, said) = baton_tests::clients::python_etcd3("compat.py", &["127.0.0.1", &port.to_string()]);
     assert!(ok, "{said}");
     assert!(said.contains("python-etcd3 compatibility: ok"), "{said}");
