@@ -30,6 +30,9 @@ fn sessions_refusals_and_expiry_keep_their_guarantees_under_faults() {
                 total.applied += r.applied;
                 total.refused += r.refused;
                 total.reads += r.reads;
+                total.etcd_applied += r.etcd_applied;
+                total.etcd_failed_compares += r.etcd_failed_compares;
+                total.etcd_reads += r.etcd_reads;
                 total.crashes += r.crashes;
             }
             Err(why) => {
@@ -43,6 +46,9 @@ fn sessions_refusals_and_expiry_keep_their_guarantees_under_faults() {
     assert!(total.expired > 0, "sessions expired (clients cut off long enough)");
     assert!(total.refused > 0 && total.applied > seeds * 20, "writes applied and refused");
     assert!(total.reads > seeds * 10, "reads after sync checked");
+    assert!(total.etcd_applied > seeds * 20, "etcd writes applied");
+    assert!(total.etcd_failed_compares > 0, "etcd transactions took their failure branch");
+    assert!(total.etcd_reads > seeds * 10, "etcd linearizable reads checked");
 }
 
 #[test]
@@ -51,6 +57,7 @@ fn a_calm_ensemble_expires_no_session() {
     let report = run_zk(opts).expect("a calm run passes");
     assert_eq!(report.expired, 0, "{report:?}");
     assert!(report.applied > 100 && report.reads > 50, "{report:?}");
+    assert!(report.etcd_applied > 100 && report.etcd_reads > 50, "{report:?}");
 }
 
 #[test]

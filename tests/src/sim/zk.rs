@@ -5,18 +5,21 @@
 //! disks. Simulated ZooKeeper clients open sessions on any server, resume them elsewhere when
 //! their connection drops, heartbeat through the server they are connected to, create
 //! ephemerals, compare-and-set registers (`setData` at the version they read) and read them
-//! after `sync`.
+//! after `sync`. Simulated etcd clients, beside them, send the etcd front's requests to any
+//! server: puts, compare-and-set transactions (a put if the value is the one last read),
+//! compactions, and linearizable reads (a quorum-confirmed sync, then the server's keyspace).
 //!
 //! Checked, for every seed:
 //! - the register history — blind writes, compare-and-sets (with their BadVersion
 //!   refusals), reads after `sync` on whichever server — passes the linearizability checker;
+//!   so does the etcd keys' history (puts, transactions that succeeded or failed, reads);
 //! - a session whose close (by its client or by expiry) has been applied anywhere is never
 //!   resumed afterwards, on any server;
 //! - once healed, a client that stays connected and heartbeats keeps its session: no
 //!   session of a connected client expires in the last part of the healed phase;
 //! - every acknowledged ephemeral is in the final tree exactly when its session is alive;
-//! - at the end one leader, every server serving, every tree identical (digest), with no
-//!   ephemeral of a session the tree does not know;
+//! - at the end one leader, every server serving, every tree identical (digest) and every
+//!   etcd keyspace identical (image), with no ephemeral of a session the tree does not know;
 //! - each replica's invariants after every step.
 //!
 //! The write path keeps some hash maps; what it tells clients within one step is put in
@@ -28,7 +31,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use baton_engine::mvcc::KeySpace;
+use baton_engine::mvcc::{
+    Compare, CompareResult, CompareTarget, EtcdResponse, EtcdTxn, KeySpace, MvccError, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
+};
 use baton_engine::replica::{ImageSink, Input, Parts, Replica, ReplicaConfig, SnapshotImage, StateMachine};
 use baton_engine::sequencer::{CreateMode, CreateOp, SequencerConfig, WriteOp, WriteRequest};
 use baton_engine::state::{StateImage, StateLoader};
@@ -46,8 +52,14 @@ use super::node::SimPeers;
 use super::run_now;
 use crate::linearizability::{self, Operation, RegisterOp};
 
-/// Registers (znodes `/r0`, `/r1`, ...).
+/// Registers (znodes `/r0`, `/r1`, ...; etcd keys `r0`, `r1`, ...).
 const REGISTERS: u64 = 3;
+
+/// The checker's register number of etcd key `rK` (ZooKeeper's `/rK` is `K`).
+const ETCD_REGISTER: u64 = 1_000;
+
+/// The answer slot of the etcd front (the slot after the one shard).
+const ETCD_SLOT: usize = 1;
 
 /// How a run goes.
 #[derive(Debug, Clone)]
@@ -58,6 +70,8 @@ pub struct ZkSimOptions {
     pub servers: usize,
     /// Simulated clients (each one session at a time).
     pub clients: usize,
+    /// Simulated etcd clients (one request at a time, to any server).
+    pub etcd_clients: usize,
     /// Virtual ms of faults, then of the healed phase.
     pub fault_ms: u64,
     /// Virtual ms of the healed phase.
@@ -79,6 +93,7 @@ impl ZkSimOptions {
             seed,
             servers: if seed % 3 == 2 { 5 } else { 3 },
             clients: 4,
+            etcd_clients: 2,
             fault_ms: 10_000,
             heal_ms: 12_000,
             tick_ms: 100,
@@ -104,6 +119,12 @@ pub struct ZkSimReport {
     pub refused: u64,
     /// Reads after sync checked.
     pub reads: u64,
+    /// etcd writes applied (puts, transactions, compactions; etcd errors included).
+    pub etcd_applied: u64,
+    /// etcd transactions whose compare failed.
+    pub etcd_failed_compares: u64,
+    /// etcd linearizable reads checked.
+    pub etcd_reads: u64,
     /// Crashes injected.
     pub crashes: u64,
     /// Entries in the final tree's history.
@@ -120,7 +141,7 @@ struct Machine {
 
 struct MachineState {
     tree: DataTree,
-    /// etcd's keyspace (no etcd writes in these histories yet: it rides along in snapshots).
+    /// etcd's keyspace.
     etcd: KeySpace,
     path: WritePath,
     effects: Vec<Effect>,
@@ -262,9 +283,20 @@ enum Waiting {
         key: u64,
         invoked: u64,
     },
+    /// An etcd write: the operation's index in the history (none for a compaction).
+    EtcdWrite {
+        op: Option<usize>,
+    },
+    /// An etcd linearizable read of `key`: a sync, then the keyspace.
+    EtcdRead {
+        key: u64,
+        invoked: u64,
+    },
 }
 
 struct Client {
+    /// An etcd client (no session; requests go to the etcd front's slot).
+    etcd: bool,
     session: Option<(SessionId, Vec<u8>)>,
     /// (server index, connection, server life).
     conn: Option<(usize, ConnId, u64)>,
@@ -305,6 +337,14 @@ struct ZkSim {
     clients: Vec<Client>,
     next_conn: u64,
     next_value: u64,
+    /// The etcd front's request counter (one for every server: unique on each).
+    etcd_xid: i32,
+    /// etcd register writes whose client lost its connection, by that connection.
+    etcd_orphans: BTreeMap<ConnId, usize>,
+    /// The same writes by the value they put.
+    etcd_unknown: BTreeMap<u64, usize>,
+    /// The connection of the etcd request being handed to a write path.
+    etcd_submitting: Option<ConnId>,
     operations: Vec<Operation>,
     /// When a close of each session was first applied anywhere.
     closed_at: BTreeMap<SessionId, u64>,
@@ -351,8 +391,9 @@ impl ZkSim {
                 proposing_until: 0,
             })
             .collect();
-        let clients = (0..opts.clients)
-            .map(|_| Client {
+        let clients = (0..opts.clients + opts.etcd_clients)
+            .map(|c| Client {
+                etcd: c >= opts.clients,
                 session: None,
                 conn: None,
                 waiting: Waiting::Nothing,
@@ -382,6 +423,10 @@ impl ZkSim {
             clients,
             next_conn: 0,
             next_value: 0,
+            etcd_xid: 0,
+            etcd_orphans: BTreeMap::new(),
+            etcd_unknown: BTreeMap::new(),
+            etcd_submitting: None,
             operations: Vec::new(),
             closed_at: BTreeMap::new(),
             closed_by_client: BTreeSet::new(),
@@ -469,7 +514,7 @@ impl ZkSim {
         let applied = Rc::new(RefCell::new(Vec::new()));
         let path_config = WritePathConfig {
             id: s.id,
-            shards: 1,
+            shards: 1 + ETCD_SLOT,
             session_timeout_ms: (1_000, 20_000),
             sequencer: SequencerConfig::default(),
             read_only_after: None,
@@ -758,7 +803,8 @@ impl ZkSim {
         for effect in effects {
             match effect {
                 Effect::Client { msg, .. } => answers.push(msg),
-                Effect::Publish { answers: per_shard, .. } => {
+                Effect::Publish { batch, answers: per_shard } => {
+                    self.etcd_puts_seen(&batch);
                     answers.extend(per_shard.into_iter().flatten().map(|(_, a)| a));
                 }
                 Effect::Propose { first, payloads } => {
@@ -816,11 +862,19 @@ impl ZkSim {
     }
 
     fn lose_connection(&mut self, c: usize) {
-        if self.clients[c].conn.take().is_none() {
-            return;
-        }
+        let Some((_, conn, _)) = self.clients[c].conn.take() else { return };
         self.note(|| format!("client {c}: connection lost"));
-        // Whatever it waited for has an unknown outcome (a write may still commit).
+        // Whatever it waited for has an unknown outcome (a write may still commit). An etcd
+        // write's answer may still come from its server, if that server applies it: then
+        // the history learns its outcome (the client would have, had it waited).
+        if let Waiting::EtcdWrite { op: Some(op) } = self.clients[c].waiting {
+            self.etcd_orphans.insert(conn, op);
+            let new = match self.operations[op].op {
+                RegisterOp::Write(v) | RegisterOp::Cas { new: v, .. } => v,
+                RegisterOp::Read(_) => unreachable!("a write's operation is a write"),
+            };
+            self.etcd_unknown.insert(new, op);
+        }
         self.clients[c].waiting = Waiting::Nothing;
         let at = self.now + self.rng.random_range(30..300);
         self.schedule(at, Event::Client(c));
@@ -833,9 +887,20 @@ impl ZkSim {
     }
 
     fn answer(&mut self, i: usize, answer: ToClient) -> Result<(), String> {
-        let Some(c) = self.client_of(i, conn_of(&answer)) else { return Ok(()) };
+        let Some(c) = self.client_of(i, conn_of(&answer)) else {
+            if let ToClient::Written { conn, outcome: WriteOutcome::Etcd { result, .. }, .. } = answer {
+                if let Some(op) = self.etcd_orphans.remove(&conn) {
+                    self.note(|| format!("server {}: orphaned etcd write {op} answered {result:?}", i + 1));
+                    self.etcd_written(op, result)?;
+                }
+            }
+            return Ok(());
+        };
         self.mix(c as u64 + 1);
         self.note(|| format!("client {c} <- server {}: {answer:?}", i + 1));
+        if self.clients[c].etcd {
+            return self.etcd_answer(i, c, answer);
+        }
         match answer {
             ToClient::Connected { session, password, .. } => {
                 if !matches!(self.clients[c].waiting, Waiting::Connect) {
@@ -870,7 +935,10 @@ impl ZkSim {
                 if let Some((s, _)) = old {
                     // No server has applied a close of it: it is alive in the committed
                     // history (its creation committed before the client was told of it).
-                    if !self.closed_at.contains_key(&s) {
+                    // Unless its client asked for the close and never learned the outcome:
+                    // that close may have committed and been applied only by a recovery's
+                    // replay, which is not news the simulator records.
+                    if !self.closed_at.contains_key(&s) && !self.closed_by_client.contains(&s) {
                         return Err(format!("server {}: told client {c} its live session {s:?} expired", i + 1));
                     }
                 }
@@ -977,6 +1045,9 @@ impl ZkSim {
         {
             return Ok(());
         }
+        if self.clients[c].etcd {
+            return self.etcd_client_acts(c);
+        }
         let Some((i, conn, _)) = self.clients[c].conn else {
             let live: Vec<usize> = (0..self.servers.len()).filter(|&i| self.servers[i].replica.is_some()).collect();
             if live.is_empty() {
@@ -1061,6 +1132,187 @@ impl ZkSim {
         })
     }
 
+    /// An etcd client's next move: pick a server when it has none (etcd clients have no
+    /// session: a connection is only where requests go), otherwise its next request.
+    fn etcd_client_acts(&mut self, c: usize) -> Result<(), String> {
+        let Some((i, conn, _)) = self.clients[c].conn else {
+            let live: Vec<usize> = (0..self.servers.len()).filter(|&i| self.servers[i].replica.is_some()).collect();
+            if !live.is_empty() {
+                let i = live[self.rng.random_range(0..live.len())];
+                self.next_conn += 1;
+                self.clients[c].conn = Some((i, ConnId(self.next_conn), self.servers[i].life));
+            }
+            self.schedule_act(c);
+            return Ok(());
+        };
+        // A server's etcd writes share one session, so their cxids (by which the write path
+        // finds whom an applied write answers) come from one counter, as the front's do.
+        self.etcd_xid += 1;
+        let xid = self.etcd_xid;
+        let client = ClientRef { shard: ETCD_SLOT, conn };
+        let roll = self.rng.random_range(0..100);
+        let key = self.rng.random_range(0..REGISTERS);
+        let message = if roll < 35 {
+            self.clients[c].waiting = Waiting::EtcdRead { key, invoked: self.now };
+            ToWritePath::Sync { client, xid }
+        } else {
+            self.next_value += 1;
+            let value = self.next_value;
+            let put = |value: u64| PutRequest {
+                key: etcd_key(key),
+                value: value.to_string().into_bytes(),
+                ..PutRequest::default()
+            };
+            let (txn, op) = if roll < 60 {
+                (EtcdTxn::Put(put(value)), Some(RegisterOp::Write(value)))
+            } else if roll < 95 {
+                // A put if the key holds what this client last read (if it was absent, if it
+                // still is: etcd compares a missing key's create revision as 0).
+                let expected = self.clients[c].known.get(&key).and_then(|(v, _)| *v);
+                let target = match expected {
+                    Some(v) => CompareTarget::Value(v.to_string().into_bytes()),
+                    None => CompareTarget::Create(0),
+                };
+                let compare =
+                    Compare { result: CompareResult::Equal, target, key: etcd_key(key), range_end: Vec::new() };
+                let txn = TxnRequest {
+                    compare: vec![compare],
+                    success: vec![RequestOp::Put(put(value))],
+                    failure: vec![RequestOp::Range(RangeRequest { key: etcd_key(key), ..RangeRequest::default() })],
+                };
+                (EtcdTxn::Txn(txn), Some(RegisterOp::Cas { expected, new: value, ok: None }))
+            } else {
+                // A compaction up to what this server has applied (some fail: compacted
+                // already, or a revision the keyspace has not reached).
+                let state = self.servers[i].state.clone().expect("a connected client's server runs");
+                let revision = state.borrow().etcd.revision() - self.rng.random_range(0..3);
+                (EtcdTxn::Compact { revision }, None)
+            };
+            let index = op.map(|op| {
+                self.operations.push(Operation { key: ETCD_REGISTER + key, op, invoked: self.now, completed: None });
+                self.operations.len() - 1
+            });
+            self.clients[c].waiting = Waiting::EtcdWrite { op: index };
+            let session = baton_server::etcd::front::etcd_session(self.servers[i].id);
+            let req = WriteRequest { session_id: session, cxid: xid, auth: Vec::new(), op: WriteOp::Etcd(txn) };
+            ToWritePath::Write { client, xid, req }
+        };
+        self.note(|| format!("etcd client {c} -> server {}: {message:?}", i + 1));
+        self.etcd_submitting = Some(conn);
+        let done = self.with_path(i, |path, tree, now| {
+            path.handle(tree, now, message);
+            path.flush();
+        });
+        self.etcd_submitting = None;
+        done
+    }
+
+    /// A committed batch as a server applies it: an etcd register write whose client does not
+    /// know its outcome, now seen applied (its value is unique), took effect before now.
+    fn etcd_puts_seen(&mut self, batch: &[baton_server::runtime::CommittedChanges]) {
+        if self.etcd_unknown.is_empty() {
+            return;
+        }
+        for event in batch.iter().flat_map(|c| &c.etcd_events) {
+            let Some(value) = std::str::from_utf8(&event.kv.value).ok().and_then(|v| v.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Some(op) = self.etcd_unknown.remove(&value) {
+                if self.operations[op].completed.is_none() {
+                    self.operations[op].completed = Some(self.now);
+                    if let RegisterOp::Cas { ok, .. } = &mut self.operations[op].op {
+                        *ok = Some(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An etcd register write's answer, now.
+    fn etcd_written(&mut self, op: usize, result: Result<EtcdResponse, MvccError>) -> Result<(), String> {
+        match result {
+            Ok(EtcdResponse::Put(_)) => self.operations[op].completed = Some(self.now),
+            Ok(EtcdResponse::Txn(txn)) => {
+                self.operations[op].completed = Some(self.now);
+                if let RegisterOp::Cas { ok, .. } = &mut self.operations[op].op {
+                    *ok = Some(txn.succeeded);
+                }
+                if !txn.succeeded {
+                    self.report.etcd_failed_compares += 1;
+                }
+            }
+            other => return Err(format!("etcd register write {op} answered {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// What the write path told an etcd client.
+    fn etcd_answer(&mut self, i: usize, c: usize, answer: ToClient) -> Result<(), String> {
+        let waiting = std::mem::replace(&mut self.clients[c].waiting, Waiting::Nothing);
+        match (answer, waiting) {
+            (ToClient::Close { conn }, waiting) => {
+                // The front's "no leader". Answered as the request arrived, it was neither
+                // proposed nor forwarded: it did not happen. Later, the outcome is unknown.
+                match waiting {
+                    Waiting::EtcdWrite { op: Some(op) } if self.etcd_submitting == Some(conn) => {
+                        self.operations[op].op = RegisterOp::Read(None);
+                        self.operations[op].completed = None;
+                    }
+                    waiting => self.clients[c].waiting = waiting,
+                }
+                self.lose_connection(c);
+                return Ok(());
+            }
+            (ToClient::Written { outcome, .. }, Waiting::EtcdWrite { op }) => match outcome {
+                WriteOutcome::Etcd { result, .. } => {
+                    self.report.etcd_applied += 1;
+                    if let Some(op) = op {
+                        self.etcd_written(op, result)?;
+                    }
+                }
+                WriteOutcome::Refused { .. } => {
+                    // Refused before the log (a full disk): it did not happen.
+                    if let Some(op) = op {
+                        self.operations[op].op = RegisterOp::Read(None);
+                        self.operations[op].completed = None;
+                    }
+                }
+                WriteOutcome::Applied { .. } => return Err(format!("etcd client {c}: a ZooKeeper answer")),
+            },
+            (ToClient::Synced { zxid, .. }, Waiting::EtcdRead { key, invoked }) => {
+                if zxid.is_some() {
+                    let state = self.servers[i].state.clone().expect("answered by a running server");
+                    let read =
+                        state.borrow().etcd.range(&RangeRequest { key: etcd_key(key), ..RangeRequest::default() });
+                    let kvs = read.map_err(|e| format!("etcd client {c}: reading {key}: {e}"))?.kvs;
+                    let value = match kvs.first() {
+                        Some(kv) => Some(
+                            std::str::from_utf8(&kv.value)
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .ok_or_else(|| format!("etcd key r{key} holds {:?}", kv.value))?,
+                        ),
+                        None => None,
+                    };
+                    let op = RegisterOp::Read(value);
+                    self.operations.push(Operation {
+                        key: ETCD_REGISTER + key,
+                        op,
+                        invoked,
+                        completed: Some(self.now),
+                    });
+                    self.clients[c].known.insert(key, (value, 0));
+                    self.report.etcd_reads += 1;
+                }
+            }
+            (answer, waiting) => {
+                return Err(format!("etcd client {c}: {answer:?} while waiting for {waiting:?}"));
+            }
+        }
+        self.schedule_act(c);
+        Ok(())
+    }
+
     fn check_end(&mut self) -> Result<(), String> {
         let roles: Vec<Option<Role>> =
             self.servers.iter().map(|s| s.replica.as_ref().map(|r| r.zab().role())).collect();
@@ -1074,6 +1326,17 @@ impl ZkSim {
             trees.iter().map(|s| (s.borrow().tree.digest(), s.borrow().tree.last_zxid())).collect();
         if digests.windows(2).any(|w| w[0] != w[1]) {
             return Err(format!("trees differ once healed: {digests:?}"));
+        }
+        let keyspaces: Vec<(i64, Vec<u8>)> = trees
+            .iter()
+            .map(|s| {
+                let s = s.borrow();
+                (s.etcd.revision(), s.etcd.to_image())
+            })
+            .collect();
+        if keyspaces.windows(2).any(|w| w[0] != w[1]) {
+            let revisions: Vec<i64> = keyspaces.iter().map(|k| k.0).collect();
+            return Err(format!("etcd keyspaces differ once healed (revisions {revisions:?})"));
         }
         let state = trees[0].borrow();
         let tree = &state.tree;
@@ -1119,6 +1382,10 @@ fn conn_of(answer: &ToClient) -> ConnId {
 
 fn register(key: u64) -> String {
     format!("/r{key}")
+}
+
+fn etcd_key(key: u64) -> Vec<u8> {
+    format!("r{key}").into_bytes()
 }
 
 fn create(path: &str, data: Vec<u8>, mode: CreateMode) -> WriteOp {
