@@ -9,6 +9,12 @@
 //! checker; sequential creates must follow real-time order; an ephemeral of a session whose
 //! close was acknowledged must never be seen again.
 //!
+//! With etcd clients, the servers also serve etcd's API and those clients put, compare-and-set
+//! by transaction and read linearizably (etcd's default) on their own keys through any
+//! server, a partitioned old leader included. Afterwards the keys' whole history, watched
+//! from revision 1, says which writes of unknown outcome took effect; that history goes
+//! through the linearizability checker too, and every server must hold the same keyspace.
+//!
 //! The seed fixes the sequence of faults (which, where, for how long) and the clients'
 //! choices; the processes' own timing — how long a restart takes, when an undo falls due
 //! against the next fault — varies from run to run, so a replay is the same schedule, not
@@ -43,6 +49,8 @@ pub struct Config {
     pub registers: u64,
     /// Register clients.
     pub clients: usize,
+    /// etcd register clients (0: the servers' etcd ports stay closed).
+    pub etcd_clients: usize,
 }
 
 /// What a run did and found.
@@ -91,6 +99,11 @@ struct Recorded {
     registers: Vec<Operation>,
     /// Acknowledged sequential creates: (invoked, completed, sequence number, name).
     sequential: Vec<(u64, u64, u64, String)>,
+    /// The etcd clients' register operations (keys absent at first).
+    etcd_registers: Vec<Operation>,
+    /// The values of the etcd writes whose outcome their clients did not learn, with their
+    /// index in `etcd_registers`.
+    etcd_unknown: BTreeMap<u64, usize>,
     /// Ephemerals whose session's close was acknowledged: (path, when).
     closed_ephemerals: Vec<(String, u64)>,
     /// Ephemerals seen after their session's close was acknowledged.
@@ -137,7 +150,11 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
         "1000",
     ];
     let n = config.servers;
-    let mut cluster = Cluster::start(bin, dir, n, config.base, &flags);
+    let mut cluster = if config.etcd_clients > 0 {
+        Cluster::start_with_etcd(bin, dir, n, config.base, config.base + 100, &flags)
+    } else {
+        Cluster::start(bin, dir, n, config.base, &flags)
+    };
     let all: Vec<usize> = (1..=n).collect();
     let mut report = Report { seed: config.seed, ..Report::default() };
     let Some(leader) = cluster.wait_for_leader(&all, Duration::from_secs(60)) else {
@@ -165,6 +182,12 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
         let ctx = client(c as u64 + 1, config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)));
         let registers = config.registers;
         threads.push(std::thread::spawn(move || registers_client(ctx, registers)));
+    }
+    let endpoints: Vec<String> = (1..=n).filter_map(|i| cluster.etcd_endpoint(i)).collect();
+    for e in 0..config.etcd_clients {
+        let ctx = client(2000 + e as u64, config.seed.rotate_left(29 + e as u32));
+        let (registers, endpoints) = (config.registers, endpoints.clone());
+        threads.push(std::thread::spawn(move || etcd_client(ctx, endpoints, registers)));
     }
     for (k, kind) in [ClientKind::Sequential, ClientKind::Ephemeral, ClientKind::Keeper].into_iter().enumerate() {
         let ctx = client(1000 + k as u64, config.seed.rotate_left(17 + k as u32));
@@ -202,6 +225,9 @@ pub fn run(bin: &str, dir: &Path, config: &Config) -> Report {
         Err(_) => panic!("the clients were joined: nothing else holds the record"),
     };
     final_reads(&cluster, config.registers, clock, &mut recorded);
+    if config.etcd_clients > 0 {
+        etcd_settle(&cluster, clock, &mut recorded, &mut report);
+    }
     check(&cluster, &recorded, &mut report);
     report.operations = recorded.counts.clone();
     report
@@ -671,6 +697,180 @@ fn keeper_client(ctx: ClientCtx) {
     }
 }
 
+/// Runs `f` on a runtime of its own within `limit`; `None` when it did not finish.
+fn block_on<T>(rt: &tokio::runtime::Runtime, limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    rt.block_on(async { tokio::time::timeout(limit, f).await.ok() })
+}
+
+/// The etcd key of register `key`.
+fn etcd_key(key: u64) -> String {
+    format!("reg/r{key}")
+}
+
+/// Puts, compare-and-set transactions (a put if the key still holds the value last read, or
+/// is still absent) and linearizable reads on random registers, each through a random
+/// server; any error or timeout drops the connection and leaves the outcome unknown.
+fn etcd_client(ctx: ClientCtx, endpoints: Vec<String>, registers: u64) {
+    use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        panic!("a tokio runtime for an etcd client");
+    };
+    let mut rng = StdRng::seed_from_u64(ctx.seed);
+    let mut conn: Option<Client> = None;
+    let mut known: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    let mut next = 0u64;
+    let limit = Duration::from_secs(4);
+    while !ctx.stopped() {
+        let Some(c) = conn.as_mut() else {
+            let endpoint = endpoints[rng.random_range(0..endpoints.len())].clone();
+            conn = block_on(&rt, Duration::from_secs(2), Client::connect([endpoint], None)).and_then(Result::ok);
+            if conn.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        };
+        let key = rng.random_range(0..registers);
+        next += 1;
+        let value = (ctx.id << 32) | next;
+        let roll = rng.random_range(0..10u32);
+        let invoked = ctx.clock.now();
+        let (op, outcome) = if roll < 4 {
+            let done = block_on(&rt, limit, c.put(etcd_key(key), value.to_string(), None));
+            (RegisterOp::Write(value), done.and_then(Result::ok).map(|_| true))
+        } else if roll < 7 {
+            let expected = known.get(&key).copied().flatten();
+            let compare = match expected {
+                Some(v) => Compare::value(etcd_key(key), CompareOp::Equal, v.to_string()),
+                None => Compare::create_revision(etcd_key(key), CompareOp::Equal, 0),
+            };
+            let txn = Txn::new().when([compare]).and_then([TxnOp::put(etcd_key(key), value.to_string(), None)]);
+            let done = block_on(&rt, limit, c.txn(txn));
+            let ok = done.and_then(Result::ok).map(|r| r.succeeded());
+            (RegisterOp::Cas { expected, new: value, ok }, ok)
+        } else {
+            match block_on(&rt, limit, c.get(etcd_key(key), None)) {
+                Some(Ok(r)) => {
+                    let completed = ctx.clock.now();
+                    let read = match r.kvs().first() {
+                        Some(kv) => match std::str::from_utf8(kv.value()).ok().and_then(|v| v.parse().ok()) {
+                            Some(v) => Some(v),
+                            None => panic!("etcd register {key} holds {:?}", kv.value()),
+                        },
+                        None => None,
+                    };
+                    known.insert(key, read);
+                    ctx.record(|r| {
+                        r.count("etcd-read");
+                        let op = RegisterOp::Read(read);
+                        r.etcd_registers.push(Operation { key, op, invoked, completed: Some(completed) });
+                    });
+                    ctx.done();
+                }
+                _ => {
+                    conn = None;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            continue;
+        };
+        let completed = outcome.map(|_| ctx.clock.now());
+        ctx.record(|r| {
+            let kind = if matches!(op, RegisterOp::Write(_)) { "etcd-write" } else { "etcd-cas" };
+            r.count(&format!("{kind}{}", if completed.is_some() { "" } else { "?" }));
+            if completed.is_none() {
+                r.etcd_unknown.insert(value, r.etcd_registers.len());
+            }
+            r.etcd_registers.push(Operation { key, op, invoked, completed });
+        });
+        if completed.is_some() {
+            ctx.done();
+            std::thread::sleep(Duration::from_millis(2));
+        } else {
+            // Most failures are quick ("no leader"): do not flood the history with them.
+            conn = None;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// After the clients stopped: the etcd keys' whole history, watched from revision 1, tells
+/// which writes of unknown outcome took effect (each value is unique; no client compacts).
+/// Those that did are given the end of the run as their completion (they took effect before
+/// it); those that did not are dropped (a write or a compare-and-set that changed nothing).
+/// Every server must then hold the same keyspace (HashKV at one revision).
+fn etcd_settle(cluster: &Cluster, clock: Clock, recorded: &mut Recorded, report: &mut Report) {
+    use etcd_client::{Client, WatchOptions};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        panic!("a tokio runtime");
+    };
+    let endpoints: Vec<String> = (1..=cluster.nodes.len()).filter_map(|i| cluster.etcd_endpoint(i)).collect();
+    let history = block_on(&rt, Duration::from_secs(60), async {
+        let mut c = Client::connect(endpoints.clone(), None).await.ok()?;
+        let now = c.get("reg/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.ok()?;
+        let current = now.header()?.revision();
+        let options = WatchOptions::new().with_prefix().with_start_revision(1);
+        let (_watcher, mut stream) = c.watch("reg/", Some(options)).await.ok()?;
+        let mut values = BTreeSet::new();
+        let mut seen = 0;
+        while seen < current {
+            let message = stream.message().await.ok()??;
+            for event in message.events() {
+                if let Some(kv) = event.kv() {
+                    seen = seen.max(kv.mod_revision());
+                    if let Some(v) = std::str::from_utf8(kv.value()).ok().and_then(|v| v.parse::<u64>().ok()) {
+                        values.insert(v);
+                    }
+                }
+            }
+            if message.events().is_empty() && message.header().is_some_and(|h| h.revision() >= current) {
+                break;
+            }
+        }
+        // Every server's keyspace at that revision.
+        let mut hashes = Vec::new();
+        for e in &endpoints {
+            let m = Client::connect([e.clone()], None).await.ok()?;
+            hashes.push(m.maintenance_client().hash_kv(current).await.ok()?.hash());
+        }
+        Some((values, hashes))
+    });
+    let Some((applied, hashes)) = history.flatten() else {
+        report.anomalies.push("etcd: the healed ensemble did not give the keys' history".into());
+        return;
+    };
+    if hashes.windows(2).any(|w| w[0] != w[1]) {
+        report.anomalies.push(format!("etcd: the servers' keyspaces differ: HashKV {hashes:?}"));
+    }
+    let end = clock.now();
+    let unknown = std::mem::take(&mut recorded.etcd_unknown);
+    let mut dropped = BTreeSet::new();
+    for (value, index) in unknown {
+        let op = &mut recorded.etcd_registers[index];
+        if applied.contains(&value) {
+            op.completed = Some(end);
+            if let RegisterOp::Cas { ok, .. } = &mut op.op {
+                *ok = Some(true);
+            }
+        } else {
+            dropped.insert(index);
+        }
+    }
+    let mut index = 0;
+    recorded.etcd_registers.retain(|_| {
+        index += 1;
+        !dropped.contains(&(index - 1))
+    });
+    for op in &recorded.etcd_registers {
+        if let RegisterOp::Write(v) | RegisterOp::Cas { new: v, ok: Some(true), .. } = op.op {
+            if !applied.contains(&v) {
+                report
+                    .anomalies
+                    .push(format!("etcd: acknowledged write of {v} to register {} is not in its history", op.key));
+            }
+        }
+    }
+}
+
 /// After the clients stopped: each register's value, read after `sync`, joins the history.
 fn final_reads(cluster: &Cluster, registers: u64, clock: Clock, recorded: &mut Recorded) {
     let addr = cluster.nodes[0].addr;
@@ -699,6 +899,9 @@ fn check(cluster: &Cluster, recorded: &Recorded, report: &mut Report) {
     history.extend(recorded.registers.iter().cloned());
     if let Err(v) = linearizability::check(&history) {
         anomalies.push(format!("registers: {v}"));
+    }
+    if let Err(v) = linearizability::check(&recorded.etcd_registers) {
+        anomalies.push(format!("etcd registers: {v}"));
     }
     // Sequential creates: unique, and in real-time order.
     let seqs: BTreeSet<u64> = recorded.sequential.iter().map(|s| s.2).collect();

@@ -539,3 +539,91 @@ fn through_a_leader_sigkill_no_acknowledged_put_is_lost_watchers_resume_exactly_
         assert!(f.lease_time_to_live(lease, None).await.expect("ttl").ttl() > 0);
     });
 }
+
+#[test]
+fn a_leader_cut_off_from_its_ensemble_serves_no_stale_linearizable_read() {
+    use baton_tests::cluster::Cluster;
+    use std::time::Instant;
+    let _one = baton_tests::load::one_cluster_at_a_time();
+    let dir = temp_dir();
+    let cluster = Cluster::start_with_etcd(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), 3, 26_900, 27_000, &[]);
+    let old = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).expect("a leader");
+    let rest: Vec<usize> = (1..=3).filter(|&i| i != old).collect();
+    let endpoint = |i: usize| cluster.etcd_endpoint(i).expect("etcd served");
+    let (at_old, at_rest) = (endpoint(old), endpoint(rest[0]));
+    run(async {
+        let mut c = Client::connect([at_old.clone()], None).await.expect("connect to the leader");
+        c.put("k", "before", None).await.expect("put");
+    });
+    cluster.isolate(old);
+    let isolated = Instant::now();
+    // Linearizable reads on the old leader from the moment it is cut off, beside a write on
+    // the majority's side: a read invoked after that write was acknowledged must not return
+    // the value it replaced.
+    let acked: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+    let reader = {
+        let (acked, at_old) = (acked.clone(), at_old.clone());
+        std::thread::spawn(move || {
+            let mut after_ack = (0, 0); // (reads invoked after the ack, of them answered)
+            run(async {
+                let mut c = Client::connect([at_old], None).await.expect("connect to the old leader");
+                loop {
+                    let invoked = Instant::now();
+                    let ack = *acked.lock().expect("lock");
+                    if ack.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+                        break;
+                    }
+                    let read = tokio::time::timeout(Duration::from_secs(3), c.get("k", None)).await;
+                    if let Some(t) = ack.filter(|t| *t < invoked) {
+                        after_ack.0 += 1;
+                        if let Ok(Ok(r)) = read {
+                            after_ack.1 += 1;
+                            let value = r.kvs().first().map(|kv| kv.value().to_vec());
+                            assert_eq!(
+                                value.as_deref(),
+                                Some(&b"after"[..]),
+                                "a linearizable read invoked {:?} after a newer write was acknowledged",
+                                invoked - t
+                            );
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            after_ack
+        })
+    };
+    let new = cluster.wait_for_leader(&rest, Duration::from_secs(20)).expect("a new leader on the majority's side");
+    assert_ne!(new, old);
+    run(async {
+        let mut c = Client::connect([at_rest.clone()], None).await.expect("connect");
+        loop {
+            if c.put("k", "after", None).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        *acked.lock().expect("lock") = Some(Instant::now());
+        // The old leader has not seen that write: its serializable (local) read says so.
+        let mut o = Client::connect([at_old.clone()], None).await.expect("connect to the old leader");
+        let stale = o.get("k", Some(GetOptions::new().with_serializable())).await.expect("a serializable read");
+        assert_eq!(stale.kvs()[0].value(), b"before", "the old leader is cut off");
+    });
+    let (after_ack, answered) = reader.join().expect("no stale linearizable read");
+    assert!(after_ack > 0, "reads were invoked on the old leader after the write ({:?} cut off)", isolated.elapsed());
+    eprintln!("{after_ack} linearizable reads on the cut-off leader after the write, {answered} answered");
+    // Healed, the old leader catches up and answers.
+    cluster.heal();
+    run(async {
+        let mut o = Client::connect([at_old.clone()], None).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = o.get("k", None).await {
+                assert_eq!(r.kvs()[0].value(), b"after");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the old leader answers once healed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

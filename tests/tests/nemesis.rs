@@ -30,7 +30,15 @@ fn seconds(default: u64) -> Duration {
 fn nemesis(servers: usize, default_secs: u64, base: u16) {
     let _one = one_cluster_at_a_time();
     let dir = temp_dir();
-    let config = Config { seed: seed(), servers, duration: seconds(default_secs), base, registers: 8, clients: 3 };
+    let config = Config {
+        seed: seed(),
+        servers,
+        duration: seconds(default_secs),
+        base,
+        registers: 8,
+        clients: 3,
+        etcd_clients: 2,
+    };
     eprintln!(
         "nemesis: {servers} servers for {:?}, seed {} (BATON_NEMESIS_SEED replays it)",
         config.duration, config.seed
@@ -47,6 +55,8 @@ fn nemesis(servers: usize, default_secs: u64, base: u16) {
     assert!(faults >= 5, "faults were injected: {:?}", report.faults);
     let acknowledged = report.operations.iter().filter(|(k, _)| !k.ends_with('?')).map(|(_, n)| *n).sum::<usize>();
     assert!(acknowledged >= 200, "operations were checked: {:?}", report.operations);
+    let etcd = report.operations.iter().filter(|(k, _)| k.starts_with("etcd-") && !k.ends_with('?')).count();
+    assert_eq!(etcd, 3, "etcd puts, transactions and reads were checked: {:?}", report.operations);
 }
 
 #[test]
