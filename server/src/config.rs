@@ -7,9 +7,11 @@ use std::path::PathBuf;
 
 use baton_engine::zab::ServerId;
 
-/// One member of the ensemble, as `--peer ID=HOST:PORT[:observer]` names it (zoo.cfg's
-/// `server.ID=host:port[:observer]`; one port carries election and replication alike).
-/// HOST is an address or a name resolved at start.
+/// One member of the ensemble, as `--peer ID=HOST:PORT[:observer][;ETCD_HOST:ETCD_PORT]`
+/// names it (zoo.cfg's `server.ID=host:port[:observer][;client address]`; one port carries
+/// election and replication alike). HOST is an address or a name resolved at start. The
+/// address after `;` is where the member serves etcd clients: etcd's MemberList reports it
+/// as the member's client URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     /// Server id (ZooKeeper's myid), 1..=255.
@@ -18,13 +20,21 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// A non-voting observer.
     pub observer: bool,
+    /// Where it serves etcd clients, if the membership says.
+    pub etcd: Option<SocketAddr>,
 }
 
 impl std::str::FromStr for Peer {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Peer, String> {
-        let (id, rest) = text.split_once('=').ok_or_else(|| format!("{text}: expected ID=HOST:PORT[:observer]"))?;
+        let (id, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text}: expected ID=HOST:PORT[:observer][;ETCD_HOST:ETCD_PORT]"))?;
+        let (rest, etcd) = match rest.split_once(';') {
+            Some((peer, etcd)) => (peer, Some(resolve(text, etcd)?)),
+            None => (rest, None),
+        };
         let id: ServerId = id.trim().parse().map_err(|_| format!("{text}: the server id must be a number"))?;
         if !(1..=255).contains(&id) {
             return Err(format!("{text}: server ids go from 1 to 255"));
@@ -33,13 +43,16 @@ impl std::str::FromStr for Peer {
             Some(a) => (a, true),
             None => (rest.strip_suffix(":participant").unwrap_or(rest), false),
         };
-        // HOST may be a name (resolved once, at start) or an address.
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr.trim())
-            .map_err(|e| format!("{text}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{text}: {addr} resolves to no address"))?;
-        Ok(Peer { id, addr, observer })
+        Ok(Peer { id, addr: resolve(text, addr)?, observer, etcd })
     }
+}
+
+/// HOST:PORT, where HOST may be a name (resolved once, at start) or an address.
+fn resolve(text: &str, addr: &str) -> Result<SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(addr.trim())
+        .map_err(|e| format!("{text}: {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: {addr} resolves to no address"))
 }
 
 /// Where the etcd v3 front listens, or `off`.
@@ -163,8 +176,9 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 1)]
     pub server_id: ServerId,
     /// A member of the ensemble: ID=HOST:PORT, or ID=HOST:PORT:observer for a non-voting
-    /// observer; repeat (or separate with commas) for each, this server included. None: a
-    /// standalone server.
+    /// observer, either followed by `;HOST:PORT` where it serves etcd clients (etcd's
+    /// MemberList reports it); repeat (or separate with commas) for each, this server
+    /// included. None: a standalone server.
     #[arg(long = "peer", value_delimiter = ',')]
     pub peers: Vec<Peer>,
     /// The ensemble's name: peers must present the same (with the same members) or they are
@@ -319,8 +333,11 @@ mod tests {
         let p: Peer = "3=127.0.0.1:2888:observer".parse().expect("observer");
         assert_eq!((p.id, p.addr.port(), p.observer), (3, 2888, true));
         let p: Peer = "1=localhost:2889".parse().expect("a host name");
-        assert_eq!((p.id, p.addr.port(), p.observer), (1, 2889, false));
-        for bad in ["1", "x=127.0.0.1:1", "0=127.0.0.1:1", "256=127.0.0.1:1", "1=127.0.0.1"] {
+        assert_eq!((p.id, p.addr.port(), p.observer, p.etcd), (1, 2889, false, None));
+        let p: Peer = "2=127.0.0.1:2888:observer;127.0.0.2:2380".parse().expect("with an etcd address");
+        assert_eq!((p.id, p.observer, p.etcd), (2, true, Some("127.0.0.2:2380".parse().expect("addr"))));
+        let bad = ["1", "x=127.0.0.1:1", "0=127.0.0.1:1", "256=127.0.0.1:1", "1=127.0.0.1", "1=127.0.0.1:1;nowhere"];
+        for bad in bad {
             assert!(bad.parse::<Peer>().is_err(), "{bad} must be refused");
         }
     }

@@ -87,7 +87,8 @@ impl Cluster {
                 .map(|j| {
                     let addr = if j == id { peer_addr(base, j) } else { proxy_addr(base, id, j) };
                     let role = if j > voters { ":observer" } else { "" };
-                    format!("{j}={addr}{role}")
+                    let etcd = etcd_base.map_or(String::new(), |b| format!(";127.0.0.1:{}", b + j as u16));
+                    format!("{j}={addr}{role}{etcd}")
                 })
                 .collect();
             let mut flags: Vec<String> = vec!["--server-id".into(), id.to_string(), "--peer".into(), peers.join(",")];

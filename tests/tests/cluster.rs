@@ -118,6 +118,9 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     assert!(put, "{said}");
     let (got, said) = baton_tests::clients::etcdctl("127.0.0.1:29823", &["get", "from-etcd", "--print-value-only"], "");
     assert!(got && said == "1\n", "{said}");
+    // etcd's member list names every member's etcd endpoint.
+    let (listed, said) = baton_tests::clients::etcdctl("127.0.0.1:29822", &["member", "list"], "");
+    assert!(listed && (1..=3).all(|i| said.contains(&format!("http://127.0.0.1:{}", 29_820 + i))), "{said}");
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
     let end = Instant::now() + LIMIT;

@@ -380,9 +380,12 @@ fn maintenance_and_cluster_answer_as_etcds_do_and_hashes_agree_across_an_ensembl
         assert_eq!((s.version(), s.leader()), ("3.5.0", leader as u64));
         assert!(s.raft_term() >= 1 && s.db_size() > 0);
         let members = c.member_list().await.expect("member list");
-        let mut ids: Vec<u64> = members.members().iter().map(|m| m.id()).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![1, 2, 3]);
+        let mut listed: Vec<(u64, Vec<String>)> =
+            members.members().iter().map(|m| (m.id(), m.client_urls().to_vec())).collect();
+        listed.sort_unstable();
+        // Every member with its etcd client URL, as the membership names it.
+        let expected: Vec<(u64, Vec<String>)> = (1..=3).map(|i| (i as u64, vec![endpoints[i - 1].clone()])).collect();
+        assert_eq!(listed, expected);
         assert!(c
             .alarm(AlarmAction::Get, etcd_client::AlarmType::None, None)
             .await

@@ -13,7 +13,8 @@
 //!   which `etcdctl snapshot save` checks. It is Baton's format, not bbolt: `etcdctl snapshot
 //!   status/restore` cannot read it.
 //! - MoveLeader, and Cluster's MemberAdd/Remove/Update/Promote: membership is static for now,
-//!   so these answer with a clear error. MemberList lists the configured members.
+//!   so these answer with a clear error. MemberList lists the configured members, each with
+//!   the etcd client URL the membership gives it (`--peer ID=HOST:PORT;ETCD_HOST:ETCD_PORT`).
 
 use std::sync::Arc;
 
@@ -221,6 +222,8 @@ impl pb::cluster_server::Cluster for MaintenanceService {
         let c = &self.front.shared.config;
         let me = c.server_id;
         let own_client_url = c.etcd_addr.0.map(|a| format!("http://{a}"));
+        // A member's client URL: its own etcd address for this server, what the membership
+        // names for the others (none when it names none).
         let mut members: Vec<pb::Member> = c
             .peers
             .iter()
@@ -228,7 +231,11 @@ impl pb::cluster_server::Cluster for MaintenanceService {
                 id: p.id,
                 name: format!("baton-{}", p.id),
                 peer_ur_ls: vec![format!("http://{}", p.addr)],
-                client_ur_ls: if p.id == me { own_client_url.clone().into_iter().collect() } else { Vec::new() },
+                client_ur_ls: if p.id == me {
+                    own_client_url.clone().into_iter().collect()
+                } else {
+                    p.etcd.map(|a| format!("http://{a}")).into_iter().collect()
+                },
                 is_learner: p.observer,
             })
             .collect();

@@ -45,7 +45,12 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
         .map(|id| {
             let port = config.peer_port as usize + id - 1;
             let role = if id > config.nodes { ":observer" } else { "" };
-            format!("{id}=127.0.0.1:{port}{role}")
+            // Each member's etcd address, for etcd's MemberList.
+            let etcd = match config.etcd_port {
+                0 => String::new(),
+                base => format!(";127.0.0.1:{}", base as usize + id - 1),
+            };
+            format!("{id}=127.0.0.1:{port}{role}{etcd}")
         })
         .collect();
     // What happens to the ensemble arrives on one channel: a server exited, or Ctrl-C/SIGTERM
