@@ -630,3 +630,45 @@ fn a_leader_cut_off_from_its_ensemble_serves_no_stale_linearizable_read() {
         }
     });
 }
+
+#[test]
+fn a_watcher_that_asks_for_fragments_gets_a_large_answer_cut_below_the_request_limit() {
+    use etcd_client::WatchOptions;
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &["--etcd-max-request-bytes", "4096"]);
+    run(async {
+        let mut c = connect(port).await;
+        for i in 0..10 {
+            c.put(format!("f/{i}"), vec![b'x'; 1000], None).await.expect("put"); // revisions 2..=11
+        }
+        // Both replay the ten puts from history in one pass: one answer of ~10 KB, sent
+        // whole to one watcher and in fragments below 4 KiB to the other (etcd-client
+        // hands fragments over as they come, so each is one message here).
+        let mut w = connect(port).await;
+        let mut received = Vec::new();
+        for fragment in [false, true] {
+            let mut options = WatchOptions::new().with_prefix().with_start_revision(2);
+            if fragment {
+                options = options.with_fragment();
+            }
+            let (_watcher, mut stream) = w.watch("f/", Some(options)).await.expect("watch");
+            let mut messages = Vec::new();
+            while messages.iter().sum::<usize>() < 10 {
+                let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer")
+                    .expect("open");
+                let revisions: Vec<i64> = r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).collect();
+                if !revisions.is_empty() {
+                    assert_eq!(revisions[0], 2 + messages.iter().sum::<usize>() as i64, "in order, none twice");
+                    messages.push(revisions.len());
+                }
+            }
+            received.push(messages);
+        }
+        assert_eq!(received[0], vec![10], "whole without fragment");
+        assert_eq!(received[1], vec![3, 3, 3, 1], "cut below the limit with fragment");
+    });
+}

@@ -12,6 +12,11 @@
 //! Each watcher holds the first revision it has not been sent yet, and events below it are
 //! never sent again: events arrive in revision order, with no gap and no duplicate, whether
 //! they come from a batch or from history.
+//!
+//! A watcher created with `fragment` has an answer larger than `--etcd-max-request-bytes`
+//! cut into several, each marked `fragment` but the last, as etcd's `sendFragments` cuts
+//! them (a client joins them back); the pieces go into the stream's queue together or not
+//! at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +51,9 @@ struct Watcher {
     /// Sent a progress notification (no events, the current revision) every
     /// `--etcd-watch-progress-notify-ms` while synced.
     progress_notify: bool,
+    /// Answers larger than this are sent in fragments (etcd's `fragment`, cut at
+    /// `--etcd-max-request-bytes`).
+    fragment_over: Option<usize>,
     /// The first revision not sent yet.
     next: i64,
     synced: bool,
@@ -72,6 +80,52 @@ impl Watcher {
             prev_kv: if self.prev_kv { e.prev_kv.clone().map(convert::kv) } else { None },
         }
     }
+}
+
+/// Cuts `answer` as etcd's `sendFragments` does: whole if it is smaller than `max` bytes or
+/// has fewer than two events; otherwise into answers of as many events as keep each below
+/// `max` (at least one each), all but the last marked `fragment`.
+fn fragments(answer: pb::WatchResponse, max: usize) -> Vec<pb::WatchResponse> {
+    use prost::Message;
+    if answer.events.len() < 2 || answer.encoded_len() < max {
+        return vec![answer];
+    }
+    let template = pb::WatchResponse { events: Vec::new(), fragment: true, ..answer.clone() };
+    let base = template.encoded_len();
+    let mut out = Vec::new();
+    let mut current = template.clone();
+    let mut size = base;
+    for event in answer.events {
+        // The events field is number 11 of WatchResponse.
+        let grows = prost::encoding::message::encoded_len(11, &event);
+        if !current.events.is_empty() && size + grows >= max {
+            out.push(std::mem::replace(&mut current, template.clone()));
+            size = base;
+        }
+        current.events.push(event);
+        size += grows;
+    }
+    current.fragment = false;
+    out.push(current);
+    out
+}
+
+/// Puts `answer` in a stream's queue (in fragments if the watcher asked for them): all of it,
+/// or nothing when the queue has no room.
+fn send(
+    tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    answer: pb::WatchResponse,
+    fragment_over: Option<usize>,
+) -> bool {
+    let parts = match fragment_over {
+        Some(max) => fragments(answer, max),
+        None => vec![answer],
+    };
+    // Only the hub's holder sends, so the room seen here is there for every part.
+    if tx.capacity() < parts.len() {
+        return false;
+    }
+    parts.into_iter().all(|part| tx.try_send(Ok(part)).is_ok())
 }
 
 /// One client stream and its watchers.
@@ -106,7 +160,7 @@ impl Hub {
                         events: mine,
                         ..pb::WatchResponse::default()
                     };
-                    if stream.tx.try_send(Ok(answer)).is_err() {
+                    if !send(&stream.tx, answer, w.fragment_over) {
                         w.synced = false;
                         continue;
                     }
@@ -177,6 +231,7 @@ impl WatchService {
             no_put: c.filters.contains(&0),
             no_delete: c.filters.contains(&1),
             progress_notify: c.progress_notify,
+            fragment_over: c.fragment.then_some(self.front.shared.config.etcd_max_request_bytes),
             next,
             synced: !past,
         };
@@ -294,7 +349,7 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
                         events: chunk.iter().map(|e| w.event(e)).collect(),
                         ..pb::WatchResponse::default()
                     };
-                    if s.tx.try_send(Ok(answer)).is_err() {
+                    if !send(&s.tx, answer, w.fragment_over) {
                         continue;
                     }
                 }
@@ -341,5 +396,48 @@ impl pb::watch_server::Watch for WatchService {
             // receiver is dropped with the connection; see `Hub::publish`).
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn event(value_bytes: usize) -> mvccpb::Event {
+        let kv = mvccpb::KeyValue { key: b"k".to_vec(), value: vec![7; value_bytes], ..mvccpb::KeyValue::default() };
+        mvccpb::Event { r#type: 0, kv: Some(kv), prev_kv: None }
+    }
+
+    #[test]
+    fn answers_are_fragmented_as_etcds_send_fragments_cuts_them() {
+        let header = Some(pb::ResponseHeader { revision: 9, ..pb::ResponseHeader::default() });
+        let answer = pb::WatchResponse {
+            header,
+            watch_id: 3,
+            events: (0..10).map(|_| event(1000)).collect(),
+            ..pb::WatchResponse::default()
+        };
+        // Under the limit, or a single event: whole.
+        assert_eq!(fragments(answer.clone(), 1 << 20), vec![answer.clone()]);
+        let one = pb::WatchResponse { events: vec![event(5000)], ..answer.clone() };
+        assert_eq!(fragments(one.clone(), 100), vec![one]);
+        // Over it: pieces below the limit, every event once and in order, all but the last
+        // marked, each with the watch's id and header.
+        let parts = fragments(answer.clone(), 3500);
+        assert_eq!(parts.iter().map(|p| p.events.len()).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        assert!(parts.iter().all(|p| p.encoded_len() < 3500 && p.watch_id == 3 && p.header == answer.header));
+        let flags: Vec<bool> = parts.iter().map(|p| p.fragment).collect();
+        assert_eq!(flags, vec![true, true, true, false]);
+        let joined: Vec<mvccpb::Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, answer.events);
+        // An event alone larger than the limit still goes, alone.
+        let parts = fragments(answer.clone(), 500);
+        assert_eq!(parts.len(), 10);
+        // All or nothing into a queue.
+        let (tx, _rx) = mpsc::channel(3);
+        assert!(!send(&tx, answer.clone(), Some(3500)), "four parts do not fit in three places");
+        assert_eq!(tx.capacity(), 3, "nothing was queued");
+        assert!(send(&tx, answer, None));
     }
 }
