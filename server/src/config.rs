@@ -99,6 +99,11 @@ pub struct ServerConfig {
     /// --experimental-watch-progress-notify-interval, 10 minutes).
     #[arg(long, default_value_t = 600_000)]
     pub etcd_watch_progress_notify_ms: u64,
+    /// The etcd keyspace's space quota in bytes (etcd's --quota-backend-bytes, 2 GiB): a
+    /// write that would take it past this raises the NOSPACE alarm, and writes that add data
+    /// are refused until the alarm is disarmed. 0: no quota.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub etcd_quota_bytes: u64,
     /// Directory for the WAL (`wal/`) and snapshots (`snapshots/`).
     #[arg(long, default_value = "baton-data")]
     pub data_dir: PathBuf,
@@ -235,6 +240,7 @@ impl ServerConfig {
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,
+            etcd_quota_bytes: 2 << 30,
             data_dir,
             cores: 2,
             tick_ms: 500,

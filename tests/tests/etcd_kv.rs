@@ -640,7 +640,8 @@ fn a_watcher_that_asks_for_fragments_gets_a_large_answer_cut_below_the_request_l
     run(async {
         let mut c = connect(port).await;
         for i in 0..10 {
-            c.put(format!("f/{i}"), vec![b'x'; 1000], None).await.expect("put"); // revisions 2..=11
+            c.put(format!("f/{i}"), vec![b'x'; 1000], None).await.expect("put");
+            // revisions 2..=11
         }
         // Both replay the ten puts from history in one pass: one answer of ~10 KB, sent
         // whole to one watcher and in fragments below 4 KiB to the other (etcd-client
@@ -660,7 +661,8 @@ fn a_watcher_that_asks_for_fragments_gets_a_large_answer_cut_below_the_request_l
                     .expect("an answer in time")
                     .expect("an answer")
                     .expect("open");
-                let revisions: Vec<i64> = r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).collect();
+                let revisions: Vec<i64> =
+                    r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).collect();
                 if !revisions.is_empty() {
                     assert_eq!(revisions[0], 2 + messages.iter().sum::<usize>() as i64, "in order, none twice");
                     messages.push(revisions.len());
@@ -670,5 +672,60 @@ fn a_watcher_that_asks_for_fragments_gets_a_large_answer_cut_below_the_request_l
         }
         assert_eq!(received[0], vec![10], "whole without fragment");
         assert_eq!(received[1], vec![3, 3, 3, 1], "cut below the limit with fragment");
+    });
+}
+
+#[test]
+fn past_its_space_quota_the_keyspace_raises_nospace_and_takes_writes_again_once_disarmed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions};
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &["--etcd-quota-bytes", "40000"]);
+    run(async {
+        let mut c = connect(port).await;
+        let value = vec![b'v'; 1000];
+        let mut written = 0;
+        let refused = loop {
+            match c.put(format!("q/{written:03}"), value.clone(), None).await {
+                Ok(_) => written += 1,
+                Err(e) => break grpc::<()>(Err(e)),
+            }
+            assert!(written < 100, "the quota refuses a write before 100 KB");
+        };
+        assert_eq!(refused, (tonic::Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded".into()));
+        assert!((30..40).contains(&written), "{written} puts of 1 KB under a 40 KB quota");
+        // The alarm is raised through the log: listed, in Status, and every write that adds
+        // data is refused at apply, even a small one; reads and deletes go on.
+        let mut listed = Vec::new();
+        for _ in 0..50 {
+            listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await.expect("alarms").alarms().to_vec();
+            if !listed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listed: Vec<(u64, i32)> = listed.iter().map(|a| (a.member_id(), a.alarm() as i32)).collect();
+        assert_eq!(listed, vec![(1, AlarmType::Nospace as i32)]);
+        let status = c.status().await.expect("status");
+        assert!(status.errors().iter().any(|e| e.contains("alarm:NOSPACE")), "{:?}", status.errors());
+        assert_eq!(grpc(c.put("small", "1", None).await).0, tonic::Code::ResourceExhausted);
+        assert_eq!(grpc(c.lease_grant(10, None).await).0, tonic::Code::ResourceExhausted);
+        assert_eq!(c.get("q/000", None).await.expect("a read").kvs()[0].value(), &value[..]);
+        let deleted = c.delete("q/", Some(DeleteOptions::new().with_prefix())).await.expect("a delete").deleted();
+        assert_eq!(deleted, written);
+        // Space freed: compaction (physical: pruned before the answer) shrinks the keyspace,
+        // but the alarm holds until disarmed, as etcd's.
+        let rev = c.get("q/", None).await.expect("read").header().expect("header").revision();
+        c.compact(rev, Some(CompactionOptions::new().with_physical())).await.expect("compact");
+        // (The deletes' tombstones stay: they are at the compaction's revision, as etcd's.)
+        let size = c.status().await.expect("status").db_size();
+        assert!(size < 5_000, "the history went: {size} bytes left");
+        assert_eq!(grpc(c.put("small", "1", None).await).0, tonic::Code::ResourceExhausted);
+        let mut member = AlarmOptions::new();
+        member.with_member(1);
+        let disarmed = c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(member)).await.expect("disarm");
+        assert_eq!(disarmed.alarms().len(), 1);
+        assert!(c.alarm(AlarmAction::Get, AlarmType::None, None).await.expect("alarms").alarms().is_empty());
+        c.put("small", "1", None).await.expect("a write after the alarm was disarmed");
     });
 }

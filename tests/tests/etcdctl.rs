@@ -9,14 +9,12 @@ use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 
 /// A server in `dir` serving etcd clients on a free port; the server and the port.
-fn start(dir: &std::path::Path) -> (BatonProcess, u16) {
+fn start(dir: &std::path::Path, extra: &[&str]) -> (BatonProcess, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let server = BatonProcess::start(
-        env!("CARGO_BIN_EXE_baton_test_server"),
-        dir,
-        &["--tick-ms", "500", "--etcd-addr", addr.as_str()],
-    );
+    let mut args = vec!["--tick-ms", "500", "--etcd-addr", addr.as_str()];
+    args.extend_from_slice(extra);
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir, &args);
     (server, port)
 }
 
@@ -30,7 +28,7 @@ fn ok(endpoint: &str, args: &[&str], stdin: &str) -> String {
 #[test]
 fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
     let dir = temp_dir();
-    let (_server, port) = start(dir.path());
+    let (_server, port) = start(dir.path(), &[]);
     let addr = format!("127.0.0.1:{port}");
     let e = addr.as_str();
     assert_eq!(ok(e, &["put", "foo", "bar"], ""), "OK\n");
@@ -73,6 +71,7 @@ fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
     assert!(members.starts_with("1, started, baton-1, "), "{members}");
     ok(e, &["endpoint", "hashkv"], "");
     ok(e, &["defrag"], "");
+    assert_eq!(ok(e, &["alarm", "list"], ""), "");
     // Compaction, then a read before it: etcd's error.
     assert_eq!(ok(e, &["compaction", "3"], ""), "compacted revision 3\n");
     let (success, said) = etcdctl(e, &["get", "foo", "--rev=2"], "");
@@ -88,8 +87,52 @@ fn etcdctl_puts_gets_txns_watches_leases_compacts_and_saves_snapshots() {
 #[test]
 fn python_etcd3_reads_writes_transacts_leases_watches_and_locks() {
     let dir = temp_dir();
-    let (_server, port) = start(dir.path());
+    let (_server, port) = start(dir.path(), &[]);
     let (ok, said) = baton_tests::clients::python_etcd3("compat.py", &["127.0.0.1", &port.to_string()]);
     assert!(ok, "{said}");
     assert!(said.contains("python-etcd3 compatibility: ok"), "{said}");
+}
+
+#[test]
+fn etcdctl_sees_the_nospace_alarm_and_an_operator_frees_space_and_disarms_it() {
+    let dir = temp_dir();
+    let (_server, port) = start(dir.path(), &["--etcd-quota-bytes", "20000"]);
+    let addr = format!("127.0.0.1:{port}");
+    let e = addr.as_str();
+    let value = "v".repeat(1000);
+    let mut refused = None;
+    for i in 0..40 {
+        let (success, said) = etcdctl(e, &["put", &format!("big/{i:02}"), &value], "");
+        if !success {
+            refused = Some(said);
+            break;
+        }
+    }
+    let refused = refused.expect("the quota refused a put");
+    assert!(refused.contains("etcdserver: mvcc: database space exceeded"), "{refused}");
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = ok(e, &["alarm", "list"], "");
+        if !listed.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(listed, "memberID:1 alarm:NOSPACE \n");
+    let status = ok(e, &["endpoint", "status"], "");
+    assert!(status.contains("memberID:1 alarm:NOSPACE"), "{status}");
+    // The operator's way out: delete, compact (physically), defragment, disarm.
+    ok(e, &["del", "big/", "--prefix"], "");
+    let rev = ok(e, &["get", "big/", "-w", "json"], "");
+    let rev: i64 = rev
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|r| r.parse().ok())
+        .expect("a revision");
+    ok(e, &["compaction", &rev.to_string(), "--physical"], "");
+    ok(e, &["defrag"], "");
+    assert_eq!(ok(e, &["alarm", "disarm"], ""), "memberID:1 alarm:NOSPACE \n");
+    assert_eq!(ok(e, &["alarm", "list"], ""), "");
+    assert_eq!(ok(e, &["put", "after", "1"], ""), "OK\n");
 }

@@ -5,24 +5,31 @@
 //! ```text
 //! "BETCDIMG" version:u32 revision:i64 compact_revision:i64
 //! leases:u64 { id:i64 ttl:i64 }
+//! (version 2 only) alarms:u64 { member:u64 alarm:i32 }
 //! keys:u64   { key_len:u32 key records:u32
 //!              { main:i64 sub:i64 create:i64 version:i64 lease:i64 value_len:u32 value } }
 //!            (value_len u32::MAX: a tombstone, no bytes)
 //! ```
 //!
-//! Every length, order and reference is checked: a damaged image is an error, never a panic.
+//! A keyspace with no alarm raised is written as version 1, which has no alarm list (so the
+//! image of such a keyspace is what it was before alarms existed); one with alarms as
+//! version 2. Every length, order and reference is checked: a damaged image is an error,
+//! never a panic.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use imbl::OrdSet;
 
-use super::keyspace::{History, KeySpace, Lease, Record};
+use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, LEASE_OVERHEAD};
 use crate::le::Cursor;
 
 /// The image's first bytes.
 pub const MAGIC: &[u8; 8] = b"BETCDIMG";
+/// Without alarms.
 const VERSION: u32 = 1;
+/// With alarms.
+const VERSION_ALARMS: u32 = 2;
 const TOMBSTONE: u32 = u32::MAX;
 
 /// Bytes that are not a valid keyspace image.
@@ -36,13 +43,21 @@ impl KeySpace {
     pub fn write_image<W: Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(4096);
         buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
+        let version = if self.alarms.is_empty() { VERSION } else { VERSION_ALARMS };
+        buf.extend_from_slice(&version.to_le_bytes());
         buf.extend_from_slice(&self.rev.to_le_bytes());
         buf.extend_from_slice(&self.compact_rev.to_le_bytes());
         buf.extend_from_slice(&(self.leases.len() as u64).to_le_bytes());
         for (id, l) in self.leases.iter() {
             buf.extend_from_slice(&id.to_le_bytes());
             buf.extend_from_slice(&l.ttl.to_le_bytes());
+        }
+        if version == VERSION_ALARMS {
+            buf.extend_from_slice(&(self.alarms.len() as u64).to_le_bytes());
+            for (member, alarm) in self.alarms.iter() {
+                buf.extend_from_slice(&member.to_le_bytes());
+                buf.extend_from_slice(&alarm.to_le_bytes());
+            }
         }
         buf.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
         for (key, h) in self.keys.iter() {
@@ -92,6 +107,8 @@ impl KeySpace {
 enum Stage {
     Header,
     Leases { left: u64 },
+    AlarmCount,
+    Alarms { left: u64 },
     KeyCount,
     Keys { left: u64 },
     Done,
@@ -106,6 +123,7 @@ pub struct KeySpaceLoader {
     stage: Stage,
     ks: KeySpace,
     last_key: Option<Arc<[u8]>>,
+    version: u32,
 }
 
 impl Default for KeySpaceLoader {
@@ -117,7 +135,7 @@ impl Default for KeySpaceLoader {
 impl KeySpaceLoader {
     /// A loader waiting for an image's first bytes.
     pub fn new() -> KeySpaceLoader {
-        KeySpaceLoader { pending: Vec::new(), stage: Stage::Header, ks: KeySpace::new(), last_key: None }
+        KeySpaceLoader { pending: Vec::new(), stage: Stage::Header, ks: KeySpace::new(), last_key: None, version: 0 }
     }
 
     /// Whether the whole image has been read.
@@ -191,9 +209,12 @@ impl KeySpaceLoader {
                     return Err("not a Baton etcd keyspace image (bad magic)".into());
                 }
                 let version = c.u32("version")?;
-                if version != VERSION {
-                    return Err(format!("keyspace image format {version}; this build reads {VERSION}"));
+                if version != VERSION && version != VERSION_ALARMS {
+                    return Err(format!(
+                        "keyspace image format {version}; this build reads {VERSION} and {VERSION_ALARMS}"
+                    ));
                 }
+                self.version = version;
                 let rev = c.i64("revision")?;
                 let compact_rev = c.i64("compact revision")?;
                 if rev < 1 || compact_rev < -1 || compact_rev > rev {
@@ -204,6 +225,7 @@ impl KeySpaceLoader {
                 self.ks.compact_rev = compact_rev;
                 self.stage = Stage::Leases { left };
             }
+            Stage::Leases { left: 0 } if self.version == VERSION_ALARMS => self.stage = Stage::AlarmCount,
             Stage::Leases { left: 0 } => self.stage = Stage::KeyCount,
             Stage::Leases { left } => {
                 let id = c.i64("lease id")?;
@@ -212,7 +234,22 @@ impl KeySpaceLoader {
                     return Err(format!("lease {id} out of order"));
                 }
                 self.ks.leases.insert(id, Lease { ttl, keys: OrdSet::new() });
+                self.ks.bytes += LEASE_OVERHEAD;
                 self.stage = Stage::Leases { left: left - 1 };
+            }
+            Stage::AlarmCount => {
+                let left = c.u64("alarm count")?;
+                self.stage = Stage::Alarms { left };
+            }
+            Stage::Alarms { left: 0 } => self.stage = Stage::KeyCount,
+            Stage::Alarms { left } => {
+                let member = c.u64("alarm member")?;
+                let alarm = c.i32("alarm type")?;
+                if self.ks.alarms.get_max().is_some_and(|last| *last >= (member, alarm)) {
+                    return Err(format!("alarm ({member}, {alarm}) out of order"));
+                }
+                self.ks.alarms.insert((member, alarm));
+                self.stage = Stage::Alarms { left: left - 1 };
             }
             Stage::KeyCount => {
                 let left = c.u64("key count")?;
@@ -251,6 +288,7 @@ impl KeySpaceLoader {
                     records.push_back(Record { main, sub, create, version, lease, value });
                 }
                 let h = History { records };
+                self.ks.bytes += record_bytes(&key, h.records.len(), h.value_bytes());
                 if let Some(live) = h.latest() {
                     if live.lease != 0 {
                         if let Some(l) = self.ks.leases.get_mut(&live.lease) {

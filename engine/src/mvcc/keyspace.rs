@@ -11,6 +11,11 @@
 //! - `by_rev`: (main, sub) revision → key, for the events of a revision range (a watch that
 //!   starts in the past).
 //! - `leases`: lease → granted TTL and attached keys.
+//! - `alarms`: the (member, alarm type) raised; with NOSPACE raised, writes that add data
+//!   are refused at apply, on every server alike (etcd's capped applier).
+//! - `bytes`: what the keyspace holds, counted as it changes (every record's key and value
+//!   plus [`RECORD_OVERHEAD`], every lease [`LEASE_OVERHEAD`]): the size `--etcd-quota-bytes`
+//!   bounds and Status reports. Not part of the image: it is recounted as an image loads.
 //!
 //! All three are persistent maps (`imbl`): cloning the keyspace for a snapshot costs a
 //! reference, and the first change after it copies one path, as the data tree's pages do.
@@ -33,11 +38,23 @@ use imbl::{OrdMap, OrdSet};
 use super::types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, ALARM_NOSPACE,
 };
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// What a record costs beyond its key and value: the record (48 bytes), its revision index
+/// entry and the maps' nodes, rounded.
+pub const RECORD_OVERHEAD: u64 = 96;
+
+/// What a lease costs (etcd's quota counts 64 bytes per lease too).
+pub const LEASE_OVERHEAD: u64 = 64;
+
+/// What `n` records of `key` holding `values` value bytes cost.
+pub(super) fn record_bytes(key: &[u8], n: usize, values: usize) -> u64 {
+    n as u64 * (key.len() as u64 + RECORD_OVERHEAD) + values as u64
+}
 
 /// One change of a key.
 #[derive(Debug, Clone)]
@@ -97,16 +114,25 @@ impl History {
     }
 
     /// Drops what no read at `compact` or later, and no event at `compact` or later, needs;
-    /// true if nothing is left.
-    fn prune(&mut self, compact: i64) -> bool {
+    /// returns whether nothing is left, and how many records with how many value bytes went.
+    fn prune(&mut self, compact: i64) -> (bool, usize, usize) {
         let j = partition_point(&self.records, |r| r.main < compact);
+        let (mut cut, mut values) = (0, 0);
         if j > 0 {
             let at_compact = self.records.get(j).is_some_and(|r| r.main == compact);
             let tomb = self.records.get(j - 1).is_some_and(|r| r.value.is_none());
-            let cut = if at_compact || tomb { j } else { j - 1 };
-            self.records = self.records.skip(cut);
+            cut = if at_compact || tomb { j } else { j - 1 };
+            if cut > 0 {
+                values = self.records.iter().take(cut).map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum();
+                self.records = self.records.skip(cut);
+            }
         }
-        self.records.is_empty()
+        (self.records.is_empty(), cut, values)
+    }
+
+    /// The value bytes of every record.
+    pub(super) fn value_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum()
     }
 }
 
@@ -125,6 +151,8 @@ pub struct KeySpace {
     pub(super) keys: OrdMap<Bytes, Arc<History>>,
     pub(super) by_rev: OrdMap<(i64, i64), Bytes>,
     pub(super) leases: OrdMap<i64, Lease>,
+    pub(super) alarms: OrdSet<(u64, i32)>,
+    pub(super) bytes: u64,
 }
 
 impl Default for KeySpace {
@@ -184,7 +212,38 @@ impl Write {
 impl KeySpace {
     /// An empty keyspace at revision 1, never compacted (etcd's `NewStore`).
     pub fn new() -> KeySpace {
-        KeySpace { rev: 1, compact_rev: -1, keys: OrdMap::new(), by_rev: OrdMap::new(), leases: OrdMap::new() }
+        KeySpace {
+            rev: 1,
+            compact_rev: -1,
+            keys: OrdMap::new(),
+            by_rev: OrdMap::new(),
+            leases: OrdMap::new(),
+            alarms: OrdSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// What the keyspace holds, in bytes (see the module's documentation): the size the
+    /// space quota bounds.
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The raised alarms: (member, etcd `AlarmType`), in order.
+    pub fn alarms(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
+        self.alarms.iter().copied()
+    }
+
+    /// Whether NOSPACE is raised (writes that add data are refused).
+    pub fn out_of_space(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
+    /// `bytes` counted from scratch (what loading an image does; tests check the running
+    /// count against it).
+    pub fn recount_bytes(&self) -> u64 {
+        let records: u64 = self.keys.iter().map(|(k, h)| record_bytes(k, h.records.len(), h.value_bytes())).sum();
+        records + self.leases.len() as u64 * LEASE_OVERHEAD
     }
 
     /// The current revision.
@@ -200,7 +259,11 @@ impl KeySpace {
     /// Whether nothing was ever written (revision 1, no compaction, no key, no lease): such a
     /// keyspace is left out of snapshots.
     pub fn is_pristine(&self) -> bool {
-        self.rev == 1 && self.compact_rev == -1 && self.keys.is_empty() && self.leases.is_empty()
+        self.rev == 1
+            && self.compact_rev == -1
+            && self.keys.is_empty()
+            && self.leases.is_empty()
+            && self.alarms.is_empty()
     }
 
     /// Keys live now.
@@ -305,13 +368,18 @@ impl KeySpace {
         w.events
     }
 
-    fn history_mut(&mut self, key: &Bytes) -> &mut History {
+    /// Adds `rec` to `key`'s history (dropping what the last compaction left of it first).
+    fn push_record(&mut self, key: &Bytes, rec: Record) {
         let compact = self.compact_rev;
         let h = Arc::make_mut(self.keys.entry(key.clone()).or_default());
+        let mut gone = 0;
         if compact > 0 {
-            h.prune(compact);
+            let (_, n, values) = h.prune(compact);
+            gone = record_bytes(key, n, values);
         }
-        h
+        let added = record_bytes(key, 1, rec.value.as_ref().map_or(0, |v| v.len()));
+        h.records.push_back(rec);
+        self.bytes = self.bytes.saturating_sub(gone) + added;
     }
 
     fn detach(&mut self, lease: i64, key: &Bytes) {
@@ -356,7 +424,7 @@ impl KeySpace {
             }
         }
         let kv = rec.kv(&key);
-        self.history_mut(&key).records.push_back(rec);
+        self.push_record(&key, rec);
         self.by_rev.insert((main, w.sub), key);
         w.sub += 1;
         w.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
@@ -372,7 +440,7 @@ impl KeySpace {
             let main = w.main();
             self.detach(prev.lease, &key);
             let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: None };
-            self.history_mut(&key).records.push_back(tomb);
+            self.push_record(&key, tomb);
             self.by_rev.insert((main, w.sub), key.clone());
             w.sub += 1;
             let prev_kv = prev.kv(&key);
@@ -534,10 +602,11 @@ impl KeySpace {
             }
             self.by_rev.remove(&(main, sub));
             let compact = self.compact_rev;
-            let gone = match self.keys.get_mut(&key) {
+            let (gone, n, values) = match self.keys.get_mut(&key) {
                 Some(h) => Arc::make_mut(h).prune(compact),
-                None => false,
+                None => (false, 0, 0),
             };
+            self.bytes = self.bytes.saturating_sub(record_bytes(&key, n, values));
             if gone {
                 self.keys.remove(&key);
             }
@@ -597,12 +666,14 @@ impl KeySpace {
         }
         let ttl = ttl.max(min_ttl);
         self.leases.insert(id, Lease { ttl, keys: OrdSet::new() });
+        self.bytes += LEASE_OVERHEAD;
         Ok(ttl)
     }
 
     /// LeaseRevoke (§8.2): deletes the lease's keys in one revision, in key order.
     pub fn lease_revoke(&mut self, id: i64) -> Result<(i64, Vec<Event>), MvccError> {
         let lease = self.leases.remove(&id).ok_or(MvccError::LeaseNotFound)?;
+        self.bytes = self.bytes.saturating_sub(LEASE_OVERHEAD);
         let mut w = self.begin();
         for key in lease.keys.iter() {
             self.delete_keys(&mut w, Span::One(key));
@@ -611,8 +682,42 @@ impl KeySpace {
         Ok((self.rev, events))
     }
 
+    /// Maintenance.Alarm: raises or clears (member, alarm); returns what changed.
+    pub fn alarm(&mut self, activate: bool, member: u64, alarm: i32) -> Vec<(u64, i32)> {
+        // As etcd: NONE is no alarm to raise or clear.
+        if alarm == 0 {
+            return Vec::new();
+        }
+        let changed = if activate {
+            self.alarms.insert((member, alarm)).is_none()
+        } else {
+            self.alarms.remove(&(member, alarm)).is_some()
+        };
+        // etcd answers an activation with the alarm even when it was already raised.
+        if changed || activate {
+            vec![(member, alarm)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether NOSPACE refuses `txn` (etcd's capped applier: puts, transactions with a put
+    /// in either branch's top level, lease grants).
+    fn capped(&self, txn: &EtcdTxn) -> bool {
+        let put = |ops: &[RequestOp]| ops.iter().any(|op| matches!(op, RequestOp::Put(_)));
+        self.out_of_space()
+            && match txn {
+                EtcdTxn::Put(_) | EtcdTxn::LeaseGrant { .. } => true,
+                EtcdTxn::Txn(t) => put(&t.success) || put(&t.failure),
+                _ => false,
+            }
+    }
+
     /// Applies a write from the log: the one entry point of the replicated state machine.
     pub fn apply(&mut self, txn: &EtcdTxn) -> EtcdApplied {
+        if self.capped(txn) {
+            return EtcdApplied { result: Err(MvccError::NoSpace), events: Vec::new() };
+        }
         let (result, events) = match txn {
             EtcdTxn::Put(p) => match self.put(p) {
                 Ok((r, ev)) => (Ok(EtcdResponse::Put(r)), ev),
@@ -641,6 +746,10 @@ impl KeySpace {
                 Ok((revision, ev)) => (Ok(EtcdResponse::LeaseRevoke { revision }), ev),
                 Err(e) => (Err(e), Vec::new()),
             },
+            EtcdTxn::Alarm { activate, member, alarm } => {
+                let alarms = self.alarm(*activate, *member, *alarm);
+                (Ok(EtcdResponse::Alarm { alarms, revision: self.rev }), Vec::new())
+            }
         };
         EtcdApplied { result, events }
     }

@@ -15,10 +15,11 @@ mod validate;
 mod tests;
 
 pub use image::{KeySpaceImageError, KeySpaceLoader, MAGIC as IMAGE_MAGIC};
-pub use keyspace::{KeySpace, MAX_LEASE_TTL};
+pub use keyspace::{KeySpace, LEASE_OVERHEAD, MAX_LEASE_TTL, RECORD_OVERHEAD};
 pub use types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, GrpcCode, KeyValue, LeaseInfo, MvccError, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    ALARM_NOSPACE,
 };
 pub use validate::{check_key, check_put, check_txn, DEFAULT_MAX_TXN_OPS};

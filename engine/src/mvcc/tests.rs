@@ -407,6 +407,57 @@ fn a_damaged_or_cut_keyspace_image_is_an_error_never_a_panic() {
     assert_eq!(back.range(&all()), ks.range(&all()));
 }
 
+#[test]
+fn nospace_refuses_what_adds_data_on_every_server_alike_until_it_is_cleared_and_rides_in_the_image() {
+    let mut ks = KeySpace::new();
+    ks.apply(&EtcdTxn::Put(put("a", "1")));
+    ks.apply(&EtcdTxn::LeaseGrant { id: 7, ttl: 10, min_ttl: 2 });
+    let raise = EtcdTxn::Alarm { activate: true, member: 2, alarm: ALARM_NOSPACE };
+    assert_eq!(ks.apply(&raise).result, Ok(EtcdResponse::Alarm { alarms: vec![(2, ALARM_NOSPACE)], revision: 2 }));
+    assert!(ks.out_of_space());
+    let refused = [
+        EtcdTxn::Put(put("b", "2")),
+        EtcdTxn::LeaseGrant { id: 8, ttl: 10, min_ttl: 2 },
+        EtcdTxn::Txn(TxnRequest { failure: vec![RequestOp::Put(put("b", "2"))], ..TxnRequest::default() }),
+    ];
+    for txn in &refused {
+        assert_eq!(ks.apply(txn).result, Err(MvccError::NoSpace), "{txn:?}");
+    }
+    assert_eq!(ks.revision(), 2, "nothing refused changed anything");
+    // What frees space or only reads goes through.
+    let read_only = TxnRequest { success: vec![RequestOp::Range(get("a"))], ..TxnRequest::default() };
+    assert!(ks.apply(&EtcdTxn::Txn(read_only)).result.is_ok());
+    assert!(ks.apply(&EtcdTxn::DeleteRange(del("a", ""))).result.is_ok());
+    assert!(ks.apply(&EtcdTxn::Compact { revision: 3 }).result.is_ok());
+    assert!(ks.apply(&EtcdTxn::LeaseRevoke { id: 7 }).result.is_ok());
+    // The alarm is in the image (version 2); without alarms the image is version 1.
+    let back = KeySpace::from_image(&ks.to_image()).expect("loads");
+    assert_eq!(back.alarms().collect::<Vec<_>>(), vec![(2, ALARM_NOSPACE)]);
+    assert_eq!(&ks.to_image()[8..12], &2u32.to_le_bytes());
+    // Cleared: writes go again; clearing it twice changes nothing.
+    let clear = EtcdTxn::Alarm { activate: false, member: 2, alarm: ALARM_NOSPACE };
+    assert_eq!(ks.apply(&clear).result, Ok(EtcdResponse::Alarm { alarms: vec![(2, ALARM_NOSPACE)], revision: 3 }));
+    assert_eq!(ks.apply(&clear).result, Ok(EtcdResponse::Alarm { alarms: vec![], revision: 3 }));
+    assert!(ks.apply(&EtcdTxn::Put(put("b", "2"))).result.is_ok());
+    assert_eq!(&ks.to_image()[8..12], &1u32.to_le_bytes());
+}
+
+#[test]
+fn the_size_counts_records_and_leases_and_falls_when_compacted_history_is_pruned() {
+    let mut ks = KeySpace::new();
+    for i in 0..100 {
+        ks.put(&put("key", &format!("{i:0100}"))).expect("put");
+    }
+    let full = ks.size_bytes();
+    assert_eq!(full, 100 * (3 + RECORD_OVERHEAD + 100));
+    ks.lease_grant(1, 10, 2).expect("grant");
+    assert_eq!(ks.size_bytes(), full + LEASE_OVERHEAD);
+    ks.compact(ks.revision()).expect("compact");
+    while !ks.prune_step(7) {}
+    assert_eq!(ks.size_bytes(), 3 + RECORD_OVERHEAD + 100 + LEASE_OVERHEAD);
+    assert_eq!(ks.size_bytes(), ks.recount_bytes());
+}
+
 /// What the model and the keyspace are driven with.
 #[derive(Debug, Clone)]
 enum Op {
@@ -550,6 +601,7 @@ proptest! {
             }
             let cur = ks.revision();
             prop_assert_eq!(cur, m.states.len() as i64 - 1);
+            prop_assert_eq!(ks.size_bytes(), ks.recount_bytes(), "the running size is the recounted one");
             let first = ks.compact_revision().max(1);
             for rev in first..=cur {
                 let got = ks.range(&RangeRequest { revision: rev, ..all() }).expect("a read at or after the compaction");
@@ -572,6 +624,7 @@ proptest! {
         let image = ks.to_image();
         let back = KeySpace::from_image(&image).expect("its own image loads");
         prop_assert_eq!(&back.to_image(), &image);
+        prop_assert_eq!(back.size_bytes(), ks.size_bytes());
         let first = ks.compact_revision().max(1);
         for rev in first..=ks.revision() {
             let r = RangeRequest { revision: rev, ..all() };
@@ -595,6 +648,7 @@ proptest! {
         // Everything the last compaction made unreachable can go, and reads stay the same.
         while !ks.prune_step(3) {}
         prop_assert!(ks.pruned());
+        prop_assert_eq!(ks.size_bytes(), ks.recount_bytes());
         let got = ks.range(&all()).expect("a current read");
         prop_assert_eq!(got.kvs, m.current().values().cloned().collect::<Vec<_>>());
     }

@@ -318,6 +318,9 @@ pub enum MvccError {
     /// ErrGRPCDuplicateKey.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// ErrGRPCNoSpace: the space quota is exceeded, or the NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// gRPC status codes the keyspace's errors carry (the numbers of `google.rpc.Code`).
@@ -330,6 +333,8 @@ pub enum GrpcCode {
     NotFound = 5,
     /// FAILED_PRECONDITION (9).
     FailedPrecondition = 9,
+    /// RESOURCE_EXHAUSTED (8).
+    ResourceExhausted = 8,
     /// OUT_OF_RANGE (11).
     OutOfRange = 11,
 }
@@ -347,6 +352,7 @@ impl MvccError {
             | MvccError::LeaseProvided
             | MvccError::TooManyOps
             | MvccError::DuplicateKey => GrpcCode::InvalidArgument,
+            MvccError::NoSpace => GrpcCode::ResourceExhausted,
         }
     }
 }
@@ -381,7 +387,20 @@ pub enum EtcdTxn {
         /// The lease.
         id: i64,
     },
+    /// Maintenance.Alarm's ACTIVATE or DEACTIVATE, asked by a client or raised by a server
+    /// whose keyspace went over its space quota (NOSPACE).
+    Alarm {
+        /// Raise (true) or clear it.
+        activate: bool,
+        /// The member it is about.
+        member: u64,
+        /// etcd's `AlarmType` (1: NOSPACE, 2: CORRUPT).
+        alarm: i32,
+    },
 }
+
+/// etcd's `AlarmType` NOSPACE: writes that add data are refused until it is cleared.
+pub const ALARM_NOSPACE: i32 = 1;
 
 /// What an [`EtcdTxn`] answers, on every server alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +428,14 @@ pub enum EtcdResponse {
     /// Lease.LeaseRevoke's answer.
     LeaseRevoke {
         /// The header's revision (after the keys' deletion).
+        revision: i64,
+    },
+    /// Maintenance.Alarm's answer to ACTIVATE or DEACTIVATE: the (member, alarm) raised, or
+    /// those cleared (none if it was not raised).
+    Alarm {
+        /// The alarms it changed.
+        alarms: Vec<(u64, i32)>,
+        /// The header's revision.
         revision: i64,
     },
 }

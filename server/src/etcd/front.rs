@@ -103,6 +103,27 @@ impl Front {
         }
     }
 
+    /// etcd's quota check before a write that adds `cost` bytes (etcd's `quotaAlarmer`): past
+    /// `--etcd-quota-bytes`, this server raises NOSPACE through the log (not waiting for it)
+    /// and the write is refused.
+    pub fn quota(self: &Arc<Self>, cost: u64) -> Result<(), Status> {
+        let quota = self.shared.config.etcd_quota_bytes;
+        let size = self.shared.etcd().size_bytes();
+        if quota == 0 || size.saturating_add(cost) <= quota {
+            return Ok(());
+        }
+        let front = self.clone();
+        let member = self.shared.config.server_id;
+        tokio::spawn(async move {
+            let raise = EtcdTxn::Alarm { activate: true, member, alarm: baton_engine::mvcc::ALARM_NOSPACE };
+            match front.write(raise).await {
+                Ok(_) => tracing::warn!(size, quota, "etcd keyspace over its space quota: NOSPACE alarm raised"),
+                Err(e) => tracing::warn!(size, quota, error = %e.message(), "raising the NOSPACE alarm failed"),
+            }
+        });
+        Err(status(MvccError::NoSpace))
+    }
+
     /// Waits until this server has applied every write the ensemble took before now (the
     /// ensemble confirms its leader with a quorum first: etcd's ReadIndex), for a
     /// linearizable read.

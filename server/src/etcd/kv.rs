@@ -45,6 +45,24 @@ impl KvService {
     }
 }
 
+/// What etcd's quota charges a put: its size and 256 bytes for the key's metadata.
+fn put_cost(p: &pb::PutRequest) -> u64 {
+    256 + p.encoded_len() as u64
+}
+
+/// What etcd's quota charges a txn: the larger branch's puts (top level only, as etcd).
+fn txn_cost(t: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(pb::request_op::Request::RequestPut(p)) => put_cost(p),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
 /// A write's answer that is not of the kind asked for (a bug; never a client's doing).
 pub(super) fn mismatch(got: &EtcdResponse) -> Status {
     tracing::error!(?got, "an etcd write answered with another kind of answer");
@@ -69,8 +87,10 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let p = request.into_inner();
         self.limit(&p)?;
+        let cost = put_cost(&p);
         let p = convert::put(p);
         mvcc::check_put(&p).map_err(status)?;
+        self.front.quota(cost)?;
         match self.front.write(EtcdTxn::Put(p)).await? {
             EtcdResponse::Put(r) => {
                 let revision = r.revision;
@@ -108,8 +128,12 @@ impl pb::kv_server::Kv for KvService {
             .iter()
             .chain(&t.failure)
             .all(|op| matches!(&op.request, Some(pb::request_op::Request::RequestRange(r)) if r.serializable));
+        let cost = txn_cost(&t);
         let t = convert::txn(t).map_err(status)?;
         mvcc::check_txn(&t, self.max_ops()).map_err(status)?;
+        if cost > 0 {
+            self.front.quota(cost)?;
+        }
         let answer = if convert::read_only(&t) {
             // As etcd: a txn of reads alone is not proposed; it reads after a sync unless
             // every read in it is serializable. It runs on a clone of the keyspace (a

@@ -72,6 +72,7 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let r = request.into_inner();
         let id = if r.id == 0 { self.new_id() } else { r.id };
+        self.front.quota(baton_engine::mvcc::LEASE_OVERHEAD)?;
         match self.front.write(EtcdTxn::LeaseGrant { id, ttl: r.ttl, min_ttl: MIN_LEASE_TTL }).await? {
             EtcdResponse::LeaseGrant { id, ttl, revision } => {
                 renew(&self.deadlines, id, ttl);

@@ -1,9 +1,12 @@
 //! etcd's Maintenance and Cluster services.
 //!
 //! - Status: etcd's version string (3.5, which 3.4 and 3.5 clients accept), the keyspace's
-//!   size, the leader's member id, and the Zab zxid and epoch as raft index and term.
-//! - Alarm: no alarm is ever raised yet (a full disk refuses writes as etcd's NOSPACE does,
-//!   with its error); listing answers none and disarming succeeds.
+//!   size (`KeySpace::size_bytes`, what the quota bounds), the leader's member id, the Zab
+//!   zxid and epoch as raft index and term, and the alarms raised among its errors.
+//! - Alarm: list, activate, deactivate; alarms are replicated state (`EtcdTxn::Alarm`). A
+//!   server whose keyspace would pass `--etcd-quota-bytes` raises NOSPACE, and then every
+//!   server refuses puts, txns with puts and lease grants at apply, as etcd's capped applier
+//!   does, until it is disarmed. (A full disk also refuses writes with NOSPACE's error.)
 //! - Defragment: succeeds at once (Baton compacts in place and has nothing to defragment).
 //! - Hash, HashKV: a hash of the keys live at a revision (HashKV) or now (Hash), equal on
 //!   every member at the same revision.
@@ -18,7 +21,7 @@
 
 use std::sync::Arc;
 
-use baton_engine::mvcc::RangeRequest;
+use baton_engine::mvcc::{EtcdResponse, EtcdTxn, RangeRequest};
 use baton_engine::state::StateImage;
 use baton_engine::zab::Role;
 use sha2::Digest;
@@ -76,40 +79,53 @@ impl MaintenanceService {
     }
 }
 
-/// The size of the keyspace's image (etcd's db size), counted as it is written: nothing is
-/// kept.
-fn image_bytes(ks: &baton_engine::mvcc::KeySpace) -> i64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Counting cannot fail.
-    let _ = ks.write_image(&mut count);
-    count.0 as i64
-}
-
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
-    async fn alarm(&self, _request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
-        let revision = self.front.shared.etcd().revision();
-        Ok(Response::new(pb::AlarmResponse { header: Some(self.front.header(revision)), alarms: Vec::new() }))
+    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = request.into_inner();
+        let member = |(member_id, alarm): (u64, i32)| pb::AlarmMember { member_id, alarm };
+        // etcd's AlarmRequest actions: GET, ACTIVATE, DEACTIVATE.
+        let (alarms, revision) = match r.action {
+            0 => {
+                let ks = self.front.shared.etcd();
+                // GET lists every alarm, or those of one type.
+                let alarms = ks.alarms().filter(|(_, a)| r.alarm == 0 || *a == r.alarm).map(member).collect();
+                (alarms, ks.revision())
+            }
+            1 | 2 => {
+                let txn = EtcdTxn::Alarm { activate: r.action == 1, member: r.member_id, alarm: r.alarm };
+                match self.front.write(txn).await? {
+                    EtcdResponse::Alarm { alarms, revision } => {
+                        if r.action == 2 && !alarms.is_empty() {
+                            tracing::info!(member = r.member_id, alarm = r.alarm, "etcd alarm disarmed");
+                        }
+                        (alarms.into_iter().map(member).collect(), revision)
+                    }
+                    other => return Err(super::kv::mismatch(&other)),
+                }
+            }
+            other => return Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {other}"))),
+        };
+        Ok(Response::new(pb::AlarmResponse { header: Some(self.front.header(revision)), alarms }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let ks = self.front.shared.etcd().clone();
         let applied = self.front.shared.tree().last_zxid().0;
-        let size = image_bytes(&ks);
+        let size = ks.size_bytes() as i64;
         let role = self.front.shared.role.get();
         let mut errors = Vec::new();
         if !role.serving() {
             errors.push("etcdserver: no leader".to_string());
+        }
+        // As etcd: each alarm raised, as its AlarmMember prints.
+        for (member, alarm) in ks.alarms() {
+            let name = match alarm {
+                1 => "NOSPACE".to_string(),
+                2 => "CORRUPT".to_string(),
+                other => other.to_string(),
+            };
+            errors.push(format!("memberID:{member} alarm:{name} "));
         }
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.front.header(ks.revision())),
