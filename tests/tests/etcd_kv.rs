@@ -729,3 +729,80 @@ fn past_its_space_quota_the_keyspace_raises_nospace_and_takes_writes_again_once_
         c.put("small", "1", None).await.expect("a write after the alarm was disarmed");
     });
 }
+
+/// Bytes as they are: what a broken or hostile client sends.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[test]
+fn malformed_messages_and_unknown_methods_get_their_status_and_a_rate_limited_log_line() {
+    let dir = temp_dir();
+    let port = free_port();
+    let server = start(dir.path(), port, &[]);
+    run(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut raw = tonic::client::Grpc::new(channel);
+        let call = |path: &'static str, body: Vec<u8>| {
+            let mut raw = raw.clone();
+            async move {
+                raw.ready().await.expect("ready");
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+                raw.unary(tonic::Request::new(body), path, RawCodec).await
+            }
+        };
+        // Field 1 (key) claiming 100 bytes that are not there.
+        let broken = vec![0x0a, 100, b'k'];
+        let status = call("/etcdserverpb.KV/Put", broken.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        let status = call("/etcdserverpb.KV/Nope", Vec::new()).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        // A flood of them costs a line a second per kind, and everyone else carries on.
+        for _ in 0..300 {
+            assert!(call("/etcdserverpb.KV/Put", broken.clone()).await.is_err());
+        }
+        raw.ready().await.expect("the connection is still up");
+        let mut c = connect(port).await;
+        c.put("still", "fine", None).await.expect("a put beside the flood");
+    });
+    let log = server.log_tail(200);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("etcd request refused")).collect();
+    assert!(lines.iter().any(|l| l.contains("/etcdserverpb.KV/Put") && l.contains("code=13")), "{log}");
+    assert!(lines.iter().any(|l| l.contains("/etcdserverpb.KV/Nope") && l.contains("code=12")), "{log}");
+    assert!(lines.len() <= 6, "rate-limited: {} lines for 302 refusals:\n{}", lines.len(), lines.join("\n"));
+}

@@ -19,6 +19,7 @@ pub mod front;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod refusals;
 pub mod watch;
 
 /// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
@@ -108,6 +109,7 @@ pub fn start(
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let stopping = shared.clone();
             let served = tonic::transport::Server::builder()
+                .layer(refusals::LogRefusalsLayer)
                 .add_service(kv)
                 .add_service(lease)
                 .add_service(watch)

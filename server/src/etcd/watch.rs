@@ -319,6 +319,11 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
                 let events = match ks.events(w.next, current, &w.key, &w.range_end) {
                     Ok(events) => events,
                     Err(compacted) => {
+                        super::refusals::note(
+                            "/etcdserverpb.Watch/Watch",
+                            11,
+                            &format!("watch from revision {} cancelled: compacted at {compacted}", w.next),
+                        );
                         let answer = pb::WatchResponse {
                             header: Some(front.header(current)),
                             watch_id: id,
