@@ -62,10 +62,38 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     let value = vec![b'v'; load.value_bytes];
     let window = Window::new()?.slow_log(load.slow_ms);
     let mut tasks = Vec::new();
+    // The wire driver for what it speaks (see `grpc.rs`); the etcd-client crate otherwise.
+    let wire = load.driver == crate::load::Driver::Wire
+        && matches!(args.workload, Workload::Write | Workload::Read | Workload::Mixed);
+    let members: Vec<&str> = args.target.split(',').collect();
     for c in 0..load.clients {
         let client = connect(&args.target).await?;
         let key = format!("{root}/k{c}");
         client.kv_client().put(key.as_str(), value.clone(), None).await.context("creating a key")?;
+        if wire {
+            // A connection per client, to the members in turn (as the crate's balancing).
+            let addr = members[c % members.len()];
+            let send = crate::grpc::connect(addr).await?;
+            let calls = crate::grpc::Calls::new(addr)?;
+            for d in 0..load.depth {
+                let index = c * load.depth + d;
+                let worker = crate::grpc::Worker {
+                    send: send.clone(),
+                    calls: calls.clone(),
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    serializable: args.serializable,
+                };
+                let (workload, pacer, mut mix) = (args.workload, load.pacer(index), load.mix(index));
+                let read = move || match workload {
+                    Workload::Read => true,
+                    Workload::Mixed => mix.next_is_read(),
+                    _ => false,
+                };
+                tasks.push(tokio::spawn(worker.run(window.clone(), pacer, read)));
+            }
+            continue;
+        }
         let lease = match args.workload {
             Workload::CreateDelete => Some(client.lease_client().grant(60, None).await?.id()),
             _ => None,
@@ -146,7 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
         (Workload::Read | Workload::Mixed, false) => " linearizable",
         _ => "",
     };
-    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), "grpc", elapsed).map(Some)
+    let driver = if wire { "grpc-wire" } else { "grpc" };
+    window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), driver, elapsed).map(Some)
 }
 
 /// `watch-fanout`: `clients - 1` clients watch one key; one client writes it (the value is

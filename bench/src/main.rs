@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod compare;
 mod etcd;
+mod grpc;
 mod load;
 mod sweep;
 mod wire;

@@ -42,6 +42,15 @@ pub struct Front {
     cluster_id: u64,
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    reads: Mutex<ReadBatch>,
+}
+
+/// Linearizable reads waiting for a sync, batched as etcd's ReadIndex batches them: one sync
+/// at a time, for every read that arrived before it was sent.
+#[derive(Default)]
+struct ReadBatch {
+    in_flight: bool,
+    waiting: Vec<oneshot::Sender<bool>>,
 }
 
 /// etcd's error for a keyspace error: its gRPC code and message.
@@ -67,6 +76,7 @@ impl Front {
             shared,
             next: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
+            reads: Mutex::new(ReadBatch::default()),
         }
     }
 
@@ -108,8 +118,11 @@ impl Front {
     /// and the write is refused.
     pub fn quota(self: &Arc<Self>, cost: u64) -> Result<(), Status> {
         let quota = self.shared.config.etcd_quota_bytes;
+        if quota == 0 {
+            return Ok(());
+        }
         let size = self.shared.etcd().size_bytes();
-        if quota == 0 || size.saturating_add(cost) <= quota {
+        if size.saturating_add(cost) <= quota {
             return Ok(());
         }
         let front = self.clone();
@@ -126,8 +139,46 @@ impl Front {
 
     /// Waits until this server has applied every write the ensemble took before now (the
     /// ensemble confirms its leader with a quorum first: etcd's ReadIndex), for a
-    /// linearizable read.
-    pub async fn sync(&self) -> Result<(), Status> {
+    /// linearizable read. Reads share syncs: each waits for the first sync sent after it
+    /// arrived, and one sync is in flight at a time (under a read load, one per round trip
+    /// instead of one per read).
+    pub async fn sync(self: &Arc<Self>) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads.waiting.push(tx);
+            !std::mem::replace(&mut reads.in_flight, true)
+        };
+        if start {
+            tokio::spawn(self.clone().sync_rounds());
+        }
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(no_leader()),
+        }
+    }
+
+    /// Syncs for the waiting reads, a round at a time, until none is left.
+    async fn sync_rounds(self: Arc<Self>) {
+        loop {
+            let group = {
+                let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+                if reads.waiting.is_empty() {
+                    reads.in_flight = false;
+                    return;
+                }
+                std::mem::take(&mut reads.waiting)
+            };
+            // Every read in `group` arrived before this sync is sent.
+            let synced = self.sync_once().await.is_ok();
+            for read in group {
+                let _ = read.send(synced);
+            }
+        }
+    }
+
+    /// One sync through the write path.
+    async fn sync_once(&self) -> Result<(), Status> {
         let (id, xid, rx) = self.register();
         if !self.shared.to_write_path.send(ToWritePath::Sync { client: self.client(id), xid }) {
             self.forget(id);
