@@ -426,10 +426,16 @@ async fn run_one(target: Target, address: &str, workload: &str, load: &Load) -> 
     let mut load = load.clone();
     load.label = target.name().replace(' ', "");
     load.json = None;
+    // `serializable-read`: etcd's serializable reads (served by the member alone), against
+    // ZooKeeper's reads, which are always that.
+    let (workload, serializable) = match workload {
+        "serializable-read" => ("read", true),
+        other => (other, false),
+    };
     if target.is_etcd() {
         let workload = <crate::etcd::Workload as clap::ValueEnum>::from_str(workload, true)
             .map_err(|e| anyhow::anyhow!("etcd has no workload {workload}: {e}"))?;
-        crate::etcd::run(crate::etcd::Args { target: address.to_string(), workload, serializable: false, load }).await
+        crate::etcd::run(crate::etcd::Args { target: address.to_string(), workload, serializable, load }).await
     } else {
         let workload = <crate::zk::Workload as clap::ValueEnum>::from_str(workload, true)
             .map_err(|e| anyhow::anyhow!("no workload {workload}: {e}"))?;
@@ -489,11 +495,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let running = start(target, &args, &dir, base)?;
         // Let elections settle and JVMs warm their first classes.
         tokio::time::sleep(Duration::from_secs(if target.is_baton() { 1 } else { 3 })).await;
+        let pids: Vec<u32> = running.children.iter().map(Child::id).collect();
         for workload in args.workloads.iter().filter(|w| *w != "failover") {
             // Every run is bounded: a server that stops answering costs this run, not the rest.
             let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
+            let cpu_before = server_cpu_seconds(&pids);
             match tokio::time::timeout(bound, run_one(target, &running.target, workload, &args.load)).await {
-                Ok(Ok(Some(outcome))) => results.push((target, workload.clone(), outcome)),
+                Ok(Ok(Some(mut outcome))) => {
+                    // The servers' CPU over the warm-up (a fifth) and the window, per operation.
+                    let ops = outcome.ops_per_sec * args.load.seconds * 1.2;
+                    if ops > 0.0 {
+                        outcome.server_cpu_us = Some((server_cpu_seconds(&pids) - cpu_before) * 1e6 / ops);
+                    }
+                    results.push((target, workload.clone(), outcome))
+                }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => eprintln!("{} {workload}: {e:#}", target.name()),
                 Err(_) => eprintln!("{} {workload}: no result within {} s; skipped", target.name(), bound.as_secs()),
@@ -526,7 +541,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                   "zookeeper_driver": format!("{:?}", args.load.driver).to_lowercase() },
         "results": results.iter().map(|(t, w, o)| serde_json::json!({
             "target": t.name(), "workload": w, "ops_per_sec": o.ops_per_sec, "p50_ms": o.p50, "p90_ms": o.p90,
-            "p99_ms": o.p99, "p999_ms": o.p999, "max_ms": o.max,
+            "p99_ms": o.p99, "p999_ms": o.p999, "max_ms": o.max, "server_cpu_us_per_op": o.server_cpu_us,
             "cdf": o.cdf.iter().map(|(q, ms)| serde_json::json!([q, ms])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
@@ -540,6 +555,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user and system) used so far by the processes `roots` and every process
+/// below them (a server started through a script runs as its child).
+fn server_cpu_seconds(roots: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new(); // (pid, parent, ticks)
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the command name (which may hold spaces): state ppid ... utime stime.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        procs.push((pid, num(1) as u32, num(11) + num(12)));
+    }
+    let mut inside: std::collections::BTreeSet<u32> = roots.iter().copied().collect();
+    loop {
+        let before = inside.len();
+        for (pid, parent, _) in &procs {
+            if inside.contains(parent) {
+                inside.insert(*pid);
+            }
+        }
+        if inside.len() == before {
+            break;
+        }
+    }
+    procs.iter().filter(|(pid, _, _)| inside.contains(pid)).map(|(_, _, t)| *t as f64).sum::<f64>() / hz
+}
+
 fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
     let of = |target: Target, w: &str| results.iter().find(|(t, rw, _)| *t == target && rw == w).map(|r| &r.2);
     let ratio = |b: Option<&Outcome>, o: &Outcome| match b {
@@ -549,23 +594,25 @@ fn print_table(args: &Args, results: &[(Target, String, Outcome)]) {
         _ => String::new(),
     };
     println!();
-    println!("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | Baton / this | Baton x3 / this |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | target | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/op | Baton / this | Baton x3 / this |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for w in &args.workloads {
         for (t, rw, o) in results.iter().filter(|(_, rw, _)| rw == w) {
             let (single, three) = if t.is_baton() {
                 (String::new(), String::new())
             } else {
                 // etcd is compared with Baton's etcd front when it ran, else with Baton.
-                let (one, three) = if t.is_etcd() && of(Target::BatonEtcd, w).is_some() {
+                let etcd_front = of(Target::BatonEtcd, w).is_some() || of(Target::BatonEtcd3, w).is_some();
+                let (one, three) = if t.is_etcd() && etcd_front {
                     (Target::BatonEtcd, Target::BatonEtcd3)
                 } else {
                     (Target::Baton, Target::Baton3)
                 };
                 (ratio(of(one, w), o), ratio(of(three, w), o))
             };
+            let cpu = o.server_cpu_us.map_or("-".to_string(), |us| format!("{us:.1}"));
             println!(
-                "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {single} | {three} |",
+                "| {rw} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {cpu} | {single} | {three} |",
                 t.name(),
                 o.ops_per_sec,
                 o.p50,

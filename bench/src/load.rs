@@ -161,6 +161,8 @@ pub struct Outcome {
     pub p999: f64,
     #[allow(missing_docs)]
     pub max: f64,
+    /// The servers' CPU time per operation in microseconds (`compare` fills it in).
+    pub server_cpu_us: Option<f64>,
 }
 
 /// One run's shared state: whether to record, whether to stop, and the totals.
@@ -307,6 +309,7 @@ impl Window {
             p99: ms(0.99),
             p999: ms(0.999),
             max: h.max() as f64 / 1e6,
+            server_cpu_us: None,
         })
     }
 }
