@@ -178,11 +178,17 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), driver, elapsed).map(Some)
 }
 
-/// `watch-fanout`: `clients - 1` clients watch one key; one client writes it (the value is
-/// the send time), waits until every watcher has seen the change, and writes again.
+/// `watch-fanout`: `clients - 1` clients watch one key (with `--watchers`, that many watch
+/// streams spread over them); one client writes it (the value is the send time), waits until
+/// every watcher has seen the change, and writes again.
 async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let load = &args.load;
-    let watchers = load.clients.saturating_sub(1).max(1);
+    let connections = load.clients.saturating_sub(1).max(1);
+    let watchers = if load.watchers > 0 { load.watchers } else { connections };
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(connect(&args.target).await?);
+    }
     let key = crate::load::run_root("bench-watched");
     let mut writer = connect(&args.target).await?;
     writer.put(key.as_str(), "0", None).await?;
@@ -190,8 +196,8 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let epoch = Instant::now();
     let seen = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..watchers {
-        let mut client = connect(&args.target).await?;
+    for w in 0..watchers {
+        let mut client = clients[w % connections].clone();
         let (window, seen) = (window.clone(), seen.clone());
         let (_watcher, mut stream) = client.watch(key.as_str(), None).await?;
         tasks.push(tokio::spawn(async move {

@@ -55,6 +55,10 @@ pub struct Load {
     /// 0: the session's own key.
     #[arg(long, default_value_t = 0)]
     pub spread: u64,
+    /// etcd `watch-fanout`: watchers in all, spread over the `clients - 1` watching
+    /// connections, each its own watch stream (0: one per connection).
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
     /// Print every measured operation slower than this many milliseconds to stderr, with
     /// the Unix time it completed, to line stalls up with the server's log.
     #[arg(long)]
