@@ -435,7 +435,8 @@ async fn run_one(target: Target, address: &str, workload: &str, load: &Load) -> 
     if target.is_etcd() {
         let workload = <crate::etcd::Workload as clap::ValueEnum>::from_str(workload, true)
             .map_err(|e| anyhow::anyhow!("etcd has no workload {workload}: {e}"))?;
-        crate::etcd::run(crate::etcd::Args { target: address.to_string(), workload, serializable, load }).await
+        crate::etcd::run(crate::etcd::Args { target: address.to_string(), workload, serializable, count: 0, load })
+            .await
     } else {
         let workload = <crate::zk::Workload as clap::ValueEnum>::from_str(workload, true)
             .map_err(|e| anyhow::anyhow!("no workload {workload}: {e}"))?;

@@ -27,6 +27,9 @@ pub enum Workload {
     /// One writer updates a key that every other client watches; latency from the write to
     /// each event.
     WatchFanout,
+    /// Put `--count` distinct keys `fill/n000000000`… of `value-bytes` once each, then stop
+    /// (the wire driver; for memory and restart figures).
+    Fill,
 }
 
 /// `baton-bench etcd`.
@@ -41,6 +44,9 @@ pub struct Args {
     /// the default is linearizable.
     #[arg(long)]
     pub serializable: bool,
+    /// `fill`: how many keys.
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
     #[command(flatten)]
     pub load: Load,
 }
@@ -55,6 +61,9 @@ async fn connect(target: &str) -> anyhow::Result<Client> {
 pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     if args.workload == Workload::WatchFanout {
         return watch_fanout(&args).await.map(Some);
+    }
+    if args.workload == Workload::Fill {
+        return fill(&args).await.map(Some);
     }
     let load = &args.load;
     let root = crate::load::run_root("bench");
@@ -141,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
                             client.unlock(held.key()).await?;
                             client.lease_revoke(lease).await?;
                         }
-                        Workload::WatchFanout => anyhow::bail!("runs separately"),
+                        Workload::WatchFanout | Workload::Fill => anyhow::bail!("runs separately"),
                     }
                     window.record(&mut local, &mut n, start)?;
                 }
@@ -176,6 +185,86 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     };
     let driver = if wire { "grpc-wire" } else { "grpc" };
     window.report(load, "etcd", &format!("{:?}{consistency}", args.workload), driver, elapsed).map(Some)
+}
+
+/// `fill`: `count` distinct keys put once each by every worker in turn, as fast as the
+/// server takes them; the outcome is the rate (no latencies).
+async fn fill(args: &Args) -> anyhow::Result<Outcome> {
+    let load = &args.load;
+    let value = vec![b'v'; load.value_bytes];
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let members: Vec<&str> = args.target.split(',').collect();
+    for c in 0..load.clients {
+        let addr = members[c % members.len()];
+        let send = crate::grpc::connect(addr).await?;
+        let calls = crate::grpc::Calls::new(addr)?;
+        for _ in 0..load.depth {
+            let (mut send, calls, value, next, count) =
+                (send.clone(), calls.clone(), value.clone(), next.clone(), args.count);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    let put = crate::grpc::frame(&baton_server::etcd::pb::etcdserverpb::PutRequest {
+                        key: format!("fill/n{i:09}").into_bytes(),
+                        value: value.clone(),
+                        ..Default::default()
+                    });
+                    crate::grpc::unary(&mut send, calls.put(), put).await?;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("filled {} keys of {} B in {secs:.1} s ({:.0}/s)", args.count, load.value_bytes, args.count as f64 / secs);
+    Ok(Outcome {
+        ops_per_sec: args.count as f64 / secs,
+        cdf: Vec::new(),
+        p50: 0.0,
+        p90: 0.0,
+        p99: 0.0,
+        p999: 0.0,
+        max: 0.0,
+        server_cpu_us: None,
+    })
+}
+
+/// `baton-bench etcd-ready`: from now until a linearizable Range of `key` at `target`
+/// answers with the key (no key: answers at all), retrying every 5 ms (a fresh connection
+/// each time, so that no client library's back-off is measured); the seconds.
+pub async fn ready(target: &str, key: Option<&str>, limit: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let calls = crate::grpc::Calls::new(target)?;
+    let range = crate::grpc::frame(&baton_server::etcd::pb::etcdserverpb::RangeRequest {
+        key: key.unwrap_or("ready-probe").as_bytes().to_vec(),
+        ..Default::default()
+    });
+    while started.elapsed() < limit {
+        if let Ok(mut send) = crate::grpc::connect(target).await {
+            if let Ok(Ok(answer)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                crate::grpc::unary(&mut send, calls.range(), range.clone()),
+            )
+            .await
+            {
+                use prost::Message;
+                let r =
+                    baton_server::etcd::pb::etcdserverpb::RangeResponse::decode(answer.get(5..).unwrap_or_default())?;
+                if r.count == 1 || key.is_none() {
+                    return Ok(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    anyhow::bail!("{key:?} was not readable at {target} within {limit:?}")
 }
 
 /// `watch-fanout`: `clients - 1` clients watch one key (with `--watchers`, that many watch

@@ -50,6 +50,16 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// Put's address.
+    pub fn put(&self) -> &http::Uri {
+        &self.put
+    }
+
+    /// Range's address.
+    pub fn range(&self) -> &http::Uri {
+        &self.range
+    }
+
     /// The KV service's Put and Range at `addr` (host:port).
     pub fn new(addr: &str) -> anyhow::Result<Calls> {
         Ok(Calls {

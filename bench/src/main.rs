@@ -43,6 +43,19 @@ enum Command {
     /// Run `compare` for one workload on two targets at several loads, repeated, and report
     /// the median ratio at each load and peak against peak (table, JSON, SVG plot).
     Sweep(sweep::Args),
+    /// Time from now until an etcd server answers a linearizable read of a key (after a
+    /// restart), retrying every 5 ms.
+    EtcdReady {
+        /// host:port.
+        #[arg(long)]
+        target: String,
+        /// The key to read (it must be there); without it, any answer will do.
+        #[arg(long)]
+        key: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300.0)]
+        timeout: f64,
+    },
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -73,7 +86,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Etcd(args) => {
             let rt = runtime(args.load.threads)?;
-            let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
+            let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0 + args.count as f64 / 2_000.0);
             rt.block_on(async move { tokio::time::timeout(bound, etcd::run(args)).await })
                 .context("the run exceeded its time bound")?
                 .map(|_| ())
@@ -83,5 +96,11 @@ fn run() -> anyhow::Result<()> {
             rt.block_on(compare::run(args))
         }
         Command::Sweep(args) => sweep::run(args),
+        Command::EtcdReady { target, key, timeout } => {
+            let rt = runtime(1)?;
+            let secs = rt.block_on(etcd::ready(&target, key.as_deref(), Duration::from_secs_f64(timeout)))?;
+            println!("{secs:.3}");
+            Ok(())
+        }
     }
 }

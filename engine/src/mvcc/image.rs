@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use imbl::OrdSet;
 
-use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, LEASE_OVERHEAD};
+use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, LEASE_OVERHEAD};
 use crate::le::Cursor;
 
 /// The image's first bytes.
@@ -151,6 +151,12 @@ impl KeySpaceLoader {
             Stage::Done => return Ok(0),
             _ => {}
         }
+        if self.pending.is_empty() {
+            // Whole records are read straight from `bytes` (a snapshot loads as one piece
+            // from its mapped file: copying it first cost a fresh page per 4 KiB of image,
+            // 2.3 s for a million keys); only a cut record's start is kept for the next piece.
+            return self.push_in_place(bytes);
+        }
         self.pending.extend_from_slice(bytes);
         match self.read_pending() {
             Ok(()) if self.done() => {
@@ -166,6 +172,23 @@ impl KeySpaceLoader {
                 Err(KeySpaceImageError(why))
             }
         }
+    }
+
+    /// [`KeySpaceLoader::push`] with nothing pending.
+    fn push_in_place(&mut self, bytes: &[u8]) -> Result<usize, KeySpaceImageError> {
+        let mut c = Cursor::new(bytes);
+        let result = self.read(&mut c);
+        let (read, short) = (c.at, c.short);
+        match result {
+            Err(why) if !short => {
+                self.stage = Stage::Failed(why.clone());
+                return Err(KeySpaceImageError(why));
+            }
+            _ if self.done() => return Ok(read),
+            _ => {}
+        }
+        self.pending.extend_from_slice(bytes.get(read..).unwrap_or_default());
+        Ok(bytes.len())
     }
 
     #[deny(clippy::indexing_slicing, reason = "decodes bytes from the disk or a leader")]
@@ -269,7 +292,7 @@ impl KeySpaceLoader {
                 if count == 0 {
                     return Err("a key with no record".into());
                 }
-                let mut records: imbl::Vector<Record> = imbl::Vector::new();
+                let mut records = Records::default();
                 for _ in 0..count {
                     let main = c.i64("main revision")?;
                     let sub = c.i64("sub revision")?;

@@ -458,6 +458,34 @@ fn the_size_counts_records_and_leases_and_falls_when_compacted_history_is_pruned
     assert_eq!(ks.size_bytes(), ks.recount_bytes());
 }
 
+#[test]
+fn a_history_is_a_plain_vector_while_short_and_a_persistent_one_once_long_and_reads_the_same() {
+    use super::keyspace::Records;
+    let mut ks = KeySpace::new();
+    for i in 0..100 {
+        ks.put(&put("k", &i.to_string())).expect("put");
+        let records = &ks.keys.get(&b("k")).expect("the key").records;
+        assert_eq!(matches!(records, Records::Large(_)), i >= 32, "after {} puts", i + 1);
+    }
+    // Every revision reads back, across the switch.
+    for rev in 2..=101 {
+        let got = ks.range(&RangeRequest { revision: rev, ..get("k") }).expect("a read");
+        assert_eq!(&*got.kvs[0].value, (rev - 2).to_string().as_bytes());
+    }
+    // Compacted down to a few records: a plain vector again, reads unchanged.
+    ks.compact(95).expect("compact");
+    while !ks.prune_step(10) {}
+    let records = &ks.keys.get(&b("k")).expect("the key").records;
+    assert!(matches!(records, Records::Small(v) if v.len() == 7), "{records:?}");
+    for rev in 95..=101 {
+        let got = ks.range(&RangeRequest { revision: rev, ..get("k") }).expect("a read");
+        assert_eq!(&*got.kvs[0].value, (rev - 2).to_string().as_bytes());
+    }
+    assert_eq!(ks.size_bytes(), ks.recount_bytes());
+    let back = KeySpace::from_image(&ks.to_image()).expect("loads");
+    assert_eq!(back.range(&get("k")), ks.range(&get("k")));
+}
+
 /// What the model and the keyspace are driven with.
 #[derive(Debug, Clone)]
 enum Op {
