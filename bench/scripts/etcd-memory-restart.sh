@@ -21,18 +21,7 @@ trap cleanup EXIT
 command -v etcd >/dev/null || { echo "needs Debian's etcd-server" >&2; exit 1; }
 PORT=22379
 LAST=$(printf "fill/n%09d" $((COUNT - 1)))
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-settled_rss_kb() {
-  local a b
-  a=$(rss_kb "$1")
-  for _ in $(seq 30); do
-    sleep 1
-    b=$(rss_kb "$1")
-    if [ $((a > b ? a - b : b - a)) -le $((b / 100)) ]; then break; fi
-    a=$b
-  done
-  echo "$b"
-}
+. "$ROOT/bench/scripts/rss.sh"
 # SIGKILL and wait until the process is gone (it is not this shell's child: `wait` cannot).
 stop() { kill -9 "$1" 2>/dev/null || true; while [ -e "/proc/$1" ]; do sleep 0.01; done; }
 start() { # name -> pid on stdout

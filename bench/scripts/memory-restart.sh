@@ -27,21 +27,7 @@ for port in 22281 22282; do
 done
 LAST=$(printf "/fill/n%09d" $((COUNT - 1)))
 
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-# RSS once it has settled (a snapshot image being written is transient): two samples 1 s
-# apart within 1%, at most 30 s.
-settled_rss_kb() {
-  local a b
-  a=$(rss_kb "$1")
-  for _ in $(seq 30); do
-    sleep 1
-    b=$(rss_kb "$1")
-    if [ $((a > b ? a - b : b - a)) -le $((b / 100)) ]; then break; fi
-    a=$b
-  done
-  echo "$b"
-}
+. "$ROOT/bench/scripts/rss.sh"
 zk_heap_kb() {
   jcmd "$1" GC.run >/dev/null
   jcmd "$1" GC.heap_info | awk '/used/ { for (i = 1; i <= NF; i++) if ($i == "used") { v = $(i+1); sub("K", "", v); print v; exit } }'
