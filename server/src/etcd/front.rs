@@ -121,9 +121,16 @@ impl Front {
         if quota == 0 {
             return Ok(());
         }
-        let size = self.shared.etcd().size_bytes();
+        let (size, raised) = {
+            let ks = self.shared.etcd();
+            (ks.size_bytes(), ks.out_of_space())
+        };
         if size.saturating_add(cost) <= quota {
             return Ok(());
+        }
+        if raised {
+            // Already raised (by this server or another): nothing more to propose.
+            return Err(status(MvccError::NoSpace));
         }
         let front = self.clone();
         let member = self.shared.config.server_id;
