@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -446,7 +447,105 @@ async fn run_one(target: Target, address: &str, workload: &str, load: &Load) -> 
 
 /// The ZooKeeper-protocol ensembles a leader kill can be measured on.
 fn has_leader(target: Target) -> bool {
-    matches!(target, Target::Baton3 | Target::Baton3Observers | Target::Zookeeper3)
+    matches!(target, Target::Baton3 | Target::Baton3Observers | Target::Zookeeper3 | Target::Etcd3 | Target::BatonEtcd3)
+}
+
+/// `failover` through etcd's API: 8 writers, each putting a key of its own through one member
+/// and moving to the next member on an error or after 1 s without an answer (the wire
+/// driver: no client library's back-off); after 2 s the leader (the member whose Status says
+/// it leads) is SIGKILLed with its process group. For each writer, the first put *sent*
+/// after the kill that is acknowledged marks when it resumed; the same JSON as the
+/// ZooKeeper one.
+async fn etcd_failover(running: &Running) -> anyhow::Result<serde_json::Value> {
+    use baton_server::etcd::pb::etcdserverpb as pb;
+    use prost::Message;
+    let endpoints: Vec<String> = running.target.split(',').map(str::to_string).collect();
+    // Who leads: the member whose own id is the leader its Status names.
+    let mut leader = None;
+    for (i, e) in endpoints.iter().enumerate() {
+        let mut send = crate::grpc::connect(e).await?;
+        let uri: tonic::codegen::http::Uri = format!("http://{e}/etcdserverpb.Maintenance/Status").parse()?;
+        let answer = crate::grpc::unary(&mut send, &uri, crate::grpc::frame(&pb::StatusRequest {})).await?;
+        let status = pb::StatusResponse::decode(answer.get(5..).unwrap_or_default())?;
+        if status.header.is_some_and(|h| h.member_id == status.leader) {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.context("no member says it leads")?;
+    let pgid = running.children.get(leader).context("leader process")?.id();
+    let writers = 8;
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked_before = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (endpoints, killed_at, stop, acked_before) =
+            (endpoints.clone(), killed_at.clone(), stop.clone(), acked_before.clone());
+        tasks.push(tokio::spawn(async move {
+            let put = crate::grpc::frame(&pb::PutRequest {
+                key: format!("failover/w{w}").into_bytes(),
+                value: vec![b'v'; 64],
+                ..Default::default()
+            });
+            let mut at = w % endpoints.len();
+            let mut conn = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let e = &endpoints[at];
+                if conn.is_none() {
+                    conn = tokio::time::timeout(Duration::from_secs(1), crate::grpc::connect(e))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                }
+                let Some(send) = conn.as_mut() else {
+                    at = (at + 1) % endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let sent = Instant::now();
+                let uri: tonic::codegen::http::Uri = format!("http://{e}/etcdserverpb.KV/Put").parse().ok()?;
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(1), crate::grpc::unary(send, &uri, put.clone())).await,
+                    Ok(Ok(_))
+                );
+                let kill = *killed_at.lock().unwrap_or_else(|p| p.into_inner());
+                match (ok, kill) {
+                    // Resumed: from the kill until this put's acknowledgement.
+                    (true, Some(t)) if sent >= t => return Some(t.elapsed().as_secs_f64()),
+                    (true, None) => {
+                        acked_before.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (true, Some(_)) => {}
+                    (false, _) => {
+                        conn = None;
+                        at = (at + 1) % endpoints.len();
+                    }
+                }
+            }
+            None
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    // SAFETY: signalling the process group of a child we started.
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+    let limit = tokio::time::sleep(Duration::from_secs(60));
+    tokio::pin!(limit);
+    let mut resumed = Vec::new();
+    for t in tasks {
+        tokio::select! {
+            r = t => resumed.push(r.ok().flatten()),
+            _ = &mut limit => resumed.push(None),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done: Vec<f64> = resumed.iter().flatten().copied().collect();
+    anyhow::ensure!(!done.is_empty(), "no writer resumed within 60 s");
+    Ok(serde_json::json!({
+        "first_s": done.iter().copied().fold(f64::INFINITY, f64::min),
+        "all_s": if done.len() == writers { serde_json::json!(done.iter().copied().fold(0.0, f64::max)) } else { serde_json::Value::Null },
+        "acked_before_kill": acked_before.load(std::sync::atomic::Ordering::Relaxed),
+    }))
 }
 
 /// `failover`: kazoo writers on the whole ensemble, SIGKILL of the leader's process group,
@@ -517,7 +616,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         // Last: it kills the leader.
         if args.workloads.iter().any(|w| w == "failover") && has_leader(target) {
-            match failover(&running, &dir) {
+            let measured = if target.is_etcd() { etcd_failover(&running).await } else { failover(&running, &dir) };
+            match measured {
                 Ok(v) => failovers.push((target, v)),
                 Err(e) => eprintln!("{} failover: {e:#}", target.name()),
             }
@@ -527,7 +627,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     print_table(&args, &results);
     if !failovers.is_empty() {
         println!();
-        println!("| failover (SIGKILL of the leader, 8 kazoo writers) | first write after the kill | all writers | acked before |");
+        println!("| failover (SIGKILL of the leader, 8 writers: kazoo, or etcd gRPC) | first write after the kill | all writers | acked before |");
         println!("|---|---:|---:|---:|");
         let secs = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.3} s"));
         for (t, v) in &failovers {
