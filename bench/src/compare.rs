@@ -460,6 +460,7 @@ async fn etcd_failover(running: &Running) -> anyhow::Result<serde_json::Value> {
     use baton_server::etcd::pb::etcdserverpb as pb;
     use prost::Message;
     let endpoints: Vec<String> = running.target.split(',').map(str::to_string).collect();
+    let calls = endpoints.iter().map(|e| crate::grpc::Calls::new(e)).collect::<anyhow::Result<Vec<_>>>()?;
     // Who leads: the member whose own id is the leader its Status names.
     let mut leader = None;
     for (i, e) in endpoints.iter().enumerate() {
@@ -479,8 +480,8 @@ async fn etcd_failover(running: &Running) -> anyhow::Result<serde_json::Value> {
     let acked_before = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (endpoints, killed_at, stop, acked_before) =
-            (endpoints.clone(), killed_at.clone(), stop.clone(), acked_before.clone());
+        let (endpoints, calls, killed_at, stop, acked_before) =
+            (endpoints.clone(), calls.clone(), killed_at.clone(), stop.clone(), acked_before.clone());
         tasks.push(tokio::spawn(async move {
             let put = crate::grpc::frame(&pb::PutRequest {
                 key: format!("failover/w{w}").into_bytes(),
@@ -503,9 +504,12 @@ async fn etcd_failover(running: &Running) -> anyhow::Result<serde_json::Value> {
                     continue;
                 };
                 let sent = Instant::now();
-                let uri: tonic::codegen::http::Uri = format!("http://{e}/etcdserverpb.KV/Put").parse().ok()?;
                 let ok = matches!(
-                    tokio::time::timeout(Duration::from_secs(1), crate::grpc::unary(send, &uri, put.clone())).await,
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        crate::grpc::unary(send, calls[at].put(), put.clone())
+                    )
+                    .await,
                     Ok(Ok(_))
                 );
                 let kill = *killed_at.lock().unwrap_or_else(|p| p.into_inner());
