@@ -64,10 +64,11 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
+    let (etcd_zero, etcd_zero_inbox) = inbox::inbox::<EtcdOnShard>();
     let shard0 = {
         let shared = shared.clone();
         executor(0)
-            .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, started_tx))
+            .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, etcd_zero_inbox, started_tx))
             .map_err(|e| ServeError::Executor(e.to_string()))?
     };
     let bound = match started_rx.recv() {
@@ -78,11 +79,46 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         }
         Err(_) => return Err(join_error(shard0.join())),
     };
+    // The etcd port, once recovery is done too: on every shard but shard 0 (which has the
+    // write path) when there are several, else on shard 0.
+    let mut etcd_shards: Vec<Option<EtcdOnShard>> = Vec::new();
+    if let (Some(addr), Some(inbox)) = (etcd_addr, etcd_inbox) {
+        let listen = |e: std::io::Error| {
+            shared.stopping.set();
+            ServeError::Listen(std::io::Error::new(e.kind(), format!("etcd port {addr}: {e}")))
+        };
+        net::refuse_if_served(addr).map_err(listen)?;
+        let first = net::bind_socket(addr, true).map_err(listen)?;
+        let local = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(addr);
+        let front = Arc::new(crate::etcd::OnShards::new(shared.clone()));
+        let (mut first, mut inbox) = (Some(first), Some(inbox));
+        for id in 0..shards {
+            if id == 0 && shards > 1 {
+                etcd_shards.push(None);
+                continue;
+            }
+            let socket = match first.take() {
+                Some(s) => s,
+                None => net::bind_socket(local, true).map_err(listen)?,
+            };
+            // The tasks for all of them go on the last.
+            let inbox = if id + 1 == shards { inbox.take() } else { None };
+            etcd_shards.push(Some(EtcdOnShard { socket, front: front.clone(), inbox }));
+        }
+        tracing::info!(addr = %local, "serving etcd v3 clients");
+        println!("baton: serving etcd v3 clients on {local}");
+    }
+    let mut etcd_shards = etcd_shards.into_iter();
+    if let Some(Some(etcd)) = etcd_shards.next() {
+        let _ = etcd_zero.send(etcd);
+    }
+    drop(etcd_zero);
     let mut others = Vec::new();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), ServeError>>();
     for (i, inbox) in inboxes.enumerate() {
         let id = i + 1;
         let (shard_shared, bound_tx) = (shared.clone(), bound_tx.clone());
+        let etcd = etcd_shards.next().flatten();
         let handle = executor(id)
             .spawn(move || async move {
                 let listener = match net::bind_listener(bound, true) {
@@ -93,7 +129,14 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
                     }
                 };
                 let _ = bound_tx.send(Ok(()));
-                crate::zk::tasks::run_shard(shard_shared, id, inbox, listener).await;
+                let etcd_shared = shard_shared.clone();
+                let zk = crate::zk::tasks::run_shard(shard_shared, id, inbox, listener);
+                let etcd = async move {
+                    if let Some(etcd) = etcd {
+                        etcd.serve(etcd_shared).await;
+                    }
+                };
+                futures_lite::future::zip(zk, etcd).await;
                 Ok(())
             })
             .map_err(|e| ServeError::Executor(e.to_string()));
@@ -118,21 +161,6 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         shared.stopping.set();
         return Err(e);
     }
-    // The etcd port opens once recovery is done too.
-    let etcd = match (etcd_addr, etcd_inbox) {
-        (Some(addr), Some(inbox)) => match crate::etcd::start(shared.clone(), addr, inbox) {
-            Ok((local, thread)) => {
-                tracing::info!(addr = %local, "serving etcd v3 clients");
-                println!("baton: serving etcd v3 clients on {local}");
-                Some(thread)
-            }
-            Err(e) => {
-                shared.stopping.set();
-                return Err(ServeError::Listen(std::io::Error::new(e.kind(), format!("etcd port {addr}: {e}"))));
-            }
-        },
-        _ => None,
-    };
     ready(bound);
     tracing::info!(shards, "every shard accepts clients");
     let mut outcome = match shard0.join() {
@@ -140,11 +168,6 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         Err(e) => Err(ServeError::Executor(format!("shard 0: {e}"))),
     };
     shared.stopping.set();
-    if let Some(thread) = etcd {
-        if thread.join().is_err() && outcome.is_ok() {
-            outcome = Err(ServeError::Executor("the etcd front panicked".into()));
-        }
-    }
     for (i, h) in others.into_iter().enumerate() {
         if let Err(e) = h.join().map_err(|e| ServeError::Executor(format!("shard {}: {e}", i + 1))).and_then(|r| r) {
             if outcome.is_ok() {
@@ -161,6 +184,7 @@ async fn shard_zero(
     shutdown: Arc<stop::Event>,
     write_inbox: Inbox<ToWritePath>,
     inbox: Inbox<ToShard>,
+    etcd: Inbox<EtcdOnShard>,
     started_tx: std::sync::mpsc::Sender<Result<SocketAddr, ServeError>>,
 ) -> Result<(), ServeError> {
     // A signal stops this server.
@@ -197,9 +221,15 @@ async fn shard_zero(
     let clients = {
         let shared = shared.clone();
         async move {
-            // The client port opens once recovery is done (never, if it failed).
+            // The client port opens once recovery is done (never, if it failed); the etcd
+            // port too, if this shard serves it.
             if let Some(listener) = listener_rx.recv().await {
-                crate::zk::tasks::run_shard(shared, 0, inbox, listener).await;
+                let etcd = async {
+                    if let Some(etcd) = etcd.recv().await {
+                        etcd.serve(shared.clone()).await;
+                    }
+                };
+                futures_lite::future::zip(crate::zk::tasks::run_shard(shared.clone(), 0, inbox, listener), etcd).await;
             }
         }
     };
@@ -207,6 +237,27 @@ async fn shard_zero(
     shared.stopping.set();
     drop(signalled);
     outcome.map_err(ServeError::from)
+}
+
+/// What a shard needs to serve etcd clients.
+struct EtcdOnShard {
+    socket: socket2::Socket,
+    front: Arc<crate::etcd::OnShards>,
+    /// The front's inbox, for the one shard that runs the tasks for all.
+    inbox: Option<Inbox<ToShard>>,
+}
+
+impl EtcdOnShard {
+    async fn serve(self, shared: Arc<Shared>) {
+        let listener = net::listener_from(self.socket);
+        let accepting = crate::etcd::serve::accept_loop(shared, listener, self.front.services.clone());
+        match self.inbox {
+            Some(inbox) => {
+                futures_lite::future::zip(accepting, self.front.background(inbox)).await;
+            }
+            None => accepting.await,
+        }
+    }
 }
 
 fn executor(id: ShardId) -> glommio::LocalExecutorBuilder {

@@ -806,3 +806,48 @@ fn malformed_messages_and_unknown_methods_get_their_status_and_a_rate_limited_lo
     assert!(lines.iter().any(|l| l.contains("/etcdserverpb.KV/Nope") && l.contains("code=12")), "{log}");
     assert!(lines.len() <= 6, "rate-limited: {} lines for 302 refusals:\n{}", lines.len(), lines.join("\n"));
 }
+
+#[test]
+fn a_server_stops_on_sigterm_with_watch_and_keep_alive_streams_open_and_a_second_may_not_share_its_etcd_port() {
+    // The etcd port is served by every shard on SO_REUSEPORT sockets: a second server on the
+    // same etcd port (another client port) would split etcd's clients between two keyspaces.
+    let dir = temp_dir();
+    let port = free_port();
+    let mut server = start(dir.path(), port, &[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
+        .args(["--client-addr", "127.0.0.1:0", "--etcd-addr", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("second"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second server served the etcd port");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "it must fail, not serve");
+    // Streams that never end on their own: a prefix watch and a lease's keep-alives.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (_client, _watch, _keep) = rt.block_on(async {
+        let mut c = connect(port).await;
+        let lease = c.lease_grant(30, None).await.expect("grant").id();
+        let keep = c.lease_keep_alive(lease).await.expect("keep-alive");
+        let (watcher, mut events) =
+            c.watch("s/", Some(etcd_client::WatchOptions::new().with_prefix())).await.expect("watch");
+        c.put("s/1", "x", None).await.expect("put");
+        let got = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("an event in time");
+        assert_eq!(got.expect("message").expect("open").events().len(), 1);
+        (c, (watcher, events), keep)
+    });
+    let stopped = server.terminate(Duration::from_secs(10));
+    assert!(stopped.is_some_and(|s| s.success()), "SIGTERM stops the server cleanly with streams open: {stopped:?}");
+}

@@ -134,7 +134,7 @@ impl Front {
         }
         let front = self.clone();
         let member = self.shared.config.server_id;
-        tokio::spawn(async move {
+        super::rt::spawn(async move {
             let raise = EtcdTxn::Alarm { activate: true, member, alarm: baton_engine::mvcc::ALARM_NOSPACE };
             match front.write(raise).await {
                 Ok(_) => tracing::warn!(size, quota, "etcd keyspace over its space quota: NOSPACE alarm raised"),
@@ -157,7 +157,7 @@ impl Front {
             !std::mem::replace(&mut reads.in_flight, true)
         };
         if start {
-            tokio::spawn(self.clone().sync_rounds());
+            super::rt::spawn(self.clone().sync_rounds());
         }
         match rx.await {
             Ok(true) => Ok(()),

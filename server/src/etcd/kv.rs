@@ -166,7 +166,7 @@ impl pb::kv_server::Kv for KvService {
                     // The history before the compaction goes a bounded part per applied batch
                     // (and per idle tick); `physical` waits until it is all gone.
                     while !self.front.shared.etcd().pruned() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        super::rt::sleep(Duration::from_millis(5)).await;
                     }
                 }
                 Ok(Response::new(pb::CompactionResponse { header: Some(self.front.header(revision)) }))

@@ -111,7 +111,7 @@ impl pb::lease_server::Lease for LeaseService {
         let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_QUEUE);
         let front = self.front.clone();
         let deadlines = self.deadlines.clone();
-        tokio::spawn(async move {
+        super::rt::spawn(async move {
             while let Some(Ok(req)) = inbound.next().await {
                 // As etcd: the header is filled before the renewal; TTL 0 for a lease that
                 // does not exist (no error).

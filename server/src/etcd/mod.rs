@@ -1,8 +1,14 @@
 //! The etcd v3 front: etcd's gRPC API over the same log as the ZooKeeper front (DESIGN.md,
-//! "Two fronts, one log"). etcd clients speak HTTP/2, so this front runs tonic on a tokio
-//! runtime of its own thread beside the glommio shards; it reaches the write path through
-//! the same messages as a shard (`crate::runtime::messages`) and reads etcd's keyspace from
+//! "Two fronts, one log"). etcd clients speak gRPC over HTTP/2: the `h2` crate on the glommio
+//! shards (`serve`) carries each request to tonic's generated services, which need no
+//! runtime of their own. The front reaches the write path through the same messages as a
+//! shard (`crate::runtime::messages`) and reads etcd's keyspace from
 //! [`crate::runtime::Shared::etcd`].
+//!
+//! Measured against tonic on a tokio thread of its own (`bench/README.md`, "The etcd front's
+//! transport"): puts and reads the same within this machine's noise, watch events to 10,000
+//! watchers 1.3× as many; and no thread beside the shards, whose count sets how many cores
+//! serve etcd clients.
 //!
 //! Served so far: KV (Range, Put, DeleteRange, Txn, Compact), Watch (streams of watchers,
 //! history replay, slow watchers caught up from history) and Lease (Grant, Revoke,
@@ -20,6 +26,8 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod refusals;
+pub mod rt;
+pub mod serve;
 pub mod watch;
 
 /// etcd's protobuf messages and gRPC services (generated; see the module's documentation).
@@ -39,7 +47,6 @@ pub mod pb {
     }
 }
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::runtime::inbox::Inbox;
@@ -53,134 +60,63 @@ const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
 /// own error, OutOfRange): the bound on what one request can make this server hold.
 const DECODE_LIMIT_FACTOR: usize = 4;
 
-/// A client connection that says it has no vectored writes, so that HTTP/2 copies each
-/// answer's frames (up to 1 KiB) into its write buffer and sends many answers with one
-/// write. With vectored writes the `h2` crate chains any frame of 256 bytes or more by
-/// reference and writes it at once: a 256-byte value's Range answer is over 256 bytes, so
-/// every read cost a `writev` of its own and 44% of this thread's time went to the kernel's
-/// TCP send path. Unvectored, linearizable reads went from 94K/s to 171K/s (32 connections ×
-/// 8 in flight, this 2-core machine; see `bench/README.md`).
-struct Unvectored(tokio::net::TcpStream);
+/// The etcd port's services (behind the refusal log).
+pub type Services = refusals::LogRefusals<tonic::service::Routes>;
 
-impl tokio::io::AsyncRead for Unvectored {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
+/// What serving etcd clients on the shards takes: the services each serving shard runs, and
+/// the tasks one of them runs for all (the write path's answers and events, watchers'
+/// catching up).
+pub struct OnShards {
+    /// The services, cloned for each shard.
+    pub services: Services,
+    front: Arc<front::Front>,
+    hub: Arc<std::sync::Mutex<watch::Hub>>,
 }
 
-impl tokio::io::AsyncWrite for Unvectored {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-}
-
-impl tonic::transport::server::Connected for Unvectored {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
-    }
-}
-
-/// Binds `addr` and serves etcd clients on a thread of its own until the server stops.
-/// Returns the bound address (for port 0) and the thread.
-pub fn start(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    inbox: Inbox<ToShard>,
-) -> std::io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let thread = std::thread::Builder::new().name("baton-etcd".into()).spawn(move || {
-        // One thread: on this project's 2-core machine a runtime of two workers, competing
-        // with the shards, served 30-45% fewer puts and reads (baton-bench etcd, 32 x 8).
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the etcd front's runtime did not start; stopping");
-                shared.stopping.set();
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "the etcd port could not be served; stopping");
-                    shared.stopping.set();
-                    return;
-                }
-            };
-            let front = Arc::new(front::Front::new(shared.clone()));
-            let hub = Arc::new(std::sync::Mutex::new(watch::Hub::default()));
-            let pump = tokio::spawn(front::pump(front.clone(), hub.clone(), inbox));
-            let catch_up = tokio::spawn(watch::catch_up(front.clone(), hub.clone()));
-            let max = shared
-                .config
-                .etcd_max_request_bytes
-                .saturating_add(GRPC_OVERHEAD_BYTES)
-                .saturating_mul(DECODE_LIMIT_FACTOR);
-            let kv = pb::etcdserverpb::kv_server::KvServer::new(kv::KvService { front: front.clone() })
-                .max_decoding_message_size(max);
-            let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
-                .max_decoding_message_size(max);
-            let watch =
-                pb::etcdserverpb::watch_server::WatchServer::new(watch::WatchService { front: front.clone(), hub })
-                    .max_decoding_message_size(max);
-            let maintenance =
-                pb::etcdserverpb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
-                    front: front.clone(),
-                });
-            let cluster = pb::etcdserverpb::cluster_server::ClusterServer::new(maintenance::MaintenanceService {
+impl OnShards {
+    /// The etcd front of this server.
+    pub fn new(shared: Arc<Shared>) -> OnShards {
+        let front = Arc::new(front::Front::new(shared.clone()));
+        let hub = Arc::new(std::sync::Mutex::new(watch::Hub::default()));
+        let max = shared
+            .config
+            .etcd_max_request_bytes
+            .saturating_add(GRPC_OVERHEAD_BYTES)
+            .saturating_mul(DECODE_LIMIT_FACTOR);
+        let kv = pb::etcdserverpb::kv_server::KvServer::new(kv::KvService { front: front.clone() })
+            .max_decoding_message_size(max);
+        let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
+            .max_decoding_message_size(max);
+        let watch = pb::etcdserverpb::watch_server::WatchServer::new(watch::WatchService {
+            front: front.clone(),
+            hub: hub.clone(),
+        })
+        .max_decoding_message_size(max);
+        let maintenance =
+            pb::etcdserverpb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
                 front: front.clone(),
             });
-            use tonic::codegen::tokio_stream::StreamExt as _;
-            let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|accepted| accepted.map(Unvectored));
-            let stopping = shared.clone();
-            let served = tonic::transport::Server::builder()
-                .layer(refusals::LogRefusalsLayer)
-                .add_service(kv)
-                .add_service(lease)
-                .add_service(watch)
-                .add_service(maintenance)
-                .add_service(cluster)
-                .serve_with_incoming_shutdown(incoming, async move { stopping.stopping.wait().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the etcd front stopped; stopping");
-                shared.stopping.set();
-            }
-            pump.abort();
-            catch_up.abort();
+        let cluster = pb::etcdserverpb::cluster_server::ClusterServer::new(maintenance::MaintenanceService {
+            front: front.clone(),
         });
-    })?;
-    Ok((local, thread))
+        let routes = tonic::service::Routes::new(kv)
+            .add_service(lease)
+            .add_service(watch)
+            .add_service(maintenance)
+            .add_service(cluster)
+            .prepare();
+        OnShards { services: tower::Layer::layer(&refusals::LogRefusalsLayer, routes), front, hub }
+    }
+
+    /// The tasks for all shards: run on one, until the server stops.
+    pub async fn background(&self, inbox: Inbox<ToShard>) {
+        let pump = front::pump(self.front.clone(), self.hub.clone(), inbox);
+        let catch_up = watch::catch_up(self.front.clone(), self.hub.clone());
+        let stopping = self.front.shared.clone();
+        futures_lite::future::or(futures_lite::future::zip(pump, catch_up), async move {
+            stopping.stopping.wait().await;
+            ((), ())
+        })
+        .await;
+    }
 }

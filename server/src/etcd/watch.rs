@@ -300,7 +300,7 @@ impl Hub {
 pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
     let every = Duration::from_millis(front.shared.config.etcd_watch_progress_notify_ms.max(1));
     loop {
-        tokio::time::sleep(CATCH_UP_EVERY).await;
+        super::rt::sleep(CATCH_UP_EVERY).await;
         // The hub, then the keyspace, everywhere.
         let mut hub = lock(&hub);
         hub.notify_progress(&front, every);
@@ -387,7 +387,7 @@ impl pb::watch_server::Watch for WatchService {
             id
         };
         let service = WatchService { front: self.front.clone(), hub: self.hub.clone() };
-        tokio::spawn(async move {
+        super::rt::spawn(async move {
             while let Some(Ok(req)) = inbound.next().await {
                 match req.request_union {
                     Some(R::CreateRequest(c)) => service.create(stream, c),

@@ -25,7 +25,16 @@ pub fn bind_listener_with_handle(addr: SocketAddr) -> std::io::Result<(glommio::
     Ok((unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) }, handle))
 }
 
-fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+/// A socket bound by [`bind_socket`] as a glommio listener: run on the executor that will
+/// accept on it.
+pub fn listener_from(socket: socket2::Socket) -> glommio::net::TcpListener {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    // SAFETY: a bound, listening socket whose only owner becomes the listener.
+    unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) }
+}
+
+/// A bound, listening socket (any thread may bind it; see [`listener_from`]).
+pub fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
