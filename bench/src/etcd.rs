@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use etcd_client::{Client, DeleteOptions, GetOptions, LockOptions, PutOptions};
 
+use crate::grpc;
 use crate::load::{histogram, Load, Outcome, Window};
 
 /// What the workers do.
@@ -267,6 +268,81 @@ pub async fn ready(target: &str, key: Option<&str>, limit: Duration) -> anyhow::
     anyhow::bail!("{key:?} was not readable at {target} within {limit:?}")
 }
 
+/// `watch-fanout` with the wire driver (`grpc.rs`): the same connections, watch streams and
+/// writes as through the crate, each watch its own stream, the writer's puts unary calls.
+async fn watch_fanout_wire(args: &Args, connections: usize, watchers: usize) -> anyhow::Result<Outcome> {
+    let load = &args.load;
+    let addr = args.target.split(',').next().unwrap_or(&args.target).to_string();
+    let calls = grpc::Calls::new(&addr)?;
+    let mut sends = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        sends.push(grpc::connect(&addr).await?);
+    }
+    let key = crate::load::run_root("bench-watched");
+    let mut writer = grpc::connect(&addr).await?;
+    let put = {
+        let key = key.clone();
+        move |value: String| {
+            grpc::frame(&baton_server::etcd::pb::etcdserverpb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.into_bytes(),
+                ..Default::default()
+            })
+        }
+    };
+    grpc::unary(&mut writer, calls.put(), put("0".into())).await?;
+    let window = Window::new()?.slow_log(load.slow_ms);
+    let epoch = Instant::now();
+    let seen = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let mut stream = grpc::WatchStream::open(&sends[w % connections], calls.watch(), key.as_bytes()).await?;
+        let (window, seen) = (window.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram()?;
+            let mut n = 0u64;
+            while !window.stop.load(Ordering::Relaxed) {
+                let Ok(message) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await else {
+                    continue;
+                };
+                let Some(response) = message? else { break };
+                for event in &response.events {
+                    let sent =
+                        event.kv.as_ref().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok());
+                    if let Some(nanos) = sent {
+                        window.record(&mut local, &mut n, epoch + Duration::from_nanos(nanos))?;
+                        seen.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            window.add(n, &local)
+        }));
+    }
+    let driver = {
+        let (window, seen, put_uri) = (window.clone(), seen.clone(), calls.put().clone());
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            while !window.stop.load(Ordering::Relaxed) {
+                rounds += 1;
+                seen.store(0, Ordering::Release);
+                let sent = epoch.elapsed().as_nanos() as u64;
+                grpc::unary(&mut writer, &put_uri, put(sent.to_string())).await?;
+                while seen.load(Ordering::Acquire) < watchers as u64 && !window.stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            Ok::<u64, anyhow::Error>(rounds)
+        })
+    };
+    let elapsed = window.run(load.seconds, &load.label).await;
+    let rounds = driver.await??;
+    for t in tasks {
+        t.await??;
+    }
+    anyhow::ensure!(rounds > 1, "no write went around");
+    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc-wire", elapsed)
+}
+
 /// `watch-fanout`: `clients - 1` clients watch one key (with `--watchers`, that many watch
 /// streams spread over them); one client writes it (the value is the send time), waits until
 /// every watcher has seen the change, and writes again.
@@ -274,6 +350,9 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let load = &args.load;
     let connections = load.clients.saturating_sub(1).max(1);
     let watchers = if load.watchers > 0 { load.watchers } else { connections };
+    if load.driver == crate::load::Driver::Wire {
+        return watch_fanout_wire(args, connections, watchers).await;
+    }
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         clients.push(connect(&args.target).await?);

@@ -1,5 +1,5 @@
-//! etcd's KV API spoken directly: gRPC over the `h2` crate with requests encoded once, for
-//! `write`, `read` and `mixed` (`--driver wire`, the default). The load is what the
+//! etcd's KV and Watch APIs spoken directly: gRPC over the `h2` crate with requests encoded
+//! once, for `write`, `read`, `mixed` and `watch-fanout` (`--driver wire`, the default). The load is what the
 //! `etcd-client` driver sends — the same connections, requests in flight, keys and values,
 //! one HTTP/2 stream per request — but without tonic's channel, tower buffer and per-call
 //! encoding, the load generator spends a fraction of the CPU per request, which on a machine
@@ -47,6 +47,7 @@ pub fn frame(m: &impl Message) -> Bytes {
 pub struct Calls {
     put: http::Uri,
     range: http::Uri,
+    watch: http::Uri,
 }
 
 impl Calls {
@@ -60,11 +61,17 @@ impl Calls {
         &self.range
     }
 
-    /// The KV service's Put and Range at `addr` (host:port).
+    /// Watch's address.
+    pub fn watch(&self) -> &http::Uri {
+        &self.watch
+    }
+
+    /// The KV service's Put and Range, and Watch, at `addr` (host:port).
     pub fn new(addr: &str) -> anyhow::Result<Calls> {
         Ok(Calls {
             put: format!("http://{addr}/etcdserverpb.KV/Put").parse()?,
             range: format!("http://{addr}/etcdserverpb.KV/Range").parse()?,
+            watch: format!("http://{addr}/etcdserverpb.Watch/Watch").parse()?,
         })
     }
 }
@@ -90,6 +97,69 @@ pub async fn unary(send: &mut SendRequest<Bytes>, uri: &http::Uri, body: Bytes) 
         status(&trailers)?;
     }
     Ok(data.freeze())
+}
+
+/// A watch stream on one connection: its create request sent (the request side stays open,
+/// as etcd's clients keep it), its answers read as gRPC messages.
+pub struct WatchStream {
+    // Kept open: closing it would end the watch.
+    _requests: h2::SendStream<Bytes>,
+    answers: h2::RecvStream,
+    buffered: BytesMut,
+}
+
+impl WatchStream {
+    /// Opens a stream on `send` to `uri` (Watch's address) watching `key`; returns once
+    /// etcd has said the watcher is created.
+    pub async fn open(send: &SendRequest<Bytes>, uri: &http::Uri, key: &[u8]) -> anyhow::Result<WatchStream> {
+        let request = http::Request::post(uri.clone())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
+        let mut ready = send.clone().ready().await?;
+        let (response, mut requests) = ready.send_request(request, false)?;
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })),
+        };
+        requests.send_data(frame(&create), false)?;
+        let response = response.await?;
+        let (parts, answers) = response.into_parts();
+        status(&parts.headers)?;
+        let mut stream = WatchStream { _requests: requests, answers, buffered: BytesMut::new() };
+        let created = stream.next().await?.context("the watch stream ended before its watcher was created")?;
+        anyhow::ensure!(created.created, "the first answer did not create the watcher: {created:?}");
+        Ok(stream)
+    }
+
+    /// The next answer; `None` when the stream ends.
+    pub async fn next(&mut self) -> anyhow::Result<Option<pb::WatchResponse>> {
+        loop {
+            if self.buffered.len() >= 5 {
+                let len = u32::from_be_bytes([self.buffered[1], self.buffered[2], self.buffered[3], self.buffered[4]]);
+                let end = 5 + len as usize;
+                if self.buffered.len() >= end {
+                    let message = self.buffered.split_to(end);
+                    return Ok(Some(pb::WatchResponse::decode(&message[5..])?));
+                }
+            }
+            match self.answers.data().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    let _ = self.answers.flow_control().release_capacity(chunk.len());
+                    self.buffered.extend_from_slice(&chunk);
+                }
+                None => {
+                    if let Some(trailers) = self.answers.trailers().await? {
+                        status(&trailers)?;
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 /// An error for a grpc-status other than OK.

@@ -112,25 +112,35 @@ fn fragments(answer: pb::WatchResponse, max: usize) -> Vec<pb::WatchResponse> {
 
 /// Puts `answer` in a stream's queue (in fragments if the watcher asked for them): all of it,
 /// or nothing when the queue has no room.
-fn send(
-    tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    answer: pb::WatchResponse,
-    fragment_over: Option<usize>,
-) -> bool {
-    let parts = match fragment_over {
-        Some(max) => fragments(answer, max),
-        None => vec![answer],
-    };
+fn send(tx: &mpsc::Sender<pb::WatchResponse>, answer: pb::WatchResponse, fragment_over: Option<usize>) -> bool {
+    let Some(max) = fragment_over else { return tx.try_send(answer).is_ok() };
+    let parts = fragments(answer, max);
     // Only the hub's holder sends, so the room seen here is there for every part.
     if tx.capacity() < parts.len() {
         return false;
     }
-    parts.into_iter().all(|part| tx.try_send(Ok(part)).is_ok())
+    parts.into_iter().all(|part| tx.try_send(part).is_ok())
+}
+
+/// A watch stream's answers as tonic sends them. The queue holds the answers alone, not
+/// `Result`s: tonic's `Status` is larger than an answer, and the slots of 10,000 streams'
+/// queues are read cold, one per event.
+pub struct Answers(ReceiverStream<pb::WatchResponse>);
+
+impl tonic::codegen::tokio_stream::Stream for Answers {
+    type Item = Result<pb::WatchResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0).poll_next(cx).map(|answer| answer.map(Ok))
+    }
 }
 
 /// One client stream and its watchers.
 struct Stream {
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    tx: mpsc::Sender<pb::WatchResponse>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
 }
@@ -199,7 +209,7 @@ impl WatchService {
                 cancel_reason: MvccError::Compacted.to_string(),
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(Ok(answer));
+            let _ = s.tx.try_send(answer);
             return;
         }
         let id = if c.watch_id != 0 {
@@ -219,7 +229,7 @@ impl WatchService {
                 cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(Ok(answer));
+            let _ = s.tx.try_send(answer);
             return;
         }
         let past = c.start_revision != 0 && c.start_revision <= current;
@@ -237,7 +247,7 @@ impl WatchService {
         };
         s.watchers.insert(id, watcher);
         let created = pb::WatchResponse { header, watch_id: id, created: true, ..pb::WatchResponse::default() };
-        let _ = s.tx.try_send(Ok(created));
+        let _ = s.tx.try_send(created);
     }
 
     fn cancel(&self, stream: u64, watch_id: i64) {
@@ -251,7 +261,7 @@ impl WatchService {
                 canceled: true,
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(Ok(answer));
+            let _ = s.tx.try_send(answer);
         }
     }
 
@@ -266,7 +276,7 @@ impl WatchService {
                 watch_id: -1,
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(Ok(answer));
+            let _ = s.tx.try_send(answer);
         }
     }
 }
@@ -289,7 +299,7 @@ impl Hub {
                     watch_id: id,
                     ..pb::WatchResponse::default()
                 };
-                let _ = s.tx.try_send(Ok(answer));
+                let _ = s.tx.try_send(answer);
             }
         }
     }
@@ -331,7 +341,7 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
                             compact_revision: compacted,
                             ..pb::WatchResponse::default()
                         };
-                        let _ = s.tx.try_send(Ok(answer));
+                        let _ = s.tx.try_send(answer);
                         cancelled.push(id);
                         continue;
                     }
@@ -370,7 +380,7 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
 
 #[tonic::async_trait]
 impl pb::watch_server::Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = Answers;
 
     async fn watch(
         &self,
@@ -400,7 +410,7 @@ impl pb::watch_server::Watch for WatchService {
             // as from etcd: the stream goes when its answers can no longer be sent (its
             // receiver is dropped with the connection; see `Hub::publish`).
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Answers(ReceiverStream::new(rx))))
     }
 }
 
