@@ -249,13 +249,22 @@ struct EtcdOnShard {
 
 impl EtcdOnShard {
     async fn serve(self, shared: Arc<Shared>) {
+        // Each its own task: the accept loop must not be polled by every wake of the others
+        // (see `serve::accept_loop`).
         let listener = net::listener_from(self.socket);
-        let accepting = crate::etcd::serve::accept_loop(shared, listener, self.front.services.clone());
-        match self.inbox {
-            Some(inbox) => {
-                futures_lite::future::zip(accepting, self.front.background(inbox)).await;
-            }
-            None => accepting.await,
+        let accepting = glommio::spawn_local(crate::etcd::serve::accept_loop(
+            shared,
+            listener,
+            self.front.services.clone(),
+            self.front.live.clone(),
+        ));
+        let background = self.inbox.map(|inbox| {
+            let front = self.front.clone();
+            glommio::spawn_local(async move { front.background(inbox).await })
+        });
+        accepting.await;
+        if let Some(b) = background {
+            b.await;
         }
     }
 }

@@ -219,7 +219,8 @@ impl Front {
         }
     }
 
-    fn drop_all(&self) {
+    /// Tells every request still waiting that no answer will come.
+    pub(super) fn drop_all(&self) {
         let all = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, tx) in all {
             let _ = tx.send(Answer::Dropped);

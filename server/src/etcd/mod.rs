@@ -71,6 +71,8 @@ pub struct OnShards {
     pub services: Services,
     front: Arc<front::Front>,
     hub: Arc<std::sync::Mutex<watch::Hub>>,
+    /// Connections open on every shard.
+    pub live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl OnShards {
@@ -105,18 +107,31 @@ impl OnShards {
             .add_service(maintenance)
             .add_service(cluster)
             .prepare();
-        OnShards { services: tower::Layer::layer(&refusals::LogRefusalsLayer, routes), front, hub }
+        OnShards {
+            services: tower::Layer::layer(&refusals::LogRefusalsLayer, routes),
+            front,
+            hub,
+            live: Arc::default(),
+        }
     }
 
-    /// The tasks for all shards: run on one, until the server stops.
+    /// The tasks for all shards, run on one: the write path's answers and committed batches
+    /// to the front, and watchers caught up, until the server stops and its connections have
+    /// finished or had their time (`serve::STOP_GRACE`); then whatever still waits is told
+    /// there is no answer.
     pub async fn background(&self, inbox: Inbox<ToShard>) {
         let pump = front::pump(self.front.clone(), self.hub.clone(), inbox);
         let catch_up = watch::catch_up(self.front.clone(), self.hub.clone());
-        let stopping = self.front.shared.clone();
+        let (stopping, live) = (self.front.shared.clone(), self.live.clone());
         futures_lite::future::or(futures_lite::future::zip(pump, catch_up), async move {
             stopping.stopping.wait().await;
+            let until = std::time::Instant::now() + serve::STOP_GRACE;
+            while live.load(std::sync::atomic::Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            }
             ((), ())
         })
         .await;
+        self.front.drop_all();
     }
 }

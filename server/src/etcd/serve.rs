@@ -23,11 +23,10 @@ use crate::runtime::Shared;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 1 << 20;
 const MAX_SEND_BUFFER: usize = 400 << 10;
-const MAX_CONCURRENT_STREAMS: u32 = 200;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// How long a stopping server's connections have to finish their requests under way.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What serves one request: the etcd port's services behind the refusal log.
 pub trait Handler:
@@ -54,8 +53,20 @@ impl<S> Handler for S where
 {
 }
 
-/// Accepts etcd clients on `listener` and serves each on this shard until the server stops.
-pub async fn accept_loop<S: Handler>(shared: Arc<Shared>, listener: glommio::net::TcpListener, service: S) {
+/// Accepts etcd clients on `listener` and serves each on this shard until the server stops;
+/// then tells them to go away and waits (at most [`STOP_GRACE`]) for their requests under
+/// way (`live` counts the connections of every shard). Run it as a task of its own: glommio's accept keeps a new copy of its task's waker
+/// each time the task is polled while it waits, and a task woken often (by anything else it
+/// runs) overflows its reference count (see `zk/tasks.rs`).
+pub async fn accept_loop<S: Handler>(
+    shared: Arc<Shared>,
+    listener: glommio::net::TcpListener,
+    service: S,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    // One waiter on the server's stop event per shard; its connections wait on this shard's
+    // own signal, whose waiters go with them (the server's keeps every waker it was given).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let accepting = async {
         loop {
             let stream = match listener.accept().await {
@@ -67,67 +78,101 @@ pub async fn accept_loop<S: Handler>(shared: Arc<Shared>, listener: glommio::net
                 }
             };
             let _ = stream.set_nodelay(true);
-            glommio::spawn_local(serve_connection(shared.clone(), stream, service.clone())).detach();
+            let (live, stopped, service) = (live.clone(), stopped.clone(), service.clone());
+            live.fetch_add(1, Ordering::AcqRel);
+            glommio::spawn_local(async move {
+                serve_connection(stream, service, stopped).await;
+                live.fetch_sub(1, Ordering::AcqRel);
+            })
+            .detach();
         }
     };
     futures_lite::future::or(accepting, shared.stopping.wait()).await;
+    drop(listener);
+    let _ = stop.send(true);
+    let until = std::time::Instant::now() + STOP_GRACE;
+    while live.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
-/// One client connection: its streams, each a task of this shard, until it closes or the
-/// server stops (then it is told to go away, and its streams under way finish).
-async fn serve_connection<S: Handler>(shared: Arc<Shared>, stream: glommio::net::TcpStream, service: S) {
+/// Requests taken from one connection in one turn of its task before it lets the shard's
+/// other tasks run.
+const ACCEPT_BATCH: usize = 256;
+
+/// One client connection: its streams, polled by its own task, until it closes or the server
+/// stops (then it is told to go away; its requests under way get [`STOP_GRACE`] to finish,
+/// and streams that would never end, watches and keep-alives, are cut off after it).
+async fn serve_connection<S: Handler>(
+    stream: glommio::net::TcpStream,
+    service: S,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let peer = stream.peer_addr().ok();
+    // No limit on concurrent streams, as tonic's server and etcd's (grpc-go) set none.
     let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
         .handshake::<_, Bytes>(Io(stream));
+    let handshake = futures_lite::future::or(async { Some(handshake.await) }, async {
+        let _ = stopped.wait_for(|s| *s).await;
+        None
+    });
     let mut conn = match handshake.await {
-        Ok(c) => c,
-        Err(e) => {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
             tracing::debug!(?peer, error = %e, "etcd client's HTTP/2 handshake failed");
             return;
         }
+        None => return,
     };
     // The connection's streams are polled by its own task, after it has read every request
     // the socket holds: their answers are all queued before the connection next writes, and
     // leave in one send. (Polled between one request and the next, each answer went out on
     // its own, a send per serializable read.)
     let mut streams = futures_util::stream::FuturesUnordered::new();
-    let serving = poll_fn(|cx| {
+    let mut stop = Box::pin(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let mut grace: Option<glommio::timer::Timer> = None;
+    poll_fn(|cx| {
+        if grace.is_none() && stop.as_mut().poll(cx).is_ready() {
+            conn.graceful_shutdown();
+            grace = Some(glommio::timer::Timer::new(STOP_GRACE));
+        }
+        if let Some(timer) = grace.as_mut() {
+            if Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        // Requests still arriving while the connection closes are served: the client is told
+        // which were taken.
+        let mut taken = 0;
         loop {
+            if taken == ACCEPT_BATCH {
+                cx.waker().wake_by_ref();
+                break;
+            }
             match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => streams.push(answer(service.clone(), request, respond)),
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    taken += 1;
+                    streams.push(answer(service.clone(), request, respond));
+                }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(?peer, error = %e, "etcd client's connection failed");
-                    return Poll::Ready(true);
+                    return Poll::Ready(());
                 }
-                Poll::Ready(None) => return Poll::Ready(true),
+                Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
         }
         // What the streams queue wakes this task, whose next poll writes it.
         poll_streams(&mut streams, cx);
         Poll::Pending
-    });
-    // `true`: the connection is over; `false`: the server is stopping.
-    let over = futures_lite::future::or(serving, async {
-        shared.stopping.wait().await;
-        false
     })
     .await;
-    if !over {
-        // Requests under way get their answers for a moment; streams that would never end
-        // (watches, keep-alives) are cut off after it.
-        conn.graceful_shutdown();
-        let closing = poll_fn(|cx| {
-            poll_streams(&mut streams, cx);
-            conn.poll_closed(cx).map(|_| ())
-        });
-        futures_lite::future::or(closing, glommio::timer::sleep(STOP_GRACE)).await;
-    }
 }
 
 /// How many times a connection's streams are polled again in one turn while they are still
@@ -176,11 +221,23 @@ async fn answer<S: Handler>(
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
     let (parts, body) = request.into_parts();
+    // The client's deadline (gRPC's `grpc-timeout`), enforced as tonic's server does: past
+    // it, the call is dropped and answered CANCELLED.
+    let mut deadline =
+        parts.headers.get("grpc-timeout").and_then(|v| grpc_timeout(v.as_bytes())).map(glommio::timer::Timer::new);
+    // `Routes` is always ready; asked all the same, as a tower service must be.
+    let Ok(()) = poll_fn(|cx| service.poll_ready(cx)).await;
     let mut call =
         std::pin::pin!(service.call(http::Request::from_parts(parts, RecvBody { stream: body, data_done: false })));
     let response = poll_fn(|cx| {
         if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
+        }
+        if let Some(timer) = deadline.as_mut() {
+            if Pin::new(timer).poll(cx).is_ready() {
+                let (parts, ()) = tonic::Status::cancelled("Timeout expired").into_http::<()>().into_parts();
+                return Poll::Ready(Some(http::Response::from_parts(parts, tonic::body::Body::empty())));
+            }
         }
         match respond.poll_reset(cx) {
             Poll::Ready(_) => Poll::Ready(None),
@@ -243,6 +300,25 @@ async fn answer<S: Handler>(
             }
         }
     }
+}
+
+/// A `grpc-timeout` header's duration: at most 8 digits and a unit (H, M, S, m, u, n);
+/// `None` for anything else (ignored, as tonic ignores it).
+fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => std::time::Duration::from_secs(n * 3600),
+        b'M' => std::time::Duration::from_secs(n * 60),
+        b'S' => std::time::Duration::from_secs(n),
+        b'm' => std::time::Duration::from_millis(n),
+        b'u' => std::time::Duration::from_micros(n),
+        b'n' => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A request's body, as the services read it: its DATA frames (their flow-control capacity
@@ -309,5 +385,22 @@ impl tokio::io::AsyncWrite for Io {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_grpc_defines_them() {
+        assert_eq!(grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(b"4999876m"), Some(Duration::from_millis(4_999_876)));
+        assert_eq!(grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(b"10u"), Some(Duration::from_micros(10)));
+        for bad in [&b""[..], b"S", b"123456789S", b"5s", b"-5S", b"5"] {
+            assert_eq!(grpc_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }
