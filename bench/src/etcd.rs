@@ -268,9 +268,54 @@ pub async fn ready(target: &str, key: Option<&str>, limit: Duration) -> anyhow::
     anyhow::bail!("{key:?} was not readable at {target} within {limit:?}")
 }
 
+/// What a fan-out's watchers and its writer share, whichever driver speaks for them.
+#[derive(Clone)]
+struct Fanout {
+    window: Window,
+    epoch: Instant,
+    /// Watchers that have seen the latest write.
+    seen: Arc<AtomicU64>,
+    watchers: u64,
+}
+
+impl Fanout {
+    fn new(window: Window, watchers: usize) -> Fanout {
+        Fanout { window, epoch: Instant::now(), seen: Arc::new(AtomicU64::new(0)), watchers: watchers as u64 }
+    }
+
+    /// A watcher saw `value` (a write's send time, nanoseconds since `epoch`, as text).
+    fn saw(&self, value: &[u8], local: &mut hdrhistogram::Histogram<u64>, n: &mut u64) -> anyhow::Result<()> {
+        if let Some(nanos) = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()) {
+            self.window.record(local, n, self.epoch + Duration::from_nanos(nanos))?;
+            self.seen.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// The writer: `put`s the send time, waits until every watcher has seen it, and again,
+    /// until the window stops; returns how many writes went round.
+    async fn write_rounds<F, Fut>(self, mut put: F) -> anyhow::Result<u64>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let mut rounds = 0u64;
+        while !self.window.stop.load(Ordering::Relaxed) {
+            rounds += 1;
+            self.seen.store(0, Ordering::Release);
+            put((self.epoch.elapsed().as_nanos() as u64).to_string()).await?;
+            while self.seen.load(Ordering::Acquire) < self.watchers && !self.window.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        Ok(rounds)
+    }
+}
+
 /// `watch-fanout` with the wire driver (`grpc.rs`): the same connections, watch streams and
 /// writes as through the crate, each watch its own stream, the writer's puts unary calls.
 async fn watch_fanout_wire(args: &Args, connections: usize, watchers: usize) -> anyhow::Result<Outcome> {
+    use baton_server::etcd::pb::etcdserverpb::PutRequest;
     let load = &args.load;
     let addr = args.target.split(',').next().unwrap_or(&args.target).to_string();
     let calls = grpc::Calls::new(&addr)?;
@@ -278,69 +323,43 @@ async fn watch_fanout_wire(args: &Args, connections: usize, watchers: usize) -> 
     for _ in 0..connections {
         sends.push(grpc::connect(&addr).await?);
     }
-    let key = crate::load::run_root("bench-watched");
-    let mut writer = grpc::connect(&addr).await?;
-    let put = {
-        let key = key.clone();
-        move |value: String| {
-            grpc::frame(&baton_server::etcd::pb::etcdserverpb::PutRequest {
-                key: key.as_bytes().to_vec(),
-                value: value.into_bytes(),
-                ..Default::default()
-            })
-        }
+    let watched = crate::load::run_root("bench-watched");
+    let key = watched.clone().into_bytes();
+    let writer = grpc::connect(&addr).await?;
+    let put_uri = calls.put().clone();
+    let put = move |value: String| {
+        let (mut writer, uri) = (writer.clone(), put_uri.clone());
+        let request = grpc::frame(&PutRequest { key: key.clone(), value: value.into_bytes(), ..Default::default() });
+        async move { grpc::unary(&mut writer, &uri, request).await.map(drop) }
     };
-    grpc::unary(&mut writer, calls.put(), put("0".into())).await?;
-    let window = Window::new()?.slow_log(load.slow_ms);
-    let epoch = Instant::now();
-    let seen = Arc::new(AtomicU64::new(0));
+    put("0".into()).await?;
+    let fanout = Fanout::new(Window::new()?.slow_log(load.slow_ms), watchers);
     let mut tasks = Vec::new();
     for w in 0..watchers {
-        let mut stream = grpc::WatchStream::open(&sends[w % connections], calls.watch(), key.as_bytes()).await?;
-        let (window, seen) = (window.clone(), seen.clone());
+        let mut stream = grpc::WatchStream::open(&sends[w % connections], calls.watch(), watched.as_bytes()).await?;
+        let fanout = fanout.clone();
         tasks.push(tokio::spawn(async move {
-            let mut local = histogram()?;
-            let mut n = 0u64;
-            while !window.stop.load(Ordering::Relaxed) {
+            let (mut local, mut n) = (histogram()?, 0u64);
+            while !fanout.window.stop.load(Ordering::Relaxed) {
                 let Ok(message) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await else {
                     continue;
                 };
                 let Some(response) = message? else { break };
-                for event in &response.events {
-                    let sent =
-                        event.kv.as_ref().and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok());
-                    if let Some(nanos) = sent {
-                        window.record(&mut local, &mut n, epoch + Duration::from_nanos(nanos))?;
-                        seen.fetch_add(1, Ordering::AcqRel);
-                    }
+                for kv in response.events.iter().filter_map(|e| e.kv.as_ref()) {
+                    fanout.saw(&kv.value, &mut local, &mut n)?;
                 }
             }
-            window.add(n, &local)
+            fanout.window.add(n, &local)
         }));
     }
-    let driver = {
-        let (window, seen, put_uri) = (window.clone(), seen.clone(), calls.put().clone());
-        tokio::spawn(async move {
-            let mut rounds = 0u64;
-            while !window.stop.load(Ordering::Relaxed) {
-                rounds += 1;
-                seen.store(0, Ordering::Release);
-                let sent = epoch.elapsed().as_nanos() as u64;
-                grpc::unary(&mut writer, &put_uri, put(sent.to_string())).await?;
-                while seen.load(Ordering::Acquire) < watchers as u64 && !window.stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-            }
-            Ok::<u64, anyhow::Error>(rounds)
-        })
-    };
-    let elapsed = window.run(load.seconds, &load.label).await;
+    let driver = tokio::spawn(fanout.clone().write_rounds(put));
+    let elapsed = fanout.window.run(load.seconds, &load.label).await;
     let rounds = driver.await??;
     for t in tasks {
         t.await??;
     }
     anyhow::ensure!(rounds > 1, "no write went around");
-    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc-wire", elapsed)
+    fanout.window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc-wire", elapsed)
 }
 
 /// `watch-fanout`: `clients - 1` clients watch one key (with `--watchers`, that many watch
@@ -360,56 +379,40 @@ async fn watch_fanout(args: &Args) -> anyhow::Result<Outcome> {
     let key = crate::load::run_root("bench-watched");
     let mut writer = connect(&args.target).await?;
     writer.put(key.as_str(), "0", None).await?;
-    let window = Window::new()?.slow_log(load.slow_ms);
-    let epoch = Instant::now();
-    let seen = Arc::new(AtomicU64::new(0));
+    let fanout = Fanout::new(Window::new()?.slow_log(load.slow_ms), watchers);
     let mut tasks = Vec::new();
     for w in 0..watchers {
         let mut client = clients[w % connections].clone();
-        let (window, seen) = (window.clone(), seen.clone());
+        let fanout = fanout.clone();
         let (_watcher, mut stream) = client.watch(key.as_str(), None).await?;
         tasks.push(tokio::spawn(async move {
             let _keep = client;
-            let mut local = histogram()?;
-            let mut n = 0u64;
-            while !window.stop.load(Ordering::Relaxed) {
+            let (mut local, mut n) = (histogram()?, 0u64);
+            while !fanout.window.stop.load(Ordering::Relaxed) {
                 let Ok(message) = tokio::time::timeout(Duration::from_millis(200), stream.message()).await else {
                     continue;
                 };
                 let Some(response) = message? else { break };
-                for event in response.events() {
-                    let sent = event.kv().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<u64>().ok());
-                    if let Some(nanos) = sent {
-                        window.record(&mut local, &mut n, epoch + Duration::from_nanos(nanos))?;
-                        seen.fetch_add(1, Ordering::AcqRel);
-                    }
+                for kv in response.events().iter().filter_map(|e| e.kv()) {
+                    fanout.saw(kv.value(), &mut local, &mut n)?;
                 }
             }
-            window.add(n, &local)
+            fanout.window.add(n, &local)
         }));
     }
     let driver = {
-        let (window, seen, key) = (window.clone(), seen.clone(), key.clone());
-        tokio::spawn(async move {
-            let mut rounds = 0u64;
-            while !window.stop.load(Ordering::Relaxed) {
-                rounds += 1;
-                seen.store(0, Ordering::Release);
-                let sent = epoch.elapsed().as_nanos() as u64;
-                writer.put(key.as_str(), sent.to_string(), None).await?;
-                while seen.load(Ordering::Acquire) < watchers as u64 && !window.stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-            }
-            writer.delete(key.as_str(), None).await?;
-            Ok::<u64, anyhow::Error>(rounds)
-        })
+        let (writer, key) = (writer.clone(), key.clone());
+        tokio::spawn(fanout.clone().write_rounds(move |value| {
+            let (mut writer, key) = (writer.clone(), key.clone());
+            async move { writer.put(key, value, None).await.map(drop).map_err(anyhow::Error::from) }
+        }))
     };
-    let elapsed = window.run(load.seconds, &load.label).await;
+    let elapsed = fanout.window.run(load.seconds, &load.label).await;
     let rounds = driver.await??;
+    writer.delete(key.as_str(), None).await?;
     for t in tasks {
         t.await??;
     }
     anyhow::ensure!(rounds > 1, "no write went around");
-    window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc", elapsed)
+    fanout.window.report(load, "etcd", &format!("WatchFanout watchers={watchers}"), "grpc", elapsed)
 }
