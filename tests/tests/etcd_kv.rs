@@ -730,6 +730,36 @@ fn past_its_space_quota_the_keyspace_raises_nospace_and_takes_writes_again_once_
     });
 }
 
+#[test]
+fn a_corrupt_alarm_refuses_reads_and_writes_with_etcds_error_until_it_is_disarmed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &[]);
+    run(async {
+        let mut c = connect(port).await;
+        c.put("k", "1", None).await.expect("put");
+        let mut member = AlarmOptions::new();
+        member.with_member(1);
+        c.alarm(AlarmAction::Activate, AlarmType::Corrupt, Some(member.clone())).await.expect("raise");
+        let corrupt = (tonic::Code::DataLoss, "etcdserver: corrupt cluster".to_string());
+        assert_eq!(grpc(c.get("k", None).await), corrupt);
+        assert_eq!(grpc(c.get("k", Some(GetOptions::new().with_serializable())).await), corrupt);
+        assert_eq!(grpc(c.put("k", "2", None).await), corrupt);
+        assert_eq!(grpc(c.delete("k", None).await), corrupt);
+        assert_eq!(grpc(c.lease_grant(10, None).await), corrupt);
+        let reads = etcd_client::Txn::new().and_then([etcd_client::TxnOp::get("k", None)]);
+        assert_eq!(grpc(c.txn(reads).await), corrupt);
+        // Maintenance still answers, and says why.
+        let errors = c.status().await.expect("status").errors().join(" ");
+        assert!(errors.contains("CORRUPT"), "{errors}");
+        c.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, Some(member)).await.expect("disarm");
+        let got = c.get("k", None).await.expect("a read after the alarm was disarmed");
+        assert_eq!(got.kvs()[0].value(), b"1");
+        c.put("k", "2", None).await.expect("a write after the alarm was disarmed");
+    });
+}
+
 /// Bytes as they are: what a broken or hostile client sends.
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;

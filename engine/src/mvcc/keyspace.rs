@@ -38,7 +38,8 @@ use imbl::{OrdMap, OrdSet};
 use super::types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, ALARM_NOSPACE,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, ALARM_CORRUPT,
+    ALARM_NOSPACE,
 };
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
@@ -343,6 +344,12 @@ impl KeySpace {
     /// Whether NOSPACE is raised (writes that add data are refused).
     pub fn out_of_space(&self) -> bool {
         self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
+    /// Whether the CORRUPT alarm is raised (by any member): etcd's corrupt applier then
+    /// refuses every KV request (reads too), compactions and lease grants and revokes.
+    pub fn corrupt(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == ALARM_CORRUPT)
     }
 
     /// `bytes` counted from scratch (what loading an image does; tests check the running
@@ -821,6 +828,9 @@ impl KeySpace {
 
     /// Applies a write from the log: the one entry point of the replicated state machine.
     pub fn apply(&mut self, txn: &EtcdTxn) -> EtcdApplied {
+        if self.corrupt() && !matches!(txn, EtcdTxn::Alarm { .. }) {
+            return EtcdApplied { result: Err(MvccError::Corrupt), events: Vec::new() };
+        }
         if self.capped(txn) {
             return EtcdApplied { result: Err(MvccError::NoSpace), events: Vec::new() };
         }

@@ -408,6 +408,41 @@ fn a_damaged_or_cut_keyspace_image_is_an_error_never_a_panic() {
 }
 
 #[test]
+fn corrupt_refuses_every_kv_write_compaction_and_lease_change_until_cleared_and_outranks_nospace() {
+    let mut ks = KeySpace::new();
+    ks.apply(&EtcdTxn::Put(put("a", "1")));
+    ks.apply(&EtcdTxn::LeaseGrant { id: 7, ttl: 10, min_ttl: 2 });
+    let raise = |alarm| EtcdTxn::Alarm { activate: true, member: 3, alarm };
+    ks.apply(&raise(ALARM_NOSPACE));
+    assert_eq!(
+        ks.apply(&raise(ALARM_CORRUPT)).result,
+        Ok(EtcdResponse::Alarm { alarms: vec![(3, ALARM_CORRUPT)], revision: 2 })
+    );
+    assert!(ks.corrupt());
+    let refused = [
+        EtcdTxn::Put(put("b", "2")),
+        EtcdTxn::DeleteRange(del("a", "")),
+        EtcdTxn::Txn(TxnRequest { success: vec![RequestOp::Range(get("a"))], ..TxnRequest::default() }),
+        EtcdTxn::Compact { revision: 2 },
+        EtcdTxn::LeaseGrant { id: 8, ttl: 10, min_ttl: 2 },
+        EtcdTxn::LeaseRevoke { id: 7 },
+    ];
+    for txn in &refused {
+        assert_eq!(ks.apply(txn).result, Err(MvccError::Corrupt), "{txn:?}");
+    }
+    assert_eq!(MvccError::Corrupt.code(), GrpcCode::DataLoss);
+    assert_eq!(MvccError::Corrupt.to_string(), "etcdserver: corrupt cluster");
+    assert_eq!(ks.revision(), 2, "nothing refused changed anything");
+    assert!(ks.lease(7).is_some());
+    // It rides in the image; cleared, the other alarm (NOSPACE) decides again.
+    assert!(KeySpace::from_image(&ks.to_image()).expect("loads").corrupt());
+    ks.apply(&EtcdTxn::Alarm { activate: false, member: 3, alarm: ALARM_CORRUPT });
+    assert!(!ks.corrupt());
+    assert_eq!(ks.apply(&EtcdTxn::Put(put("b", "2"))).result, Err(MvccError::NoSpace));
+    assert!(ks.apply(&EtcdTxn::DeleteRange(del("a", ""))).result.is_ok());
+}
+
+#[test]
 fn nospace_refuses_what_adds_data_on_every_server_alike_until_it_is_cleared_and_rides_in_the_image() {
     let mut ks = KeySpace::new();
     ks.apply(&EtcdTxn::Put(put("a", "1")));

@@ -321,6 +321,10 @@ pub enum MvccError {
     /// ErrGRPCNoSpace: the space quota is exceeded, or the NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// ErrGRPCCorrupt: the CORRUPT alarm is raised (etcd's corrupt applier refuses every KV
+    /// request, compactions and lease grants and revokes until it is cleared).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// gRPC status codes the keyspace's errors carry (the numbers of `google.rpc.Code`).
@@ -337,6 +341,8 @@ pub enum GrpcCode {
     ResourceExhausted = 8,
     /// OUT_OF_RANGE (11).
     OutOfRange = 11,
+    /// DATA_LOSS (15).
+    DataLoss = 15,
 }
 
 impl MvccError {
@@ -353,6 +359,7 @@ impl MvccError {
             | MvccError::TooManyOps
             | MvccError::DuplicateKey => GrpcCode::InvalidArgument,
             MvccError::NoSpace => GrpcCode::ResourceExhausted,
+            MvccError::Corrupt => GrpcCode::DataLoss,
         }
     }
 }
@@ -401,6 +408,10 @@ pub enum EtcdTxn {
 
 /// etcd's `AlarmType` NOSPACE: writes that add data are refused until it is cleared.
 pub const ALARM_NOSPACE: i32 = 1;
+
+/// etcd's `AlarmType` CORRUPT: KV requests, compactions and lease grants and revokes are
+/// refused until it is cleared.
+pub const ALARM_CORRUPT: i32 = 2;
 
 /// What an [`EtcdTxn`] answers, on every server alike.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -77,7 +77,13 @@ impl pb::kv_server::Kv for KvService {
         if !r.serializable {
             self.front.sync().await?;
         }
-        let answer = self.front.shared.etcd().range(&convert::range(r)).map_err(status)?;
+        let answer = {
+            let ks = self.front.shared.etcd();
+            if ks.corrupt() {
+                return Err(status(mvcc::MvccError::Corrupt));
+            }
+            ks.range(&convert::range(r)).map_err(status)?
+        };
         let revision = answer.revision;
         let mut out = convert::range_response(answer);
         out.header = Some(self.front.header(revision));
@@ -142,6 +148,9 @@ impl pb::kv_server::Kv for KvService {
                 self.front.sync().await?;
             }
             let mut ks = self.front.shared.etcd().clone();
+            if ks.corrupt() {
+                return Err(status(mvcc::MvccError::Corrupt));
+            }
             ks.txn(&t).map_err(status)?.0
         } else {
             match self.front.write(EtcdTxn::Txn(t)).await? {
