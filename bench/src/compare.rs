@@ -82,7 +82,7 @@ pub struct Args {
     /// The baton binary (default: beside this one, then on PATH).
     #[arg(long)]
     pub baton: Option<PathBuf>,
-    /// First of the 127.0.0.1 ports the servers use (10 per target, from here).
+    /// First of the 127.0.0.1 ports the servers use (20 per target, from here).
     #[arg(long, default_value_t = 24100)]
     pub base_port: u16,
 }
@@ -218,9 +218,14 @@ fn baton_binary(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("baton"))
 }
 
+/// Ports each target may use from its base: a three-server Baton with etcd ports takes
+/// eleven (client, peer and etcd ports from base to base + 10), and a killed server's
+/// io_uring listeners can accept for a moment after it is gone, so targets never share one.
+const PORTS_PER_TARGET: u16 = 20;
+
 fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir)?;
-    let ports: Vec<u16> = (base..base + 10).collect();
+    let ports: Vec<u16> = (base..base + PORTS_PER_TARGET).collect();
     if let Some(busy) = ports.iter().find(|&&p| !port_free(p)) {
         anyhow::bail!("port {busy} on 127.0.0.1 is taken; pick another --base-port");
     }
@@ -595,7 +600,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         println!("== {}", target.name());
         // Each target gets its own ports: the last one's connections linger in TIME_WAIT.
-        let base = args.base_port + 10 * index as u16;
+        let base = args.base_port + PORTS_PER_TARGET * index as u16;
         let running = start(target, &args, &dir, base)?;
         // Let elections settle and JVMs warm their first classes.
         tokio::time::sleep(Duration::from_secs(if target.is_baton() { 1 } else { 3 })).await;
