@@ -22,6 +22,7 @@ fn main() {
     tonic_build::configure()
         .build_client(false)
         .build_server(true)
+        .bytes([".mvccpb.KeyValue"])
         .out_dir("$out")
         .compile_protos(&["$here/rpc.proto", "$here/kv.proto", "$here/auth.proto"], &["$here"])
         .expect("protos compile");

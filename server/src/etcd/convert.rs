@@ -105,11 +105,25 @@ pub fn read_only(t: &TxnRequest) -> bool {
 /// A key as etcd sends it.
 pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
-        key: kv.key.to_vec(),
+        key: bytes::Bytes::copy_from_slice(&kv.key),
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: kv.value.to_vec(),
+        value: bytes::Bytes::copy_from_slice(&kv.value),
+        lease: kv.lease,
+    }
+}
+
+/// As [`kv`], for a message sent to many (a watched key's change): the keyspace's own bytes,
+/// shared rather than copied, so that each watcher's copy of the message is reference counts.
+/// (For an answer sent once, copying a small value costs less than sharing it.)
+pub fn kv_shared(kv: KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: bytes::Bytes::from_owner(kv.key),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: bytes::Bytes::from_owner(kv.value),
         lease: kv.lease,
     }
 }

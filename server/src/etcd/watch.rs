@@ -74,11 +74,20 @@ impl Watcher {
     }
 
     fn event(&self, e: &Event) -> mvccpb::Event {
-        mvccpb::Event {
-            r#type: if e.kind == EventKind::Put { 0 } else { 1 },
-            kv: Some(convert::kv(e.kv.clone())),
-            prev_kv: if self.prev_kv { e.prev_kv.clone().map(convert::kv) } else { None },
+        let mut m = message(e);
+        if !self.prev_kv {
+            m.prev_kv = None;
         }
+        m
+    }
+}
+
+/// An event as etcd's message, its previous value included.
+fn message(e: &Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: if e.kind == EventKind::Put { 0 } else { 1 },
+        kv: Some(convert::kv_shared(e.kv.clone())),
+        prev_kv: e.prev_kv.clone().map(convert::kv_shared),
     }
 }
 
@@ -160,9 +169,21 @@ impl Hub {
     /// to catching up.
     pub fn publish(&mut self, front: &Front, events: &[Event], current: i64) {
         self.streams.retain(|_, s| !s.tx.is_closed());
+        // Each event as etcd's message once (its bytes shared with the keyspace), with its
+        // previous value; a watcher's copy is reference counts.
+        let messages: Vec<mvccpb::Event> = events.iter().map(message).collect();
         for stream in self.streams.values_mut() {
             for (&id, w) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
-                let mine: Vec<mvccpb::Event> = events.iter().filter(|e| w.wants(e)).map(|e| w.event(e)).collect();
+                let mine: Vec<mvccpb::Event> = events
+                    .iter()
+                    .zip(&messages)
+                    .filter(|(e, _)| w.wants(e))
+                    .map(|(_, m)| mvccpb::Event {
+                        r#type: m.r#type,
+                        kv: m.kv.clone(),
+                        prev_kv: if w.prev_kv { m.prev_kv.clone() } else { None },
+                    })
+                    .collect();
                 if !mine.is_empty() {
                     let answer = pb::WatchResponse {
                         header: Some(front.header(current)),
@@ -420,7 +441,11 @@ mod tests {
     use prost::Message;
 
     fn event(value_bytes: usize) -> mvccpb::Event {
-        let kv = mvccpb::KeyValue { key: b"k".to_vec(), value: vec![7; value_bytes], ..mvccpb::KeyValue::default() };
+        let kv = mvccpb::KeyValue {
+            key: b"k".to_vec().into(),
+            value: vec![7; value_bytes].into(),
+            ..mvccpb::KeyValue::default()
+        };
         mvccpb::Event { r#type: 0, kv: Some(kv), prev_kv: None }
     }
 

@@ -2,8 +2,8 @@
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct KeyValue {
     /// key is the key in bytes. An empty key is not allowed.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: ::prost::bytes::Bytes,
     /// create_revision is the revision of last creation on this key.
     #[prost(int64, tag = "2")]
     pub create_revision: i64,
@@ -16,8 +16,8 @@ pub struct KeyValue {
     #[prost(int64, tag = "4")]
     pub version: i64,
     /// value is the value held by the key, in bytes.
-    #[prost(bytes = "vec", tag = "5")]
-    pub value: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub value: ::prost::bytes::Bytes,
     /// lease is the ID of the lease that attached to key.
     /// When the attached lease expires, the key will be deleted.
     /// If lease is 0, then no lease is attached to the key.
