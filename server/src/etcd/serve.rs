@@ -55,9 +55,10 @@ impl<S> Handler for S where
 
 /// Accepts etcd clients on `listener` and serves each on this shard until the server stops;
 /// then tells them to go away and waits (at most [`STOP_GRACE`]) for their requests under
-/// way (`live` counts the connections of every shard). Run it as a task of its own: glommio's accept keeps a new copy of its task's waker
-/// each time the task is polled while it waits, and a task woken often (by anything else it
-/// runs) overflows its reference count (see `zk/tasks.rs`).
+/// way (`live` counts the connections of every shard). Run it as a task of its own:
+/// glommio's accept keeps a new copy of its task's waker each time the task is polled while
+/// it waits, and a task woken often (by anything else it runs) overflows its reference
+/// count (see `zk/tasks.rs`).
 pub async fn accept_loop<S: Handler>(
     shared: Arc<Shared>,
     listener: glommio::net::TcpListener,
