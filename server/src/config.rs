@@ -104,6 +104,11 @@ pub struct ServerConfig {
     /// are refused until the alarm is disarmed. 0: no quota.
     #[arg(long, default_value_t = 2 << 30)]
     pub etcd_quota_bytes: u64,
+    /// Most HTTP/2 streams (calls under way, watch and keep-alive streams) one etcd client
+    /// connection may have open at once (etcd's --max-concurrent-streams; no limit by
+    /// default, as etcd's); a client waits for one to end before it opens another.
+    #[arg(long, default_value_t = u32::MAX)]
+    pub etcd_max_concurrent_streams: u32,
     /// Directory for the WAL (`wal/`) and snapshots (`snapshots/`).
     #[arg(long, default_value = "baton-data")]
     pub data_dir: PathBuf,
@@ -241,6 +246,7 @@ impl ServerConfig {
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,
             etcd_quota_bytes: 2 << 30,
+            etcd_max_concurrent_streams: u32::MAX,
             data_dir,
             cores: 2,
             tick_ms: 500,

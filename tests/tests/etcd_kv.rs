@@ -881,3 +881,22 @@ fn a_server_stops_on_sigterm_with_watch_and_keep_alive_streams_open_and_a_second
     let stopped = server.terminate(Duration::from_secs(10));
     assert!(stopped.is_some_and(|s| s.success()), "SIGTERM stops the server cleanly with streams open: {stopped:?}");
 }
+
+#[test]
+fn a_connection_holds_at_most_etcd_max_concurrent_streams_and_the_next_call_waits_for_one_to_end() {
+    let dir = temp_dir();
+    let port = free_port();
+    let _server = start(dir.path(), port, &["--etcd-max-concurrent-streams", "1"]);
+    run(async {
+        let mut c = connect(port).await;
+        c.put("k", "1", None).await.expect("a call alone goes through");
+        // A watch holds the connection's one stream: the next call waits.
+        let (watcher, events) = c.watch("w", None).await.expect("watch");
+        let waiting = tokio::time::timeout(Duration::from_millis(1500), c.get("k", None)).await;
+        assert!(waiting.is_err(), "a second stream was let in: {waiting:?}");
+        // The watch's stream ends: the call goes through.
+        drop((watcher, events));
+        let got = tokio::time::timeout(Duration::from_secs(10), c.get("k", None)).await.expect("in time");
+        assert_eq!(got.expect("get").kvs()[0].value(), b"1");
+    });
+}

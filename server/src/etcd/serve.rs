@@ -81,8 +81,9 @@ pub async fn accept_loop<S: Handler>(
             let _ = stream.set_nodelay(true);
             let (live, stopped, service) = (live.clone(), stopped.clone(), service.clone());
             live.fetch_add(1, Ordering::AcqRel);
+            let max_streams = shared.config.etcd_max_concurrent_streams;
             glommio::spawn_local(async move {
-                serve_connection(stream, service, stopped).await;
+                serve_connection(stream, service, stopped, max_streams).await;
                 live.fetch_sub(1, Ordering::AcqRel);
             })
             .detach();
@@ -108,10 +109,11 @@ async fn serve_connection<S: Handler>(
     stream: glommio::net::TcpStream,
     service: S,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    max_streams: u32,
 ) {
     let peer = stream.peer_addr().ok();
-    // No limit on concurrent streams, as tonic's server and etcd's (grpc-go) set none.
     let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(max_streams)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buffer_size(MAX_SEND_BUFFER)
