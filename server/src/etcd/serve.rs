@@ -4,18 +4,19 @@
 //! allows. No thread hop between the socket and the write path's inbox, as the ZooKeeper
 //! front has none.
 
-use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use tower::Service as _;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::StreamExt as _;
 use http_body::{Body as _, Frame};
 
+use super::Services;
 use crate::runtime::Shared;
 
 /// hyper's HTTP/2 server settings (what tonic's own server uses, and this front used before
@@ -28,41 +29,16 @@ const MAX_HEADER_LIST: u32 = 16 << 10;
 /// How long a stopping server's connections have to finish their requests under way.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What serves one request: the etcd port's services behind the refusal log.
-pub trait Handler:
-    tower::Service<
-        http::Request<RecvBody>,
-        Response = http::Response<tonic::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> Handler for S where
-    S: tower::Service<
-            http::Request<RecvBody>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
 /// Accepts etcd clients on `listener` and serves each on this shard until the server stops;
 /// then tells them to go away and waits (at most [`STOP_GRACE`]) for their requests under
 /// way (`live` counts the connections of every shard). Run it as a task of its own:
 /// glommio's accept keeps a new copy of its task's waker each time the task is polled while
 /// it waits, and a task woken often (by anything else it runs) overflows its reference
 /// count (see `zk/tasks.rs`).
-pub async fn accept_loop<S: Handler>(
+pub async fn accept_loop(
     shared: Arc<Shared>,
     listener: glommio::net::TcpListener,
-    service: S,
+    service: Services,
     live: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     // One waiter on the server's stop event per shard; its connections wait on this shard's
@@ -105,9 +81,9 @@ const ACCEPT_BATCH: usize = 256;
 /// One client connection: its streams, polled by its own task, until it closes or the server
 /// stops (then it is told to go away; its requests under way get [`STOP_GRACE`] to finish,
 /// and streams that would never end, watches and keep-alives, are cut off after it).
-async fn serve_connection<S: Handler>(
+async fn serve_connection(
     stream: glommio::net::TcpStream,
-    service: S,
+    service: Services,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     max_streams: u32,
 ) {
@@ -218,8 +194,8 @@ impl std::task::Wake for Flagged {
 
 /// One request: the service's answer, then its body's frames as flow control allows. A
 /// client that resets the stream ends both.
-async fn answer<S: Handler>(
-    mut service: S,
+async fn answer(
+    mut service: Services,
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
@@ -229,7 +205,7 @@ async fn answer<S: Handler>(
     let mut deadline =
         parts.headers.get("grpc-timeout").and_then(|v| grpc_timeout(v.as_bytes())).map(glommio::timer::Timer::new);
     // `Routes` is always ready; asked all the same, as a tower service must be.
-    let Ok(()) = poll_fn(|cx| service.poll_ready(cx)).await;
+    let Ok(()) = poll_fn(|cx| tower::Service::<http::Request<RecvBody>>::poll_ready(&mut service, cx)).await;
     let mut call =
         std::pin::pin!(service.call(http::Request::from_parts(parts, RecvBody { stream: body, data_done: false })));
     let response = poll_fn(|cx| {
