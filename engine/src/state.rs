@@ -13,7 +13,7 @@
 //! exactly a tree image, as written before the keyspace existed: old snapshots load, and a
 //! server that never served etcd writes the same bytes as before.
 
-use crate::mvcc::{KeySpace, KeySpaceLoader, IMAGE_MAGIC};
+use crate::mvcc::{KeySpace, KeySpaceLoader, Value, IMAGE_MAGIC};
 use crate::tree::{DataTree, TreeLoader, TreeView};
 
 /// A frozen state, written in the background while the live one moves on.
@@ -59,6 +59,14 @@ pub fn from_image(bytes: &[u8]) -> Result<(DataTree, KeySpace), String> {
     loader.finish()
 }
 
+/// Loads a whole image that stays where it is (a mapped snapshot file): the keyspace's
+/// values are left in it, as views ([`KeySpaceLoader::backed_by`]).
+pub fn from_shared_image(image: &Value) -> Result<(DataTree, KeySpace), String> {
+    let mut loader = StateLoader::backed_by(image.clone());
+    loader.push(image)?;
+    loader.finish()
+}
+
 enum Phase {
     /// Fewer than 8 bytes seen: which image comes first is not known yet.
     Sniff(Vec<u8>),
@@ -71,6 +79,7 @@ enum Phase {
 pub struct StateLoader {
     phase: Phase,
     tree: TreeLoader,
+    backing: Option<Value>,
 }
 
 impl Default for StateLoader {
@@ -82,7 +91,13 @@ impl Default for StateLoader {
 impl StateLoader {
     /// A loader waiting for an image's first bytes.
     pub fn new() -> StateLoader {
-        StateLoader { phase: Phase::Sniff(Vec::new()), tree: TreeLoader::new() }
+        StateLoader { phase: Phase::Sniff(Vec::new()), tree: TreeLoader::new(), backing: None }
+    }
+
+    /// A loader for pieces of `image`, which stays in memory (see
+    /// [`KeySpaceLoader::backed_by`]).
+    pub fn backed_by(image: Value) -> StateLoader {
+        StateLoader { backing: Some(image), ..StateLoader::new() }
     }
 
     /// Takes the next piece. An error is final: the image is not valid.
@@ -95,21 +110,36 @@ impl StateLoader {
     }
 
     fn push_inner(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let sniffed;
-        let mut bytes = bytes;
         if let Phase::Sniff(seen) = &mut self.phase {
-            seen.extend_from_slice(bytes);
+            // Only the magic's bytes are collected (not the piece: a whole snapshot comes as
+            // one, and copying it cost a fresh page per 4 KiB of image at every start).
+            let wanted = IMAGE_MAGIC.len().saturating_sub(seen.len()).min(bytes.len());
+            let (head, rest) = bytes.split_at(wanted);
+            seen.extend_from_slice(head);
             if seen.len() < IMAGE_MAGIC.len() {
                 return Ok(());
             }
-            sniffed = std::mem::take(seen);
-            bytes = &sniffed;
+            let sniffed = std::mem::take(seen);
             self.phase = if sniffed.starts_with(IMAGE_MAGIC) {
-                Phase::Etcd(KeySpaceLoader::new())
+                let loader = match &self.backing {
+                    Some(image) => KeySpaceLoader::backed_by(image.clone()),
+                    None => KeySpaceLoader::new(),
+                };
+                Phase::Etcd(loader)
             } else {
                 Phase::Tree(KeySpace::new())
             };
+            if head.len() == sniffed.len() {
+                // The magic came whole in this piece: the piece goes on in place.
+                return self.push_after_sniff(bytes);
+            }
+            self.push_after_sniff(&sniffed)?;
+            return self.push_after_sniff(rest);
         }
+        self.push_after_sniff(bytes)
+    }
+
+    fn push_after_sniff(&mut self, bytes: &[u8]) -> Result<(), String> {
         match &mut self.phase {
             Phase::Failed(why) => Err(why.clone()),
             Phase::Sniff(_) => Ok(()),

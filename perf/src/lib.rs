@@ -1,4 +1,7 @@
-//! Shared pieces of Baton's benchmarks: executor setup and latency summaries.
+//! Shared pieces of Baton's benchmarks: executor setup, latency summaries, and an allocator
+//! that counts what is asked of it (`counting`).
+
+pub mod counting;
 
 use std::time::Duration;
 

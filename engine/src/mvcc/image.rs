@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use imbl::OrdSet;
 
-use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, LEASE_OVERHEAD};
+use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, Revision, LEASE_OVERHEAD};
+use super::types::Value;
 use crate::le::Cursor;
 
 /// The image's first bytes.
@@ -124,6 +125,11 @@ pub struct KeySpaceLoader {
     ks: KeySpace,
     last_key: Option<Arc<[u8]>>,
     version: u32,
+    /// The whole image, when it is a mapped file: values read from it are views of it, not
+    /// copies (see [`KeySpaceLoader::backed_by`]).
+    backing: Option<Value>,
+    /// Every record's revision and key, as read.
+    revisions: Vec<Revision>,
 }
 
 impl Default for KeySpaceLoader {
@@ -132,10 +138,41 @@ impl Default for KeySpaceLoader {
     }
 }
 
+/// Whether `part` is a part of `whole`'s memory.
+fn within(whole: &[u8], part: &[u8]) -> bool {
+    let (start, end) = (whole.as_ptr() as usize, whole.as_ptr() as usize + whole.len());
+    let (p, q) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+    start <= p && q <= end
+}
+
 impl KeySpaceLoader {
     /// A loader waiting for an image's first bytes.
     pub fn new() -> KeySpaceLoader {
-        KeySpaceLoader { pending: Vec::new(), stage: Stage::Header, ks: KeySpace::new(), last_key: None, version: 0 }
+        KeySpaceLoader {
+            pending: Vec::new(),
+            stage: Stage::Header,
+            ks: KeySpace::new(),
+            last_key: None,
+            version: 0,
+            backing: None,
+            revisions: Vec::new(),
+        }
+    }
+
+    /// A loader for pieces of `image` (a snapshot file, mapped): the values it reads in
+    /// place are left there, the keyspace holds views of them (no heap copy, nothing read
+    /// until asked for). Pieces from anywhere else are copied as with [`KeySpaceLoader::new`].
+    pub fn backed_by(image: Value) -> KeySpaceLoader {
+        KeySpaceLoader { backing: Some(image), ..KeySpaceLoader::new() }
+    }
+
+    /// A value read from `raw`: a view of the backing image when `raw` lies in it, else a
+    /// copy.
+    fn value(&self, raw: &[u8]) -> Value {
+        match &self.backing {
+            Some(image) if within(image, raw) => image.slice_ref(raw),
+            _ => Value::copy_from_slice(raw),
+        }
     }
 
     /// Whether the whole image has been read.
@@ -279,6 +316,13 @@ impl KeySpaceLoader {
                 self.stage = Stage::Keys { left };
             }
             Stage::Keys { left: 0 } => {
+                // Records come in key order; the revision queue wants them in revision order.
+                let mut revisions = std::mem::take(&mut self.revisions);
+                revisions.sort_unstable_by_key(|(main, sub, _)| (*main, *sub));
+                if let Some(w) = revisions.windows(2).find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
+                    return Err(format!("revision ({}, {}) given to two records", w[0].0, w[0].1));
+                }
+                self.ks.by_rev = revisions.into_iter().collect();
                 self.stage = Stage::Done;
                 return Ok(false);
             }
@@ -303,7 +347,7 @@ impl KeySpaceLoader {
                     let value = if value_len == TOMBSTONE {
                         None
                     } else {
-                        Some(Arc::from(c.take(value_len as usize, "value")?))
+                        Some(self.value(c.take(value_len as usize, "value")?))
                     };
                     if main > self.ks.rev || records.last().is_some_and(|p| (p.main, p.sub) >= (main, sub)) {
                         return Err(format!("record ({main}, {sub}) out of order"));
@@ -320,7 +364,7 @@ impl KeySpaceLoader {
                     }
                 }
                 for r in h.records.iter() {
-                    self.ks.by_rev.insert((r.main, r.sub), key.clone());
+                    self.revisions.push((r.main, r.sub, key.clone()));
                 }
                 self.ks.keys.insert(key.clone(), Arc::new(h));
                 self.last_key = Some(key);

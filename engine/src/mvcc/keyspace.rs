@@ -8,8 +8,11 @@
 //! - `keys`: key → its history, the records (revision, create revision, version, lease,
 //!   value or tombstone) in revision order. A read at revision r takes the last record at or
 //!   before r; a tombstone there means "no key".
-//! - `by_rev`: (main, sub) revision → key, for the events of a revision range (a watch that
-//!   starts in the past).
+//! - `by_rev`: every record's (main, sub) revision and key, in revision order, for the
+//!   events of a revision range (a watch that starts in the past) and for pruning. Records
+//!   are only ever added at the newest revision and dropped from the oldest (a compaction
+//!   prunes from the front), so it is a queue: a persistent vector, packed 64 to a chunk
+//!   (32 bytes a record; a map's half-filled nodes cost about twice that).
 //! - `leases`: lease → granted TTL and attached keys.
 //! - `alarms`: the (member, alarm type) raised; with NOSPACE raised, writes that add data
 //!   are refused at apply, on every server alike (etcd's capped applier).
@@ -38,8 +41,8 @@ use imbl::{OrdMap, OrdSet};
 use super::types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, ALARM_CORRUPT,
-    ALARM_NOSPACE,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, Value,
+    ALARM_CORRUPT, ALARM_NOSPACE,
 };
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
@@ -66,7 +69,7 @@ pub(super) struct Record {
     pub(super) version: i64,
     pub(super) lease: i64,
     /// None: a tombstone.
-    pub(super) value: Option<Bytes>,
+    pub(super) value: Option<Value>,
 }
 
 impl Record {
@@ -82,8 +85,8 @@ impl Record {
     }
 }
 
-fn empty() -> Bytes {
-    Arc::from(&[][..])
+fn empty() -> Value {
+    Value::new()
 }
 
 /// A key's records, in (main, sub) order.
@@ -243,6 +246,9 @@ impl History {
     }
 }
 
+/// A record's place in revision order: (main, sub) and its key.
+pub(super) type Revision = (i64, i64, Bytes);
+
 /// A lease as every server knows it.
 #[derive(Debug, Clone)]
 pub(super) struct Lease {
@@ -256,7 +262,7 @@ pub struct KeySpace {
     pub(super) rev: i64,
     pub(super) compact_rev: i64,
     pub(super) keys: OrdMap<Bytes, Arc<History>>,
-    pub(super) by_rev: OrdMap<(i64, i64), Bytes>,
+    pub(super) by_rev: imbl::Vector<Revision>,
     pub(super) leases: OrdMap<i64, Lease>,
     pub(super) alarms: OrdSet<(u64, i32)>,
     pub(super) bytes: u64,
@@ -323,7 +329,7 @@ impl KeySpace {
             rev: 1,
             compact_rev: -1,
             keys: OrdMap::new(),
-            by_rev: OrdMap::new(),
+            by_rev: imbl::Vector::new(),
             leases: OrdMap::new(),
             alarms: OrdSet::new(),
             bytes: 0,
@@ -508,7 +514,7 @@ impl KeySpace {
         let key: Bytes = Arc::from(key);
         let prev = self.keys.get(&key).and_then(|h| h.latest().cloned());
         let value = match (value, &prev) {
-            (Some(v), _) => Arc::from(v),
+            (Some(v), _) => Value::from(v),
             (None, Some(p)) => p.value.clone().unwrap_or_else(empty),
             // ignore_value on a key deleted earlier in the same transaction (etcd panics).
             (None, None) => empty(),
@@ -538,7 +544,7 @@ impl KeySpace {
         }
         let kv = rec.kv(&key);
         self.push_record(&key, rec);
-        self.by_rev.insert((main, w.sub), key);
+        self.by_rev.push_back((main, w.sub, key));
         w.sub += 1;
         w.events.push(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
         prev_kv
@@ -554,7 +560,7 @@ impl KeySpace {
             self.detach(prev.lease, &key);
             let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: None };
             self.push_record(&key, tomb);
-            self.by_rev.insert((main, w.sub), key.clone());
+            self.by_rev.push_back((main, w.sub, key.clone()));
             w.sub += 1;
             let prev_kv = prev.kv(&key);
             let kv = KeyValue { key: key.clone(), mod_revision: main, value: empty(), ..KeyValue::default() };
@@ -707,13 +713,12 @@ impl KeySpace {
     /// true when none are left (etcd's `physical` compaction is then done).
     pub fn prune_step(&mut self, budget: usize) -> bool {
         for _ in 0..budget {
-            let Some(((main, sub), key)) = self.by_rev.get_min().map(|(r, k)| (*r, k.clone())) else {
-                return true;
-            };
-            if main >= self.compact_rev {
+            if self.pruned() {
                 return true;
             }
-            self.by_rev.remove(&(main, sub));
+            let Some((_, _, key)) = self.by_rev.pop_front() else {
+                return true;
+            };
             let compact = self.compact_rev;
             let (gone, n, values) = match self.keys.get_mut(&key) {
                 Some(h) => Arc::make_mut(h).prune(compact),
@@ -724,12 +729,12 @@ impl KeySpace {
                 self.keys.remove(&key);
             }
         }
-        self.by_rev.get_min().is_none_or(|((main, _), _)| *main >= self.compact_rev)
+        self.pruned()
     }
 
     /// Whether the last compaction's records are all dropped.
     pub fn pruned(&self) -> bool {
-        self.by_rev.get_min().is_none_or(|((main, _), _)| *main >= self.compact_rev)
+        self.by_rev.front().is_none_or(|(main, _, _)| *main >= self.compact_rev)
     }
 
     /// Every change at revisions `from..=to` to keys in `key`/`range_end` (as a Range names
@@ -741,7 +746,11 @@ impl KeySpace {
         }
         let span = Span::new(key, range_end);
         let mut out = Vec::new();
-        for (&(main, sub), k) in self.by_rev.range((from, 0)..) {
+        // The first record at `from` or later (revisions are unique: `Err` is where it goes).
+        let first =
+            self.by_rev.binary_search_by(|(main, _, _)| main.cmp(&from).then(Ordering::Greater)).unwrap_or_else(|i| i);
+        for (main, sub, k) in self.by_rev.focus().narrow(first..) {
+            let (main, sub) = (*main, *sub);
             if main > to {
                 break;
             }

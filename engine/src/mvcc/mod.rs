@@ -20,6 +20,6 @@ pub use types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, GrpcCode, KeyValue, LeaseInfo, MvccError, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
-    ALARM_CORRUPT, ALARM_NOSPACE,
+    Value, ALARM_CORRUPT, ALARM_NOSPACE,
 };
 pub use validate::{check_key, check_put, check_txn, DEFAULT_MAX_TXN_OPS};

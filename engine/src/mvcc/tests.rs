@@ -32,12 +32,24 @@ fn b(s: &str) -> Bytes {
     Arc::from(s.as_bytes())
 }
 
+/// A value.
+fn v(s: &str) -> Value {
+    Value::copy_from_slice(s.as_bytes())
+}
+
 fn one(ks: &KeySpace, k: &str) -> Option<KeyValue> {
     ks.range(&get(k)).expect("a current read").kvs.into_iter().next()
 }
 
 fn kv(k: &str, v: &str, create: i64, m: i64, version: i64, lease: i64) -> KeyValue {
-    KeyValue { key: b(k), create_revision: create, mod_revision: m, version, value: b(v), lease }
+    KeyValue {
+        key: b(k),
+        create_revision: create,
+        mod_revision: m,
+        version,
+        value: Value::copy_from_slice(v.as_bytes()),
+        lease,
+    }
 }
 
 #[test]
@@ -153,11 +165,11 @@ fn puts_check_their_lease_before_their_key_and_a_txn_the_other_way_round() {
     assert_eq!(ks.put(&p), Err(MvccError::KeyNotFound));
     ks.put(&put("k", "v")).expect("put");
     let (r, _) = ks.put(&PutRequest { prev_kv: true, ..p }).expect("ignore_value on an existing key");
-    assert_eq!(r.prev_kv.map(|kv| kv.value), Some(b("v")));
-    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease, kv.version)), Some((b("v"), 7, 2)));
+    assert_eq!(r.prev_kv.map(|kv| kv.value), Some(v("v")));
+    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease, kv.version)), Some((v("v"), 7, 2)));
     // ignore_lease keeps the lease.
     ks.put(&PutRequest { ignore_lease: true, ..put("k", "w") }).expect("put");
-    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease)), Some((b("w"), 7)));
+    assert_eq!(one(&ks, "k").map(|kv| (kv.value, kv.lease)), Some((v("w"), 7)));
 }
 
 #[test]
@@ -180,7 +192,7 @@ fn a_txn_decides_every_branch_before_it_writes_and_a_failed_check_applies_nothin
     };
     let (r, ev) = ks.txn(&t).expect("txn");
     assert_eq!((r.revision, ev.len()), (3, 2));
-    assert_eq!(one(&ks, "c").map(|kv| kv.value), Some(b("then")));
+    assert_eq!(one(&ks, "c").map(|kv| kv.value), Some(v("then")));
     let ResponseOp::Txn(inner) = &r.responses[1] else { panic!("a txn answer") };
     assert_eq!((inner.revision, inner.succeeded), (0, true), "a nested txn's header is all zeros");
     let ResponseOp::Range(rr) = &inner.responses[1] else { panic!("a range answer") };
@@ -408,6 +420,59 @@ fn a_damaged_or_cut_keyspace_image_is_an_error_never_a_panic() {
 }
 
 #[test]
+fn an_image_giving_one_revision_to_two_records_is_refused() {
+    let mut ks = KeySpace::new();
+    ks.put(&put("a", "1")).expect("put");
+    ks.put(&put("b", "2")).expect("put");
+    let mut image = ks.to_image();
+    assert!(KeySpace::from_image(&image).is_ok());
+    // b's record: key length, key, record count, then its main revision (3): make it 2, a's.
+    let at = image.windows(5).position(|w| w == b"\x01\x00\x00\x00b").expect("b's entry") + 5 + 4;
+    assert_eq!(image[at..at + 8], 3i64.to_le_bytes());
+    image[at..at + 8].copy_from_slice(&2i64.to_le_bytes());
+    let err = KeySpace::from_image(&image).expect_err("refused");
+    assert!(err.to_string().contains("revision (2, 0) given to two records"), "{err}");
+}
+
+#[test]
+fn a_keyspace_loaded_from_a_kept_image_holds_views_of_its_values_and_a_piecewise_load_copies() {
+    let mut ks = KeySpace::new();
+    ks.put(&put("a", "first value")).expect("put");
+    ks.put(&put("a", "second value")).expect("put");
+    ks.put(&put("b", "other")).expect("put");
+    ks.delete_range(&del("b", ""));
+    let image = Value::from(ks.to_image());
+    let inside = |v: &Value| {
+        let (start, end) = (image.as_ptr() as usize, image.as_ptr() as usize + image.len());
+        start <= v.as_ptr() as usize && v.as_ptr() as usize + v.len() <= end
+    };
+
+    let mut loader = KeySpaceLoader::backed_by(image.clone());
+    assert_eq!(loader.push(&image).expect("a valid image"), image.len());
+    let back = loader.finish().expect("complete");
+    assert_eq!(back.range(&all()), ks.range(&all()));
+    let at_1 = RangeRequest { revision: 1, ..get("a") };
+    assert_eq!(back.range(&at_1), ks.range(&at_1), "history too");
+    for kv in back.range(&at_1).expect("read").kvs.iter().chain(&back.range(&all()).expect("read").kvs) {
+        assert!(inside(&kv.value), "{kv:?} is a view of the image");
+    }
+    // Written after the load: on the heap.
+    let mut back = back;
+    back.put(&put("c", "new")).expect("put");
+    assert!(!inside(&one(&back, "c").expect("c").value));
+
+    // Pieces that are not the backing image (a SNAP's chunks): copied.
+    let mut loader = KeySpaceLoader::backed_by(image.clone());
+    let copy = image.to_vec();
+    for piece in copy.chunks(7) {
+        loader.push(piece).expect("valid pieces");
+    }
+    let back = loader.finish().expect("complete");
+    assert_eq!(back.range(&all()), ks.range(&all()));
+    assert!(back.range(&all()).expect("read").kvs.iter().all(|kv| !inside(&kv.value)));
+}
+
+#[test]
 fn corrupt_refuses_every_kv_write_compaction_and_lease_change_until_cleared_and_outranks_nospace() {
     let mut ks = KeySpace::new();
     ks.apply(&EtcdTxn::Put(put("a", "1")));
@@ -573,7 +638,7 @@ impl Model {
                         create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
                         mod_revision: rev,
                         version: prev.as_ref().map_or(1, |p| p.version + 1),
-                        value: Arc::from(v.as_slice()),
+                        value: Value::copy_from_slice(v.as_slice()),
                         lease,
                     };
                     next.insert(k.clone(), kv);

@@ -6,8 +6,13 @@ use std::sync::Arc;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Keys and values: shared, so that a read, a watch event and the history hold one copy.
+/// Keys: shared, so that a read, a watch event and the history hold one copy.
 pub type Bytes = Arc<[u8]>;
+
+/// Values: shared as keys are, and either on the heap (written since the state was loaded)
+/// or a view of the mapped snapshot file the state was loaded from (`bytes::Bytes` holds
+/// either, and the etcd front hands it to protobuf without a copy).
+pub type Value = bytes::Bytes;
 
 /// One key at one revision (etcd's `mvccpb.KeyValue`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -21,7 +26,7 @@ pub struct KeyValue {
     /// Puts since the key was created (1 on create).
     pub version: i64,
     /// The value (empty for a tombstone).
-    pub value: Bytes,
+    pub value: Value,
     /// The lease the key is attached to, or 0.
     pub lease: i64,
 }

@@ -140,7 +140,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         let mut base = Zxid::ZERO;
         if let Some((zxid, image)) = parts.snapshots.load_newest()? {
             base = zxid;
-            parts.state.install(zxid, image.as_ref());
+            parts.state.install_shared(zxid, image.into());
         }
         let snapshot_zxid = base;
         let mut logged = logged(base).filter(move |e| e.zxid > snapshot_zxid);

@@ -232,8 +232,9 @@ pub fn snapshot_messages(epoch: u32, zxid: Zxid, image: &dyn SnapshotImage, chun
 
 /// Point-in-time images of the state machine.
 pub trait Snapshots {
-    /// A loaded snapshot's bytes.
-    type Image: AsRef<[u8]>;
+    /// A loaded snapshot's bytes (shared: a state machine may keep parts of a mapped file
+    /// rather than copy them, see [`StateMachine::install_shared`]).
+    type Image: AsRef<[u8]> + Into<bytes::Bytes>;
 
     /// The newest snapshot that verifies (damaged newer ones are passed over and logged),
     /// with the zxid it covers.
@@ -334,6 +335,12 @@ pub trait StateMachine {
 
     /// Replaces the whole state with a snapshot covering everything up to `zxid`.
     fn install(&mut self, zxid: Zxid, data: &[u8]);
+
+    /// As [`StateMachine::install`], from an image the state may keep views of instead of
+    /// copying (a snapshot file stays mapped while its views live). By default, `install`.
+    fn install_shared(&mut self, zxid: Zxid, image: bytes::Bytes) {
+        self.install(zxid, &image);
+    }
 
     /// Starts receiving a snapshot covering `zxid` in pieces (a SNAP from the leader);
     /// [`StateMachine::install_received`] gets the sink back once all have arrived. A state

@@ -8,53 +8,8 @@
 use baton_engine::log::{CreateTxn, MultiOp, NodeKind, Transaction, Txn};
 use baton_engine::tree::{open_acl, DataTree};
 use baton_engine::{SessionId, Zxid};
+use baton_perf::counting::{rss_kb, Counting, Live};
 use clap::Parser;
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// mimalloc, counting the bytes asked for and not yet freed, to tell what the tree asks
-/// for apart from what the allocator makes of it.
-struct Counting;
-
-static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
-static LIVE_BLOCKS: AtomicU64 = AtomicU64::new(0);
-/// What the allocator actually set aside for the live blocks (its size classes).
-static LIVE_USABLE: AtomicU64 = AtomicU64::new(0);
-
-fn usable(ptr: *const u8) -> u64 {
-    // SAFETY: `ptr` is a live block from mimalloc (or null, which it accepts).
-    unsafe { libmimalloc_sys::mi_usable_size(ptr.cast()) as u64 }
-}
-
-// SAFETY: forwards every call to mimalloc unchanged; the counters are only statistics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        let p = unsafe { baton_engine::alloc::Mimalloc.alloc(layout) };
-        LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
-        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        unsafe { baton_engine::alloc::Mimalloc.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
-        // SAFETY: the caller's contract, passed on.
-        let p = unsafe { baton_engine::alloc::Mimalloc.realloc(ptr, layout, new_size) };
-        LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
-        p
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -76,15 +31,6 @@ struct Args {
     every: u32,
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut tree = DataTree::new();
@@ -102,8 +48,7 @@ fn main() -> anyhow::Result<()> {
     };
     apply(&mut tree, Txn::Multi(vec![create("/fill".into(), Vec::new(), 2)]))?;
     let base = rss_kb();
-    let (base_bytes, base_blocks, base_usable) =
-        (LIVE_BYTES.load(Ordering::Relaxed), LIVE_BLOCKS.load(Ordering::Relaxed), LIVE_USABLE.load(Ordering::Relaxed));
+    let before = Live::now();
     let value = vec![b'v'; args.value_bytes];
     let mut made = 0u32;
     println!(
@@ -117,9 +62,7 @@ fn main() -> anyhow::Result<()> {
         made += n;
         if made % args.every == 0 || made == args.count {
             let delta = rss_kb().saturating_sub(base) * 1024;
-            let asked = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(base_bytes);
-            let blocks = LIVE_BLOCKS.load(Ordering::Relaxed).saturating_sub(base_blocks);
-            let usable = LIVE_USABLE.load(Ordering::Relaxed).saturating_sub(base_usable);
+            let Live { bytes: asked, blocks, usable } = Live::now().since(&before);
             let per = |x: u64| x as f64 / f64::from(made);
             println!(
                 "{made:>12} {:>10} MB {:>10.1} {:>14.1} {:>15.1} {:>14.2}",

@@ -109,21 +109,22 @@ pub fn kv(kv: KeyValue) -> mvccpb::KeyValue {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: bytes::Bytes::copy_from_slice(&kv.value),
+        value: kv.value,
         lease: kv.lease,
     }
 }
 
-/// As [`kv`], for a message sent to many (a watched key's change): the keyspace's own bytes,
-/// shared rather than copied, so that each watcher's copy of the message is reference counts.
-/// (For an answer sent once, copying a small value costs less than sharing it.)
+/// As [`kv`], for a message sent to many (a watched key's change): the key shared rather
+/// than copied too, so that each watcher's copy of the message is reference counts. (For an
+/// answer sent once, copying a small key costs less than sharing it. Values are always the
+/// keyspace's own bytes: they may be a view of a mapped snapshot.)
 pub fn kv_shared(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: bytes::Bytes::from_owner(kv.key),
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: bytes::Bytes::from_owner(kv.value),
+        value: kv.value,
         lease: kv.lease,
     }
 }

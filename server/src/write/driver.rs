@@ -241,6 +241,17 @@ impl StateMachine for Machine {
         }
     }
 
+    fn install_shared(&mut self, zxid: Zxid, image: bytes::Bytes) {
+        let started = Instant::now();
+        match baton_engine::state::from_shared_image(&image) {
+            Ok((tree, etcd)) => self.replace_state(zxid, tree, etcd, started),
+            Err(e) => {
+                tracing::error!(%zxid, error = %e, "a snapshot does not decode; stopping");
+                self.0.borrow().shared.stopping.set();
+            }
+        }
+    }
+
     fn receive(&mut self, _zxid: Zxid) -> Box<dyn ImageSink> {
         Box::new(StateLoader::new())
     }

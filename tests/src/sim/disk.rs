@@ -253,10 +253,10 @@ pub fn finish_job(disk: &mut Disk, job: &mut SnapshotJob, keep: usize) {
 }
 
 impl Snapshots for SimSnapshots {
-    type Image = Payload;
+    type Image = Vec<u8>;
 
-    fn load_newest(&mut self) -> Result<Option<(Zxid, Payload)>, StorageError> {
-        Ok(self.disk.borrow().snapshots.last().cloned())
+    fn load_newest(&mut self) -> Result<Option<(Zxid, Vec<u8>)>, StorageError> {
+        Ok(self.disk.borrow().snapshots.last().map(|(zxid, image)| (*zxid, image.to_vec())))
     }
 
     fn start(&mut self, zxid: Zxid, data: Vec<u8>) {
