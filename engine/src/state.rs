@@ -13,7 +13,9 @@
 //! exactly a tree image, as written before the keyspace existed: old snapshots load, and a
 //! server that never served etcd writes the same bytes as before.
 
-use crate::mvcc::{KeySpace, KeySpaceLoader, Value, IMAGE_MAGIC};
+use std::sync::Mutex;
+
+use crate::mvcc::{Adopting, KeySpace, KeySpaceLoader, Value, IMAGE_MAGIC};
 use crate::tree::{DataTree, TreeLoader, TreeView};
 
 /// A frozen state, written in the background while the live one moves on.
@@ -22,20 +24,63 @@ pub struct StateImage {
     pub tree: TreeView,
     /// The keyspace's clone (persistent maps: a clone costs a reference).
     pub etcd: KeySpace,
+    /// Whether writing notes where the keyspace's values go (a snapshot file's image, whose
+    /// values the keyspace then adopts: [`StateImage::written`]).
+    noting: bool,
+    /// Where each of the keyspace's values went in the image written.
+    offsets: Mutex<Vec<u64>>,
+    /// The durable file's payload and the walk moving the values into it.
+    adopting: Option<(Value, Adopting)>,
 }
 
+/// Values moved per [`StateImage::release_step`] (about 0.2 ms).
+const ADOPT_STEP: usize = 4096;
+
 impl StateImage {
+    /// The image of `tree` and `etcd`.
+    pub fn new(tree: TreeView, etcd: KeySpace) -> StateImage {
+        StateImage { tree, etcd, noting: false, offsets: Mutex::default(), adopting: None }
+    }
+
+    /// As [`StateImage::new`], for a snapshot file: once it is durable
+    /// ([`StateImage::written`]), the keyspace's values become views of it.
+    pub fn for_file(tree: TreeView, etcd: KeySpace) -> StateImage {
+        StateImage { noting: true, ..StateImage::new(tree, etcd) }
+    }
+
     /// Writes the image to `out` as it goes.
     pub fn write_image<W: std::io::Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
         if !self.etcd.is_pristine() {
-            self.etcd.write_image(out)?;
+            // The keyspace's image is the payload's first part: its offsets are the payload's.
+            let mut offsets = self.offsets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            offsets.clear();
+            self.etcd.write_image_noting(out, self.noting.then_some(&mut *offsets))?;
         }
         self.tree.write_image(out)
     }
 
-    /// Frees a part of the image on the calling thread (see `TreeView::release_step`); true
-    /// when nothing is left. The keyspace's clone goes with the first step.
+    /// The image written is durable, and `payload` is it (mapped): the keyspace's values
+    /// move into it a step at a time on the applying thread ([`StateImage::release_step`]).
+    pub fn written(&mut self, payload: Value) {
+        if self.noting && !self.etcd.is_pristine() {
+            self.adopting = Some((payload, Adopting::default()));
+        }
+    }
+
+    /// A step of moving values into the file (see [`StateImage::written`]), then of freeing
+    /// the image on the calling thread (see `TreeView::release_step`); false when nothing is
+    /// left. The keyspace's clone goes once its values have moved.
     pub fn release_step(&mut self) -> bool {
+        if let Some((payload, at)) = self.adopting.as_mut() {
+            let offsets = self.offsets.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The values replaced (on the heap, allocated by this thread) are freed here.
+            let (_replaced, done) = self.etcd.adopt_step(payload, offsets, at, ADOPT_STEP);
+            if done {
+                self.adopting = None;
+                *offsets = Vec::new();
+            }
+            return true;
+        }
         if !self.etcd.is_pristine() {
             self.etcd = KeySpace::new();
         }
@@ -47,7 +92,7 @@ impl StateImage {
 pub fn to_image(tree: &DataTree, etcd: &KeySpace) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing into a Vec cannot fail (short of memory, which aborts).
-    let written = StateImage { tree: tree.view(), etcd: etcd.clone() }.write_image(&mut out);
+    let written = StateImage::new(tree.view(), etcd.clone()).write_image(&mut out);
     debug_assert!(written.is_ok());
     out
 }

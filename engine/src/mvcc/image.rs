@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use imbl::OrdSet;
 
-use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, Revision, LEASE_OVERHEAD};
+use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, Revision, Slot, LEASE_OVERHEAD};
 use super::types::Value;
 use crate::le::Cursor;
 
@@ -42,7 +42,20 @@ impl KeySpace {
     /// Writes the keyspace's image to `out` as it goes (the keyspace is a cheap clone, so a
     /// snapshot writes a frozen one while the live one moves on).
     pub fn write_image<W: Write + ?Sized>(&self, out: &mut W) -> std::io::Result<()> {
+        self.write_image_noting(out, None)
+    }
+
+    /// As [`KeySpace::write_image`], noting in `offsets` where in the image each value's
+    /// bytes are, in the order [`KeySpace::adopt_step`] walks them (keys, then records, in
+    /// order; tombstones have none).
+    pub fn write_image_noting<W: Write + ?Sized>(
+        &self,
+        out: &mut W,
+        mut offsets: Option<&mut Vec<u64>>,
+    ) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(4096);
+        // Bytes of the image already handed to `out`.
+        let mut flushed = 0u64;
         buf.extend_from_slice(MAGIC);
         let version = if self.alarms.is_empty() { VERSION } else { VERSION_ALARMS };
         buf.extend_from_slice(&version.to_le_bytes());
@@ -64,6 +77,7 @@ impl KeySpace {
         for (key, h) in self.keys.iter() {
             if buf.len() >= 1 << 16 {
                 out.write_all(&buf)?;
+                flushed += buf.len() as u64;
                 buf.clear();
             }
             buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -73,10 +87,13 @@ impl KeySpace {
                 for v in [r.main, r.sub, r.create, r.version, r.lease] {
                     buf.extend_from_slice(&v.to_le_bytes());
                 }
-                match &r.value {
+                match r.value.get() {
                     Some(v) => {
                         buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(v);
+                        if let Some(offsets) = offsets.as_deref_mut() {
+                            offsets.push(flushed + buf.len() as u64);
+                        }
+                        buf.extend_from_slice(&v);
                     }
                     None => buf.extend_from_slice(&TOMBSTONE.to_le_bytes()),
                 }
@@ -352,7 +369,7 @@ impl KeySpaceLoader {
                     if main > self.ks.rev || records.last().is_some_and(|p| (p.main, p.sub) >= (main, sub)) {
                         return Err(format!("record ({main}, {sub}) out of order"));
                     }
-                    records.push_back(Record { main, sub, create, version, lease, value });
+                    records.push_back(Record { main, sub, create, version, lease, value: Slot::new(value) });
                 }
                 let h = History { records };
                 self.ks.bytes += record_bytes(&key, h.records.len(), h.value_bytes());

@@ -34,7 +34,7 @@
 
 use std::cmp::Ordering;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use imbl::{OrdMap, OrdSet};
 
@@ -68,8 +68,61 @@ pub(super) struct Record {
     pub(super) create: i64,
     pub(super) version: i64,
     pub(super) lease: i64,
-    /// None: a tombstone.
-    pub(super) value: Option<Value>,
+    pub(super) value: Slot,
+}
+
+/// A record's value, or none for a tombstone, behind a lock because a snapshot moves it: a
+/// value on the heap becomes a view of the snapshot file that holds it once that file is
+/// durable ([`KeySpace::adopt_step`]), in every keyspace that shares the record, while other
+/// threads read it. The bytes never change, only where they are. A copy (a history copied on
+/// write) is a slot of its own, moved by the next snapshot that holds it.
+pub(super) struct Slot(Mutex<Option<Value>>);
+
+impl Slot {
+    pub(super) fn new(value: Option<Value>) -> Slot {
+        Slot(Mutex::new(value))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Value>> {
+        // Nothing panics while holding it; were it poisoned, the value is still whole.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value (a reference count, not a copy); None for a tombstone.
+    pub(super) fn get(&self) -> Option<Value> {
+        self.lock().clone()
+    }
+
+    pub(super) fn is_tomb(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Value bytes (0 for a tombstone).
+    pub(super) fn len(&self) -> usize {
+        self.lock().as_ref().map_or(0, |v| v.len())
+    }
+
+    /// Puts `view` (the same bytes elsewhere) in place of the value; the value it replaced,
+    /// or None if the slot is a tombstone or holds another length (then nothing changes).
+    fn relocate(&self, view: Value) -> Option<Value> {
+        let mut held = self.lock();
+        match held.as_mut() {
+            Some(v) if v.len() == view.len() => Some(std::mem::replace(v, view)),
+            _ => None,
+        }
+    }
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Slot {
+        Slot::new(self.get())
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.lock().fmt(f)
+    }
 }
 
 impl Record {
@@ -79,7 +132,7 @@ impl Record {
             create_revision: self.create,
             mod_revision: self.main,
             version: self.version,
-            value: self.value.clone().unwrap_or_else(empty),
+            value: self.value.get().unwrap_or_else(empty),
             lease: self.lease,
         }
     }
@@ -215,12 +268,12 @@ impl History {
     fn at(&self, rev: i64) -> Option<&Record> {
         let i = partition_point(&self.records, |r| r.main <= rev);
         let r = self.records.get(i.checked_sub(1)?)?;
-        r.value.as_ref().map(|_| r)
+        (!r.value.is_tomb()).then_some(r)
     }
 
     /// The key now, if live.
     pub(super) fn latest(&self) -> Option<&Record> {
-        self.records.last().filter(|r| r.value.is_some())
+        self.records.last().filter(|r| !r.value.is_tomb())
     }
 
     /// Drops what no read at `compact` or later, and no event at `compact` or later, needs;
@@ -230,10 +283,10 @@ impl History {
         let (mut cut, mut values) = (0, 0);
         if j > 0 {
             let at_compact = self.records.get(j).is_some_and(|r| r.main == compact);
-            let tomb = self.records.get(j - 1).is_some_and(|r| r.value.is_none());
+            let tomb = self.records.get(j - 1).is_some_and(|r| r.value.is_tomb());
             cut = if at_compact || tomb { j } else { j - 1 };
             if cut > 0 {
-                values = self.records.iter().take(cut).map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum();
+                values = self.records.iter().take(cut).map(|r| r.value.len()).sum();
                 self.records.skip(cut);
             }
         }
@@ -242,8 +295,15 @@ impl History {
 
     /// The value bytes of every record.
     pub(super) fn value_bytes(&self) -> usize {
-        self.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum()
+        self.records.iter().map(|r| r.value.len()).sum()
     }
+}
+
+/// Where a walk of [`KeySpace::adopt_step`] is: after this key, at this offset.
+#[derive(Debug, Default)]
+pub struct Adopting {
+    last_key: Option<Bytes>,
+    next: usize,
 }
 
 /// A record's place in revision order: (main, sub) and its key.
@@ -496,7 +556,7 @@ impl KeySpace {
             let (_, n, values) = h.prune(compact);
             gone = record_bytes(key, n, values);
         }
-        let added = record_bytes(key, 1, rec.value.as_ref().map_or(0, |v| v.len()));
+        let added = record_bytes(key, 1, rec.value.len());
         h.records.push_back(rec);
         self.bytes = self.bytes.saturating_sub(gone) + added;
     }
@@ -515,7 +575,7 @@ impl KeySpace {
         let prev = self.keys.get(&key).and_then(|h| h.latest().cloned());
         let value = match (value, &prev) {
             (Some(v), _) => Value::from(v),
-            (None, Some(p)) => p.value.clone().unwrap_or_else(empty),
+            (None, Some(p)) => p.value.get().unwrap_or_else(empty),
             // ignore_value on a key deleted earlier in the same transaction (etcd panics).
             (None, None) => empty(),
         };
@@ -531,7 +591,7 @@ impl KeySpace {
             create: prev.as_ref().map_or(main, |p| p.create),
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
-            value: Some(value),
+            value: Slot::new(Some(value)),
         };
         let prev_kv = prev.as_ref().map(|p| p.kv(&key));
         if let Some(p) = &prev {
@@ -558,7 +618,7 @@ impl KeySpace {
         for (key, prev) in live {
             let main = w.main();
             self.detach(prev.lease, &key);
-            let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: None };
+            let tomb = Record { main, sub: w.sub, create: 0, version: 0, lease: 0, value: Slot::new(None) };
             self.push_record(&key, tomb);
             self.by_rev.push_back((main, w.sub, key.clone()));
             w.sub += 1;
@@ -732,6 +792,47 @@ impl KeySpace {
         self.pruned()
     }
 
+    /// Moves values into `image`, a durable snapshot's payload written from this keyspace
+    /// (a frozen clone) by [`KeySpace::write_image_noting`] with `offsets`: up to `budget`
+    /// values from `at` on become views of their bytes there, in this keyspace and in every
+    /// keyspace sharing the record (the live one), so that the heap no longer holds them and
+    /// an older file they were views of can go. Returns the values they replaced (to be
+    /// dropped on the caller's thread) and whether the walk is done.
+    pub fn adopt_step(&self, image: &Value, offsets: &[u64], at: &mut Adopting, budget: usize) -> (Vec<Value>, bool) {
+        let mut replaced = Vec::with_capacity(budget.min(offsets.len()));
+        let from = match &at.last_key {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut visited = 0;
+        for (key, h) in self.keys.range((from, Bound::Unbounded)) {
+            if visited >= budget {
+                return (replaced, false);
+            }
+            for r in h.records.iter() {
+                visited += 1;
+                let len = r.value.len();
+                if r.value.is_tomb() {
+                    continue;
+                }
+                let start = offsets.get(at.next).and_then(|&o| usize::try_from(o).ok());
+                at.next += 1;
+                let Some(view) = start.and_then(|s| image.get(s..s.checked_add(len)?).map(|b| image.slice_ref(b)))
+                else {
+                    continue;
+                };
+                debug_assert!(
+                    r.value.get().is_some_and(|v| v == view),
+                    "value {} of the walk is not where noted",
+                    at.next
+                );
+                replaced.extend(r.value.relocate(view));
+            }
+            at.last_key = Some(key.clone());
+        }
+        (replaced, true)
+    }
+
     /// Whether the last compaction's records are all dropped.
     pub fn pruned(&self) -> bool {
         self.by_rev.front().is_none_or(|(main, _, _)| *main >= self.compact_rev)
@@ -761,8 +862,8 @@ impl KeySpace {
             let Ok(i) = h.records.binary_search_by(|r| (r.main, r.sub).cmp(&(main, sub))) else { continue };
             let Some(rec) = h.records.get(i) else { continue };
             let prev_kv =
-                i.checked_sub(1).and_then(|j| h.records.get(j)).filter(|p| p.value.is_some()).map(|p| p.kv(k));
-            let (kind, kv) = match rec.value {
+                i.checked_sub(1).and_then(|j| h.records.get(j)).filter(|p| !p.value.is_tomb()).map(|p| p.kv(k));
+            let (kind, kv) = match rec.value.get() {
                 Some(_) => (EventKind::Put, rec.kv(k)),
                 None => (
                     EventKind::Delete,

@@ -15,7 +15,7 @@ mod validate;
 mod tests;
 
 pub use image::{KeySpaceImageError, KeySpaceLoader, MAGIC as IMAGE_MAGIC};
-pub use keyspace::{KeySpace, LEASE_OVERHEAD, MAX_LEASE_TTL, RECORD_OVERHEAD};
+pub use keyspace::{Adopting, KeySpace, LEASE_OVERHEAD, MAX_LEASE_TTL, RECORD_OVERHEAD};
 pub use types::{
     ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, GrpcCode, KeyValue, LeaseInfo, MvccError, PutRequest,

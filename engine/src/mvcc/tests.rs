@@ -420,6 +420,77 @@ fn a_damaged_or_cut_keyspace_image_is_an_error_never_a_panic() {
 }
 
 #[test]
+fn values_move_into_the_written_image_in_steps_in_every_keyspace_sharing_them() {
+    let mut live = KeySpace::new();
+    for i in 0..40 {
+        live.put(&put(&format!("k{:02}", i % 13), &format!("value {i}"))).expect("put");
+    }
+    live.delete_range(&del("k05", ""));
+    live.put(&put("k07", "")).expect("an empty value");
+    let frozen = live.clone();
+    let mut offsets = Vec::new();
+    let mut image = Vec::new();
+    frozen.write_image_noting(&mut image, Some(&mut offsets)).expect("write into a Vec");
+    assert_eq!(image, live.to_image(), "noting changes nothing written");
+    let image = Value::from(image);
+    let inside = |v: &Value| {
+        let (start, end) = (image.as_ptr() as usize, image.as_ptr() as usize + image.len());
+        start <= v.as_ptr() as usize && v.as_ptr() as usize + v.len() <= end
+    };
+    // The live keyspace moves on meanwhile: k01 gets a record (its history is copied).
+    live.put(&put("k01", "after the snapshot")).expect("put");
+    let history = |ks: &KeySpace| {
+        (1..=ks.revision())
+            .map(|rev| {
+                ks.range(&RangeRequest {
+                    revision: rev,
+                    ..RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = history(&live);
+
+    let mut at = Adopting::default();
+    let mut steps = 0;
+    let mut replaced = 0;
+    loop {
+        let (gone, done) = frozen.adopt_step(&image, &offsets, &mut at, 5);
+        replaced += gone.len();
+        steps += 1;
+        if done {
+            break;
+        }
+    }
+    assert!(steps > 5, "{steps} steps of at most 5 records");
+    assert_eq!(replaced, offsets.len(), "every value noted moved");
+    assert_eq!(history(&live), before, "every read at every revision answers the same");
+    assert_eq!(history(&frozen), history(&KeySpace::from_image(&image).expect("loads")));
+    let moved = |ks: &KeySpace, rev: i64| {
+        ks.range(&RangeRequest { revision: rev, ..all() })
+            .expect("read")
+            .kvs
+            .into_iter()
+            .filter(|kv| !kv.value.is_empty())
+            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), inside(&kv.value)))
+            .collect::<Vec<_>>()
+    };
+    for (key, inside) in moved(&frozen, frozen.revision()) {
+        assert!(inside, "{key}: the frozen keyspace's values are views of the image");
+    }
+    for (key, inside) in moved(&live, frozen.revision()) {
+        // k01's history was copied when it was written after the snapshot: its copies are
+        // slots of their own, moved by the next snapshot.
+        assert_eq!(inside, key != "k01", "{key}: so are the live keyspace's, which shares their records");
+    }
+    assert_eq!(
+        moved(&live, live.revision()).into_iter().filter(|(_, inside)| !inside).collect::<Vec<_>>(),
+        vec![("k01".to_string(), false)],
+        "only what was written after the snapshot is still on the heap"
+    );
+}
+
+#[test]
 fn an_image_giving_one_revision_to_two_records_is_refused() {
     let mut ks = KeySpace::new();
     ks.put(&put("a", "1")).expect("put");

@@ -72,9 +72,15 @@ impl Snapshots for SnapshotDir {
         let (store, keep) = (self.store.clone(), self.keep);
         let thread = std::thread::spawn(move || {
             crate::sys::background_thread();
+            let mut image = image;
             let written = store.write_with(zxid, |w| image.write_to(w)).and_then(|info| {
                 let bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len());
                 tracing::info!(%zxid, bytes, "snapshot streamed to disk");
+                // The state may keep views of the file instead of its own copies.
+                match store.map_written(&info) {
+                    Ok(file) => image.written(file.into()),
+                    Err(e) => tracing::warn!(%zxid, error = %e, "the snapshot just written could not be mapped"),
+                }
                 store.purge(keep)
             });
             (written, Some(image))
@@ -170,5 +176,74 @@ impl Drop for IncomingFile {
                 tracing::warn!(error = %e, "no thread to delete an abandoned SNAP's file; it goes at the next start");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{KeySpace, PutRequest, RangeRequest};
+    use crate::state::StateImage;
+    use crate::test_support::temp_dir;
+    use crate::tree::DataTree;
+
+    /// The address ranges mapped from `path` (`/proc/self/maps`).
+    fn mapped_ranges(path: &std::path::Path) -> Vec<(usize, usize)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+        let path = path.to_string_lossy();
+        maps.lines()
+            .filter(|l| l.ends_with(path.as_ref()) || l.ends_with(&format!("{path} (deleted)")))
+            .filter_map(|l| {
+                let (from, to) = l.split_whitespace().next()?.split_once('-')?;
+                Some((usize::from_str_radix(from, 16).ok()?, usize::from_str_radix(to, 16).ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn after_a_snapshot_is_written_the_live_keyspaces_values_are_views_of_its_file() {
+        let dir = temp_dir();
+        let mut snapshots = SnapshotDir::new(SnapshotStore::open(dir.path()).expect("open"), 2);
+        let mut live = KeySpace::new();
+        for i in 0..20_000 {
+            let key = format!("key{:05}", i % 5_000).into_bytes();
+            live.put(&PutRequest { key, value: vec![i as u8; 200], ..PutRequest::default() }).expect("put");
+        }
+        let tree = DataTree::new();
+        let zxid = Zxid::new(1, 7);
+        snapshots.start_image(zxid, Box::new(StateImage::for_file(tree.view(), live.clone())));
+        let (done, written) = loop {
+            if let Some(done) = snapshots.finished() {
+                break done;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(done, zxid);
+        written.expect("written");
+        let mut steps = 0;
+        while snapshots.busy() {
+            snapshots.release_step();
+            steps += 1;
+        }
+        assert!(steps > 2, "the values moved in steps ({steps})");
+        let file = snapshots.store.path_of(zxid).canonicalize().expect("written");
+        let ranges = mapped_ranges(&file);
+        assert!(!ranges.is_empty(), "{} is mapped", file.display());
+        let all = RangeRequest { key: vec![0], range_end: vec![0], ..RangeRequest::default() };
+        let kvs = live.range(&all).expect("read").kvs;
+        assert_eq!(kvs.len(), 5_000);
+        for kv in &kvs {
+            let at = kv.value.as_ptr() as usize;
+            assert!(ranges.iter().any(|&(from, to)| from <= at && at + kv.value.len() <= to), "{kv:?} is in the file");
+        }
+        // The file goes (unlinked) once two newer snapshots are written; its views still read.
+        for n in [8, 9] {
+            snapshots.write(Zxid::new(1, n), b"another").expect("write");
+        }
+        snapshots.store.purge(2).expect("purge");
+        assert!(!file.exists());
+        assert_eq!(live.range(&all).expect("read").kvs, kvs);
+        drop((kvs, live));
+        assert!(mapped_ranges(&file).is_empty(), "unmapped once no view is left");
     }
 }

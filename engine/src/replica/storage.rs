@@ -80,6 +80,11 @@ pub trait SnapshotImage: Send {
     fn release_step(&mut self) -> bool {
         false
     }
+
+    /// The image was written to a snapshot file, now durable, whose payload is `payload`
+    /// (mapped): the state may keep views of it instead of its own copies (the keyspace's
+    /// values, moved in [`SnapshotImage::release_step`]s). By default, nothing.
+    fn written(&mut self, _payload: bytes::Bytes) {}
 }
 
 impl SnapshotImage for Vec<u8> {
@@ -97,6 +102,10 @@ impl SnapshotImage for crate::state::StateImage {
 
     fn release_step(&mut self) -> bool {
         crate::state::StateImage::release_step(self)
+    }
+
+    fn written(&mut self, payload: bytes::Bytes) {
+        crate::state::StateImage::written(self, payload)
     }
 }
 

@@ -220,12 +220,9 @@ impl SnapshotStore {
     pub fn load_newest(&self) -> Result<LoadOutcome, SnapshotError> {
         let mut skipped = Vec::new();
         for info in self.list()?.into_iter().rev() {
-            match load(&info) {
+            match map(&info, true) {
                 Ok(snapshot) => {
-                    if let Ok(mut mapped) = self.mapped.lock() {
-                        mapped.retain(|(_, pin)| pin.strong_count() > 0);
-                        mapped.push((info.zxid, Arc::downgrade(&snapshot._pin)));
-                    }
+                    self.note_mapped(&snapshot);
                     return Ok(LoadOutcome { snapshot: Some(snapshot), skipped });
                 }
                 Err(err @ (SnapshotError::Corrupt { .. } | SnapshotError::Version { .. })) => {
@@ -236,6 +233,22 @@ impl SnapshotStore {
             }
         }
         Ok(LoadOutcome { snapshot: None, skipped })
+    }
+
+    /// Maps a snapshot this store just wrote (its payload was checksummed as it was written
+    /// and the file synced): only the header is checked, the payload is not read, so none
+    /// of it becomes resident until used. Registered as mapped (see [`SnapshotStore::purge`]).
+    pub fn map_written(&self, info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
+        let snapshot = map(info, false)?;
+        self.note_mapped(&snapshot);
+        Ok(snapshot)
+    }
+
+    fn note_mapped(&self, snapshot: &LoadedSnapshot) {
+        if let Ok(mut mapped) = self.mapped.lock() {
+            mapped.retain(|(_, pin)| pin.strong_count() > 0);
+            mapped.push((snapshot.info.zxid, Arc::downgrade(&snapshot._pin)));
+        }
     }
 
     /// Deletes all but the newest `keep` snapshots; returns the zxid of the oldest kept.
@@ -289,13 +302,20 @@ fn word(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn load(info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
+/// Maps a snapshot file and checks its header; with `verify`, its payload's checksum too
+/// (which reads all of it).
+fn map(info: &SnapshotInfo, verify: bool) -> Result<LoadedSnapshot, SnapshotError> {
     let path = &info.path;
     let corrupt = |reason: &str| SnapshotError::Corrupt { path: path.clone(), reason: reason.to_string() };
     let file = File::open(path).map_err(io_err(path))?;
-    // SAFETY: read-only private view of a file that is never modified after its rename
-    // (snapshots are immutable); every byte used is bounds-checked and checksummed.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io_err(path))?;
+    let mut options = memmap2::MmapOptions::new();
+    if verify {
+        options.populate();
+    }
+    // SAFETY: a read-only view of a file that is never modified after its rename (snapshots
+    // are immutable), nor cut or reused while mapped (`SnapshotStore::purge`); every byte
+    // used is bounds-checked, and checksummed (here, or as this process wrote it).
+    let map = unsafe { options.map(&file) }.map_err(io_err(path))?;
     let Some(header) = map.get(..HEADER_BYTES) else {
         return Err(corrupt("shorter than its header"));
     };
@@ -316,7 +336,7 @@ fn load(info: &SnapshotInfo) -> Result<LoadedSnapshot, SnapshotError> {
     let Some(payload) = map.get(HEADER_BYTES..HEADER_BYTES.saturating_add(len)) else {
         return Err(corrupt("payload shorter than its header says"));
     };
-    if xxh3_64(payload) != word(header, 32) {
+    if verify && xxh3_64(payload) != word(header, 32) {
         return Err(corrupt("payload checksum mismatch"));
     }
     Ok(LoadedSnapshot { info: info.clone(), map, len, _pin: Arc::new(()) })

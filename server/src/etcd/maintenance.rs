@@ -166,7 +166,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         // the tree's read lock (the write path applies under both write locks).
         let image = {
             let tree = self.front.shared.tree();
-            StateImage { tree: tree.view(), etcd: self.front.shared.etcd().clone() }
+            StateImage::new(tree.view(), self.front.shared.etcd().clone())
         };
         let revision = image.etcd.revision();
         let header = self.front.header(revision);

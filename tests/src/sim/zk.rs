@@ -204,7 +204,7 @@ impl StateMachine for Machine {
     fn freeze(&self) -> Box<dyn SnapshotImage> {
         // As the server: a copy-on-write view, written when the simulated snapshot job is.
         let s = self.inner.borrow();
-        Box::new(StateImage { tree: s.tree.view(), etcd: s.etcd.clone() })
+        Box::new(StateImage::new(s.tree.view(), s.etcd.clone()))
     }
 
     fn install(&mut self, zxid: Zxid, data: &[u8]) {
