@@ -330,6 +330,8 @@ impl KeySpaceLoader {
             }
             Stage::KeyCount => {
                 let left = c.u64("key count")?;
+                // At least a record per key (bounded: a damaged count must not reserve much).
+                self.revisions.reserve(usize::try_from(left).unwrap_or(0).min(1 << 24));
                 self.stage = Stage::Keys { left };
             }
             Stage::Keys { left: 0 } => {
@@ -354,6 +356,7 @@ impl KeySpaceLoader {
                     return Err("a key with no record".into());
                 }
                 let mut records = Records::default();
+                let mut value_bytes = 0;
                 for _ in 0..count {
                     let main = c.i64("main revision")?;
                     let sub = c.i64("sub revision")?;
@@ -364,6 +367,7 @@ impl KeySpaceLoader {
                     let value = if value_len == TOMBSTONE {
                         None
                     } else {
+                        value_bytes += value_len as usize;
                         Some(self.value(c.take(value_len as usize, "value")?))
                     };
                     if main > self.ks.rev || records.last().is_some_and(|p| (p.main, p.sub) >= (main, sub)) {
@@ -372,7 +376,7 @@ impl KeySpaceLoader {
                     records.push_back(Record { main, sub, create, version, lease, value: Slot::new(value) });
                 }
                 let h = History { records };
-                self.ks.bytes += record_bytes(&key, h.records.len(), h.value_bytes());
+                self.ks.bytes += record_bytes(&key, h.records.len(), value_bytes);
                 if let Some(live) = h.latest() {
                     if live.lease != 0 {
                         if let Some(l) = self.ks.leases.get_mut(&live.lease) {

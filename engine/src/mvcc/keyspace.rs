@@ -151,17 +151,19 @@ pub(super) struct History {
 /// Records up to which a key's history is a plain vector.
 const SMALL_RECORDS: usize = 32;
 
-/// A key's records: a plain vector while there are few (most keys: a handful between
-/// compactions; a copy after a snapshot costs at most 32 records), a persistent vector once
-/// there are more, so that the first write to a key after a snapshot copies a chunk of its
-/// history, not all of it (with a `Vec` alone, a key written 10,000 times since its last
-/// compaction copied 10,000 records: a 50-120 ms stall after each snapshot under a put
-/// load). Not the persistent vector alone: it keeps its records in chunks of 64, 3.6 KB for
-/// a key of one record (4.7 KB per key at a million keys, against about 0.5 KB now).
+/// A key's records: the one record inline (most keys, in the common case of a key written
+/// once between compactions: one allocation per key, not two), a plain vector while there are
+/// few (a handful between compactions; a copy after a snapshot costs at most 32 records), a
+/// persistent vector once there are more, so that the first write to a key after a snapshot
+/// copies a chunk of its history, not all of it (with a `Vec` alone, a key written 10,000
+/// times since its last compaction copied 10,000 records: a 50-120 ms stall after each
+/// snapshot under a put load). Not the persistent vector alone: it keeps its records in
+/// chunks of 64, 3.6 KB for a key of one record (4.7 KB per key at a million keys).
 #[derive(Debug, Clone)]
 pub(super) enum Records {
+    One(Record),
     Small(Vec<Record>),
-    Large(imbl::Vector<Record>),
+    Large(Box<imbl::Vector<Record>>),
 }
 
 impl Default for Records {
@@ -171,10 +173,20 @@ impl Default for Records {
 }
 
 impl Records {
-    pub(super) fn len(&self) -> usize {
+    /// The records when they are in one slice (one, or a plain vector).
+    fn slice(&self) -> Option<&[Record]> {
         match self {
-            Records::Small(v) => v.len(),
-            Records::Large(v) => v.len(),
+            Records::One(r) => Some(std::slice::from_ref(r)),
+            Records::Small(v) => Some(v),
+            Records::Large(_) => None,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match (self.slice(), self) {
+            (Some(s), _) => s.len(),
+            (None, Records::Large(v)) => v.len(),
+            (None, _) => 0,
         }
     }
 
@@ -183,64 +195,78 @@ impl Records {
     }
 
     pub(super) fn get(&self, i: usize) -> Option<&Record> {
-        match self {
-            Records::Small(v) => v.get(i),
-            Records::Large(v) => v.get(i),
+        match (self.slice(), self) {
+            (Some(s), _) => s.get(i),
+            (None, Records::Large(v)) => v.get(i),
+            (None, _) => None,
         }
     }
 
     pub(super) fn last(&self) -> Option<&Record> {
-        match self {
-            Records::Small(v) => v.last(),
-            Records::Large(v) => v.last(),
+        match (self.slice(), self) {
+            (Some(s), _) => s.last(),
+            (None, Records::Large(v)) => v.last(),
+            (None, _) => None,
         }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Record> + '_ {
-        let (small, large) = match self {
-            Records::Small(v) => (Some(v.iter()), None),
-            Records::Large(v) => (None, Some(v.iter())),
+        let (slice, large) = match (self.slice(), self) {
+            (Some(s), _) => (Some(s.iter()), None),
+            (None, Records::Large(v)) => (None, Some(v.iter())),
+            (None, _) => (None, None),
         };
-        small.into_iter().flatten().chain(large.into_iter().flatten())
+        slice.into_iter().flatten().chain(large.into_iter().flatten())
     }
 
     pub(super) fn binary_search_by(&self, f: impl FnMut(&Record) -> Ordering) -> Result<usize, usize> {
-        match self {
-            Records::Small(v) => v.binary_search_by(f),
-            Records::Large(v) => v.binary_search_by(f),
+        match (self.slice(), self) {
+            (Some(s), _) => s.binary_search_by(f),
+            (None, Records::Large(v)) => v.binary_search_by(f),
+            (None, _) => Err(0),
         }
     }
 
     pub(super) fn push_back(&mut self, rec: Record) {
-        match self {
-            Records::Small(v) if v.len() < SMALL_RECORDS => {
-                if v.capacity() == 0 {
-                    // Most keys hold one record: no room for four.
-                    v.reserve_exact(1);
-                }
-                v.push(rec)
+        match std::mem::take(self) {
+            Records::Small(v) if v.is_empty() => *self = Records::One(rec),
+            Records::One(first) => *self = Records::Small(vec![first, rec]),
+            Records::Small(mut v) if v.len() < SMALL_RECORDS => {
+                v.push(rec);
+                *self = Records::Small(v);
             }
             Records::Small(v) => {
-                let mut large: imbl::Vector<Record> = std::mem::take(v).into_iter().collect();
+                let mut large: imbl::Vector<Record> = v.into_iter().collect();
                 large.push_back(rec);
-                *self = Records::Large(large);
+                *self = Records::Large(Box::new(large));
             }
-            Records::Large(v) => v.push_back(rec),
+            Records::Large(mut v) => {
+                v.push_back(rec);
+                *self = Records::Large(v);
+            }
         }
     }
 
     /// Drops the first `n` records.
     pub(super) fn skip(&mut self, n: usize) {
-        match self {
-            Records::Small(v) => {
+        if n == 0 {
+            return;
+        }
+        match std::mem::take(self) {
+            Records::One(_) => {}
+            Records::Small(mut v) => {
                 v.drain(..n.min(v.len()));
+                *self = match v.len() {
+                    1 => Records::One(v.remove(0)),
+                    _ => Records::Small(v),
+                };
             }
             Records::Large(v) => {
                 let rest = v.skip(n);
                 *self = if rest.len() <= SMALL_RECORDS / 2 {
-                    Records::Small(rest.into_iter().collect())
+                    rest.into_iter().collect()
                 } else {
-                    Records::Large(rest)
+                    Records::Large(Box::new(rest))
                 };
             }
         }
