@@ -42,10 +42,10 @@ impl StateImage {
         StateImage { tree, etcd, noting: false, offsets: Mutex::default(), adopting: None }
     }
 
-    /// As [`StateImage::new`], for a snapshot file: once it is durable
-    /// ([`StateImage::written`]), the keyspace's values become views of it.
-    pub fn for_file(tree: TreeView, etcd: KeySpace) -> StateImage {
-        StateImage { noting: true, ..StateImage::new(tree, etcd) }
+    /// The image is for a snapshot file: writing notes where the keyspace's values go, so
+    /// that once the file is durable ([`StateImage::written`]) they become views of it.
+    pub fn note_placement(&mut self) {
+        self.noting = true;
     }
 
     /// Writes the image to `out` as it goes.
@@ -75,6 +75,12 @@ impl StateImage {
             let offsets = self.offsets.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
             // The values replaced (on the heap, allocated by this thread) are freed here.
             let (_replaced, done) = self.etcd.adopt_step(payload, offsets, at, ADOPT_STEP);
+            if let Some(value) = at.differs() {
+                tracing::error!(
+                    value,
+                    "a snapshot file does not hold the value written at its place; the keyspace keeps its own copies"
+                );
+            }
             if done {
                 self.adopting = None;
                 *offsets = Vec::new();

@@ -330,8 +330,9 @@ impl KeySpaceLoader {
             }
             Stage::KeyCount => {
                 let left = c.u64("key count")?;
-                // At least a record per key (bounded: a damaged count must not reserve much).
-                self.revisions.reserve(usize::try_from(left).unwrap_or(0).min(1 << 24));
+                // At least a record per key (bounded: a damaged count must not reserve much;
+                // past this, the vector grows as usual).
+                self.revisions.reserve(usize::try_from(left).unwrap_or(0).min(1 << 16));
                 self.stage = Stage::Keys { left };
             }
             Stage::Keys { left: 0 } => {

@@ -32,6 +32,7 @@
 //! the world; nothing here needs one). A key's own superseded records also go whenever it is
 //! written.
 
+use std::cell::UnsafeCell;
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -76,41 +77,77 @@ pub(super) struct Record {
 /// durable ([`KeySpace::adopt_step`]), in every keyspace that shares the record, while other
 /// threads read it. The bytes never change, only where they are. A copy (a history copied on
 /// write) is a slot of its own, moved by the next snapshot that holds it.
-pub(super) struct Slot(Mutex<Option<Value>>);
+///
+/// The lock is one of [`SLOT_LOCKS`], chosen by the slot's address: a lock word in every
+/// record cost 8 bytes, 16 with the allocator's size classes (a key's one record inline grew
+/// from 96 to 112 bytes). A slot is locked only to copy its `Bytes` out or swap it, so two
+/// records sharing a lock hold each other up for a few nanoseconds at most.
+pub(super) struct Slot(UnsafeCell<Option<Value>>);
+
+// SAFETY: the cell is only reached through `Slot::with`, which holds the slot's lock for the
+// whole access: no two threads touch it at once. A slot cannot move while it is shared (a
+// move needs it owned), so every access to one slot picks the same lock.
+unsafe impl Sync for Slot {}
+
+/// A lock on its own cache line.
+#[repr(align(64))]
+struct Padded(Mutex<()>);
+
+/// The locks of every [`Slot`] (256: two slots share one only by their addresses).
+static SLOT_LOCKS: [Padded; 256] = [const { Padded(Mutex::new(())) }; 256];
 
 impl Slot {
     pub(super) fn new(value: Option<Value>) -> Slot {
-        Slot(Mutex::new(value))
+        Slot(UnsafeCell::new(value))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Value>> {
-        // Nothing panics while holding it; were it poisoned, the value is still whole.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Runs `f` on the value with the slot's lock held. `f` must not reach another slot (it
+    /// might share the lock).
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Value>) -> R) -> R {
+        // Records are at least 72 bytes apart: the bits above the 64 that a record spans
+        // spread neighbours over the locks.
+        let i = (self as *const Slot as usize >> 6) % SLOT_LOCKS.len();
+        // Nothing panics while holding a lock; were one poisoned, the values are still whole.
+        let _held = SLOT_LOCKS[i].0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: the slot's lock is held until `f` returns: this is the only reference to
+        // the cell's contents meanwhile (see `unsafe impl Sync for Slot`).
+        f(unsafe { &mut *self.0.get() })
     }
 
     /// The value (a reference count, not a copy); None for a tombstone.
     pub(super) fn get(&self) -> Option<Value> {
-        self.lock().clone()
+        self.with(|v| v.clone())
     }
 
     pub(super) fn is_tomb(&self) -> bool {
-        self.lock().is_none()
+        self.with(|v| v.is_none())
     }
 
     /// Value bytes (0 for a tombstone).
     pub(super) fn len(&self) -> usize {
-        self.lock().as_ref().map_or(0, |v| v.len())
+        self.with(|v| v.as_ref().map_or(0, |v| v.len()))
     }
 
-    /// Puts `view` (the same bytes elsewhere) in place of the value; the value it replaced,
-    /// or None if the slot is a tombstone or holds another length (then nothing changes).
-    fn relocate(&self, view: Value) -> Option<Value> {
-        let mut held = self.lock();
-        match held.as_mut() {
-            Some(v) if v.len() == view.len() => Some(std::mem::replace(v, view)),
-            _ => None,
-        }
+    /// Puts `view` in place of the value if it holds the same bytes (compared: a view of a
+    /// file is only as good as the offsets noted and the file's pages); otherwise nothing
+    /// changes.
+    fn relocate(&self, view: Value) -> Relocated {
+        self.with(|held| match held.as_mut() {
+            None => Relocated::Tomb,
+            Some(v) if *v == view => Relocated::Moved(std::mem::replace(v, view)),
+            Some(_) => Relocated::Differs,
+        })
     }
+}
+
+/// What [`Slot::relocate`] did.
+enum Relocated {
+    /// The value it replaced.
+    Moved(Value),
+    /// Nothing: a tombstone.
+    Tomb,
+    /// Nothing: the view holds other bytes.
+    Differs,
 }
 
 impl Clone for Slot {
@@ -121,7 +158,7 @@ impl Clone for Slot {
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.lock().fmt(f)
+        self.get().fmt(f)
     }
 }
 
@@ -330,6 +367,14 @@ impl History {
 pub struct Adopting {
     last_key: Option<Bytes>,
     next: usize,
+    differs: Option<usize>,
+}
+
+impl Adopting {
+    /// The value at which the walk stopped because the image held other bytes there.
+    pub fn differs(&self) -> Option<usize> {
+        self.differs
+    }
 }
 
 /// A record's place in revision order: (main, sub) and its key.
@@ -822,8 +867,9 @@ impl KeySpace {
     /// (a frozen clone) by [`KeySpace::write_image_noting`] with `offsets`: up to `budget`
     /// values from `at` on become views of their bytes there, in this keyspace and in every
     /// keyspace sharing the record (the live one), so that the heap no longer holds them and
-    /// an older file they were views of can go. Returns the values they replaced (to be
-    /// dropped on the caller's thread) and whether the walk is done.
+    /// an older file they were views of can go. Each view is compared with the value first;
+    /// at the first that differs the walk stops ([`Adopting::differs`]). Returns the values
+    /// replaced (to be dropped on the caller's thread) and whether the walk is done.
     pub fn adopt_step(&self, image: &Value, offsets: &[u64], at: &mut Adopting, budget: usize) -> (Vec<Value>, bool) {
         let mut replaced = Vec::with_capacity(budget.min(offsets.len()));
         let from = match &at.last_key {
@@ -847,12 +893,16 @@ impl KeySpace {
                 else {
                     continue;
                 };
-                debug_assert!(
-                    r.value.get().is_some_and(|v| v == view),
-                    "value {} of the walk is not where noted",
-                    at.next
-                );
-                replaced.extend(r.value.relocate(view));
+                match r.value.relocate(view) {
+                    Relocated::Moved(old) => replaced.push(old),
+                    Relocated::Tomb => {}
+                    Relocated::Differs => {
+                        // Offsets that do not match the file, or a file that does not hold
+                        // what was written: nothing more moves (what moved was compared).
+                        at.differs = Some(at.next - 1);
+                        return (replaced, true);
+                    }
+                }
             }
             at.last_key = Some(key.clone());
         }

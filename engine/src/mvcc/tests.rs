@@ -491,6 +491,27 @@ fn values_move_into_the_written_image_in_steps_in_every_keyspace_sharing_them() 
 }
 
 #[test]
+fn a_value_the_image_does_not_hold_stops_the_move_and_nothing_read_changes() {
+    let mut ks = KeySpace::new();
+    for k in ["a", "b", "c", "d"] {
+        ks.put(&put(k, &format!("value of {k}"))).expect("put");
+    }
+    let mut offsets = Vec::new();
+    let mut image = Vec::new();
+    ks.write_image_noting(&mut image, Some(&mut offsets)).expect("write into a Vec");
+    // c's value damaged in the file.
+    let c = usize::try_from(offsets[2]).expect("an offset");
+    image[c] ^= 0x20;
+    let image = Value::from(image);
+    let before = ks.range(&all()).expect("read");
+    let mut at = Adopting::default();
+    let (replaced, done) = ks.adopt_step(&image, &offsets, &mut at, 100);
+    assert!(done);
+    assert_eq!((replaced.len(), at.differs()), (2, Some(2)), "a and b moved, c differs, d not tried");
+    assert_eq!(ks.range(&all()).expect("read"), before, "every value reads as written");
+}
+
+#[test]
 fn an_image_giving_one_revision_to_two_records_is_refused() {
     let mut ks = KeySpace::new();
     ks.put(&put("a", "1")).expect("put");

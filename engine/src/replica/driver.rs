@@ -141,6 +141,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         if let Some((zxid, image)) = parts.snapshots.load_newest()? {
             base = zxid;
             parts.state.install_shared(zxid, image.into());
+            parts.snapshots.installed();
         }
         let snapshot_zxid = base;
         let mut logged = logged(base).filter(move |e| e.zxid > snapshot_zxid);

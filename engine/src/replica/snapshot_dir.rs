@@ -8,12 +8,13 @@ use std::io::Write;
 use super::storage::{ImageSink, SnapshotImage, Snapshots};
 use super::StorageError;
 use crate::log::Zxid;
-use crate::snapshot::{LoadedSnapshot, SnapshotError, SnapshotStore, SnapshotWriter};
+use crate::snapshot::{LoadedSnapshot, Resident, SnapshotError, SnapshotStore, SnapshotWriter};
 
 /// What a background write's thread hands back: once written and old ones purged, the
 /// oldest snapshot kept; and the image when there was one, to be freed on the applying
 /// thread (see `SnapshotImage::release_step`).
-type Outcome = (Result<Option<Zxid>, SnapshotError>, Option<Box<dyn SnapshotImage>>);
+/// And the written file's pages, to let go of once the image's values have moved into it.
+type Outcome = (Result<Option<Zxid>, SnapshotError>, Option<Box<dyn SnapshotImage>>, Option<Resident>);
 
 /// A background write: the zxid it covers, and its thread.
 struct Job {
@@ -28,6 +29,9 @@ pub struct SnapshotDir {
     running: Option<Job>,
     /// The image of the last background write, freed a part per step.
     releasing: Option<Box<dyn SnapshotImage>>,
+    /// The pages of the file that image's values move into (read to check each value as it
+    /// moves), let go of once it is freed; or of the snapshot loaded, once installed.
+    resident: Option<Resident>,
     /// Bytes of the newest snapshot written or loaded.
     newest_bytes: u64,
 }
@@ -35,7 +39,7 @@ pub struct SnapshotDir {
 impl SnapshotDir {
     /// The snapshots in `store`, of which the newest `keep` (at least one) are kept.
     pub fn new(store: SnapshotStore, keep: usize) -> SnapshotDir {
-        SnapshotDir { store, keep: keep.max(1), running: None, releasing: None, newest_bytes: 0 }
+        SnapshotDir { store, keep: keep.max(1), running: None, releasing: None, resident: None, newest_bytes: 0 }
     }
 }
 
@@ -46,6 +50,7 @@ impl Snapshots for SnapshotDir {
         let loaded = self.store.load_newest()?;
         if let Some(s) = &loaded.snapshot {
             self.newest_bytes = s.payload().len() as u64;
+            self.resident = Some(s.resident());
         }
         Ok(loaded.snapshot.map(|s| (s.info.zxid, s)))
     }
@@ -59,7 +64,7 @@ impl Snapshots for SnapshotDir {
         let thread = std::thread::spawn(move || {
             let written = store.write(zxid, &data).map(|_| ());
             drop(data);
-            (written.and_then(|()| store.purge(keep)), None)
+            (written.and_then(|()| store.purge(keep)), None, None)
         });
         self.running = Some(Job { zxid, thread });
     }
@@ -73,17 +78,22 @@ impl Snapshots for SnapshotDir {
         let thread = std::thread::spawn(move || {
             crate::sys::background_thread();
             let mut image = image;
+            image.note_placement();
+            let mut resident = None;
             let written = store.write_with(zxid, |w| image.write_to(w)).and_then(|info| {
                 let bytes = std::fs::metadata(&info.path).map_or(0, |m| m.len());
                 tracing::info!(%zxid, bytes, "snapshot streamed to disk");
                 // The state may keep views of the file instead of its own copies.
                 match store.map_written(&info) {
-                    Ok(file) => image.written(file.into()),
+                    Ok(file) => {
+                        resident = Some(file.resident());
+                        image.written(file.into());
+                    }
                     Err(e) => tracing::warn!(%zxid, error = %e, "the snapshot just written could not be mapped"),
                 }
                 store.purge(keep)
             });
-            (written, Some(image))
+            (written, Some(image), resident)
         });
         self.running = Some(Job { zxid, thread });
     }
@@ -96,7 +106,14 @@ impl Snapshots for SnapshotDir {
         if let Some(image) = self.releasing.as_mut() {
             if !image.release_step() {
                 self.releasing = None;
+                self.installed();
             }
+        }
+    }
+
+    fn installed(&mut self) {
+        if let Some(pages) = self.resident.take() {
+            pages.release();
         }
     }
 
@@ -110,8 +127,9 @@ impl Snapshots for SnapshotDir {
         }
         let job = self.running.take()?;
         let written = match job.thread.join() {
-            Ok((written, image)) => {
+            Ok((written, image, resident)) => {
                 self.releasing = image;
+                self.resident = resident;
                 written
             }
             Err(_) => Err(SnapshotError::Io {
@@ -211,7 +229,7 @@ mod tests {
         }
         let tree = DataTree::new();
         let zxid = Zxid::new(1, 7);
-        snapshots.start_image(zxid, Box::new(StateImage::for_file(tree.view(), live.clone())));
+        snapshots.start_image(zxid, Box::new(StateImage::new(tree.view(), live.clone())));
         let (done, written) = loop {
             if let Some(done) = snapshots.finished() {
                 break done;
@@ -236,14 +254,19 @@ mod tests {
             let at = kv.value.as_ptr() as usize;
             assert!(ranges.iter().any(|&(from, to)| from <= at && at + kv.value.len() <= to), "{kv:?} is in the file");
         }
-        // The file goes (unlinked) once two newer snapshots are written; its views still read.
+        // Purged once two newer snapshots are written, the file is set aside while viewed;
+        // its views still read.
         for n in [8, 9] {
             snapshots.write(Zxid::new(1, n), b"another").expect("write");
         }
         snapshots.store.purge(2).expect("purge");
         assert!(!file.exists());
+        let aside = file.with_extension("viewed.tmp");
+        assert!(!mapped_ranges(&aside).is_empty(), "{} is mapped", aside.display());
         assert_eq!(live.range(&all).expect("read").kvs, kvs);
         drop((kvs, live));
-        assert!(mapped_ranges(&file).is_empty(), "unmapped once no view is left");
+        assert!(mapped_ranges(&aside).is_empty(), "unmapped once no view is left");
+        snapshots.store.purge(2).expect("purge");
+        assert!(!aside.exists(), "and removed by the next purge");
     }
 }

@@ -81,6 +81,10 @@ pub trait SnapshotImage: Send {
         false
     }
 
+    /// The image is about to be written to a snapshot file: note what [`SnapshotImage::written`]
+    /// will need (where the keyspace's values go). By default, nothing.
+    fn note_placement(&mut self) {}
+
     /// The image was written to a snapshot file, now durable, whose payload is `payload`
     /// (mapped): the state may keep views of it instead of its own copies (the keyspace's
     /// values, moved in [`SnapshotImage::release_step`]s). By default, nothing.
@@ -102,6 +106,10 @@ impl SnapshotImage for crate::state::StateImage {
 
     fn release_step(&mut self) -> bool {
         crate::state::StateImage::release_step(self)
+    }
+
+    fn note_placement(&mut self) {
+        crate::state::StateImage::note_placement(self)
     }
 
     fn written(&mut self, payload: bytes::Bytes) {
@@ -266,6 +274,11 @@ pub trait Snapshots {
 
     /// Whether a background write is running (or its image is still being freed).
     fn busy(&self) -> bool;
+
+    /// The snapshot [`Snapshots::load_newest`] gave was installed: what the store still holds
+    /// of it for reading can go (a mapped file's pages, from resident memory). By default,
+    /// nothing.
+    fn installed(&mut self) {}
 
     /// Frees a part of the image of the last background write, if it is still held (see
     /// [`SnapshotImage::release_step`]); the driver calls it once per batch applied.

@@ -15,7 +15,7 @@
 
 mod store;
 
-pub use store::{LoadOutcome, LoadedSnapshot, SnapshotError, SnapshotInfo, SnapshotStore, SnapshotWriter};
+pub use store::{LoadOutcome, LoadedSnapshot, Resident, SnapshotError, SnapshotInfo, SnapshotStore, SnapshotWriter};
 
 use crate::log::Zxid;
 use crate::wal::{Wal, WalError};

@@ -9,6 +9,8 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use crate::log::Zxid;
 
 const MAGIC: [u8; 8] = *b"BATONSNP";
+/// The suffix of a purged snapshot still viewed ([`SnapshotStore::purge`]).
+const VIEWED: &str = ".viewed.tmp";
 const VERSION: u32 = 1;
 /// Header size; the payload starts here, 16-byte aligned for rkyv.
 pub const HEADER_BYTES: usize = 64;
@@ -62,13 +64,38 @@ pub struct SnapshotInfo {
 pub struct LoadedSnapshot {
     /// Which snapshot.
     pub info: SnapshotInfo,
-    map: Mmap,
+    map: Arc<Mmap>,
     len: usize,
     /// Alive while the file is mapped: a purge then neither reuses nor cuts the file.
     _pin: Arc<()>,
 }
 
+/// A hold on a mapped snapshot's pages, to let them go from the process's resident memory once
+/// read ([`Resident::release`]).
+#[derive(Debug)]
+pub struct Resident {
+    map: Arc<Mmap>,
+    _pin: Arc<()>,
+}
+
+impl Resident {
+    /// Drops the pages read so far from the process's resident memory. They stay in the page
+    /// cache (the kernel's to keep or reclaim) and come back when read again.
+    pub fn release(&self) {
+        // SAFETY: a shared read-only mapping of a file (`map` maps with MAP_SHARED): dropping
+        // its pages loses nothing, the next read faults the same bytes in from the file.
+        if let Err(e) = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+            tracing::debug!(error = %e, "madvise(DONTNEED) on a snapshot mapping");
+        }
+    }
+}
+
 impl LoadedSnapshot {
+    /// A hold on its pages (see [`Resident`]).
+    pub fn resident(&self) -> Resident {
+        Resident { map: self.map.clone(), _pin: self._pin.clone() }
+    }
+
     /// The payload, in place (16-byte aligned).
     pub fn payload(&self) -> &[u8] {
         &self.map[HEADER_BYTES..HEADER_BYTES + self.len]
@@ -172,7 +199,12 @@ impl SnapshotStore {
     /// [`SnapshotWriter::finish`]. Dropping it unfinished leaves only a temporary file,
     /// removed at the next [`SnapshotStore::open`].
     pub fn writer(&self, zxid: Zxid) -> Result<SnapshotWriter, SnapshotError> {
-        let tmp = self.dir.join(format!("snap-{:016x}.tmp", zxid.0));
+        // A name of its own: a snapshot written here and one received at the same zxid (or a
+        // SNAP begun again) must not share a file, which one of them could cut or overwrite
+        // under the other (or under a mapping of it once renamed).
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!("snap-{:016x}-{n}.tmp", zxid.0));
         // The spare a purge kept, if there is one: overwriting its blocks allocates nothing
         // (its stale tail is cut at `finish`). Another writer may have taken it first.
         let reused = fs::rename(self.spare_path(), &tmp).is_ok();
@@ -195,6 +227,12 @@ impl SnapshotStore {
     /// as every `snap-*.tmp`).
     fn spare_path(&self) -> PathBuf {
         self.dir.join("snap-spare.tmp")
+    }
+
+    /// Where a purged snapshot still viewed waits (removed by `open`, as every `snap-*.tmp`,
+    /// or by a purge once nothing views it).
+    fn viewed_path(&self, zxid: Zxid) -> PathBuf {
+        self.dir.join(format!("snap-{:016x}{VIEWED}", zxid.0))
     }
 
     /// Every snapshot file, oldest first (not verified).
@@ -257,8 +295,11 @@ impl SnapshotStore {
         let cut = all.len().saturating_sub(keep);
         for old in &all[..cut] {
             if self.in_use(old.zxid) {
-                // Mapped: unlinked only (its blocks go when its last view does).
-                fs::remove_file(&old.path).map_err(io_err(&old.path))?;
+                // Mapped: neither reused nor cut, but set aside under a temporary name until no
+                // view is left (unlinked now, its blocks would be freed by whichever thread
+                // drops the last view: a large file's freeing stalls the WAL's fdatasync
+                // behind ext4's journal, the reason for the steps below).
+                fs::rename(&old.path, self.viewed_path(old.zxid)).map_err(io_err(&old.path))?;
                 continue;
             }
             // The newest purged becomes the next snapshot's file when there is no spare:
@@ -276,6 +317,19 @@ impl SnapshotStore {
             sync_dir(&self.dir)?;
             crate::sys::shrink_then_remove(&doomed, 1 << 20, std::time::Duration::from_millis(5))
                 .map_err(io_err(&doomed))?;
+        }
+        // Files set aside while viewed go once nothing views them.
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let zxid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("snap-")?.strip_suffix(VIEWED))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            if zxid.is_some_and(|z| !self.in_use(Zxid(z))) {
+                crate::sys::shrink_then_remove(&entry.path(), 1 << 20, std::time::Duration::from_millis(5))
+                    .map_err(io_err(&entry.path()))?;
+            }
         }
         if cut > 0 {
             sync_dir(&self.dir)?;
@@ -339,7 +393,7 @@ fn map(info: &SnapshotInfo, verify: bool) -> Result<LoadedSnapshot, SnapshotErro
     if verify && xxh3_64(payload) != word(header, 32) {
         return Err(corrupt("payload checksum mismatch"));
     }
-    Ok(LoadedSnapshot { info: info.clone(), map, len, _pin: Arc::new(()) })
+    Ok(LoadedSnapshot { info: info.clone(), map: Arc::new(map), len, _pin: Arc::new(()) })
 }
 
 /// A snapshot being written; see [`SnapshotStore::writer`].
@@ -481,10 +535,11 @@ mod tests {
     }
 
     #[test]
-    fn a_loaded_snapshot_still_viewed_is_unlinked_by_a_purge_never_reused_or_cut() {
+    fn a_snapshot_still_viewed_is_set_aside_by_a_purge_never_reused_or_cut_and_removed_once_unviewed() {
         let dir = temp_dir();
         let store = SnapshotStore::open(dir.path()).expect("open");
         let spare = dir.path().join("snap-spare.tmp");
+        let aside = dir.path().join("snap-0000000000000001.viewed.tmp");
         store.write(Zxid(1), &body(1, 300_000)).expect("write");
         let view = bytes::Bytes::from(store.load_newest().expect("load").snapshot.expect("a snapshot"));
         let part = view.slice(1000..200_000);
@@ -494,13 +549,17 @@ mod tests {
         store.write(Zxid(2), &body(2, 300_000)).expect("write");
         store.purge(1).expect("purge");
         assert!(!spare.exists(), "a viewed file is not kept as the spare");
+        assert!(aside.exists(), "it waits under a temporary name");
         assert_eq!(store.list().expect("list").iter().map(|s| s.zxid).collect::<Vec<_>>(), vec![Zxid(2)]);
         store.write(Zxid(3), &body(3, 300_000)).expect("write");
         store.write(Zxid(4), &body(4, 300_000)).expect("write");
         store.purge(1).expect("purge");
         store.write(Zxid(5), &body(5, 300_000)).expect("write");
         assert_eq!(&part[..], &body(1, 300_000)[1000..200_000], "the view still reads what was loaded");
+        assert!(aside.exists(), "still viewed");
         drop(part);
+        store.purge(1).expect("purge");
+        assert!(!aside.exists(), "removed by the first purge once nothing views it");
 
         // Once no view is left, the purged file is the spare as before.
         store.write(Zxid(6), &body(6, 300_000)).expect("write");

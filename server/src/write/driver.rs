@@ -227,7 +227,7 @@ impl StateMachine for Machine {
             us = started.elapsed().as_micros() as u64,
             "snapshot view taken; writing it in the background"
         );
-        Box::new(StateImage::for_file(view, etcd))
+        Box::new(StateImage::new(view, etcd))
     }
 
     fn install(&mut self, zxid: Zxid, data: &[u8]) {
