@@ -91,7 +91,7 @@ impl Backend for Simulated {
         let seen = Rc::new(RefCell::new(Default::default()));
         let applied = Rc::new(RefCell::new(Vec::new()));
         let log = SimLog { disk: self.disk.clone(), applied, seen: seen.clone() };
-        let snapshots = SimSnapshots { disk: self.disk.clone(), job: self.job.clone(), seen };
+        let snapshots = SimSnapshots { disk: self.disk.clone(), job: self.job.clone(), seen, releasing: None };
         let recovered = self.disk.borrow().log.clone();
         (log, SimEpochs(self.disk.clone()), snapshots, recovered)
     }

@@ -212,6 +212,9 @@ pub struct SnapshotJob {
     pub image: Option<Box<dyn SnapshotImage>>,
     /// Written (and older ones purged): the oldest snapshot kept.
     pub written: Option<Zxid>,
+    /// The image once written, told so (its keyspace's values move into the written bytes as
+    /// into a snapshot file), to be released a step at a time as the snapshot directory does.
+    pub done: Option<Box<dyn SnapshotImage>>,
 }
 
 impl std::fmt::Debug for SnapshotJob {
@@ -236,15 +239,20 @@ pub struct SimSnapshots {
     pub job: Job,
     /// Observations.
     pub seen: Seen,
+    /// The last snapshot's image, released a step at a time.
+    pub releasing: Option<Box<dyn SnapshotImage>>,
 }
 
 /// Writes the job's snapshot to the disk and deletes all but the newest `keep`: what a
 /// background snapshot does when it is done.
 pub fn finish_job(disk: &mut Disk, job: &mut SnapshotJob, keep: usize) {
-    if let Some(image) = job.image.take() {
+    if let Some(mut image) = job.image.take() {
         let mut data = Vec::new();
+        image.note_placement();
         image.write_to(&mut data).expect("an image writes into memory");
         job.data = data.into();
+        image.written(bytes::Bytes::from_owner(job.data.clone()));
+        job.done = Some(image);
     }
     disk.add_snapshot(job.zxid, job.data.clone());
     let cut = disk.snapshots.len().saturating_sub(keep.max(1));
@@ -262,7 +270,7 @@ impl Snapshots for SimSnapshots {
     fn start(&mut self, zxid: Zxid, data: Vec<u8>) {
         let mut job = self.job.borrow_mut();
         if job.is_none() {
-            *job = Some(SnapshotJob { zxid, data: data.into(), image: None, written: None });
+            *job = Some(SnapshotJob { zxid, data: data.into(), image: None, written: None, done: None });
             self.seen.borrow_mut().snapshot_started = true;
         }
     }
@@ -270,20 +278,29 @@ impl Snapshots for SimSnapshots {
     fn start_image(&mut self, zxid: Zxid, image: Box<dyn SnapshotImage>) {
         let mut job = self.job.borrow_mut();
         if job.is_none() {
-            *job = Some(SnapshotJob { zxid, data: Vec::new().into(), image: Some(image), written: None });
+            *job = Some(SnapshotJob { zxid, data: Vec::new().into(), image: Some(image), written: None, done: None });
             self.seen.borrow_mut().snapshot_started = true;
         }
     }
 
     fn busy(&self) -> bool {
-        self.job.borrow().is_some()
+        self.job.borrow().is_some() || self.releasing.is_some()
+    }
+
+    fn release_step(&mut self) {
+        if let Some(image) = self.releasing.as_mut() {
+            if !image.release_step() {
+                self.releasing = None;
+            }
+        }
     }
 
     fn finished(&mut self) -> Option<(Zxid, Result<Option<Zxid>, StorageError>)> {
         let mut job = self.job.borrow_mut();
         let oldest = job.as_ref()?.written?;
-        let zxid = job.take()?.zxid;
-        Some((zxid, Ok(Some(oldest))))
+        let done = job.take()?;
+        self.releasing = done.done;
+        Some((done.zxid, Ok(Some(oldest))))
     }
 
     fn write(&mut self, zxid: Zxid, data: &[u8]) -> Result<(), StorageError> {

@@ -156,7 +156,12 @@ impl Node {
         let parts = Parts {
             log: SimLog { disk: self.disk.clone(), applied: self.applied.clone(), seen: self.seen.clone() },
             epochs: SimEpochs(self.disk.clone()),
-            snapshots: SimSnapshots { disk: self.disk.clone(), job: self.job.clone(), seen: self.seen.clone() },
+            snapshots: SimSnapshots {
+                disk: self.disk.clone(),
+                job: self.job.clone(),
+                seen: self.seen.clone(),
+                releasing: None,
+            },
             peers: SimPeers(self.seen.clone()),
             state: SimState { applied: self.applied.clone(), seen: self.seen.clone(), role: Role::Looking },
         };

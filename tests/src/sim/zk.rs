@@ -531,7 +531,7 @@ impl ZkSim {
         let parts = Parts {
             log: SimLog { disk: s.disk.clone(), applied, seen: s.seen.clone() },
             epochs: SimEpochs(s.disk.clone()),
-            snapshots: SimSnapshots { disk: s.disk.clone(), job: s.job.clone(), seen: s.seen.clone() },
+            snapshots: SimSnapshots { disk: s.disk.clone(), job: s.job.clone(), seen: s.seen.clone(), releasing: None },
             peers: SimPeers(s.seen.clone()),
             state: Machine { inner: state.clone() },
         };
