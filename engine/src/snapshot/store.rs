@@ -155,6 +155,12 @@ impl SnapshotStore {
         Ok(SnapshotStore { dir, mapped: Arc::default() })
     }
 
+    /// The snapshots in `dir` as they are, for reading only (a tool beside a running
+    /// server): nothing is created or removed, its temporary files included.
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> SnapshotStore {
+        SnapshotStore { dir: dir.into(), mapped: Arc::default() }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -567,6 +573,27 @@ mod tests {
         store.write(Zxid(7), &body(7, 300_000)).expect("write");
         store.purge(1).expect("purge");
         assert!(spare.exists());
+    }
+
+    #[test]
+    fn a_read_only_store_lists_and_loads_and_leaves_a_running_servers_files_alone() {
+        let dir = temp_dir();
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        store.write(Zxid(3), &body(3, 1000)).expect("write");
+        let in_flight = store.writer(Zxid(4)).expect("a snapshot being written");
+        let reader = SnapshotStore::open_read_only(dir.path());
+        assert_eq!(reader.list().expect("list").len(), 1);
+        assert_eq!(reader.load_newest().expect("load").snapshot.expect("a snapshot").info.zxid, Zxid(3));
+        assert!(in_flight.temp_path().exists(), "the writer's file is still there");
+        in_flight.finish().expect("and it finishes");
+        // A store opened for writing cleans up, as at a server's start.
+        let _ = store.writer(Zxid(5)).expect("a writer").temp_path().to_path_buf();
+        SnapshotStore::open(dir.path()).expect("open");
+        assert!(fs::read_dir(dir.path()).expect("dir").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub fn dump_wal(dir: &Path, after: Zxid, limit: usize) -> Result<String, WalErro
 
 /// One line per snapshot, newest last, saying which one recovery would load.
 pub fn list_snapshots(dir: &Path) -> Result<String, baton_engine::snapshot::SnapshotError> {
-    let store = SnapshotStore::open(dir)?;
+    // Read only: the server may be running, writing and purging snapshots beside it.
+    let store = SnapshotStore::open_read_only(dir);
     let mut out = String::new();
     for s in store.list()? {
         let _ = writeln!(out, "{}  zxid {}", s.path.display(), s.zxid);
