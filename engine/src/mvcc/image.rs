@@ -87,16 +87,16 @@ impl KeySpace {
                 for v in [r.main, r.sub, r.create, r.version, r.lease] {
                     buf.extend_from_slice(&v.to_le_bytes());
                 }
-                match r.value.get() {
+                r.value.with(|value| match value {
                     Some(v) => {
                         buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
                         if let Some(offsets) = offsets.as_deref_mut() {
                             offsets.push(flushed + buf.len() as u64);
                         }
-                        buf.extend_from_slice(&v);
+                        buf.extend_from_slice(v);
                     }
                     None => buf.extend_from_slice(&TOMBSTONE.to_le_bytes()),
-                }
+                });
             }
         }
         out.write_all(&buf)

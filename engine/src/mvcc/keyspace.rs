@@ -103,7 +103,7 @@ impl Slot {
 
     /// Runs `f` on the value with the slot's lock held. `f` must not reach another slot (it
     /// might share the lock).
-    fn with<R>(&self, f: impl FnOnce(&mut Option<Value>) -> R) -> R {
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut Option<Value>) -> R) -> R {
         // Records are at least 72 bytes apart: the bits above the 64 that a record spans
         // spread neighbours over the locks.
         let i = (self as *const Slot as usize >> 6) % SLOT_LOCKS.len();
@@ -125,7 +125,12 @@ impl Slot {
 
     /// Value bytes (0 for a tombstone).
     pub(super) fn len(&self) -> usize {
-        self.with(|v| v.as_ref().map_or(0, |v| v.len()))
+        self.value_len().unwrap_or(0)
+    }
+
+    /// Value bytes; None for a tombstone.
+    fn value_len(&self) -> Option<usize> {
+        self.with(|v| v.as_ref().map(|v| v.len()))
     }
 
     /// Puts `view` in place of the value if it holds the same bytes (compared: a view of a
@@ -210,20 +215,19 @@ impl Default for Records {
 }
 
 impl Records {
-    /// The records when they are in one slice (one, or a plain vector).
-    fn slice(&self) -> Option<&[Record]> {
+    /// The records as one slice (one record, or a plain vector), or the persistent vector.
+    fn parts(&self) -> Result<&[Record], &imbl::Vector<Record>> {
         match self {
-            Records::One(r) => Some(std::slice::from_ref(r)),
-            Records::Small(v) => Some(v),
-            Records::Large(_) => None,
+            Records::One(r) => Ok(std::slice::from_ref(r)),
+            Records::Small(v) => Ok(v),
+            Records::Large(v) => Err(v),
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        match (self.slice(), self) {
-            (Some(s), _) => s.len(),
-            (None, Records::Large(v)) => v.len(),
-            (None, _) => 0,
+        match self.parts() {
+            Ok(s) => s.len(),
+            Err(v) => v.len(),
         }
     }
 
@@ -232,35 +236,31 @@ impl Records {
     }
 
     pub(super) fn get(&self, i: usize) -> Option<&Record> {
-        match (self.slice(), self) {
-            (Some(s), _) => s.get(i),
-            (None, Records::Large(v)) => v.get(i),
-            (None, _) => None,
+        match self.parts() {
+            Ok(s) => s.get(i),
+            Err(v) => v.get(i),
         }
     }
 
     pub(super) fn last(&self) -> Option<&Record> {
-        match (self.slice(), self) {
-            (Some(s), _) => s.last(),
-            (None, Records::Large(v)) => v.last(),
-            (None, _) => None,
+        match self.parts() {
+            Ok(s) => s.last(),
+            Err(v) => v.last(),
         }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Record> + '_ {
-        let (slice, large) = match (self.slice(), self) {
-            (Some(s), _) => (Some(s.iter()), None),
-            (None, Records::Large(v)) => (None, Some(v.iter())),
-            (None, _) => (None, None),
+        let (slice, large) = match self.parts() {
+            Ok(s) => (Some(s.iter()), None),
+            Err(v) => (None, Some(v.iter())),
         };
         slice.into_iter().flatten().chain(large.into_iter().flatten())
     }
 
     pub(super) fn binary_search_by(&self, f: impl FnMut(&Record) -> Ordering) -> Result<usize, usize> {
-        match (self.slice(), self) {
-            (Some(s), _) => s.binary_search_by(f),
-            (None, Records::Large(v)) => v.binary_search_by(f),
-            (None, _) => Err(0),
+        match self.parts() {
+            Ok(s) => s.binary_search_by(f),
+            Err(v) => v.binary_search_by(f),
         }
     }
 
@@ -883,10 +883,7 @@ impl KeySpace {
             }
             for r in h.records.iter() {
                 visited += 1;
-                let len = r.value.len();
-                if r.value.is_tomb() {
-                    continue;
-                }
+                let Some(len) = r.value.value_len() else { continue };
                 let start = offsets.get(at.next).and_then(|&o| usize::try_from(o).ok());
                 at.next += 1;
                 let Some(view) = start.and_then(|s| image.get(s..s.checked_add(len)?).map(|b| image.slice_ref(b)))
