@@ -156,7 +156,7 @@ impl Default for KeySpaceLoader {
 }
 
 /// Whether `part` is a part of `whole`'s memory.
-fn within(whole: &[u8], part: &[u8]) -> bool {
+pub(super) fn within(whole: &[u8], part: &[u8]) -> bool {
     let (start, end) = (whole.as_ptr() as usize, whole.as_ptr() as usize + whole.len());
     let (p, q) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
     start <= p && q <= end

@@ -433,10 +433,7 @@ fn values_move_into_the_written_image_in_steps_in_every_keyspace_sharing_them() 
     frozen.write_image_noting(&mut image, Some(&mut offsets)).expect("write into a Vec");
     assert_eq!(image, live.to_image(), "noting changes nothing written");
     let image = Value::from(image);
-    let inside = |v: &Value| {
-        let (start, end) = (image.as_ptr() as usize, image.as_ptr() as usize + image.len());
-        start <= v.as_ptr() as usize && v.as_ptr() as usize + v.len() <= end
-    };
+    let inside = |v: &Value| image::within(&image, v);
     // The live keyspace moves on meanwhile: k01 gets a record (its history is copied).
     live.put(&put("k01", "after the snapshot")).expect("put");
     let history = |ks: &KeySpace| {
@@ -534,10 +531,7 @@ fn a_keyspace_loaded_from_a_kept_image_holds_views_of_its_values_and_a_piecewise
     ks.put(&put("b", "other")).expect("put");
     ks.delete_range(&del("b", ""));
     let image = Value::from(ks.to_image());
-    let inside = |v: &Value| {
-        let (start, end) = (image.as_ptr() as usize, image.as_ptr() as usize + image.len());
-        start <= v.as_ptr() as usize && v.as_ptr() as usize + v.len() <= end
-    };
+    let inside = |v: &Value| image::within(&image, v);
 
     let mut loader = KeySpaceLoader::backed_by(image.clone());
     assert_eq!(loader.push(&image).expect("a valid image"), image.len());
