@@ -2,6 +2,7 @@
 # Memory per key and restart time through the etcd API, Baton vs etcd 3.4, in one run.
 #
 #   bench/scripts/etcd-memory-restart.sh [COUNT]      (default 1000000 keys of 256 bytes)
+#   TARGETS=baton bench/scripts/etcd-memory-restart.sh   (one server only)
 #
 # For each server: start it on 127.0.0.1 with an empty data directory, put COUNT distinct
 # keys with `baton-bench etcd --workload fill` (32 connections x 8 in flight), note its
@@ -34,7 +35,7 @@ start() { # name -> pid on stdout
   esac
   echo $!
 }
-for name in baton etcd; do
+for name in ${TARGETS:-baton etcd}; do
   pid=$(start $name); PIDS+=("$pid")
   "$BENCH" etcd-ready --target 127.0.0.1:$PORT --timeout 30 >/dev/null
   idle=$(rss_kb "$pid")

@@ -19,10 +19,10 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use imbl::OrdSet;
+use imbl::{OrdMap, OrdSet};
 
 use super::keyspace::{record_bytes, History, KeySpace, Lease, Record, Records, Revision, Slot, LEASE_OVERHEAD};
-use super::types::Value;
+use super::types::{Key, Value};
 use crate::le::Cursor;
 
 /// The image's first bytes.
@@ -140,13 +140,35 @@ pub struct KeySpaceLoader {
     pending: Vec<u8>,
     stage: Stage,
     ks: KeySpace,
-    last_key: Option<Arc<[u8]>>,
+    last_key: Option<Key>,
     version: u32,
     /// The whole image, when it is a mapped file: values read from it are views of it, not
     /// copies (see [`KeySpaceLoader::backed_by`]).
     backing: Option<Value>,
     /// Every record's revision and key, as read.
     revisions: Vec<Revision>,
+    /// Every key and its history, as read (in key order): the key map is built from them
+    /// once all are read ([`full_map`]).
+    entries: Vec<Option<(Key, Arc<History>)>>,
+}
+
+/// The key map of `entries` (in key order), its leaves full. The map's nodes split in half
+/// when full, so inserting keys in order leaves every leaf but the last half empty: 33 bytes
+/// a key instead of 16. Inserting every other key first gives leaves of 32 keys each, each
+/// spanning the 32 keys left out, which the second pass then adds: every leaf but the last
+/// ends full, without a node split in the second pass.
+/// The fewest bytes a key takes in an image: its length, one byte, its record count and one
+/// tombstone record.
+const MIN_KEY_BYTES: usize = 4 + 1 + 4 + 5 * 8 + 4;
+
+fn full_map(mut entries: Vec<Option<(Key, Arc<History>)>>) -> OrdMap<Key, Arc<History>> {
+    let mut map = OrdMap::new();
+    for first in [0, 1] {
+        for (k, h) in entries.iter_mut().skip(first).step_by(2).filter_map(Option::take) {
+            map.insert(k, h);
+        }
+    }
+    map
 }
 
 impl Default for KeySpaceLoader {
@@ -173,6 +195,7 @@ impl KeySpaceLoader {
             version: 0,
             backing: None,
             revisions: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -330,9 +353,16 @@ impl KeySpaceLoader {
             }
             Stage::KeyCount => {
                 let left = c.u64("key count")?;
-                // At least a record per key (bounded: a damaged count must not reserve much;
-                // past this, the vector grows as usual).
-                self.revisions.reserve(usize::try_from(left).unwrap_or(0).min(1 << 16));
+                // At least a record per key, bounded by what the image could hold (a key
+                // takes at least MIN_KEY_BYTES of it), so that a damaged count cannot reserve
+                // much; a vector grown by doubling instead copies itself as it goes.
+                let bound = match &self.backing {
+                    Some(image) => image.len() / MIN_KEY_BYTES,
+                    None => 1 << 16,
+                };
+                let reserve = usize::try_from(left).unwrap_or(0).min(bound);
+                self.revisions.reserve(reserve);
+                self.entries.reserve(reserve);
                 self.stage = Stage::Keys { left };
             }
             Stage::Keys { left: 0 } => {
@@ -343,12 +373,13 @@ impl KeySpaceLoader {
                     return Err(format!("revision ({}, {}) given to two records", w[0].0, w[0].1));
                 }
                 self.ks.by_rev = revisions.into_iter().collect();
+                self.ks.keys = full_map(std::mem::take(&mut self.entries));
                 self.stage = Stage::Done;
                 return Ok(false);
             }
             Stage::Keys { left } => {
                 let len = c.u32("key length")? as usize;
-                let key: Arc<[u8]> = Arc::from(c.take(len, "key")?);
+                let key = Key::new(c.take(len, "key")?);
                 if key.is_empty() || self.last_key.as_ref().is_some_and(|last| *last >= key) {
                     return Err("keys empty or out of order".into());
                 }
@@ -388,7 +419,7 @@ impl KeySpaceLoader {
                 for r in h.records.iter() {
                     self.revisions.push((r.main, r.sub, key.clone()));
                 }
-                self.ks.keys.insert(key.clone(), Arc::new(h));
+                self.entries.push(Some((key.clone(), Arc::new(h))));
                 self.last_key = Some(key);
                 self.stage = Stage::Keys { left: left - 1 };
             }

@@ -12,7 +12,7 @@
 //!   events of a revision range (a watch that starts in the past) and for pruning. Records
 //!   are only ever added at the newest revision and dropped from the oldest (a compaction
 //!   prunes from the front), so it is a queue: a persistent vector, packed 64 to a chunk
-//!   (32 bytes a record; a map's half-filled nodes cost about twice that).
+//!   (24 bytes a record; a map's half-filled nodes cost about twice that).
 //! - `leases`: lease → granted TTL and attached keys.
 //! - `alarms`: the (member, alarm type) raised; with NOSPACE raised, writes that add data
 //!   are refused at apply, on every server alike (etcd's capped applier).
@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex};
 use imbl::{OrdMap, OrdSet};
 
 use super::types::{
-    ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
-    EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
+    ArchivedEtcdTxn, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, EtcdApplied,
+    EtcdResponse, EtcdTxn, Event, EventKind, Key, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, Value,
     ALARM_CORRUPT, ALARM_NOSPACE,
 };
@@ -168,7 +168,7 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Record {
-    fn kv(&self, key: &Bytes) -> KeyValue {
+    fn kv(&self, key: &Key) -> KeyValue {
         KeyValue {
             key: key.clone(),
             create_revision: self.create,
@@ -365,7 +365,7 @@ impl History {
 /// Where a walk of [`KeySpace::adopt_step`] is: after this key, at this offset.
 #[derive(Debug, Default)]
 pub struct Adopting {
-    last_key: Option<Bytes>,
+    last_key: Option<Key>,
     next: usize,
     differs: Option<usize>,
 }
@@ -378,13 +378,13 @@ impl Adopting {
 }
 
 /// A record's place in revision order: (main, sub) and its key.
-pub(super) type Revision = (i64, i64, Bytes);
+pub(super) type Revision = (i64, i64, Key);
 
 /// A lease as every server knows it.
 #[derive(Debug, Clone)]
 pub(super) struct Lease {
     pub(super) ttl: i64,
-    pub(super) keys: OrdSet<Bytes>,
+    pub(super) keys: OrdSet<Key>,
 }
 
 /// The etcd keyspace. Cloning it is cheap (see the module's documentation).
@@ -392,7 +392,7 @@ pub(super) struct Lease {
 pub struct KeySpace {
     pub(super) rev: i64,
     pub(super) compact_rev: i64,
-    pub(super) keys: OrdMap<Bytes, Arc<History>>,
+    pub(super) keys: OrdMap<Key, Arc<History>>,
     pub(super) by_rev: imbl::Vector<Revision>,
     pub(super) leases: OrdMap<i64, Lease>,
     pub(super) alarms: OrdSet<(u64, i32)>,
@@ -521,7 +521,7 @@ impl KeySpace {
         self.keys.values().filter(|h| h.latest().is_some()).count()
     }
 
-    fn span(&self, span: Span<'_>) -> Box<dyn Iterator<Item = (&Bytes, &Arc<History>)> + '_> {
+    fn span(&self, span: Span<'_>) -> Box<dyn Iterator<Item = (&Key, &Arc<History>)> + '_> {
         match span {
             Span::One(key) => Box::new(self.keys.get_key_value(key).into_iter()),
             Span::From(key) => Box::new(self.keys.range::<_, [u8]>((Bound::Included(key), Bound::Unbounded))),
@@ -619,7 +619,7 @@ impl KeySpace {
     }
 
     /// Adds `rec` to `key`'s history (dropping what the last compaction left of it first).
-    fn push_record(&mut self, key: &Bytes, rec: Record) {
+    fn push_record(&mut self, key: &Key, rec: Record) {
         let compact = self.compact_rev;
         let h = Arc::make_mut(self.keys.entry(key.clone()).or_default());
         let mut gone = 0;
@@ -632,7 +632,7 @@ impl KeySpace {
         self.bytes = self.bytes.saturating_sub(gone) + added;
     }
 
-    fn detach(&mut self, lease: i64, key: &Bytes) {
+    fn detach(&mut self, lease: i64, key: &Key) {
         if lease != 0 {
             if let Some(l) = self.leases.get_mut(&lease) {
                 l.keys.remove(key);
@@ -642,7 +642,7 @@ impl KeySpace {
 
     /// Writes `key` (the lease is known to exist, or 0).
     fn put_key(&mut self, w: &mut Write, key: &[u8], value: Option<Vec<u8>>, lease: Option<i64>) -> Option<KeyValue> {
-        let key: Bytes = Arc::from(key);
+        let key = Key::new(key);
         let prev = self.keys.get(&key).and_then(|h| h.latest().cloned());
         let value = match (value, &prev) {
             (Some(v), _) => Value::from(v),
@@ -683,7 +683,7 @@ impl KeySpace {
 
     /// Deletes the live keys in `span`, in key order; returns them as they were.
     fn delete_keys(&mut self, w: &mut Write, span: Span<'_>) -> Vec<KeyValue> {
-        let live: Vec<(Bytes, Record)> =
+        let live: Vec<(Key, Record)> =
             self.span(span).filter_map(|(k, h)| h.latest().map(|r| (k.clone(), r.clone()))).collect();
         let mut prevs = Vec::with_capacity(live.len());
         for (key, prev) in live {

@@ -17,9 +17,9 @@ mod tests;
 pub use image::{KeySpaceImageError, KeySpaceLoader, MAGIC as IMAGE_MAGIC};
 pub use keyspace::{Adopting, KeySpace, LEASE_OVERHEAD, MAX_LEASE_TTL, RECORD_OVERHEAD};
 pub use types::{
-    ArchivedEtcdTxn, Bytes, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
-    EtcdApplied, EtcdResponse, EtcdTxn, Event, EventKind, GrpcCode, KeyValue, LeaseInfo, MvccError, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
-    Value, ALARM_CORRUPT, ALARM_NOSPACE,
+    ArchivedEtcdTxn, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, EtcdApplied,
+    EtcdResponse, EtcdTxn, Event, EventKind, GrpcCode, Key, KeyValue, LeaseInfo, MvccError, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse, Value,
+    ALARM_CORRUPT, ALARM_NOSPACE,
 };
 pub use validate::{check_key, check_put, check_txn, DEFAULT_MAX_TXN_OPS};

@@ -2,12 +2,93 @@
 //! decodes from protobuf and hands to the write path, and what [`super::KeySpace`] answers.
 //! Field names and meanings are etcd's `rpc.proto` and `kv.proto` (see `engine/ETCD-MVCC.md`).
 
-use std::sync::Arc;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 
 use rkyv::{Archive, Deserialize, Serialize};
+use triomphe::ThinArc;
 
-/// Keys: shared, so that a read, a watch event and the history hold one copy.
-pub type Bytes = Arc<[u8]>;
+/// A key: shared, so that a read, a watch event and the history hold one copy, behind a
+/// thin pointer (8 bytes; the length lives with the bytes), since the key map and the
+/// revision queue hold one per record: a fat `Arc<[u8]>` cost 8 bytes more in each, 24
+/// bytes a key with the key map's half-filled leaves. Compared, ordered and hashed as its
+/// bytes.
+#[derive(Clone)]
+pub struct Key(ThinArc<(), u8>);
+
+impl Key {
+    /// A shared copy of `bytes`.
+    pub fn new(bytes: &[u8]) -> Key {
+        Key(ThinArc::from_header_and_slice((), bytes))
+    }
+}
+
+impl Deref for Key {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0.slice
+    }
+}
+
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(bytes: &[u8]) -> Key {
+        Key::new(bytes)
+    }
+}
+
+impl Default for Key {
+    fn default() -> Key {
+        Key::new(&[])
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
 
 /// Values: shared as keys are, and either on the heap (written since the state was loaded)
 /// or a view of the mapped snapshot file the state was loaded from (`bytes::Bytes` holds
@@ -18,7 +99,7 @@ pub type Value = bytes::Bytes;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyValue {
     /// The key.
-    pub key: Bytes,
+    pub key: Key,
     /// The revision of the put that created this generation of the key.
     pub create_revision: i64,
     /// The revision of the key's latest change.
@@ -283,7 +364,7 @@ pub struct LeaseInfo {
     /// Its granted TTL in seconds (after the minimum is applied).
     pub ttl: i64,
     /// The keys attached to it, in key order.
-    pub keys: Vec<Bytes>,
+    pub keys: Vec<Key>,
 }
 
 /// The errors of the keyspace and of request validation, with etcd's messages word for word
