@@ -141,8 +141,9 @@ impl WatchStream {
                 let len = u32::from_be_bytes([self.buffered[1], self.buffered[2], self.buffered[3], self.buffered[4]]);
                 let end = 5 + len as usize;
                 if self.buffered.len() >= end {
-                    let message = self.buffered.split_to(end);
-                    return Ok(Some(pb::WatchResponse::decode(&message[5..])?));
+                    // Decoded from shared bytes: the key and value are views, not copies.
+                    let message = self.buffered.split_to(end).freeze().slice(5..);
+                    return Ok(Some(pb::WatchResponse::decode(message)?));
                 }
             }
             match self.answers.data().await {

@@ -89,11 +89,7 @@ impl OnShards {
             .max_decoding_message_size(max);
         let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
             .max_decoding_message_size(max);
-        let watch = pb::etcdserverpb::watch_server::WatchServer::new(watch::WatchService {
-            front: front.clone(),
-            hub: hub.clone(),
-        })
-        .max_decoding_message_size(max);
+        let watch = watch::WatchRoute::new(watch::WatchService { front: front.clone(), hub: hub.clone() }, max);
         let maintenance =
             pb::etcdserverpb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
                 front: front.clone(),

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use baton_engine::mvcc::{Event, EventKind, MvccError};
 use tokio::sync::mpsc;
-use tonic::codegen::tokio_stream::{wrappers::ReceiverStream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codegen::tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
 
 use super::convert;
 use super::front::Front;
@@ -121,35 +121,90 @@ fn fragments(answer: pb::WatchResponse, max: usize) -> Vec<pb::WatchResponse> {
 
 /// Puts `answer` in a stream's queue (in fragments if the watcher asked for them): all of it,
 /// or nothing when the queue has no room.
-fn send(tx: &mpsc::Sender<pb::WatchResponse>, answer: pb::WatchResponse, fragment_over: Option<usize>) -> bool {
-    let Some(max) = fragment_over else { return tx.try_send(answer).is_ok() };
+fn send(tx: &mpsc::Sender<Encoded>, answer: pb::WatchResponse, fragment_over: Option<usize>) -> bool {
+    let Some(max) = fragment_over else { return put(tx, &answer) };
     let parts = fragments(answer, max);
     // Only the hub's holder sends, so the room seen here is there for every part.
     if tx.capacity() < parts.len() {
         return false;
     }
-    parts.into_iter().all(|part| tx.try_send(part).is_ok())
+    parts.iter().all(|part| put(tx, part))
 }
 
-/// A watch stream's answers as tonic sends them. The queue holds the answers alone, not
-/// `Result`s: tonic's `Status` is larger than an answer, and the slots of 10,000 streams'
-/// queues are read cold, one per event.
-pub struct Answers(ReceiverStream<pb::WatchResponse>);
+/// Puts `answer` in a stream's queue if it has room.
+fn put(tx: &mpsc::Sender<Encoded>, answer: &pb::WatchResponse) -> bool {
+    tx.try_send(Encoded::new(answer)).is_ok()
+}
 
-impl tonic::codegen::tokio_stream::Stream for Answers {
-    type Item = Result<pb::WatchResponse, Status>;
+/// An answer as it goes on the wire (its protobuf encoding): encoded once, and the same
+/// bytes queued to every stream it goes to (a watched key's change to 10,000 watchers is
+/// one encoding and 10,000 reference counts, not 10,000 messages built and encoded).
+#[derive(Debug, Clone)]
+pub struct Encoded(bytes::Bytes);
 
-    fn poll_next(
+impl Encoded {
+    /// `answer` as one gRPC message: not compressed, its length, its encoding.
+    fn new(answer: &pb::WatchResponse) -> Encoded {
+        use prost::Message;
+        let len = answer.encoded_len();
+        let mut out = Vec::with_capacity(5 + len);
+        out.push(0);
+        // Answers are far below 4 GiB (a watcher's are cut at the request limit or hold one
+        // event, itself below it).
+        out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        answer.encode_raw(&mut out);
+        Encoded(out.into())
+    }
+}
+
+/// The Watch service's requests, decoded as tonic's own codec does.
+#[derive(Debug, Default, Clone, Copy)]
+struct RequestDecoder;
+
+impl tonic::codec::Decoder for RequestDecoder {
+    type Item = pb::WatchRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::WatchRequest>, Status> {
+        use prost::Message;
+        pb::WatchRequest::decode(src).map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// A watch stream's answers as the response's body: each queued answer a DATA frame as it
+/// was encoded (no copy, no encoding per stream), then, should the queue end, trailers
+/// with status OK (a stream ends that way when the server stops).
+pub struct Answers {
+    rx: mpsc::Receiver<Encoded>,
+    ended: bool,
+}
+
+impl http_body::Body for Answers {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.0).poll_next(cx).map(|answer| answer.map(Ok))
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(answer) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(answer.0)))),
+            None => {
+                self.ended = true;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+        }
     }
 }
 
 /// One client stream and its watchers.
 struct Stream {
-    tx: mpsc::Sender<pb::WatchResponse>,
+    tx: mpsc::Sender<Encoded>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
 }
@@ -170,28 +225,48 @@ impl Hub {
     pub fn publish(&mut self, front: &Front, events: &[Event], current: i64) {
         self.streams.retain(|_, s| !s.tx.is_closed());
         // Each event as etcd's message once (its bytes shared with the keyspace), with its
-        // previous value; a watcher's copy is reference counts.
+        // previous value; and each answer encoded once for every watcher that gets the same
+        // one: the same watch ID (a stream's first watcher is 0 on every stream), the same
+        // events, with or without their previous values.
         let messages: Vec<mvccpb::Event> = events.iter().map(message).collect();
+        let header = Some(front.header(current));
+        let mut last: Option<(i64, bool, Vec<usize>, Encoded)> = None;
+        let mut wanted = Vec::new();
         for stream in self.streams.values_mut() {
             for (&id, w) in stream.watchers.iter_mut().filter(|(_, w)| w.synced) {
-                let mine: Vec<mvccpb::Event> = events
-                    .iter()
-                    .zip(&messages)
-                    .filter(|(e, _)| w.wants(e))
-                    .map(|(_, m)| mvccpb::Event {
-                        r#type: m.r#type,
-                        kv: m.kv.clone(),
-                        prev_kv: if w.prev_kv { m.prev_kv.clone() } else { None },
-                    })
-                    .collect();
-                if !mine.is_empty() {
-                    let answer = pb::WatchResponse {
-                        header: Some(front.header(current)),
+                wanted.clear();
+                wanted.extend(events.iter().enumerate().filter(|(_, e)| w.wants(e)).map(|(i, _)| i));
+                if !wanted.is_empty() {
+                    let answer = |wanted: &[usize]| pb::WatchResponse {
+                        header: header.clone(),
                         watch_id: id,
-                        events: mine,
+                        events: wanted
+                            .iter()
+                            .map(|&i| {
+                                let m = &messages[i];
+                                mvccpb::Event {
+                                    r#type: m.r#type,
+                                    kv: m.kv.clone(),
+                                    prev_kv: if w.prev_kv { m.prev_kv.clone() } else { None },
+                                }
+                            })
+                            .collect(),
                         ..pb::WatchResponse::default()
                     };
-                    if !send(&stream.tx, answer, w.fragment_over) {
+                    let sent = match w.fragment_over {
+                        Some(_) => send(&stream.tx, answer(&wanted), w.fragment_over),
+                        None => {
+                            let same = last.as_ref().is_some_and(|(i, p, ev, _)| {
+                                *i == id && *p == w.prev_kv && ev.as_slice() == wanted.as_slice()
+                            });
+                            if !same {
+                                last = Some((id, w.prev_kv, wanted.clone(), Encoded::new(&answer(&wanted))));
+                            }
+                            // Just set when it was not the same.
+                            last.as_ref().is_some_and(|(.., e)| stream.tx.try_send(e.clone()).is_ok())
+                        }
+                    };
+                    if !sent {
                         w.synced = false;
                         continue;
                     }
@@ -230,7 +305,7 @@ impl WatchService {
                 cancel_reason: MvccError::Compacted.to_string(),
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(answer);
+            let _ = put(&s.tx, &answer);
             return;
         }
         let id = if c.watch_id != 0 {
@@ -250,7 +325,7 @@ impl WatchService {
                 cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(answer);
+            let _ = put(&s.tx, &answer);
             return;
         }
         let past = c.start_revision != 0 && c.start_revision <= current;
@@ -268,7 +343,7 @@ impl WatchService {
         };
         s.watchers.insert(id, watcher);
         let created = pb::WatchResponse { header, watch_id: id, created: true, ..pb::WatchResponse::default() };
-        let _ = s.tx.try_send(created);
+        let _ = put(&s.tx, &created);
     }
 
     fn cancel(&self, stream: u64, watch_id: i64) {
@@ -282,7 +357,7 @@ impl WatchService {
                 canceled: true,
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(answer);
+            let _ = put(&s.tx, &answer);
         }
     }
 
@@ -297,7 +372,7 @@ impl WatchService {
                 watch_id: -1,
                 ..pb::WatchResponse::default()
             };
-            let _ = s.tx.try_send(answer);
+            let _ = put(&s.tx, &answer);
         }
     }
 }
@@ -320,7 +395,7 @@ impl Hub {
                     watch_id: id,
                     ..pb::WatchResponse::default()
                 };
-                let _ = s.tx.try_send(answer);
+                let _ = put(&s.tx, &answer);
             }
         }
     }
@@ -362,7 +437,7 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
                             compact_revision: compacted,
                             ..pb::WatchResponse::default()
                         };
-                        let _ = s.tx.try_send(answer);
+                        let _ = put(&s.tx, &answer);
                         cancelled.push(id);
                         continue;
                     }
@@ -399,16 +474,10 @@ pub async fn catch_up(front: Arc<Front>, hub: Arc<Mutex<Hub>>) {
     }
 }
 
-#[tonic::async_trait]
-impl pb::watch_server::Watch for WatchService {
-    type WatchStream = Answers;
-
-    async fn watch(
-        &self,
-        request: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+impl WatchService {
+    /// One Watch call: a stream of watchers, its answers queued as they are made.
+    fn watch(&self, mut inbound: Streaming<pb::WatchRequest>) -> Answers {
         use pb::watch_request::RequestUnion as R;
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let stream = {
             let mut hub = lock(&self.hub);
@@ -431,7 +500,57 @@ impl pb::watch_server::Watch for WatchService {
             // as from etcd: the stream goes when its answers can no longer be sent (its
             // receiver is dropped with the connection; see `Hub::publish`).
         });
-        Ok(Response::new(Answers(ReceiverStream::new(rx))))
+        Answers { rx, ended: false }
+    }
+}
+
+/// The Watch service's route, in place of tonic's generated `WatchServer`: requests decoded
+/// as it does, answers sent as they were queued, already encoded ([`Answers`]).
+#[derive(Clone)]
+pub struct WatchRoute {
+    service: Arc<WatchService>,
+    max_decoding: usize,
+}
+
+impl WatchRoute {
+    /// The route to `service`, refusing requests larger than `max_decoding` bytes.
+    pub fn new(service: WatchService, max_decoding: usize) -> WatchRoute {
+        WatchRoute { service: Arc::new(service), max_decoding }
+    }
+}
+
+impl tonic::server::NamedService for WatchRoute {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, std::convert::Infallible>> + Send>>;
+
+impl<B> tower::Service<http::Request<B>> for WatchRoute
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, max) = (self.service.clone(), self.max_decoding);
+        Box::pin(async move {
+            if request.uri().path() != "/etcdserverpb.Watch/Watch" {
+                let (parts, ()) = Status::unimplemented("").into_http::<()>().into_parts();
+                return Ok(http::Response::from_parts(parts, tonic::body::Body::empty()));
+            }
+            let inbound = Streaming::new_request(RequestDecoder, request.into_body(), None, Some(max));
+            let answers = service.watch(inbound);
+            let mut response = http::Response::new(tonic::body::Body::new(answers));
+            response.headers_mut().insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+            Ok(response)
+        })
     }
 }
 
@@ -447,6 +566,25 @@ mod tests {
             ..mvccpb::KeyValue::default()
         };
         mvccpb::Event { r#type: 0, kv: Some(kv), prev_kv: None }
+    }
+
+    #[test]
+    fn an_answer_is_encoded_once_as_one_grpc_message_that_decodes_back_to_it() {
+        let answer = pb::WatchResponse {
+            header: Some(pb::ResponseHeader { revision: 9, ..pb::ResponseHeader::default() }),
+            watch_id: 3,
+            events: vec![event(300), event(0)],
+            ..pb::WatchResponse::default()
+        };
+        let bytes = Encoded::new(&answer).0;
+        assert_eq!(bytes[0], 0, "not compressed");
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - 5);
+        assert_eq!(pb::WatchResponse::decode(&bytes[5..]).expect("decodes"), answer);
+        // Queued to many streams, the same bytes.
+        let e = Encoded::new(&answer);
+        let (a, b) = (e.clone(), e);
+        assert_eq!(a.0.as_ptr(), b.0.as_ptr());
     }
 
     #[test]
