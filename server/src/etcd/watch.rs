@@ -238,7 +238,7 @@ impl Hub {
                 wanted.extend(events.iter().enumerate().filter(|(_, e)| w.wants(e)).map(|(i, _)| i));
                 if !wanted.is_empty() {
                     let answer = |wanted: &[usize]| pb::WatchResponse {
-                        header: header.clone(),
+                        header,
                         watch_id: id,
                         events: wanted
                             .iter()
