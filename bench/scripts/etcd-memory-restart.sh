@@ -49,5 +49,7 @@ for name in ${TARGETS:-baton etcd}; do
   t1=$(date +%s.%N)
   after=$(rss_kb "$pid")
   stop "$pid"
+  # Baton's own account of the restart: the snapshot loaded, the log entries replayed after it.
+  [ "$name" = baton ] && grep -E "installed snapshot|recovered" "$WORK/baton.log" | tail -2 | sed 's/^/  /'
   echo "$name: $fill; RSS idle ${idle} kB, filled ${rss} kB ($(( (rss - idle) * 1024 / COUNT )) B/key), data dir ${du} kB; restart until readable ${took} s (wall $(echo "$t1 - $t0" | bc) s), RSS after restart ${after} kB"
 done

@@ -84,6 +84,7 @@ impl StateImage {
                 );
             }
             if done {
+                tracing::info!(moved = at.moved(), "the snapshot's values moved into its file");
                 self.adopting = None;
                 *offsets = Vec::new();
             }

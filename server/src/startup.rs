@@ -129,6 +129,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
                     }
                 };
                 let _ = bound_tx.send(Ok(()));
+                glommio::spawn_local(returning_freed()).detach();
                 let etcd_shared = shard_shared.clone();
                 let zk = crate::zk::tasks::run_shard(shard_shared, id, inbox, listener);
                 let etcd = async move {
@@ -187,6 +188,7 @@ async fn shard_zero(
     etcd: Inbox<EtcdOnShard>,
     started_tx: std::sync::mpsc::Sender<Result<SocketAddr, ServeError>>,
 ) -> Result<(), ServeError> {
+    glommio::spawn_local(returning_freed()).detach();
     // A signal stops this server.
     let signalled = {
         let shared = shared.clone();
@@ -266,6 +268,21 @@ impl EtcdOnShard {
         if let Some(b) = background {
             b.await;
         }
+    }
+}
+
+/// How often a shard gives the pages its allocator has left empty back to the system.
+const RETURN_FREED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives this shard's empty heap pages back to the system every [`RETURN_FREED_EVERY`], for
+/// as long as the shard runs. mimalloc gives back a page left empty only a second after
+/// (its purge delay), and only when the thread next allocates: a shard that freed much and
+/// went idle kept it all resident. A million etcd keys put, then idle: 253-258 MB resident
+/// every time with this (or no purge delay), against 264 or 327 MB by chance without.
+async fn returning_freed() {
+    loop {
+        glommio::timer::sleep(RETURN_FREED_EVERY).await;
+        baton_engine::alloc::return_freed();
     }
 }
 

@@ -368,9 +368,15 @@ pub struct Adopting {
     last_key: Option<Key>,
     next: usize,
     differs: Option<usize>,
+    moved: usize,
 }
 
 impl Adopting {
+    /// The values moved so far.
+    pub fn moved(&self) -> usize {
+        self.moved
+    }
+
     /// The value at which the walk stopped because the image held other bytes there.
     pub fn differs(&self) -> Option<usize> {
         self.differs
@@ -891,7 +897,10 @@ impl KeySpace {
                     continue;
                 };
                 match r.value.relocate(view) {
-                    Relocated::Moved(old) => replaced.push(old),
+                    Relocated::Moved(old) => {
+                        at.moved += 1;
+                        replaced.push(old);
+                    }
                     Relocated::Tomb => {}
                     Relocated::Differs => {
                         // Offsets that do not match the file, or a file that does not hold
