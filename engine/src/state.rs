@@ -66,6 +66,9 @@ impl StateImage {
     pub fn written(&mut self, payload: Value) {
         if self.noting && !self.etcd.is_pristine() {
             self.adopting = Some((payload, Adopting::default()));
+            // On the snapshot thread too: the key map built again with full leaves, for the
+            // live keyspace to take once it has caught up (`KeySpace::repack`).
+            self.etcd.repack();
         }
     }
 

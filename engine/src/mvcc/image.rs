@@ -161,7 +161,7 @@ pub struct KeySpaceLoader {
 /// tombstone record.
 const MIN_KEY_BYTES: usize = 4 + 1 + 4 + 5 * 8 + 4;
 
-fn full_map(mut entries: Vec<Option<(Key, Arc<History>)>>) -> OrdMap<Key, Arc<History>> {
+pub(super) fn full_map(mut entries: Vec<Option<(Key, Arc<History>)>>) -> OrdMap<Key, Arc<History>> {
     let mut map = OrdMap::new();
     for first in [0, 1] {
         for (k, h) in entries.iter_mut().skip(first).step_by(2).filter_map(Option::take) {
@@ -374,6 +374,7 @@ impl KeySpaceLoader {
                 }
                 self.ks.by_rev = revisions.into_iter().collect();
                 self.ks.keys = full_map(std::mem::take(&mut self.entries));
+                self.ks.packed_keys = self.ks.keys.len();
                 self.stage = Stage::Done;
                 return Ok(false);
             }

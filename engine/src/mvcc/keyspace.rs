@@ -403,6 +403,51 @@ pub struct KeySpace {
     pub(super) leases: OrdMap<i64, Lease>,
     pub(super) alarms: OrdSet<(u64, i32)>,
     pub(super) bytes: u64,
+    /// Records dropped from the front of `by_rev` by compactions, ever (a repack is good only
+    /// if none went since its clone was frozen: see [`KeySpace::repack`]).
+    pub(super) pops: u64,
+    /// How many keys the key map held when it was last built with full leaves.
+    pub(super) packed_keys: usize,
+    /// Where a frozen clone hands the live keyspace a repacked key map (shared by clones).
+    repacks: Arc<RepackCell>,
+    /// The repacked key map being caught up (this keyspace's own: not cloned).
+    repacking: Catching,
+}
+
+/// Keys below which a key map has nothing to repack (a repack costs in proportion to the
+/// keys, so a small map's is cheap: the write-path simulator's few keys are repacked at
+/// every snapshot, which has it check the catching up under faults).
+const REPACK_MIN_KEYS: usize = 2;
+
+/// A key map built again with full leaves from a frozen clone ([`KeySpace::repack`]), and
+/// how far the live keyspace has carried its later changes into it.
+#[derive(Debug)]
+struct Repack {
+    keys: OrdMap<Key, Arc<History>>,
+    /// The clone's revision: every change after it is in the revision queue's tail.
+    rev: i64,
+    /// The clone's `pops`.
+    pops: u64,
+    /// The last change carried in.
+    at: Option<(i64, i64)>,
+}
+
+/// A frozen clone's repacked key map, waiting for the live keyspace to take it.
+#[derive(Debug, Default)]
+struct RepackCell {
+    ready: std::sync::atomic::AtomicBool,
+    map: Mutex<Option<Box<Repack>>>,
+}
+
+/// The repack a keyspace is catching up; a clone has none (a clone for a read, or a frozen
+/// one, never takes it).
+#[derive(Debug, Default)]
+struct Catching(Option<Box<Repack>>);
+
+impl Clone for Catching {
+    fn clone(&self) -> Catching {
+        Catching(None)
+    }
 }
 
 impl Default for KeySpace {
@@ -470,6 +515,10 @@ impl KeySpace {
             leases: OrdMap::new(),
             alarms: OrdSet::new(),
             bytes: 0,
+            pops: 0,
+            packed_keys: 0,
+            repacks: Arc::default(),
+            repacking: Catching::default(),
         }
     }
 
@@ -856,6 +905,7 @@ impl KeySpace {
             let Some((_, _, key)) = self.by_rev.pop_front() else {
                 return true;
             };
+            self.pops += 1;
             let compact = self.compact_rev;
             let (gone, n, values) = match self.keys.get_mut(&key) {
                 Some(h) => Arc::make_mut(h).prune(compact),
@@ -913,6 +963,66 @@ impl KeySpace {
             at.last_key = Some(key.clone());
         }
         (replaced, true)
+    }
+
+    /// On a frozen clone (a snapshot's, on the snapshot thread): builds its key map again
+    /// with full leaves and hands it to the live keyspace it was cloned from, which carries
+    /// the changes made since into it and takes it ([`KeySpace::repack_step`]). Keys put in
+    /// order (new keys after the others) leave the map's leaves half empty, as the map splits
+    /// a full leaf in half: 16.5 bytes a key more. Done only once the map has grown by an
+    /// eighth since it was last built full, so that a growing keyspace is rebuilt a bounded
+    /// number of times over.
+    pub fn repack(&self) {
+        let n = self.keys.len();
+        if n < REPACK_MIN_KEYS || n < self.packed_keys.saturating_add(self.packed_keys / 8) {
+            return;
+        }
+        let entries = self.keys.iter().map(|(k, h)| Some((k.clone(), h.clone()))).collect();
+        let repack = Repack { keys: super::image::full_map(entries), rev: self.rev, pops: self.pops, at: None };
+        *self.repacks.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(repack));
+        self.repacks.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a repacked key map waits to be caught up and taken.
+    pub fn repack_pending(&self) -> bool {
+        self.repacking.0.is_some() || self.repacks.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A step of taking a repacked key map ([`KeySpace::repack`]): up to `budget` changes
+    /// made since its clone was frozen are carried into it (every change to a key is in the
+    /// revision queue, but for a compaction's pruning: after one, the repack is dropped);
+    /// once it has them all, it becomes the key map. Returns whether one is still pending.
+    pub fn repack_step(&mut self, budget: usize) -> bool {
+        if self.repacking.0.is_none() {
+            if !self.repacks.ready.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                return false;
+            }
+            self.repacking.0 = self.repacks.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        }
+        let Some(mut r) = self.repacking.0.take() else { return false };
+        if r.pops != self.pops {
+            return false;
+        }
+        // The first change after the last carried in (or after the clone's revision).
+        let after = r.at.unwrap_or((r.rev, i64::MAX));
+        let first = self
+            .by_rev
+            .binary_search_by(|(main, sub, _)| if (*main, *sub) <= after { Ordering::Less } else { Ordering::Greater })
+            .unwrap_or_else(|i| i);
+        for (n, (main, sub, key)) in self.by_rev.focus().narrow(first..).into_iter().enumerate() {
+            if n == budget {
+                self.repacking.0 = Some(r);
+                return true;
+            }
+            match self.keys.get(key) {
+                Some(h) => r.keys.insert(key.clone(), h.clone()),
+                None => r.keys.remove(key),
+            };
+            r.at = Some((*main, *sub));
+        }
+        self.packed_keys = r.keys.len();
+        self.keys = r.keys;
+        false
     }
 
     /// Whether the last compaction's records are all dropped.

@@ -446,6 +446,95 @@ fn a_loaded_keyspace_holds_every_key_in_order_whatever_the_count_around_node_siz
     }
 }
 
+/// The same write applied to both.
+fn both(a: &mut KeySpace, b: &mut KeySpace, w: &EtcdTxn) {
+    assert_eq!(a.apply(w), b.apply(w));
+}
+
+fn same(live: &KeySpace, reference: &KeySpace, what: &str) {
+    assert_eq!(live.range(&all()), reference.range(&all()), "{what}");
+    assert!(live.keys.keys().eq(reference.keys.keys()), "{what}: the same keys");
+    assert_eq!(live.events(1, live.revision(), &[0], &[0]), reference.events(1, reference.revision(), &[0], &[0]));
+    assert_eq!(live.recount_bytes(), reference.recount_bytes(), "{what}");
+    assert_eq!(live.lease(7), reference.lease(7), "{what}");
+}
+
+#[test]
+fn a_repacked_key_map_catches_up_with_every_change_since_its_clone_and_is_taken() {
+    let mut live = KeySpace::new();
+    let mut reference = KeySpace::new();
+    both(&mut live, &mut reference, &EtcdTxn::LeaseGrant { id: 7, ttl: 60, min_ttl: 1 });
+    for i in 0..6000 {
+        both(&mut live, &mut reference, &EtcdTxn::Put(put(&format!("k{:05}", i * 2), &format!("v{i}"))));
+    }
+    // A snapshot's clone, repacked on its thread; the live keyspace moves on meanwhile.
+    let frozen = live.clone();
+    let mut changes = (0..3000).map(|i| match i % 6 {
+        // New keys after the others, and between them.
+        0 => EtcdTxn::Put(put(&format!("k{:05}", 20_000 + i), "new")),
+        1 => EtcdTxn::Put(put(&format!("k{:05}", i * 2 + 1), "between")),
+        // Existing keys written again, some on the lease.
+        2 => EtcdTxn::Put(PutRequest { lease: 7, ..put(&format!("k{:05}", (i * 7) % 12000 / 2 * 2), "again") }),
+        3 => EtcdTxn::DeleteRange(del(&format!("k{:05}", (i * 11) % 12000), &format!("k{:05}", (i * 11) % 12000 + 5))),
+        4 => EtcdTxn::Txn(TxnRequest {
+            success: vec![RequestOp::Put(put(&format!("k{:05}", (i * 13) % 12000), "txn"))],
+            ..TxnRequest::default()
+        }),
+        _ => EtcdTxn::Put(put(&format!("k{:05}", (i * 3) % 12000), "put")),
+    });
+    for w in changes.by_ref().take(1000) {
+        both(&mut live, &mut reference, &w);
+    }
+    assert!(!live.repack_pending());
+    frozen.repack();
+    assert!(live.repack_pending(), "handed to the live keyspace");
+    let mut steps = 0;
+    for (i, w) in changes.by_ref().enumerate() {
+        both(&mut live, &mut reference, &w);
+        let was = live.repack_pending();
+        let pending = live.repack_step(7);
+        if pending {
+            steps += 1;
+        }
+        if i % 41 == 0 || was != pending {
+            same(&live, &reference, &format!("after {steps} steps"));
+        }
+    }
+    while live.repack_step(7) {
+        steps += 1;
+    }
+    assert!(steps > 10, "caught up in steps ({steps})");
+    assert!(!live.repack_pending());
+    assert!(live.packed_keys >= frozen.keys.len(), "the repacked map was taken ({})", live.packed_keys);
+    same(&live, &reference, "taken");
+    both(&mut live, &mut reference, &EtcdTxn::LeaseRevoke { id: 7 });
+    both(&mut live, &mut reference, &EtcdTxn::Put(put("k00003", "after")));
+    same(&live, &reference, "written after");
+    // A clone has nothing to take, and a small keyspace is not repacked.
+    assert!(!live.clone().repack_pending());
+    let small = KeySpace::new();
+    small.clone().repack();
+    assert!(!small.repack_pending());
+}
+
+#[test]
+fn a_compaction_pruned_since_the_clone_drops_the_repack_and_nothing_read_changes() {
+    let mut live = KeySpace::new();
+    let mut reference = KeySpace::new();
+    for i in 0..5000 {
+        both(&mut live, &mut reference, &EtcdTxn::Put(put(&format!("k{:05}", i % 4500), &format!("v{i}"))));
+    }
+    let frozen = live.clone();
+    frozen.repack();
+    let rev = live.revision();
+    both(&mut live, &mut reference, &EtcdTxn::Compact { revision: rev });
+    live.prune_step(100);
+    reference.prune_step(100);
+    assert!(!live.repack_step(1 << 20), "dropped");
+    assert_eq!(live.packed_keys, 0, "not taken");
+    same(&live, &reference, "dropped");
+}
+
 #[test]
 fn values_move_into_the_written_image_in_steps_in_every_keyspace_sharing_them() {
     let mut live = KeySpace::new();

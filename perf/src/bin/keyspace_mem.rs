@@ -1,5 +1,6 @@
 //! etcd's keyspace's memory per key, on its own: the keys `baton-bench etcd --workload fill`
-//! puts (`fill/n000000000`… with values of 256 B), then the same keyspace as a restart has it
+//! puts (`fill/n000000000`… with values of 256 B), its key map repacked as a snapshot's clone
+//! does it, then the same keyspace as a restart has it
 //! (loaded from its image, which stays mapped: the values are views of it). Prints what the
 //! keyspace asks of the allocator per key, what the allocator sets aside for it, and the
 //! process's resident memory, so that the keyspace's share of a server's memory is told apart
@@ -59,6 +60,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(ks.key_count() == args.count as usize, "the keyspace holds {} keys", ks.key_count());
+    // A snapshot's clone builds the key map again with full leaves; the live keyspace takes it.
+    let frozen = ks.clone();
+    frozen.repack();
+    drop(frozen);
+    while ks.repack_step(usize::MAX) {}
+    report("put, then repacked", args.count, Live::now().since(&before), rss_kb().saturating_sub(base));
 
     // A restart: the image (a snapshot file's payload, here in memory) and the keyspace
     // loaded from it with its values left in it.

@@ -410,8 +410,13 @@ async fn tick(driver: Rc<RefCell<Driver>>) {
         if !shared.etcd().pruned() {
             shared.etcd_mut().prune_step(PRUNE_PER_TICK);
         }
+        // And a repacked key map is caught up and taken.
+        if shared.etcd().repack_pending() {
+            shared.etcd_mut().repack_step(PRUNE_PER_TICK);
+        }
     }
 }
 
-/// Revisions of compacted etcd history dropped per half tick when idle.
+/// Revisions of compacted etcd history dropped, or changes carried into a repacked key map,
+/// per half tick when idle.
 const PRUNE_PER_TICK: usize = 8192;

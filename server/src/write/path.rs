@@ -43,6 +43,10 @@ fn lease_ttl(ttl_s: i64) -> std::time::Duration {
 /// Revisions of etcd history made unreachable by a compaction that are dropped per applied
 /// batch: a compaction of any size costs no batch more than this.
 const PRUNE_PER_BATCH: usize = 1024;
+
+/// Changes carried into a repacked etcd key map per batch applied (`KeySpace::repack_step`),
+/// about a microsecond each: more than a batch makes, so that it catches up.
+const REPACK_PER_BATCH: usize = 2048;
 use super::session::{password, SessionTracker};
 use crate::runtime::{ClientRef, CommittedChanges, SessionRequest, ShardId, ToClient, ToWritePath, WriteOutcome};
 
@@ -702,6 +706,8 @@ impl WritePath {
         }
         // A compaction's unreachable history goes a bounded part per batch.
         etcd.prune_step(PRUNE_PER_BATCH);
+        // A repacked key map is caught up a bounded part per batch too.
+        etcd.repack_step(REPACK_PER_BATCH);
         self.out.push(Effect::Publish { batch: Arc::new(batch), answers });
         // After the batch: a refusal's answer follows the writes it rests on.
         self.release_refusals(tree.last_zxid());
