@@ -108,6 +108,14 @@ unsafe impl GlobalAlloc for Mimalloc {
     }
 }
 
+/// Gives the pages this thread's heap has left empty, and kept for the purge delay
+/// (mimalloc's, a second), back to the system. mimalloc does it only on a later allocation
+/// of the same thread: a thread that frees much and then idles keeps them resident.
+pub fn return_freed() {
+    // SAFETY: plain FFI call on the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,12 +157,4 @@ mod tests {
             assert_eq!(usable, 2560);
         }
     }
-}
-
-/// Gives the pages this thread's heap has left empty, and kept for the purge delay
-/// (mimalloc's, a second), back to the system. mimalloc does it only on a later allocation
-/// of the same thread: a thread that frees much and then idles keeps them resident.
-pub fn return_freed() {
-    // SAFETY: plain FFI call on the calling thread's own heap.
-    unsafe { libmimalloc_sys::mi_collect(false) };
 }
