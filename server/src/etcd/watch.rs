@@ -262,7 +262,7 @@ impl Hub {
                             if !same {
                                 last = Some((id, w.prev_kv, wanted.clone(), Encoded::new(&answer(&wanted))));
                             }
-                            // Just set when it was not the same.
+                            // `last` is this watcher's answer now (made just above if it differed).
                             last.as_ref().is_some_and(|(.., e)| stream.tx.try_send(e.clone()).is_ok())
                         }
                     };
