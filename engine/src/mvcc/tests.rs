@@ -637,6 +637,21 @@ fn an_image_giving_one_revision_to_two_records_is_refused() {
     image[at..at + 8].copy_from_slice(&2i64.to_le_bytes());
     let err = KeySpace::from_image(&image).expect_err("refused");
     assert!(err.to_string().contains("revision (2, 0) given to two records"), "{err}");
+    // A large image's revision queue is built on a thread of its own: the same, and the
+    // same refusal.
+    let mut ks = KeySpace::new();
+    for i in 0..70_000 {
+        ks.put(&put(&format!("k{i:05}"), "v")).expect("put");
+    }
+    let mut image = ks.to_image();
+    let back = KeySpace::from_image(&image).expect("loads");
+    assert!(back.by_rev.iter().eq(ks.by_rev.iter()), "the same revision queue");
+    assert_eq!(back.range(&all()), ks.range(&all()));
+    let at = image.windows(10).position(|w| w == b"\x06\x00\x00\x00k00001").expect("k00001's entry") + 10 + 4;
+    assert_eq!(image[at..at + 8], 3i64.to_le_bytes());
+    image[at..at + 8].copy_from_slice(&2i64.to_le_bytes());
+    let err = KeySpace::from_image(&image).expect_err("refused");
+    assert!(err.to_string().contains("revision (2, 0) given to two records"), "{err}");
 }
 
 #[test]
