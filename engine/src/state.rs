@@ -48,6 +48,13 @@ impl StateImage {
     /// that once the file is durable ([`StateImage::written`]) they become views of it.
     pub fn note_placement(&mut self) {
         self.noting = true;
+        // On the snapshot thread too, before the image is written: the key map built again
+        // with full leaves, for the live keyspace to take once it has caught up
+        // (`KeySpace::repack`). Before, not after: the values' move into the file starts
+        // once the image is back on the applying thread, and a repack of a million keys
+        // held it up by half a second or more (a fill that ended meanwhile left its values
+        // on the heap until they moved at the idle pace).
+        self.etcd.repack();
     }
 
     /// Writes the image to `out` as it goes.
@@ -66,9 +73,6 @@ impl StateImage {
     pub fn written(&mut self, payload: Value) {
         if self.noting && !self.etcd.is_pristine() {
             self.adopting = Some((payload, Adopting::default()));
-            // On the snapshot thread too: the key map built again with full leaves, for the
-            // live keyspace to take once it has caught up (`KeySpace::repack`).
-            self.etcd.repack();
         }
     }
 
@@ -89,6 +93,9 @@ impl StateImage {
             if done {
                 tracing::info!(moved = at.moved(), "the snapshot's values moved into its file");
                 self.adopting = None;
+                // Their heap copies, freed on this thread, go back to the system now rather
+                // than seconds later (up to a snapshot's worth of values: most of the heap).
+                crate::alloc::return_freed_now();
                 *offsets = Vec::new();
             }
             return true;
