@@ -152,11 +152,6 @@ pub struct KeySpaceLoader {
     entries: Vec<Option<(Key, Arc<History>)>>,
 }
 
-/// The key map of `entries` (in key order), its leaves full. The map's nodes split in half
-/// when full, so inserting keys in order leaves every leaf but the last half empty: 33 bytes
-/// a key instead of 16. Inserting every other key first gives leaves of 32 keys each, each
-/// spanning the 32 keys left out, which the second pass then adds: every leaf but the last
-/// ends full, without a node split in the second pass.
 /// Records from which a loaded keyspace's revision queue is built on a thread of its own.
 const QUEUE_ON_A_THREAD: usize = 1 << 16;
 
@@ -174,6 +169,11 @@ fn revision_queue(mut revisions: Vec<Revision>) -> Result<imbl::Vector<Revision>
 /// tombstone record.
 const MIN_KEY_BYTES: usize = 4 + 1 + 4 + 5 * 8 + 4;
 
+/// The key map of `entries` (in key order), its leaves full. The map's nodes split in half
+/// when full, so inserting keys in order leaves every leaf but the last half empty: 33 bytes
+/// a key instead of 16. Inserting every other key first gives leaves of 32 keys each, each
+/// spanning the 32 keys left out, which the second pass then adds: every leaf but the last
+/// ends full, without a node split in the second pass.
 pub(super) fn full_map(mut entries: Vec<Option<(Key, Arc<History>)>>) -> OrdMap<Key, Arc<History>> {
     let mut map = OrdMap::new();
     for first in [0, 1] {
