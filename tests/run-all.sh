@@ -15,13 +15,21 @@ echo "RLIMIT_MEMLOCK: $(ulimit -l)"
 # tests and comparisons), etcd-server (baton-bench's etcd target), etcd-client (etcdctl, for
 # the etcd front's compatibility tests), and protoc, which the etcd-client crate's build needs.
 missing=()
+lean=()
 [ -x /usr/share/zookeeper/bin/zkCli.sh ] || missing+=(zookeeper)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev)
-if [ "${#missing[@]}" -gt 0 ]; then
+# promtool (Debian's prometheus package, without the server's web assets) checks /metrics.
+command -v promtool >/dev/null 2>&1 || lean+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
   apt-get update -qq
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ "${#lean[@]}" -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
 fi
 
 # kazoo and python-etcd3 (Python, from PyPI) for the real-client compatibility tests.

@@ -27,7 +27,7 @@ LAST=$(printf "fill/n%09d" $((COUNT - 1)))
 stop() { kill -9 "$1" 2>/dev/null || true; while [ -e "/proc/$1" ]; do sleep 0.01; done; }
 start() { # name -> pid on stdout
   case $1 in
-    baton) "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22281 --etcd-addr 127.0.0.1:$PORT \
+    baton) "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22281 --etcd-addr 127.0.0.1:$PORT --admin-addr off \
              >>"$WORK/baton.log" 2>&1 & ;;
     etcd) etcd --name m1 --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:$PORT \
              --advertise-client-urls http://127.0.0.1:$PORT --listen-peer-urls http://127.0.0.1:22380 \

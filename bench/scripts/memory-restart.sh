@@ -107,7 +107,7 @@ CFG
   PIDS+=("$ZK_PID")
 }
 start_baton() {
-  "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22282 --etcd-addr off >>"$WORK/baton.log" 2>&1 &
+  "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22282 --etcd-addr off --admin-addr off >>"$WORK/baton.log" 2>&1 &
   BATON_PID=$!
   PIDS+=("$BATON_PID")
   wait_port 22282
@@ -137,7 +137,7 @@ b1=$(settled_rss_kb "$BATON_PID")
 bpeak=$(peak_kb "$BATON_PID")
 kill -9 "$BATON_PID"
 sleep 0.5
-read -r BATON_PID b_t < <(HOSTPORT=127.0.0.1:22282 exec_and_time_read "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22282 --etcd-addr off)
+read -r BATON_PID b_t < <(HOSTPORT=127.0.0.1:22282 exec_and_time_read "$BATON" --data-dir "$WORK/baton" --client-addr 127.0.0.1:22282 --etcd-addr off --admin-addr off)
 PIDS+=("$BATON_PID")
 b2=$(rss_kb "$BATON_PID")
 kill -9 "$BATON_PID"

@@ -245,7 +245,7 @@ threading.Thread(target=zk_janitor, daemon=True).start()
 
 
 def start_baton(data, port, extra=(), ensemble=None):
-    cmd = [BATON, "--data-dir", data, "--client-addr", f"127.0.0.1:{port}", "--etcd-addr", "off",
+    cmd = [BATON, "--data-dir", data, "--client-addr", f"127.0.0.1:{port}", "--etcd-addr", "off", "--admin-addr", "off",
            "--max-client-cnxns", "0", *extra]
     if ensemble:
         sid, peers = ensemble

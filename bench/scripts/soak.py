@@ -106,7 +106,7 @@ def main():
             log = open(os.path.join(data, "server-%d.log" % i), "w")
             procs.append(subprocess.Popen([
                 a.baton, "--server-id", str(i), "--peer", peers,
-                "--client-addr", "127.0.0.1:%d" % client_ports[i - 1], "--etcd-addr", "off",
+                "--client-addr", "127.0.0.1:%d" % client_ports[i - 1], "--etcd-addr", "off", "--admin-addr", "off",
                 "--data-dir", os.path.join(data, "server-%d" % i),
                 "--snapshot-every-entries", "100000", "--snapshots-to-keep", "3",
                 "--max-client-cnxns", "0",  # every load client comes from 127.0.0.1

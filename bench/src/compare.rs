@@ -238,7 +238,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                     .arg("--data-dir")
                     .arg(dir.join("data"))
                     .args(["--client-addr", &format!("127.0.0.1:{base}"), "--etcd-addr", &etcd])
-                    .args(["--max-client-cnxns", "0"]),
+                    .args(["--max-client-cnxns", "0", "--admin-addr", "off"]),
                 &log,
             )?;
             let mut running = Running { children: vec![child], target: etcd, ports: vec![base] };
@@ -262,7 +262,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                         .arg("--data-dir")
                         .arg(dir.join(format!("n{i}")))
                         .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
-                        .args(["--etcd-addr", &etcd, "--max-client-cnxns", "0"])
+                        .args(["--etcd-addr", &etcd, "--max-client-cnxns", "0", "--admin-addr", "off"])
                         .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
                     &log,
                 )?;
@@ -287,7 +287,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                     .args(["--etcd-addr", "off"])
                     // Every client of a benchmark comes from one address, as ZooKeeper's
                     // maxClientCnxns=0 above.
-                    .args(["--max-client-cnxns", "0"]),
+                    .args(["--max-client-cnxns", "0", "--admin-addr", "off"]),
                 &log,
             )?;
             let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}"), ports: vec![base] };
@@ -316,7 +316,7 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
                         .arg(dir.join(format!("n{i}")))
                         .args(["--client-addr", &format!("127.0.0.1:{port}"), "--cores", "1"])
                         .args(["--etcd-addr", "off"])
-                        .args(["--max-client-cnxns", "0"])
+                        .args(["--max-client-cnxns", "0", "--admin-addr", "off"])
                         .args(["--server-id", &i.to_string(), "--peer", &peers.join(",")]),
                     &log,
                 )?;

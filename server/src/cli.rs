@@ -24,6 +24,23 @@ struct Cli {
     /// TOML file of settings (keys are the flag names); command-line flags override it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Check the settings (the flags and the --config file) and exit: prints them and exits
+    /// 0 when they are valid, names the setting and its value and exits 2 when not.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines on stderr as `text` (colours only on a terminal) or `json` (one object per
+    /// line, for log shippers).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -77,20 +94,43 @@ fn parse_zxid(text: &str) -> anyhow::Result<baton_engine::Zxid> {
 
 /// Parses the command line and runs it: a server by default, or an inspection tool.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(with_config_file(std::env::args().collect())?);
+    let (args, file) = with_config_file(std::env::args().collect())?;
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(file) = &file {
+                if let Some(key) = file.key_of(&e) {
+                    eprintln!("baton: config file {}: key {key}:", file.path);
+                }
+            }
+            e.exit()
+        }
+    };
+    if cli.check_config {
+        return check_config(&cli);
+    }
     // Every line names its server when it runs in an ensemble (several servers' logs often
     // end up in one place); colours only on a terminal.
     let tag =
         (cli.command.is_none() && !cli.server.peers.is_empty()).then(|| format!("server {}", cli.server.server_id));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio=warn")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .event_format(Tagged { tag, inner: tracing_subscriber::fmt::format() })
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio=warn"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .event_format(Tagged { tag, inner: tracing_subscriber::fmt::format() })
+            .with_writer(std::io::stderr)
+            .init(),
+        // No prefix, which would break the JSON: shippers label lines by where they came from.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let out = match cli.command {
         None => return serve(cli.server),
         Some(Command::Dev(dev)) => return crate::tools::dev::run(dev),
@@ -104,11 +144,44 @@ pub fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--check-config`: the settings are parsed by now (a bad value already stopped the
+/// command, naming it); checks how they fit together and prints them.
+fn check_config(cli: &Cli) -> anyhow::Result<()> {
+    if let Err(why) = cli.server.validate() {
+        eprintln!("baton: invalid configuration: {why}");
+        std::process::exit(2);
+    }
+    println!("baton: the configuration is valid");
+    println!("{:#?}", cli.server);
+    Ok(())
+}
+
+/// The settings a `--config` file gave, to name the key a refused flag came from.
+struct ConfigFile {
+    path: String,
+    /// (key, the flag it became) for each key of the file.
+    keys: Vec<(String, String)>,
+}
+
+impl ConfigFile {
+    /// The file's key behind the argument clap refused, if it came from the file.
+    fn key_of(&self, error: &clap::Error) -> Option<String> {
+        let arg = error.get(clap::error::ContextKind::InvalidArg)?.to_string();
+        let flag = arg.split([' ', '=']).next().unwrap_or_default();
+        let value = error.get(clap::error::ContextKind::InvalidValue).map(|v| v.to_string());
+        let (key, _) = self.keys.iter().find(|(_, f)| f == flag)?;
+        Some(match value {
+            Some(v) => format!("{key} = {v:?}"),
+            None => key.clone(),
+        })
+    }
+}
+
 /// Expands `--config FILE` into flags placed before the command line's own, so that flags
 /// given explicitly win (the command allows an argument to override itself).
-fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+fn with_config_file(args: Vec<String>) -> anyhow::Result<(Vec<String>, Option<ConfigFile>)> {
     let position = args.iter().position(|a| a == "--config" || a.starts_with("--config="));
-    let Some(i) = position else { return Ok(args) };
+    let Some(i) = position else { return Ok((args, None)) };
     let path = match args[i].strip_prefix("--config=") {
         Some(p) => p.to_string(),
         None => args.get(i + 1).cloned().context("--config needs a file")?,
@@ -116,8 +189,10 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
     let table: toml::Table = text.parse().with_context(|| format!("parsing config file {path}"))?;
     let mut flags = Vec::new();
+    let mut keys = Vec::new();
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));
+        keys.push((key.clone(), flag.clone()));
         match value {
             toml::Value::Boolean(true) => flags.push(flag),
             toml::Value::Boolean(false) => {}
@@ -140,7 +215,7 @@ fn with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
     let mut out = vec![args.first().cloned().unwrap_or_else(|| "baton".into())];
     out.extend(flags);
     out.extend(args.into_iter().skip(1));
-    Ok(out)
+    Ok((out, Some(ConfigFile { path, keys })))
 }
 
 fn serve(config: ServerConfig) -> anyhow::Result<()> {
@@ -224,7 +299,10 @@ mod tests {
         std::fs::write(&path, text).expect("write the file");
         let args =
             vec!["baton".to_string(), "--config".into(), path.display().to_string(), "--tick-ms".into(), "500".into()];
-        let flags = with_config_file(args).expect("expands");
+        let (flags, file) = with_config_file(args).expect("expands");
+        let file = file.expect("a file was given");
+        let refused = Cli::try_parse_from(["baton", "--tick-ms", "soon"]).err().expect("not a number");
+        assert_eq!(file.key_of(&refused).as_deref(), Some("tick_ms = \"soon\""), "{refused}");
         let _ = std::fs::remove_file(&path);
         let joined = flags.join(" ");
         for expected in

@@ -55,21 +55,22 @@ fn resolve(text: &str, addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text}: {addr} resolves to no address"))
 }
 
-/// Where the etcd v3 front listens, or `off`.
+/// Where a port that can be closed listens (the etcd front's, the admin server's): HOST:PORT,
+/// or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EtcdAddr(pub Option<SocketAddr>);
+pub struct ListenAddr(pub Option<SocketAddr>);
 
-impl std::str::FromStr for EtcdAddr {
+impl std::str::FromStr for ListenAddr {
     type Err = String;
-    fn from_str(s: &str) -> Result<EtcdAddr, String> {
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
         if s == "off" {
-            return Ok(EtcdAddr(None));
+            return Ok(ListenAddr(None));
         }
-        s.parse().map(|a| EtcdAddr(Some(a))).map_err(|e| format!("{s:?} is neither HOST:PORT nor off: {e}"))
+        s.parse().map(|a| ListenAddr(Some(a))).map_err(|e| format!("{s:?} is neither HOST:PORT nor off: {e}"))
     }
 }
 
-impl std::fmt::Display for EtcdAddr {
+impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(a) => a.fmt(f),
@@ -86,7 +87,12 @@ pub struct ServerConfig {
     pub client_addr: SocketAddr,
     /// Address for etcd v3 clients (gRPC: KV, Watch, Lease, Maintenance, Cluster), or `off`.
     #[arg(long, default_value = "127.0.0.1:2379")]
-    pub etcd_addr: EtcdAddr,
+    pub etcd_addr: ListenAddr,
+    /// Address of the admin HTTP server (ZooKeeper's AdminServer, `admin.serverAddress` and
+    /// `admin.serverPort`): `/metrics` for Prometheus, ZooKeeper's admin commands as JSON
+    /// under `/commands/`, `/health` and `/ready`; or `off`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub admin_addr: ListenAddr,
     /// Most operations in one etcd Txn's compare, success or failure list (etcd's
     /// --max-txn-ops).
     #[arg(long, default_value_t = 128)]
@@ -241,7 +247,8 @@ impl ServerConfig {
     pub fn for_test(client_addr: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             client_addr,
-            etcd_addr: EtcdAddr(None),
+            etcd_addr: ListenAddr(None),
+            admin_addr: ListenAddr(None),
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,

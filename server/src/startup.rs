@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::admin::http::AdminServer;
 use crate::config::ServerConfig;
 use crate::peer::replica::{ReplicaConfig, ReplicaError};
 use crate::runtime::inbox::{self, Inbox};
@@ -61,6 +62,20 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         inbox
     });
     let shared = Arc::new(shared);
+    // The admin server answers from the start (`/health`; `/ready` once there is a leader).
+    // As ZooKeeper's AdminServer, one that cannot bind its address is reported and the
+    // server goes on without it.
+    let _admin = shared.config.admin_addr.0.and_then(|addr| match AdminServer::start(addr, shared.clone()) {
+        Ok(admin) => {
+            tracing::info!(addr = %admin.addr(), "admin server (/metrics, /commands, /health, /ready)");
+            println!("baton: admin HTTP (/metrics, /commands, /health, /ready) on {}", admin.addr());
+            Some(admin)
+        }
+        Err(e) => {
+            tracing::error!(%addr, %e, "the admin server could not start; serving clients without it");
+            None
+        }
+    });
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;

@@ -58,12 +58,15 @@ impl BatonProcess {
         // etcd's port only for the tests that ask for one: servers run side by side here.
         let etcd_off: &[&str] =
             if self.extra.iter().any(|a| a == "--etcd-addr") { &[] } else { &["--etcd-addr", "off"] };
+        let admin_off: &[&str] =
+            if self.extra.iter().any(|a| a == "--admin-addr") { &[] } else { &["--admin-addr", "off"] };
         let mut child = Command::new(&self.bin)
             .arg("--client-addr")
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(&self.dir)
             .args(etcd_off)
+            .args(admin_off)
             .args(&self.extra)
             // Warnings, and the replica's own news (roles, snapshots, SNAPs: a handful of
             // lines per event, which some tests wait for).

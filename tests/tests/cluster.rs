@@ -82,6 +82,7 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     let dir = temp_dir();
     let mut dev = std::process::Command::new(bin())
         .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--etcd-port", "29821"])
+        .args(["--admin-port", "29831"])
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--", "--cores", "1", "--peer-tick-ms", "50"])
@@ -94,6 +95,7 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     let banner = lines.find_map(|l| l.ok().filter(|l| l.contains("connect string"))).expect("the banner");
     assert!(banner.contains("127.0.0.1:29801,127.0.0.1:29802,127.0.0.1:29803"), "{banner}");
     assert!(banner.contains("etcd endpoints 127.0.0.1:29821,127.0.0.1:29822,127.0.0.1:29823"), "{banner}");
+    assert!(banner.contains("admin HTTP on 127.0.0.1:29831-29833"), "{banner}");
     let addrs: Vec<SocketAddr> = (29801..=29803).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
     // Servers refuse clients until they have a leader: retry.
     let connect = |addr: SocketAddr| {

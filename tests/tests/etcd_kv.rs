@@ -845,7 +845,7 @@ fn a_server_stops_on_sigterm_with_watch_and_keep_alive_streams_open_and_a_second
     let port = free_port();
     let mut server = start(dir.path(), port, &[]);
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
-        .args(["--client-addr", "127.0.0.1:0", "--etcd-addr", &format!("127.0.0.1:{port}")])
+        .args(["--client-addr", "127.0.0.1:0", "--etcd-addr", &format!("127.0.0.1:{port}"), "--admin-addr", "off"])
         .arg("--data-dir")
         .arg(dir.path().join("second"))
         .stdout(std::process::Stdio::null())

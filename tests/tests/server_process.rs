@@ -202,7 +202,7 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
         .arg("--client-addr")
         .arg(first.addr.to_string())
-        .args(["--etcd-addr", "off"])
+        .args(["--etcd-addr", "off", "--admin-addr", "off"])
         .arg("--data-dir")
         .arg(dir.path().join("two"))
         .stdout(std::process::Stdio::null())
@@ -318,7 +318,7 @@ fn connections_beyond_max_client_cnxns_from_one_address_are_refused_and_others_c
 }
 
 #[test]
-fn the_readme_command_serves_zookeeper_on_2181_and_etcd_on_2379_with_data_in_baton_data() {
+fn the_readme_command_serves_zookeeper_on_2181_etcd_on_2379_and_admin_http_on_8080_with_data_in_baton_data() {
     use std::io::{BufRead, BufReader};
     let dir = temp_dir();
     // `cargo run --release -p baton-server` with no arguments, in a fresh directory.
@@ -343,11 +343,21 @@ fn the_readme_command_serves_zookeeper_on_2181_and_etcd_on_2379_with_data_in_bat
             Err(_) => {
                 let _ = server.kill();
                 let _ = server.wait();
-                panic!("baton did not start (are ports 2181 and 2379 free?): {said:?}");
+                panic!("baton did not start (are ports 2181, 2379 and 8080 free?): {said:?}");
             }
         }
     }
     assert!(said.iter().any(|l| l.contains("serving etcd v3 clients on 127.0.0.1:2379")), "{said:?}");
+    assert!(said.iter().any(|l| l.contains("admin HTTP (/metrics, /commands, /health, /ready) on 127.0.0.1:8080")));
+    let ready = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:8080").expect("the admin port");
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("ask");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\": true"), "{ready}");
     let zk = "127.0.0.1:2181".parse().expect("an address");
     assert_eq!(four_letter(zk, b"ruok"), "imok");
     let (put, out) = baton_tests::clients::etcdctl("127.0.0.1:2379", &["put", "readme", "yes"], "");

@@ -28,5 +28,7 @@ pub mod stop;
 pub use messages::{
     ClientRef, CommittedChanges, ConnId, SessionRequest, ShardId, ToClient, ToShard, ToWritePath, WriteOutcome,
 };
-pub use shared::{mode_name, ConnInfo, Latency, Refusal, RoleStatus, ShardStats, Shared, WriteStats};
+pub use shared::{
+    mode_name, ConnInfo, Latency, Refusal, RoleStatus, ShardStats, Shared, WriteStats, LATENCY_BOUNDS_US, ZK_OPERATIONS,
+};
 pub use stop::Event;

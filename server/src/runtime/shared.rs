@@ -33,15 +33,70 @@ pub struct ShardStats {
     pub watched_paths: AtomicUsize,
     /// Connections holding a watch.
     pub watching_conns: AtomicUsize,
+    /// ZooKeeper requests received, by operation ([`ZK_OPERATIONS`]).
+    pub requests_by_op: [AtomicU64; ZK_OPERATIONS.len()],
 }
 
-/// Request latencies: min, max, sum and count, in microseconds.
+/// ZooKeeper's operations (`ZooDefs.OpCode`) as metrics name them: (op code, name). Codes not
+/// listed count as `unknown`, the last.
+pub const ZK_OPERATIONS: [(i32, &str); 31] = [
+    (1, "create"),
+    (2, "delete"),
+    (3, "exists"),
+    (4, "getData"),
+    (5, "setData"),
+    (6, "getACL"),
+    (7, "setACL"),
+    (8, "getChildren"),
+    (9, "sync"),
+    (11, "ping"),
+    (12, "getChildren2"),
+    (13, "check"),
+    (14, "multi"),
+    (15, "create2"),
+    (16, "reconfig"),
+    (17, "checkWatches"),
+    (18, "removeWatches"),
+    (19, "createContainer"),
+    (20, "deleteContainer"),
+    (21, "createTTL"),
+    (22, "multiRead"),
+    (100, "auth"),
+    (101, "setWatches"),
+    (102, "sasl"),
+    (103, "getEphemerals"),
+    (104, "getAllChildrenNumber"),
+    (105, "setWatches2"),
+    (106, "addWatch"),
+    (107, "whoAmI"),
+    (-11, "closeSession"),
+    (i32::MIN, "unknown"),
+];
+
+impl ShardStats {
+    /// Counts a request of ZooKeeper operation `op_code`.
+    pub fn count_op(&self, op_code: i32) {
+        let i = ZK_OPERATIONS.iter().position(|&(code, _)| code == op_code).unwrap_or(ZK_OPERATIONS.len() - 1);
+        if let Some(counter) = self.requests_by_op.get(i) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Upper bounds of the request latency histogram's buckets, in microseconds; a last bucket
+/// holds everything slower.
+pub const LATENCY_BOUNDS_US: [u64; 14] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+
+/// Request latencies: min, max, sum and count, in microseconds, and how many fell in each of
+/// [`LATENCY_BOUNDS_US`]'s buckets.
 #[derive(Debug)]
 pub struct Latency {
     min_us: AtomicU64,
     max_us: AtomicU64,
     total_us: AtomicU64,
     count: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
 }
 
 impl Default for Latency {
@@ -51,6 +106,7 @@ impl Default for Latency {
             max_us: AtomicU64::new(0),
             total_us: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            buckets: Default::default(),
         }
     }
 }
@@ -63,6 +119,21 @@ impl Latency {
         self.max_us.fetch_max(us, Ordering::Relaxed);
         self.total_us.fetch_add(us, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        let bucket = LATENCY_BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(LATENCY_BOUNDS_US.len());
+        if let Some(b) = self.buckets.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests per bucket (not cumulative), summed over several.
+    pub fn buckets<'a>(all: impl Iterator<Item = &'a Latency>) -> [u64; LATENCY_BOUNDS_US.len() + 1] {
+        let mut out = [0; LATENCY_BOUNDS_US.len() + 1];
+        for l in all {
+            for (o, b) in out.iter_mut().zip(&l.buckets) {
+                *o += b.load(Ordering::Relaxed);
+            }
+        }
+        out
     }
 
     /// (min µs, max µs, total µs, count) of several; min is 0 when nothing was recorded.

@@ -30,6 +30,10 @@ pub struct DevConfig {
     /// Server i serves etcd v3 clients on this port + i - 1 (on 127.0.0.1); 0: no etcd port.
     #[arg(long, default_value_t = 2379)]
     pub etcd_port: u16,
+    /// Server i serves its admin HTTP API (`/metrics`, `/commands/`) on this port + i - 1 (on
+    /// 127.0.0.1); 0: none.
+    #[arg(long, default_value_t = 8080)]
+    pub admin_port: u16,
     /// Flags passed to every server (after `--`), e.g. `-- --cores 1 --tick-ms 500`.
     #[arg(last = true)]
     pub server_flags: Vec<String>,
@@ -72,7 +76,13 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
         } else {
             format!("127.0.0.1:{}", config.etcd_port as usize + id - 1)
         };
+        let admin = match config.admin_port {
+            0 => "off".to_string(),
+            base => format!("127.0.0.1:{}", base as usize + id - 1),
+        };
         let child = Command::new(&exe)
+            .arg("--admin-addr")
+            .arg(&admin)
             .arg("--server-id")
             .arg(id.to_string())
             .arg("--peer")
@@ -101,11 +111,15 @@ pub fn run(config: DevConfig) -> anyhow::Result<()> {
             etcd_endpoints.push(etcd);
         }
     }
-    let etcd = if etcd_endpoints.is_empty() {
+    let mut etcd = if etcd_endpoints.is_empty() {
         String::new()
     } else {
         format!("; etcd endpoints {}", etcd_endpoints.join(","))
     };
+    if config.admin_port != 0 {
+        let last = config.admin_port as usize + total - 1;
+        etcd.push_str(&format!("; admin HTTP on 127.0.0.1:{}-{last}", config.admin_port));
+    }
     println!(
         "baton dev: {} voters and {} observers; connect string {}{etcd}; data under {}; Ctrl-C stops them all",
         config.nodes,

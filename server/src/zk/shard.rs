@@ -130,6 +130,7 @@ impl Shard {
     pub fn request(&mut self, conn: &Rc<Conn>, xid: i32, op_code: i32, request: Request) {
         let at = std::time::Instant::now();
         self.stats().received.fetch_add(1, Ordering::Relaxed);
+        self.stats().count_op(op_code);
         conn.count_received();
         self.touched.insert(conn.session());
         if conn.read_only.get() && (request.is_write() || matches!(request, Request::Sync { .. })) {

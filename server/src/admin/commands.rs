@@ -1,0 +1,314 @@
+//! ZooKeeper's admin commands (`org.apache.zookeeper.server.admin.Commands`) as the
+//! AdminServer serves them under `/commands/NAME`: a JSON object of the command's keys, then
+//! `command` (the primary name, whichever alias was asked) and `error` (null when it worked).
+//! Keys and their types are ZooKeeper 3.8's, in the order of its reference answers in
+//! `tests/zookeeper-3.8-admin/` (ZooKeeper's own order varies between its runs); a key Baton
+//! has nothing true to put in is left out rather than filled with a made-up value.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{json, Map, Value};
+
+use super::fourlw::VERSION;
+use crate::runtime::{Latency, Shared};
+
+/// The commands: (primary name, aliases).
+pub const COMMANDS: [(&str, &[&str]); 12] = [
+    ("configuration", &["conf", "config"]),
+    ("connections", &["cons"]),
+    ("dirs", &[]),
+    ("dump", &[]),
+    ("environment", &["env", "envi"]),
+    ("is_read_only", &["isro"]),
+    ("leader", &["lead"]),
+    ("monitor", &["mntr"]),
+    ("ruok", &[]),
+    ("server_stats", &["srvr"]),
+    ("stats", &["stat"]),
+    ("watch_summary", &["wchs"]),
+];
+
+/// `/commands`: a link per command, as ZooKeeper's AdminServer lists them.
+pub fn index() -> String {
+    COMMANDS.iter().map(|(name, _)| format!("<a href=\"/commands/{name}\">{name}</a>\n<br/>\n")).collect()
+}
+
+/// The answer to `/commands/NAME` (NAME a primary name or an alias, as ZooKeeper matches
+/// them: exactly, case included).
+pub fn run(node: &Shared, asked: &str) -> Value {
+    let Some((name, _)) = COMMANDS.iter().find(|(name, aliases)| *name == asked || aliases.contains(&asked)) else {
+        return json!({ "command": asked, "error": format!("Unknown command: {asked}") });
+    };
+    let mut out = Map::new();
+    let error = match *name {
+        "configuration" => configuration(node, &mut out),
+        "connections" => connections(node, &mut out, true),
+        "dirs" => {
+            out.insert("datadir_size".into(), dir_size(&node.config.data_dir.join("snapshots")).into());
+            out.insert("logdir_size".into(), dir_size(&node.config.data_dir.join("wal")).into());
+            None
+        }
+        "dump" => dump(node, &mut out),
+        "environment" => environment(&mut out),
+        "is_read_only" => {
+            out.insert("read_only".into(), node.read_only.load(Relaxed).into());
+            None
+        }
+        "leader" => leader(node, &mut out),
+        "monitor" => monitor(node, &mut out),
+        "ruok" => None,
+        "server_stats" => server_stats(node, &mut out),
+        "stats" => {
+            server_stats(node, &mut out);
+            connections(node, &mut out, false)
+        }
+        "watch_summary" => {
+            let sum =
+                |f: fn(&crate::runtime::ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
+            out.insert("num_connections".into(), sum(|s| s.watching_conns.load(Relaxed)).into());
+            out.insert("num_paths".into(), sum(|s| s.watched_paths.load(Relaxed)).into());
+            out.insert("num_total_watches".into(), sum(|s| s.watches.load(Relaxed)).into());
+            None
+        }
+        _ => Some(format!("Unknown command: {asked}")),
+    };
+    // ZooKeeper's order: `command` then a null `error`; a command that failed set its error
+    // first, so there `error` comes before `command`.
+    match error {
+        None => {
+            out.insert("command".into(), (*name).into());
+            out.insert("error".into(), Value::Null);
+        }
+        Some(why) => {
+            out.insert("error".into(), why.into());
+            out.insert("command".into(), (*name).into());
+        }
+    }
+    Value::Object(out)
+}
+
+type Outcome = Option<String>;
+
+fn latency(node: &Shared) -> (Value, u64, u64) {
+    let (min, max, total, count) = Latency::sum(node.shard_stats.iter().map(|s| &s.latency));
+    let avg = if count == 0 { 0.0 } else { total as f64 / count as f64 / 1000.0 };
+    // Milliseconds, rounded to four decimals as ZooKeeper's `AvgMinMaxCounter` rounds them.
+    let avg = (avg * 10_000.0).round() / 10_000.0;
+    (avg.into(), min / 1000, max / 1000)
+}
+
+fn sent(node: &Shared) -> u64 {
+    node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum()
+}
+
+fn server_stats(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let (avg, min, max) = latency(node);
+    let (nodes, last_zxid) = {
+        let tree = node.tree();
+        (tree.node_count(), tree.last_zxid())
+    };
+    out.insert("version".into(), VERSION.into());
+    out.insert("read_only".into(), node.read_only.load(Relaxed).into());
+    out.insert(
+        "server_stats".into(),
+        json!({
+            "packets_sent": sent(node),
+            "packets_received": node.received(),
+            "data_dir_size": dir_size(&node.config.data_dir.join("snapshots")),
+            "log_dir_size": dir_size(&node.config.data_dir.join("wal")),
+            "server_state": node.mode(),
+            "last_processed_zxid": last_zxid.0,
+            "outstanding_requests": node.write_stats.outstanding.load(Relaxed),
+            "avg_latency": avg,
+            "max_latency": max,
+            "min_latency": min,
+            "num_alive_client_connections": node.open_connections.load(Relaxed),
+            "uptime": node.started.elapsed().as_millis() as u64,
+        }),
+    );
+    out.insert("node_count".into(), nodes.into());
+    None
+}
+
+/// The connections: with their sessions for `connections`, without for `stats` (as ZooKeeper
+/// lists them in each).
+fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> Outcome {
+    let list: Vec<Value> = node
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|c| {
+            let mut one = json!({
+                "remote_socket_address": c.peer.to_string(),
+                "packets_received": c.received.load(Relaxed),
+                "packets_sent": c.sent.load(Relaxed),
+            });
+            if sessions {
+                one["session_id"] = c.session_id.load(Relaxed).into();
+                one["session_timeout"] = c.timeout_ms.load(Relaxed).into();
+            }
+            one
+        })
+        .collect();
+    out.insert("connections".into(), list.into());
+    out.insert("secure_connections".into(), Value::Array(Vec::new()));
+    None
+}
+
+fn configuration(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let c = &node.config;
+    out.insert("client_port".into(), c.client_addr.port().into());
+    out.insert("data_dir".into(), absolute(&c.data_dir.join("snapshots")).into());
+    out.insert("data_log_dir".into(), absolute(&c.data_dir.join("wal")).into());
+    out.insert("tick_time".into(), c.tick_ms.into());
+    out.insert("max_client_cnxns".into(), c.max_client_cnxns.into());
+    out.insert("min_session_timeout".into(), c.min_session_timeout_ms().into());
+    out.insert("max_session_timeout".into(), c.max_session_timeout_ms().into());
+    out.insert("server_id".into(), (if node.standalone() { 0 } else { c.server_id }).into());
+    out.insert("client_port_listen_backlog".into(), (-1).into());
+    None
+}
+
+/// Sessions and their ephemerals, from the replicated tree (the same on every server). The
+/// expiry times ZooKeeper lists are the leader's alone, and not kept as times: left out.
+fn dump(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let tree = node.tree();
+    let mut ephemerals = Map::new();
+    for id in tree.sessions().keys() {
+        let paths = tree.ephemerals_of(*id);
+        if !paths.is_empty() {
+            ephemerals.insert(id.as_i64().to_string(), paths.into());
+        }
+    }
+    out.insert("session_id_to_ephemeral_paths".into(), Value::Object(ephemerals));
+    None
+}
+
+fn environment(out: &mut Map<String, Value>) -> Outcome {
+    out.insert("zookeeper.version".into(), VERSION.into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    out.insert("host.name".into(), host.trim().into());
+    out.insert("os.name".into(), std::env::consts::OS.into());
+    out.insert("os.arch".into(), std::env::consts::ARCH.into());
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    out.insert("os.version".into(), release.trim().into());
+    let dir = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    out.insert("user.dir".into(), dir.into());
+    None
+}
+
+/// ZooKeeper answers "server is not initialized" from a standalone server (it is not a
+/// quorum peer) and from one without a leader.
+fn leader(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    use baton_engine::zab::Role;
+    let role = node.role.get();
+    if node.standalone() || !role.serving() {
+        return Some("server is not initialized".into());
+    }
+    let id = match role {
+        Role::Leading { .. } => node.config.server_id,
+        Role::Following { leader, .. } => leader,
+        Role::Looking => return Some("server is not initialized".into()),
+    };
+    out.insert("is_leader".into(), matches!(role, Role::Leading { .. }).into());
+    out.insert("leader_id".into(), id.into());
+    if let Some(peer) = node.config.peers.iter().find(|p| p.id == id) {
+        out.insert("leader_ip".into(), peer.addr.ip().to_string().into());
+    }
+    None
+}
+
+/// `mntr`'s values under ZooKeeper's JSON keys (its `zk_` keys without the prefix).
+fn monitor(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let (avg, min, max) = latency(node);
+    let (nodes, ephemerals, data_bytes) = {
+        let tree = node.tree();
+        (tree.node_count(), tree.ephemeral_count(), tree.data_bytes())
+    };
+    let watches: usize = node.shard_stats.iter().map(|s| s.watches.load(Relaxed)).sum();
+    let stats = &node.write_stats;
+    out.insert("version".into(), VERSION.into());
+    out.insert("server_state".into(), node.mode().into());
+    out.insert("ephemerals_count".into(), ephemerals.into());
+    out.insert("num_alive_connections".into(), node.open_connections.load(Relaxed).into());
+    out.insert("avg_latency".into(), avg);
+    out.insert("outstanding_requests".into(), stats.outstanding.load(Relaxed).into());
+    out.insert("znode_count".into(), nodes.into());
+    out.insert("global_sessions".into(), stats.sessions.load(Relaxed).into());
+    out.insert("packets_sent".into(), sent(node).into());
+    out.insert("packets_received".into(), node.received().into());
+    out.insert("watch_count".into(), watches.into());
+    out.insert("min_latency".into(), min.into());
+    let descriptors = file_descriptors();
+    if let Some((_, most)) = descriptors {
+        out.insert("max_file_descriptor_count".into(), most.into());
+    }
+    out.insert("approximate_data_size".into(), data_bytes.into());
+    if let Some((open, _)) = descriptors {
+        out.insert("open_file_descriptor_count".into(), open.into());
+    }
+    out.insert("uptime".into(), (node.started.elapsed().as_millis() as u64).into());
+    out.insert("max_latency".into(), max.into());
+    out.insert("commit_count".into(), stats.committed.load(Relaxed).into());
+    None
+}
+
+/// (open, limit) of this process's file descriptors, as ZooKeeper's `*_file_descriptor_count`.
+fn file_descriptors() -> Option<(u64, u64)> {
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some((open, soft))
+}
+
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// Bytes of the files directly in `dir` (0 if it cannot be read).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use crate::runtime::inbox::inbox;
+
+    fn node() -> Shared {
+        let config = ServerConfig::for_test("127.0.0.1:2181".parse().expect("addr"), "d".into());
+        let (to_write_path, _inbox) = inbox();
+        let (to_shard, _shard_inbox) = inbox();
+        Shared::new(config, to_write_path, vec![to_shard])
+    }
+
+    #[test]
+    fn aliases_answer_under_the_primary_name_and_unknown_names_say_so() {
+        let node = node();
+        let by_alias = run(&node, "mntr");
+        assert_eq!(by_alias["command"], "monitor");
+        assert_eq!(by_alias["error"], Value::Null);
+        assert_eq!(by_alias["server_state"], "looking");
+        // As ZooKeeper: names match exactly, case included.
+        let unknown = run(&node, "RUOK");
+        assert_eq!(unknown, json!({ "command": "RUOK", "error": "Unknown command: RUOK" }));
+        assert_eq!(run(&node, "lead")["error"], "server is not initialized", "standalone");
+    }
+
+    #[test]
+    fn every_command_answers_with_its_keys_then_command_and_error() {
+        let node = node();
+        for (name, _) in COMMANDS {
+            let answer = run(&node, name);
+            let keys: Vec<&String> = answer.as_object().expect("an object").keys().collect();
+            let n = keys.len();
+            let last = if answer["error"].is_null() { ["command", "error"] } else { ["error", "command"] };
+            assert_eq!(&keys[n - 2..], last, "{name}: {keys:?}");
+        }
+    }
+}

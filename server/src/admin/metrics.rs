@@ -1,0 +1,176 @@
+//! `/metrics`: the server's counters, gauges and histograms in Prometheus's text format, read
+//! from what the other layers publish in [`Shared`] at the moment of the scrape (nothing on
+//! the request path waits for a scrape or takes a lock for it).
+//!
+//! Names and types follow ZooKeeper's Prometheus provider where it has the same thing
+//! (`znode_count`, `watch_count`, `num_alive_connections`, `packets_received`, …: `mntr`'s
+//! `zk_*` keys without the prefix, gauges as ZooKeeper registers them); Baton's own start
+//! with `baton_`, counters end in `_total`, and the output passes `promtool check metrics` —
+//! which refuses a `_count` suffix on a gauge, so ZooKeeper's `znode_count`, `watch_count`
+//! and `ephemerals_count` are `znodes`, `watches` and `ephemerals` here.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::Encoder as _;
+
+use crate::runtime::{Latency, Shared, LATENCY_BOUNDS_US, ZK_OPERATIONS};
+
+/// The text Prometheus scrapes, and its content type.
+pub fn render(node: &Shared) -> (String, String) {
+    let families = families(node);
+    let encoder = prometheus::TextEncoder::new();
+    let mut out = Vec::new();
+    // Encoding families built here cannot fail: every one has a name, a type and metrics of
+    // that type (the encoder refuses only empty names and mismatched types).
+    if let Err(e) = encoder.encode(&families, &mut out) {
+        tracing::error!(%e, "metrics could not be encoded");
+    }
+    (String::from_utf8_lossy(&out).into_owned(), encoder.format_type().to_string())
+}
+
+fn families(node: &Shared) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let stats = &node.write_stats;
+    let role = node.role.get();
+    let (nodes, ephemerals, data_bytes, last_zxid) = {
+        let tree = node.tree();
+        (tree.node_count(), tree.ephemeral_count(), tree.data_bytes(), tree.last_zxid())
+    };
+    let sum = |f: fn(&crate::runtime::ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
+    let sent: u64 = node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum();
+
+    out.push(gauge("znodes", "Znodes in the tree.", nodes as f64));
+    out.push(gauge("ephemerals", "Ephemeral znodes.", ephemerals as f64));
+    out.push(gauge("approximate_data_size", "Bytes of znode paths and data.", data_bytes as f64));
+    out.push(gauge("watches", "Watches held by this server's connections.", sum(|s| s.watches.load(Relaxed)) as f64));
+    out.push(gauge("num_alive_connections", "Open client connections.", node.open_connections.load(Relaxed) as f64));
+    out.push(gauge("outstanding_requests", "Writes waiting to commit.", stats.outstanding.load(Relaxed) as f64));
+    out.push(gauge("global_sessions", "Live sessions.", stats.sessions.load(Relaxed) as f64));
+    // Gauges, as ZooKeeper registers them (its dashboards take rates of them all the same).
+    out.push(gauge("packets_received", "Requests received from clients.", node.received() as f64));
+    out.push(gauge("packets_sent", "Frames sent to clients.", sent as f64));
+    out.push(gauge("uptime", "Milliseconds since the server started.", node.started.elapsed().as_millis() as f64));
+    out.push(gauge("last_zxid", "The last applied zxid.", last_zxid.0 as f64));
+    out.push(gauge("baton_epoch", "The Zab epoch.", role.epoch() as f64));
+    out.push(labelled(
+        "baton_server_state",
+        "1 for the server's state (as mntr's zk_server_state), 0 for the others.",
+        MetricType::GAUGE,
+        ["leader", "follower", "observer", "standalone", "looking", "read-only"]
+            .iter()
+            .map(|state| (vec![("state", state.to_string())], f64::from(u8::from(node.mode() == *state)))),
+    ));
+    out.push(counter("baton_commits_total", "Log entries committed.", stats.committed.load(Relaxed) as f64));
+    out.push(counter(
+        "baton_rejected_writes_total",
+        "Writes refused before the log.",
+        stats.rejected.load(Relaxed) as f64,
+    ));
+    out.push(counter(
+        "baton_wal_entries_durable_total",
+        "Log entries written and fdatasync'ed.",
+        stats.wal_entries_durable.load(Relaxed) as f64,
+    ));
+    out.push(counter(
+        "baton_wal_flushes_total",
+        "WAL batches written, one fdatasync each.",
+        stats.wal_batches.load(Relaxed) as f64,
+    ));
+    out.push(labelled(
+        "baton_zk_requests_total",
+        "ZooKeeper requests received, by operation.",
+        MetricType::COUNTER,
+        ZK_OPERATIONS.iter().enumerate().map(|(i, (_, name))| {
+            let n: u64 = node.shard_stats.iter().map(|s| s.requests_by_op.get(i).map_or(0, |c| c.load(Relaxed))).sum();
+            (vec![("op", name.to_string())], n as f64)
+        }),
+    ));
+    out.push(labelled(
+        "baton_shard_connections",
+        "Open client connections, by shard.",
+        MetricType::GAUGE,
+        node.shard_stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (vec![("shard", i.to_string())], s.connections.load(Relaxed) as f64)),
+    ));
+    out.push(request_latency(node));
+    out
+}
+
+/// ZooKeeper requests' latency, received to answered, over every shard.
+fn request_latency(node: &Shared) -> MetricFamily {
+    let latencies = || node.shard_stats.iter().map(|s| &s.latency);
+    let (_, _, total_us, count) = Latency::sum(latencies());
+    let buckets = Latency::buckets(latencies());
+    let mut cumulative = 0;
+    let bounds = LATENCY_BOUNDS_US.iter().zip(&buckets).map(|(bound, n)| {
+        cumulative += n;
+        let mut b = Bucket::default();
+        b.set_upper_bound(*bound as f64 / 1e6);
+        b.set_cumulative_count(cumulative);
+        b
+    });
+    let mut h = Histogram::default();
+    h.set_bucket(bounds.collect());
+    h.set_sample_count(count);
+    h.set_sample_sum(total_us as f64 / 1e6);
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    family("baton_request_latency_seconds", "ZooKeeper requests, received to answered.", MetricType::HISTOGRAM, vec![m])
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn gauge(name: &str, help: &str, value: f64) -> MetricFamily {
+    labelled(name, help, MetricType::GAUGE, [(Vec::new(), value)])
+}
+
+fn counter(name: &str, help: &str, value: f64) -> MetricFamily {
+    labelled(name, help, MetricType::COUNTER, [(Vec::new(), value)])
+}
+
+/// A family of one metric per label set.
+fn labelled(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
+) -> MetricFamily {
+    let metrics = values
+        .into_iter()
+        .map(|(labels, value)| {
+            let mut m = Metric::default();
+            m.set_label(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(k.to_string());
+                        l.set_value(v);
+                        l
+                    })
+                    .collect(),
+            );
+            if kind == MetricType::COUNTER {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            } else {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+            m
+        })
+        .collect();
+    family(name, help, kind, metrics)
+}
