@@ -39,6 +39,7 @@ pub mod replica;
 pub mod sequencer;
 pub mod snapshot;
 pub mod state;
+pub mod stats;
 pub mod sys;
 pub mod tree;
 pub mod wal;

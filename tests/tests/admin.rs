@@ -9,28 +9,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use baton_tests::clients::http_get as get;
 use baton_tests::raw::RawClient;
 use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 use serde_json::Value;
 
 const EPHEMERAL: i32 = 1;
-
-/// A plain HTTP/1.1 GET: (status, content type, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read the answer");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers, then a body");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
 
 fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (status, content_type, body) = get(addr, path);
@@ -153,7 +138,18 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
         assert_eq!(c.create(&format!("/m{i}"), b"v", 0).expect("create").err, 0);
     }
     c.get_data("/m0", false).expect("read");
-    let (status, content_type, text) = get(admin, "/metrics");
+    // The replica's counters are published a few times a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, content_type, text) = loop {
+        let scraped = get(admin, "/metrics");
+        if scraped.2.contains("baton_fdatasync_seconds_count ")
+            && !scraped.2.contains("baton_fdatasync_seconds_count 0\n")
+        {
+            break scraped;
+        }
+        assert!(std::time::Instant::now() < deadline, "no fdatasync counted: {}", scraped.2);
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let value = |sample: &str| -> f64 {
@@ -168,6 +164,9 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
     assert!(value("baton_request_latency_seconds_count") >= 6.0, "{text}");
     assert!(value("baton_wal_entries_durable_total") >= 5.0);
     assert!(value("baton_request_latency_seconds_bucket{le=\"+Inf\"}") >= 6.0);
+    assert!(value("baton_wal_batch_entries_sum") >= 5.0, "every create was logged in some batch");
+    assert!(value("baton_wal_written_bytes_total") > 0.0);
+    assert!(value("baton_fdatasync_seconds_sum") > 0.0, "fdatasyncs take time");
     // Prometheus's own checker (Debian's `prometheus` package; tests/run-all.sh installs it).
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -276,4 +275,26 @@ fn logs_are_json_lines_on_request_and_plain_text_without_colours_in_a_file() {
     let text_log = std::fs::read_to_string(text.log_path()).expect("the text log");
     assert!(text_log.contains("the admin server could not start"), "{text_log}");
     assert!(!text_log.contains('\u{1b}'), "no terminal escapes in a file: {text_log:?}");
+}
+
+#[test]
+fn a_flood_of_bad_frames_costs_a_log_line_a_second_per_shard_and_nothing_else() {
+    let dir = temp_dir();
+    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &["--cores", "2"]);
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        // A length prefix far over jute.maxbuffer: the connection is refused.
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        s.write_all(&0x7fff_ffffu32.to_be_bytes()).expect("send");
+        let _ = s.read(&mut [0u8; 16]);
+    }
+    // Every other client carries on.
+    assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
+    let mut c = RawClient::connect(server.addr, 30_000, None).expect("connect");
+    assert_eq!(c.create("/still", b"", 0).expect("create").err, 0);
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = std::fs::read_to_string(server.log_path()).expect("the log");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("refusing an oversized or malformed frame")).collect();
+    assert!(!lines.is_empty(), "the refusals are logged: {log}");
+    assert!(lines.len() as u64 <= 2 * seconds, "at most a line a second per shard, not one per refusal: {lines:#?}");
 }

@@ -123,6 +123,24 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     // etcd's member list names every member's etcd endpoint.
     let (listed, said) = baton_tests::clients::etcdctl("127.0.0.1:29822", &["member", "list"], "");
     assert!(listed && (1..=3).all(|i| said.contains(&format!("http://127.0.0.1:{}", 29_820 + i))), "{said}");
+    // Each server's admin port: one leader, whose /metrics lists both followers' lag.
+    let end = Instant::now() + LIMIT;
+    loop {
+        let scraped: Vec<String> = (29_831..=29_833)
+            .map(|p| baton_tests::clients::http_get(([127, 0, 0, 1], p).into(), "/metrics").2)
+            .collect();
+        let leaders: Vec<&String> =
+            scraped.iter().filter(|m| m.contains("baton_server_state{state=\"leader\"} 1")).collect();
+        assert!(leaders.len() <= 1, "one leader at most");
+        let followers = leaders.first().map_or(0, |m| {
+            m.lines().filter(|l| l.starts_with("baton_learner_entries_behind{") && l.contains("follower")).count()
+        });
+        if followers == 2 {
+            break;
+        }
+        assert!(Instant::now() < end, "no leader reporting two followers: {scraped:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SAFETY: signalling our own child by its pid.
     unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
     let end = Instant::now() + LIMIT;

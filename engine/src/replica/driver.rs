@@ -3,6 +3,7 @@
 use super::storage::{Epochs, ImageSink, Log, Peers, SnapshotImage, Snapshots, StateMachine};
 use super::{Input, StorageError};
 use crate::log::Zxid;
+use crate::stats::{Histogram, DURATION_BOUNDS_US};
 use crate::zab::{Action, LogEntry, Message, Payload, Persisted, ServerId, Zab, ZabConfig};
 
 /// Parts of the last snapshot's image freed per tick ([`Snapshots::release_step`]), besides
@@ -33,6 +34,21 @@ pub struct ReplicaConfig {
     /// less at a million znodes). Its recovery then replays its whole log at once, in
     /// pieces, since it is its own quorum.
     pub compact_on_commit: bool,
+    /// Times snapshots and log purges for [`Replica::stats`] (none by default).
+    pub clock: crate::stats::Clock,
+}
+
+/// What a replica counts for metrics (see [`Replica::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Background snapshots written, from the state frozen to the file synced, in
+    /// microseconds (by [`ReplicaConfig::clock`]).
+    pub snapshot_us: Histogram,
+    /// Background snapshots that failed.
+    pub snapshots_failed: u64,
+    /// Releases of the log a snapshot made unneeded (segments removed or set aside for
+    /// reuse), in microseconds.
+    pub purge_us: Histogram,
 }
 
 impl ReplicaConfig {
@@ -44,6 +60,7 @@ impl ReplicaConfig {
             snapshot_every_bytes: 0,
             snapshot_spread_seed: None,
             compact_on_commit: false,
+            clock: crate::stats::no_clock,
         }
     }
 }
@@ -115,6 +132,9 @@ pub struct Replica<L, E, S, P, M> {
     frozen: Vec<(ServerId, Zxid, Box<dyn SnapshotImage>)>,
     /// A SNAP being received from the leader, installed as it arrives.
     receiving: Option<Receiving>,
+    /// When the background snapshot under way was started (by the config's clock).
+    snapshot_started_us: u64,
+    stats: ReplicaStats,
 }
 
 /// A SNAP being received: the state machine and the snapshot store take each piece as it
@@ -183,6 +203,8 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             applied: base,
             frozen: Vec::new(),
             receiving: None,
+            snapshot_started_us: 0,
+            stats: ReplicaStats::default(),
         };
         replica.snapshot_due = replica.next_snapshot_due();
         Ok((replica, recovered))
@@ -252,7 +274,12 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
         Ok(zxids)
     }
 
-    /// The core (for its role, history and epochs).
+    /// What it counted for metrics.
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// The protocol core.
     pub fn zab(&self) -> &Zab {
         &self.zab
     }
@@ -417,6 +444,7 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             self.snapshot_due = self.next_snapshot_due();
             // Between two steps: exactly the state at `applied`, frozen; the store writes it
             // out in the background while entries go on being applied.
+            self.snapshot_started_us = (self.config.clock)();
             let image = self.state.freeze();
             self.snapshots.start_image(self.applied, image);
         }
@@ -447,12 +475,17 @@ impl<L: Log, E: Epochs, S: Snapshots, P: Peers, M: StateMachine> Replica<L, E, S
             Ok(oldest) => oldest,
             Err(e) => {
                 tracing::error!(error = %e, %zxid, "snapshot failed");
+                self.stats.snapshots_failed += 1;
                 return Ok(());
             }
         };
+        let clock = self.config.clock;
+        let written_us = clock();
+        self.stats.snapshot_us.record(&DURATION_BOUNDS_US, written_us.saturating_sub(self.snapshot_started_us));
         self.zab.compact(zxid);
         if let Some(oldest) = oldest_kept {
             self.log.release_through(oldest)?;
+            self.stats.purge_us.record(&DURATION_BOUNDS_US, clock().saturating_sub(written_us));
         }
         tracing::info!(%zxid, ?oldest_kept, "snapshot written; log compacted");
         Ok(())

@@ -26,7 +26,7 @@ pub mod storage;
 mod tests;
 mod wal_log;
 
-pub use driver::{Parts, Recovered, Replica, ReplicaConfig};
+pub use driver::{Parts, Recovered, Replica, ReplicaConfig, ReplicaStats};
 pub use epoch_file::{EpochError, EpochFile};
 pub use snapshot_dir::SnapshotDir;
 pub use storage::{

@@ -42,6 +42,7 @@ use super::spare::{prepare_spare, Pace, ZERO_CHUNK_BYTES};
 use super::{WalConfig, WalError};
 use crate::faults;
 use crate::log::Zxid;
+use crate::stats::{Histogram, COUNT_BOUNDS, DURATION_BOUNDS_US};
 
 /// Counters of the writer's work, for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,10 @@ pub struct WalStats {
     pub segments_created: u64,
     /// Of those, segments that reused a released file instead of a new zero-filled one.
     pub segments_recycled: u64,
+    /// How long each batch's fdatasync took, in microseconds (by [`super::WalConfig::clock`]).
+    pub fdatasync_us: Histogram,
+    /// Entries per batch.
+    pub batch_entries: Histogram,
 }
 
 /// One segment as the writer tracks it.
@@ -822,6 +827,7 @@ struct Written {
     last_zxid: Zxid,
     record_bytes: usize,
     entries: u64,
+    fdatasync_us: u64,
 }
 
 /// Writes and fdatasyncs one batch at a time. The next batch's write is never issued before
@@ -859,6 +865,8 @@ fn made_durable(shared: &RefCell<WalState>, batch: &Written, defer_wakes: bool) 
     s.stats.batches += 1;
     s.stats.entries_durable += batch.entries;
     s.stats.bytes_written += batch.bytes as u64;
+    s.stats.fdatasync_us.record(&DURATION_BOUNDS_US, batch.fdatasync_us);
+    s.stats.batch_entries.record(&COUNT_BOUNDS, batch.entries);
     if let Some(segment) = s.segments.last_mut() {
         segment.last_zxid = Some(batch.last_zxid);
     }
@@ -909,10 +917,10 @@ async fn write_batch(shared: &Rc<RefCell<WalState>>, mut batch: Batch) -> Result
     if batch.new_segment {
         roll(shared, batch.segment, batch.salt, batch.prev).await?;
     }
-    let (file, path) = {
+    let (file, path, clock) = {
         let s = shared.borrow();
         let path = segment_path(&s.config.dir, batch.segment);
-        (s.file.clone(), path)
+        (s.file.clone(), path, s.config.clock)
     };
     let Some(file) = file else {
         return Err(WalError::io(path, std::io::Error::other("no open segment for a batch")));
@@ -925,7 +933,9 @@ async fn write_batch(shared: &Rc<RefCell<WalState>>, mut batch: Batch) -> Result
         return Err(WalError::io(&path, std::io::Error::other(format!("short write: {written} of {size} bytes"))));
     }
     faults::io(faults::WAL_FDATASYNC).await.map_err(|e| WalError::io(&path, e))?;
+    let started_us = clock();
     file.fdatasync().await.map_err(|e| WalError::glommio(&path, e))?;
+    let fdatasync_us = clock().saturating_sub(started_us);
     faults::io(faults::WAL_DURABLE).await.map_err(|e| WalError::io(&path, e))?;
     Ok(Written {
         bytes: size,
@@ -933,6 +943,7 @@ async fn write_batch(shared: &Rc<RefCell<WalState>>, mut batch: Batch) -> Result
         last_zxid: batch.last_zxid,
         record_bytes: batch.record_bytes,
         entries: batch.entries,
+        fdatasync_us,
     })
 }
 

@@ -50,6 +50,8 @@ pub struct WalConfig {
     /// Released segments (see [`Wal::recycle_through`]) kept for reuse as future segments.
     /// Each costs `segment_bytes` of disk while it waits; 0 turns recycling off.
     pub recycle_segments: usize,
+    /// Times each fdatasync for [`WalStats::fdatasync_us`] (none by default).
+    pub clock: crate::stats::Clock,
 }
 
 impl WalConfig {
@@ -65,6 +67,7 @@ impl WalConfig {
             queued_bytes_max: 64 << 20,
             zero_fill_segments: true,
             recycle_segments: 2,
+            clock: crate::stats::no_clock,
         }
     }
 

@@ -274,6 +274,18 @@ impl Leader {
         }
     }
 
+    /// Each learner connected to this leader, for metrics: its id, whether it observes, and
+    /// how many of this epoch's entries it lacks (a follower: not yet acknowledged as
+    /// durable; an observer: not yet sent).
+    pub fn learner_lags(&self, last: Zxid) -> impl Iterator<Item = (ServerId, bool, u64)> + '_ {
+        self.learners.iter().map(move |(id, l)| {
+            let has = if l.observer { l.sent_through } else { l.acked };
+            let lacks =
+                if has.epoch() == last.epoch() { last.counter().saturating_sub(has.counter()) } else { last.counter() };
+            (*id, l.observer, u64::from(lacks))
+        })
+    }
+
     /// Drops a follower whose connection broke; it rejoins with FOLLOWERINFO.
     pub fn forget(&mut self, id: ServerId) {
         self.learners.remove(&id);

@@ -77,6 +77,16 @@ impl Zab {
         }
     }
 
+    /// While leading, each learner's id, whether it observes, and how many of this epoch's
+    /// entries it lacks (see `Leader::learner_lags`); nothing otherwise.
+    pub fn learner_lags(&self, mut each: impl FnMut(ServerId, bool, u64)) {
+        if let RoleState::Leading(l) = &self.role {
+            for (id, observer, lacks) in l.learner_lags(self.ctx.log.last()) {
+                each(id, observer, lacks);
+            }
+        }
+    }
+
     /// The log as the protocol sees it.
     pub fn history(&self) -> &History {
         &self.ctx.log

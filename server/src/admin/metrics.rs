@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::Encoder as _;
 
-use crate::runtime::{Latency, Shared, LATENCY_BOUNDS_US, ZK_OPERATIONS};
+use baton_engine::stats::{Histogram as EngineHistogram, COUNT_BOUNDS, DURATION_BOUNDS_US};
+
+use crate::runtime::{Latency, LearnerLag, ReplicaMetrics, Shared, LATENCY_BOUNDS_US, ZK_OPERATIONS};
 
 /// The text Prometheus scrapes, and its content type.
 pub fn render(node: &Shared) -> (String, String) {
@@ -96,7 +98,92 @@ fn families(node: &Shared) -> Vec<MetricFamily> {
             .map(|(i, s)| (vec![("shard", i.to_string())], s.connections.load(Relaxed) as f64)),
     ));
     out.push(request_latency(node));
+    out.push(counter(
+        "baton_looking_total",
+        "Times this server lost its leader (or its leadership) and looked for one (ZooKeeper's looking_count).",
+        stats.looking_count.load(Relaxed) as f64,
+    ));
+    {
+        let etcd = node.etcd();
+        out.push(gauge("baton_etcd_revision", "The etcd keyspace's revision.", etcd.revision() as f64));
+        out.push(gauge("baton_etcd_keys", "Keys in the etcd keyspace.", etcd.key_count() as f64));
+        out.push(gauge(
+            "baton_etcd_size_bytes",
+            "The etcd keyspace's size, as its quota counts it.",
+            etcd.size_bytes() as f64,
+        ));
+    }
+    let replica = stats.replica.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    out.extend(replica_families(&replica));
     out
+}
+
+/// The log, the snapshots and the learners.
+fn replica_families(r: &ReplicaMetrics) -> Vec<MetricFamily> {
+    let wal = &r.wal;
+    vec![
+        histogram(
+            "baton_fdatasync_seconds",
+            "How long each WAL batch's fdatasync took (ZooKeeper's fsynctime).",
+            &wal.fdatasync_us,
+            &DURATION_BOUNDS_US,
+            1e6,
+        ),
+        histogram("baton_wal_batch_entries", "Log entries per WAL batch (one fdatasync each).", &wal.batch_entries, &COUNT_BOUNDS, 1.0),
+        counter("baton_wal_written_bytes_total", "Bytes written to the WAL.", wal.bytes_written as f64),
+        counter("baton_wal_segments_created_total", "WAL segment files begun.", wal.segments_created as f64),
+        histogram(
+            "baton_snapshot_duration_seconds",
+            "Background snapshots, from the state frozen to the file synced.",
+            &r.replica.snapshot_us,
+            &DURATION_BOUNDS_US,
+            1e6,
+        ),
+        counter("baton_snapshots_failed_total", "Background snapshots that failed.", r.replica.snapshots_failed as f64),
+        histogram(
+            "baton_log_purge_duration_seconds",
+            "Releases of the log segments a snapshot made unneeded.",
+            &r.replica.purge_us,
+            &DURATION_BOUNDS_US,
+            1e6,
+        ),
+        labelled(
+            "baton_learner_entries_behind",
+            "While leading: entries of this epoch each learner lacks (a follower: not acknowledged; an observer: not sent).",
+            MetricType::GAUGE,
+            r.learners.iter().map(|l| (learner_labels(l), l.entries_behind as f64)),
+        ),
+        labelled(
+            "baton_learner_queued_bytes",
+            "While leading: bytes queued for each learner and not yet written to its connection.",
+            MetricType::GAUGE,
+            r.learners.iter().map(|l| (learner_labels(l), l.bytes_queued as f64)),
+        ),
+    ]
+}
+
+fn learner_labels(l: &LearnerLag) -> Vec<(&'static str, String)> {
+    vec![("server_id", l.id.to_string()), ("role", if l.observer { "observer" } else { "follower" }.to_string())]
+}
+
+/// A histogram from the engine's counts, values divided by `unit` (1e6: µs to seconds; a
+/// division prints 50 µs as 0.00005, where a product by 1e-6 prints 0.000049999999999999996).
+fn histogram(name: &str, help: &str, h: &EngineHistogram, bounds: &[u64; 15], unit: f64) -> MetricFamily {
+    let mut cumulative = 0;
+    let buckets = bounds.iter().zip(&h.counts).map(|(bound, n)| {
+        cumulative += n;
+        let mut b = Bucket::default();
+        b.set_upper_bound(*bound as f64 / unit);
+        b.set_cumulative_count(cumulative);
+        b
+    });
+    let mut out = Histogram::default();
+    out.set_bucket(buckets.collect());
+    out.set_sample_count(h.count());
+    out.set_sample_sum(h.sum as f64 / unit);
+    let mut m = Metric::default();
+    m.set_histogram(out);
+    family(name, help, MetricType::HISTOGRAM, vec![m])
 }
 
 /// ZooKeeper requests' latency, received to answered, over every shard.

@@ -3,7 +3,7 @@
 //! ticks, WAL durability, and what the state machine's [`ReplicaHandle`] asks). It makes no
 //! protocol decisions: the Zab core and the shared driver do (STYLE: "thin runtime").
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use baton_engine::replica::{
-    EpochFile, Input, LogRoom, Parts, Peers, Replica, ReplicaConfig as DriverConfig, SnapshotDir, SnapshotImage,
-    StateMachine, StorageError, WalLog,
+    EpochFile, Input, LogRoom, Parts, Peers, Replica, ReplicaConfig as DriverConfig, ReplicaStats, SnapshotDir,
+    SnapshotImage, StateMachine, StorageError, WalLog,
 };
 use baton_engine::snapshot::SnapshotStore;
 use baton_engine::wal::{Wal, WalConfig, WalError};
@@ -23,6 +23,7 @@ use super::hello::ensemble_fingerprint;
 use super::transport::{PeerEvent, Transport};
 use crate::config::ServerConfig;
 use crate::runtime::local_queue::LocalQueue;
+use crate::runtime::{LearnerLag, ReplicaMetrics};
 
 /// The ensemble name when none is configured.
 pub const DEFAULT_ENSEMBLE_NAME: &str = "baton";
@@ -98,6 +99,7 @@ impl ReplicaConfig {
             // data plus per-op framing, well under twice the frame. The WAL refuses to open
             // when such an entry would not fit in a segment (a clear error at startup).
             entry_bytes_max: server.max_frame_bytes.saturating_mul(2).saturating_add(4096),
+            clock: crate::runtime::clock_us,
             ..WalConfig::new(server.data_dir.join("wal"))
         };
         let driver = DriverConfig {
@@ -106,6 +108,7 @@ impl ReplicaConfig {
             // Servers of an ensemble draw their snapshot points apart (seeded by their ids).
             snapshot_spread_seed: Some(0x9e37_79b9_7f4a_7c15 ^ id),
             compact_on_commit: server.peers.iter().all(|p| p.id == id),
+            clock: crate::runtime::clock_us,
             ..DriverConfig::new(zab)
         };
         let members: Vec<(ServerId, bool)> = server.peers.iter().map(|p| (p.id, p.observer)).collect();
@@ -169,11 +172,17 @@ pub struct Status {
     pub wal_batches: u64,
 }
 
+/// The replica's counters and each learner's (id, observer, entries behind), as its loop
+/// last copied them.
+type Counted = (ReplicaStats, Vec<(ServerId, bool, u64)>);
+
 /// A handle to a running replica, on its executor.
 #[derive(Clone)]
 pub struct ReplicaHandle {
     events: Rc<LocalQueue<Event>>,
     status: Rc<Cell<Status>>,
+    /// The replica's counters and its learners' lags, updated by its loop a few times a second.
+    counted: Rc<RefCell<Counted>>,
     transport: Option<Rc<Transport>>,
     wal: Rc<Wal>,
     room: LogRoom,
@@ -231,6 +240,22 @@ impl ReplicaHandle {
     /// What the replica reports about itself.
     pub fn status(&self) -> Status {
         self.status.get()
+    }
+
+    /// What it counted, for metrics.
+    pub fn metrics(&self) -> ReplicaMetrics {
+        let counted = self.counted.borrow();
+        let learners = counted
+            .1
+            .iter()
+            .map(|&(id, observer, entries_behind)| LearnerLag {
+                id,
+                observer,
+                entries_behind,
+                bytes_queued: self.transport.as_ref().map_or(0, |t| t.queued_bytes(id)),
+            })
+            .collect();
+        ReplicaMetrics { wal: self.wal.stats(), replica: counted.0, learners }
     }
 
     /// Stops the replica's loop (the links close with it).
@@ -330,9 +355,11 @@ pub async fn run<M: StateMachine>(
         "recovered"
     );
     let status = Rc::new(Cell::new(status_of(&replica)));
+    let counted = Rc::new(RefCell::new((replica.stats(), Vec::new())));
     let handle = ReplicaHandle {
         events: events.clone(),
         status: status.clone(),
+        counted: counted.clone(),
         transport: transport.clone(),
         wal,
         room: room.clone(),
@@ -363,7 +390,7 @@ pub async fn run<M: StateMachine>(
         })
     };
     let resyncing = config.driver.zab.resynchronising.then(|| config.data_dir.clone());
-    let result = serve(&mut replica, &events, &status, ready, handle, resyncing).await;
+    let result = serve(&mut replica, &events, (&status, &counted), ready, handle, resyncing).await;
     stop(&transport);
     drop(pump);
     drop(ticker);
@@ -399,10 +426,13 @@ async fn resync_if_damaged(config: &ReplicaConfig) -> Result<(), ReplicaError> {
     }
 }
 
+/// How often the loop refreshes what [`ReplicaHandle::metrics`] reads.
+const COUNTED_EVERY: Duration = Duration::from_millis(200);
+
 async fn serve<M: StateMachine>(
     replica: &mut Running<M>,
     events: &LocalQueue<Event>,
-    status: &Cell<Status>,
+    (status, counted): (&Cell<Status>, &RefCell<Counted>),
     ready: impl FnOnce(ReplicaHandle),
     handle: ReplicaHandle,
     mut resyncing: Option<PathBuf>,
@@ -410,12 +440,20 @@ async fn serve<M: StateMachine>(
     replica.start().await?;
     status.set(status_of(replica));
     ready(handle);
+    let mut counted_at = Instant::now();
     loop {
         match events.pop().await {
             Event::Stop => return Ok(()),
             Event::Input(input) => replica.step(input).await?,
         }
         status.set(status_of(replica));
+        if counted_at.elapsed() >= COUNTED_EVERY {
+            counted_at = Instant::now();
+            let mut counted = counted.borrow_mut();
+            counted.0 = replica.stats();
+            counted.1.clear();
+            replica.zab().learner_lags(|id, observer, behind| counted.1.push((id, observer, behind)));
+        }
         if resyncing.is_some() && !replica.zab().abstaining() {
             if let Some(dir) = resyncing.take() {
                 super::resync::finished(&dir).map_err(|source| ReplicaError::DataDir { path: dir.clone(), source })?;

@@ -296,6 +296,11 @@ impl Transport {
         self.me
     }
 
+    /// Bytes queued for `to` and not yet written to its connection.
+    pub fn queued_bytes(&self, to: ServerId) -> usize {
+        self.outbound.borrow().get(&to).map_or(0, |link| link.queue.len() + link.after.len())
+    }
+
     /// Closes every link and the listener.
     pub fn stop(&self) {
         self.stop.set(true);

@@ -29,6 +29,14 @@ pub use messages::{
     ClientRef, CommittedChanges, ConnId, SessionRequest, ShardId, ToClient, ToShard, ToWritePath, WriteOutcome,
 };
 pub use shared::{
-    mode_name, ConnInfo, Latency, Refusal, RoleStatus, ShardStats, Shared, WriteStats, LATENCY_BOUNDS_US, ZK_OPERATIONS,
+    mode_name, ConnInfo, Latency, LearnerLag, Refusal, ReplicaMetrics, RoleStatus, ShardStats, Shared, WriteStats,
+    LATENCY_BOUNDS_US, ZK_OPERATIONS,
 };
 pub use stop::Event;
+
+/// Microseconds since the first call: the clock the engine times fdatasyncs and snapshots
+/// with (it reads none itself).
+pub fn clock_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_micros() as u64
+}

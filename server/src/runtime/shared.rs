@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use baton_engine::mvcc::KeySpace;
+use baton_engine::replica::ReplicaStats;
 use baton_engine::tree::DataTree;
-use baton_engine::zab::Role;
+use baton_engine::wal::WalStats;
+use baton_engine::zab::{Role, ServerId};
 use crossbeam::utils::CachePadded;
 
 use super::inbox::Outbox;
@@ -173,6 +175,35 @@ pub struct WriteStats {
     pub wal_entries_durable: AtomicU64,
     /// WAL flushes.
     pub wal_batches: AtomicU64,
+    /// Times this server began looking for a leader (ZooKeeper's `looking_count`).
+    pub looking_count: AtomicU64,
+    /// The replica's log, snapshots and learners, as last published (a few times a second).
+    pub replica: Mutex<ReplicaMetrics>,
+}
+
+/// What the replica reports for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaMetrics {
+    /// The WAL's counters: fdatasync latency, entries per batch, bytes written.
+    pub wal: WalStats,
+    /// Snapshot and purge durations.
+    pub replica: ReplicaStats,
+    /// While leading: each learner's lag.
+    pub learners: Vec<LearnerLag>,
+}
+
+/// How far one learner is behind its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnerLag {
+    /// Its server id.
+    pub id: ServerId,
+    /// An observer (else a follower).
+    pub observer: bool,
+    /// Entries of this epoch it lacks: not acknowledged by a follower, not sent to an
+    /// observer.
+    pub entries_behind: u64,
+    /// Bytes queued for it and not yet written to its connection.
+    pub bytes_queued: usize,
 }
 
 /// The server's role, for its operators (who see a server that does not serve — electing,

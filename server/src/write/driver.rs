@@ -43,7 +43,13 @@ struct Driver {
     /// Notified after every input handled (a stopping server waits for its writes in flight
     /// to be answered: committed, refused, or dropped on a role change).
     progress: Rc<LocalNotify>,
+    /// When the replica's metrics were last published (they are copied a few times a
+    /// second, not after every input).
+    published_at: Instant,
 }
+
+/// How often the replica's metrics are published for `/metrics`.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 impl Driver {
     fn carry_out(&mut self) {
@@ -101,6 +107,9 @@ impl Driver {
                 }
             }
             Effect::RoleReported { role, announce } => {
+                if !role.serving() && shared.role.get().serving() {
+                    shared.write_stats.looking_count.fetch_add(1, Relaxed);
+                }
                 shared.role.set(role);
                 if announce && !shared.standalone() {
                     self::announce(shared, role);
@@ -113,7 +122,7 @@ impl Driver {
         }
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
         let stats = &self.shared.write_stats;
         let path = self.path.stats();
         stats.committed.store(path.committed, Relaxed);
@@ -124,6 +133,10 @@ impl Driver {
             let status = r.status();
             stats.wal_entries_durable.store(status.wal_entries_durable, Relaxed);
             stats.wal_batches.store(status.wal_batches, Relaxed);
+            if self.published_at.elapsed() >= PUBLISH_EVERY {
+                self.published_at = Instant::now();
+                *stats.replica.lock().unwrap_or_else(|p| p.into_inner()) = r.metrics();
+            }
         }
     }
 }
@@ -308,6 +321,7 @@ pub async fn run(
         shared: shared.clone(),
         replica: None,
         progress: progress.clone(),
+        published_at: Instant::now(),
     }));
     let (recovered_tx, recovered_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
     let mut replica = {

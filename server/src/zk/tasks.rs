@@ -19,6 +19,7 @@ use super::reads::reply_xid;
 use super::shard::Shard;
 use crate::admin::fourlw;
 use crate::runtime::inbox::Inbox;
+use crate::runtime::rate_limit::RateLimit;
 use crate::runtime::{ShardId, Shared, ToShard, ToWritePath};
 
 /// How long a stopping shard waits for the write path to let its writes commit.
@@ -94,11 +95,16 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
                 Ok(()) => {}
                 Err(crate::runtime::Refusal::PerIp(max)) => {
                     // ZooKeeper's words (NIOServerCnxnFactory).
-                    tracing::warn!("Too many connections from /{} - max is {max}", peer.ip());
+                    limited(&TOO_MANY_FROM_ONE, |suppressed| {
+                        tracing::warn!(suppressed, "Too many connections from /{} - max is {max}", peer.ip())
+                    });
                     continue;
                 }
                 Err(crate::runtime::Refusal::Total(limit)) => {
-                    tracing::warn!(%peer, limit, "refusing a connection over max_connections");
+                    limited(
+                        &TOO_MANY,
+                        |suppressed| tracing::warn!(%peer, limit, suppressed, "refusing a connection over max_connections"),
+                    );
                     continue;
                 }
             }
@@ -242,7 +248,7 @@ async fn read_loop(
         }
     }
     let connect = loop {
-        match frames.frame()? {
+        match frames.frame().inspect_err(|why| bad_frame(&conn, why))? {
             Some(body) => {
                 break ConnectRequest::decode(&frames.buf[body]).map_err(|e| format!("bad connect request: {e}"))?
             }
@@ -256,9 +262,7 @@ async fn read_loop(
         return Ok(());
     }
     loop {
-        let body = match frames.frame().inspect_err(|why| {
-            tracing::warn!(peer = %conn.peer, %why, "refusing an oversized or malformed frame");
-        })? {
+        let body = match frames.frame().inspect_err(|why| bad_frame(&conn, why))? {
             Some(body) => body,
             None => {
                 frames.fill(&mut reader).await?;
@@ -273,7 +277,9 @@ async fn read_loop(
         };
         let rest = body.get(8..).unwrap_or(&[]);
         let request = decode_request(op_code, rest).map_err(|e| {
-            tracing::warn!(peer = %conn.peer, op = op_code, error = %e, "malformed request; closing the connection");
+            limited(&MALFORMED, |suppressed| {
+                tracing::warn!(peer = %conn.peer, op = op_code, error = %e, suppressed, "malformed request; closing the connection")
+            });
             e.to_string()
         })?;
         let xid = reply_xid(&request, xid);
@@ -326,4 +332,30 @@ mod tests {
         fr.buf[..4].copy_from_slice(&(-1i32).to_be_bytes());
         assert!(fr.frame().is_err());
     }
+}
+
+thread_local! {
+    /// One log line a second per shard and per reason for what clients get wrong: a flood of
+    /// bad connections costs a line a second, which says how many it stands for.
+    static TOO_MANY_FROM_ONE: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+    static TOO_MANY: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+    static BAD_FRAMES: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+    static MALFORMED: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+}
+
+/// A frame whose length is out of bounds: the connection closes.
+fn bad_frame(conn: &Conn, why: &str) {
+    limited(
+        &BAD_FRAMES,
+        |suppressed| tracing::warn!(peer = %conn.peer, %why, suppressed, "refusing an oversized or malformed frame"),
+    );
+}
+
+/// Runs `log` with the count of lines left out since the last, if `limit` lets this one out.
+fn limited(limit: &'static std::thread::LocalKey<RateLimit>, log: impl FnOnce(u64)) {
+    limit.with(|limit| {
+        if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
+            log(suppressed);
+        }
+    });
 }
