@@ -99,3 +99,52 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String)
         .unwrap_or_default();
     (status, content_type, body.to_string())
 }
+
+/// The Grafana dashboard (`server/dashboards/baton.json`): every query is valid PromQL (as
+/// promtool checks a recording rule) and every metric it names is one `/metrics` serves (a
+/// leader's: it has learners).
+pub fn dashboard_queries_parse_and_name_served_metrics(metrics: &str, rules: &std::path::Path) {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/dashboards/baton.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard")).expect("JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("an expr").replace("$job", ".*").replace("$instance", ".*"))
+        .collect();
+    assert!(exprs.len() >= 16, "{exprs:?}");
+    for expr in &exprs {
+        // Each metric is written NAME{job=~"…", instance=~"…"}.
+        for piece in expr.split("{job=~").take(expr.matches("{job=~").count()) {
+            let name: String = piece
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            // A sample, or (a learner's lag on a server with no learners) the family's type.
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&name) && l[name.len()..].starts_with([' ', '{']))
+                    || metrics.lines().any(|l| l.starts_with(&format!("# TYPE {family} "))),
+                "the dashboard's {name} is not served (in {expr})"
+            );
+        }
+    }
+    // JSON is YAML: a rule file of one recording rule per query.
+    let rules_json = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": exprs.iter().enumerate()
+        .map(|(i, e)| serde_json::json!({ "record": format!("baton:dashboard:{i}"), "expr": e })).collect::<Vec<_>>() }] });
+    std::fs::write(rules, rules_json.to_string()).expect("write the rules");
+    let checked =
+        std::process::Command::new("promtool").args(["check", "rules"]).arg(rules).output().expect("promtool runs");
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

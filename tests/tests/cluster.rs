@@ -75,22 +75,38 @@ fn a_three_node_cluster_keeps_every_acknowledged_write_through_kills_a_partition
     assert!(acked.len() >= 2700, "the load made progress through every phase");
 }
 
+/// A child that gets SIGTERM if it is still running when dropped (a failed assertion must
+/// not leave `baton dev`'s ensemble running; SIGTERM stops all of it).
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            // SAFETY: signalling our own child, not yet reaped, by its pid.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     let _one = one_cluster_at_a_time();
     use std::io::{BufRead, BufReader};
     let dir = temp_dir();
-    let mut dev = std::process::Command::new(bin())
-        .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--etcd-port", "29821"])
-        .args(["--admin-port", "29831"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--", "--cores", "1", "--peer-tick-ms", "50"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn baton dev");
-    let stdout = dev.stdout.take().expect("stdout");
+    let mut dev = StopOnDrop(
+        std::process::Command::new(bin())
+            .args(["dev", "--nodes", "3", "--client-port", "29801", "--peer-port", "29811", "--etcd-port", "29821"])
+            .args(["--admin-port", "29831"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--", "--cores", "1", "--peer-tick-ms", "50"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn baton dev"),
+    );
+    let stdout = dev.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let banner = lines.find_map(|l| l.ok().filter(|l| l.contains("connect string"))).expect("the banner");
     assert!(banner.contains("127.0.0.1:29801,127.0.0.1:29802,127.0.0.1:29803"), "{banner}");
@@ -136,15 +152,19 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
             m.lines().filter(|l| l.starts_with("baton_learner_entries_behind{") && l.contains("follower")).count()
         });
         if followers == 2 {
+            baton_tests::clients::dashboard_queries_parse_and_name_served_metrics(
+                leaders[0],
+                &dir.path().join("rules.json"),
+            );
             break;
         }
         assert!(Instant::now() < end, "no leader reporting two followers: {scraped:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(dev.0.id() as i32, libc::SIGTERM) };
     let end = Instant::now() + LIMIT;
-    while matches!(dev.try_wait(), Ok(None)) {
+    while matches!(dev.0.try_wait(), Ok(None)) {
         assert!(Instant::now() < end, "baton dev did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
