@@ -20,6 +20,8 @@ lean=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev)
+# openssl names certificates' subjects as RFC 2253 does, for the TLS tests' x509 ids.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # promtool (Debian's prometheus package, without the server's web assets) checks /metrics.
 command -v promtool >/dev/null 2>&1 || lean+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then

@@ -88,6 +88,21 @@ pub struct ServerConfig {
     /// Address for etcd v3 clients (gRPC: KV, Watch, Lease, Maintenance, Cluster), or `off`.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub etcd_addr: ListenAddr,
+    /// Address for ZooKeeper clients over TLS (ZooKeeper's secureClientPort), or `off`. Needs
+    /// `--tls-cert` and `--tls-key`.
+    #[arg(long, default_value = "off")]
+    pub secure_client_addr: ListenAddr,
+    /// PEM file of this server's certificate chain, leaf first (for the secure client port).
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of CA certificates: clients of the secure port must present a certificate
+    /// one of them signed (ZooKeeper's `ssl.clientAuth=need` with a truststore). Without it,
+    /// clients are not asked for one.
+    #[arg(long, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Address of the admin HTTP server (ZooKeeper's AdminServer, `admin.serverAddress` and
     /// `admin.serverPort`): `/metrics` for Prometheus, ZooKeeper's admin commands as JSON
     /// under `/commands/`, `/health` and `/ready`; or `off`.
@@ -249,6 +264,10 @@ impl ServerConfig {
             client_addr,
             etcd_addr: ListenAddr(None),
             admin_addr: ListenAddr(None),
+            secure_client_addr: ListenAddr(None),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,
@@ -304,6 +323,12 @@ impl ServerConfig {
                     "--super-digest {digest:?} is not user:BASE64(SHA1(user:password)) (for example super:D/InIHSb7yEEbrWz8b9l71RjZJU= for super:test)"
                 ));
             }
+        }
+        if self.secure_client_addr.0.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(format!(
+                "--secure-client-addr {} needs --tls-cert and --tls-key (PEM files)",
+                self.secure_client_addr
+            ));
         }
         if let Some(bad) = self.sasl_users.iter().find(|u| u.split_once(':').is_none_or(|(n, _)| n.is_empty())) {
             return Err(format!("--sasl-user {bad:?} is not NAME:PASSWORD"));

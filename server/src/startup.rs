@@ -25,6 +25,9 @@ pub enum ServeError {
     /// An executor could not start or died.
     #[error("executor: {0}")]
     Executor(String),
+    /// The TLS settings could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::runtime::tls::TlsError),
 }
 
 impl ServeError {
@@ -49,6 +52,10 @@ pub fn shard_count(configured: usize) -> usize {
 /// `ready` is called with the bound address once every shard accepts clients.
 pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
     net::refuse_if_served(config.client_addr).map_err(ServeError::Listen)?;
+    if let Some(secure) = config.secure_client_addr.0 {
+        net::refuse_if_served(secure).map_err(ServeError::Listen)?;
+    }
+    let tls = crate::runtime::tls::client_acceptor(&config)?;
     // Signals are handled from here on (before, SIGTERM ends the process at once).
     let shutdown = stop::shutdown();
     let shards = shard_count(config.cores);
@@ -76,17 +83,17 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
             None
         }
     });
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServeError>>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>), ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
     let (etcd_zero, etcd_zero_inbox) = inbox::inbox::<EtcdOnShard>();
     let shard0 = {
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         executor(0)
-            .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, etcd_zero_inbox, started_tx))
+            .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, etcd_zero_inbox, started_tx, tls))
             .map_err(|e| ServeError::Executor(e.to_string()))?
     };
-    let bound = match started_rx.recv() {
+    let (bound, secure_bound) = match started_rx.recv() {
         Ok(Ok(bound)) => bound,
         Ok(Err(e)) => {
             let _ = shard0.join();
@@ -132,11 +139,13 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), ServeError>>();
     for (i, inbox) in inboxes.enumerate() {
         let id = i + 1;
-        let (shard_shared, bound_tx) = (shared.clone(), bound_tx.clone());
+        let (shard_shared, bound_tx, tls) = (shared.clone(), bound_tx.clone(), tls.clone());
         let etcd = etcd_shards.next().flatten();
         let handle = executor(id)
             .spawn(move || async move {
-                let listener = match net::bind_listener(bound, true) {
+                let listeners = net::bind_listener(bound, true)
+                    .and_then(|l| Ok((l, secure_bound.map(|a| net::bind_listener(a, true)).transpose()?)));
+                let (listener, secure) = match listeners {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = bound_tx.send(Err(ServeError::Listen(e)));
@@ -146,7 +155,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
                 let _ = bound_tx.send(Ok(()));
                 glommio::spawn_local(returning_freed()).detach();
                 let etcd_shared = shard_shared.clone();
-                let zk = crate::zk::tasks::run_shard(shard_shared, id, inbox, listener);
+                let zk = crate::zk::tasks::run_shard(shard_shared, id, inbox, listener, secure.zip(tls));
                 let etcd = async move {
                     if let Some(etcd) = etcd {
                         etcd.serve(etcd_shared).await;
@@ -177,6 +186,10 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         shared.stopping.set();
         return Err(e);
     }
+    if let Some(secure) = secure_bound {
+        tracing::info!(addr = %secure, "serving ZooKeeper clients over TLS");
+        println!("baton: serving ZooKeeper clients over TLS on {secure}");
+    }
     ready(bound);
     tracing::info!(shards, "every shard accepts clients");
     let mut outcome = match shard0.join() {
@@ -201,7 +214,8 @@ async fn shard_zero(
     write_inbox: Inbox<ToWritePath>,
     inbox: Inbox<ToShard>,
     etcd: Inbox<EtcdOnShard>,
-    started_tx: std::sync::mpsc::Sender<Result<SocketAddr, ServeError>>,
+    started_tx: std::sync::mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), ServeError>>,
+    tls: Option<futures_rustls::TlsAcceptor>,
 ) -> Result<(), ServeError> {
     glommio::spawn_local(returning_freed()).detach();
     // A signal stops this server.
@@ -221,10 +235,16 @@ async fn shard_zero(
                 return;
             }
             let bound = net::bind_listener(shared.config.client_addr, true).and_then(|l| Ok((l.local_addr()?, l)));
+            let secure = shared.config.secure_client_addr.0.filter(|_| tls.is_some());
+            let bound = bound.and_then(|(addr, listener)| {
+                let secure = secure.map(|a| net::bind_listener(a, true).and_then(|l| Ok((l.local_addr()?, l))));
+                Ok((addr, listener, secure.transpose()?))
+            });
             match bound {
-                Ok((addr, listener)) => {
-                    let _ = listener_tx.try_send(listener);
-                    let _ = started_tx.send(Ok(addr));
+                Ok((addr, listener, secure)) => {
+                    let (secure_addr, secure_listener) = secure.unzip();
+                    let _ = listener_tx.try_send((listener, secure_listener.zip(tls)));
+                    let _ = started_tx.send(Ok((addr, secure_addr)));
                 }
                 Err(e) => {
                     shared.stopping.set();
@@ -240,13 +260,14 @@ async fn shard_zero(
         async move {
             // The client port opens once recovery is done (never, if it failed); the etcd
             // port too, if this shard serves it.
-            if let Some(listener) = listener_rx.recv().await {
+            if let Some((listener, secure)) = listener_rx.recv().await {
                 let etcd = async {
                     if let Some(etcd) = etcd.recv().await {
                         etcd.serve(shared.clone()).await;
                     }
                 };
-                futures_lite::future::zip(crate::zk::tasks::run_shard(shared.clone(), 0, inbox, listener), etcd).await;
+                let zk = crate::zk::tasks::run_shard(shared.clone(), 0, inbox, listener, secure);
+                futures_lite::future::zip(zk, etcd).await;
             }
         }
     };

@@ -96,6 +96,8 @@ fn valid_id(scheme: &str, id: &str) -> bool {
         }
         "super" => true,
         "sasl" => kerberos_name(id),
+        // ZooKeeper's X509AuthenticationProvider takes any id (a certificate's subject).
+        "x509" => !id.is_empty(),
         _ => false,
     }
 }
@@ -122,9 +124,9 @@ pub fn fixup(acl: &[Acl], auth: &[AuthId]) -> Result<Vec<Acl>, ErrorCode> {
     }
     for a in acl {
         if a.scheme == "auth" {
-            // Only providers that authenticate count (digest, sasl; not ip), as ZooKeeper.
+            // Only providers that authenticate count (digest, sasl, x509; not ip), as ZooKeeper.
             let mut any = false;
-            for who in auth.iter().filter(|w| matches!(w.scheme.as_str(), "digest" | "sasl" | "super")) {
+            for who in auth.iter().filter(|w| matches!(w.scheme.as_str(), "digest" | "sasl" | "x509" | "super")) {
                 any = true;
                 push(Acl { perms: a.perms, scheme: who.scheme.clone(), id: who.id.clone() });
             }
@@ -180,6 +182,11 @@ mod tests {
     fn fixup_expands_auth_and_refuses_bad_acls() {
         let me = [AuthId::new("ip", "127.0.0.1"), AuthId::new("digest", "bob:h")];
         assert_eq!(fixup(&[acl(31, "auth", "")], &me), Ok(vec![acl(31, "digest", "bob:h")]));
+        let x509 = [AuthId::new("ip", "127.0.0.1"), AuthId::new("x509", "CN=alice,O=Baton")];
+        assert_eq!(fixup(&[acl(31, "auth", "")], &x509), Ok(vec![acl(31, "x509", "CN=alice,O=Baton")]));
+        assert_eq!(fixup(&[acl(1, "x509", "CN=bob")], &me), Ok(vec![acl(1, "x509", "CN=bob")]));
+        assert_eq!(check(&[acl(1, "x509", "CN=bob")], 1, &x509), Err(ErrorCode::NoAuth));
+        assert_eq!(check(&[acl(1, "x509", "CN=alice,O=Baton")], 1, &x509), Ok(()));
         assert_eq!(fixup(&[acl(31, "auth", "")], &me[..1]), Err(ErrorCode::InvalidAcl));
         assert_eq!(fixup(&[], &me), Err(ErrorCode::InvalidAcl));
         assert_eq!(fixup(&[acl(31, "nope", "x")], &me), Err(ErrorCode::InvalidAcl));

@@ -24,6 +24,7 @@ pub mod net;
 pub mod rate_limit;
 pub mod shared;
 pub mod stop;
+pub mod tls;
 
 pub use messages::{
     ClientRef, CommittedChanges, ConnId, SessionRequest, ShardId, ToClient, ToShard, ToWritePath, WriteOutcome,

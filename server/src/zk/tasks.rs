@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use baton_engine::sequencer::AuthId;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::Conn;
@@ -20,6 +22,7 @@ use super::shard::Shard;
 use crate::admin::fourlw;
 use crate::runtime::inbox::Inbox;
 use crate::runtime::rate_limit::RateLimit;
+use crate::runtime::tls::subject_rfc2253;
 use crate::runtime::{ShardId, Shared, ToShard, ToWritePath};
 
 /// How long a stopping shard waits for the write path to let its writes commit.
@@ -27,8 +30,19 @@ const WRITE_PATH_WAIT: Duration = Duration::from_secs(11);
 /// How long a stopping shard waits for its connections to flush their last replies.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs shard `id` until the server stops.
-pub async fn run_shard(shared: Arc<Shared>, id: ShardId, inbox: Inbox<ToShard>, listener: TcpListener) {
+/// How long a client of the secure port has to complete its TLS handshake (ZooKeeper's
+/// `ssl.handshakeDetectionTimeoutMillis` is 5 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs shard `id` until the server stops: ZooKeeper clients on `listener`, and over TLS on
+/// `secure`'s listener when there is one.
+pub async fn run_shard(
+    shared: Arc<Shared>,
+    id: ShardId,
+    inbox: Inbox<ToShard>,
+    listener: TcpListener,
+    secure: Option<(TcpListener, TlsAcceptor)>,
+) {
     let tick = Duration::from_millis(shared.config.tick_ms.max(2));
     let shard = Rc::new(RefCell::new(Shard::new(id, shared.clone(), inbox)));
     let inbox_task = {
@@ -53,7 +67,9 @@ pub async fn run_shard(shared: Arc<Shared>, id: ShardId, inbox: Inbox<ToShard>, 
     // task's 16-bit reference count).
     let inbox_task = glommio::spawn_local(inbox_task);
     let liveness = glommio::spawn_local(liveness);
-    let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener, None));
+    let accepting_secure =
+        secure.map(|(listener, tls)| glommio::spawn_local(accept_loop(shard.clone(), listener, Some(tls))));
     let stopping = async {
         shared.stopping.wait().await;
         // Let the write path commit what is in flight and this shard pass on the replies.
@@ -72,10 +88,12 @@ pub async fn run_shard(shared: Arc<Shared>, id: ShardId, inbox: Inbox<ToShard>, 
         futures_lite::future::or(all_closed, glommio::timer::sleep(FLUSH_WAIT)).await;
     };
     let running = futures_lite::future::or(futures_lite::future::or(inbox_task, liveness), accepting);
-    futures_lite::future::or(stopping, running).await
+    futures_lite::future::or(stopping, running).await;
+    drop(accepting_secure);
 }
 
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+/// Accepts clients on `listener` (over TLS with `tls`) for as long as the shard runs.
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -111,11 +129,44 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
             s.add_conn(peer)
         };
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve_conn(shard.clone(), conn, stream)).detach();
+        match &tls {
+            None => glommio::spawn_local(serve_conn(shard.clone(), conn, stream)).detach(),
+            Some(tls) => glommio::spawn_local(serve_tls(shard.clone(), conn, stream, tls.clone())).detach(),
+        };
     }
 }
 
-async fn serve_conn(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: TcpStream) {
+/// A client of the secure port: the TLS handshake (bounded in time), then the protocol as on
+/// the plain port, over the TLS stream.
+async fn serve_tls(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: TcpStream, tls: TlsAcceptor) {
+    let timeout = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
+    };
+    match futures_lite::future::or(tls.accept(stream), timeout).await {
+        Ok(stream) => {
+            // ZooKeeper's x509 scheme: a verified client certificate's subject is an id.
+            let subject =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_rfc2253(c));
+            if let Some(subject) = subject {
+                conn.auth.borrow_mut().push(AuthId::new("x509", &subject));
+            }
+            serve_conn(shard, conn, stream).await
+        }
+        Err(error) => {
+            limited(
+                &TLS_REFUSED,
+                |suppressed| tracing::warn!(peer = %conn.peer, %error, suppressed, "TLS handshake failed; closing the connection"),
+            );
+            shard.borrow_mut().remove_conn(conn.id);
+        }
+    }
+}
+
+async fn serve_conn<S>(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (reader, writer) = futures_lite::io::split(stream);
     let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
     let closed = poll_fn(|cx| conn.poll_closed(cx));
@@ -132,7 +183,7 @@ async fn serve_conn(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: TcpStream
     shard.borrow_mut().remove_conn(conn.id);
 }
 
-async fn write_loop(conn: Rc<Conn>, mut writer: futures_lite::io::WriteHalf<TcpStream>) {
+async fn write_loop<S: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: futures_lite::io::WriteHalf<S>) {
     loop {
         let frames = poll_fn(|cx| match conn.take_output(cx.waker()) {
             None => Poll::Ready(None),
@@ -171,7 +222,7 @@ impl FrameReader {
     }
 
     /// Reads more bytes (at least one); an error if the peer closed or the read failed.
-    async fn fill(&mut self, reader: &mut futures_lite::io::ReadHalf<TcpStream>) -> Result<(), String> {
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), String> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -226,10 +277,10 @@ impl FrameReader {
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + Unpin>(
     shard: Rc<RefCell<Shard>>,
     conn: Rc<Conn>,
-    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    mut reader: futures_lite::io::ReadHalf<S>,
 ) -> Result<(), String> {
     let shared = shard.borrow().shared.clone();
     let mut frames = FrameReader::new(shared.config.max_frame_bytes);
@@ -341,6 +392,7 @@ thread_local! {
     static TOO_MANY: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
     static BAD_FRAMES: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
     static MALFORMED: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
+    static TLS_REFUSED: RateLimit = const { RateLimit::new(std::time::Duration::from_secs(1)) };
 }
 
 /// A frame whose length is out of bounds: the connection closes.

@@ -1,0 +1,136 @@
+//! TLS on the ZooKeeper client port (`--secure-client-addr`) with real clients: kazoo with
+//! `use_ssl` and a client certificate; one from another CA is refused, with a log line; the
+//! plain port serves beside it. Certificates are made here (rcgen) for 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+
+use baton_tests::clients::kazoo;
+use baton_tests::server::{free_port, BatonProcess};
+use baton_tests::temp_dir;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+/// A CA: its certificate (PEM) and what signs with it.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    fn new(name: &str) -> Authority {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Authority { cert, key }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) with common name `cn`, written
+    /// as `<stem>.pem` and `<stem>.key` in `dir`.
+    fn issue(&self, dir: &Path, stem: &str, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, "Baton tests");
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("signed");
+        let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (cert_path, key_path)
+    }
+
+    fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.cert.pem()).expect("write the CA");
+        path.to_path_buf()
+    }
+}
+
+/// The certificate's subject as RFC 2253 writes it, by openssl (Java's `getName()` agrees).
+fn subject_of(cert: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    line.strip_prefix("subject=").unwrap_or(&line).to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+#[test]
+fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = Authority::new("Baton test CA");
+    let ca_pem = ca.write(&certs.join("ca.pem"));
+    let (server_cert, server_key) = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = ca.issue(&certs, "client", "alice", &[]);
+    let (bob_cert, bob_key) = ca.issue(&certs, "bob", "bob", &[]);
+    let rogue = Authority::new("Another CA");
+    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &[]);
+
+    let secure = format!("127.0.0.1:{}", free_port());
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        &dir.path().join("data"),
+        &[
+            "--secure-client-addr",
+            &secure,
+            "--tls-cert",
+            s(&server_cert),
+            "--tls-key",
+            s(&server_key),
+            "--tls-client-ca",
+            s(&ca_pem),
+        ],
+    );
+    // Alice's id in the x509 scheme, as Java (and `openssl x509 -nameopt RFC2253`) writes her
+    // certificate's subject: its names last to first.
+    let alice = subject_of(&client_cert);
+    assert!(alice.starts_with("CN=alice") || alice.ends_with("CN=alice"), "{alice}");
+    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&client_cert), s(&client_key), "owner", &alice]);
+    assert!(ok && said.contains("OK"), "kazoo over TLS:\n{said}");
+    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&bob_cert), s(&bob_key), "other"]);
+    assert!(ok && said.contains("OK"), "bob's certificate does not pass alice's x509 ACL:\n{said}");
+    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&rogue_cert), s(&rogue_key), "refused"]);
+    assert!(ok && said.contains("OK"), "a certificate from another CA must be refused:\n{said}");
+    let log = std::fs::read_to_string(server.log_path()).expect("the log");
+    assert!(log.contains("TLS handshake failed"), "the refusal is logged:\n{log}");
+    // The plain port serves beside it.
+    assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
+}
+
+#[test]
+fn bad_tls_settings_stop_the_server_at_start_naming_the_file() {
+    let dir = temp_dir();
+    let missing = dir.path().join("missing.pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
+        .args(["--client-addr", &format!("127.0.0.1:{}", free_port()), "--etcd-addr", "off", "--admin-addr", "off"])
+        .args(["--secure-client-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--tls-cert", s(&missing), "--tls-key", s(&missing)])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run baton");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("missing.pem"), "the file is named: {said}");
+    let (code, _, said) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton_test_server"))
+            .args(["--check-config", "--secure-client-addr", "127.0.0.1:2281"])
+            .output()
+            .expect("run baton");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("--secure-client-addr 127.0.0.1:2281 needs --tls-cert and --tls-key"), "{said}");
+}
