@@ -103,6 +103,49 @@ fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     assert!(log.contains("TLS handshake failed"), "the refusal is logged:\n{log}");
     // The plain port serves beside it.
     assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
+
+    // zkCli with ZooKeeper's Netty TLS settings: a PKCS#12 keystore and truststore made from
+    // the same PEM files; `whoami` shows the x509 id ZooKeeper would.
+    let keystore = certs.join("alice.p12");
+    let made = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:secret", "-name", "alice", "-in"])
+        .args([&client_cert, std::path::Path::new("-inkey"), &client_key, std::path::Path::new("-out"), &keystore])
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "the keystore");
+    let truststore = certs.join("trust.p12");
+    let made = std::process::Command::new("keytool")
+        .args(["-importcert", "-noprompt", "-alias", "ca", "-storetype", "PKCS12", "-storepass", "secret", "-file"])
+        .arg(&ca_pem)
+        .arg("-keystore")
+        .arg(&truststore)
+        .output()
+        .expect("keytool (Java's) runs");
+    assert!(made.status.success(), "the truststore: {}", String::from_utf8_lossy(&made.stderr));
+    let java = "/usr/share/java";
+    let classpath = ["zookeeper", "netty-buffer", "netty-codec", "netty-common", "netty-handler", "netty-resolver"]
+        .iter()
+        .chain(&["netty-transport", "netty-transport-native-epoll", "netty-transport-native-unix-common"])
+        .chain(&["slf4j-log4j12", "log4j-1.2"])
+        .map(|jar| format!("{java}/{jar}.jar"))
+        .collect::<Vec<_>>()
+        .join(":");
+    // Debian's zkCli puts only zookeeper.jar on its class path; a later -cp wins.
+    let flags = format!(
+        "-cp /etc/zookeeper/conf:{classpath} -Dzookeeper.clientCnxnSocket=org.apache.zookeeper.ClientCnxnSocketNetty \
+         -Dzookeeper.client.secure=true -Dzookeeper.ssl.keyStore.location={} -Dzookeeper.ssl.keyStore.password=secret \
+         -Dzookeeper.ssl.keyStore.type=PKCS12 -Dzookeeper.ssl.trustStore.location={} \
+         -Dzookeeper.ssl.trustStore.password=secret -Dzookeeper.ssl.trustStore.type=PKCS12",
+        s(&keystore),
+        s(&truststore)
+    );
+    let said = baton_tests::clients::zkcli(
+        &secure,
+        "create /zkcli-tls hello\nget /zkcli-tls\nwhoami\nquit\n",
+        &[("CLIENT_JVMFLAGS", &flags)],
+    );
+    assert!(said.contains("Created /zkcli-tls") && said.contains("\nhello\n"), "zkCli over TLS:\n{said}");
+    assert!(said.contains(&format!("x509: {alice}")), "zkCli's whoami shows the x509 id:\n{said}");
 }
 
 #[test]
