@@ -103,6 +103,11 @@ pub struct ServerConfig {
     /// clients are not asked for one.
     #[arg(long, value_name = "PEM")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve etcd clients over TLS with `--tls-cert` and `--tls-key` (and require client
+    /// certificates with `--tls-client-ca`), as etcd's `--cert-file`, `--key-file` and
+    /// `--trusted-ca-file`; the etcd port then speaks TLS only.
+    #[arg(long)]
+    pub etcd_tls: bool,
     /// Address of the admin HTTP server (ZooKeeper's AdminServer, `admin.serverAddress` and
     /// `admin.serverPort`): `/metrics` for Prometheus, ZooKeeper's admin commands as JSON
     /// under `/commands/`, `/health` and `/ready`; or `off`.
@@ -248,6 +253,15 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The scheme of etcd client URLs (MemberList): `https` with `--etcd-tls`.
+    pub fn etcd_scheme(&self) -> &'static str {
+        if self.etcd_tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Smallest session timeout granted.
     pub fn min_session_timeout_ms(&self) -> i32 {
         (self.tick_ms * 2).min(i32::MAX as u64) as i32
@@ -268,6 +282,7 @@ impl ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            etcd_tls: false,
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,
@@ -329,6 +344,9 @@ impl ServerConfig {
                 "--secure-client-addr {} needs --tls-cert and --tls-key (PEM files)",
                 self.secure_client_addr
             ));
+        }
+        if self.etcd_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("--etcd-tls needs --tls-cert and --tls-key (PEM files)".into());
         }
         if let Some(bad) = self.sasl_users.iter().find(|u| u.split_once(':').is_none_or(|(n, _)| n.is_empty())) {
             return Err(format!("--sasl-user {bad:?} is not NAME:PASSWORD"));

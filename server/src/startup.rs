@@ -56,6 +56,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         net::refuse_if_served(secure).map_err(ServeError::Listen)?;
     }
     let tls = crate::runtime::tls::client_acceptor(&config)?;
+    let etcd_tls = crate::runtime::tls::etcd_acceptor(&config)?;
     // Signals are handled from here on (before, SIGTERM ends the process at once).
     let shutdown = stop::shutdown();
     let shards = shard_count(config.cores);
@@ -125,10 +126,11 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
             };
             // The tasks for all of them go on the last.
             let inbox = if id + 1 == shards { inbox.take() } else { None };
-            etcd_shards.push(Some(EtcdOnShard { socket, front: front.clone(), inbox }));
+            etcd_shards.push(Some(EtcdOnShard { socket, front: front.clone(), inbox, tls: etcd_tls.clone() }));
         }
-        tracing::info!(addr = %local, "serving etcd v3 clients");
-        println!("baton: serving etcd v3 clients on {local}");
+        let over = if etcd_tls.is_some() { " over TLS" } else { "" };
+        tracing::info!(addr = %local, tls = etcd_tls.is_some(), "serving etcd v3 clients");
+        println!("baton: serving etcd v3 clients{over} on {local}");
     }
     let mut etcd_shards = etcd_shards.into_iter();
     if let Some(Some(etcd)) = etcd_shards.next() {
@@ -283,6 +285,8 @@ struct EtcdOnShard {
     front: Arc<crate::etcd::OnShards>,
     /// The front's inbox, for the one shard that runs the tasks for all.
     inbox: Option<Inbox<ToShard>>,
+    /// With `--etcd-tls`: the port speaks TLS.
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 impl EtcdOnShard {
@@ -295,6 +299,7 @@ impl EtcdOnShard {
             listener,
             self.front.services.clone(),
             self.front.live.clone(),
+            self.tls,
         ));
         let background = self.inbox.map(|inbox| {
             let front = self.front.clone();

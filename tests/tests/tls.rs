@@ -177,3 +177,65 @@ fn bad_tls_settings_stop_the_server_at_start_naming_the_file() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("--secure-client-addr 127.0.0.1:2281 needs --tls-cert and --tls-key"), "{said}");
 }
+
+#[test]
+fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = Authority::new("Baton test CA");
+    let ca_pem = ca.write(&certs.join("ca.pem"));
+    let (server_cert, server_key) = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = ca.issue(&certs, "client", "alice", &[]);
+    let rogue = Authority::new("Another CA");
+    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &[]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        &dir.path().join("data"),
+        &[
+            "--etcd-addr",
+            &addr,
+            "--etcd-tls",
+            "--tls-cert",
+            s(&server_cert),
+            "--tls-key",
+            s(&server_key),
+            "--tls-client-ca",
+            s(&ca_pem),
+        ],
+    );
+    let tls = |cert: &Path, key: &Path| {
+        vec![
+            "--cacert".to_string(),
+            s(&ca_pem).to_string(),
+            "--cert".into(),
+            s(cert).into(),
+            "--key".into(),
+            s(key).into(),
+        ]
+    };
+    let endpoint = format!("https://{addr}");
+    let with = |cert: &Path, key: &Path, args: &[&str]| {
+        let mut all: Vec<String> = tls(cert, key);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        baton_tests::clients::etcdctl(&endpoint, &all, "")
+    };
+    let (ok, said) = with(&client_cert, &client_key, &["put", "over", "tls"]);
+    assert!(ok && said == "OK\n", "etcdctl put over TLS: {said}");
+    let (ok, said) = with(&client_cert, &client_key, &["get", "over", "--print-value-only"]);
+    assert!(ok && said == "tls\n", "etcdctl get over TLS: {said}");
+    let (ok, said) = with(&client_cert, &client_key, &["member", "list"]);
+    assert!(ok && said.contains(&format!("https://{addr}")), "client URLs say https: {said}");
+    // Plain gRPC on a TLS port gets nowhere.
+    let (ok, said) =
+        baton_tests::clients::etcdctl(&addr, &["--dial-timeout", "2s", "--command-timeout", "3s", "get", "over"], "");
+    assert!(!ok, "plain gRPC on the TLS port: {said}");
+    // A client certificate from another CA is refused, and the refusal logged.
+    let (ok, said) = with(&rogue_cert, &rogue_key, &["--dial-timeout", "2s", "--command-timeout", "3s", "get", "over"]);
+    assert!(!ok, "a certificate from another CA: {said}");
+    let log = std::fs::read_to_string(server.log_path()).expect("the log");
+    assert!(log.contains("etcd client's TLS handshake failed"), "{log}");
+}

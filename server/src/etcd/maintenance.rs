@@ -237,7 +237,8 @@ impl pb::cluster_server::Cluster for MaintenanceService {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let c = &self.front.shared.config;
         let me = c.server_id;
-        let own_client_url = c.etcd_addr.0.map(|a| format!("http://{a}"));
+        let scheme = c.etcd_scheme();
+        let own_client_url = c.etcd_addr.0.map(|a| format!("{scheme}://{a}"));
         // A member's client URL: its own etcd address for this server, what the membership
         // names for the others (none when it names none).
         let mut members: Vec<pb::Member> = c
@@ -250,7 +251,7 @@ impl pb::cluster_server::Cluster for MaintenanceService {
                 client_ur_ls: if p.id == me {
                     own_client_url.clone().into_iter().collect()
                 } else {
-                    p.etcd.map(|a| format!("http://{a}")).into_iter().collect()
+                    p.etcd.map(|a| format!("{scheme}://{a}")).into_iter().collect()
                 },
                 is_learner: p.observer,
             })

@@ -12,7 +12,6 @@ use std::task::{ready, Context, Poll};
 use tower::Service as _;
 
 use bytes::Bytes;
-use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::StreamExt as _;
 use http_body::{Body as _, Frame};
 
@@ -40,6 +39,7 @@ pub async fn accept_loop(
     listener: glommio::net::TcpListener,
     service: Services,
     live: Arc<std::sync::atomic::AtomicUsize>,
+    tls: Option<futures_rustls::TlsAcceptor>,
 ) {
     // One waiter on the server's stop event per shard; its connections wait on this shard's
     // own signal, whose waiters go with them (the server's keeps every waker it was given).
@@ -58,8 +58,22 @@ pub async fn accept_loop(
             let (live, stopped, service) = (live.clone(), stopped.clone(), service.clone());
             live.fetch_add(1, Ordering::AcqRel);
             let max_streams = shared.config.etcd_max_concurrent_streams;
+            let tls = tls.clone();
             glommio::spawn_local(async move {
-                serve_connection(stream, service, stopped, max_streams).await;
+                let peer = stream.peer_addr().ok();
+                match tls {
+                    None => serve_connection(stream, peer, service, stopped, max_streams).await,
+                    Some(tls) => match handshake(tls, stream).await {
+                        Ok(stream) => serve_connection(stream, peer, service, stopped, max_streams).await,
+                        Err(error) => {
+                            TLS_REFUSED.with(|limit| {
+                                if let Some(suppressed) = limit.allow(std::time::Instant::now()) {
+                                    tracing::warn!(?peer, %error, suppressed, "etcd client's TLS handshake failed");
+                                }
+                            });
+                        }
+                    },
+                }
                 live.fetch_sub(1, Ordering::AcqRel);
             })
             .detach();
@@ -74,6 +88,27 @@ pub async fn accept_loop(
     }
 }
 
+thread_local! {
+    /// One log line a second per shard for failed TLS handshakes.
+    static TLS_REFUSED: crate::runtime::rate_limit::RateLimit =
+        const { crate::runtime::rate_limit::RateLimit::new(std::time::Duration::from_secs(1)) };
+}
+
+/// How long an etcd client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The TLS handshake of a client of the etcd port, bounded in time.
+async fn handshake(
+    tls: futures_rustls::TlsAcceptor,
+    stream: glommio::net::TcpStream,
+) -> std::io::Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+    let timeout = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
+    };
+    futures_lite::future::or(tls.accept(stream), timeout).await
+}
+
 /// Requests taken from one connection in one turn of its task before it lets the shard's
 /// other tasks run.
 const ACCEPT_BATCH: usize = 256;
@@ -81,13 +116,15 @@ const ACCEPT_BATCH: usize = 256;
 /// One client connection: its streams, polled by its own task, until it closes or the server
 /// stops (then it is told to go away; its requests under way get [`STOP_GRACE`] to finish,
 /// and streams that would never end, watches and keep-alives, are cut off after it).
-async fn serve_connection(
-    stream: glommio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
+    peer: Option<std::net::SocketAddr>,
     service: Services,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     max_streams: u32,
-) {
-    let peer = stream.peer_addr().ok();
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
         .initial_window_size(STREAM_WINDOW)
@@ -339,9 +376,9 @@ impl http_body::Body for RecvBody {
 /// or more by reference and at once, and a Range answer with a 256-byte value is over that,
 /// so every read was a `writev` of its own (44% of the front's time went to the kernel's TCP
 /// send path). Without, answers under 1 KiB are copied into its buffer and leave together.
-struct Io(glommio::net::TcpStream);
+struct Io<S>(S);
 
-impl tokio::io::AsyncRead for Io {
+impl<S: futures_lite::AsyncRead + Unpin> tokio::io::AsyncRead for Io<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -353,7 +390,7 @@ impl tokio::io::AsyncRead for Io {
     }
 }
 
-impl tokio::io::AsyncWrite for Io {
+impl<S: futures_lite::AsyncWrite + Unpin> tokio::io::AsyncWrite for Io<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }

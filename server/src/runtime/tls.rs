@@ -41,6 +41,17 @@ pub fn client_acceptor(config: &ServerConfig) -> Result<Option<futures_rustls::T
     Ok(Some(futures_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
+/// The acceptor for the etcd port, with `--etcd-tls`: the same certificate, key and client
+/// CA, and ALPN's `h2` (gRPC clients ask for it).
+pub fn etcd_acceptor(config: &ServerConfig) -> Result<Option<futures_rustls::TlsAcceptor>, TlsError> {
+    let (true, Some(cert), Some(key)) = (config.etcd_tls, &config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let mut server = server_config(cert, key, config.tls_client_ca.as_deref())?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(futures_rustls::TlsAcceptor::from(Arc::new(server))))
+}
+
 fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsError> {
     let chain = certificates(cert)?;
     let private = PrivateKeyDer::from_pem_file(key)
