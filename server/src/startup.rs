@@ -55,8 +55,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     if let Some(secure) = config.secure_client_addr.0 {
         net::refuse_if_served(secure).map_err(ServeError::Listen)?;
     }
-    let tls = crate::runtime::tls::client_acceptor(&config)?;
-    let etcd_tls = crate::runtime::tls::etcd_acceptor(&config)?;
+    let (tls, etcd_tls) = crate::runtime::tls::acceptors(&config)?;
     // Signals are handled from here on (before, SIGTERM ends the process at once).
     let shutdown = stop::shutdown();
     let shards = shard_count(config.cores);

@@ -239,3 +239,43 @@ fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused()
     let log = std::fs::read_to_string(server.log_path()).expect("the log");
     assert!(log.contains("etcd client's TLS handshake failed"), "{log}");
 }
+
+/// The subject of the certificate a TLS server at `addr` presents (openssl's s_client).
+fn served_subject(addr: &str) -> String {
+    let out = std::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-nameopt", "RFC2253", "-connect", addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix("subject=")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = Authority::new("Baton test CA");
+    let (first_cert, first_key) = ca.issue(&certs, "first", "first", &["127.0.0.1"]);
+    let (second_cert, second_key) = ca.issue(&certs, "second", "second", &["127.0.0.1"]);
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    std::fs::copy(&first_cert, &cert).expect("copy");
+    std::fs::copy(&first_key, &key).expect("copy");
+    let secure = format!("127.0.0.1:{}", free_port());
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        &dir.path().join("data"),
+        &["--secure-client-addr", &secure, "--tls-cert", s(&cert), "--tls-key", s(&key)],
+    );
+    assert!(served_subject(&secure).contains("CN=first"), "{}", served_subject(&secure));
+    // Rotated in place (key first, then the certificate, as a renewal script would).
+    std::fs::copy(&second_key, &key).expect("copy");
+    std::fs::copy(&second_cert, &cert).expect("copy");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !served_subject(&secure).contains("CN=second") {
+        assert!(std::time::Instant::now() < deadline, "still {}", served_subject(&secure));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
+}

@@ -32,37 +32,42 @@ pub enum TlsError {
     },
 }
 
-/// The acceptor for the secure client port, if one is configured.
-pub fn client_acceptor(config: &ServerConfig) -> Result<Option<futures_rustls::TlsAcceptor>, TlsError> {
-    let (Some(_), Some(cert), Some(key)) = (config.secure_client_addr.0, &config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let server = server_config(cert, key, config.tls_client_ca.as_deref())?;
-    Ok(Some(futures_rustls::TlsAcceptor::from(Arc::new(server))))
-}
-
-/// The acceptor for the etcd port, with `--etcd-tls`: the same certificate, key and client
-/// CA, and ALPN's `h2` (gRPC clients ask for it).
-pub fn etcd_acceptor(config: &ServerConfig) -> Result<Option<futures_rustls::TlsAcceptor>, TlsError> {
-    let (true, Some(cert), Some(key)) = (config.etcd_tls, &config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let mut server = server_config(cert, key, config.tls_client_ca.as_deref())?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Some(futures_rustls::TlsAcceptor::from(Arc::new(server))))
-}
-
-fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsError> {
-    let chain = certificates(cert)?;
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::File { path: key.to_path_buf(), why: format!("no private key: {e}") })?;
+/// The acceptors of the secure client port and of the etcd port (`--etcd-tls`), those that
+/// are configured. Both present the same certificate, reloaded from its files when they
+/// change (see [`ReloadingCert`]).
+pub fn acceptors(
+    config: &ServerConfig,
+) -> Result<(Option<futures_rustls::TlsAcceptor>, Option<futures_rustls::TlsAcceptor>), TlsError> {
+    let zk = config.secure_client_addr.0.is_some();
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok((None, None)) };
+    if !zk && !config.etcd_tls {
+        return Ok((None, None));
+    }
     // ring, not aws-lc-rs (rustls's default): aws-lc-rs builds a large C library, minutes on
     // a 2-core CI machine. rustls 0.23.48 deprecates ring's provider for lacking
     // post-quantum key exchange; the classical suites it offers are what ZooKeeper's and
     // kazoo's TLS stacks speak.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let refused = |why: String| TlsError::Config { cert: cert.to_path_buf(), key: key.to_path_buf(), why };
+    let certified = ReloadingCert::new(cert, key, provider.clone())?;
+    let make = |alpn: &[&[u8]]| -> Result<futures_rustls::TlsAcceptor, TlsError> {
+        let mut server = server_config(&certified, config.tls_client_ca.as_deref(), provider.clone())?;
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(futures_rustls::TlsAcceptor::from(Arc::new(server)))
+    };
+    let zk = zk.then(|| make(&[])).transpose()?;
+    // gRPC clients ask for ALPN's h2.
+    let etcd = config.etcd_tls.then(|| make(&[b"h2"])).transpose()?;
+    ReloadingCert::watch(&certified);
+    Ok((zk, etcd))
+}
+
+fn server_config(
+    certified: &Arc<ReloadingCert>,
+    client_ca: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let refused = |why: String| TlsError::Config { cert: certified.cert.clone(), key: certified.key.clone(), why };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| refused(e.to_string()))?;
@@ -79,7 +84,111 @@ fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ru
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder.with_single_cert(chain, private).map_err(|e| refused(e.to_string()))
+    Ok(builder.with_cert_resolver(certified.clone()))
+}
+
+/// How often the certificate's files are looked at for a change.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The server's certificate and key, as rustls asks for them on each handshake: reloaded
+/// when their files change (as ZooKeeper's `FileChangeWatcher` reloads its keystore), so a
+/// rotated certificate needs no restart. A reload that fails (a half-written file, a key that
+/// does not match, an expired certificate) is logged and the certificate in use kept.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The files' modification times when last loaded.
+    loaded: std::sync::Mutex<Option<(std::time::SystemTime, std::time::SystemTime)>>,
+}
+
+impl ReloadingCert {
+    fn new(cert: &Path, key: &Path, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Arc<Self>, TlsError> {
+        let stamps = stamps(cert, key);
+        let certified = load(cert, key, &provider)?;
+        Ok(Arc::new(ReloadingCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            current: std::sync::RwLock::new(Arc::new(certified)),
+            loaded: std::sync::Mutex::new(stamps),
+        }))
+    }
+
+    /// Loads the files again if either changed since the last load: `Ok(true)` when a new
+    /// certificate is in use.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamps(&self.cert, &self.key);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_none() || now == *loaded {
+            return Ok(false);
+        }
+        // Noted before loading: a broken file is reported once, not every second.
+        *loaded = now;
+        let certified = load(&self.cert, &self.key, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
+        Ok(true)
+    }
+
+    /// Looks for changes every [`RELOAD_CHECK`] on a thread of its own, until the last
+    /// acceptor using it is gone.
+    fn watch(this: &Arc<Self>) {
+        let weak = Arc::downgrade(this);
+        let spawned = std::thread::Builder::new().name("baton-tls-reload".into()).spawn(move || loop {
+            std::thread::sleep(RELOAD_CHECK);
+            let Some(certified) = weak.upgrade() else { return };
+            match certified.reload_if_changed() {
+                Ok(true) => tracing::info!(cert = %certified.cert.display(), "TLS certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(%e, "TLS certificate not reloaded; the one in use stays"),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(%e, "TLS certificates will not be reloaded: no thread to watch them");
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// The modification times of the certificate and key files (`None` if either cannot be read).
+fn stamps(cert: &Path, key: &Path) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert)?, modified(key)?))
+}
+
+/// The certificate chain and key from their files: the key must match the certificate, and
+/// the certificate must be valid now.
+fn load(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let chain = certificates(cert)?;
+    let file = |why: String| TlsError::File { path: cert.to_path_buf(), why };
+    if let Some(leaf) = chain.first() {
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| file(e.to_string()))?;
+        let validity = parsed.validity();
+        if !validity.is_valid() {
+            return Err(file(format!(
+                "the certificate is valid from {} to {}, not now",
+                validity.not_before, validity.not_after
+            )));
+        }
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::File { path: key.to_path_buf(), why: format!("no private key: {e}") })?;
+    rustls::sign::CertifiedKey::from_der(chain, private, provider).map_err(|e| TlsError::Config {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        why: e.to_string(),
+    })
 }
 
 /// Every certificate in a PEM file (at least one).
@@ -175,5 +284,65 @@ mod tests {
         // What Java's getName() and `openssl x509 -noout -subject -nameopt RFC2253` print.
         assert_eq!(subject_rfc2253(&der).as_deref(), Some("CN=alice,O=Baton\\, tests,C=NL"));
         assert_eq!(subject_rfc2253(b"not a certificate"), None);
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    /// A self-signed certificate for `cn`, valid until `until` (year), and its key, as PEM.
+    fn made(cn: &str, until: i32) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[allow(deprecated)]
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn in_use(c: &ReloadingCert) -> Vec<u8> {
+        c.current.read().expect("lock").cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_changed_certificate_is_reloaded_and_a_bad_one_refused_keeping_the_one_in_use() {
+        let dir = std::env::temp_dir().join(format!("baton-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let (a_cert, a_key) = made("a", 2200);
+        let (b_cert, b_key) = made("b", 2200);
+        let (old_cert, old_key) = made("old", 2001);
+        std::fs::write(&cert, &a_cert).expect("write");
+        std::fs::write(&key, &b_key).expect("write");
+        let refused = ReloadingCert::new(&cert, &key, provider()).expect_err("a key of another certificate");
+        assert!(refused.to_string().contains("cert.pem"), "{refused}");
+        std::fs::write(&cert, &old_cert).expect("write");
+        std::fs::write(&key, &old_key).expect("write");
+        let refused = ReloadingCert::new(&cert, &key, provider()).expect_err("expired");
+        assert!(refused.to_string().contains("not now"), "{refused}");
+        std::fs::write(&cert, &a_cert).expect("write");
+        std::fs::write(&key, &a_key).expect("write");
+        let reloading = ReloadingCert::new(&cert, &key, provider()).expect("a");
+        let first = in_use(&reloading);
+        assert!(!reloading.reload_if_changed().expect("unchanged"), "nothing changed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&cert, &b_cert).expect("write");
+        std::fs::write(&key, &b_key).expect("write");
+        assert!(reloading.reload_if_changed().expect("b loads"), "b is in use");
+        let second = in_use(&reloading);
+        assert_ne!(first, second);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&cert, "not a certificate").expect("write");
+        assert!(reloading.reload_if_changed().is_err(), "a broken file is reported");
+        assert!(!reloading.reload_if_changed().expect("once"), "and only once");
+        assert_eq!(in_use(&reloading), second, "the certificate in use stays");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
