@@ -108,6 +108,15 @@ pub struct ServerConfig {
     /// `--trusted-ca-file`; the etcd port then speaks TLS only.
     #[arg(long)]
     pub etcd_tls: bool,
+    /// TLS between the servers of the ensemble (ZooKeeper's `sslQuorum`): each presents its
+    /// `--tls-cert` and requires the other's, signed by a CA of `--tls-peer-ca`; a server
+    /// dialing a peer checks that its certificate names the peer's address (an IP address
+    /// in its subjectAltName). A peer without such a certificate is refused, with a log line.
+    #[arg(long)]
+    pub peer_tls: bool,
+    /// PEM file of the CA certificates that sign the servers' certificates (`--peer-tls`).
+    #[arg(long, value_name = "PEM")]
+    pub tls_peer_ca: Option<PathBuf>,
     /// Address of the admin HTTP server (ZooKeeper's AdminServer, `admin.serverAddress` and
     /// `admin.serverPort`): `/metrics` for Prometheus, ZooKeeper's admin commands as JSON
     /// under `/commands/`, `/health` and `/ready`; or `off`.
@@ -283,6 +292,8 @@ impl ServerConfig {
             tls_key: None,
             tls_client_ca: None,
             etcd_tls: false,
+            peer_tls: false,
+            tls_peer_ca: None,
             etcd_max_txn_ops: 128,
             etcd_max_request_bytes: 1_572_864,
             etcd_watch_progress_notify_ms: 600_000,
@@ -344,6 +355,9 @@ impl ServerConfig {
                 "--secure-client-addr {} needs --tls-cert and --tls-key (PEM files)",
                 self.secure_client_addr
             ));
+        }
+        if self.peer_tls && (self.tls_cert.is_none() || self.tls_key.is_none() || self.tls_peer_ca.is_none()) {
+            return Err("--peer-tls needs --tls-cert, --tls-key and --tls-peer-ca (PEM files)".into());
         }
         if self.etcd_tls && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("--etcd-tls needs --tls-cert and --tls-key (PEM files)".into());

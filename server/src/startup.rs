@@ -55,7 +55,8 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     if let Some(secure) = config.secure_client_addr.0 {
         net::refuse_if_served(secure).map_err(ServeError::Listen)?;
     }
-    let (tls, etcd_tls) = crate::runtime::tls::acceptors(&config)?;
+    let crate::runtime::tls::Acceptors { zk: tls, etcd: etcd_tls, peer: peer_tls } =
+        crate::runtime::tls::acceptors(&config)?;
     // Signals are handled from here on (before, SIGTERM ends the process at once).
     let shutdown = stop::shutdown();
     let shards = shard_count(config.cores);
@@ -88,7 +89,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
     let (etcd_zero, etcd_zero_inbox) = inbox::inbox::<EtcdOnShard>();
     let shard0 = {
-        let (shared, tls) = (shared.clone(), tls.clone());
+        let (shared, tls) = (shared.clone(), (tls.clone(), peer_tls));
         executor(0)
             .spawn(move || shard_zero(shared, shutdown, write_inbox, first_inbox, etcd_zero_inbox, started_tx, tls))
             .map_err(|e| ServeError::Executor(e.to_string()))?
@@ -216,7 +217,7 @@ async fn shard_zero(
     inbox: Inbox<ToShard>,
     etcd: Inbox<EtcdOnShard>,
     started_tx: std::sync::mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), ServeError>>,
-    tls: Option<futures_rustls::TlsAcceptor>,
+    (tls, peer_tls): (Option<futures_rustls::TlsAcceptor>, Option<crate::runtime::tls::PeerTls>),
 ) -> Result<(), ServeError> {
     glommio::spawn_local(returning_freed()).detach();
     // A signal stops this server.
@@ -254,7 +255,7 @@ async fn shard_zero(
             }
         }
     };
-    let replica_config = ReplicaConfig::for_server(&shared.config);
+    let replica_config = ReplicaConfig { peer_tls, ..ReplicaConfig::for_server(&shared.config) };
     let write_path = crate::write::driver::run(shared.clone(), replica_config, write_inbox, started);
     let clients = {
         let shared = shared.clone();

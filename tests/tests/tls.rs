@@ -279,3 +279,51 @@ fn a_rotated_certificate_is_served_without_a_restart() {
     }
     assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
 }
+
+#[test]
+fn an_ensemble_replicates_over_mutual_tls_and_refuses_a_peer_without_its_cas_certificate() {
+    use baton_tests::cluster::Cluster;
+    use baton_tests::raw::RawClient;
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = Authority::new("Baton peers' CA");
+    let ca_pem = ca.write(&certs.join("peers-ca.pem"));
+    // One certificate for the three servers, all on 127.0.0.1: dialers check the address.
+    let (cert, key) = ca.issue(&certs, "server", "baton", &["127.0.0.1"]);
+    let rogue = Authority::new("Another CA");
+    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
+    let flags = ["--peer-tls", "--tls-cert", s(&cert), "--tls-key", s(&key), "--tls-peer-ca", s(&ca_pem)];
+    let cluster = Cluster::start(env!("CARGO_BIN_EXE_baton_test_server"), &dir.path().join("data"), 3, 25_100, &flags);
+    let leader = cluster.wait_for_leader(&[1, 2, 3], std::time::Duration::from_secs(30)).expect("a leader over TLS");
+    let addrs = cluster.addrs();
+    let mut writer = RawClient::connect(addrs[leader - 1], 10_000, None).expect("connect");
+    assert_eq!(writer.create("/over-peer-tls", b"replicated", 0).expect("create").err, 0);
+    let other = if leader == 1 { 2 } else { 1 };
+    let mut reader = RawClient::connect(addrs[other - 1], 10_000, None).expect("connect");
+    assert_eq!(reader.sync("/over-peer-tls"), Some(0));
+    assert_eq!(reader.get_data("/over-peer-tls", false).expect("data").1, b"replicated");
+    // A would-be peer with another CA's certificate, and one with none, are refused and named.
+    let peer_port = cluster.peer_addr(other).to_string();
+    // Refusals are logged at most once a second: try until one is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for attempt in 0.. {
+        let extra = if attempt % 2 == 0 { vec!["-cert", s(&rogue_cert), "-key", s(&rogue_key)] } else { vec![] };
+        let said = std::process::Command::new("timeout")
+            .args(["10", "openssl", "s_client", "-connect", &peer_port])
+            .args(&extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs");
+        let log = std::fs::read_to_string(cluster.nodes[other - 1].log_path()).expect("the log");
+        if log.contains("refusing a connection on the peer port: its TLS handshake failed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal logged:\n{log}\nopenssl: {}",
+            String::from_utf8_lossy(&said.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

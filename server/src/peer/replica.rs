@@ -56,6 +56,8 @@ pub struct ReplicaConfig {
     /// Discard the WAL and snapshots at start and be synchronised from the leader (see
     /// [`super::resync`]).
     pub resync: bool,
+    /// TLS on the peer port and the links to peers (`--peer-tls`).
+    pub peer_tls: Option<crate::runtime::tls::PeerTls>,
 }
 
 impl ReplicaConfig {
@@ -75,6 +77,7 @@ impl ReplicaConfig {
             queue_bytes_max: 64 << 20,
             snapshots_to_keep: 2,
             resync: false,
+            peer_tls: None,
         }
     }
 
@@ -324,6 +327,7 @@ pub async fn run<M: StateMachine>(
                 &config.peers,
                 config.frame_bytes_max,
                 config.queue_bytes_max,
+                config.peer_tls.clone(),
             )))
         }
         None => None,

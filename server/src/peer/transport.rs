@@ -44,6 +44,7 @@ use super::hello::{Hello, HELLO_BYTES};
 use crate::runtime::inbox::{bounded_inbox, Inbox};
 use crate::runtime::local_queue::LocalQueue;
 use crate::runtime::rate_limit::RateLimit;
+use crate::runtime::tls::PeerTls;
 
 /// Two different incarnations of one id alternating within this long: two servers have it.
 const SAME_ID_WINDOW: Duration = Duration::from_secs(30);
@@ -148,6 +149,7 @@ impl Transport {
         peers: &BTreeMap<ServerId, SocketAddr>,
         frame_bytes_max: usize,
         queue_bytes_max: usize,
+        tls: Option<PeerTls>,
     ) -> Transport {
         let outbound: Rc<RefCell<BTreeMap<ServerId, Outbound>>> = Rc::new(RefCell::new(BTreeMap::new()));
         let events = Rc::new(Events::default());
@@ -165,6 +167,7 @@ impl Transport {
             stop: stop.clone(),
             current_inbound: RefCell::new(BTreeMap::new()),
             next_inbound: std::cell::Cell::new(1),
+            tls,
         });
         for (&id, &addr) in peers {
             if id == me {
@@ -342,6 +345,8 @@ struct Links {
     /// stream, so it is dropped, and the break between the two streams is reported first.
     current_inbound: RefCell<BTreeMap<ServerId, u64>>,
     next_inbound: std::cell::Cell<u64>,
+    /// With `--peer-tls`: every link is TLS with certificates both ways.
+    tls: Option<PeerTls>,
 }
 
 impl Links {
@@ -374,10 +379,26 @@ fn new_incarnation() -> u64 {
     xxhash_rust::xxh3::xxh3_64(&[nanos.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
 }
 
-/// Connects to `addr`, sends the hello and returns the acceptor's incarnation.
-async fn handshake(links: &Links, addr: SocketAddr) -> Option<(TcpStream, u64)> {
-    let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await.ok()?;
+/// Connects to `addr` (over TLS with `--peer-tls`), sends the hello and returns the
+/// acceptor's incarnation.
+async fn handshake(links: &Links, addr: SocketAddr) -> Option<(PeerStream, u64)> {
+    let stream = TcpStream::connect_timeout(addr, Duration::from_secs(1)).await.ok()?;
     let _ = stream.set_nodelay(true);
+    let mut stream = match &links.tls {
+        None => PeerStream::Plain(stream),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            match with_timeout(tls.connector.connect(name, stream)).await {
+                Ok(s) => PeerStream::Dialed(Box::new(s)),
+                Err(error) => {
+                    if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
+                        tracing::warn!(me = links.me, %addr, %error, suppressed, "TLS with a peer failed; not connecting to it");
+                    }
+                    return None;
+                }
+            }
+        }
+    };
     let hello = Hello { ensemble: links.ensemble, from: links.me, incarnation: links.incarnation }.encode();
     stream.write_all(&hello).await.ok()?;
     // A long time limit on the answer: a peer that takes our connection but does not answer
@@ -386,11 +407,84 @@ async fn handshake(links: &Links, addr: SocketAddr) -> Option<(TcpStream, u64)> 
     // seconds (tests/tests/cluster.rs, the follower too slow to read). A dead process's
     // connection breaks when it goes; the limit covers a peer whose host vanished after
     // accepting (nothing would ever break this half-open connection).
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_ANSWER_WAIT));
+    let _ = stream.tcp().set_read_timeout(Some(HANDSHAKE_ANSWER_WAIT));
     let mut answer = [0u8; 8];
     stream.read_exact(&mut answer).await.ok()?;
-    let _ = stream.set_read_timeout(None);
+    let _ = stream.tcp().set_read_timeout(None);
     Some((stream, u64::from_le_bytes(answer)))
+}
+
+/// How long a TLS handshake with a peer may take.
+const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+
+async fn with_timeout<T>(handshake: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    let timeout = async {
+        glommio::timer::sleep(TLS_HANDSHAKE_WAIT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
+    };
+    futures_lite::future::or(handshake, timeout).await
+}
+
+/// A link's connection: plain TCP, or TLS as the dialer or the acceptor.
+enum PeerStream {
+    Plain(TcpStream),
+    Dialed(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Accepted(Box<futures_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl PeerStream {
+    /// The socket underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(s) => s,
+            PeerStream::Dialed(s) => s.get_ref().0,
+            PeerStream::Accepted(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl futures_lite::AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PeerStream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            PeerStream::Accepted(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            PeerStream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            PeerStream::Accepted(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            PeerStream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            PeerStream::Accepted(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(s) => std::pin::Pin::new(s).poll_close(cx),
+            PeerStream::Dialed(s) => std::pin::Pin::new(s.as_mut()).poll_close(cx),
+            PeerStream::Accepted(s) => std::pin::Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
 }
 
 async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
@@ -533,12 +627,24 @@ async fn accept_loop(listener: TcpListener, known: Vec<ServerId>, frame_bytes_ma
     }
 }
 
-async fn read_loop(mut stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usize, links: Rc<Links>) {
+async fn read_loop(stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usize, links: Rc<Links>) {
     let caller = stream.peer_addr().ok();
+    let mut stream = match &links.tls {
+        None => PeerStream::Plain(stream),
+        Some(tls) => match with_timeout(tls.acceptor.accept(stream)).await {
+            Ok(s) => PeerStream::Accepted(Box::new(s)),
+            Err(error) => {
+                if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
+                    tracing::warn!(me = links.me, caller = ?caller, %error, suppressed, "refusing a connection on the peer port: its TLS handshake failed");
+                }
+                return;
+            }
+        },
+    };
     let mut bytes = [0u8; HELLO_BYTES];
-    let _ = stream.set_read_timeout(Some(HELLO_WAIT));
+    let _ = stream.tcp().set_read_timeout(Some(HELLO_WAIT));
     let read = stream.read_exact(&mut bytes).await;
-    let _ = stream.set_read_timeout(None);
+    let _ = stream.tcp().set_read_timeout(None);
     let checked = match read {
         Ok(()) => Hello::check(&bytes, links.ensemble, links.me, &known).map_err(|e| e.to_string()),
         Err(e) => Err(format!("no hello within {HELLO_WAIT:?} ({e})")),

@@ -32,16 +32,43 @@ pub enum TlsError {
     },
 }
 
-/// The acceptors of the secure client port and of the etcd port (`--etcd-tls`), those that
-/// are configured. Both present the same certificate, reloaded from its files when they
-/// change (see [`ReloadingCert`]).
-pub fn acceptors(
-    config: &ServerConfig,
-) -> Result<(Option<futures_rustls::TlsAcceptor>, Option<futures_rustls::TlsAcceptor>), TlsError> {
+/// TLS between the servers of an ensemble (`--peer-tls`, ZooKeeper's quorum TLS): each end
+/// presents this server's certificate and requires the other's, verified against
+/// `--tls-peer-ca`; a dialer also checks that the certificate names the address it dialed.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// For connections peers make to this server.
+    pub acceptor: futures_rustls::TlsAcceptor,
+    /// For connections this server makes.
+    pub connector: futures_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls")
+    }
+}
+
+/// What TLS the settings ask for: the secure client port's, the etcd port's (`--etcd-tls`)
+/// and the peer port's (`--peer-tls`).
+#[derive(Default)]
+#[allow(missing_debug_implementations)] // futures-rustls's acceptors have none
+pub struct Acceptors {
+    /// The secure client port.
+    pub zk: Option<futures_rustls::TlsAcceptor>,
+    /// The etcd port.
+    pub etcd: Option<futures_rustls::TlsAcceptor>,
+    /// The peer port and the links to peers.
+    pub peer: Option<PeerTls>,
+}
+
+/// The TLS the settings ask for. Every port presents the same certificate, reloaded from its
+/// files when they change (see [`ReloadingCert`]).
+pub fn acceptors(config: &ServerConfig) -> Result<Acceptors, TlsError> {
     let zk = config.secure_client_addr.0.is_some();
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok((None, None)) };
-    if !zk && !config.etcd_tls {
-        return Ok((None, None));
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(Acceptors::default()) };
+    if !zk && !config.etcd_tls && !config.peer_tls {
+        return Ok(Acceptors::default());
     }
     // ring, not aws-lc-rs (rustls's default): aws-lc-rs builds a large C library, minutes on
     // a 2-core CI machine. rustls 0.23.48 deprecates ring's provider for lacking
@@ -58,8 +85,34 @@ pub fn acceptors(
     let zk = zk.then(|| make(&[])).transpose()?;
     // gRPC clients ask for ALPN's h2.
     let etcd = config.etcd_tls.then(|| make(&[b"h2"])).transpose()?;
+    let peer = match (config.peer_tls, &config.tls_peer_ca) {
+        (true, Some(ca)) => Some(peer_tls(&certified, ca, provider.clone())?),
+        _ => None,
+    };
     ReloadingCert::watch(&certified);
-    Ok((zk, etcd))
+    Ok(Acceptors { zk, etcd, peer })
+}
+
+fn peer_tls(
+    certified: &Arc<ReloadingCert>,
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<PeerTls, TlsError> {
+    let server = server_config(certified, Some(ca), provider.clone())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates(ca)? {
+        roots.add(c).map_err(|e| TlsError::File { path: ca.to_path_buf(), why: e.to_string() })?;
+    }
+    let refused = |why: String| TlsError::Config { cert: certified.cert.clone(), key: certified.key.clone(), why };
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| refused(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(certified.clone());
+    Ok(PeerTls {
+        acceptor: futures_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: futures_rustls::TlsConnector::from(Arc::new(client)),
+    })
 }
 
 fn server_config(
@@ -154,6 +207,20 @@ impl ReloadingCert {
 impl rustls::server::ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
