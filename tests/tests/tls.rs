@@ -57,6 +57,30 @@ fn subject_of(cert: &Path) -> String {
     line.strip_prefix("subject=").unwrap_or(&line).to_string()
 }
 
+/// What most tests need, under `dir/certs`: a CA (its PEM), a server certificate for
+/// 127.0.0.1, alice's client certificate, and mallory's from another CA.
+struct Kit {
+    certs: PathBuf,
+    ca: Authority,
+    ca_pem: PathBuf,
+    server: (PathBuf, PathBuf),
+    alice: (PathBuf, PathBuf),
+    rogue: (PathBuf, PathBuf),
+}
+
+impl Kit {
+    fn new(dir: &Path) -> Kit {
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        let ca = Authority::new("Baton test CA");
+        let ca_pem = ca.write(&certs.join("ca.pem"));
+        let server = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
+        let alice = ca.issue(&certs, "client", "alice", &[]);
+        let rogue = Authority::new("Another CA").issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
+        Kit { certs, ca, ca_pem, server, alice, rogue }
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
@@ -64,15 +88,11 @@ fn s(p: &Path) -> &str {
 #[test]
 fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     let dir = temp_dir();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca = Authority::new("Baton test CA");
-    let ca_pem = ca.write(&certs.join("ca.pem"));
-    let (server_cert, server_key) = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
-    let (client_cert, client_key) = ca.issue(&certs, "client", "alice", &[]);
-    let (bob_cert, bob_key) = ca.issue(&certs, "bob", "bob", &[]);
-    let rogue = Authority::new("Another CA");
-    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &[]);
+    let kit = Kit::new(dir.path());
+    let (certs, ca_pem) = (&kit.certs, &kit.ca_pem);
+    let ((server_cert, server_key), (client_cert, client_key)) = (&kit.server, &kit.alice);
+    let (rogue_cert, rogue_key) = &kit.rogue;
+    let (bob_cert, bob_key) = kit.ca.issue(certs, "bob", "bob", &[]);
 
     let secure = format!("127.0.0.1:{}", free_port());
     let server = BatonProcess::start(
@@ -82,22 +102,22 @@ fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
             "--secure-client-addr",
             &secure,
             "--tls-cert",
-            s(&server_cert),
+            s(server_cert),
             "--tls-key",
-            s(&server_key),
+            s(server_key),
             "--tls-client-ca",
-            s(&ca_pem),
+            s(ca_pem),
         ],
     );
     // Alice's id in the x509 scheme, as Java (and `openssl x509 -nameopt RFC2253`) writes her
     // certificate's subject: its names last to first.
-    let alice = subject_of(&client_cert);
+    let alice = subject_of(client_cert);
     assert!(alice.starts_with("CN=alice") || alice.ends_with("CN=alice"), "{alice}");
-    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&client_cert), s(&client_key), "owner", &alice]);
+    let (ok, said) = kazoo("tls.py", &[&secure, s(ca_pem), s(client_cert), s(client_key), "owner", &alice]);
     assert!(ok && said.contains("OK"), "kazoo over TLS:\n{said}");
-    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&bob_cert), s(&bob_key), "other"]);
+    let (ok, said) = kazoo("tls.py", &[&secure, s(ca_pem), s(&bob_cert), s(&bob_key), "other"]);
     assert!(ok && said.contains("OK"), "bob's certificate does not pass alice's x509 ACL:\n{said}");
-    let (ok, said) = kazoo("tls.py", &[&secure, s(&ca_pem), s(&rogue_cert), s(&rogue_key), "refused"]);
+    let (ok, said) = kazoo("tls.py", &[&secure, s(ca_pem), s(rogue_cert), s(rogue_key), "refused"]);
     assert!(ok && said.contains("OK"), "a certificate from another CA must be refused:\n{said}");
     let log = std::fs::read_to_string(server.log_path()).expect("the log");
     assert!(log.contains("TLS handshake failed"), "the refusal is logged:\n{log}");
@@ -109,14 +129,14 @@ fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     let keystore = certs.join("alice.p12");
     let made = std::process::Command::new("openssl")
         .args(["pkcs12", "-export", "-passout", "pass:secret", "-name", "alice", "-in"])
-        .args([&client_cert, std::path::Path::new("-inkey"), &client_key, std::path::Path::new("-out"), &keystore])
+        .args([client_cert, std::path::Path::new("-inkey"), client_key, std::path::Path::new("-out"), &keystore])
         .status()
         .expect("openssl runs");
     assert!(made.success(), "the keystore");
     let truststore = certs.join("trust.p12");
     let made = std::process::Command::new("keytool")
         .args(["-importcert", "-noprompt", "-alias", "ca", "-storetype", "PKCS12", "-storepass", "secret", "-file"])
-        .arg(&ca_pem)
+        .arg(ca_pem)
         .arg("-keystore")
         .arg(&truststore)
         .output()
@@ -181,14 +201,10 @@ fn bad_tls_settings_stop_the_server_at_start_naming_the_file() {
 #[test]
 fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     let dir = temp_dir();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca = Authority::new("Baton test CA");
-    let ca_pem = ca.write(&certs.join("ca.pem"));
-    let (server_cert, server_key) = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
-    let (client_cert, client_key) = ca.issue(&certs, "client", "alice", &[]);
-    let rogue = Authority::new("Another CA");
-    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &[]);
+    let kit = Kit::new(dir.path());
+    let ca_pem = &kit.ca_pem;
+    let ((server_cert, server_key), (client_cert, client_key)) = (&kit.server, &kit.alice);
+    let (rogue_cert, rogue_key) = &kit.rogue;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let server = BatonProcess::start(
@@ -199,17 +215,17 @@ fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused()
             &addr,
             "--etcd-tls",
             "--tls-cert",
-            s(&server_cert),
+            s(server_cert),
             "--tls-key",
-            s(&server_key),
+            s(server_key),
             "--tls-client-ca",
-            s(&ca_pem),
+            s(ca_pem),
         ],
     );
     let tls = |cert: &Path, key: &Path| {
         vec![
             "--cacert".to_string(),
-            s(&ca_pem).to_string(),
+            s(ca_pem).to_string(),
             "--cert".into(),
             s(cert).into(),
             "--key".into(),
@@ -223,18 +239,18 @@ fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused()
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         baton_tests::clients::etcdctl(&endpoint, &all, "")
     };
-    let (ok, said) = with(&client_cert, &client_key, &["put", "over", "tls"]);
+    let (ok, said) = with(client_cert, client_key, &["put", "over", "tls"]);
     assert!(ok && said == "OK\n", "etcdctl put over TLS: {said}");
-    let (ok, said) = with(&client_cert, &client_key, &["get", "over", "--print-value-only"]);
+    let (ok, said) = with(client_cert, client_key, &["get", "over", "--print-value-only"]);
     assert!(ok && said == "tls\n", "etcdctl get over TLS: {said}");
-    let (ok, said) = with(&client_cert, &client_key, &["member", "list"]);
+    let (ok, said) = with(client_cert, client_key, &["member", "list"]);
     assert!(ok && said.contains(&format!("https://{addr}")), "client URLs say https: {said}");
     // Plain gRPC on a TLS port gets nowhere.
     let (ok, said) =
         baton_tests::clients::etcdctl(&addr, &["--dial-timeout", "2s", "--command-timeout", "3s", "get", "over"], "");
     assert!(!ok, "plain gRPC on the TLS port: {said}");
     // A client certificate from another CA is refused, and the refusal logged.
-    let (ok, said) = with(&rogue_cert, &rogue_key, &["--dial-timeout", "2s", "--command-timeout", "3s", "get", "over"]);
+    let (ok, said) = with(rogue_cert, rogue_key, &["--dial-timeout", "2s", "--command-timeout", "3s", "get", "over"]);
     assert!(!ok, "a certificate from another CA: {said}");
     let log = std::fs::read_to_string(server.log_path()).expect("the log");
     assert!(log.contains("etcd client's TLS handshake failed"), "{log}");
@@ -254,11 +270,10 @@ fn served_subject(addr: &str) -> String {
 #[test]
 fn a_rotated_certificate_is_served_without_a_restart() {
     let dir = temp_dir();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca = Authority::new("Baton test CA");
-    let (first_cert, first_key) = ca.issue(&certs, "first", "first", &["127.0.0.1"]);
-    let (second_cert, second_key) = ca.issue(&certs, "second", "second", &["127.0.0.1"]);
+    let kit = Kit::new(dir.path());
+    let (certs, ca) = (&kit.certs, &kit.ca);
+    let (first_cert, first_key) = ca.issue(certs, "first", "first", &["127.0.0.1"]);
+    let (second_cert, second_key) = ca.issue(certs, "second", "second", &["127.0.0.1"]);
     let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
     std::fs::copy(&first_cert, &cert).expect("copy");
     std::fs::copy(&first_key, &key).expect("copy");
@@ -285,15 +300,10 @@ fn an_ensemble_replicates_over_mutual_tls_and_refuses_a_peer_without_its_cas_cer
     use baton_tests::cluster::Cluster;
     use baton_tests::raw::RawClient;
     let dir = temp_dir();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca = Authority::new("Baton peers' CA");
-    let ca_pem = ca.write(&certs.join("peers-ca.pem"));
+    let kit = Kit::new(dir.path());
     // One certificate for the three servers, all on 127.0.0.1: dialers check the address.
-    let (cert, key) = ca.issue(&certs, "server", "baton", &["127.0.0.1"]);
-    let rogue = Authority::new("Another CA");
-    let (rogue_cert, rogue_key) = rogue.issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
-    let flags = ["--peer-tls", "--tls-cert", s(&cert), "--tls-key", s(&key), "--tls-peer-ca", s(&ca_pem)];
+    let (ca_pem, (cert, key), (rogue_cert, rogue_key)) = (&kit.ca_pem, &kit.server, &kit.rogue);
+    let flags = ["--peer-tls", "--tls-cert", s(cert), "--tls-key", s(key), "--tls-peer-ca", s(ca_pem)];
     let cluster = Cluster::start(env!("CARGO_BIN_EXE_baton_test_server"), &dir.path().join("data"), 3, 25_100, &flags);
     let leader = cluster.wait_for_leader(&[1, 2, 3], std::time::Duration::from_secs(30)).expect("a leader over TLS");
     let addrs = cluster.addrs();
@@ -308,7 +318,7 @@ fn an_ensemble_replicates_over_mutual_tls_and_refuses_a_peer_without_its_cas_cer
     // Refusals are logged at most once a second: try until one is.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     for attempt in 0.. {
-        let extra = if attempt % 2 == 0 { vec!["-cert", s(&rogue_cert), "-key", s(&rogue_key)] } else { vec![] };
+        let extra = if attempt % 2 == 0 { vec!["-cert", s(rogue_cert), "-key", s(rogue_key)] } else { vec![] };
         let said = std::process::Command::new("timeout")
             .args(["10", "openssl", "s_client", "-connect", &peer_port])
             .args(&extra)

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Map, Value};
 
-use super::fourlw::VERSION;
+use super::fourlw::{absolute, dir_size, sent, VERSION};
 use crate::runtime::{Latency, Shared};
 
 /// The commands: (primary name, aliases).
@@ -97,10 +97,6 @@ fn latency(node: &Shared) -> (Value, u64, u64) {
     (avg.into(), min / 1000, max / 1000)
 }
 
-fn sent(node: &Shared) -> u64 {
-    node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum()
-}
-
 fn server_stats(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
     let (avg, min, max) = latency(node);
     let (nodes, last_zxid) = {
@@ -159,8 +155,8 @@ fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> O
 fn configuration(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
     let c = &node.config;
     out.insert("client_port".into(), c.client_addr.port().into());
-    out.insert("data_dir".into(), absolute(&c.data_dir.join("snapshots")).into());
-    out.insert("data_log_dir".into(), absolute(&c.data_dir.join("wal")).into());
+    out.insert("data_dir".into(), absolute(&c.data_dir.join("snapshots")).display().to_string().into());
+    out.insert("data_log_dir".into(), absolute(&c.data_dir.join("wal")).display().to_string().into());
     out.insert("tick_time".into(), c.tick_ms.into());
     out.insert("max_client_cnxns".into(), c.max_client_cnxns.into());
     out.insert("min_session_timeout".into(), c.min_session_timeout_ms().into());
@@ -261,17 +257,6 @@ fn file_descriptors() -> Option<(u64, u64)> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let soft = line.split_whitespace().nth(3)?.parse().ok()?;
     Some((open, soft))
-}
-
-fn absolute(path: &std::path::Path) -> String {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
-}
-
-/// Bytes of the files directly in `dir` (0 if it cannot be read).
-fn dir_size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -111,7 +111,8 @@ fn srvr(node: &Shared, out: &mut String) {
     srvr_body(node, out);
 }
 
-fn sent(node: &Shared) -> u64 {
+/// Frames sent to every open connection.
+pub(super) fn sent(node: &Shared) -> u64 {
     node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum()
 }
 
@@ -202,12 +203,12 @@ fn conf(node: &Shared, out: &mut String) {
     let _ = writeln!(out, "baton.maxConnections={}", c.max_connections);
 }
 
-fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+pub(super) fn absolute(path: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Bytes of the files directly in `dir` (0 if it cannot be read).
-fn dir_size(dir: &std::path::Path) -> u64 {
+pub(super) fn dir_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
         .unwrap_or(0)

@@ -16,7 +16,7 @@ use prometheus::Encoder as _;
 
 use baton_engine::stats::{Histogram as EngineHistogram, COUNT_BOUNDS, DURATION_BOUNDS_US};
 
-use crate::runtime::{Latency, LearnerLag, ReplicaMetrics, Shared, LATENCY_BOUNDS_US, ZK_OPERATIONS};
+use crate::runtime::{Latency, LearnerLag, ReplicaMetrics, Shared, ZK_OPERATIONS};
 
 /// The text Prometheus scrapes, and its content type.
 pub fn render(node: &Shared) -> (String, String) {
@@ -40,7 +40,7 @@ fn families(node: &Shared) -> Vec<MetricFamily> {
         (tree.node_count(), tree.ephemeral_count(), tree.data_bytes(), tree.last_zxid())
     };
     let sum = |f: fn(&crate::runtime::ShardStats) -> usize| node.shard_stats.iter().map(|s| f(s)).sum::<usize>();
-    let sent: u64 = node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum();
+    let sent = super::fourlw::sent(node);
 
     out.push(gauge("znodes", "Znodes in the tree.", nodes as f64));
     out.push(gauge("ephemerals", "Ephemeral znodes.", ephemerals as f64));
@@ -188,24 +188,14 @@ fn histogram(name: &str, help: &str, h: &EngineHistogram, bounds: &[u64; 15], un
 
 /// ZooKeeper requests' latency, received to answered, over every shard.
 fn request_latency(node: &Shared) -> MetricFamily {
-    let latencies = || node.shard_stats.iter().map(|s| &s.latency);
-    let (_, _, total_us, count) = Latency::sum(latencies());
-    let buckets = Latency::buckets(latencies());
-    let mut cumulative = 0;
-    let bounds = LATENCY_BOUNDS_US.iter().zip(&buckets).map(|(bound, n)| {
-        cumulative += n;
-        let mut b = Bucket::default();
-        b.set_upper_bound(*bound as f64 / 1e6);
-        b.set_cumulative_count(cumulative);
-        b
-    });
-    let mut h = Histogram::default();
-    h.set_bucket(bounds.collect());
-    h.set_sample_count(count);
-    h.set_sample_sum(total_us as f64 / 1e6);
-    let mut m = Metric::default();
-    m.set_histogram(h);
-    family("baton_request_latency_seconds", "ZooKeeper requests, received to answered.", MetricType::HISTOGRAM, vec![m])
+    let latency = Latency::histogram(node.shard_stats.iter().map(|s| &s.latency));
+    histogram(
+        "baton_request_latency_seconds",
+        "ZooKeeper requests, received to answered.",
+        &latency,
+        &DURATION_BOUNDS_US,
+        1e6,
+    )
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {

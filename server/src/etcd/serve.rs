@@ -63,7 +63,7 @@ pub async fn accept_loop(
                 let peer = stream.peer_addr().ok();
                 match tls {
                     None => serve_connection(stream, peer, service, stopped, max_streams).await,
-                    Some(tls) => match handshake(tls, stream).await {
+                    Some(tls) => match crate::runtime::tls::within_handshake_time(tls.accept(stream)).await {
                         Ok(stream) => serve_connection(stream, peer, service, stopped, max_streams).await,
                         Err(error) => {
                             TLS_REFUSED.with(|limit| {
@@ -92,21 +92,6 @@ thread_local! {
     /// One log line a second per shard for failed TLS handshakes.
     static TLS_REFUSED: crate::runtime::rate_limit::RateLimit =
         const { crate::runtime::rate_limit::RateLimit::new(std::time::Duration::from_secs(1)) };
-}
-
-/// How long an etcd client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The TLS handshake of a client of the etcd port, bounded in time.
-async fn handshake(
-    tls: futures_rustls::TlsAcceptor,
-    stream: glommio::net::TcpStream,
-) -> std::io::Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
-    let timeout = async {
-        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
-    };
-    futures_lite::future::or(tls.accept(stream), timeout).await
 }
 
 /// Requests taken from one connection in one turn of its task before it lets the shard's

@@ -44,7 +44,7 @@ use super::hello::{Hello, HELLO_BYTES};
 use crate::runtime::inbox::{bounded_inbox, Inbox};
 use crate::runtime::local_queue::LocalQueue;
 use crate::runtime::rate_limit::RateLimit;
-use crate::runtime::tls::PeerTls;
+use crate::runtime::tls::{within_handshake_time, PeerTls};
 
 /// Two different incarnations of one id alternating within this long: two servers have it.
 const SAME_ID_WINDOW: Duration = Duration::from_secs(30);
@@ -388,7 +388,7 @@ async fn handshake(links: &Links, addr: SocketAddr) -> Option<(PeerStream, u64)>
         None => PeerStream::Plain(stream),
         Some(tls) => {
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            match with_timeout(tls.connector.connect(name, stream)).await {
+            match within_handshake_time(tls.connector.connect(name, stream)).await {
                 Ok(s) => PeerStream::Dialed(Box::new(s)),
                 Err(error) => {
                     if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
@@ -401,6 +401,8 @@ async fn handshake(links: &Links, addr: SocketAddr) -> Option<(PeerStream, u64)>
     };
     let hello = Hello { ensemble: links.ensemble, from: links.me, incarnation: links.incarnation }.encode();
     stream.write_all(&hello).await.ok()?;
+    // Over TLS, written bytes can wait in the session's buffer for the next write: flush.
+    stream.flush().await.ok()?;
     // A long time limit on the answer: a peer that takes our connection but does not answer
     // (paused, or stopped reading) is waited for on this one connection — reconnecting
     // every second instead was measured to stall this executor's WAL completions for
@@ -412,17 +414,6 @@ async fn handshake(links: &Links, addr: SocketAddr) -> Option<(PeerStream, u64)>
     stream.read_exact(&mut answer).await.ok()?;
     let _ = stream.tcp().set_read_timeout(None);
     Some((stream, u64::from_le_bytes(answer)))
-}
-
-/// How long a TLS handshake with a peer may take.
-const TLS_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
-
-async fn with_timeout<T>(handshake: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
-    let timeout = async {
-        glommio::timer::sleep(TLS_HANDSHAKE_WAIT).await;
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
-    };
-    futures_lite::future::or(handshake, timeout).await
 }
 
 /// A link's connection: plain TCP, or TLS as the dialer or the acceptor.
@@ -558,6 +549,11 @@ async fn write_loop(links: Rc<Links>, peer: ServerId, addr: SocketAddr) {
                         link.progress = Some(std::time::Instant::now());
                     }
                 }
+                // Over TLS the last records may wait in the session's buffer until the next
+                // write; a batch must leave now (on plain TCP this does nothing).
+                if writer.flush().await.is_err() {
+                    return;
+                }
             }
         };
         // The peer never writes on this connection: anything it reads is its close.
@@ -631,7 +627,7 @@ async fn read_loop(stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usi
     let caller = stream.peer_addr().ok();
     let mut stream = match &links.tls {
         None => PeerStream::Plain(stream),
-        Some(tls) => match with_timeout(tls.acceptor.accept(stream)).await {
+        Some(tls) => match within_handshake_time(tls.acceptor.accept(stream)).await {
             Ok(s) => PeerStream::Accepted(Box::new(s)),
             Err(error) => {
                 if let Some(suppressed) = links.refusals.allow(std::time::Instant::now()) {
@@ -660,7 +656,8 @@ async fn read_loop(stream: TcpStream, known: Vec<ServerId>, frame_bytes_max: usi
     };
     let (from, incarnation) = (hello.from, hello.incarnation);
     links.note_incarnation(from, incarnation, caller);
-    if stream.write_all(&links.incarnation.to_le_bytes()).await.is_err() {
+    let answered = stream.write_all(&links.incarnation.to_le_bytes()).await;
+    if answered.is_err() || stream.flush().await.is_err() {
         return;
     }
     let me_conn = links.next_inbound.get();

@@ -31,7 +31,7 @@ pub use messages::{
 };
 pub use shared::{
     mode_name, ConnInfo, Latency, LearnerLag, Refusal, ReplicaMetrics, RoleStatus, ShardStats, Shared, WriteStats,
-    LATENCY_BOUNDS_US, ZK_OPERATIONS,
+    ZK_OPERATIONS,
 };
 pub use stop::Event;
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use baton_engine::mvcc::KeySpace;
 use baton_engine::replica::ReplicaStats;
+use baton_engine::stats::{Histogram, DURATION_BOUNDS_US};
 use baton_engine::tree::DataTree;
 use baton_engine::wal::WalStats;
 use baton_engine::zab::{Role, ServerId};
@@ -85,20 +86,15 @@ impl ShardStats {
     }
 }
 
-/// Upper bounds of the request latency histogram's buckets, in microseconds; a last bucket
-/// holds everything slower.
-pub const LATENCY_BOUNDS_US: [u64; 14] =
-    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
-
-/// Request latencies: min, max, sum and count, in microseconds, and how many fell in each of
-/// [`LATENCY_BOUNDS_US`]'s buckets.
+/// Request latencies: min, max, sum and count, in microseconds, and how many fell in each
+/// bucket of the engine's duration bounds (`baton_engine::stats::DURATION_BOUNDS_US`).
 #[derive(Debug)]
 pub struct Latency {
     min_us: AtomicU64,
     max_us: AtomicU64,
     total_us: AtomicU64,
     count: AtomicU64,
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
 }
 
 impl Default for Latency {
@@ -121,19 +117,20 @@ impl Latency {
         self.max_us.fetch_max(us, Ordering::Relaxed);
         self.total_us.fetch_add(us, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        let bucket = LATENCY_BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(LATENCY_BOUNDS_US.len());
+        let bucket = DURATION_BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(DURATION_BOUNDS_US.len());
         if let Some(b) = self.buckets.get(bucket) {
             b.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Requests per bucket (not cumulative), summed over several.
-    pub fn buckets<'a>(all: impl Iterator<Item = &'a Latency>) -> [u64; LATENCY_BOUNDS_US.len() + 1] {
-        let mut out = [0; LATENCY_BOUNDS_US.len() + 1];
+    /// Several's requests per bucket, with their sum, as the engine's histograms are kept.
+    pub fn histogram<'a>(all: impl Iterator<Item = &'a Latency>) -> Histogram {
+        let mut out = Histogram::default();
         for l in all {
-            for (o, b) in out.iter_mut().zip(&l.buckets) {
+            for (o, b) in out.counts.iter_mut().zip(&l.buckets) {
                 *o += b.load(Ordering::Relaxed);
             }
+            out.sum += l.total_us.load(Ordering::Relaxed);
         }
         out
     }

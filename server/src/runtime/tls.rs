@@ -32,6 +32,22 @@ pub enum TlsError {
     },
 }
 
+/// How long a TLS handshake may take, on every port (ZooKeeper's
+/// `ssl.handshakeDetectionTimeoutMillis` is 5 s).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `handshake`, or a `TimedOut` error once [`HANDSHAKE_TIMEOUT`] has passed: a client (or
+/// peer) that connects and never completes its handshake holds nothing for longer.
+pub async fn within_handshake_time<T>(
+    handshake: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let timeout = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
+    };
+    futures_lite::future::or(handshake, timeout).await
+}
+
 /// TLS between the servers of an ensemble (`--peer-tls`, ZooKeeper's quorum TLS): each end
 /// presents this server's certificate and requires the other's, verified against
 /// `--tls-peer-ca`; a dialer also checks that the certificate names the address it dialed.

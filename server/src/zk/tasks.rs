@@ -22,17 +22,13 @@ use super::shard::Shard;
 use crate::admin::fourlw;
 use crate::runtime::inbox::Inbox;
 use crate::runtime::rate_limit::RateLimit;
-use crate::runtime::tls::subject_rfc2253;
+use crate::runtime::tls::{subject_rfc2253, within_handshake_time};
 use crate::runtime::{ShardId, Shared, ToShard, ToWritePath};
 
 /// How long a stopping shard waits for the write path to let its writes commit.
 const WRITE_PATH_WAIT: Duration = Duration::from_secs(11);
 /// How long a stopping shard waits for its connections to flush their last replies.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
-
-/// How long a client of the secure port has to complete its TLS handshake (ZooKeeper's
-/// `ssl.handshakeDetectionTimeoutMillis` is 5 s).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs shard `id` until the server stops: ZooKeeper clients on `listener`, and over TLS on
 /// `secure`'s listener when there is one.
@@ -139,11 +135,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: Opti
 /// A client of the secure port: the TLS handshake (bounded in time), then the protocol as on
 /// the plain port, over the TLS stream.
 async fn serve_tls(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: TcpStream, tls: TlsAcceptor) {
-    let timeout = async {
-        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake within 5 s"))
-    };
-    match futures_lite::future::or(tls.accept(stream), timeout).await {
+    match within_handshake_time(tls.accept(stream)).await {
         Ok(stream) => {
             // ZooKeeper's x509 scheme: a verified client certificate's subject is an id.
             let subject =
