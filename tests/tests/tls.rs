@@ -79,6 +79,11 @@ impl Kit {
         let rogue = Authority::new("Another CA").issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
         Kit { certs, ca, ca_pem, server, alice, rogue }
     }
+
+    /// The server's certificate and key, and the CA its clients' certificates must come from.
+    fn server_flags(&self) -> [&str; 6] {
+        ["--tls-cert", s(&self.server.0), "--tls-key", s(&self.server.1), "--tls-client-ca", s(&self.ca_pem)]
+    }
 }
 
 fn s(p: &Path) -> &str {
@@ -90,7 +95,7 @@ fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     let dir = temp_dir();
     let kit = Kit::new(dir.path());
     let (certs, ca_pem) = (&kit.certs, &kit.ca_pem);
-    let ((server_cert, server_key), (client_cert, client_key)) = (&kit.server, &kit.alice);
+    let (client_cert, client_key) = &kit.alice;
     let (rogue_cert, rogue_key) = &kit.rogue;
     let (bob_cert, bob_key) = kit.ca.issue(certs, "bob", "bob", &[]);
 
@@ -98,16 +103,7 @@ fn kazoo_works_over_tls_with_a_client_certificate_and_another_cas_is_refused() {
     let server = BatonProcess::start(
         env!("CARGO_BIN_EXE_baton_test_server"),
         &dir.path().join("data"),
-        &[
-            "--secure-client-addr",
-            &secure,
-            "--tls-cert",
-            s(server_cert),
-            "--tls-key",
-            s(server_key),
-            "--tls-client-ca",
-            s(ca_pem),
-        ],
+        &[&["--secure-client-addr", secure.as_str()][..], &kit.server_flags()].concat(),
     );
     // Alice's id in the x509 scheme, as Java (and `openssl x509 -nameopt RFC2253`) writes her
     // certificate's subject: its names last to first.
@@ -203,24 +199,14 @@ fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused()
     let dir = temp_dir();
     let kit = Kit::new(dir.path());
     let ca_pem = &kit.ca_pem;
-    let ((server_cert, server_key), (client_cert, client_key)) = (&kit.server, &kit.alice);
+    let (client_cert, client_key) = &kit.alice;
     let (rogue_cert, rogue_key) = &kit.rogue;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let server = BatonProcess::start(
         env!("CARGO_BIN_EXE_baton_test_server"),
         &dir.path().join("data"),
-        &[
-            "--etcd-addr",
-            &addr,
-            "--etcd-tls",
-            "--tls-cert",
-            s(server_cert),
-            "--tls-key",
-            s(server_key),
-            "--tls-client-ca",
-            s(ca_pem),
-        ],
+        &[&["--etcd-addr", addr.as_str(), "--etcd-tls"][..], &kit.server_flags()].concat(),
     );
     let tls = |cert: &Path, key: &Path| {
         vec![
