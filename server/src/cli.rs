@@ -237,17 +237,23 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
     });
     let shards = crate::startup::shard_count(config.cores);
     let in_ensemble = config.peers.len() > 1;
+    let secure = config.secure_client_addr.0.is_some();
     crate::startup::run(config, move |addr| {
+        // With the plain port off, the TLS port's line (printed before) says where.
+        let on = match addr {
+            Some(a) => a.to_string(),
+            None if secure => "the TLS port alone".to_string(),
+            None => "no port (--client-addr off)".to_string(),
+        };
         match &ensemble {
             Some(e) => {
-                println!("baton: server {e}; serving ZooKeeper clients on {addr} (while it has a leader) with {shards} shards, data in {}", data_dir.display())
+                println!("baton: server {e}; serving ZooKeeper clients on {on} (while it has a leader) with {shards} shards, data in {}", data_dir.display())
             }
-            None => println!(
-                "baton: serving ZooKeeper clients on {addr} with {shards} shards, data in {}",
-                data_dir.display()
-            ),
+            None => {
+                println!("baton: serving ZooKeeper clients on {on} with {shards} shards, data in {}", data_dir.display())
+            }
         }
-        tracing::info!(%addr, "ready");
+        tracing::info!(addr = %on, "ready");
     })
     .map_err(|e| match e {
         e @ crate::startup::ServeError::Executor(_) => {

@@ -82,9 +82,10 @@ impl std::fmt::Display for ListenAddr {
 /// Settings of one Baton server.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
-    /// Address for ZooKeeper clients (and four-letter words).
+    /// Address for ZooKeeper clients (and four-letter words), or `off` (for example when
+    /// only `--secure-client-addr` should serve them, as ZooKeeper without a clientPort).
     #[arg(long, default_value = "127.0.0.1:2181")]
-    pub client_addr: SocketAddr,
+    pub client_addr: ListenAddr,
     /// Address for etcd v3 clients (gRPC: KV, Watch, Lease, Maintenance, Cluster), or `off`.
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub etcd_addr: ListenAddr,
@@ -284,7 +285,7 @@ impl ServerConfig {
     /// A configuration for tests: the given address and directory, defaults otherwise.
     pub fn for_test(client_addr: SocketAddr, data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
-            client_addr,
+            client_addr: ListenAddr(Some(client_addr)),
             etcd_addr: ListenAddr(None),
             admin_addr: ListenAddr(None),
             secure_client_addr: ListenAddr(None),

@@ -49,9 +49,12 @@ pub fn shard_count(configured: usize) -> usize {
 }
 
 /// Runs a server until it is stopped (SIGTERM/SIGINT) or fails. Blocks the calling thread;
-/// `ready` is called with the bound address once every shard accepts clients.
-pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), ServeError> {
-    net::refuse_if_served(config.client_addr).map_err(ServeError::Listen)?;
+/// `ready` is called with the bound address of the plain client port (None: it is off) once
+/// every shard accepts clients.
+pub fn run(config: ServerConfig, ready: impl FnOnce(Option<SocketAddr>)) -> Result<(), ServeError> {
+    if let Some(plain) = config.client_addr.0 {
+        net::refuse_if_served(plain).map_err(ServeError::Listen)?;
+    }
     if let Some(secure) = config.secure_client_addr.0 {
         net::refuse_if_served(secure).map_err(ServeError::Listen)?;
     }
@@ -84,7 +87,7 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
             None
         }
     });
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>), ServeError>>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<Bound, ServeError>>();
     let mut inboxes = inboxes.into_iter();
     let first_inbox = inboxes.next().ok_or_else(|| ServeError::Executor("no shards".into()))?;
     let (etcd_zero, etcd_zero_inbox) = inbox::inbox::<EtcdOnShard>();
@@ -145,7 +148,9 @@ pub fn run(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> Result<(), S
         let etcd = etcd_shards.next().flatten();
         let handle = executor(id)
             .spawn(move || async move {
-                let listeners = net::bind_listener(bound, true)
+                let listeners = bound
+                    .map(|a| net::bind_listener(a, true))
+                    .transpose()
                     .and_then(|l| Ok((l, secure_bound.map(|a| net::bind_listener(a, true)).transpose()?)));
                 let (listener, secure) = match listeners {
                     Ok(l) => l,
@@ -216,7 +221,7 @@ async fn shard_zero(
     write_inbox: Inbox<ToWritePath>,
     inbox: Inbox<ToShard>,
     etcd: Inbox<EtcdOnShard>,
-    started_tx: std::sync::mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), ServeError>>,
+    started_tx: std::sync::mpsc::Sender<Result<Bound, ServeError>>,
     (tls, peer_tls): (Option<futures_rustls::TlsAcceptor>, Option<crate::runtime::tls::PeerTls>),
 ) -> Result<(), ServeError> {
     glommio::spawn_local(returning_freed()).detach();
@@ -236,14 +241,14 @@ async fn shard_zero(
                 let _ = started_tx.send(Err(e.into()));
                 return;
             }
-            let bound = net::bind_listener(shared.config.client_addr, true).and_then(|l| Ok((l.local_addr()?, l)));
+            let bind = |addr: Option<SocketAddr>| {
+                addr.map(|a| net::bind_listener(a, true).and_then(|l| Ok((l.local_addr()?, l)))).transpose()
+            };
             let secure = shared.config.secure_client_addr.0.filter(|_| tls.is_some());
-            let bound = bound.and_then(|(addr, listener)| {
-                let secure = secure.map(|a| net::bind_listener(a, true).and_then(|l| Ok((l.local_addr()?, l))));
-                Ok((addr, listener, secure.transpose()?))
-            });
+            let bound = bind(shared.config.client_addr.0).and_then(|plain| Ok((plain, bind(secure)?)));
             match bound {
-                Ok((addr, listener, secure)) => {
+                Ok((plain, secure)) => {
+                    let (addr, listener) = plain.unzip();
                     let (secure_addr, secure_listener) = secure.unzip();
                     let _ = listener_tx.try_send((listener, secure_listener.zip(tls)));
                     let _ = started_tx.send(Ok((addr, secure_addr)));
@@ -278,6 +283,10 @@ async fn shard_zero(
     drop(signalled);
     outcome.map_err(ServeError::from)
 }
+
+/// The addresses shard 0 bound for ZooKeeper clients: the plain port and the TLS port (None:
+/// off).
+type Bound = (Option<SocketAddr>, Option<SocketAddr>);
 
 /// What a shard needs to serve etcd clients.
 struct EtcdOnShard {

@@ -5,11 +5,15 @@
                                                  and read it
     tls.py HOST:PORT CA CERT KEY other           /x509-only is NoAuth to this certificate
     tls.py HOST:PORT CA CERT KEY refused         the connection must fail (another CA)
+    tls.py HOST:PORT CA CERT KEY connects        the connection succeeds and reads /
+    tls.py HOST:PORT CA CERT KEY load SECONDS    one session writes /load over and over for
+                                                 SECONDS; every write must succeed
 
 Prints OK when what was expected happened.
 """
 import sys
 import threading
+import time
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
@@ -46,6 +50,19 @@ if mode == "owner":
     zk.create("/x509-only", b"secret", acl=[ACL(Permissions.ALL, Id("x509", subject))])
     data, _ = zk.get("/x509-only")
     assert data == b"secret", data
+elif mode == "connects":
+    zk.get("/")
+elif mode == "load":
+    seconds = float(sys.argv[6])
+    zk.ensure_path("/load")
+    n = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        zk.set("/load", str(n).encode())
+        n += 1
+    data, _ = zk.get("/load")
+    assert data == str(n - 1).encode(), data
+    print(f"{n} writes")
 elif mode == "other":
     try:
         zk.get("/x509-only")

@@ -66,6 +66,8 @@ struct Kit {
     server: (PathBuf, PathBuf),
     alice: (PathBuf, PathBuf),
     rogue: (PathBuf, PathBuf),
+    /// The other CA's certificate (PEM).
+    rogue_ca_pem: PathBuf,
 }
 
 impl Kit {
@@ -76,8 +78,10 @@ impl Kit {
         let ca_pem = ca.write(&certs.join("ca.pem"));
         let server = ca.issue(&certs, "server", "baton", &["127.0.0.1", "localhost"]);
         let alice = ca.issue(&certs, "client", "alice", &[]);
-        let rogue = Authority::new("Another CA").issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
-        Kit { certs, ca, ca_pem, server, alice, rogue }
+        let rogue_ca = Authority::new("Another CA");
+        let rogue = rogue_ca.issue(&certs, "rogue", "mallory", &["127.0.0.1"]);
+        let rogue_ca_pem = rogue_ca.write(&certs.join("rogue-ca.pem"));
+        Kit { certs, ca, ca_pem, server, alice, rogue, rogue_ca_pem }
     }
 
     /// The server's certificate and key, and the CA its clients' certificates must come from.
@@ -242,10 +246,12 @@ fn etcdctl_works_over_tls_with_a_client_certificate_and_another_cas_is_refused()
     assert!(log.contains("etcd client's TLS handshake failed"), "{log}");
 }
 
-/// The subject of the certificate a TLS server at `addr` presents (openssl's s_client).
-fn served_subject(addr: &str) -> String {
+/// The subject of the certificate a TLS server at `addr` presents (openssl's s_client, with
+/// `flags`, such as a client certificate).
+fn served_subject(addr: &str, flags: &[&str]) -> String {
     let out = std::process::Command::new("timeout")
         .args(["10", "openssl", "s_client", "-nameopt", "RFC2253", "-connect", addr])
+        .args(flags)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl runs");
@@ -253,32 +259,66 @@ fn served_subject(addr: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix("subject=")).unwrap_or_default().to_string()
 }
 
+/// A server with TLS alone (`--client-addr off`): while a kazoo session writes through it,
+/// its certificate is replaced and a CA added to its client CA file; new handshakes get the
+/// new certificate and accept the new CA's clients, and no write fails.
 #[test]
-fn a_rotated_certificate_is_served_without_a_restart() {
+fn certificates_and_cas_are_reloaded_under_load_on_a_server_without_a_plain_port() {
     let dir = temp_dir();
     let kit = Kit::new(dir.path());
-    let (certs, ca) = (&kit.certs, &kit.ca);
-    let (first_cert, first_key) = ca.issue(certs, "first", "first", &["127.0.0.1"]);
-    let (second_cert, second_key) = ca.issue(certs, "second", "second", &["127.0.0.1"]);
-    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
-    std::fs::copy(&first_cert, &cert).expect("copy");
-    std::fs::copy(&first_key, &key).expect("copy");
+    let certs = &kit.certs;
+    let (second_cert, second_key) = kit.ca.issue(certs, "second", "second", &["127.0.0.1"]);
+    let (cert, key, ca) = (certs.join("live.pem"), certs.join("live.key"), certs.join("live-ca.pem"));
+    std::fs::copy(&kit.server.0, &cert).expect("copy");
+    std::fs::copy(&kit.server.1, &key).expect("copy");
+    std::fs::copy(&kit.ca_pem, &ca).expect("copy");
     let secure = format!("127.0.0.1:{}", free_port());
     let server = BatonProcess::start(
         env!("CARGO_BIN_EXE_baton_test_server"),
         &dir.path().join("data"),
-        &["--secure-client-addr", &secure, "--tls-cert", s(&cert), "--tls-key", s(&key)],
+        &["--client-addr", "off", "--secure-client-addr", &secure]
+            .into_iter()
+            .chain(["--tls-cert", s(&cert), "--tls-key", s(&key), "--tls-client-ca", s(&ca)])
+            .collect::<Vec<_>>(),
     );
-    assert!(served_subject(&secure).contains("CN=first"), "{}", served_subject(&secure));
+    assert!(std::net::TcpStream::connect(server.addr).is_err(), "the plain port is off");
+    let (alice_cert, alice_key) = (s(&kit.alice.0), s(&kit.alice.1));
+    let served = || served_subject(&secure, &["-cert", alice_cert, "-key", alice_key]);
+    assert!(served().contains("CN=baton"), "{}", served());
+
+    let load = {
+        let args: Vec<String> =
+            [&secure, s(&kit.ca_pem), alice_cert, alice_key, "load", "10"].iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || kazoo("tls.py", &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
     // Rotated in place (key first, then the certificate, as a renewal script would).
     std::fs::copy(&second_key, &key).expect("copy");
     std::fs::copy(&second_cert, &cert).expect("copy");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !served_subject(&secure).contains("CN=second") {
-        assert!(std::time::Instant::now() < deadline, "still {}", served_subject(&secure));
+    while !served().contains("CN=second") {
+        assert!(std::time::Instant::now() < deadline, "still {}", served());
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(baton_tests::raw::four_letter(server.addr, b"ruok"), "imok");
+    // Another CA's client is refused until its CA is added to the file.
+    let (rogue_cert, rogue_key) = (s(&kit.rogue.0), s(&kit.rogue.1));
+    let rogue = |mode| kazoo("tls.py", &[&secure, s(&kit.ca_pem), rogue_cert, rogue_key, mode]);
+    let (ok, said) = rogue("refused");
+    assert!(ok && said.contains("OK"), "another CA's client, before its CA is added:\n{said}");
+    let both = [std::fs::read_to_string(&kit.ca_pem), std::fs::read_to_string(&kit.rogue_ca_pem)];
+    std::fs::write(&ca, both.map(|pem| pem.expect("read a CA")).concat()).expect("write the CA file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, said) = rogue("connects");
+        if ok && said.contains("OK") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the added CA's client is still refused:\n{said}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (ok, said) = load.join().expect("the writer");
+    let writes: u64 = said.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(ok && said.contains("OK") && writes > 0, "the writer through the reloads:\n{said}");
 }
 
 #[test]

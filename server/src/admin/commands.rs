@@ -154,7 +154,8 @@ fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> O
 
 fn configuration(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
     let c = &node.config;
-    out.insert("client_port".into(), c.client_addr.port().into());
+    // As ZooKeeper, -1 for a port that is off.
+    out.insert("client_port".into(), c.client_addr.0.map_or(-1, |a| i32::from(a.port())).into());
     out.insert("data_dir".into(), absolute(&c.data_dir.join("snapshots")).display().to_string().into());
     out.insert("data_log_dir".into(), absolute(&c.data_dir.join("wal")).display().to_string().into());
     out.insert("tick_time".into(), c.tick_ms.into());

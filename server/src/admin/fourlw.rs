@@ -167,8 +167,10 @@ fn conf(node: &Shared, out: &mut String) {
     let c = &node.config;
     let snapshots = c.data_dir.join("snapshots");
     let wal = c.data_dir.join("wal");
-    let _ = writeln!(out, "clientPort={}", c.client_addr.port());
-    out.push_str("secureClientPort=-1\n");
+    // As ZooKeeper, -1 for a port that is off.
+    let port = |a: &crate::config::ListenAddr| a.0.map_or(-1, |a| i32::from(a.port()));
+    let _ = writeln!(out, "clientPort={}", port(&c.client_addr));
+    let _ = writeln!(out, "secureClientPort={}", port(&c.secure_client_addr));
     let _ = writeln!(out, "dataDir={}", absolute(&snapshots).display());
     let _ = writeln!(out, "dataDirSize={}", dir_size(&snapshots));
     let _ = writeln!(out, "dataLogDir={}", absolute(&wal).display());
@@ -197,7 +199,9 @@ fn conf(node: &Shared, out: &mut String) {
         }
         out.push_str("version=0\n");
     }
-    let _ = writeln!(out, "baton.clientPortAddress={}", c.client_addr.ip());
+    if let Some(addr) = c.client_addr.0.or(c.secure_client_addr.0) {
+        let _ = writeln!(out, "baton.clientPortAddress={}", addr.ip());
+    }
     let _ = writeln!(out, "baton.jute.maxbuffer={}", c.max_frame_bytes);
     let _ = writeln!(out, "baton.shards={}", node.shard_stats.len());
     let _ = writeln!(out, "baton.maxConnections={}", c.max_connections);

@@ -93,37 +93,39 @@ pub fn acceptors(config: &ServerConfig) -> Result<Acceptors, TlsError> {
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certified = ReloadingCert::new(cert, key, provider.clone())?;
+    let mut watched: Vec<std::sync::Weak<dyn Reloads>> = vec![Arc::downgrade(&certified) as _];
+    // One verifier per CA file, shared by the ports that use it.
+    let client_ca = config.tls_client_ca.as_deref().map(|ca| ReloadingCa::new(ca, provider.clone())).transpose()?;
+    let peer_ca = match (config.peer_tls, &config.tls_peer_ca) {
+        (true, Some(ca)) => Some(ReloadingCa::new(ca, provider.clone())?),
+        _ => None,
+    };
+    watched.extend(client_ca.iter().chain(&peer_ca).map(|ca| Arc::downgrade(ca) as _));
     let make = |alpn: &[&[u8]]| -> Result<futures_rustls::TlsAcceptor, TlsError> {
-        let mut server = server_config(&certified, config.tls_client_ca.as_deref(), provider.clone())?;
+        let mut server = server_config(&certified, client_ca.as_ref(), provider.clone())?;
         server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(futures_rustls::TlsAcceptor::from(Arc::new(server)))
     };
     let zk = zk.then(|| make(&[])).transpose()?;
     // gRPC clients ask for ALPN's h2.
     let etcd = config.etcd_tls.then(|| make(&[b"h2"])).transpose()?;
-    let peer = match (config.peer_tls, &config.tls_peer_ca) {
-        (true, Some(ca)) => Some(peer_tls(&certified, ca, provider.clone())?),
-        _ => None,
-    };
-    ReloadingCert::watch(&certified);
+    let peer = peer_ca.as_ref().map(|ca| peer_tls(&certified, ca, provider.clone())).transpose()?;
+    watch(watched);
     Ok(Acceptors { zk, etcd, peer })
 }
 
 fn peer_tls(
     certified: &Arc<ReloadingCert>,
-    ca: &Path,
+    ca: &Arc<ReloadingCa>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<PeerTls, TlsError> {
     let server = server_config(certified, Some(ca), provider.clone())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certificates(ca)? {
-        roots.add(c).map_err(|e| TlsError::File { path: ca.to_path_buf(), why: e.to_string() })?;
-    }
     let refused = |why: String| TlsError::Config { cert: certified.cert.clone(), key: certified.key.clone(), why };
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| refused(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(ca.clone())
         .with_client_cert_resolver(certified.clone());
     Ok(PeerTls {
         acceptor: futures_rustls::TlsAcceptor::from(Arc::new(server)),
@@ -133,27 +135,204 @@ fn peer_tls(
 
 fn server_config(
     certified: &Arc<ReloadingCert>,
-    client_ca: Option<&Path>,
+    client_ca: Option<&Arc<ReloadingCa>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let refused = |why: String| TlsError::Config { cert: certified.cert.clone(), key: certified.key.clone(), why };
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| refused(e.to_string()))?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certificates(ca)? {
-                roots.add(c).map_err(|e| TlsError::File { path: ca.to_path_buf(), why: e.to_string() })?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::File { path: ca.to_path_buf(), why: e.to_string() })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca) => builder.with_client_cert_verifier(ca.clone()),
     };
     Ok(builder.with_cert_resolver(certified.clone()))
+}
+
+/// Something loaded from files that [`watch`] reloads when they change.
+trait Reloads: Send + Sync {
+    /// Loads the files again if they changed since the last load: `Ok(true)` when what was
+    /// loaded is now in use.
+    fn reload_if_changed(&self) -> Result<bool, TlsError>;
+    /// What it is, for the log.
+    fn describe(&self) -> String;
+}
+
+/// Looks for changes every [`RELOAD_CHECK`] on a thread of its own, until the last acceptor
+/// using them is gone.
+fn watch(watched: Vec<std::sync::Weak<dyn Reloads>>) {
+    let spawned = std::thread::Builder::new().name("baton-tls-reload".into()).spawn(move || loop {
+        std::thread::sleep(RELOAD_CHECK);
+        let alive: Vec<Arc<dyn Reloads>> = watched.iter().filter_map(std::sync::Weak::upgrade).collect();
+        if alive.is_empty() {
+            return;
+        }
+        for reloading in alive {
+            match reloading.reload_if_changed() {
+                Ok(true) => tracing::info!(what = %reloading.describe(), "TLS file reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(%e, "TLS file not reloaded; what was loaded before stays in use"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(%e, "TLS certificates will not be reloaded: no thread to watch them");
+    }
+}
+
+/// A CA file (`--tls-client-ca`, `--tls-peer-ca`) as the verifier of the certificates peers
+/// and clients present: rebuilt when the file changes (as ZooKeeper reloads its truststore),
+/// so a CA can be added or replaced without a restart. Serves both directions: a server
+/// verifying a client's certificate, and a peer link's dialer verifying the server's (whose
+/// certificate must name the address dialed).
+pub struct ReloadingCa {
+    path: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The file's modification time when last loaded.
+    loaded: std::sync::Mutex<Option<std::time::SystemTime>>,
+    current: std::sync::RwLock<CaVerifiers>,
+}
+
+/// The verifiers built from one version of a CA file.
+#[derive(Clone)]
+struct CaVerifiers {
+    client: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    server: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The CAs' names, hinted to clients. `root_hint_subjects` lends them for as long as the
+    /// verifier lives, which a reloaded file's names cannot be borrowed from behind a lock
+    /// for: each version's are leaked instead, a few hundred bytes per change of the file.
+    hints: &'static [rustls::DistinguishedName],
+}
+
+impl std::fmt::Debug for ReloadingCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReloadingCa({})", self.path.display())
+    }
+}
+
+impl ReloadingCa {
+    fn new(path: &Path, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Arc<Self>, TlsError> {
+        let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let current = Self::load(path, &provider)?;
+        Ok(Arc::new(ReloadingCa {
+            path: path.to_path_buf(),
+            provider,
+            loaded: std::sync::Mutex::new(stamp),
+            current: std::sync::RwLock::new(current),
+        }))
+    }
+
+    fn load(path: &Path, provider: &Arc<rustls::crypto::CryptoProvider>) -> Result<CaVerifiers, TlsError> {
+        let file = |why: String| TlsError::File { path: path.to_path_buf(), why };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certificates(path)? {
+            roots.add(c).map_err(|e| file(e.to_string()))?;
+        }
+        let roots = Arc::new(roots);
+        let client = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| file(e.to_string()))?;
+        let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| file(e.to_string()))?;
+        let hints = Box::leak(roots.subjects().into_boxed_slice());
+        Ok(CaVerifiers { client, server, hints })
+    }
+
+    fn now(&self) -> CaVerifiers {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Reloads for ReloadingCa {
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if now.is_none() || now == *loaded {
+            return Ok(false);
+        }
+        // Noted before loading: a broken file is reported once, not every second.
+        *loaded = now;
+        let verifiers = Self::load(&self.path, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifiers;
+        Ok(true)
+    }
+
+    fn describe(&self) -> String {
+        format!("CA certificates {}", self.path.display())
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ReloadingCa {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.now().hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.now().client.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().client.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().client.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.now().client.supported_verify_schemes()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for ReloadingCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.now().server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().server.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().server.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.now().server.supported_verify_schemes()
+    }
 }
 
 /// How often the certificate's files are looked at for a change.
@@ -200,23 +379,15 @@ impl ReloadingCert {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
         Ok(true)
     }
+}
 
-    /// Looks for changes every [`RELOAD_CHECK`] on a thread of its own, until the last
-    /// acceptor using it is gone.
-    fn watch(this: &Arc<Self>) {
-        let weak = Arc::downgrade(this);
-        let spawned = std::thread::Builder::new().name("baton-tls-reload".into()).spawn(move || loop {
-            std::thread::sleep(RELOAD_CHECK);
-            let Some(certified) = weak.upgrade() else { return };
-            match certified.reload_if_changed() {
-                Ok(true) => tracing::info!(cert = %certified.cert.display(), "TLS certificate reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(%e, "TLS certificate not reloaded; the one in use stays"),
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(%e, "TLS certificates will not be reloaded: no thread to watch them");
-        }
+impl Reloads for ReloadingCert {
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        ReloadingCert::reload_if_changed(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("certificate {} and key {}", self.cert.display(), self.key.display())
     }
 }
 
@@ -426,6 +597,53 @@ mod reload_tests {
         assert!(reloading.reload_if_changed().is_err(), "a broken file is reported");
         assert!(!reloading.reload_if_changed().expect("once"), "and only once");
         assert_eq!(in_use(&reloading), second, "the certificate in use stays");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    /// A CA, and a client certificate it issued (DER).
+    fn ca_and_client(cn: &str) -> (String, CertificateDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("{cn} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = params.self_signed(&ca_key).expect("ca");
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let client = params.signed_by(&key, &ca, &ca_key).expect("client");
+        (ca.pem(), client.der().clone())
+    }
+
+    #[test]
+    fn a_changed_ca_file_verifies_its_new_cas_clients_and_a_broken_one_keeps_the_old() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::server::danger::ClientCertVerifier;
+        let dir = std::env::temp_dir().join(format!("baton-tls-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("ca.pem");
+        let (first_ca, first_client) = ca_and_client("first");
+        let (second_ca, second_client) = ca_and_client("second");
+        std::fs::write(&path, &first_ca).expect("write");
+        let ca = ReloadingCa::new(&path, provider()).expect("a CA file");
+        let now = rustls::pki_types::UnixTime::now();
+        let accepts = |cert: &CertificateDer<'_>| ca.verify_client_cert(cert, &[], now).is_ok();
+        assert!(accepts(&first_client) && !accepts(&second_client));
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        assert!(ca.verify_server_cert(&first_client, &[], &name, &[], now).is_ok(), "the dialer's check too");
+        assert_eq!(ClientCertVerifier::root_hint_subjects(&*ca).len(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, format!("{first_ca}{second_ca}")).expect("write");
+        assert!(ca.reload_if_changed().expect("both load"));
+        assert!(accepts(&first_client) && accepts(&second_client), "a CA added");
+        assert_eq!(ClientCertVerifier::root_hint_subjects(&*ca).len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, &second_ca).expect("write");
+        assert!(ca.reload_if_changed().expect("the second loads"));
+        assert!(!accepts(&first_client) && accepts(&second_client), "a CA removed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "not a certificate").expect("write");
+        assert!(ca.reload_if_changed().is_err(), "a broken file is reported");
+        assert!(!ca.reload_if_changed().expect("once"), "and only once");
+        assert!(accepts(&second_client), "the CAs in use stay");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

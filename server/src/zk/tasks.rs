@@ -36,7 +36,7 @@ pub async fn run_shard(
     shared: Arc<Shared>,
     id: ShardId,
     inbox: Inbox<ToShard>,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     secure: Option<(TcpListener, TlsAcceptor)>,
 ) {
     let tick = Duration::from_millis(shared.config.tick_ms.max(2));
@@ -63,9 +63,12 @@ pub async fn run_shard(
     // task's 16-bit reference count).
     let inbox_task = glommio::spawn_local(inbox_task);
     let liveness = glommio::spawn_local(liveness);
-    let accepting = glommio::spawn_local(accept_loop(shard.clone(), listener, None));
-    let accepting_secure =
-        secure.map(|(listener, tls)| glommio::spawn_local(accept_loop(shard.clone(), listener, Some(tls))));
+    let accepting: Vec<_> = listener
+        .map(|l| (l, None))
+        .into_iter()
+        .chain(secure.map(|(l, tls)| (l, Some(tls))))
+        .map(|(listener, tls)| glommio::spawn_local(accept_loop(shard.clone(), listener, tls)))
+        .collect();
     let stopping = async {
         shared.stopping.wait().await;
         // Let the write path commit what is in flight and this shard pass on the replies.
@@ -83,9 +86,10 @@ pub async fn run_shard(
         let all_closed = closed.until(|| shard.borrow().conns.is_empty());
         futures_lite::future::or(all_closed, glommio::timer::sleep(FLUSH_WAIT)).await;
     };
-    let running = futures_lite::future::or(futures_lite::future::or(inbox_task, liveness), accepting);
+    // The accept loops never end: they stop when dropped, with the shard.
+    let running = futures_lite::future::or(inbox_task, liveness);
     futures_lite::future::or(stopping, running).await;
-    drop(accepting_secure);
+    drop(accepting);
 }
 
 /// Accepts clients on `listener` (over TLS with `tls`) for as long as the shard runs.
