@@ -19,6 +19,8 @@ use crate::load::{Load, Outcome};
 pub enum Target {
     /// One Baton server.
     Baton,
+    /// One Baton server with TLS alone on its ZooKeeper port (the wire driver over rustls).
+    BatonTls,
     /// A three-server Baton ensemble.
     Baton3,
     /// A three-server Baton ensemble with two observers (clients spread over all five).
@@ -41,6 +43,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Baton => "baton",
+            Target::BatonTls => "baton-tls",
             Target::Baton3 => "baton x3",
             Target::Baton3Observers => "baton x3+2obs",
             Target::Zookeeper => "zookeeper",
@@ -55,7 +58,12 @@ impl Target {
     fn is_baton(self) -> bool {
         matches!(
             self,
-            Target::Baton | Target::Baton3 | Target::Baton3Observers | Target::BatonEtcd | Target::BatonEtcd3
+            Target::Baton
+                | Target::BatonTls
+                | Target::Baton3
+                | Target::Baton3Observers
+                | Target::BatonEtcd
+                | Target::BatonEtcd3
         )
     }
 
@@ -294,6 +302,25 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
             wait_port(base, "baton", &log, &mut running.children)?;
             Ok(running)
         }
+        Target::BatonTls => {
+            let log = dir.join("baton.log");
+            let (cert, key) = make_certificates(&dir.join("certs"))?;
+            let child = spawn(
+                Command::new(baton_binary(args)?)
+                    .arg("--data-dir")
+                    .arg(dir.join("data"))
+                    .args(["--client-addr", "off", "--secure-client-addr", &format!("127.0.0.1:{base}")])
+                    .arg("--tls-cert")
+                    .arg(cert)
+                    .arg("--tls-key")
+                    .arg(key)
+                    .args(["--etcd-addr", "off", "--max-client-cnxns", "0", "--admin-addr", "off"]),
+                &log,
+            )?;
+            let mut running = Running { children: vec![child], target: format!("127.0.0.1:{base}"), ports: vec![base] };
+            wait_port(base, "baton", &log, &mut running.children)?;
+            Ok(running)
+        }
         Target::Baton3 | Target::Baton3Observers => {
             // Clients on base..base+4, peers on base+5..base+9; one shard each (they share
             // the machine's cores, as the other ensembles do).
@@ -392,6 +419,25 @@ fn start(target: Target, args: &Args, dir: &Path, base: u16) -> anyhow::Result<R
 }
 
 /// Median and p99 of `write(4 KiB) + fdatasync` in `dir`, in milliseconds.
+/// For `baton-tls`: a CA (`ca.pem`, which the load trusts) and a server certificate it
+/// signed for 127.0.0.1, in `dir`; the certificate's and key's paths.
+fn make_certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "baton-bench CA");
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca.self_signed(&ca_key)?;
+    let mut server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    server.distinguished_name.push(rcgen::DnType::CommonName, "baton");
+    let key = rcgen::KeyPair::generate()?;
+    let cert = server.signed_by(&key, &ca, &ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    std::fs::write(dir.join("server.key"), key.serialize_pem())?;
+    Ok((dir.join("server.pem"), dir.join("server.key")))
+}
+
 fn fsync_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
     use std::io::{Seek, Write};
     let path = dir.join("fsync-probe");
@@ -605,11 +651,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Let elections settle and JVMs warm their first classes.
         tokio::time::sleep(Duration::from_secs(if target.is_baton() { 1 } else { 3 })).await;
         let pids: Vec<u32> = running.children.iter().map(Child::id).collect();
+        let mut load = args.load.clone();
+        if target == Target::BatonTls {
+            load.tls_ca = Some(dir.join("certs").join("ca.pem"));
+        }
         for workload in args.workloads.iter().filter(|w| *w != "failover") {
             // Every run is bounded: a server that stops answering costs this run, not the rest.
             let bound = Duration::from_secs_f64(args.load.seconds * 2.0 + 60.0);
             let cpu_before = server_cpu_seconds(&pids);
-            match tokio::time::timeout(bound, run_one(target, &running.target, workload, &args.load)).await {
+            match tokio::time::timeout(bound, run_one(target, &running.target, workload, &load)).await {
                 Ok(Ok(Some(mut outcome))) => {
                     // The servers' CPU over the warm-up (a fifth) and the window, per operation.
                     let ops = outcome.ops_per_sec * args.load.seconds * 1.2;

@@ -59,6 +59,10 @@ pub struct Load {
     /// connections, each its own watch stream (0: one per connection).
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
+    /// ZooKeeper protocol, wire driver: connect over TLS (a secure client port), trusting the
+    /// CA certificates in this PEM file; the server's certificate must name its IP address.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// Print every measured operation slower than this many milliseconds to stderr, with
     /// the Unix time it completed, to line stalls up with the server's log.
     #[arg(long)]

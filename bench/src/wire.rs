@@ -12,12 +12,16 @@
 //! ZooKeeper answers a session's requests in the order they were sent, so replies are
 //! matched to requests by their position; a reply whose xid is not the one expected, an
 //! error code, or a getData reply of the wrong length stops the run with an error.
+//!
+//! With `--tls-ca`, each session speaks TLS (rustls, verifying the server's certificate for
+//! its IP address against that CA), for a server's secure client port: the same load, so
+//! that its cost against plaintext is measured at the same operating point.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::load::{histogram, Load, Mix, Window};
@@ -88,10 +92,49 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(v)
 }
 
+/// A session's connection: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How sessions reach the server: over TLS with a connector.
+pub type Tls = Option<tokio_rustls::TlsConnector>;
+
+/// A TLS connector that trusts the CA certificates in the PEM file `ca` (`--tls-ca`).
+pub fn connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    // ring, as the server: rustls 0.23.48 deprecates its provider for lacking post-quantum
+    // key exchange, which neither end here needs.
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// Connects to `target` (host:port), over TLS with `tls` (the certificate must name the
+/// address's IP).
+async fn open(target: &str, tls: &Tls) -> anyhow::Result<Box<dyn Io>> {
+    let stream = TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
+    stream.set_nodelay(true)?;
+    let Some(tls) = tls else { return Ok(Box::new(stream)) };
+    let ip = stream.peer_addr()?.ip();
+    let stream = tls.connect(ip.into(), stream).await.with_context(|| format!("TLS handshake with {target}"))?;
+    Ok(Box::new(stream))
+}
+
 /// Sends `out` (then clears it) and reads one reply frame of at least `min` bytes (and
 /// under 4 KiB: the handshake's replies are small).
-async fn exchange(stream: &mut TcpStream, out: &mut Out, min: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+async fn exchange(stream: &mut Box<dyn Io>, out: &mut Out, min: usize, what: &str) -> anyhow::Result<Vec<u8>> {
     stream.write_all(&out.0).await?;
+    stream.flush().await?;
     out.0.clear();
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.with_context(|| format!("reading {what}"))?;
@@ -100,6 +143,56 @@ async fn exchange(stream: &mut TcpStream, out: &mut Out, min: usize, what: &str)
     let mut frame = vec![0u8; len as usize];
     stream.read_exact(&mut frame).await?;
     Ok(frame)
+}
+
+/// A session for the few requests around a run (the bench's root, the check that writes
+/// happened), one at a time: what the `zookeeper-client` crate does otherwise, for the
+/// connections the crate cannot make (TLS).
+pub struct Admin {
+    stream: Box<dyn Io>,
+    out: Out,
+}
+
+impl Admin {
+    /// Opens a session (30 s timeout) on `target`.
+    pub async fn connect(target: &str, tls: &Tls) -> anyhow::Result<Admin> {
+        let mut stream = open(target, tls).await?;
+        let mut out = Out(Vec::with_capacity(4096));
+        let at = out.begin();
+        // ConnectRequest: protocol version, last zxid seen, timeout, session id, password,
+        // read-only.
+        out.int(0).long(0).int(30_000).long(0).bytes(&[0; 16]).boolean(false);
+        out.end(at);
+        let response = exchange(&mut stream, &mut out, 20, "the connect response").await?;
+        ensure!(be_i32(&response, 4) > 0 && be_i64(&response, 8) != 0, "the server refused the session");
+        Ok(Admin { stream, out })
+    }
+
+    /// Creates the persistent znode `path` (open to anyone); ZooKeeper's error code (0: done).
+    pub async fn create(&mut self, path: &str, value: &[u8]) -> anyhow::Result<i32> {
+        let at = self.out.begin();
+        self.out.int(0).int(OP_CREATE).bytes(path.as_bytes()).bytes(value);
+        self.out.int(1).int(31).bytes(b"world").bytes(b"anyone").int(PERSISTENT);
+        self.out.end(at);
+        let reply = exchange(&mut self.stream, &mut self.out, REPLY_HEADER, "the create reply").await?;
+        Ok(be_i32(&reply, 12))
+    }
+
+    /// The value of `path` and its version.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(Vec<u8>, i32)> {
+        let at = self.out.begin();
+        self.out.int(0).int(OP_GET_DATA).bytes(path.as_bytes()).boolean(false);
+        self.out.end(at);
+        let reply = exchange(&mut self.stream, &mut self.out, REPLY_HEADER, "the getData reply").await?;
+        let err = be_i32(&reply, 12);
+        ensure!(err == 0, "getData {path} failed with ZooKeeper error {err}");
+        ensure!(reply.len() >= REPLY_HEADER + 4, "a getData reply without data");
+        let len = usize::try_from(be_i32(&reply, REPLY_HEADER)).unwrap_or(0);
+        // The Stat after the data: czxid, mzxid, ctime, mtime, then version.
+        let stat = REPLY_HEADER + 4 + len;
+        ensure!(reply.len() >= stat + 36, "a getData reply of {} bytes", reply.len());
+        Ok((reply[REPLY_HEADER + 4..stat].to_vec(), be_i32(&reply, stat + 32)))
+    }
 }
 
 /// What a slot (one of a session's `depth` requests in flight) sends next.
@@ -122,7 +215,7 @@ struct Sent {
 
 /// One session of the wire driver.
 struct Session {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     key: Vec<u8>,
     /// setData on `/fill/n…` below this, drawn at random (see `Load::spread`); 0: on `key`.
     spread: u64,
@@ -140,30 +233,18 @@ struct Session {
 impl Session {
     async fn connect(
         target: &str,
+        tls: &Tls,
         key: String,
         value: Vec<u8>,
         workload: Workload,
         mix: Mix,
     ) -> anyhow::Result<Session> {
-        let mut stream = TcpStream::connect(target).await.with_context(|| format!("connecting to {target}"))?;
-        stream.set_nodelay(true)?;
-        let mut out = Out(Vec::with_capacity(4096));
-        let at = out.begin();
-        // ConnectRequest: protocol version, last zxid seen, timeout, session id, password,
-        // read-only.
-        out.int(0).long(0).int(30_000).long(0).bytes(&[0; 16]).boolean(false);
-        out.end(at);
-        let response = exchange(&mut stream, &mut out, 20, "the connect response").await?;
-        ensure!(be_i32(&response, 4) > 0 && be_i64(&response, 8) != 0, "the server refused the session");
+        let mut admin = Admin::connect(target, tls).await?;
         // The session's key, created through the session itself so that its reads see it
         // whichever server of an ensemble it is on.
-        let at = out.begin();
-        out.int(0).int(OP_CREATE).bytes(key.as_bytes()).bytes(&value);
-        out.int(1).int(31).bytes(b"world").bytes(b"anyone").int(PERSISTENT);
-        out.end(at);
-        let reply = exchange(&mut stream, &mut out, REPLY_HEADER, "the create reply").await?;
-        let err = be_i32(&reply, 12);
+        let err = admin.create(&key, &value).await?;
         ensure!(err == 0 || err == NODE_EXISTS, "creating {key} failed with ZooKeeper error {err}");
+        let Admin { stream, out, .. } = admin;
         Ok(Session {
             stream,
             draw: 0x9e37_79b9_7f4a_7c15 ^ seed_of(key.as_bytes()),
@@ -234,6 +315,8 @@ impl Session {
         if !self.out.0.is_empty() {
             self.stream.write_all(&self.out.0).await?;
             self.out.0.clear();
+            // TLS buffers records until flushed (on TCP it does nothing).
+            self.stream.flush().await?;
         }
         Ok(())
     }
@@ -341,6 +424,7 @@ fn check(frame: &[u8], sent: &Sent, value_len: usize) -> anyhow::Result<()> {
 /// `load.depth` requests in flight each, session `c` on key `{root}/k{c}` (which it creates).
 pub async fn run(
     target: &str,
+    tls: &Tls,
     workload: Workload,
     load: &Load,
     root: &str,
@@ -356,7 +440,7 @@ pub async fn run(
     for c in 0..load.clients {
         let server = servers[c % servers.len()];
         let mut session =
-            Session::connect(server, format!("{root}/k{c}"), value.clone(), workload, load.mix(c)).await?;
+            Session::connect(server, tls, format!("{root}/k{c}"), value.clone(), workload, load.mix(c)).await?;
         session.spread = load.spread;
         let (window, depth) = (window.clone(), load.depth.max(1));
         tasks.push(tokio::spawn(async move {

@@ -34,6 +34,43 @@ async fn connect(target: &str) -> anyhow::Result<zk::Client> {
     zk::Client::connect(target).await.with_context(|| format!("connecting to {target}"))
 }
 
+/// The session for the requests around a run: the crate's client, or over TLS (which the
+/// crate does not speak) the wire driver's.
+enum Admin {
+    Crate(zk::Client),
+    Wire(crate::wire::Admin),
+}
+
+impl Admin {
+    async fn connect(target: &str, tls: &crate::wire::Tls) -> anyhow::Result<Admin> {
+        Ok(match tls {
+            None => Admin::Crate(connect(target).await?),
+            Some(_) => Admin::Wire(crate::wire::Admin::connect(target, tls).await?),
+        })
+    }
+
+    async fn create_root(&mut self, root: &str) -> anyhow::Result<()> {
+        match self {
+            Admin::Crate(c) => {
+                c.create(root, b"", &open()).await.context("creating the bench root")?;
+            }
+            Admin::Wire(w) => {
+                let err = w.create(root, b"").await?;
+                anyhow::ensure!(err == 0, "creating the bench root failed with ZooKeeper error {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A znode's value and version.
+    async fn get(&mut self, path: &str) -> anyhow::Result<(Vec<u8>, i32)> {
+        match self {
+            Admin::Crate(c) => Ok(c.get_data(path).await.map(|(data, stat)| (data, stat.version))?),
+            Admin::Wire(w) => w.get(path).await,
+        }
+    }
+}
+
 /// Runs the workload and prints its result.
 pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     match args.workload {
@@ -43,15 +80,20 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     }
     let load = &args.load;
     let root = crate::load::run_root("bench");
-    let admin = connect(&args.target).await?;
-    admin.create(&root, b"", &open()).await.context("creating the bench root")?;
+    let wire = load.driver == Driver::Wire && crate::wire::supports(args.workload) && load.rate.is_none();
+    let tls = load.tls_ca.as_deref().map(crate::wire::connector).transpose()?;
+    anyhow::ensure!(
+        tls.is_none() || wire,
+        "--tls-ca needs the wire driver, closed loop, and a workload it runs (write, read, mixed, create-delete)"
+    );
+    let mut admin = Admin::connect(&args.target, &tls).await?;
+    admin.create_root(&root).await?;
     let value = vec![b'v'; load.value_bytes];
     let window = Window::new()?.slow_log(load.slow_ms);
     let mut tasks = Vec::new();
-    let wire = load.driver == Driver::Wire && crate::wire::supports(args.workload) && load.rate.is_none();
     // The wire driver's sessions, or the crate's clients below (none when the wire runs).
     let crate_clients = if wire {
-        tasks = crate::wire::run(&args.target, args.workload, load, &root, &window).await?;
+        tasks = crate::wire::run(&args.target, &tls, args.workload, load, &root, &window).await?;
         0
     } else {
         load.clients
@@ -121,11 +163,12 @@ pub async fn run(args: Args) -> anyhow::Result<Option<Outcome>> {
     // (With `--spread` the writes went elsewhere; each reply was checked for success.)
     if matches!(args.workload, Workload::Write | Workload::Mixed) && load.read_ratio < 1.0 && load.spread == 0 {
         for c in 0..load.clients {
-            let (data, stat) = admin.get_data(&format!("{root}/k{c}")).await?;
-            anyhow::ensure!(data == value && stat.version > 0, "key {c} was not written");
+            let key = format!("{root}/k{c}");
+            let (data, version) = admin.get(&key).await?;
+            anyhow::ensure!(data == value && version > 0, "key {c} was not written");
         }
     }
-    if args.workload == Workload::Lock {
+    if let (Workload::Lock, Admin::Crate(admin)) = (args.workload, &admin) {
         let (children, _) = admin.get_children(&format!("{root}/lock")).await?;
         anyhow::ensure!(children.is_empty(), "locks left held: {children:?}");
     }

@@ -197,12 +197,16 @@ fn compare(args: &[&str], base: u16, out: &std::path::Path) -> (String, serde_js
 }
 
 /// Asserts nothing accepts connections on 127.0.0.1 at `ports` any more, after `what` ran.
+/// (A SIGKILLed glommio process's listener can accept for a moment while the kernel tears
+/// down its io_uring instance: each port gets 5 s.)
 fn assert_ports_free(ports: std::ops::Range<u16>, what: &str) {
     for port in ports {
-        assert!(
-            TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(100)).is_err(),
-            "port {port} still served after {what}"
-        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            assert!(std::time::Instant::now() < end, "port {port} still served after {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -243,16 +247,29 @@ fn compare_runs_a_baton_ensemble_and_measures_a_leader_failover() {
     let failover = &json["failover"][0]["result"];
     assert_eq!(failover["resumed"], 8, "every kazoo writer resumed after the leader's kill: {json}");
     assert!(failover["first_s"].as_f64().is_some_and(|s| s > 0.0), "{json}");
-    // Everything it started is stopped. (A SIGKILLed glommio process's listener can accept
-    // for a moment while the kernel tears down its io_uring instance: allow 5 s.)
-    for port in base..base + 10 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = std::time::Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            assert!(std::time::Instant::now() < end, "port {port} still served after compare");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    // Everything it started is stopped.
+    assert_ports_free(base..base + 10, "compare");
+}
+
+/// `baton-tls`: Baton with TLS alone on its ZooKeeper port, which the wire driver reaches
+/// through rustls with the CA `compare` made (the plain port is off, so nothing else could
+/// have answered).
+#[test]
+fn compare_drives_baton_over_tls_beside_plaintext() {
+    let dir = temp_dir();
+    let out = dir.path().join("report");
+    let base = 23_000 + (std::process::id() % 1000) as u16 * 10;
+    let server = env!("CARGO_BIN_EXE_baton-bench-server");
+    let args = ["--targets", "baton,baton-tls", "--workloads", "write,read", "--seconds", "0.5", "--baton", server];
+    let (_, json) = compare(&args, base, &out);
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4, "2 targets x 2 workloads: {json}");
+    for r in results {
+        assert!(r["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
     }
+    assert!(results.iter().any(|r| r["target"] == "baton-tls"), "{json}");
+    assert!(out.join("baton-tls/certs/ca.pem").exists(), "the CA the load trusted");
+    assert_ports_free(base..base + 40, "compare");
 }
 
 #[test]
