@@ -85,7 +85,11 @@ fn the_admin_server_answers_zookeepers_commands_with_zookeepers_keys() {
     let port = free_port();
     let admin = SocketAddr::from(([127, 0, 0, 1], port));
     let flag = admin.to_string();
-    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &["--admin-addr", &flag]);
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        dir.path(),
+        &["--admin-addr", &flag, "--four-letter-words", "srvr,srst,crst"],
+    );
     // Much as ZooKeeper's reference run: nodes with data, an ephemeral, two watches.
     let mut c = RawClient::connect(server.addr, 30_000, None).expect("connect");
     assert_eq!(c.create("/a", b"x", 0).expect("create").err, 0);
@@ -125,6 +129,33 @@ fn the_admin_server_answers_zookeepers_commands_with_zookeepers_keys() {
     assert_eq!(stats["connections"].as_array().map(Vec::len), Some(1), "{stats}");
     assert_eq!(stats["server_stats"]["server_state"], "standalone");
     assert_eq!(get_json(admin, "/commands/lead")["error"], "server is not initialized", "standalone");
+    // Watches from every shard, by session and by path.
+    let by_session = get_json(admin, "/commands/wchc");
+    let watched: Vec<&Value> =
+        by_session["session_id_to_watched_paths"].as_object().expect("sessions").values().collect();
+    assert_eq!(watched, [&serde_json::json!(["/a", "/a/b"])], "{by_session}");
+    let by_path = get_json(admin, "/commands/watches_by_path");
+    let paths: Vec<&String> = by_path["path_to_session_ids"].as_object().expect("paths").keys().collect();
+    assert_eq!(paths, ["/a", "/a/b"], "{by_path}");
+    // connection_stat_reset starts the connection's counts over; stat_reset the server's.
+    // (The loop above ran both once: a request since.)
+    c.get_data("/a", false).expect("a read");
+    assert!(get_json(admin, "/commands/cons")["connections"][0]["packets_received"].as_u64() > Some(0));
+    assert_eq!(get_json(admin, "/commands/crst")["error"], Value::Null);
+    assert_eq!(get_json(admin, "/commands/cons")["connections"][0]["packets_received"], 0);
+    assert!(get_json(admin, "/commands/srvr")["server_stats"]["packets_received"].as_u64() > Some(0));
+    get_json(admin, "/commands/srst");
+    assert_eq!(get_json(admin, "/commands/srvr")["server_stats"]["packets_received"], 0);
+    assert_eq!(get_json(admin, "/commands/stmk?traceMask=0")["tracemask"], 0);
+    assert_eq!(get_json(admin, "/commands/gtmk")["tracemask"], 0);
+    // The same two resets as four-letter words, answered in ZooKeeper's words.
+    c.get_data("/a", false).expect("a read");
+    assert_eq!(baton_tests::raw::four_letter(server.addr, b"srst"), "Server stats reset.\n");
+    assert_eq!(get_json(admin, "/commands/srvr")["server_stats"]["packets_received"], 0);
+    assert_eq!(baton_tests::raw::four_letter(server.addr, b"crst"), "Connection stats reset.\n");
+    assert_eq!(get_json(admin, "/commands/cons")["connections"][0]["packets_received"], 0);
+    let snapshot = get_json(admin, "/commands/lsnp");
+    assert!(snapshot["zxid"].is_string() && snapshot["timestamp"].is_i64(), "{snapshot}");
 }
 
 #[test]

@@ -13,19 +13,30 @@ use super::fourlw::{absolute, dir_size, sent, VERSION};
 use crate::runtime::{Latency, Shared};
 
 /// The commands: (primary name, aliases).
-pub const COMMANDS: [(&str, &[&str]); 12] = [
+pub const COMMANDS: [(&str, &[&str]); 23] = [
     ("configuration", &["conf", "config"]),
+    ("connection_stat_reset", &["crst"]),
     ("connections", &["cons"]),
     ("dirs", &[]),
     ("dump", &[]),
     ("environment", &["env", "envi"]),
+    ("get_trace_mask", &["gtmk"]),
     ("is_read_only", &["isro"]),
+    ("last_snapshot", &["lsnp"]),
     ("leader", &["lead"]),
     ("monitor", &["mntr"]),
+    ("observers", &["obsr"]),
     ("ruok", &[]),
     ("server_stats", &["srvr"]),
+    ("set_trace_mask", &["stmk"]),
+    ("stat_reset", &["srst"]),
     ("stats", &["stat"]),
+    ("system_properties", &["sysp"]),
+    ("voting_view", &[]),
     ("watch_summary", &["wchs"]),
+    ("watches", &["wchc"]),
+    ("watches_by_path", &["wchp"]),
+    ("zabstate", &[]),
 ];
 
 /// `/commands`: a link per command, as ZooKeeper's AdminServer lists them.
@@ -34,14 +45,44 @@ pub fn index() -> String {
 }
 
 /// The answer to `/commands/NAME` (NAME a primary name or an alias, as ZooKeeper matches
-/// them: exactly, case included).
-pub fn run(node: &Shared, asked: &str) -> Value {
+/// them: exactly, case included), with the request's query parameters.
+pub fn run(node: &Shared, asked: &str, params: &std::collections::HashMap<String, String>) -> Value {
     let Some((name, _)) = COMMANDS.iter().find(|(name, aliases)| *name == asked || aliases.contains(&asked)) else {
         return json!({ "command": asked, "error": format!("Unknown command: {asked}") });
     };
     let mut out = Map::new();
     let error = match *name {
         "configuration" => configuration(node, &mut out),
+        "connection_stat_reset" => {
+            for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                c.reset();
+            }
+            None
+        }
+        "get_trace_mask" => {
+            out.insert("tracemask".into(), node.trace_mask.load(Relaxed).into());
+            None
+        }
+        "set_trace_mask" => set_trace_mask(node, params, &mut out),
+        "last_snapshot" => last_snapshot(node, &mut out),
+        "observers" => observers(node, &mut out),
+        "stat_reset" => {
+            node.reset_server_stats();
+            None
+        }
+        "system_properties" => {
+            environment(&mut out);
+            out.remove("zookeeper.version");
+            out.remove("host.name");
+            out.insert("file.separator".into(), "/".into());
+            out.insert("line.separator".into(), "\n".into());
+            out.insert("path.separator".into(), ":".into());
+            out.sort_keys();
+            None
+        }
+        "voting_view" => voting_view(node, &mut out),
+        "watches" | "watches_by_path" => watches(node, *name == "watches", &mut out),
+        "zabstate" => zabstate(node, &mut out),
         "connections" => connections(node, &mut out, true),
         "dirs" => {
             out.insert("datadir_size".into(), dir_size(&node.config.data_dir.join("snapshots")).into());
@@ -135,10 +176,11 @@ fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> O
         .unwrap_or_else(|p| p.into_inner())
         .values()
         .map(|c| {
+            let (received, sent) = c.packets();
             let mut one = json!({
                 "remote_socket_address": c.peer.to_string(),
-                "packets_received": c.received.load(Relaxed),
-                "packets_sent": c.sent.load(Relaxed),
+                "packets_received": received,
+                "packets_sent": sent,
             });
             if sessions {
                 one["session_id"] = c.session_id.load(Relaxed).into();
@@ -149,6 +191,160 @@ fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> O
         .collect();
     out.insert("connections".into(), list.into());
     out.insert("secure_connections".into(), Value::Array(Vec::new()));
+    None
+}
+
+/// ZooKeeper's `ZooTrace` mask: which requests are logged at trace level (Baton logs each
+/// ZooKeeper request, with `RUST_LOG=baton_server::zk=trace`, while bit 2 is set).
+fn set_trace_mask(
+    node: &Shared,
+    params: &std::collections::HashMap<String, String>,
+    out: &mut Map<String, Value>,
+) -> Outcome {
+    let Some(asked) = params.get("traceMask") else {
+        return Some("setTraceMask requires long traceMask argument".into());
+    };
+    let Ok(mask) = asked.parse::<i64>() else {
+        return Some(format!("setTraceMask requires long traceMask argument, got {asked}"));
+    };
+    node.trace_mask.store(mask, Relaxed);
+    out.insert("tracemask".into(), mask.into());
+    None
+}
+
+/// The newest snapshot file's zxid (hex, as `Long.toHexString`) and modification time (Unix
+/// seconds); "ffffffffffffffff" and -1 before the first, as ZooKeeper.
+fn last_snapshot(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let newest = std::fs::read_dir(node.config.data_dir.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let zxid = u64::from_str_radix(name.strip_prefix("snap-")?.strip_suffix(".snap")?, 16).ok()?;
+            let modified = entry.metadata().ok()?.modified().ok()?;
+            Some((zxid, modified))
+        })
+        .max_by_key(|(zxid, _)| *zxid);
+    let (zxid, at) = match newest {
+        Some((zxid, at)) => {
+            let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            (format!("{zxid:x}"), secs)
+        }
+        None => (format!("{:x}", -1i64), -1),
+    };
+    out.insert("zxid".into(), zxid.into());
+    out.insert("timestamp".into(), at.into());
+    None
+}
+
+/// On the leader, the observers it feeds and how many bytes are queued for each (ZooKeeper's
+/// `queued_packets_size`); elsewhere none, as ZooKeeper answers from a server that feeds none.
+fn observers(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    use baton_engine::zab::Role;
+    let learners = match node.role.get() {
+        Role::Leading { .. } => node.write_stats.replica.lock().unwrap_or_else(|p| p.into_inner()).learners.clone(),
+        _ => Vec::new(),
+    };
+    let list: Vec<Value> = learners
+        .iter()
+        .filter(|l| l.observer)
+        .map(|l| json!({ "sid": l.id, "queued_packets_size": l.bytes_queued }))
+        .collect();
+    out.insert("synced_observers".into(), list.len().into());
+    out.insert("observers".into(), list.into());
+    None
+}
+
+/// The voting members, as ZooKeeper's `QuorumServerView`: Baton elects and replicates on one
+/// peer address, so it is both the server and the election address; a member's client
+/// address is known for this server only ("" for the others, as ZooKeeper without one).
+fn voting_view(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    let c = &node.config;
+    let mut view = Map::new();
+    if !node.standalone() {
+        for p in c.peers.iter().filter(|p| !p.observer) {
+            let client = match (p.id == c.server_id, c.client_addr.0) {
+                (true, Some(a)) => a.to_string(),
+                _ => String::new(),
+            };
+            view.insert(
+                p.id.to_string(),
+                json!({
+                    "serverAddresses": [p.addr.to_string()],
+                    "electionAddresses": [p.addr.to_string()],
+                    "clientAddress": client,
+                    "learnerType": "participant",
+                }),
+            );
+        }
+    }
+    out.insert("current_config".into(), view.into());
+    None
+}
+
+/// Every watch of every shard, by session (`watches`) or by path (`watches_by_path`): each
+/// shard lists its own when asked through its inbox.
+fn watches(node: &Shared, by_session: bool, out: &mut Map<String, Value>) -> Outcome {
+    let mut all = Vec::new();
+    for (i, shard) in node.to_shard.iter().enumerate() {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if !shard.send(crate::runtime::ToShard::Watches(reply)) {
+            continue;
+        }
+        match answer.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(list) => all.extend(list),
+            Err(_) => return Some(format!("shard {i} did not list its watches within 2 s")),
+        }
+    }
+    // Sorted, each path or session once (a session can watch a path in several ways).
+    all.sort();
+    all.dedup();
+    let mut map = Map::new();
+    for (session, path) in all {
+        let (key, value) = if by_session { (session.to_string(), Value::from(path)) } else { (path, session.into()) };
+        if let Value::Array(list) = map.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+            list.push(value);
+        }
+    }
+    map.sort_keys();
+    let key = if by_session { "session_id_to_watched_paths" } else { "path_to_session_ids" };
+    out.insert(key.into(), map.into());
+    None
+}
+
+/// The phase of Zab this server is in (ELECTION, DISCOVERY, SYNCHRONIZATION, BROADCAST,
+/// lowercased as ZooKeeper writes them) and whether it votes; `""` standalone.
+fn zabstate(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
+    use baton_engine::zab::Role;
+    if node.standalone() {
+        out.insert("voting".into(), false.into());
+        out.insert("zabstate".into(), "".into());
+        return None;
+    }
+    let c = &node.config;
+    let role = node.role.get();
+    let state = match role {
+        Role::Looking => "election",
+        r if r.serving() => "broadcast",
+        Role::Leading { epoch: 0, .. } | Role::Following { epoch: 0, .. } => "discovery",
+        _ => "synchronization",
+    };
+    let last = node.tree().last_zxid().0;
+    out.insert("myid".into(), c.server_id.into());
+    out.insert("is_leader".into(), matches!(role, Role::Leading { .. }).into());
+    if let Some(own) = c.peers.iter().find(|p| p.id == c.server_id) {
+        out.insert("quorum_address".into(), own.addr.to_string().into());
+        out.insert("election_address".into(), own.addr.to_string().into());
+    }
+    if let Some(client) = c.client_addr.0 {
+        out.insert("client_address".into(), client.to_string().into());
+    }
+    out.insert("voting".into(), (!c.is_observer()).into());
+    out.insert("last_zxid".into(), format!("0x{last:x}").into());
+    out.insert("zab_epoch".into(), (last >> 32).into());
+    out.insert("zab_counter".into(), (last & 0xffff_ffff).into());
+    out.insert("zabstate".into(), state.into());
     None
 }
 
@@ -273,24 +469,57 @@ mod tests {
         Shared::new(config, to_write_path, vec![to_shard])
     }
 
+    fn ask(node: &Shared, name: &str) -> Value {
+        run(node, name, &Default::default())
+    }
+
+    #[test]
+    fn the_trace_mask_is_set_with_a_parameter_as_zookeepers() {
+        let node = node();
+        assert_eq!(ask(&node, "gtmk")["tracemask"], 306, "ZooTrace's default");
+        let missing = ask(&node, "stmk");
+        assert_eq!(missing["error"], "setTraceMask requires long traceMask argument");
+        let params = |v: &str| [("traceMask".to_string(), v.to_string())].into_iter().collect();
+        assert_eq!(run(&node, "stmk", &params("x"))["error"], "setTraceMask requires long traceMask argument, got x");
+        assert_eq!(run(&node, "set_trace_mask", &params("2"))["tracemask"], 2);
+        assert_eq!(ask(&node, "get_trace_mask")["tracemask"], 2);
+    }
+
+    #[test]
+    fn stat_reset_starts_latency_and_packets_over_but_not_the_histogram() {
+        let node = node();
+        let stats = &node.shard_stats[0];
+        stats.latency.record(std::time::Duration::from_millis(7));
+        stats.received.fetch_add(5, Relaxed);
+        assert_eq!(ask(&node, "srvr")["server_stats"]["max_latency"], 7);
+        assert_eq!(node.received(), 5);
+        ask(&node, "srst");
+        assert_eq!(ask(&node, "srvr")["server_stats"]["max_latency"], 0);
+        assert_eq!(ask(&node, "srvr")["server_stats"]["packets_received"], 0);
+        stats.latency.record(std::time::Duration::from_millis(3));
+        assert_eq!(ask(&node, "srvr")["server_stats"]["avg_latency"], 3.0);
+        let histogram = Latency::histogram(node.shard_stats.iter().map(|s| &s.latency));
+        assert_eq!(histogram.counts.iter().sum::<u64>(), 2, "Prometheus's histogram keeps both");
+    }
+
     #[test]
     fn aliases_answer_under_the_primary_name_and_unknown_names_say_so() {
         let node = node();
-        let by_alias = run(&node, "mntr");
+        let by_alias = ask(&node, "mntr");
         assert_eq!(by_alias["command"], "monitor");
         assert_eq!(by_alias["error"], Value::Null);
         assert_eq!(by_alias["server_state"], "looking");
         // As ZooKeeper: names match exactly, case included.
-        let unknown = run(&node, "RUOK");
+        let unknown = ask(&node, "RUOK");
         assert_eq!(unknown, json!({ "command": "RUOK", "error": "Unknown command: RUOK" }));
-        assert_eq!(run(&node, "lead")["error"], "server is not initialized", "standalone");
+        assert_eq!(ask(&node, "lead")["error"], "server is not initialized", "standalone");
     }
 
     #[test]
     fn every_command_answers_with_its_keys_then_command_and_error() {
         let node = node();
         for (name, _) in COMMANDS {
-            let answer = run(&node, name);
+            let answer = ask(&node, name);
             let keys: Vec<&String> = answer.as_object().expect("an object").keys().collect();
             let n = keys.len();
             let last = if answer["error"].is_null() { ["command", "error"] } else { ["error", "command"] };

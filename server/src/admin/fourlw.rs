@@ -9,7 +9,8 @@ use baton_engine::zab::{Role, ServerId};
 use crate::runtime::{Latency, ShardStats, Shared};
 
 /// The words Baton knows.
-pub const KNOWN: [&str; 10] = ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro", "dump"];
+pub const KNOWN: [&str; 12] =
+    ["ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "envi", "isro", "dump", "srst", "crst"];
 
 /// Version string reported where ZooKeeper reports its own.
 pub const VERSION: &str = concat!("3.8.0-baton-", env!("CARGO_PKG_VERSION"));
@@ -27,29 +28,34 @@ pub fn answer(node: &Shared, word: &str) -> Option<String> {
             (false, false) => "null",
         }),
         "srvr" => srvr(node, &mut out),
+        // ZooKeeper's words for both.
+        "srst" => {
+            node.reset_server_stats();
+            out.push_str("Server stats reset.\n");
+        }
+        "crst" => {
+            for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                c.reset();
+            }
+            out.push_str("Connection stats reset.\n");
+        }
         "stat" => {
             srvr_header(node, &mut out);
             out.push_str("Clients:\n");
             for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
-                let _ = writeln!(
-                    out,
-                    " /{}[1](queued=0,recved={},sent={})",
-                    c.peer,
-                    c.received.load(Relaxed),
-                    c.sent.load(Relaxed)
-                );
+                let (received, sent) = c.packets();
+                let _ = writeln!(out, " /{}[1](queued=0,recved={received},sent={sent})", c.peer);
             }
             out.push('\n');
             srvr_body(node, &mut out);
         }
         "cons" => {
             for c in node.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                let (received, sent) = c.packets();
                 let _ = writeln!(
                     out,
-                    " /{}[1](queued=0,recved={},sent={},sid=0x{:x},to={})",
+                    " /{}[1](queued=0,recved={received},sent={sent},sid=0x{:x},to={})",
                     c.peer,
-                    c.received.load(Relaxed),
-                    c.sent.load(Relaxed),
                     c.session_id.load(Relaxed),
                     c.timeout_ms.load(Relaxed)
                 );
@@ -113,7 +119,7 @@ fn srvr(node: &Shared, out: &mut String) {
 
 /// Frames sent to every open connection.
 pub(super) fn sent(node: &Shared) -> u64 {
-    node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Relaxed)).sum()
+    node.sent()
 }
 
 fn mntr(node: &Shared, out: &mut String) {

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -102,8 +102,12 @@ async fn commands() -> Response {
 }
 
 /// Every command answers 200, an unknown one too, with what went wrong in its `error` key.
-async fn command(State(node): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    json(StatusCode::OK, super::commands::run(&node, &name))
+async fn command(
+    State(node): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    json(StatusCode::OK, super::commands::run(&node, &name, &params))
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

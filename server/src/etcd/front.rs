@@ -255,6 +255,10 @@ pub async fn pump(front: Arc<Front>, hub: Arc<Mutex<Hub>>, inbox: Inbox<ToShard>
             }
             ToShard::Client(a) => front.answer(a),
             ToShard::Disconnect => front.drop_all(),
+            // ZooKeeper's watches are on the ZooKeeper shards.
+            ToShard::Watches(reply) => {
+                let _ = reply.send(Vec::new());
+            }
         }
     }
     front.drop_all();

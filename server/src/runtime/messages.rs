@@ -180,4 +180,7 @@ pub enum ToShard {
     Client(ToClient),
     /// This server stopped serving (it lost its leader): close every connection.
     Disconnect,
+    /// The admin server asks for the shard's ZooKeeper watches: (session id, path), one per
+    /// watch, sent back on the channel.
+    Watches(std::sync::mpsc::Sender<Vec<(i64, String)>>),
 }

@@ -95,6 +95,9 @@ pub struct Latency {
     total_us: AtomicU64,
     count: AtomicU64,
     buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
+    /// `total_us` and `count` at the last `stat_reset` (the average `srvr` shows starts from
+    /// there; the histogram, a Prometheus one, never resets).
+    reset_at: (AtomicU64, AtomicU64),
 }
 
 impl Default for Latency {
@@ -105,6 +108,7 @@ impl Default for Latency {
             total_us: AtomicU64::new(0),
             count: AtomicU64::new(0),
             buckets: Default::default(),
+            reset_at: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 }
@@ -135,16 +139,25 @@ impl Latency {
         out
     }
 
-    /// (min µs, max µs, total µs, count) of several; min is 0 when nothing was recorded.
+    /// (min µs, max µs, total µs, count) of several since their last [`Latency::reset`]; min
+    /// is 0 when nothing was recorded.
     pub fn sum<'a>(all: impl Iterator<Item = &'a Latency>) -> (u64, u64, u64, u64) {
         let (mut min, mut max, mut total, mut count) = (u64::MAX, 0, 0, 0);
         for l in all {
             min = min.min(l.min_us.load(Ordering::Relaxed));
             max = max.max(l.max_us.load(Ordering::Relaxed));
-            total += l.total_us.load(Ordering::Relaxed);
-            count += l.count.load(Ordering::Relaxed);
+            total += l.total_us.load(Ordering::Relaxed).saturating_sub(l.reset_at.0.load(Ordering::Relaxed));
+            count += l.count.load(Ordering::Relaxed).saturating_sub(l.reset_at.1.load(Ordering::Relaxed));
         }
         (if count == 0 { 0 } else { min }, max, total, count)
+    }
+
+    /// Starts min, max and the average over (ZooKeeper's `stat_reset`).
+    pub fn reset(&self) {
+        self.min_us.store(u64::MAX, Ordering::Relaxed);
+        self.max_us.store(0, Ordering::Relaxed);
+        self.reset_at.0.store(self.total_us.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.reset_at.1.store(self.count.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -252,6 +265,35 @@ pub struct ConnInfo {
     pub received: AtomicU64,
     /// Frames sent.
     pub sent: AtomicU64,
+    /// `received` and `sent` at the last `connection_stat_reset`.
+    pub reset_at: (AtomicU64, AtomicU64),
+}
+
+impl ConnInfo {
+    /// A connection from `peer`, before its session.
+    pub fn new(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            session_id: 0.into(),
+            timeout_ms: 0.into(),
+            received: 0.into(),
+            sent: 0.into(),
+            reset_at: (0.into(), 0.into()),
+        }
+    }
+
+    /// (requests received, frames sent) since the last [`ConnInfo::reset`], as `cons` shows.
+    pub fn packets(&self) -> (u64, u64) {
+        let since =
+            |n: &AtomicU64, at: &AtomicU64| n.load(Ordering::Relaxed).saturating_sub(at.load(Ordering::Relaxed));
+        (since(&self.received, &self.reset_at.0), since(&self.sent, &self.reset_at.1))
+    }
+
+    /// ZooKeeper's `connection_stat_reset` for this connection (the server's totals stay).
+    pub fn reset(&self) {
+        self.reset_at.0.store(self.received.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.reset_at.1.store(self.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// State every shard reaches.
@@ -272,6 +314,11 @@ pub struct Shared {
     pub role: RoleStatus,
     /// In read-only mode (no quorum; read-only sessions served).
     pub read_only: AtomicBool,
+    /// ZooKeeper's trace mask (`get_trace_mask`, `set_trace_mask`): while bit 2 (ZooTrace's
+    /// CLIENT_REQUEST_TRACE_MASK) is set, requests are logged at trace level.
+    pub trace_mask: std::sync::atomic::AtomicI64,
+    /// Requests received and frames sent, server-wide, at the last `stat_reset`.
+    stats_reset_at: (AtomicU64, AtomicU64),
     /// Open connections, for `cons` and `stat`.
     pub conns: Mutex<BTreeMap<(ShardId, ConnId), Arc<ConnInfo>>>,
     /// Connections open across all shards (for `max_connections`).
@@ -303,6 +350,9 @@ impl Shared {
             write_stats: WriteStats::default(),
             role: RoleStatus::default(),
             read_only: AtomicBool::new(false),
+            // ZooTrace's default: client requests, server packets, sessions, warnings.
+            trace_mask: std::sync::atomic::AtomicI64::new(306),
+            stats_reset_at: (AtomicU64::new(0), AtomicU64::new(0)),
             conns: Mutex::new(BTreeMap::new()),
             open_connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -384,7 +434,28 @@ impl Shared {
 
     /// Total requests received by every shard.
     pub fn received(&self) -> u64 {
-        self.shard_stats.iter().map(|s| s.received.load(Ordering::Relaxed)).sum()
+        let all: u64 = self.shard_stats.iter().map(|s| s.received.load(Ordering::Relaxed)).sum();
+        all.saturating_sub(self.stats_reset_at.0.load(Ordering::Relaxed))
+    }
+
+    /// Frames sent to the clients connected now, since the last `stat_reset`.
+    pub fn sent(&self) -> u64 {
+        self.sent_ever().saturating_sub(self.stats_reset_at.1.load(Ordering::Relaxed))
+    }
+
+    fn sent_ever(&self) -> u64 {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.sent.load(Ordering::Relaxed)).sum()
+    }
+
+    /// ZooKeeper's `stat_reset`: latency and packet counts start over (Prometheus's
+    /// histograms and counters do not).
+    pub fn reset_server_stats(&self) {
+        for s in &self.shard_stats {
+            s.latency.reset();
+        }
+        let received: u64 = self.shard_stats.iter().map(|s| s.received.load(Ordering::Relaxed)).sum();
+        self.stats_reset_at.0.store(received, Ordering::Relaxed);
+        self.stats_reset_at.1.store(self.sent_ever(), Ordering::Relaxed);
     }
 
     /// Whether this server is alone in its ensemble.

@@ -84,13 +84,7 @@ impl Conn {
         Conn {
             id,
             peer,
-            info: Arc::new(ConnInfo {
-                peer,
-                session_id: 0.into(),
-                timeout_ms: 0.into(),
-                received: 0.into(),
-                sent: 0.into(),
-            }),
+            info: Arc::new(ConnInfo::new(peer)),
             auth: RefCell::new(vec![AuthId::new("ip", &peer.ip().to_string())]),
             sasl: RefCell::default(),
             read_only: Cell::new(false),

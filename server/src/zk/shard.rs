@@ -132,6 +132,10 @@ impl Shard {
         self.stats().received.fetch_add(1, Ordering::Relaxed);
         self.stats().count_op(op_code);
         conn.count_received();
+        // ZooKeeper's ZooTrace: every request, at trace level, while the trace mask asks.
+        if tracing::enabled!(tracing::Level::TRACE) && self.shared.trace_mask.load(Ordering::Relaxed) & 2 != 0 {
+            tracing::trace!(session = format_args!("0x{:x}", conn.session().0), xid, op_code, peer = %conn.peer, "request");
+        }
         self.touched.insert(conn.session());
         if conn.read_only.get() && (request.is_write() || matches!(request, Request::Sync { .. })) {
             // A read-only session (read-only mode): ZooKeeper's ReadOnlyRequestProcessor
@@ -238,6 +242,14 @@ impl Shard {
             }
             ToShard::Client(answer) => self.answer(answer, tree),
             ToShard::Disconnect => self.close_all(),
+            ToShard::Watches(reply) => {
+                let list = self
+                    .watches
+                    .all()
+                    .filter_map(|(path, conn)| Some((self.conns.get(&conn)?.session().0, path.to_string())))
+                    .collect();
+                let _ = reply.send(list);
+            }
         }
     }
 

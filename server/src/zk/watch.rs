@@ -57,6 +57,13 @@ impl WatchManager {
         }
     }
 
+    /// Every watch: (path, connection), of every kind.
+    pub fn all(&self) -> impl Iterator<Item = (&str, ConnId)> + '_ {
+        [&self.data, &self.child, &self.persistent, &self.recursive]
+            .into_iter()
+            .flat_map(|table| table.iter().flat_map(|(path, conns)| conns.iter().map(move |c| (path.as_str(), *c))))
+    }
+
     /// Registers a watch.
     pub fn add(&mut self, kind: WatchKind, path: &str, conn: ConnId) {
         if self.table(kind).entry(path.to_string()).or_default().insert(conn) {
