@@ -163,12 +163,25 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
     let dir = temp_dir();
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let flag = admin.to_string();
-    let server = BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir.path(), &["--admin-addr", &flag]);
+    let etcd = format!("127.0.0.1:{}", free_port());
+    let server = BatonProcess::start(
+        env!("CARGO_BIN_EXE_baton_test_server"),
+        dir.path(),
+        &["--admin-addr", &flag, "--etcd-addr", &etcd],
+    );
+    // Before any etcd request its family is empty, and left out without the ones after it.
+    let first = get(admin, "/metrics").2;
+    assert!(!first.contains("grpc_server_handled_total") && first.contains("baton_shard_connections{"), "{first}");
     let mut c = RawClient::connect(server.addr, 30_000, None).expect("connect");
     for i in 0..5 {
         assert_eq!(c.create(&format!("/m{i}"), b"v", 0).expect("create").err, 0);
     }
     c.get_data("/m0", false).expect("read");
+    assert_eq!(c.create("/m0", b"v", 0).expect("create").err, -110, "NodeExists");
+    let (put, said) = baton_tests::clients::etcdctl(&etcd, &["put", "k", "v"], "");
+    assert!(put, "{said}");
+    let (refused, _) = baton_tests::clients::etcdctl(&etcd, &["get", "k", "--rev", "99"], "");
+    assert!(!refused, "a revision in the future is refused (OutOfRange)");
     // The replica's counters are published a few times a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (status, content_type, text) = loop {
@@ -189,9 +202,23 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
         line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
     };
     assert_eq!(value("znodes"), 9.0, "four of the server's own and five");
-    assert_eq!(value("baton_zk_requests_total{op=\"create\"}"), 5.0);
+    assert_eq!(value("baton_zk_requests_total{op=\"create\"}"), 6.0, "five and one refused");
     assert_eq!(value("baton_zk_requests_total{op=\"getData\"}"), 1.0);
     assert_eq!(value("baton_server_state{state=\"standalone\"}"), 1.0);
+    // Replies by result, and etcd's requests by RPC and status, as etcd names them.
+    assert_eq!(value("baton_zk_replies_total{result=\"OK\"}"), 6.0, "{text}");
+    assert_eq!(value("baton_zk_replies_total{result=\"NODEEXISTS\"}"), 1.0);
+    let handled = |method: &str, code: &str| {
+        text.lines().any(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+                && l.contains(&format!("grpc_code=\"{code}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(handled("Put", "OK") && handled("Range", "OutOfRange"), "{text}");
+    // Families after the learners' (empty on a standalone server) are there too.
+    assert_eq!(value("baton_looking_total"), 0.0, "{text}");
     assert!(value("baton_request_latency_seconds_count") >= 6.0, "{text}");
     assert!(value("baton_wal_entries_durable_total") >= 5.0);
     assert!(value("baton_request_latency_seconds_bucket{le=\"+Inf\"}") >= 6.0);

@@ -139,6 +139,10 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
     // etcd's member list names every member's etcd endpoint.
     let (listed, said) = baton_tests::clients::etcdctl("127.0.0.1:29822", &["member", "list"], "");
     assert!(listed && (1..=3).all(|i| said.contains(&format!("http://127.0.0.1:{}", 29_820 + i))), "{said}");
+    // A Status on every member: each counts an etcd request (the dashboard's panel, below).
+    let every = "127.0.0.1:29821,127.0.0.1:29822,127.0.0.1:29823";
+    let (status, said) = baton_tests::clients::etcdctl(every, &["endpoint", "status"], "");
+    assert!(status && said.lines().count() == 3, "{said}");
     // Each server's admin port: one leader, whose /metrics lists both followers' lag.
     let end = Instant::now() + LIMIT;
     loop {

@@ -16,15 +16,20 @@ use prometheus::Encoder as _;
 
 use baton_engine::stats::{Histogram as EngineHistogram, COUNT_BOUNDS, DURATION_BOUNDS_US};
 
-use crate::runtime::{Latency, LearnerLag, ReplicaMetrics, Shared, ZK_OPERATIONS};
+use crate::runtime::{
+    zk_result_name, Latency, LearnerLag, ReplicaMetrics, Shared, ETCD_RPCS, GRPC_CODES, ZK_OPERATIONS, ZK_RESULTS,
+};
 
 /// The text Prometheus scrapes, and its content type.
 pub fn render(node: &Shared) -> (String, String) {
-    let families = families(node);
+    let mut families = families(node);
+    // A family with nothing in it yet (no etcd request so far, no learner) is left out: the
+    // encoder refuses one, and would stop there.
+    families.retain(|f| !f.get_metric().is_empty());
     let encoder = prometheus::TextEncoder::new();
     let mut out = Vec::new();
     // Encoding families built here cannot fail: every one has a name, a type and metrics of
-    // that type (the encoder refuses only empty names and mismatched types).
+    // that type (the encoder refuses only empty names and families, and mismatched types).
     if let Err(e) = encoder.encode(&families, &mut out) {
         tracing::error!(%e, "metrics could not be encoded");
     }
@@ -86,6 +91,28 @@ fn families(node: &Shared) -> Vec<MetricFamily> {
         ZK_OPERATIONS.iter().enumerate().map(|(i, (_, name))| {
             let n: u64 = node.shard_stats.iter().map(|s| s.requests_by_op.get(i).map_or(0, |c| c.load(Relaxed))).sum();
             (vec![("op", name.to_string())], n as f64)
+        }),
+    ));
+    out.push(labelled(
+        "baton_zk_replies_total",
+        "Replies to ZooKeeper requests, by result (KeeperException.Code: OK, NONODE, NODEEXISTS, ...).",
+        MetricType::COUNTER,
+        ZK_RESULTS.iter().enumerate().map(|(i, &code)| {
+            let n: u64 =
+                node.shard_stats.iter().map(|s| s.replies_by_result.get(i).map_or(0, |c| c.load(Relaxed))).sum();
+            (vec![("result", zk_result_name(code))], n as f64)
+        }),
+    ));
+    out.push(labelled(
+        "grpc_server_handled_total",
+        "etcd requests answered, by RPC and gRPC status (a stream counts as it starts), as etcd names them.",
+        MetricType::COUNTER,
+        node.etcd_handled.counted().filter_map(|(rpc, code, n)| {
+            let (service, method, kind) = ETCD_RPCS.get(rpc)?;
+            let labels = [("grpc_service", service), ("grpc_method", method), ("grpc_type", kind)];
+            let mut labels: Vec<(&str, String)> = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            labels.push(("grpc_code", GRPC_CODES.get(code)?.to_string()));
+            Some((labels, n as f64))
         }),
     ));
     out.push(labelled(

@@ -104,7 +104,7 @@ impl OnShards {
             .add_service(cluster)
             .prepare();
         OnShards {
-            services: tower::Layer::layer(&refusals::LogRefusalsLayer, routes),
+            services: tower::Layer::layer(&refusals::LogRefusalsLayer(shared.clone()), routes),
             front,
             hub,
             live: Arc::default(),

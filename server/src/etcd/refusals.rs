@@ -8,6 +8,9 @@
 //! unary call's error comes back as a trailers-only answer, its status in the headers, which
 //! is what this reads; a stream's status at its end is not seen here (the Watch service logs
 //! its own cancellations).
+//!
+//! The same layer counts every request by RPC and status (`grpc_server_handled_total` on
+//! `/metrics`, as etcd's): a stream counts as it starts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,21 +45,29 @@ pub fn note(method: &str, code: i32, message: &str) {
     tracing::warn!(method, code, message, also, "etcd request refused");
 }
 
-/// The layer (`tonic::transport::Server::layer`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogRefusalsLayer;
+/// The layer (`tonic::transport::Server::layer`), counting into the server's
+/// [`crate::runtime::GrpcHandled`].
+#[derive(Clone)]
+pub struct LogRefusalsLayer(pub std::sync::Arc<crate::runtime::Shared>);
 
 impl<S> tower::Layer<S> for LogRefusalsLayer {
     type Service = LogRefusals<S>;
     fn layer(&self, inner: S) -> LogRefusals<S> {
-        LogRefusals { inner }
+        LogRefusals { inner, shared: self.0.clone() }
     }
 }
 
-/// A service whose refusals are logged.
-#[derive(Debug, Clone)]
+/// A service whose refusals are logged and whose requests are counted.
+#[derive(Clone)]
 pub struct LogRefusals<S> {
     inner: S,
+    shared: std::sync::Arc<crate::runtime::Shared>,
+}
+
+impl<S> std::fmt::Debug for LogRefusals<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogRefusals")
+    }
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for LogRefusals<S>
@@ -78,10 +89,13 @@ where
         // A Uri clone is a reference count: nothing is copied unless a line is written.
         let uri = request.uri().clone();
         let answer = self.inner.call(request);
+        let shared = self.shared.clone();
         Box::pin(async move {
             let response = answer.await?;
             let headers = response.headers();
             let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            // No status in the headers: the answer (or stream) is under way, its status OK so far.
+            shared.etcd_handled.count(uri.path(), code.unwrap_or(0));
             if let Some(code) = code.filter(|c| is_refusal(*c)) {
                 let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
                 note(uri.path(), code, message);

@@ -30,8 +30,8 @@ pub use messages::{
     ClientRef, CommittedChanges, ConnId, SessionRequest, ShardId, ToClient, ToShard, ToWritePath, WriteOutcome,
 };
 pub use shared::{
-    mode_name, ConnInfo, Latency, LearnerLag, Refusal, ReplicaMetrics, RoleStatus, ShardStats, Shared, WriteStats,
-    ZK_OPERATIONS,
+    mode_name, zk_result_name, ConnInfo, GrpcHandled, Latency, LearnerLag, Refusal, ReplicaMetrics, RoleStatus,
+    ShardStats, Shared, WriteStats, ETCD_RPCS, GRPC_CODES, ZK_OPERATIONS, ZK_RESULTS,
 };
 pub use stop::Event;
 

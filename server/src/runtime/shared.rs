@@ -38,6 +38,133 @@ pub struct ShardStats {
     pub watching_conns: AtomicUsize,
     /// ZooKeeper requests received, by operation ([`ZK_OPERATIONS`]).
     pub requests_by_op: [AtomicU64; ZK_OPERATIONS.len()],
+    /// Replies to ZooKeeper requests, by result ([`ZK_RESULTS`]).
+    pub replies_by_result: [AtomicU64; ZK_RESULTS.len()],
+}
+
+/// The results ZooKeeper replies carry (`KeeperException.Code`: 0, then the error codes);
+/// any other counts as the last, `i32::MIN`.
+pub const ZK_RESULTS: [i32; 30] = [
+    0,
+    -1,
+    -2,
+    -3,
+    -4,
+    -5,
+    -6,
+    -7,
+    -8,
+    -12,
+    -100,
+    -101,
+    -102,
+    -103,
+    -108,
+    -110,
+    -111,
+    -112,
+    -113,
+    -114,
+    -115,
+    -118,
+    -119,
+    -120,
+    -121,
+    -122,
+    -123,
+    -125,
+    -127,
+    i32::MIN,
+];
+
+/// etcd's RPCs as etcd's `grpc_server_handled_total` names them: (service, method, type);
+/// others (Auth's, until it is served) count as the last.
+pub const ETCD_RPCS: [(&str, &str, &str); 24] = [
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("etcdserverpb.Cluster", "MemberAdd", "unary"),
+    ("etcdserverpb.Cluster", "MemberRemove", "unary"),
+    ("etcdserverpb.Cluster", "MemberUpdate", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Cluster", "MemberPromote", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("other", "other", "unary"),
+];
+
+/// gRPC's status codes by number, as etcd's metrics spell them.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// etcd requests answered, by RPC ([`ETCD_RPCS`]) and status code ([`GRPC_CODES`]): a
+/// stream counts when it starts.
+#[derive(Debug, Default)]
+pub struct GrpcHandled([[AtomicU64; GRPC_CODES.len()]; ETCD_RPCS.len()]);
+
+impl GrpcHandled {
+    /// Counts a request for `path` (`/service/method`) answered with `code`.
+    pub fn count(&self, path: &str, code: i32) {
+        let rpc = path.strip_prefix('/').and_then(|p| p.split_once('/'));
+        let i = ETCD_RPCS
+            .iter()
+            .position(|(service, method, _)| rpc == Some((service, method)))
+            .unwrap_or(ETCD_RPCS.len() - 1);
+        let code = usize::try_from(code).ok().filter(|&c| c < GRPC_CODES.len()).unwrap_or(2);
+        if let Some(counter) = self.0.get(i).and_then(|codes| codes.get(code)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (index into [`ETCD_RPCS`], index into [`GRPC_CODES`], count) for every count above 0.
+    pub fn counted(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        self.0.iter().enumerate().flat_map(|(rpc, codes)| {
+            codes.iter().enumerate().filter_map(move |(code, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then_some((rpc, code, n))
+            })
+        })
+    }
+}
+
+/// A result's name as ZooKeeper's `KeeperException.Code` spells it (`OK`, `NONODE`, ...).
+pub fn zk_result_name(code: i32) -> String {
+    match code {
+        0 => "OK".into(),
+        i32::MIN => "OTHER".into(),
+        c => baton_engine::tree::ErrorCode::from_code(c)
+            .map_or_else(|| format!("CODE{c}"), |e| format!("{e:?}").to_uppercase()),
+    }
 }
 
 /// ZooKeeper's operations (`ZooDefs.OpCode`) as metrics name them: (op code, name). Codes not
@@ -77,6 +204,14 @@ pub const ZK_OPERATIONS: [(i32, &str); 31] = [
 ];
 
 impl ShardStats {
+    /// Counts a reply to a ZooKeeper request that carries `err`.
+    pub fn count_result(&self, err: i32) {
+        let i = ZK_RESULTS.iter().position(|&code| code == err).unwrap_or(ZK_RESULTS.len() - 1);
+        if let Some(counter) = self.replies_by_result.get(i) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a request of ZooKeeper operation `op_code`.
     pub fn count_op(&self, op_code: i32) {
         let i = ZK_OPERATIONS.iter().position(|&(code, _)| code == op_code).unwrap_or(ZK_OPERATIONS.len() - 1);
@@ -314,6 +449,8 @@ pub struct Shared {
     pub role: RoleStatus,
     /// In read-only mode (no quorum; read-only sessions served).
     pub read_only: AtomicBool,
+    /// etcd requests answered, by RPC and status.
+    pub etcd_handled: GrpcHandled,
     /// ZooKeeper's trace mask (`get_trace_mask`, `set_trace_mask`): while bit 2 (ZooTrace's
     /// CLIENT_REQUEST_TRACE_MASK) is set, requests are logged at trace level.
     pub trace_mask: std::sync::atomic::AtomicI64,
@@ -350,6 +487,7 @@ impl Shared {
             write_stats: WriteStats::default(),
             role: RoleStatus::default(),
             read_only: AtomicBool::new(false),
+            etcd_handled: GrpcHandled::default(),
             // ZooTrace's default: client requests, server packets, sessions, warnings.
             trace_mask: std::sync::atomic::AtomicI64::new(306),
             stats_reset_at: (AtomicU64::new(0), AtomicU64::new(0)),

@@ -177,8 +177,17 @@ impl Shard {
         } else {
             let frame = self.read(&tree, conn, xid, request);
             self.stats().latency.record(at.elapsed());
-            conn.send(frame);
+            self.reply(conn, frame);
         }
+    }
+
+    /// Sends a request's reply, counting its result (the header's error code: the frame is
+    /// length, xid, zxid, err).
+    fn reply(&self, conn: &Conn, frame: Vec<u8>) {
+        if let Some(err) = frame.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            self.stats().count_result(i32::from_be_bytes(err));
+        }
+        conn.send(frame);
     }
 
     /// Answers request `xid` with a bodiless reply (`err`) decided here, in its turn: at once,
@@ -189,7 +198,7 @@ impl Shard {
             conn.slots.borrow_mut().push_back(Slot::Ready(frame));
         } else {
             self.stats().latency.record(at.elapsed());
-            conn.send(frame);
+            self.reply(conn, frame);
         }
     }
 
@@ -352,11 +361,11 @@ impl Shard {
             let front = conn.slots.borrow_mut().pop_front();
             match front {
                 None => break,
-                Some(Slot::Ready(frame)) => conn.send(frame),
+                Some(Slot::Ready(frame)) => self.reply(&conn, frame),
                 Some(Slot::Read { xid, request, at }) => {
                     let frame = self.read(tree, &conn, xid, request);
                     self.stats().latency.record(at.elapsed());
-                    conn.send(frame);
+                    self.reply(&conn, frame);
                 }
                 Some(waiting @ (Slot::Write { .. } | Slot::Sync { .. })) => {
                     conn.slots.borrow_mut().push_front(waiting);
