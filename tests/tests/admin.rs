@@ -186,8 +186,11 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (status, content_type, text) = loop {
         let scraped = get(admin, "/metrics");
+        // Every write here has committed, and been published (with the replica's counters).
+        let commits = scraped.2.lines().find_map(|l| l.strip_prefix("baton_commit_latency_seconds_count "));
         if scraped.2.contains("baton_fdatasync_seconds_count ")
             && !scraped.2.contains("baton_fdatasync_seconds_count 0\n")
+            && commits.and_then(|n| n.parse::<u64>().ok()) >= Some(7)
         {
             break scraped;
         }
@@ -225,6 +228,9 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
     assert!(value("baton_wal_batch_entries_sum") >= 5.0, "every create was logged in some batch");
     assert!(value("baton_wal_written_bytes_total") > 0.0);
     assert!(value("baton_fdatasync_seconds_sum") > 0.0, "fdatasyncs take time");
+    // The session, five creates and the etcd put committed (the refused create did not).
+    assert_eq!(value("baton_commit_latency_seconds_count"), 7.0, "{text}");
+    assert!(value("baton_commit_latency_seconds_sum") > 0.0);
     // Prometheus's own checker (Debian's `prometheus` package; tests/run-all.sh installs it).
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -140,6 +140,14 @@ fn families(node: &Shared) -> Vec<MetricFamily> {
             etcd.size_bytes() as f64,
         ));
     }
+    let commits = *stats.commit_us.lock().unwrap_or_else(|p| p.into_inner());
+    out.push(histogram(
+        "baton_commit_latency_seconds",
+        "Client writes, from reaching the write path (sequenced here, or forwarded to the leader) to committed and applied here.",
+        &commits,
+        &DURATION_BOUNDS_US,
+        1e6,
+    ));
     let replica = stats.replica.lock().unwrap_or_else(|p| p.into_inner()).clone();
     out.extend(replica_families(&replica));
     out

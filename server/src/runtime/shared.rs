@@ -324,6 +324,9 @@ pub struct WriteStats {
     pub looking_count: AtomicU64,
     /// The replica's log, snapshots and learners, as last published (a few times a second).
     pub replica: Mutex<ReplicaMetrics>,
+    /// Client writes' commit latency, in microseconds (see `WritePathStats::commit_us`), as
+    /// last published.
+    pub commit_us: Mutex<baton_engine::stats::Histogram>,
 }
 
 /// What the replica reports for metrics.

@@ -136,6 +136,7 @@ impl Driver {
             if self.published_at.elapsed() >= PUBLISH_EVERY {
                 self.published_at = Instant::now();
                 *stats.replica.lock().unwrap_or_else(|p| p.into_inner()) = r.metrics();
+                *stats.commit_us.lock().unwrap_or_else(|p| p.into_inner()) = path.commit_us;
             }
         }
     }

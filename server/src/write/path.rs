@@ -189,6 +189,9 @@ pub struct WritePathStats {
     pub outstanding: usize,
     /// Sessions tracked.
     pub sessions: usize,
+    /// Client writes committed, from reaching this write path (sequenced here, or forwarded
+    /// to the leader) to applied here, in microseconds.
+    pub commit_us: baton_engine::stats::Histogram,
 }
 
 /// The write path's state.
@@ -200,8 +203,8 @@ pub struct WritePath {
     /// An established leader's last logged zxid when it was established: its sequencer
     /// starts once the tree has applied up to it.
     leading_from: Option<Zxid>,
-    /// Clients waiting for their entry to commit, by (session, cxid).
-    pending: HashMap<(SessionId, i32), Origin>,
+    /// Clients waiting for their entry to commit, by (session, cxid), and since when.
+    pending: HashMap<(SessionId, i32), (Origin, Instant)>,
     syncs: HashMap<u64, PendingSync>,
     next_sync: u64,
     /// Entries prepared since the last flush. Invariant: empty or `first_proposal` is the
@@ -461,13 +464,22 @@ impl WritePath {
         self.out_of_space = full;
     }
 
+    /// The client waiting for the entry of `key`, which has committed: its commit latency is
+    /// noted.
+    fn committed_for(&mut self, key: &(SessionId, i32), now: Now) -> Option<Origin> {
+        let (origin, since) = self.pending.remove(key)?;
+        let us = now.instant.saturating_duration_since(since).as_micros();
+        self.stats.commit_us.record(&baton_engine::stats::DURATION_BOUNDS_US, u64::try_from(us).unwrap_or(u64::MAX));
+        Some(origin)
+    }
+
     /// A client's write: sequenced here when leading, forwarded to the leader otherwise.
     fn submit(&mut self, tree: &DataTree, now: Now, req: WriteRequest, origin: Origin) {
         let key = (req.session_id, req.cxid);
         if self.seq.is_some() {
             match self.prepare(tree, now, &req) {
                 Ok(()) => {
-                    self.pending.insert(key, origin);
+                    self.pending.insert(key, (origin, now.instant));
                 }
                 Err(rejected) => {
                     let zxid = self.refusal_point(tree);
@@ -478,7 +490,7 @@ impl WritePath {
         }
         match self.upstream() {
             Some(leader) => {
-                self.pending.insert(key, origin);
+                self.pending.insert(key, (origin, now.instant));
                 let data = Forwarded::Write { origin: self.config.id, req }.encode().into();
                 self.out.push(Effect::Forward { to: leader, data });
             }
@@ -763,7 +775,7 @@ impl WritePath {
                 }
                 _ => {}
             }
-            if let Some(Origin::Request { client, xid }) = self.pending.remove(&key) {
+            if let Some(Origin::Request { client, xid }) = self.committed_for(&key, now) {
                 let outcome = WriteOutcome::Etcd { zxid: applied.zxid, result: done.result };
                 if let Some(list) = answers.get_mut(client.shard) {
                     list.push((index, ToClient::Written { conn: client.conn, xid, outcome }));
@@ -782,7 +794,7 @@ impl WritePath {
             // leader expires them.
             self.sessions.track(session, timeout_ms, now.instant);
         }
-        match self.pending.remove(&key) {
+        match self.committed_for(&key, now) {
             None => {}
             Some(Origin::Request { client, xid }) => {
                 let outcome = WriteOutcome::Applied { zxid: applied.zxid, results: applied.results };
@@ -908,7 +920,7 @@ impl WritePath {
                 self.flush();
             }
             Ok(Forwarded::Refused { session, cxid, zxid, code, multi }) => {
-                if let Some(origin) = self.pending.remove(&(session, cxid)) {
+                if let Some((origin, _)) = self.pending.remove(&(session, cxid)) {
                     self.refused(tree, origin, zxid, Forwarded::rejected(code, multi));
                 }
             }
