@@ -273,10 +273,11 @@ fn certificates_and_cas_are_reloaded_under_load_on_a_server_without_a_plain_port
     std::fs::copy(&kit.server.1, &key).expect("copy");
     std::fs::copy(&kit.ca_pem, &ca).expect("copy");
     let secure = format!("127.0.0.1:{}", free_port());
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let server = BatonProcess::start(
         env!("CARGO_BIN_EXE_baton_test_server"),
         &dir.path().join("data"),
-        &["--client-addr", "off", "--secure-client-addr", &secure]
+        &["--client-addr", "off", "--secure-client-addr", &secure, "--admin-addr", &admin.to_string()]
             .into_iter()
             .chain(["--tls-cert", s(&cert), "--tls-key", s(&key), "--tls-client-ca", s(&ca)])
             .collect::<Vec<_>>(),
@@ -300,6 +301,11 @@ fn certificates_and_cas_are_reloaded_under_load_on_a_server_without_a_plain_port
         assert!(std::time::Instant::now() < deadline, "still {}", served());
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // The writer's connection, listed as ZooKeeper lists one on its secure port.
+    let (_, _, cons) = baton_tests::clients::http_get(admin, "/commands/cons");
+    let cons: serde_json::Value = serde_json::from_str(&cons).expect("JSON");
+    let counts = (cons["connections"].as_array().map(Vec::len), cons["secure_connections"].as_array().map(Vec::len));
+    assert_eq!(counts, (Some(0), Some(1)), "{cons}");
     // Another CA's client is refused until its CA is added to the file.
     let (rogue_cert, rogue_key) = (s(&kit.rogue.0), s(&kit.rogue.1));
     let rogue = |mode| kazoo("tls.py", &[&secure, s(&kit.ca_pem), rogue_cert, rogue_key, mode]);

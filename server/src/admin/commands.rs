@@ -169,28 +169,30 @@ fn server_stats(node: &Shared, out: &mut Map<String, Value>) -> Outcome {
 
 /// The connections: with their sessions for `connections`, without for `stats` (as ZooKeeper
 /// lists them in each).
+/// The connections of the plain port, then the secure port's, as ZooKeeper lists them.
 fn connections(node: &Shared, out: &mut Map<String, Value>, sessions: bool) -> Outcome {
-    let list: Vec<Value> = node
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .map(|c| {
-            let (received, sent) = c.packets();
-            let mut one = json!({
-                "remote_socket_address": c.peer.to_string(),
-                "packets_received": received,
-                "packets_sent": sent,
-            });
-            if sessions {
-                one["session_id"] = c.session_id.load(Relaxed).into();
-                one["session_timeout"] = c.timeout_ms.load(Relaxed).into();
-            }
-            one
-        })
-        .collect();
-    out.insert("connections".into(), list.into());
-    out.insert("secure_connections".into(), Value::Array(Vec::new()));
+    let (plain, secure): (Vec<_>, Vec<_>) =
+        node.conns.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().partition(|c| !c.secure.load(Relaxed));
+    let list = |conns: Vec<std::sync::Arc<crate::runtime::ConnInfo>>| -> Vec<Value> {
+        conns
+            .iter()
+            .map(|c| {
+                let (received, sent) = c.packets();
+                let mut one = json!({
+                    "remote_socket_address": c.peer.to_string(),
+                    "packets_received": received,
+                    "packets_sent": sent,
+                });
+                if sessions {
+                    one["session_id"] = c.session_id.load(Relaxed).into();
+                    one["session_timeout"] = c.timeout_ms.load(Relaxed).into();
+                }
+                one
+            })
+            .collect()
+    };
+    out.insert("connections".into(), list(plain).into());
+    out.insert("secure_connections".into(), list(secure).into());
     None
 }
 

@@ -405,6 +405,8 @@ pub struct ConnInfo {
     pub sent: AtomicU64,
     /// `received` and `sent` at the last `connection_stat_reset`.
     pub reset_at: (AtomicU64, AtomicU64),
+    /// On the secure client port (ZooKeeper lists these as `secure_connections`).
+    pub secure: AtomicBool,
 }
 
 impl ConnInfo {
@@ -417,6 +419,7 @@ impl ConnInfo {
             received: 0.into(),
             sent: 0.into(),
             reset_at: (0.into(), 0.into()),
+            secure: AtomicBool::new(false),
         }
     }
 

@@ -141,6 +141,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, tls: Opti
 async fn serve_tls(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, stream: TcpStream, tls: TlsAcceptor) {
     match within_handshake_time(tls.accept(stream)).await {
         Ok(stream) => {
+            conn.info.secure.store(true, std::sync::atomic::Ordering::Relaxed);
             // ZooKeeper's x509 scheme: a verified client certificate's subject is an id.
             let subject =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_rfc2253(c));
