@@ -100,6 +100,14 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String)
     (status, content_type, body.to_string())
 }
 
+/// An admin command's JSON answer (or another JSON resource), asserting a 200 with JSON.
+pub fn http_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let (status, content_type, body) = http_get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    assert_eq!(content_type, "application/json", "{path}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
 /// The Grafana dashboard (`server/dashboards/baton.json`): every query is valid PromQL (as
 /// promtool checks a recording rule) and every metric it names is one `/metrics` serves (a
 /// leader's: it has learners).

@@ -9,20 +9,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use baton_tests::clients::http_get as get;
+use baton_tests::clients::{http_get as get, http_json as get_json};
 use baton_tests::raw::RawClient;
 use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 use serde_json::Value;
 
 const EPHEMERAL: i32 = 1;
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, content_type, body) = get(addr, path);
-    assert_eq!(status, 200, "{path}: {body}");
-    assert_eq!(content_type, "application/json", "{path}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
 
 /// ZooKeeper 3.8's answer to a command (captured by `tests/zookeeper-3.8-admin/capture.sh`).
 fn zookeepers(command: &str) -> Value {

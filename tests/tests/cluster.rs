@@ -163,11 +163,8 @@ fn baton_dev_runs_a_local_ensemble_and_stops_all_of_it() {
             // ZooKeeper's ensemble commands: every server in Zab's broadcast phase, voting,
             // three voters in the view.
             for port in 29_831..=29_833u16 {
-                let ask = |c: &str| {
-                    let (_, _, body) =
-                        baton_tests::clients::http_get(([127, 0, 0, 1], port).into(), &format!("/commands/{c}"));
-                    serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
-                };
+                let ask =
+                    |c: &str| baton_tests::clients::http_json(([127, 0, 0, 1], port).into(), &format!("/commands/{c}"));
                 let zab = ask("zabstate");
                 assert_eq!((&zab["zabstate"], &zab["voting"]), (&"broadcast".into(), &true.into()), "{zab}");
                 let view = ask("voting_view");

@@ -302,8 +302,7 @@ fn certificates_and_cas_are_reloaded_under_load_on_a_server_without_a_plain_port
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // The writer's connection, listed as ZooKeeper lists one on its secure port.
-    let (_, _, cons) = baton_tests::clients::http_get(admin, "/commands/cons");
-    let cons: serde_json::Value = serde_json::from_str(&cons).expect("JSON");
+    let cons = baton_tests::clients::http_json(admin, "/commands/cons");
     let counts = (cons["connections"].as_array().map(Vec::len), cons["secure_connections"].as_array().map(Vec::len));
     assert_eq!(counts, (Some(0), Some(1)), "{cons}");
     // Another CA's client is refused until its CA is added to the file.

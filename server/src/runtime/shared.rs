@@ -127,10 +127,22 @@ pub const GRPC_CODES: [&str; 17] = [
     "Unauthenticated",
 ];
 
+/// Counters of [`GrpcHandled`] per thread slot: a shard counts into its own, so that shards
+/// answering at once do not contend for one cache line.
+const GRPC_SLOTS: usize = 8;
+
 /// etcd requests answered, by RPC ([`ETCD_RPCS`]) and status code ([`GRPC_CODES`]): a
 /// stream counts when it starts.
 #[derive(Debug, Default)]
-pub struct GrpcHandled([[AtomicU64; GRPC_CODES.len()]; ETCD_RPCS.len()]);
+pub struct GrpcHandled([CachePadded<[[AtomicU64; GRPC_CODES.len()]; ETCD_RPCS.len()]>; GRPC_SLOTS]);
+
+thread_local! {
+    /// This thread's slot of every [`GrpcHandled`], given out in turn.
+    static GRPC_SLOT: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % GRPC_SLOTS
+    };
+}
 
 impl GrpcHandled {
     /// Counts a request for `path` (`/service/method`) answered with `code`.
@@ -141,16 +153,17 @@ impl GrpcHandled {
             .position(|(service, method, _)| rpc == Some((service, method)))
             .unwrap_or(ETCD_RPCS.len() - 1);
         let code = usize::try_from(code).ok().filter(|&c| c < GRPC_CODES.len()).unwrap_or(2);
-        if let Some(counter) = self.0.get(i).and_then(|codes| codes.get(code)) {
+        let slot = GRPC_SLOT.with(|s| *s);
+        if let Some(counter) = self.0.get(slot).and_then(|s| s.get(i)).and_then(|codes| codes.get(code)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// (index into [`ETCD_RPCS`], index into [`GRPC_CODES`], count) for every count above 0.
     pub fn counted(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
-        self.0.iter().enumerate().flat_map(|(rpc, codes)| {
-            codes.iter().enumerate().filter_map(move |(code, n)| {
-                let n = n.load(Ordering::Relaxed);
+        (0..ETCD_RPCS.len()).flat_map(move |rpc| {
+            (0..GRPC_CODES.len()).filter_map(move |code| {
+                let n: u64 = self.0.iter().map(|s| s[rpc][code].load(Ordering::Relaxed)).sum();
                 (n > 0).then_some((rpc, code, n))
             })
         })
