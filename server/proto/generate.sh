@@ -1,6 +1,6 @@
 #!/bin/sh
 # Regenerates server/src/etcd/pb/*.rs from the protos beside this script (etcd's
-# api/etcdserverpb/rpc.proto, api/mvccpb/kv.proto, api/authpb/auth.proto, v3.5, Apache-2.0,
+# api/etcdserverpb/rpc.proto, api/mvccpb/kv.proto, api/authpb/auth.proto, v3.5, and v3.4's v3lockpb and v3electionpb, Apache-2.0,
 # with gogoproto and grpc-gateway annotations left out). The output is checked in so that
 # building Baton needs no protobuf compiler; this needs protoc (Debian: protobuf-compiler).
 set -eu
@@ -24,7 +24,7 @@ fn main() {
         .build_server(true)
         .bytes([".mvccpb.KeyValue"])
         .out_dir("$out")
-        .compile_protos(&["$here/rpc.proto", "$here/kv.proto", "$here/auth.proto"], &["$here"])
+        .compile_protos(&["$here/rpc.proto", "$here/kv.proto", "$here/auth.proto", "$here/v3lock.proto", "$here/v3election.proto"], &["$here"])
         .expect("protos compile");
 }
 RS

@@ -43,6 +43,9 @@ pub struct Front {
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     reads: Mutex<ReadBatch>,
+    /// The keyspace's revision each time a batch changed it here, for those waiting for a
+    /// key to change (the Lock and Election services).
+    changed: tokio::sync::watch::Sender<i64>,
 }
 
 /// Linearizable reads waiting for a sync, batched as etcd's ReadIndex batches them: one sync
@@ -77,7 +80,13 @@ impl Front {
             next: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
             reads: Mutex::new(ReadBatch::default()),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Wakes on each change of the keyspace applied here after this call.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.changed.subscribe()
     }
 
     fn register(&self) -> (u64, i32, oneshot::Receiver<Answer>) {
@@ -248,6 +257,7 @@ pub async fn pump(front: Arc<Front>, hub: Arc<Mutex<Hub>>, inbox: Inbox<ToShard>
                 let events: Vec<_> = batch.iter().flat_map(|c| c.etcd_events.iter().cloned()).collect();
                 if let Some(current) = events.last().map(|e| e.kv.mod_revision) {
                     hub.lock().unwrap_or_else(|p| p.into_inner()).publish(&front, &events, current);
+                    front.changed.send_replace(current);
                 }
                 for (_, a) in answers {
                     front.answer(a);

@@ -25,6 +25,7 @@ pub mod front;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod recipes;
 pub mod refusals;
 pub mod rt;
 pub mod serve;
@@ -44,6 +45,14 @@ pub mod pb {
     /// `etcdserverpb`.
     pub mod etcdserverpb {
         include!("pb/etcdserverpb.rs");
+    }
+    /// `v3lockpb`.
+    pub mod v3lockpb {
+        include!("pb/v3lockpb.rs");
+    }
+    /// `v3electionpb`.
+    pub mod v3electionpb {
+        include!("pb/v3electionpb.rs");
     }
 }
 
@@ -87,7 +96,13 @@ impl OnShards {
             .saturating_mul(DECODE_LIMIT_FACTOR);
         let kv = pb::etcdserverpb::kv_server::KvServer::new(kv::KvService { front: front.clone() })
             .max_decoding_message_size(max);
-        let lease = pb::etcdserverpb::lease_server::LeaseServer::new(lease::LeaseService::new(front.clone()))
+        let leases = Arc::new(lease::LeaseService::new(front.clone()));
+        let lease =
+            pb::etcdserverpb::lease_server::LeaseServer::from_arc(leases.clone()).max_decoding_message_size(max);
+        let recipes = Arc::new(recipes::Recipes::new(front.clone(), leases));
+        let lock = pb::v3lockpb::lock_server::LockServer::new(recipes::LockService(recipes.clone()))
+            .max_decoding_message_size(max);
+        let election = pb::v3electionpb::election_server::ElectionServer::new(recipes::ElectionService(recipes))
             .max_decoding_message_size(max);
         let watch = watch::WatchRoute::new(watch::WatchService { front: front.clone(), hub: hub.clone() }, max);
         let maintenance =
@@ -102,6 +117,8 @@ impl OnShards {
             .add_service(watch)
             .add_service(maintenance)
             .add_service(cluster)
+            .add_service(lock)
+            .add_service(election)
             .prepare();
         OnShards {
             services: tower::Layer::layer(&refusals::LogRefusalsLayer(shared.clone()), routes),
