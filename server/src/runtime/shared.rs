@@ -79,7 +79,7 @@ pub const ZK_RESULTS: [i32; 30] = [
 
 /// etcd's RPCs as etcd's `grpc_server_handled_total` names them: (service, method, type);
 /// others (Auth's, until it is served) count as the last.
-pub const ETCD_RPCS: [(&str, &str, &str); 24] = [
+pub const ETCD_RPCS: [(&str, &str, &str); 31] = [
     ("etcdserverpb.KV", "Range", "unary"),
     ("etcdserverpb.KV", "Put", "unary"),
     ("etcdserverpb.KV", "DeleteRange", "unary"),
@@ -103,6 +103,13 @@ pub const ETCD_RPCS: [(&str, &str, &str); 24] = [
     ("etcdserverpb.Maintenance", "HashKV", "unary"),
     ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
     ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
     ("other", "other", "unary"),
 ];
 
