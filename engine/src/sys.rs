@@ -52,3 +52,21 @@ pub fn shrink_then_remove(path: &std::path::Path, step: u64, pause: std::time::D
     drop(file);
     std::fs::remove_file(path)
 }
+
+/// Runs `future` on the current glommio executor with a timer always armed beside it, so the
+/// reactor never parks with only I/O to wake it. Seen once in CI: an engine test's executor
+/// slept 14 minutes in `io_uring_enter` waiting for a completion, with no request left in
+/// io_uring's workers or glommio's blocking pool, and went on at once when a debugger's
+/// attach interrupted that wait — a missed wakeup. A server's shards always have periodic
+/// timers (session ticks, heap trimming), which bound such a miss; an executor made for one
+/// task, as the tests make them, has none.
+pub async fn with_reactor_ticking<F: std::future::Future>(future: F) -> F::Output {
+    let ticking = glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let out = future.await;
+    drop(ticking);
+    out
+}

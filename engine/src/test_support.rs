@@ -3,7 +3,8 @@
 use std::future::Future;
 
 /// Runs `future` to completion on a fresh glommio executor (with a small io_uring buffer
-/// pool, and the memlock limit raised) and returns its output.
+/// pool, the memlock limit raised, and a timer always armed: `sys::with_reactor_ticking`)
+/// and returns its output.
 pub fn run<F, T>(future: F) -> T
 where
     F: Future<Output = T> + 'static,
@@ -14,7 +15,7 @@ where
         .io_memory(1 << 20)
         .make()
         .expect("glommio executor (is io_uring available and RLIMIT_MEMLOCK sufficient?)");
-    executor.run(future)
+    executor.run(crate::sys::with_reactor_ticking(future))
 }
 
 /// A temporary directory on the same filesystem as the build (O_DIRECT needs a real disk

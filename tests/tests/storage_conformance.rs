@@ -118,7 +118,8 @@ impl Backend for Simulated {
 fn the_production_stores_conform() {
     baton_engine::sys::raise_memlock_limit();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
-    executor.run(run_all(|| Real { dir: temp_dir(), durable: Rc::new(Cell::new(Zxid::ZERO)) }));
+    let real = run_all(|| Real { dir: temp_dir(), durable: Rc::new(Cell::new(Zxid::ZERO)) });
+    executor.run(baton_engine::sys::with_reactor_ticking(real));
 }
 
 #[test]

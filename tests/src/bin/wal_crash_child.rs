@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         .io_memory(1 << 20)
         .make()
         .map_err(std::io::Error::from)?;
-    executor.run(async move {
+    executor.run(baton_engine::sys::with_reactor_ticking(async move {
         let config = WalConfig {
             segment_bytes: 256 << 10,
             batch_bytes_max: 32 << 10,
@@ -77,5 +77,5 @@ fn main() -> anyhow::Result<()> {
             h.await?;
         }
         Ok(())
-    })
+    }))
 }
