@@ -1,6 +1,7 @@
 //! Shared helpers for Baton's cross-crate tests.
 
 pub mod crash_payload;
+pub mod etcd;
 pub mod linearizability;
 
 /// Entries behind the durable end that the WAL crash child never releases for reuse.

@@ -6,6 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use baton_tests::etcd::{connect, grpc, run};
 use baton_tests::server::{free_port, BatonProcess};
 use baton_tests::temp_dir;
 use etcd_client::{Client, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
@@ -13,26 +14,6 @@ use etcd_client::{Client, LeaderKey, LockOptions, ProclaimOptions, ResignOptions
 fn start(dir: &std::path::Path, etcd_port: u16) -> BatonProcess {
     let addr = format!("127.0.0.1:{etcd_port}");
     BatonProcess::start(env!("CARGO_BIN_EXE_baton_test_server"), dir, &["--tick-ms", "500", "--etcd-addr", &addr])
-}
-
-async fn connect(port: u16) -> Client {
-    tokio::time::timeout(Duration::from_secs(10), Client::connect([format!("http://127.0.0.1:{port}")], None))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-fn run<F: std::future::Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), f).await.expect("test finished within 60 s") });
-}
-
-/// The gRPC status of a failed call.
-fn grpc<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> (tonic::Code, String) {
-    match r {
-        Err(etcd_client::Error::GRpcStatus(s)) => (s.code(), s.message().to_string()),
-        other => panic!("expected a gRPC error, got {other:?}"),
-    }
 }
 
 #[test]
